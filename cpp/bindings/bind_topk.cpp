@@ -1,0 +1,143 @@
+// Bindings for topk.cpp: shapes, dtypes and id ranges are checked here (the
+// Python layer has already made the friendly checks); the search runs without the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "bindings/array_utils.h"
+#include "simd/kernels.h"
+#include "topk.h"
+
+namespace py = pybind11;
+using namespace hn_py;
+
+namespace {
+
+hn::Metric parse_metric(const std::string& m) {
+    if (m == "ip") return hn::Metric::IP;
+    if (m == "cosine") return hn::Metric::Cosine;
+    if (m == "l2") return hn::Metric::L2;
+    throw std::invalid_argument("metric must be one of 'ip', 'cosine', 'l2', got '" + m + "'");
+}
+
+// segments: list of (array (rows, d), is_bf16, sqnorms float32 (rows,) or None, id_offset)
+py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list& segments,
+                    const std::string& metric, py::ssize_t k, const py::object& indptr,
+                    const py::object& indices, int num_threads) {
+    if (k <= 0) throw std::invalid_argument("k must be a positive integer, got " + std::to_string(k));
+    const hn::Metric mt = parse_metric(metric);
+    const size_t ldq = row_stride(queries, "queries");
+    const hn::DType qt = vec_dtype(queries, queries_bf16, "queries");
+    const size_t nq = queries.shape(0), d = queries.shape(1);
+    if (d == 0) throw std::invalid_argument("queries must have at least one column");
+
+    std::vector<hn::Segment> segs;
+    std::vector<py::object> keep;  // hold references while the GIL is released
+    int64_t total = 0;
+    for (const py::handle& h : segments) {
+        auto t = h.cast<py::tuple>();
+        py::array a = t[0].cast<py::array>();
+        const size_t ld = row_stride(a, "corpus");
+        if ((size_t)a.shape(1) != d)
+            throw std::invalid_argument("corpus has dimension " + std::to_string(a.shape(1)) +
+                                        " but queries have " + std::to_string(d));
+        hn::Segment s{a.data(), vec_dtype(a, t[1].cast<bool>(), "corpus"), (size_t)a.shape(0), ld, nullptr,
+                      t[3].cast<int64_t>()};
+        if (!t[2].is_none()) {
+            auto n = checked<float>(t[2], "corpus norms", 1);
+            if ((size_t)n.shape(0) != s.rows) throw std::invalid_argument("corpus norms have the wrong length");
+            s.sqnorms = n.data();
+            keep.push_back(n);
+        }
+        total += (int64_t)s.rows;
+        keep.push_back(a);
+        segs.push_back(s);
+    }
+
+    hn::Exclusions ex;
+    py::array_t<int64_t> ip, ix;
+    if (!indptr.is_none()) {
+        ip = checked<int64_t>(indptr, "exclude indptr", 1);
+        ix = checked<int64_t>(indices, "exclude indices", 1);
+        if ((size_t)ip.shape(0) != nq + 1) throw std::invalid_argument("exclude must have one row per query");
+        const int64_t* p = ip.data();
+        if (p[0] != 0 || p[nq] != ix.shape(0)) throw std::invalid_argument("exclude indptr is inconsistent");
+        for (size_t i = 0; i < nq; ++i)
+            if (p[i + 1] < p[i]) throw std::invalid_argument("exclude indptr must be non-decreasing");
+        ex.indptr = p;
+        ex.indices = ix.data();
+    }
+
+    py::array_t<float> scores({(py::ssize_t)nq, k});
+    py::array_t<int64_t> ids({(py::ssize_t)nq, k});
+    float* so = scores.mutable_data();
+    int64_t* io = ids.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        hn::topk_search(queries.data(), qt, nq, ldq, d, segs, mt, (size_t)k, ex, so, io, num_threads);
+    }
+    return py::make_tuple(scores, ids);
+}
+
+py::tuple merge_impl(const py::list& parts_scores, const py::list& parts_ids, bool smallest_first,
+                     py::ssize_t k, int num_threads) {
+    if (k <= 0) throw std::invalid_argument("k must be a positive integer");
+    if (parts_scores.size() != parts_ids.size() || parts_scores.size() == 0)
+        throw std::invalid_argument("need the same positive number of score and id arrays");
+    std::vector<const float*> ps;
+    std::vector<const int64_t*> pi;
+    std::vector<size_t> pk;
+    std::vector<py::object> keep;
+    py::ssize_t nq = -1;
+    for (size_t p = 0; p < parts_scores.size(); ++p) {
+        auto s = checked<float>(parts_scores[p], "scores", 2);
+        auto i = checked<int64_t>(parts_ids[p], "ids", 2);
+        if (s.shape(0) != i.shape(0) || s.shape(1) != i.shape(1))
+            throw std::invalid_argument("scores and ids of a part must have the same shape");
+        if (nq >= 0 && s.shape(0) != nq) throw std::invalid_argument("all parts must have the same number of rows");
+        nq = s.shape(0);
+        ps.push_back(s.data());
+        pi.push_back(i.data());
+        pk.push_back(s.shape(1));
+        keep.push_back(s);
+        keep.push_back(i);
+    }
+    py::array_t<float> scores({nq, k});
+    py::array_t<int64_t> ids({nq, k});
+    float* so = scores.mutable_data();
+    int64_t* io = ids.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        hn::merge_topk(ps, pi, pk, (size_t)nq, smallest_first, (size_t)k, so, io, num_threads);
+    }
+    return py::make_tuple(scores, ids);
+}
+
+py::array_t<float> sqnorms_impl(const py::array& x, bool bf16) {
+    const size_t ld = row_stride(x, "vectors");
+    const hn::DType t = vec_dtype(x, bf16, "vectors");
+    py::array_t<float> out(x.shape(0));
+    float* o = out.mutable_data();
+    const void* p = x.data();
+    const size_t n = x.shape(0), d = x.shape(1);
+    {
+        py::gil_scoped_release nogil;
+        hn::kernels().sqnorm_rows(p, ld, n, d, t, o);
+    }
+    return out;
+}
+
+}  // namespace
+
+void bind_topk(py::module_& m) {
+    m.def("topk", &topk_impl, py::arg("queries"), py::arg("queries_bf16"), py::arg("segments"),
+          py::arg("metric"), py::arg("k"), py::arg("indptr"), py::arg("indices"), py::arg("num_threads"));
+    m.def("merge_topk", &merge_impl, py::arg("scores"), py::arg("ids"), py::arg("smallest_first"), py::arg("k"),
+          py::arg("num_threads"));
+    m.def("sqnorms", &sqnorms_impl, py::arg("vectors"), py::arg("bf16"));
+}

@@ -1,0 +1,189 @@
+// AVX-512 kernels (compiled with -mavx512f/bw/vl/dq, -mfma, -mf16c; only
+// called when the CPU and OS support them, see dispatch.cpp).
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include "simd/kernels.h"
+
+namespace hn {
+namespace avx512 {
+namespace {
+
+// Load 16 corpus elements starting at element `off`, widened to fp32.
+template <DType T>
+inline __m512 load16(const void* X, size_t off) {
+    if constexpr (T == DType::F32) {
+        return _mm512_loadu_ps(static_cast<const float*>(X) + off);
+    } else if constexpr (T == DType::F16) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(X) + off)));
+    } else {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(static_cast<const uint16_t*>(X) + off)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    }
+}
+
+// Masked version for the tail of a row (lanes outside the mask read nothing and are 0).
+template <DType T>
+inline __m512 load16m(const void* X, size_t off, __mmask16 m) {
+    if constexpr (T == DType::F32) {
+        return _mm512_maskz_loadu_ps(m, static_cast<const float*>(X) + off);
+    } else if constexpr (T == DType::F16) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(X) + off));
+    } else {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(X) + off));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    }
+}
+
+// Horizontal sum in a fixed order (same for every accumulator).
+inline float hsum(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+// THE HOT LOOP.  A register block of RQ queries x RC corpus rows: RQ*RC
+// accumulators of 16 lanes each, walking along d 16 elements at a time.  Each
+// step loads RQ query vectors and RC corpus vectors and issues RQ*RC FMAs; the
+// 16 lanes are summed once at the end.  With RQ=4, RC=6 that is 24 + 4 + 1
+// live zmm registers out of 32.
+template <int RQ, int RC, DType T>
+inline void block(const float* Q, size_t ldq, const void* X, size_t ldx, size_t d,
+                  float* S, size_t lds) {
+    __m512 acc[RQ][RC];
+    for (int i = 0; i < RQ; ++i)
+        for (int j = 0; j < RC; ++j) acc[i][j] = _mm512_setzero_ps();
+    size_t p = 0;
+    for (; p + 16 <= d; p += 16) {
+        __m512 q[RQ];
+        for (int i = 0; i < RQ; ++i) q[i] = _mm512_loadu_ps(Q + i * ldq + p);
+        for (int j = 0; j < RC; ++j) {
+            __m512 x = load16<T>(X, j * ldx + p);
+            for (int i = 0; i < RQ; ++i) acc[i][j] = _mm512_fmadd_ps(q[i], x, acc[i][j]);
+        }
+    }
+    if (p < d) {
+        __mmask16 m = (__mmask16)((1u << (d - p)) - 1u);
+        __m512 q[RQ];
+        for (int i = 0; i < RQ; ++i) q[i] = _mm512_maskz_loadu_ps(m, Q + i * ldq + p);
+        for (int j = 0; j < RC; ++j) {
+            __m512 x = load16m<T>(X, j * ldx + p, m);
+            for (int i = 0; i < RQ; ++i) acc[i][j] = _mm512_fmadd_ps(q[i], x, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < RQ; ++i)
+        for (int j = 0; j < RC; ++j) S[i * lds + j] = hsum(acc[i][j]);
+}
+
+constexpr int MQ = 4;  // queries per register block
+constexpr int MC = 6;  // corpus rows per register block
+
+// Corpus rows [j0, nx) in blocks of MC, then the remainder with a smaller block.
+template <int RQ, DType T>
+inline void row_sweep(const float* Q, size_t ldq, const void* X, size_t ldx, size_t nx, size_t d,
+                      float* S, size_t lds) {
+    const size_t es = (T == DType::F32) ? 4 : 2;
+    const char* xb = static_cast<const char*>(X);
+    size_t j = 0;
+    for (; j + MC <= nx; j += MC) block<RQ, MC, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds);
+    switch (nx - j) {
+        case 5: block<RQ, 5, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
+        case 4: block<RQ, 4, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
+        case 3: block<RQ, 3, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
+        case 2: block<RQ, 2, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
+        case 1: block<RQ, 1, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
+        default: break;
+    }
+}
+
+template <DType T>
+void dot_tile_t(const float* Q, size_t ldq, size_t nq, const void* X, size_t ldx, size_t nx,
+                size_t d, float* S, size_t lds) {
+    size_t i = 0;
+    for (; i + MQ <= nq; i += MQ) row_sweep<MQ, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds);
+    switch (nq - i) {
+        case 3: row_sweep<3, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
+        case 2: row_sweep<2, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
+        case 1: row_sweep<1, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
+        default: break;
+    }
+}
+
+void dot_tile(const float* Q, size_t ldq, size_t nq, const void* X, size_t ldx, size_t nx,
+              size_t d, DType xt, float* S, size_t lds) {
+    switch (xt) {
+        case DType::F32: dot_tile_t<DType::F32>(Q, ldq, nq, X, ldx, nx, d, S, lds); break;
+        case DType::F16: dot_tile_t<DType::F16>(Q, ldq, nq, X, ldx, nx, d, S, lds); break;
+        case DType::BF16: dot_tile_t<DType::BF16>(Q, ldq, nq, X, ldx, nx, d, S, lds); break;
+    }
+}
+
+template <DType T>
+void sqnorm_t(const void* X, size_t ldx, size_t nx, size_t d, float* out) {
+    const size_t es = (T == DType::F32) ? 4 : 2;
+    const char* xb = static_cast<const char*>(X);
+    for (size_t j = 0; j < nx; ++j) {
+        const void* row = xb + j * ldx * es;
+        __m512 acc = _mm512_setzero_ps();
+        size_t p = 0;
+        for (; p + 16 <= d; p += 16) {
+            __m512 x = load16<T>(row, p);
+            acc = _mm512_fmadd_ps(x, x, acc);
+        }
+        if (p < d) {
+            __m512 x = load16m<T>(row, p, (__mmask16)((1u << (d - p)) - 1u));
+            acc = _mm512_fmadd_ps(x, x, acc);
+        }
+        out[j] = hsum(acc);
+    }
+}
+
+void sqnorm_rows(const void* X, size_t ldx, size_t nx, size_t d, DType xt, float* out) {
+    switch (xt) {
+        case DType::F32: sqnorm_t<DType::F32>(X, ldx, nx, d, out); break;
+        case DType::F16: sqnorm_t<DType::F16>(X, ldx, nx, d, out); break;
+        case DType::BF16: sqnorm_t<DType::BF16>(X, ldx, nx, d, out); break;
+    }
+}
+
+size_t filter_ge(const float* s, size_t n, float tau, uint32_t* out) {
+    const __m512 t = _mm512_set1_ps(tau);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    size_t c = 0, i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), t, _CMP_GE_OQ);
+        if (m) {  // survivors are rare once the threshold has settled
+            _mm512_mask_compressstoreu_epi32(out + c, m, _mm512_add_epi32(lane, _mm512_set1_epi32((int)i)));
+            c += (size_t)__builtin_popcount(m);
+        }
+    }
+    for (; i < n; ++i)
+        if (s[i] >= tau) out[c++] = (uint32_t)i;
+    return c;
+}
+
+void to_f32(const void* src, DType t, size_t n, float* dst) {
+    size_t i = 0;
+    switch (t) {
+        case DType::F32:
+            for (; i < n; ++i) dst[i] = static_cast<const float*>(src)[i];
+            break;
+        case DType::F16:
+            for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16<DType::F16>(src, i));
+            if (i < n) _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << (n - i)) - 1u), load16m<DType::F16>(src, i, (__mmask16)((1u << (n - i)) - 1u)));
+            break;
+        case DType::BF16:
+            for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16<DType::BF16>(src, i));
+            if (i < n) _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << (n - i)) - 1u), load16m<DType::BF16>(src, i, (__mmask16)((1u << (n - i)) - 1u)));
+            break;
+    }
+}
+
+}  // namespace
+
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, "avx512"};
+
+}  // namespace avx512
+}  // namespace hn
+#endif

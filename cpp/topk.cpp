@@ -1,0 +1,248 @@
+// Exact top-k: score tiles from the SIMD dot kernel, selected on the fly.
+//
+// Work is split over corpus blocks (NB rows each, sized to stay in L2).  Each
+// thread owns a score tile [panel x NB] and one candidate buffer per query.  For
+// every block it computes the tile, turns dot products into ranking keys (larger
+// is better), keeps only the keys >= the query's running threshold (the k-th
+// best key so far), and compacts the buffer with nth_element when it fills.  At
+// the end the per-thread buffers of each query are merged and sorted.
+#include "topk.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "simd/kernels.h"
+#include "threads.h"
+
+namespace hn {
+namespace {
+
+struct Cand {
+    float key;   // larger is better (-distance for L2)
+    int64_t id;
+};
+
+inline bool better(const Cand& a, const Cand& b) {
+    return a.key > b.key || (a.key == b.key && a.id < b.id);
+}
+
+// Running top-k of one query inside one thread.
+struct TopkBuf {
+    Cand* buf;
+    size_t n, cap, k;
+    float tau;  // keys below tau can no longer enter the top k
+
+    void push(float key, int64_t id) {
+        if (n == cap) compact();
+        buf[n++] = Cand{key, id};
+    }
+    void compact() {
+        std::nth_element(buf, buf + (k - 1), buf + n, better);
+        n = k;
+        tau = buf[k - 1].key;
+    }
+};
+
+constexpr size_t kBufferBudget = size_t(96) << 20;  // bytes for candidate buffers, all threads
+constexpr size_t kMaxPanel = 4096;
+
+size_t block_rows(size_t d, DType t) {
+    // about 384 KiB of corpus per block: stays in L2 while every query group of the panel passes over it
+    size_t rows = (size_t(384) << 10) / std::max<size_t>(1, d * dtype_size(t));
+    rows = std::max<size_t>(24, std::min<size_t>(rows, 1536));
+    return rows / 24 * 24;
+}
+
+struct Block {
+    const Segment* seg;
+    size_t r0, r1;
+};
+
+void check_row_finite(const Kernels& K, const char* X, const Segment& sg, size_t j, size_t d, size_t row) {
+    std::vector<float> tmp(d);
+    K.to_f32(X + j * sg.ld * dtype_size(sg.dtype), sg.dtype, d, tmp.data());
+    for (float v : tmp)
+        if (!std::isfinite(v))
+            throw std::invalid_argument("corpus contains NaN or Inf (row " + std::to_string(sg.id_offset + (int64_t)row) + ")");
+}
+
+}  // namespace
+
+void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
+                 const std::vector<Segment>& segments, Metric metric, size_t k,
+                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads) {
+    if (k == 0) throw std::invalid_argument("k must be positive");
+    if (d == 0) throw std::invalid_argument("d must be positive");
+    const Kernels& K = kernels();
+    const float pad_score = metric == Metric::L2 ? std::numeric_limits<float>::infinity()
+                                                 : -std::numeric_limits<float>::infinity();
+    size_t total = 0;
+    for (const Segment& s : segments) total += s.rows;
+    if (nq == 0) return;
+
+    // Sorted copy of each query's exclusions (checked only for threshold survivors).
+    std::vector<int64_t> ex_sorted;
+    if (excl.indptr) {
+        ex_sorted.assign(excl.indices, excl.indices + excl.indptr[nq]);
+        for (size_t i = 0; i < nq; ++i)
+            std::sort(ex_sorted.begin() + excl.indptr[i], ex_sorted.begin() + excl.indptr[i + 1]);
+    }
+
+    // Corpus blocks over all segments.
+    std::vector<Block> blocks;
+    size_t nb_max = 0;
+    for (const Segment& s : segments) {
+        size_t nb = block_rows(d, s.dtype);
+        nb_max = std::max(nb_max, nb);
+        for (size_t r = 0; r < s.rows; r += nb) blocks.push_back(Block{&s, r, std::min(s.rows, r + nb)});
+    }
+    // Fewer threads for small problems (thread start-up would dominate).
+    double work = double(nq) * double(total) * double(d);
+    int nt = std::max(1, num_threads);
+    if (work < 4e6) nt = 1;
+    nt = (int)std::min<size_t>((size_t)nt, std::max<size_t>(1, blocks.size()));
+
+    const size_t cap = std::min(k + std::max<size_t>(k / 2, 32), std::max<size_t>(total, 1) + 1);
+    size_t panel = kBufferBudget / (size_t(nt) * cap * sizeof(Cand));
+    panel = std::max<size_t>(1, std::min({panel, kMaxPanel, nq}));
+
+    std::vector<float> qbuf(panel * d), qn(panel);
+    std::vector<std::vector<float>> tiles(nt), norms(nt);
+    std::vector<std::vector<uint32_t>> surv(nt);
+    std::vector<std::unique_ptr<Cand[]>> cands(nt);
+    std::vector<std::vector<TopkBuf>> bufs(nt);
+    for (int t = 0; t < nt; ++t) {
+        tiles[t].resize(panel * nb_max);
+        norms[t].resize(nb_max);
+        surv[t].resize(nb_max);
+        cands[t].reset(new Cand[panel * cap]);
+        bufs[t].resize(panel);
+    }
+    std::vector<Cand> merged;
+
+    for (size_t q0 = 0; q0 < nq; q0 += panel) {
+        const size_t P = std::min(panel, nq - q0);
+        // Queries of this panel as contiguous fp32 (normalised for cosine).
+        for (size_t i = 0; i < P; ++i) {
+            const char* src = static_cast<const char*>(Q) + (q0 + i) * ldq * dtype_size(qt);
+            float* dst = qbuf.data() + i * d;
+            K.to_f32(src, qt, d, dst);
+            if (metric != Metric::IP) {
+                K.sqnorm_rows(dst, d, 1, d, DType::F32, &qn[i]);
+                if (metric == Metric::Cosine) {
+                    float inv = qn[i] > 0 ? 1.0f / std::sqrt(qn[i]) : 0.0f;
+                    for (size_t p = 0; p < d; ++p) dst[p] *= inv;
+                }
+            }
+        }
+        for (int t = 0; t < nt; ++t)
+            for (size_t i = 0; i < P; ++i)
+                bufs[t][i] = TopkBuf{cands[t].get() + i * cap, 0, cap, k, -std::numeric_limits<float>::infinity()};
+
+        parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
+            float* S = tiles[tid].data();
+            float* xn = norms[tid].data();
+            uint32_t* idx = surv[tid].data();
+            for (size_t b = b0; b < b1; ++b) {
+                const Block& blk = blocks[b];
+                const Segment& sg = *blk.seg;
+                const size_t nb = blk.r1 - blk.r0;
+                const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * dtype_size(sg.dtype);
+                K.dot_tile(qbuf.data(), d, P, X, sg.ld, nb, d, sg.dtype, S, nb);
+                // A NaN/Inf anywhere in a corpus row makes its score with every
+                // query non-finite, so checking the first query's row finds bad
+                // input for free; huge finite values that overflow are allowed.
+                for (size_t j = 0; j < nb; ++j)
+                    if (!std::isfinite(S[j])) check_row_finite(K, X, sg, j, d, blk.r0 + j);
+                if (metric != Metric::IP) {
+                    if (sg.sqnorms) std::copy(sg.sqnorms + blk.r0, sg.sqnorms + blk.r1, xn);
+                    else K.sqnorm_rows(X, sg.ld, nb, d, sg.dtype, xn);
+                    if (metric == Metric::Cosine)
+                        for (size_t j = 0; j < nb; ++j) xn[j] = xn[j] > 0 ? 1.0f / std::sqrt(xn[j]) : 0.0f;
+                }
+                const int64_t base = sg.id_offset + (int64_t)blk.r0;
+                for (size_t i = 0; i < P; ++i) {
+                    float* s = S + i * nb;
+                    // ranking keys: larger is better
+                    if (metric == Metric::Cosine) {
+                        for (size_t j = 0; j < nb; ++j) s[j] *= xn[j];
+                    } else if (metric == Metric::L2) {
+                        const float a = qn[i];
+                        for (size_t j = 0; j < nb; ++j) s[j] = -std::max(0.0f, a + xn[j] - 2.0f * s[j]);
+                    }
+                    TopkBuf& tb = bufs[tid][i];
+                    size_t c = K.filter_ge(s, nb, tb.tau, idx);
+                    const int64_t* eb = nullptr;
+                    const int64_t* ee = nullptr;
+                    if (excl.indptr) {
+                        eb = ex_sorted.data() + excl.indptr[q0 + i];
+                        ee = ex_sorted.data() + excl.indptr[q0 + i + 1];
+                    }
+                    for (size_t u = 0; u < c; ++u) {
+                        const float key = s[idx[u]];
+                        if (key < tb.tau) continue;  // threshold rose inside this row
+                        const int64_t id = base + idx[u];
+                        if (eb != ee && std::binary_search(eb, ee, id)) continue;
+                        tb.push(key, id);
+                    }
+                }
+            }
+        });
+
+        // Merge the threads' candidates of each query, best first.
+        for (size_t i = 0; i < P; ++i) {
+            merged.clear();
+            for (int t = 0; t < nt; ++t) merged.insert(merged.end(), bufs[t][i].buf, bufs[t][i].buf + bufs[t][i].n);
+            size_t m = std::min(k, merged.size());
+            if (merged.size() > m) std::nth_element(merged.begin(), merged.begin() + (m - 1), merged.end(), better);
+            std::sort(merged.begin(), merged.begin() + m, better);
+            float* so = scores + (q0 + i) * k;
+            int64_t* io = ids + (q0 + i) * k;
+            for (size_t r = 0; r < m; ++r) {
+                so[r] = metric == Metric::L2 ? -merged[r].key : merged[r].key;
+                io[r] = merged[r].id;
+            }
+            for (size_t r = m; r < k; ++r) {
+                so[r] = pad_score;
+                io[r] = -1;
+            }
+        }
+    }
+}
+
+void merge_topk(const std::vector<const float*>& part_scores, const std::vector<const int64_t*>& part_ids,
+                const std::vector<size_t>& part_k, size_t nq, bool smallest_first, size_t k,
+                float* scores, int64_t* ids, int num_threads) {
+    const float pad = smallest_first ? std::numeric_limits<float>::infinity()
+                                     : -std::numeric_limits<float>::infinity();
+    parallel_for(nq, nq * k > 100000 ? num_threads : 1, 256, [&](size_t b, size_t e, int) {
+        std::vector<Cand> c;
+        for (size_t i = b; i < e; ++i) {
+            c.clear();
+            for (size_t p = 0; p < part_scores.size(); ++p)
+                for (size_t r = 0; r < part_k[p]; ++r) {
+                    int64_t id = part_ids[p][i * part_k[p] + r];
+                    if (id < 0) continue;
+                    float s = part_scores[p][i * part_k[p] + r];
+                    c.push_back(Cand{smallest_first ? -s : s, id});
+                }
+            size_t m = std::min(k, c.size());
+            if (c.size() > m) std::nth_element(c.begin(), c.begin() + (m - 1), c.end(), better);
+            std::sort(c.begin(), c.begin() + m, better);
+            for (size_t r = 0; r < m; ++r) {
+                scores[i * k + r] = smallest_first ? -c[r].key : c[r].key;
+                ids[i * k + r] = c[r].id;
+            }
+            for (size_t r = m; r < k; ++r) {
+                scores[i * k + r] = pad;
+                ids[i * k + r] = -1;
+            }
+        }
+    });
+}
+
+}  // namespace hn

@@ -1,0 +1,47 @@
+// Exact batched top-k similarity search over one or more corpus segments.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+#include "common.h"
+
+namespace hn {
+
+enum class Metric : int { IP = 0, Cosine = 1, L2 = 2 };
+
+// One contiguous block of corpus rows.  Row r of the segment has global id
+// id_offset + r.  sqnorms (optional) holds the squared L2 norm of each row; when
+// it is null and the metric needs norms, they are computed block by block.
+struct Segment {
+    const void* data;
+    DType dtype;
+    size_t rows;
+    size_t ld;  // row stride in elements (>= d)
+    const float* sqnorms;
+    int64_t id_offset;
+};
+
+// Per-query excluded ids in CSR form: the ids of query i are
+// indices[indptr[i] .. indptr[i+1]) (any order, duplicates allowed).  Both
+// pointers null: no exclusions.
+struct Exclusions {
+    const int64_t* indptr = nullptr;
+    const int64_t* indices = nullptr;
+};
+
+// Writes the k best (score, id) of each query to scores[i*k ..] / ids[i*k ..],
+// best first: largest score for IP / Cosine, smallest squared distance for L2.
+// Ties are ordered by ascending id.  Missing results are id -1 with score -inf
+// (+inf for L2).  Q is nq x d (row stride ldq) of type qt.  Memory beyond the
+// outputs is O(threads x (tile + panel x k)); the score matrix is never built.
+void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
+                 const std::vector<Segment>& segments, Metric metric, size_t k,
+                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads);
+
+// Merges per-part results: part p gives (nq x kp) scores/ids, best first.  Writes
+// the k best over all parts with the same ordering rules (ids < 0 are padding).
+void merge_topk(const std::vector<const float*>& part_scores, const std::vector<const int64_t*>& part_ids,
+                const std::vector<size_t>& part_k, size_t nq, bool smallest_first, size_t k,
+                float* scores, int64_t* ids, int num_threads);
+
+}  // namespace hn
