@@ -23,6 +23,7 @@ inline size_t row_stride(const py::array& a, const char* name) {
     if (a.ndim() != 2)
         throw std::invalid_argument(std::string(name) + " must be 2-D, got shape " + shape_str(a));
     const py::ssize_t it = a.itemsize();
+    if (a.shape(0) == 0) return size_t(a.shape(1));
     if (a.shape(1) > 1 && a.strides(1) != it)
         throw std::invalid_argument(std::string(name) + " rows must be contiguous");
     if (a.shape(0) > 1 && (a.strides(0) < it * a.shape(1) || a.strides(0) % it != 0))

@@ -1,0 +1,407 @@
+"""Parity of hn.topk / hn.DenseIndex with a numpy brute force.
+
+Most tests use small-integer vectors: every dot product, norm and squared
+distance is then exact in float32, so scores must match exactly and ids must
+follow the documented order (score, then ascending id) with real ties.
+"""
+import numpy as np
+import pytest
+
+import hardneg as hn
+from hardneg import _core
+
+from conftest import cuda_available
+
+torch = pytest.importorskip("torch") if False else None
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+def ref_topk(Q, X, k, metric="ip", exclude=None):
+    """float64 brute force with the documented ordering."""
+    Q = np.asarray(Q, np.float64)
+    X = np.asarray(X, np.float64)
+    if metric == "ip":
+        key = Q @ X.T
+    elif metric == "cosine":
+        qn = np.linalg.norm(Q, axis=1, keepdims=True)
+        xn = np.linalg.norm(X, axis=1)
+        key = (Q / np.where(qn > 0, qn, 1)) @ (X / np.where(xn > 0, xn, 1)[:, None]).T
+    else:
+        key = -np.maximum(0, (Q * Q).sum(1)[:, None] + (X * X).sum(1)[None, :] - 2 * Q @ X.T)
+    nq, n = key.shape
+    S = np.full((nq, k), np.inf if metric == "l2" else -np.inf, np.float64)
+    I = np.full((nq, k), -1, np.int64)
+    for i in range(nq):
+        ids = np.arange(n)
+        if exclude is not None:
+            ids = np.setdiff1d(ids, exclude[i])
+        order = np.lexsort((ids, -key[i, ids]))[:k]
+        m = len(order)
+        I[i, :m] = ids[order]
+        S[i, :m] = -key[i, ids[order]] if metric == "l2" else key[i, ids[order]]
+    return S, I
+
+
+def assert_ids_where_clear(s, i, rs, ri, tol=1e-4):
+    """Scores close; ids equal wherever the reference has no near-tie at that rank."""
+    np.testing.assert_allclose(s, rs, rtol=tol, atol=tol)
+    fin = np.isfinite(rs)
+    gap = np.ones_like(rs, dtype=bool)
+    d = np.abs(np.diff(np.where(fin, rs, 1e30), axis=1)) > 10 * tol
+    gap[:, 1:] &= d
+    gap[:, :-1] &= d
+    assert (i[gap] == ri[gap]).all()
+
+
+def int_vectors(rng, n, d, lo=-3, hi=4):
+    return rng.integers(lo, hi, size=(n, d)).astype(np.float32)
+
+
+SHAPES = [(1, 1, 1, 1), (3, 5, 1, 10), (4, 7, 17, 3), (5, 50, 16, 50), (9, 300, 33, 7), (2, 1, 8, 5),
+          (13, 1000, 768, 100), (1, 2000, 100, 10), (40, 3000, 64, 1000)]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("nq,n,d,k", SHAPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_exact_integer_inputs(rng, metric, nq, n, d, k, threads):
+    Q, X = int_vectors(rng, nq, d), int_vectors(rng, n, d)
+    s, i = hn.topk(Q, X, k=k, metric=metric, num_threads=threads)
+    rs, ri = ref_topk(Q, X, k, metric)
+    assert s.dtype == np.float32 and i.dtype == np.int64 and s.shape == (nq, k) == i.shape
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(s, rs.astype(np.float32))
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_random_floats(rng, metric):
+    Q = rng.standard_normal((37, 129)).astype(np.float32)
+    X = rng.standard_normal((2500, 129)).astype(np.float32)
+    s, i = hn.topk(Q, X, k=20, metric=metric)
+    rs, ri = ref_topk(Q, X, 20, metric)
+    assert_ids_where_clear(s, i, rs, ri, tol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_duplicate_rows_tie_by_id(rng, metric):
+    base = rng.standard_normal((7, 24)).astype(np.float32)
+    X = np.repeat(base, 5, axis=0)[rng.permutation(35)]
+    Q = rng.standard_normal((6, 24)).astype(np.float32)
+    s, i = hn.topk(Q, X, k=35, metric=metric, num_threads=2)
+    for r in range(6):
+        # equal scores -> ascending ids, strictly ordered otherwise
+        for a in range(34):
+            if s[r, a] == s[r, a + 1]:
+                assert i[r, a] < i[r, a + 1]
+            else:
+                assert (s[r, a] > s[r, a + 1]) if metric != "l2" else (s[r, a] < s[r, a + 1])
+        # duplicates of the same base row have bit-identical scores
+        groups = {}
+        for a in range(35):
+            groups.setdefault(X[i[r, a]].tobytes(), set()).add(float(s[r, a]))
+        assert all(len(v) == 1 for v in groups.values())
+
+
+def test_all_equal_vectors():
+    X = np.ones((100, 10), np.float32)
+    Q = np.ones((3, 10), np.float32)
+    for metric in ("ip", "cosine", "l2"):
+        s, i = hn.topk(Q, X, k=7, metric=metric)
+        assert (i == np.arange(7)).all()
+        assert (s == s[0, 0]).all()
+
+
+def test_k_larger_than_n_pads():
+    X = np.eye(3, dtype=np.float32)
+    s, i = hn.topk(X, X, k=5)
+    assert (i[:, 3:] == -1).all() and np.isneginf(s[:, 3:]).all()
+    s, i = hn.topk(X, X, k=5, metric="l2")
+    assert (i[:, 3:] == -1).all() and np.isposinf(s[:, 3:]).all()
+    assert (i[:, 0] == np.arange(3)).all()
+
+
+@pytest.mark.parametrize("form", ["lists", "padded", "csr", "torch_padded"])
+def test_exclusions_forms(rng, form):
+    Q, X = int_vectors(rng, 6, 12), int_vectors(rng, 80, 12)
+    ex = [list(rng.choice(80, size=m, replace=False)) for m in (0, 1, 5, 20, 79, 3)]
+    if form == "lists":
+        arg = ex
+    elif form == "padded":
+        arg = np.full((6, 79), -1, np.int64)
+        for r, e in enumerate(ex):
+            arg[r, :len(e)] = e
+    elif form == "csr":
+        arg = (np.cumsum([0] + [len(e) for e in ex]), np.concatenate([np.array(e, np.int64) for e in ex]))
+    else:
+        if torch is None:
+            pytest.skip("torch missing")
+        arg = torch.full((6, 79), -1, dtype=torch.int64)
+        for r, e in enumerate(ex):
+            arg[r, :len(e)] = torch.tensor(e, dtype=torch.int64)
+    s, i = hn.topk(Q, X, k=10, exclude=arg)
+    rs, ri = ref_topk(Q, X, 10, exclude=[np.array(e, np.int64) for e in ex])
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(s, rs.astype(np.float32))
+    assert set(i[4]) == {-1, *set(range(80)) - set(ex[4])}
+
+
+def test_exclusions_cover_everything():
+    X = np.eye(4, dtype=np.float32)
+    s, i = hn.topk(X, X, k=3, exclude=[[0, 1, 2, 3]] * 4)
+    assert (i == -1).all() and np.isneginf(s).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_inputs_match_fp32(rng, dtype):
+    Q, X = int_vectors(rng, 9, 40), int_vectors(rng, 500, 40)
+    if dtype == "float16":
+        s, i = hn.topk(Q.astype(np.float16), X.astype(np.float16), k=15)
+    else:
+        if torch is None:
+            pytest.skip("torch missing")
+        s, i = hn.topk(torch.from_numpy(Q).bfloat16(), torch.from_numpy(X).bfloat16(), k=15)
+        s, i = s.numpy(), i.numpy()
+    rs, ri = hn.topk(Q, X, k=15)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(s, rs)
+
+
+def test_layouts_and_readonly(rng):
+    Q, X = int_vectors(rng, 8, 20), int_vectors(rng, 400, 20)
+    rs, ri = hn.topk(Q, X, k=9)
+    Xf = np.asfortranarray(X)
+    X2 = np.repeat(X, 2, axis=0)[::2]  # strided rows
+    Xw = np.zeros((400, 32), np.float32)
+    Xw[:, :20] = X
+    Xr = X.copy()
+    Xr.flags.writeable = False
+    for variant in (Xf, X2, Xw[:, :20], Xr):
+        s, i = hn.topk(np.asfortranarray(Q), variant, k=9)
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_array_equal(s, rs)
+    s, i = hn.topk(Q.astype(np.float64), X.astype(np.float64), k=9)
+    np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.skipif(torch is None, reason="torch missing")
+def test_torch_cpu_in_torch_out(rng):
+    Q, X = int_vectors(rng, 5, 30), int_vectors(rng, 200, 30)
+    s, i = hn.topk(torch.from_numpy(Q), torch.from_numpy(X), k=4)
+    assert isinstance(s, torch.Tensor) and s.dtype == torch.float32 and i.dtype == torch.int64
+    rs, ri = hn.topk(Q, X, k=4)
+    np.testing.assert_array_equal(i.numpy(), ri)
+    Xt = torch.from_numpy(X).t().contiguous().t()  # transposed view
+    s2, i2 = hn.topk(torch.from_numpy(Q), Xt.T.T, k=4)
+    np.testing.assert_array_equal(i2.numpy(), ri)
+    qg = torch.from_numpy(Q).requires_grad_()
+    s3, _ = hn.topk(qg, torch.from_numpy(X), k=4)
+    assert not s3.requires_grad
+
+
+@pytest.mark.skipif(torch is None, reason="torch missing")
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_torch_path_forced_on_cpu(rng, metric):
+    Q, X = int_vectors(rng, 11, 19), int_vectors(rng, 700, 19)
+    X[100:110] = X[5]  # ties
+    ex = [[5], [], list(range(0, 700, 2))] + [[]] * 8
+    rs, ri = hn.topk(Q, X, k=25, metric=metric, exclude=ex)
+    # a tiny memory budget forces many chunks and merges
+    s, i = hn.topk(torch.from_numpy(Q), torch.from_numpy(X), k=25, metric=metric, exclude=ex,
+                   backend="torch", memory_budget=11 * 64 * 17)
+    check = np.testing.assert_array_equal if metric != "cosine" else None
+    if check:  # ip / l2 on small integers are exact in float32 on both paths
+        check(i.numpy(), ri)
+        check(s.numpy(), rs)
+    else:
+        assert_ids_where_clear(s.numpy(), i.numpy(), rs, ri, tol=1e-5)
+    s, i = hn.topk(Q, X, k=800, metric=metric, backend="torch")
+    rs, ri = hn.topk(Q, X, k=800, metric=metric)
+    if check:
+        check(i, ri)
+    else:
+        assert_ids_where_clear(s, i, rs, ri, tol=1e-5)
+    assert (i[:, 700:] == -1).all()
+
+
+@pytest.mark.skipif(not cuda_available(), reason="no CUDA device")
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_cuda_tensors(rng, metric):
+    Q, X = int_vectors(rng, 30, 64), int_vectors(rng, 5000, 64)
+    rs, ri = hn.topk(Q, X, k=50, metric=metric, exclude=[[1, 2]] * 30)
+    s, i = hn.topk(torch.from_numpy(Q).cuda(), torch.from_numpy(X).cuda(), k=50, metric=metric,
+                   exclude=[[1, 2]] * 30, memory_budget=1 << 20)
+    assert s.device.type == "cuda" and i.device.type == "cuda"
+    np.testing.assert_array_equal(i.cpu().numpy(), ri)
+    for dt in (torch.float16, torch.bfloat16):
+        s, i = hn.topk(torch.from_numpy(Q).cuda().to(dt), torch.from_numpy(X).cuda().to(dt), k=50, metric=metric)
+        rs2, ri2 = hn.topk(Q, X, k=50, metric=metric)
+        np.testing.assert_array_equal(i.cpu().numpy(), ri2)
+
+
+def test_huge_values(rng):
+    Q = rng.standard_normal((4, 16)).astype(np.float32) * 1e15
+    X = rng.standard_normal((50, 16)).astype(np.float32) * 1e15
+    s, i = hn.topk(Q, X, k=50)
+    rs, ri = ref_topk(Q, X, 50)
+    np.testing.assert_allclose(s, rs, rtol=1e-4)
+    # products that overflow float32 are ranked, not rejected
+    s, i = hn.topk(np.full((1, 4), 3e38, np.float32), np.full((2, 4), 3e38, np.float32), k=2)
+    assert (i == [[0, 1]]).all() and np.isposinf(s).all()
+
+
+def test_simd_levels_agree(rng):
+    Q, X = int_vectors(rng, 7, 45), int_vectors(rng, 333, 45)
+    Xh = X.astype(np.float16)
+    start = hn.simd_level()
+    results = {}
+    try:
+        for level in _core.available_simd_levels():
+            _core.set_simd_level(level)
+            for metric in ("ip", "l2"):
+                results[(level, metric)] = hn.topk(Q, X, k=30, metric=metric)
+                s, i = hn.topk(Q, Xh, k=30, metric=metric)
+                np.testing.assert_array_equal(i, results[(level, metric)][1])
+    finally:
+        _core.set_simd_level(start)
+    for metric in ("ip", "l2"):
+        rs, ri = ref_topk(Q, X, 30, metric)
+        for level in _core.available_simd_levels():
+            np.testing.assert_array_equal(results[(level, metric)][1], ri)
+    with pytest.raises(ValueError, match="not available"):
+        _core.set_simd_level("sse9")
+
+
+def test_dense_index_add_equals_fresh(rng):
+    A, B, C = int_vectors(rng, 100, 24), int_vectors(rng, 1, 24), int_vectors(rng, 57, 24)
+    Q = int_vectors(rng, 12, 24)
+    for metric in ("ip", "cosine", "l2"):
+        idx = hn.DenseIndex(A, metric=metric)
+        idx.add(B).add(C)
+        assert len(idx) == 158 and idx.dim == 24
+        full = np.concatenate([A, B, C])
+        ex = [[0, 100, 157]] * 12
+        s, i = idx.search(Q, k=40, exclude=ex)
+        rs, ri = hn.DenseIndex(full, metric=metric).search(Q, k=40, exclude=ex)
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_array_equal(s, rs)
+        assert not (i == 100).any()
+
+
+def test_cosine_zero_rows():
+    X = np.array([[0, 0], [1, 0], [0, 1]], np.float32)
+    s, i = hn.topk(np.array([[1, 1], [0, 0]], np.float32), X, k=3, metric="cosine")
+    assert i[0].tolist() == [1, 2, 0]
+    np.testing.assert_allclose(s[0], [np.sqrt(0.5), np.sqrt(0.5), 0], rtol=1e-6)
+    assert i[1].tolist() == [0, 1, 2] and (s[1] == 0).all()
+
+
+def test_merge_topk(rng):
+    Q, X = int_vectors(rng, 6, 10), int_vectors(rng, 300, 10)
+    X[200:] = X[:100]
+    rs, ri = hn.topk(Q, X, k=20)
+    parts = [hn.topk(Q, X[a:b], k=20) for a, b in [(0, 90), (90, 200), (200, 300)]]
+    s = [p[0] for p in parts]
+    i = [np.where(p[1] >= 0, p[1] + off, -1) for p, off in zip(parts, (0, 90, 200))]
+    ms, mi = hn.merge_topk(s, i, k=20)
+    np.testing.assert_array_equal(mi, ri)
+    np.testing.assert_array_equal(ms, rs)
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_inputs():
+    X = np.ones((10, 4), np.float32)
+    Q = np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match="dimension"):
+        hn.topk(np.ones((2, 5), np.float32), X)
+    with pytest.raises(ValueError, match="queries must be 2-D"):
+        hn.topk(np.ones(4, np.float32), X)
+    with pytest.raises(ValueError, match="corpus must be 2-D"):
+        hn.topk(Q, np.ones((2, 3, 4), np.float32))
+    for k in (0, -1):
+        with pytest.raises(ValueError, match="k must be"):
+            hn.topk(Q, X, k=k)
+    with pytest.raises(TypeError, match="k must be"):
+        hn.topk(Q, X, k=2.5)
+    bad = Q.copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(ValueError, match="queries contains NaN"):
+        hn.topk(bad, X)
+    badx = X.copy()
+    badx[7, 2] = np.inf
+    with pytest.raises(ValueError, match=r"corpus contains NaN or Inf \(row 7\)"):
+        hn.topk(Q, badx)
+    with pytest.raises(ValueError, match="corpus contains NaN"):
+        hn.DenseIndex(badx)
+    badh = X.astype(np.float16)
+    badh[3, 0] = np.nan
+    with pytest.raises(ValueError, match="row 3"):
+        hn.topk(Q, badh)
+    with pytest.raises(TypeError, match="corpus must be float32"):
+        hn.topk(Q, X.astype(np.complex64))
+    with pytest.raises(TypeError, match="corpus must be float32"):
+        hn.topk(Q, X.astype(bool))
+    with pytest.raises(TypeError, match="queries must be"):
+        hn.topk(np.array([["a", "b"]]), X)
+    with pytest.raises(TypeError, match="corpus must be a numpy array"):
+        hn.topk(Q, "not an array")
+    with pytest.raises(ValueError, match="outside the corpus range"):
+        hn.topk(Q, X, exclude=[[10], []])
+    with pytest.raises(ValueError, match="outside the corpus range"):
+        hn.topk(Q, X, exclude=[[-2], []])
+    with pytest.raises(ValueError, match="one entry per query"):
+        hn.topk(Q, X, exclude=[[1]])
+    with pytest.raises(TypeError, match="integer ids"):
+        hn.topk(Q, X, exclude=[[1.5], []])
+    with pytest.raises(ValueError, match="indptr"):
+        hn.topk(Q, X, exclude=(np.array([0, 1]), np.array([1])))
+    with pytest.raises(ValueError, match="corpus is empty"):
+        hn.topk(Q, np.ones((0, 4), np.float32))
+    with pytest.raises(ValueError, match="corpus is empty"):
+        hn.DenseIndex(np.ones((0, 4), np.float32))
+    with pytest.raises(ValueError, match="metric must be"):
+        hn.topk(Q, X, metric="dot")
+    with pytest.raises(ValueError, match="backend must be"):
+        hn.topk(Q, X, backend="gpu")
+    with pytest.raises(ValueError, match="num_threads"):
+        hn.topk(Q, X, num_threads=0)
+    with pytest.raises(ValueError, match="too large for float32"):
+        hn.topk(Q.astype(np.float64) * 1e300, X)
+    idx = hn.DenseIndex(X)
+    with pytest.raises(ValueError, match="dimension"):
+        idx.add(np.ones((3, 5), np.float32))
+    with pytest.raises(ValueError, match="dimension"):
+        idx.search(np.ones((1, 3), np.float32))
+
+
+def test_empty_queries():
+    s, i = hn.topk(np.ones((0, 4), np.float32), np.ones((5, 4), np.float32), k=3)
+    assert s.shape == (0, 3) and i.shape == (0, 3)
+
+
+@pytest.mark.skipif(not cuda_available(), reason="no CUDA device")
+def test_mixed_devices():
+    with pytest.raises(ValueError, match="same device"):
+        hn.topk(torch.ones(2, 4).cuda(), torch.ones(5, 4))
+
+
+def test_threads_setting(monkeypatch):
+    hn.set_num_threads(1)
+    try:
+        assert hn.get_num_threads() == 1
+    finally:
+        hn.set_num_threads(None)
+    monkeypatch.setenv("HARDNEG_NUM_THREADS", "3")
+    assert hn.get_num_threads() == 3
+    monkeypatch.setenv("HARDNEG_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="HARDNEG_NUM_THREADS"):
+        hn.get_num_threads()
+
+
+def test_info():
+    info = hn.info()
+    assert info["version"] == hn.__version__
+    assert info["simd_level"] in ("avx512", "avx2", "neon", "scalar")
+    assert info["num_threads"] >= 1
