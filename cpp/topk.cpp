@@ -9,6 +9,8 @@
 #include "topk.h"
 
 #include <algorithm>
+#include <cstring>
+#include <functional>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -21,14 +23,31 @@
 namespace hn {
 namespace {
 
-struct Cand {
-    float key;   // larger is better (-distance for L2)
-    int64_t id;
-};
+// A candidate is one 64-bit word: the ranking key mapped to an unsigned
+// integer that sorts like the float (high 32 bits) and the bitwise NOT of the id
+// (low 32 bits).  Larger words are better: higher key, then smaller id.  Plain
+// integer compares make nth_element/sort several times faster than a struct
+// comparator, and the buffers half the size.
+using Cand = uint64_t;
+constexpr int64_t kMaxRows = int64_t(0xFFFFFFFF);  // ids must fit in 32 bits
 
-inline bool better(const Cand& a, const Cand& b) {
-    return a.key > b.key || (a.key == b.key && a.id < b.id);
+inline uint32_t key_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+inline float bits_key(uint32_t u) {
+    u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline Cand make_cand(float key, int64_t id) {
+    key += 0.0f;  // -0 -> +0: equal floats must map to equal bits
+    return (uint64_t(key_bits(key)) << 32) | uint64_t(~uint32_t(id));
+}
+inline float cand_key(Cand c) { return bits_key(uint32_t(c >> 32)); }
+inline int64_t cand_id(Cand c) { return int64_t(~uint32_t(c)); }
 
 // Running top-k of one query inside one thread.
 struct TopkBuf {
@@ -38,12 +57,12 @@ struct TopkBuf {
 
     void push(float key, int64_t id) {
         if (n == cap) compact();
-        buf[n++] = Cand{key, id};
+        buf[n++] = make_cand(key, id);
     }
     void compact() {
-        std::nth_element(buf, buf + (k - 1), buf + n, better);
+        std::nth_element(buf, buf + (k - 1), buf + n, std::greater<Cand>());
         n = k;
-        tau = buf[k - 1].key;
+        tau = cand_key(buf[k - 1]);
     }
 };
 
@@ -81,7 +100,11 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
     const float pad_score = metric == Metric::L2 ? std::numeric_limits<float>::infinity()
                                                  : -std::numeric_limits<float>::infinity();
     size_t total = 0;
-    for (const Segment& s : segments) total += s.rows;
+    for (const Segment& s : segments) {
+        total += s.rows;
+        if (s.id_offset < 0 || s.id_offset + (int64_t)s.rows > kMaxRows)
+            throw std::invalid_argument("corpus ids must lie in [0, 2^32 - 1)");
+    }
     if (nq == 0) return;
 
     // Sorted copy of each query's exclusions (checked only for threshold survivors).
@@ -198,13 +221,15 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
             merged.clear();
             for (int t = 0; t < nt; ++t) merged.insert(merged.end(), bufs[t][i].buf, bufs[t][i].buf + bufs[t][i].n);
             size_t m = std::min(k, merged.size());
-            if (merged.size() > m) std::nth_element(merged.begin(), merged.begin() + (m - 1), merged.end(), better);
-            std::sort(merged.begin(), merged.begin() + m, better);
+            if (merged.size() > m)
+                std::nth_element(merged.begin(), merged.begin() + (m - 1), merged.end(), std::greater<Cand>());
+            std::sort(merged.begin(), merged.begin() + m, std::greater<Cand>());
             float* so = scores + (q0 + i) * k;
             int64_t* io = ids + (q0 + i) * k;
             for (size_t r = 0; r < m; ++r) {
-                so[r] = metric == Metric::L2 ? -merged[r].key : merged[r].key;
-                io[r] = merged[r].id;
+                const float key = cand_key(merged[r]);
+                so[r] = metric == Metric::L2 ? -key : key;
+                io[r] = cand_id(merged[r]);
             }
             for (size_t r = m; r < k; ++r) {
                 so[r] = pad_score;
@@ -220,7 +245,10 @@ void merge_topk(const std::vector<const float*>& part_scores, const std::vector<
     const float pad = smallest_first ? std::numeric_limits<float>::infinity()
                                      : -std::numeric_limits<float>::infinity();
     parallel_for(nq, nq * k > 100000 ? num_threads : 1, 256, [&](size_t b, size_t e, int) {
-        std::vector<Cand> c;
+        std::vector<std::pair<float, int64_t>> c;
+        auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        };
         for (size_t i = b; i < e; ++i) {
             c.clear();
             for (size_t p = 0; p < part_scores.size(); ++p)
@@ -228,14 +256,14 @@ void merge_topk(const std::vector<const float*>& part_scores, const std::vector<
                     int64_t id = part_ids[p][i * part_k[p] + r];
                     if (id < 0) continue;
                     float s = part_scores[p][i * part_k[p] + r];
-                    c.push_back(Cand{smallest_first ? -s : s, id});
+                    c.emplace_back(smallest_first ? -s : s, id);
                 }
             size_t m = std::min(k, c.size());
             if (c.size() > m) std::nth_element(c.begin(), c.begin() + (m - 1), c.end(), better);
             std::sort(c.begin(), c.begin() + m, better);
             for (size_t r = 0; r < m; ++r) {
-                scores[i * k + r] = smallest_first ? -c[r].key : c[r].key;
-                ids[i * k + r] = c[r].id;
+                scores[i * k + r] = smallest_first ? -c[r].first : c[r].first;
+                ids[i * k + r] = c[r].second;
             }
             for (size_t r = m; r < k; ++r) {
                 scores[i * k + r] = pad;

@@ -405,3 +405,9 @@ def test_info():
     assert info["version"] == hn.__version__
     assert info["simd_level"] in ("avx512", "avx2", "neon", "scalar")
     assert info["num_threads"] >= 1
+
+
+def test_signed_zero_scores_tie_by_id():
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+    s, i = hn.topk(np.array([[0.0, 1.0]], np.float32), X, k=3)
+    assert i.tolist() == [[1, 0, 2]]  # 0 * -1 = -0.0 ties with +0.0 -> by id

@@ -75,30 +75,44 @@ inline void block(const float* Q, size_t ldq, const void* X, size_t ldx, size_t 
 constexpr int MQ = 3;
 constexpr int MC = 4;
 
-template <int RQ, DType T>
-inline void row_sweep(const float* Q, size_t ldq, const void* X, size_t ldx, size_t nx, size_t d,
-                      float* S, size_t lds) {
-    const size_t es = (T == DType::F32) ? 4 : 2;
-    const char* xb = static_cast<const char*>(X);
-    size_t j = 0;
-    for (; j + MC <= nx; j += MC) block<RQ, MC, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds);
-    switch (nx - j) {
-        case 3: block<RQ, 3, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        case 2: block<RQ, 2, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        case 1: block<RQ, 1, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        default: break;
-    }
+using BlockFn = void (*)(const float*, size_t, const void*, size_t, size_t, float*, size_t);
+
+// block<RQ, RC> for every edge size, indexed [RQ][RC].
+template <DType T>
+inline BlockFn block_fn(size_t rq, size_t rc) {
+    static const BlockFn table[MQ + 1][MC + 1] = {
+        {nullptr},
+        {nullptr, &block<1, 1, T>, &block<1, 2, T>, &block<1, 3, T>, &block<1, 4, T>},
+        {nullptr, &block<2, 1, T>, &block<2, 2, T>, &block<2, 3, T>, &block<2, 4, T>},
+        {nullptr, &block<3, 1, T>, &block<3, 2, T>, &block<3, 3, T>, &block<3, 4, T>}};
+    return table[rq][rc];
 }
 
+// Loop order: when the query panel fits in L1/L2 (small batches), each group
+// of MC corpus rows is read from memory once and used by every query group;
+// otherwise (large batches) each query group sweeps the whole corpus tile,
+// which the caller sized to stay in L2.
 template <DType T>
 void dot_tile_t(const float* Q, size_t ldq, size_t nq, const void* X, size_t ldx, size_t nx,
                 size_t d, float* S, size_t lds) {
-    size_t i = 0;
-    for (; i + MQ <= nq; i += MQ) row_sweep<MQ, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds);
-    switch (nq - i) {
-        case 2: row_sweep<2, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
-        case 1: row_sweep<1, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
-        default: break;
+    const size_t es = (T == DType::F32) ? 4 : 2;
+    const char* xb = static_cast<const char*>(X);
+    if (nq * d * sizeof(float) <= (size_t(192) << 10)) {
+        for (size_t j = 0; j < nx; j += MC) {
+            const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
+            for (size_t i = 0; i < nq; i += MQ) {
+                const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
+                block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
+            }
+        }
+    } else {
+        for (size_t i = 0; i < nq; i += MQ) {
+            const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
+            for (size_t j = 0; j < nx; j += MC) {
+                const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
+                block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
+            }
+        }
     }
 }
 

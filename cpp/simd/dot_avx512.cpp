@@ -43,10 +43,28 @@ inline float hsum(__m512 v) {
     return _mm_cvtss_f32(b);
 }
 
+// Four horizontal sums at once, returned as [sum(w), sum(x), sum(y), sum(z)].
+// Every lane follows exactly the addition tree of hsum() (halves of 256, then
+// 128, then pairs), so a score is bit-identical whichever path reduced it.
+inline __m128 hsum4(__m512 w, __m512 x, __m512 y, __m512 z) {
+    // 512 -> 256: [w.lo256 + w.hi256 | x.lo256 + x.hi256]
+    __m512 awx = _mm512_add_ps(_mm512_shuffle_f32x4(w, x, _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(w, x, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 ayz = _mm512_add_ps(_mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(3, 2, 3, 2)));
+    // 256 -> 128: one 128-bit lane per input
+    __m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(awx, ayz, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(awx, ayz, _MM_SHUFFLE(3, 1, 3, 1)));
+    // 4 -> 2 -> 1 inside each lane
+    b = _mm512_add_ps(b, _mm512_permute_ps(b, _MM_SHUFFLE(1, 0, 3, 2)));
+    b = _mm512_add_ps(b, _mm512_permute_ps(b, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12), b));
+}
+
 // THE HOT LOOP.  A register block of RQ queries x RC corpus rows: RQ*RC
 // accumulators of 16 lanes each, walking along d 16 elements at a time.  Each
 // step loads RQ query vectors and RC corpus vectors and issues RQ*RC FMAs; the
-// 16 lanes are summed once at the end.  With RQ=4, RC=6 that is 24 + 4 + 1
+// 16 lanes are summed once at the end.  With RQ=6, RC=4 that is 24 + 6 + 1
 // live zmm registers out of 32.
 template <int RQ, int RC, DType T>
 inline void block(const float* Q, size_t ldq, const void* X, size_t ldx, size_t d,
@@ -72,41 +90,60 @@ inline void block(const float* Q, size_t ldq, const void* X, size_t ldx, size_t 
             for (int i = 0; i < RQ; ++i) acc[i][j] = _mm512_fmadd_ps(q[i], x, acc[i][j]);
         }
     }
-    for (int i = 0; i < RQ; ++i)
-        for (int j = 0; j < RC; ++j) S[i * lds + j] = hsum(acc[i][j]);
-}
-
-constexpr int MQ = 4;  // queries per register block
-constexpr int MC = 6;  // corpus rows per register block
-
-// Corpus rows [j0, nx) in blocks of MC, then the remainder with a smaller block.
-template <int RQ, DType T>
-inline void row_sweep(const float* Q, size_t ldq, const void* X, size_t ldx, size_t nx, size_t d,
-                      float* S, size_t lds) {
-    const size_t es = (T == DType::F32) ? 4 : 2;
-    const char* xb = static_cast<const char*>(X);
-    size_t j = 0;
-    for (; j + MC <= nx; j += MC) block<RQ, MC, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds);
-    switch (nx - j) {
-        case 5: block<RQ, 5, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        case 4: block<RQ, 4, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        case 3: block<RQ, 3, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        case 2: block<RQ, 2, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        case 1: block<RQ, 1, T>(Q, ldq, xb + j * ldx * es, ldx, d, S + j, lds); break;
-        default: break;
+    for (int i = 0; i < RQ; ++i) {
+        if constexpr (RC == 4) {
+            _mm_storeu_ps(S + i * lds, hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+        } else {
+            for (int j = 0; j < RC; ++j) S[i * lds + j] = hsum(acc[i][j]);
+        }
     }
 }
 
+constexpr int MQ = 6;  // queries per register block
+constexpr int MC = 4;  // corpus rows per register block
+
+// Corpus rows [j0, nx) in blocks of MC, then the remainder with a smaller block.
+using BlockFn = void (*)(const float*, size_t, const void*, size_t, size_t, float*, size_t);
+
+// block<RQ, RC> for every edge size, indexed [RQ][RC].
+template <DType T>
+inline BlockFn block_fn(size_t rq, size_t rc) {
+    static const BlockFn table[MQ + 1][MC + 1] = {
+        {nullptr},
+        {nullptr, &block<1, 1, T>, &block<1, 2, T>, &block<1, 3, T>, &block<1, 4, T>},
+        {nullptr, &block<2, 1, T>, &block<2, 2, T>, &block<2, 3, T>, &block<2, 4, T>},
+        {nullptr, &block<3, 1, T>, &block<3, 2, T>, &block<3, 3, T>, &block<3, 4, T>},
+        {nullptr, &block<4, 1, T>, &block<4, 2, T>, &block<4, 3, T>, &block<4, 4, T>},
+        {nullptr, &block<5, 1, T>, &block<5, 2, T>, &block<5, 3, T>, &block<5, 4, T>},
+        {nullptr, &block<6, 1, T>, &block<6, 2, T>, &block<6, 3, T>, &block<6, 4, T>}};
+    return table[rq][rc];
+}
+
+// Loop order: when the query panel fits in L1/L2 (small batches), each group
+// of MC corpus rows is read from memory once and used by every query group;
+// otherwise (large batches) each query group sweeps the whole corpus tile,
+// which the caller sized to stay in L2.
 template <DType T>
 void dot_tile_t(const float* Q, size_t ldq, size_t nq, const void* X, size_t ldx, size_t nx,
                 size_t d, float* S, size_t lds) {
-    size_t i = 0;
-    for (; i + MQ <= nq; i += MQ) row_sweep<MQ, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds);
-    switch (nq - i) {
-        case 3: row_sweep<3, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
-        case 2: row_sweep<2, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
-        case 1: row_sweep<1, T>(Q + i * ldq, ldq, X, ldx, nx, d, S + i * lds, lds); break;
-        default: break;
+    const size_t es = (T == DType::F32) ? 4 : 2;
+    const char* xb = static_cast<const char*>(X);
+    if (nq * d * sizeof(float) <= (size_t(192) << 10)) {
+        for (size_t j = 0; j < nx; j += MC) {
+            const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
+            for (size_t i = 0; i < nq; i += MQ) {
+                const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
+                block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
+            }
+        }
+    } else {
+        for (size_t i = 0; i < nq; i += MQ) {
+            const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
+            for (size_t j = 0; j < nx; j += MC) {
+                const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
+                block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
+            }
+        }
     }
 }
 

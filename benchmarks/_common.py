@@ -1,0 +1,56 @@
+"""Shared helpers for the compare_* scripts: timing, peak memory, markdown tables."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, List, Sequence
+
+
+def best_time(fn: Callable[[], object], repeat: int = 3, min_time: float = 0.0) -> float:
+    """Best wall time of ``repeat`` calls (seconds)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if best > 5 and min_time == 0:
+            break
+    return best
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_extra_bytes(fn: Callable[[], object]) -> int:
+    """Peak resident memory above the current level while fn runs (Linux: VmHWM reset via clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return -1
+    base = _status("VmRSS")
+    fn()
+    return max(0, _status("VmHWM") - base)
+
+
+def table(header: Sequence[str], rows: List[Sequence[object]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
