@@ -411,3 +411,13 @@ def test_signed_zero_scores_tie_by_id():
     X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
     s, i = hn.topk(np.array([[0.0, 1.0]], np.float32), X, k=3)
     assert i.tolist() == [[1, 0, 2]]  # 0 * -1 = -0.0 ties with +0.0 -> by id
+
+
+def test_simd_env_override():
+    import subprocess
+    import sys
+
+    code = "import hardneg as hn; print(hn.simd_level())"
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "HARDNEG_SIMD": "scalar"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "scalar"
