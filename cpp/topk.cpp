@@ -228,7 +228,7 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
             int64_t* io = ids + (q0 + i) * k;
             for (size_t r = 0; r < m; ++r) {
                 const float key = cand_key(merged[r]);
-                so[r] = metric == Metric::L2 ? -key : key;
+                so[r] = metric == Metric::L2 ? 0.0f - key : key;  // 0 - key: a zero distance is +0
                 io[r] = cand_id(merged[r]);
             }
             for (size_t r = m; r < k; ++r) {

@@ -421,3 +421,12 @@ def test_simd_env_override():
     out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "HARDNEG_SIMD": "scalar"},
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "scalar"
+
+
+def test_l2_zero_distance_is_positive_zero():
+    X = np.array([[1.0, 2.0]], np.float32)
+    s, _ = hn.topk(X, X, k=1, metric="l2")
+    assert s[0, 0] == 0 and not np.signbit(s[0, 0])
+    if torch is not None:
+        s, _ = hn.topk(X, X, k=1, metric="l2", backend="torch")
+        assert s[0, 0] == 0 and not np.signbit(s[0, 0])

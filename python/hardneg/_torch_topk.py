@@ -1,9 +1,12 @@
 """Exact top-k in torch, for CUDA tensors (and on CPU when forced with backend="torch").
 
 The score tile (query chunk x corpus chunk) is bounded by ``memory_budget``
-bytes; chunk results are merged into a running top-k.  Ordering is exact: each
-tile is sorted with a *stable* descending sort, so equal scores keep ascending id
-order, and the running results (smaller ids) precede each new tile in the merge.
+bytes, and chunk results are merged into a running top-k.  Ordering is exact and
+matches the C++ kernel: every score is packed with its id into one int64 key
+(order-preserving integer image of the float in the high 32 bits, ``2^32 - 1 - id``
+in the low 32 bits), so ``torch.topk`` on the keys yields "score descending, then
+id ascending" with no tie ambiguity.  Excluded entries get the smallest key and
+become padding.
 """
 from __future__ import annotations
 
@@ -13,12 +16,30 @@ import numpy as np
 
 from hardneg.exclude import CSR
 
-METRICS = ("ip", "cosine", "l2")
+_LOW = 0xFFFFFFFF
+
+
+def _pack(key, ids):
+    """float32 keys (larger is better) + int64 ids -> int64 sortable words."""
+    import torch
+
+    k = (key + 0.0).contiguous().view(torch.int32)  # +0.0 turns -0.0 into +0.0
+    k = torch.where(k < 0, k ^ 0x7FFFFFFF, k).to(torch.int64)
+    return (k << 32) | (_LOW - ids)
+
+
+def _unpack(words):
+    import torch
+
+    ids = _LOW - (words & _LOW)
+    k = (words >> 32).to(torch.int32)
+    k = torch.where(k < 0, k ^ 0x7FFFFFFF, k)
+    return k.view(torch.float32), ids
 
 
 def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR],
                memory_budget: int = 1 << 30):
-    """queries (Q, d) tensor; corpus_parts: list of (tensor (n, d), id_offset).
+    """queries (Q, d) tensor; corpus_parts: list of (tensor (n, d), id_offset), ids < 2^32.
 
     Returns (scores float32 (Q, k), ids int64 (Q, k)) on the queries' device.
     """
@@ -30,8 +51,10 @@ def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR
     largest = metric != "l2"
     pad = float("-inf") if largest else float("inf")
     if metric == "cosine":
-        q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-30) * (q.norm(dim=1, keepdim=True) > 0)
+        n = q.norm(dim=1, keepdim=True)
+        q = torch.where(n > 0, q / n.clamp_min(1e-38), torch.zeros_like(q))
     qn = (q * q).sum(dim=1, keepdim=True) if metric == "l2" else None
+    invalid = torch.iinfo(torch.int64).min
 
     ex_rows = ex_cols = None
     if exclude is not None and exclude[1].size:
@@ -40,11 +63,11 @@ def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR
         ex_cols = torch.from_numpy(indices).to(dev)
 
     total = sum(int(c.shape[0]) for c, _ in corpus_parts)
-    # bytes per score: the fp32 tile, the sorted copy, int64 sort indices and a bool mask
-    per = 4 + 4 + 8 + 1
+    # bytes per tile element: fp32 scores, int64 keys and their topk temporaries
+    per = 32
     qc = max(1, min(nq, 4096))
     cc = max(1, int(memory_budget // (per * qc)))
-    while cc < min(total, 1024) and qc > 1:
+    while cc < min(total, 4 * k, 4096) and qc > 1:
         qc = max(1, qc // 2)
         cc = max(1, int(memory_budget // (per * qc)))
 
@@ -53,9 +76,7 @@ def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR
     for q0 in range(0, nq, qc):
         q1 = min(nq, q0 + qc)
         qb = q[q0:q1]
-        run_s = torch.full((q1 - q0, 0), pad, dtype=torch.float32, device=dev)
-        run_i = torch.full((q1 - q0, 0), -1, dtype=torch.int64, device=dev)
-        run_v = torch.zeros((q1 - q0, 0), dtype=torch.bool, device=dev)
+        run = torch.empty((q1 - q0, 0), dtype=torch.int64, device=dev)
         if ex_rows is not None:
             sel = (ex_rows >= q0) & (ex_rows < q1)
             er, ec = ex_rows[sel] - q0, ex_cols[sel]
@@ -67,31 +88,25 @@ def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR
                 s = qb @ x.T
                 if metric == "cosine":
                     xn = x.norm(dim=1)
-                    s = s * torch.where(xn > 0, 1.0 / xn, torch.zeros_like(xn))
+                    s = s * torch.where(xn > 0, 1.0 / xn.clamp_min(1e-38), torch.zeros_like(xn))
                 elif metric == "l2":
-                    s = (qn[q0:q1] + (x * x).sum(dim=1)[None, :] - 2.0 * s).clamp_min(0.0)
-                valid = ~torch.isnan(s)
+                    s = -(qn[q0:q1] + (x * x).sum(dim=1)[None, :] - 2.0 * s).clamp_min(0.0)
+                ids = torch.arange(off + c0, off + c1, device=dev, dtype=torch.int64)
+                words = _pack(s, ids[None, :])
+                words = torch.where(torch.isnan(s), torch.full_like(words, invalid), words)
                 if ex_rows is not None:
                     g0, g1 = off + c0, off + c1
                     m = (ec >= g0) & (ec < g1)
-                    valid[er[m], ec[m] - g0] = False
-                ids = torch.arange(off + c0, off + c1, device=dev).expand(q1 - q0, -1)
-                s_all = torch.cat([run_s, s], dim=1)
-                i_all = torch.cat([run_i, ids], dim=1)
-                v_all = torch.cat([run_v, valid], dim=1)
-                # stable sorts: by score (ids already ascending along the row), then valid first
-                s_sorted, order = torch.sort(s_all, dim=1, descending=largest, stable=True)
-                v_sorted = torch.gather(v_all, 1, order)
-                order2 = torch.sort(v_sorted.to(torch.int8), dim=1, descending=True, stable=True).indices
-                order = torch.gather(order, 1, order2)[:, :k]
-                run_s = torch.gather(s_all, 1, order)
-                run_i = torch.gather(i_all, 1, order)
-                run_v = torch.gather(v_all, 1, order)
-        kk = run_s.shape[1]
-        run_s = torch.where(run_v, run_s, torch.full_like(run_s, pad))
-        run_i = torch.where(run_v, run_i, torch.full_like(run_i, -1))
-        out_s[q0:q1, :kk] = run_s
-        out_i[q0:q1, :kk] = run_i
+                    words[er[m], ec[m] - g0] = invalid
+                kk = min(k, words.shape[1])
+                best = torch.topk(words, kk, dim=1, largest=True, sorted=False).values
+                both = torch.cat([run, best], dim=1)
+                run = torch.topk(both, min(k, both.shape[1]), dim=1, largest=True, sorted=True).values
+        kk = run.shape[1]
+        key, ids = _unpack(run)
+        valid = run != invalid
+        out_s[q0:q1, :kk] = torch.where(valid, key if largest else 0.0 - key, torch.full_like(key, pad))
+        out_i[q0:q1, :kk] = torch.where(valid, ids, torch.full_like(ids, -1))
         if kk < k:
             out_s[q0:q1, kk:] = pad
             out_i[q0:q1, kk:] = -1
