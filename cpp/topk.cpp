@@ -66,8 +66,8 @@ struct TopkBuf {
     }
 };
 
-constexpr size_t kBufferBudget = size_t(96) << 20;  // bytes for candidate buffers, all threads
-constexpr size_t kMaxPanel = 4096;
+constexpr size_t kBufferBudget = size_t(32) << 20;  // bytes of candidate buffers, all threads
+constexpr size_t kMaxPanel = 256;                     // queries per panel (keeps the score tile in L2)
 
 size_t block_rows(size_t d, DType t) {
     // about 384 KiB of corpus per block: stays in L2 while every query group of the panel passes over it
@@ -89,6 +89,126 @@ void check_row_finite(const Kernels& K, const char* X, const Segment& sg, size_t
             throw std::invalid_argument("corpus contains NaN or Inf (row " + std::to_string(sg.id_offset + (int64_t)row) + ")");
 }
 
+// Everything one search needs, shared read-only by the threads.
+struct Search {
+    const Kernels& K;
+    const void* Q;
+    DType qt;
+    size_t ldq, d, k, cap;
+    Metric metric;
+    const Exclusions& excl;
+    const std::vector<int64_t>& ex_sorted;
+    const std::vector<Block>& blocks;
+    size_t nb_max;
+};
+
+// Per-thread scratch for a panel of up to `panel` queries.
+struct Panel {
+    std::vector<float> q, qn, tile, xn;
+    std::vector<uint32_t> surv;
+    std::unique_ptr<Cand[]> cands;
+    std::vector<TopkBuf> bufs;
+    size_t q0 = 0, P = 0;
+
+    Panel(const Search& S, size_t panel)
+        : q(panel * S.d), qn(panel), tile(panel * S.nb_max), xn(S.nb_max), surv(S.nb_max),
+          cands(new Cand[panel * S.cap]), bufs(panel) {}
+
+    // Queries q0 .. q0+P-1 as contiguous fp32 (normalised for cosine); empty buffers.
+    void load_queries(const Search& S, size_t q0_, size_t P_) {
+        q0 = q0_;
+        P = P_;
+        for (size_t i = 0; i < P; ++i) {
+            const char* src = static_cast<const char*>(S.Q) + (q0 + i) * S.ldq * dtype_size(S.qt);
+            float* dst = q.data() + i * S.d;
+            S.K.to_f32(src, S.qt, S.d, dst);
+            if (S.metric != Metric::IP) {
+                S.K.sqnorm_rows(dst, S.d, 1, S.d, DType::F32, &qn[i]);
+                if (S.metric == Metric::Cosine) {
+                    float inv = qn[i] > 0 ? 1.0f / std::sqrt(qn[i]) : 0.0f;
+                    for (size_t p = 0; p < S.d; ++p) dst[p] *= inv;
+                }
+            }
+        }
+        reset(S);
+    }
+    void reset(const Search& S) {
+        for (size_t i = 0; i < P; ++i)
+            bufs[i] = TopkBuf{cands.get() + i * S.cap, 0, S.cap, S.k, -std::numeric_limits<float>::infinity()};
+    }
+
+    // THE SELECTION LOOP: score one corpus block against the panel and keep, per
+    // query, only the keys at or above its running threshold.
+    void process(const Search& S, const float* qpanel, const float* qnorms, const Block& blk) {
+        const Segment& sg = *blk.seg;
+        const size_t nb = blk.r1 - blk.r0, d = S.d;
+        const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * dtype_size(sg.dtype);
+        float* T = tile.data();
+        S.K.dot_tile(qpanel, d, P, X, sg.ld, nb, d, sg.dtype, T, nb);
+        // A NaN/Inf anywhere in a corpus row makes its score with every query
+        // non-finite, so checking the first query's row finds bad input for
+        // free; huge finite values that overflow are allowed.
+        for (size_t j = 0; j < nb; ++j)
+            if (!std::isfinite(T[j])) check_row_finite(S.K, X, sg, j, d, blk.r0 + j);
+        if (S.metric != Metric::IP) {
+            if (sg.sqnorms) std::copy(sg.sqnorms + blk.r0, sg.sqnorms + blk.r1, xn.begin());
+            else S.K.sqnorm_rows(X, sg.ld, nb, d, sg.dtype, xn.data());
+            if (S.metric == Metric::Cosine)
+                for (size_t j = 0; j < nb; ++j) xn[j] = xn[j] > 0 ? 1.0f / std::sqrt(xn[j]) : 0.0f;
+        }
+        const int64_t base = sg.id_offset + (int64_t)blk.r0;
+        for (size_t i = 0; i < P; ++i) {
+            float* s = T + i * nb;
+            // ranking keys: larger is better
+            if (S.metric == Metric::Cosine) {
+                for (size_t j = 0; j < nb; ++j) s[j] *= xn[j];
+            } else if (S.metric == Metric::L2) {
+                const float a = qnorms[i];
+                for (size_t j = 0; j < nb; ++j) s[j] = -std::max(0.0f, a + xn[j] - 2.0f * s[j]);
+            }
+            TopkBuf& tb = bufs[i];
+            const size_t c = S.K.filter_ge(s, nb, tb.tau, surv.data());
+            const int64_t* eb = nullptr;
+            const int64_t* ee = nullptr;
+            if (S.excl.indptr) {
+                eb = S.ex_sorted.data() + S.excl.indptr[q0 + i];
+                ee = S.ex_sorted.data() + S.excl.indptr[q0 + i + 1];
+            }
+            for (size_t u = 0; u < c; ++u) {
+                const float key = s[surv[u]];
+                if (key < tb.tau) continue;  // the threshold rose inside this row
+                const int64_t id = base + surv[u];
+                if (eb != ee && std::binary_search(eb, ee, id)) continue;
+                tb.push(key, id);
+            }
+        }
+    }
+};
+
+// Merges the candidates of query i from one or more panels, best first, into the outputs.
+void write_results(const Search& S, const std::vector<Panel*>& parts, size_t i, std::vector<Cand>& merged,
+                   float* scores, int64_t* ids) {
+    merged.clear();
+    for (Panel* p : parts) merged.insert(merged.end(), p->bufs[i].buf, p->bufs[i].buf + p->bufs[i].n);
+    const size_t k = S.k, m = std::min(k, merged.size());
+    if (merged.size() > m) std::nth_element(merged.begin(), merged.begin() + (m - 1), merged.end(), std::greater<Cand>());
+    std::sort(merged.begin(), merged.begin() + m, std::greater<Cand>());
+    const size_t row = parts.front()->q0 + i;
+    float* so = scores + row * k;
+    int64_t* io = ids + row * k;
+    for (size_t r = 0; r < m; ++r) {
+        const float key = cand_key(merged[r]);
+        so[r] = S.metric == Metric::L2 ? 0.0f - key : key;  // 0 - key: a zero distance is +0
+        io[r] = cand_id(merged[r]);
+    }
+    const float pad = S.metric == Metric::L2 ? std::numeric_limits<float>::infinity()
+                                             : -std::numeric_limits<float>::infinity();
+    for (size_t r = m; r < k; ++r) {
+        so[r] = pad;
+        io[r] = -1;
+    }
+}
+
 }  // namespace
 
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
@@ -96,9 +216,6 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const Exclusions& excl, float* scores, int64_t* ids, int num_threads) {
     if (k == 0) throw std::invalid_argument("k must be positive");
     if (d == 0) throw std::invalid_argument("d must be positive");
-    const Kernels& K = kernels();
-    const float pad_score = metric == Metric::L2 ? std::numeric_limits<float>::infinity()
-                                                 : -std::numeric_limits<float>::infinity();
     size_t total = 0;
     for (const Segment& s : segments) {
         total += s.rows;
@@ -124,118 +241,56 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
         for (size_t r = 0; r < s.rows; r += nb) blocks.push_back(Block{&s, r, std::min(s.rows, r + nb)});
     }
     // Fewer threads for small problems (thread start-up would dominate).
-    double work = double(nq) * double(total) * double(d);
     int nt = std::max(1, num_threads);
-    if (work < 4e6) nt = 1;
-    nt = (int)std::min<size_t>((size_t)nt, std::max<size_t>(1, blocks.size()));
+    if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
 
-    const size_t cap = std::min(k + std::max<size_t>(k / 2, 32), std::max<size_t>(total, 1) + 1);
+    // Buffer capacity: compaction (nth_element over cap) runs every cap - k insertions.
+    const size_t cap = std::min(2 * k + 32, std::max<size_t>(total, 1) + 1);
     size_t panel = kBufferBudget / (size_t(nt) * cap * sizeof(Cand));
     panel = std::max<size_t>(1, std::min({panel, kMaxPanel, nq}));
+    Search S{kernels(), Q, qt, ldq, d, k, cap, metric, excl, ex_sorted, blocks, nb_max};
 
-    std::vector<float> qbuf(panel * d), qn(panel);
-    std::vector<std::vector<float>> tiles(nt), norms(nt);
-    std::vector<std::vector<uint32_t>> surv(nt);
-    std::vector<std::unique_ptr<Cand[]>> cands(nt);
-    std::vector<std::vector<TopkBuf>> bufs(nt);
-    for (int t = 0; t < nt; ++t) {
-        tiles[t].resize(panel * nb_max);
-        norms[t].resize(nb_max);
-        surv[t].resize(nb_max);
-        cands[t].reset(new Cand[panel * cap]);
-        bufs[t].resize(panel);
-    }
-    std::vector<Cand> merged;
-
-    for (size_t q0 = 0; q0 < nq; q0 += panel) {
-        const size_t P = std::min(panel, nq - q0);
-        // Queries of this panel as contiguous fp32 (normalised for cosine).
-        for (size_t i = 0; i < P; ++i) {
-            const char* src = static_cast<const char*>(Q) + (q0 + i) * ldq * dtype_size(qt);
-            float* dst = qbuf.data() + i * d;
-            K.to_f32(src, qt, d, dst);
-            if (metric != Metric::IP) {
-                K.sqnorm_rows(dst, d, 1, d, DType::F32, &qn[i]);
-                if (metric == Metric::Cosine) {
-                    float inv = qn[i] > 0 ? 1.0f / std::sqrt(qn[i]) : 0.0f;
-                    for (size_t p = 0; p < d; ++p) dst[p] *= inv;
-                }
-            }
-        }
-        for (int t = 0; t < nt; ++t)
-            for (size_t i = 0; i < P; ++i)
-                bufs[t][i] = TopkBuf{cands[t].get() + i * cap, 0, cap, k, -std::numeric_limits<float>::infinity()};
-
-        parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
-            float* S = tiles[tid].data();
-            float* xn = norms[tid].data();
-            uint32_t* idx = surv[tid].data();
-            for (size_t b = b0; b < b1; ++b) {
-                const Block& blk = blocks[b];
-                const Segment& sg = *blk.seg;
-                const size_t nb = blk.r1 - blk.r0;
-                const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * dtype_size(sg.dtype);
-                K.dot_tile(qbuf.data(), d, P, X, sg.ld, nb, d, sg.dtype, S, nb);
-                // A NaN/Inf anywhere in a corpus row makes its score with every
-                // query non-finite, so checking the first query's row finds bad
-                // input for free; huge finite values that overflow are allowed.
-                for (size_t j = 0; j < nb; ++j)
-                    if (!std::isfinite(S[j])) check_row_finite(K, X, sg, j, d, blk.r0 + j);
-                if (metric != Metric::IP) {
-                    if (sg.sqnorms) std::copy(sg.sqnorms + blk.r0, sg.sqnorms + blk.r1, xn);
-                    else K.sqnorm_rows(X, sg.ld, nb, d, sg.dtype, xn);
-                    if (metric == Metric::Cosine)
-                        for (size_t j = 0; j < nb; ++j) xn[j] = xn[j] > 0 ? 1.0f / std::sqrt(xn[j]) : 0.0f;
-                }
-                const int64_t base = sg.id_offset + (int64_t)blk.r0;
-                for (size_t i = 0; i < P; ++i) {
-                    float* s = S + i * nb;
-                    // ranking keys: larger is better
-                    if (metric == Metric::Cosine) {
-                        for (size_t j = 0; j < nb; ++j) s[j] *= xn[j];
-                    } else if (metric == Metric::L2) {
-                        const float a = qn[i];
-                        for (size_t j = 0; j < nb; ++j) s[j] = -std::max(0.0f, a + xn[j] - 2.0f * s[j]);
-                    }
-                    TopkBuf& tb = bufs[tid][i];
-                    size_t c = K.filter_ge(s, nb, tb.tau, idx);
-                    const int64_t* eb = nullptr;
-                    const int64_t* ee = nullptr;
-                    if (excl.indptr) {
-                        eb = ex_sorted.data() + excl.indptr[q0 + i];
-                        ee = ex_sorted.data() + excl.indptr[q0 + i + 1];
-                    }
-                    for (size_t u = 0; u < c; ++u) {
-                        const float key = s[idx[u]];
-                        if (key < tb.tau) continue;  // threshold rose inside this row
-                        const int64_t id = base + idx[u];
-                        if (eb != ee && std::binary_search(eb, ee, id)) continue;
-                        tb.push(key, id);
-                    }
-                }
+    const size_t npanels = (nq + panel - 1) / panel;
+    if (npanels >= size_t(2 * nt) || nt == 1) {
+        // Many queries: threads take whole query panels and sweep the corpus;
+        // no cross-thread merge, and each query keeps one buffer.
+        std::vector<std::unique_ptr<Panel>> state(nt);
+        parallel_for(npanels, nt, 1, [&](size_t b0, size_t b1, int tid) {
+            if (!state[tid]) state[tid].reset(new Panel(S, panel));
+            Panel& pn = *state[tid];
+            std::vector<Cand> merged;
+            std::vector<Panel*> parts{&pn};
+            for (size_t p = b0; p < b1; ++p) {
+                pn.load_queries(S, p * panel, std::min(panel, nq - p * panel));
+                for (const Block& blk : blocks) pn.process(S, pn.q.data(), pn.qn.data(), blk);
+                for (size_t i = 0; i < pn.P; ++i) write_results(S, parts, i, merged, scores, ids);
             }
         });
-
-        // Merge the threads' candidates of each query, best first.
-        for (size_t i = 0; i < P; ++i) {
-            merged.clear();
-            for (int t = 0; t < nt; ++t) merged.insert(merged.end(), bufs[t][i].buf, bufs[t][i].buf + bufs[t][i].n);
-            size_t m = std::min(k, merged.size());
-            if (merged.size() > m)
-                std::nth_element(merged.begin(), merged.begin() + (m - 1), merged.end(), std::greater<Cand>());
-            std::sort(merged.begin(), merged.begin() + m, std::greater<Cand>());
-            float* so = scores + (q0 + i) * k;
-            int64_t* io = ids + (q0 + i) * k;
-            for (size_t r = 0; r < m; ++r) {
-                const float key = cand_key(merged[r]);
-                so[r] = metric == Metric::L2 ? 0.0f - key : key;  // 0 - key: a zero distance is +0
-                io[r] = cand_id(merged[r]);
-            }
-            for (size_t r = m; r < k; ++r) {
-                so[r] = pad_score;
-                io[r] = -1;
-            }
+        return;
+    }
+    // Few queries: threads split the corpus blocks of each panel, then the
+    // per-thread candidates of each query are merged.
+    nt = (int)std::min<size_t>((size_t)nt, std::max<size_t>(1, blocks.size()));
+    Panel shared(S, panel);  // the panel's queries, read by every thread
+    std::vector<std::unique_ptr<Panel>> state(nt);
+    std::vector<Panel*> parts(nt);
+    for (int t = 0; t < nt; ++t) {
+        state[t].reset(new Panel(S, panel));
+        parts[t] = state[t].get();
+    }
+    std::vector<Cand> merged;
+    for (size_t q0 = 0; q0 < nq; q0 += panel) {
+        const size_t P = std::min(panel, nq - q0);
+        shared.load_queries(S, q0, P);
+        for (auto& st : state) {
+            st->q0 = q0;
+            st->P = P;
+            st->reset(S);
         }
+        parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
+            for (size_t b = b0; b < b1; ++b) state[tid]->process(S, shared.q.data(), shared.qn.data(), blocks[b]);
+        });
+        for (size_t i = 0; i < P; ++i) write_results(S, parts, i, merged, scores, ids);
     }
 }
 
