@@ -342,7 +342,7 @@ def test_scifact_topk_parity():
     if len(qe) != len(query_ids) or len(ce) != len(corpus_ids):
         pytest.skip("embedding rows do not match the jsonl files")
     scores, ids = hn.topk(qe, ce, k=100, metric="cosine")
-    names = ["ndcg@10", "recall@100", "map", "recip_rank", "p@10", "r-precision"]
+    names = ["ndcg_cut_10", "recall_100", "map", "recip_rank", "P_10", "Rprec", "success_1"]
     ours = hn.evaluate(qrels, (scores, ids), names, per_query=True, query_ids=query_ids, corpus_ids=corpus_ids)
     run = {q: {corpus_ids[int(j)]: float(len(ids[i]) - c) for c, j in enumerate(ids[i])} for i, q in enumerate(query_ids)}
     ref = pytrec(qrels.to_dict(), run)
