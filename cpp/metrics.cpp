@@ -108,6 +108,14 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
                   const MetricSpec* specs, size_t n_specs, double* out, int num_threads) {
     const double nan = std::numeric_limits<double>::quiet_NaN();
     const size_t words = size_t(n_codes + 63) / 64;
+    // deepest rank any metric looks at (R-precision: the query's number of relevant)
+    int64_t max_rank = 0;
+    bool needs_rprec = false;
+    for (size_t m = 0; m < n_specs; ++m) {
+        if (specs[m].kind == MetricKind::RPrec) needs_rprec = true;
+        else if (specs[m].k <= 0) max_rank = std::numeric_limits<int64_t>::max();
+        else max_rank = std::max(max_rank, specs[m].k);
+    }
     std::vector<std::vector<uint64_t>> seen_of(std::max(1, num_threads));
     parallel_for(nq, num_threads, 64, [&](size_t b, size_t e, int tid) {
         // Per thread: a bitset over all codes marks the ids already seen in the
@@ -142,6 +150,9 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
             const int64_t* codes = qrels.codes;
             // judged documents that can change a metric: relevant, or positive gain
             size_t need = 0;
+            int64_t num_rel = 0;
+            for (int64_t j = qb; j < qe; ++j) num_rel += qrels.rels[j] >= level;
+            const int64_t stop = needs_rprec ? std::max(max_rank, num_rel) : max_rank;
             for (int64_t j = qb; j < qe; ++j)
                 if (codes[j] >= 0 && (qrels.rels[j] > 0 || qrels.rels[j] >= level)) {
                     ++need;
@@ -159,6 +170,7 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
                     if (c < 0) continue;
                     const uint64_t bit = uint64_t(1) << (c & 63);
                     if (seen[c >> 6] & bit) continue;  // repeated id: skipped
+                    if (rank == stop) break;  // deeper than any metric looks
                     seen[c >> 6] |= bit;
                     ++rank;
                     const uint32_t h = fh(c);

@@ -218,6 +218,11 @@ def test_array_parity_random(seed):
     for form in (ids, (scores, ids)):
         ours = hn.evaluate(qrels, form, names, per_query=True, query_ids=qids, corpus_ids=corpus, num_threads=2)
         check_close(ours, ref, qids, names)
+    # one metric at a time: the scan stops at the deepest rank the metrics need
+    for name in names + [["ndcg@3", "r-precision"], ["p@1", "recall@5"]]:
+        sub = [name] if isinstance(name, str) else name
+        one = hn.evaluate(qrels, ids, sub, per_query=True, query_ids=qids, corpus_ids=corpus)
+        check_close(one, ref, qids, sub)
     # numpy id arrays, a cached corpus mapping, means
     means = hn.evaluate(qrels, ids, names, query_ids=np.array(qids), corpus_ids=np.array(corpus))
     for name in names:
