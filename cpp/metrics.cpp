@@ -200,74 +200,94 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
 // ---------------------------------------------------------------------------
 void fuse_ids(const FuseRun* runs, size_t n_runs, size_t nq, FuseMethod method, FuseNorm norm,
               double rrf_k, size_t depth, float* out_scores, int64_t* out_ids, int num_threads) {
-    parallel_for(nq, num_threads, 64, [&](size_t b, size_t e, int) {
-        struct Entry {
+    size_t total = 0;
+    for (size_t r = 0; r < n_runs; ++r) total += runs[r].k;
+    size_t cap = 16;
+    while (cap < 2 * total) cap <<= 1;
+    parallel_for(nq, num_threads, 32, [&](size_t b, size_t e, int) {
+        // Open-addressing table id -> slot of `fused`, reset per row by a stamp.
+        std::vector<int64_t> tkey(cap);
+        std::vector<uint32_t> tstamp(cap, 0), tval(cap);
+        uint32_t stamp = 0;
+        struct Fused {
             int64_t id;
-            double v;
-            int32_t run;
+            double sum;
+            int32_t count, last_run;
         };
-        std::vector<Entry> ent;
-        std::vector<std::pair<double, int64_t>> fused;
-        std::vector<Entry> one;
+        std::vector<Fused> fused;
+        std::vector<std::pair<uint32_t, double>> cur;  // (slot, score) of this run, first occurrences
+        std::vector<uint32_t> order;
         for (size_t i = b; i < e; ++i) {
-            ent.clear();
+            if (++stamp == 0) {  // wrapped: clear
+                std::fill(tstamp.begin(), tstamp.end(), 0);
+                stamp = 1;
+            }
+            fused.clear();
             for (size_t r = 0; r < n_runs; ++r) {
                 const FuseRun& R = runs[r];
                 const int64_t* row = R.ids + i * R.k;
                 const float* srow = R.scores ? R.scores + i * R.k : nullptr;
-                // valid entries of this run, first occurrence of each id only
-                one.clear();
-                for (size_t j = 0; j < R.k; ++j)
-                    if (row[j] >= 0) one.push_back({row[j], srow ? double(srow[j]) : 0.0, int32_t(j)});
-                std::stable_sort(one.begin(), one.end(), [](const Entry& a, const Entry& c) { return a.id < c.id; });
-                size_t w = 0;
-                for (size_t j = 0; j < one.size(); ++j)
-                    if (w == 0 || one[j].id != one[w - 1].id) one[w++] = one[j];
-                one.resize(w);
-                std::sort(one.begin(), one.end(), [](const Entry& a, const Entry& c) { return a.run < c.run; });
-                // one[].run holds the column; after dedupe the rank is the position
+                cur.clear();
+                for (size_t j = 0; j < R.k; ++j) {
+                    const int64_t id = row[j];
+                    if (id < 0) continue;
+                    size_t h = size_t((uint64_t(id) * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1);
+                    while (tstamp[h] == stamp && tkey[h] != id) h = (h + 1) & (cap - 1);
+                    uint32_t f;
+                    if (tstamp[h] != stamp) {
+                        tstamp[h] = stamp;
+                        tkey[h] = id;
+                        tval[h] = f = uint32_t(fused.size());
+                        fused.push_back({id, 0.0, 0, -1});
+                    } else {
+                        f = tval[h];
+                    }
+                    if (fused[f].last_run == int32_t(r)) continue;  // repeated in this run: skipped
+                    fused[f].last_run = int32_t(r);
+                    cur.push_back({f, srow ? double(srow[j]) : 0.0});
+                }
+                const size_t n = cur.size();
                 if (method == FuseMethod::RRF) {
-                    for (size_t j = 0; j < one.size(); ++j)
-                        ent.push_back({one[j].id, R.weight / (rrf_k + double(j + 1)), int32_t(r)});
+                    for (size_t j = 0; j < n; ++j) {
+                        fused[cur[j].first].sum += R.weight / (rrf_k + double(j + 1));
+                        fused[cur[j].first].count++;
+                    }
                     continue;
                 }
                 double a = 0.0, s = 1.0;  // normalised = (v - a) / s
-                const size_t n = one.size();
                 if (n > 0 && norm == FuseNorm::MinMax) {
-                    double lo = one[0].v, hi = one[0].v;
-                    for (auto& x : one) lo = std::min(lo, x.v), hi = std::max(hi, x.v);
+                    double lo = cur[0].second, hi = cur[0].second;
+                    for (auto& x : cur) lo = std::min(lo, x.second), hi = std::max(hi, x.second);
                     if (hi > lo) a = lo, s = hi - lo;
                     else a = lo - 1.0, s = 1.0;  // constant scores -> 1
                 } else if (n > 0 && norm == FuseNorm::ZScore) {
                     double mean = 0.0, var = 0.0;
-                    for (auto& x : one) mean += x.v;
+                    for (auto& x : cur) mean += x.second;
                     mean /= double(n);
-                    for (auto& x : one) var += (x.v - mean) * (x.v - mean);
+                    for (auto& x : cur) var += (x.second - mean) * (x.second - mean);
                     var /= double(n);
                     a = mean;
                     s = var > 0.0 ? std::sqrt(var) : std::numeric_limits<double>::infinity();  // constant -> 0
                 }
-                for (auto& x : one) ent.push_back({x.id, R.weight * ((x.v - a) / s), int32_t(r)});
+                for (auto& x : cur) {
+                    fused[x.first].sum += R.weight * ((x.second - a) / s);
+                    fused[x.first].count++;
+                }
             }
-            // merge by id
-            std::sort(ent.begin(), ent.end(), [](const Entry& a, const Entry& c) { return a.id < c.id; });
-            fused.clear();
-            for (size_t j = 0; j < ent.size();) {
-                size_t j2 = j;
-                double sum = 0.0;
-                while (j2 < ent.size() && ent[j2].id == ent[j].id) sum += ent[j2++].v;
-                if (method == FuseMethod::CombMNZ) sum *= double(j2 - j);
-                fused.push_back({sum, ent[j].id});
-                j = j2;
-            }
+            if (method == FuseMethod::CombMNZ)
+                for (auto& f : fused) f.sum *= double(f.count);
             const size_t keep = std::min(depth, fused.size());
-            auto better = [](const std::pair<double, int64_t>& x, const std::pair<double, int64_t>& y) {
-                return x.first > y.first || (x.first == y.first && x.second < y.second);
+            order.resize(fused.size());
+            for (size_t j = 0; j < order.size(); ++j) order[j] = uint32_t(j);
+            auto better = [&](uint32_t x, uint32_t y) {
+                return fused[x].sum > fused[y].sum || (fused[x].sum == fused[y].sum && fused[x].id < fused[y].id);
             };
-            std::partial_sort(fused.begin(), fused.begin() + keep, fused.end(), better);
+            if (keep < order.size()) std::nth_element(order.begin(), order.begin() + keep, order.end(), better);
+            std::sort(order.begin(), order.begin() + keep, better);
             for (size_t j = 0; j < depth; ++j) {
-                out_scores[i * depth + j] = j < keep ? float(fused[j].first) : -std::numeric_limits<float>::infinity();
-                out_ids[i * depth + j] = j < keep ? fused[j].second : -1;
+                out_scores[i * depth + j] =
+                    j < keep ? float(fused[order[j]].sum) : -std::numeric_limits<float>::infinity();
+                out_ids[i * depth + j] = j < keep ? fused[order[j]].id : -1;
             }
         }
     });
