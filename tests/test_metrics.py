@@ -247,6 +247,30 @@ def test_array_dict_agree_on_topk_output():
         np.testing.assert_allclose(a[n], d[n], atol=1e-12)
 
 
+def test_corpus_id_mapping_forms():
+    qrels = {"q": {"é": 2, "b": 1, "zz": 1}, "r": {"b": 3, "x": 1}}
+    corpus = ["a", "b", "é", "b", "c", "x"]  # "b" twice: the first row wins; "zz" absent
+    ids = np.array([[3, 1, 2, 5], [0, 1, 3, -1]])
+    want = None
+    for form in (corpus, tuple(corpus), np.array(corpus), np.array(corpus, dtype=object)):
+        got = hn.evaluate(qrels, ids, ["ndcg@10", "recall@5", "map"], per_query=True,
+                          query_ids=["q", "r"], corpus_ids=form)
+        if want is None:
+            want = got
+        for n in got:
+            np.testing.assert_array_equal(got[n], want[n])
+    # row 3 is a copy of "b" but a different corpus row: unjudged; "zz" never retrieved
+    ref = pytrec({"q": qrels["q"], "r": qrels["r"]},
+                 {"q": {"b#3": 4.0, "b": 3.0, "é": 2.0, "x": 1.0}, "r": {"a": 3.0, "b": 2.0, "b#3": 1.0}})
+    check_close(want, ref, ["q", "r"], ["map", "recall@5", "ndcg@10"])
+    with pytest.raises(TypeError, match="corpus_ids"):
+        hn.evaluate(qrels, ids, ["map"], query_ids=["q", "r"], corpus_ids=["a", 1, "é", "b", "c", "x"])
+    # integer corpus ids are compared as decimal strings
+    res = hn.evaluate({"q": {"7": 1}}, np.array([[1, 0]]), ["recip_rank"], query_ids=["q"],
+                      corpus_ids=np.array([5, 7]))
+    assert res["recip_rank"] == 1.0
+
+
 def test_array_bad_input():
     qrels = {"q": {"a": 1}}
     ids = np.array([[0, 1]])

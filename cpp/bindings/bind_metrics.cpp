@@ -263,6 +263,73 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
     return out;
 }
 
+// ---- id mapping ----------------------------------------------------------------
+// For each target str, the position of its first occurrence in `corpus` (a list or
+// tuple of str), or -1.  A hash table over the targets (FNV-1a of the UTF-8 bytes)
+// and one pass over the corpus: no Python dict, no sort of the corpus.
+inline uint64_t fnv1a(const char* p, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (Py_ssize_t i = 0; i < n; ++i) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+py::array_t<int64_t> map_ids(const py::object& corpus_o, const py::list& targets) {
+    const size_t m = targets.size();
+    std::vector<const char*> tp(m);
+    std::vector<Py_ssize_t> tl(m);
+    std::vector<int64_t> alias(m, -1);
+    size_t cap = 16;
+    while (cap < 2 * m) cap <<= 1;
+    std::vector<int64_t> slot(cap, -1);
+    std::vector<uint64_t> slot_hash(cap);
+    for (size_t i = 0; i < m; ++i) {
+        PyObject* t = PyList_GET_ITEM(targets.ptr(), i);
+        if (!PyUnicode_Check(t)) throw py::type_error("target ids must be str");
+        auto u = utf8(t);
+        tp[i] = u.first;
+        tl[i] = u.second;
+        const uint64_t h = fnv1a(u.first, u.second);
+        size_t s = h & (cap - 1);
+        for (;; s = (s + 1) & (cap - 1)) {
+            if (slot[s] < 0) {
+                slot[s] = int64_t(i);
+                slot_hash[s] = h;
+                break;
+            }
+            const int64_t j = slot[s];
+            if (slot_hash[s] == h && tl[j] == u.second && std::memcmp(tp[j], u.first, size_t(u.second)) == 0) {
+                alias[i] = j;  // repeated target
+                break;
+            }
+        }
+    }
+    py::object seq = py::reinterpret_steal<py::object>(PySequence_Fast(corpus_o.ptr(), "corpus_ids must be a sequence"));
+    if (!seq) throw_py();
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+    PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
+    py::array_t<int64_t> out((py::ssize_t)m);
+    int64_t* o = out.mutable_data();
+    std::fill(o, o + m, int64_t(-1));
+    for (Py_ssize_t r = 0; r < n; ++r) {
+        PyObject* c = items[r];
+        if (!PyUnicode_Check(c))
+            throw py::type_error("corpus_ids must be all str (or an integer array), got " + std::string(py::repr(c)) +
+                                 " at position " + std::to_string(r));
+        auto u = utf8(c);
+        const uint64_t h = fnv1a(u.first, u.second);
+        for (size_t s = h & (cap - 1); slot[s] >= 0; s = (s + 1) & (cap - 1)) {
+            const int64_t j = slot[s];
+            if (slot_hash[s] == h && tl[j] == u.second && std::memcmp(tp[j], u.first, size_t(u.second)) == 0) {
+                if (o[j] < 0) o[j] = r;  // first occurrence wins
+                break;
+            }
+        }
+    }
+    for (size_t i = 0; i < m; ++i)
+        if (alias[i] >= 0) o[i] = o[alias[i]];
+    return out;
+}
+
 // ---- fusion ------------------------------------------------------------------
 py::tuple fuse(const py::list& ids_list, const py::list& scores_list, const std::vector<double>& weights,
                int method, int norm, double rrf_k, int64_t depth, int num_threads) {
@@ -315,6 +382,7 @@ void bind_metrics(py::module_& m) {
     m.def("metrics_eval_dict", &eval_dict, py::arg("run"), py::arg("q_index"), py::arg("indptr"),
           py::arg("hashes"), py::arg("docs"), py::arg("rels"), py::arg("level"), py::arg("kinds"), py::arg("ks"),
           py::arg("num_threads"));
+    m.def("metrics_map_ids", &map_ids, py::arg("corpus"), py::arg("targets"));
     m.def("fuse_ids", &fuse, py::arg("ids"), py::arg("scores"), py::arg("weights"), py::arg("method"),
           py::arg("norm"), py::arg("rrf_k"), py::arg("depth"), py::arg("num_threads"));
 }

@@ -208,20 +208,25 @@ class Qrels:
         c = self._code_cache
         if c is not None and c[0] is corpus_ids and c[1] == len(corpus_ids):
             return c[2]
-        ca = _id_array(corpus_ids, "corpus_ids")
-        n = len(ca)
-        docs = np.asarray(self._docs, dtype=str) if self._docs else np.zeros(0, dtype="<U1")
-        udocs, inv = np.unique(docs, return_inverse=True)
-        ucode = np.full(len(udocs), -1, dtype=np.int64)
-        if len(udocs) and n:
-            # one binary search per corpus id into the (small) judged set: no sort of the corpus
-            pos = np.searchsorted(udocs, ca)
-            ok = pos < len(udocs)
-            pos[~ok] = 0
-            ok &= udocs[pos] == ca
-            rows = np.nonzero(ok)[0][::-1]  # first occurrence wins
-            ucode[pos[rows]] = rows
-        codes = ucode[np.asarray(inv).reshape(-1)]
+        if isinstance(corpus_ids, (list, tuple)):
+            # a sequence of str: one C++ pass with a hash table over the judged ids
+            n = len(corpus_ids)
+            codes = _core.metrics_map_ids(corpus_ids, self._docs)
+        else:
+            ca = _id_array(corpus_ids, "corpus_ids")
+            n = len(ca)
+            docs = np.asarray(self._docs, dtype=str) if self._docs else np.zeros(0, dtype="<U1")
+            udocs, inv = np.unique(docs, return_inverse=True)
+            ucode = np.full(len(udocs), -1, dtype=np.int64)
+            if len(udocs) and n:
+                # one binary search per corpus id into the (small) judged set: no sort of the corpus
+                pos = np.searchsorted(udocs, ca)
+                ok = pos < len(udocs)
+                pos[~ok] = 0
+                ok &= udocs[pos] == ca
+                rows = np.nonzero(ok)[0][::-1]  # first occurrence wins
+                ucode[pos[rows]] = rows
+            codes = ucode[np.asarray(inv).reshape(-1)]
         order = np.lexsort((codes, self._query_of_entry()))
         res = (n, np.ascontiguousarray(codes[order]), np.ascontiguousarray(self._rels[order]))
         self._code_cache = (corpus_ids, len(corpus_ids), res)
