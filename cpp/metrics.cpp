@@ -25,6 +25,11 @@ void ideal_gains(const int32_t* rels, size_t n, std::vector<int32_t>& g) {
 
 inline bool within(int64_t rank, int64_t k) { return k <= 0 || rank <= k; }
 
+[[noreturn]] void bad_id(size_t row, int64_t v, int64_t n_codes) {
+    throw std::invalid_argument("ids row " + std::to_string(row) + " holds " + std::to_string(v) +
+                                ", outside [-1, " + std::to_string(n_codes) + ")");
+}
+
 }  // namespace
 
 void score_query(const JudgedHit* hits, size_t n_hits, const int32_t* rels, size_t n_rels,
@@ -131,18 +136,19 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
 
         for (size_t i = b; i < e; ++i) {
             const int64_t* row = ids + i * ld;
-            // validate the whole row (also the part an early exit does not read)
-            int64_t lo = 0, hi = -1;
-            for (size_t j = 0; j < k; ++j) {
-                lo = std::min(lo, row[j]);
-                hi = std::max(hi, row[j]);
-            }
-            if (lo < -1 || hi >= n_codes)
-                throw std::invalid_argument("ids row " + std::to_string(i) + " holds " +
-                                            std::to_string(lo < -1 ? lo : hi) + ", outside [-1, " +
-                                            std::to_string(n_codes) + ")");
+            // ids must lie in [-1, n_codes): checked in the scan, and over the rest of
+            // the row by check_tail (so an early exit does not skip the check)
+            auto check_tail = [&](size_t from) {
+                int64_t lo = 0, hi = -1;
+                for (size_t jj = from; jj < k; ++jj) {
+                    lo = std::min(lo, row[jj]);
+                    hi = std::max(hi, row[jj]);
+                }
+                if (lo < -1 || hi >= n_codes) bad_id(i, lo < -1 ? lo : hi, n_codes);
+            };
             const int64_t t = row_query[i];
             if (t < 0) {
+                check_tail(0);
                 for (size_t m = 0; m < n_specs; ++m) out[m * nq + i] = nan;
                 continue;
             }
@@ -167,6 +173,17 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
                 // ---- hot loop: one pass over the ranking ----
                 for (; j < k; ++j) {
                     const int64_t c = row[j];
+                    if (j + 16 < k) {  // the bitset word of a later id
+                        const uint64_t w = std::min<uint64_t>(uint64_t(row[j + 16]) >> 6, words - 1);
+                        __builtin_prefetch(seen.data() + w, 1);
+                    }
+                    if (uint64_t(c + 1) > uint64_t(n_codes)) {  // c < -1 or c >= n_codes: clean up, throw
+                        for (size_t jj = 0; jj < j; ++jj)
+                            if (row[jj] >= 0) seen[row[jj] >> 6] = 0;
+                        for (int64_t q = qb; q < qe; ++q)
+                            if (codes[q] >= 0) filt[fh(codes[q]) >> 6] = 0;
+                        bad_id(i, c, n_codes);
+                    }
                     if (c < 0) continue;
                     const uint64_t bit = uint64_t(1) << (c & 63);
                     if (seen[c >> 6] & bit) continue;  // repeated id: skipped
@@ -190,6 +207,7 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
                 for (int64_t q = qb; q < qe; ++q)
                     if (codes[q] >= 0) filt[fh(codes[q]) >> 6] = 0;
             }
+            check_tail(j);
             score_query(hits.data(), hits.size(), qrels.rels + qb, size_t(qe - qb), level, specs, n_specs,
                         tmp.data());
             for (size_t m = 0; m < n_specs; ++m) out[m * nq + i] = tmp[m];

@@ -286,6 +286,14 @@ def test_array_bad_input():
         hn.evaluate(qrels, np.array([0, 1]), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
     with pytest.raises(TypeError, match="integer"):
         hn.evaluate(qrels, np.array([[0.0, 1.0]]), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
+    # an out-of-range id met inside the scan, before the relevant document
+    with pytest.raises(ValueError, match="outside"):
+        hn.evaluate({"q": {"b": 1}}, np.array([[0, 5, 1]]), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
+    with pytest.raises(ValueError, match="outside"):
+        hn.evaluate({"q": {"b": 1}}, np.array([[0, -3, 1]]), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
+    # rows of unjudged queries are checked too
+    with pytest.raises(ValueError, match="outside"):
+        hn.evaluate(qrels, np.array([[0, 1], [9, 0]]), ["map"], query_ids=["q", "zz"], corpus_ids=["a", "b"])
     # ids never used by a metric are still checked (an early exit does not skip them)
     with pytest.raises(ValueError, match="outside"):
         hn.evaluate(qrels, np.array([[0, 7]]), ["recip_rank"], query_ids=["q"], corpus_ids=["a", "b"])
