@@ -9,6 +9,11 @@ from hardneg._threads import get_num_threads, set_num_threads
 from hardneg.topk import DenseIndex, merge_topk, topk
 from hardneg.info import info, simd_level
 
+# --- metrics and fusion (issue 4) ---
+from hardneg.metrics import Qrels, evaluate, read_run
+from hardneg.fusion import fuse
+# --- end metrics ---
+
 __all__ = [
     "__version__",
     "DenseIndex",
@@ -18,4 +23,9 @@ __all__ = [
     "set_num_threads",
     "info",
     "simd_level",
+    # metrics and fusion (issue 4)
+    "Qrels",
+    "evaluate",
+    "read_run",
+    "fuse",
 ]

@@ -1,0 +1,393 @@
+"""Retrieval metrics with trec_eval semantics: :class:`Qrels` and :func:`evaluate`.
+
+Numbers equal pytrec_eval (trec_eval 9.x) to 1e-9; the metric kernels run in
+C++ (``cpp/metrics.cpp``), multithreaded over queries.  See ``docs/metrics.md``
+for the exact semantics (ordering of run dicts, the array form, which queries
+count in the mean).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from hardneg import _core
+from hardneg._arrays import is_torch
+from hardneg._threads import resolve_num_threads
+
+# metric kinds, as in cpp/metrics.h
+_NDCG, _RR, _RECALL, _P, _AP, _RPREC, _HITS = range(7)
+
+VALID_METRICS = (
+    "ndcg@k", "ndcg", "mrr@k", "recip_rank", "recall@k", "p@k", "map", "map@k", "r-precision", "hits@k",
+    # trec_eval / pytrec_eval spellings
+    "ndcg_cut_k", "recall_k", "P_k", "map_cut_k", "Rprec", "success_k",
+)
+CONVENTIONS = ("trec_eval", "ranx")
+
+_CUT = re.compile(r"^(?P<name>[a-z_\-]+?)(?:@|_|\.)(?P<k>[+-]?\d+)$")
+_CUT_NAMES = {
+    "ndcg": _NDCG, "ndcg_cut": _NDCG, "mrr": _RR, "recip_rank": _RR, "recall": _RECALL, "p": _P,
+    "precision": _P, "map": _AP, "map_cut": _AP, "hits": _HITS, "success": _HITS,
+}
+_PLAIN_NAMES = {
+    "ndcg": (_NDCG, 0), "recip_rank": (_RR, 0), "mrr": (_RR, 0), "map": (_AP, 0), "r-precision": (_RPREC, 0),
+    "rprec": (_RPREC, 0), "r_precision": (_RPREC, 0),
+}
+
+
+def parse_metric(name: str) -> Tuple[int, int]:
+    """``(kind, k)`` for a metric name (k = 0: no cutoff).  Raises ValueError listing the valid names."""
+    if not isinstance(name, str):
+        raise TypeError(f"metric names must be str, got {name!r}")
+    low = name.strip().lower()
+    if low in _PLAIN_NAMES:
+        return _PLAIN_NAMES[low]
+    m = _CUT.match(low)
+    if m and m.group("name") in _CUT_NAMES:
+        k = int(m.group("k"))
+        if k <= 0:
+            raise ValueError(f"metric {name!r}: k must be a positive integer, got {k}")
+        return _CUT_NAMES[m.group("name")], k
+    raise ValueError(
+        f"unknown metric {name!r}; valid metrics are {', '.join(VALID_METRICS)} "
+        "(k a positive integer; '@', '_' or '.' before k; case-insensitive)"
+    )
+
+
+def _check_rel(v: Any, q: str, d: str) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"qrels relevance must be an integer, got {v!r} for query {q!r}, document {d!r}")
+    v = int(v)
+    if not -(2**31) <= v < 2**31:
+        raise ValueError(f"qrels relevance {v} for query {q!r}, document {d!r} is out of the int32 range")
+    return v
+
+
+class Qrels:
+    """Relevance judgements ``{query_id: {doc_id: relevance}}`` (integers), stored as CSR.
+
+    Build with :meth:`from_dict` or :meth:`from_tsv`.  Ids are strings (other
+    keys are converted with ``str``).  Queries with no judgement at all are
+    dropped (trec_eval cannot see them either).  Lookup structures for run dicts
+    and for each ``corpus_ids`` passed to :func:`evaluate` are built once and cached.
+    """
+
+    def __init__(self, query_ids: List[str], indptr: np.ndarray, docs: List[str], rels: np.ndarray):
+        self._qids = list(query_ids)
+        self._indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self._docs = list(docs)
+        self._rels = np.ascontiguousarray(rels, dtype=np.int32)
+        if (
+            len(self._indptr) != len(self._qids) + 1
+            or self._indptr[-1] != len(self._docs)
+            or len(self._docs) != len(self._rels)
+        ):
+            raise ValueError("inconsistent qrels arrays")
+        self._index = {q: i for i, q in enumerate(self._qids)}
+        if len(self._index) != len(self._qids):
+            raise ValueError("duplicate query ids in qrels")
+        self._hash_view: Optional[tuple] = None
+        self._code_cache: Optional[tuple] = None
+        self._qid_sorted: Optional[tuple] = None
+
+    # ---- construction ----------------------------------------------------------
+    @classmethod
+    def from_dict(cls, qrels: Mapping[Any, Mapping[Any, int]]) -> "Qrels":
+        """From ``{query_id: {doc_id: relevance}}`` (pytrec_eval / ranx / BEIR style)."""
+        if isinstance(qrels, Qrels):
+            return qrels
+        if not isinstance(qrels, Mapping):
+            raise TypeError(f"qrels must be a dict {{query_id: {{doc_id: relevance}}}}, got {type(qrels).__name__}")
+        qids: List[str] = []
+        indptr = [0]
+        docs: List[str] = []
+        rels: List[int] = []
+        for q, judged in qrels.items():
+            if not isinstance(judged, Mapping):
+                raise TypeError(f"qrels[{q!r}] must be a dict {{doc_id: relevance}}, got {type(judged).__name__}")
+            if not judged:
+                continue
+            q = q if isinstance(q, str) else str(q)
+            for d, v in judged.items():
+                docs.append(d if isinstance(d, str) else str(d))
+                rels.append(_check_rel(v, q, d))
+            qids.append(q)
+            indptr.append(len(docs))
+        return cls(qids, np.asarray(indptr, dtype=np.int64), docs, np.asarray(rels, dtype=np.int32))
+
+    @classmethod
+    def from_tsv(cls, path: Union[str, os.PathLike]) -> "Qrels":
+        """Read a BEIR qrels tsv (``query-id  corpus-id  score``, header line) or TREC qrels
+        (``qid  iter  docid  rel``, whitespace separated).  The format is detected per line
+        by its number of fields; a first line whose relevance is not an integer is taken
+        as a header.  A repeated (query, document) pair keeps the last value (like BEIR's loader).
+        """
+        out: Dict[str, Dict[str, int]] = {}
+        with open(path, encoding="utf-8") as f:
+            for ln, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) == 3:
+                    q, d, r = parts
+                elif len(parts) == 4:
+                    q, _, d, r = parts
+                else:
+                    raise ValueError(f"{path}:{ln}: expected 3 (BEIR) or 4 (TREC) fields, got {len(parts)}")
+                try:
+                    rel = int(r)
+                except ValueError:
+                    if ln == 1:
+                        continue  # header
+                    raise ValueError(f"{path}:{ln}: relevance must be an integer, got {r!r}") from None
+                out.setdefault(q, {})[d] = rel
+        return cls.from_dict(out)
+
+    # ---- views -----------------------------------------------------------------
+    @property
+    def query_ids(self) -> List[str]:
+        return list(self._qids)
+
+    def __len__(self) -> int:
+        return len(self._qids)
+
+    def __contains__(self, qid: object) -> bool:
+        return qid in self._index
+
+    def __repr__(self) -> str:
+        return f"Qrels({len(self._qids)} queries, {len(self._docs)} judgements)"
+
+    def to_dict(self) -> Dict[str, Dict[str, int]]:
+        p = self._indptr
+        return {
+            q: {self._docs[j]: int(self._rels[j]) for j in range(p[i], p[i + 1])} for i, q in enumerate(self._qids)
+        }
+
+    def num_relevant(self, relevance_level: int = 1) -> np.ndarray:
+        """Relevant documents per query (judgement >= relevance_level), int64 (len(self),)."""
+        rel = (self._rels >= relevance_level).astype(np.int64)
+        c = np.concatenate([[0], np.cumsum(rel)])
+        return c[self._indptr[1:]] - c[self._indptr[:-1]]
+
+    def _query_of_entry(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self._qids), dtype=np.int64), np.diff(self._indptr))
+
+    def _hashed(self) -> tuple:
+        """Entries sorted by (query, hash(doc)) for the run-dict kernel."""
+        if self._hash_view is None:
+            h = np.fromiter((hash(d) for d in self._docs), dtype=np.int64, count=len(self._docs))
+            order = np.lexsort((h, self._query_of_entry()))
+            docs = [self._docs[i] for i in order.tolist()]
+            self._hash_view = (np.ascontiguousarray(h[order]), docs, np.ascontiguousarray(self._rels[order]))
+        return self._hash_view
+
+    def _rows_for(self, query_ids: Any) -> np.ndarray:
+        """Qrels query of each of ``query_ids`` (-1 when not judged), int64."""
+        if self._qid_sorted is None:
+            arr = np.asarray(self._qids, dtype=str) if self._qids else np.zeros(0, dtype="<U1")
+            order = np.argsort(arr, kind="stable")
+            self._qid_sorted = (arr[order], order.astype(np.int64))
+        srt, order = self._qid_sorted
+        qa = _id_array(query_ids, "query_ids")
+        out = np.full(len(qa), -1, dtype=np.int64)
+        if len(srt) and len(qa):
+            pos = np.searchsorted(srt, qa)
+            ok = pos < len(srt)
+            pos[~ok] = 0
+            ok &= srt[pos] == qa
+            out[ok] = order[pos[ok]]
+        return out
+
+    def _codes(self, corpus_ids: Any) -> Tuple[int, np.ndarray, np.ndarray]:
+        """(N, codes, rels): entries sorted by (query, corpus row) with the row of each
+        judged document in corpus_ids (-1 if absent).  Cached for the same corpus_ids object."""
+        c = self._code_cache
+        if c is not None and c[0] is corpus_ids and c[1] == len(corpus_ids):
+            return c[2]
+        if isinstance(corpus_ids, (list, tuple)):
+            # a sequence of str: one C++ pass with a hash table over the judged ids
+            n = len(corpus_ids)
+            codes = _core.metrics_map_ids(corpus_ids, self._docs)
+        else:
+            ca = _id_array(corpus_ids, "corpus_ids")
+            n = len(ca)
+            docs = np.asarray(self._docs, dtype=str) if self._docs else np.zeros(0, dtype="<U1")
+            udocs, inv = np.unique(docs, return_inverse=True)
+            ucode = np.full(len(udocs), -1, dtype=np.int64)
+            if len(udocs) and n:
+                # one binary search per corpus id into the (small) judged set: no sort of the corpus
+                pos = np.searchsorted(udocs, ca)
+                ok = pos < len(udocs)
+                pos[~ok] = 0
+                ok &= udocs[pos] == ca
+                rows = np.nonzero(ok)[0][::-1]  # first occurrence wins
+                ucode[pos[rows]] = rows
+            codes = ucode[np.asarray(inv).reshape(-1)]
+        order = np.lexsort((codes, self._query_of_entry()))
+        res = (n, np.ascontiguousarray(codes[order]), np.ascontiguousarray(self._rels[order]))
+        self._code_cache = (corpus_ids, len(corpus_ids), res)
+        return res
+
+
+def _id_array(ids: Any, name: str) -> np.ndarray:
+    """1-D numpy str array from a list / array of ids (integers become their decimal string)."""
+    if is_torch(ids):
+        ids = ids.detach().cpu().numpy()
+    a = np.asarray(ids)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.dtype.kind not in "U":
+        a = a.astype(str)
+    return a
+
+
+def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
+    """Read a TREC run file (``qid Q0 docid rank score tag``) into ``{qid: {docid: score}}``.
+    A repeated (qid, docid) pair raises ValueError, as in trec_eval."""
+    run: Dict[str, Dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for ln, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise ValueError(f"{path}:{ln}: a TREC run line has 6 fields, got {len(parts)}")
+            q, _, d, _, s, _ = parts
+            try:
+                score = float(s)
+            except ValueError:
+                raise ValueError(f"{path}:{ln}: score must be a number, got {s!r}") from None
+            inner = run.get(q)
+            if inner is None:
+                inner = run[q] = {}
+            if d in inner:
+                raise ValueError(f"{path}:{ln}: document {d!r} appears twice for query {q!r}")
+            inner[d] = score
+    return run
+
+
+def _ids_of(run: Any) -> np.ndarray:
+    ids = run[1] if isinstance(run, tuple) else run
+    if is_torch(ids):
+        ids = ids.detach().cpu().numpy()
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be 2-D (Q, k), got shape {ids.shape}")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise TypeError(f"ids must hold integer row numbers, got dtype {ids.dtype}")
+    if ids.dtype != np.int64 or not ids.flags.c_contiguous:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+    return ids
+
+
+def evaluate(
+    qrels: Union[Qrels, Mapping, str, os.PathLike],
+    run: Any,
+    metrics: Union[str, Sequence[str]] = ("ndcg@10", "recall@100", "map", "recip_rank"),
+    per_query: bool = False,
+    relevance_level: int = 1,
+    *,
+    query_ids: Optional[Sequence] = None,
+    corpus_ids: Optional[Sequence] = None,
+    convention: str = "trec_eval",
+    num_threads: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Evaluate a run against relevance judgements, with trec_eval semantics.
+
+    Parameters
+    ----------
+    qrels : Qrels, dict ``{qid: {docid: int}}`` or path of a qrels file
+    run : one of
+        * dict ``{qid: {docid: score}}`` (pytrec_eval / ranx style): documents are
+          ranked as trec_eval ranks them (score as float32 descending, ties by
+          docid in descending byte order);
+        * path of a TREC run file (``qid Q0 docid rank score tag``), same ordering;
+        * ids ``int64 (Q, k)`` (or the ``(scores, ids)`` tuple of :func:`hardneg.topk`):
+          row i ranks the corpus rows ``ids[i]`` in column order (best first; -1
+          padding and repeated ids are skipped).  Needs ``query_ids`` (Q,) and
+          ``corpus_ids`` (N,); no Python dict is built.
+    metrics : str or list of str
+        ``ndcg@k``, ``ndcg``, ``mrr@k`` (recip_rank with the run cut at k),
+        ``recip_rank``, ``recall@k``, ``p@k``, ``map``, ``map@k`` (trec map_cut),
+        ``r-precision``, ``hits@k`` (trec success_k); trec_eval names
+        ``ndcg_cut_10``, ``P_10``, ``recall_100``, ``map_cut_100``, ``Rprec``,
+        ``success_1`` are accepted too.
+    per_query : bool
+        False: ``{metric: mean}``.  True: ``{metric: float64 array}`` aligned with the
+        run's queries (the rows of ids, or the run dict's query order), NaN for a
+        query that is not evaluated.
+    relevance_level : int
+        Judgements >= this are relevant for the binary metrics; nDCG uses the raw
+        judgements as gains (negative ones count 0), as trec_eval does.
+    convention : {"trec_eval", "ranx"}
+        "trec_eval": the queries evaluated are those in both the run and the qrels;
+        a judged query with no relevant document scores 0.  "ranx": every qrels query
+        with at least one relevant document counts, a query missing from the run
+        scoring 0; run queries without a relevant document are ignored.
+    num_threads : int, optional
+
+    Returns
+    -------
+    dict ``{metric name as given: float}`` (or arrays with ``per_query=True``).
+    The mean over no query is NaN.
+    """
+    if not isinstance(qrels, Qrels):
+        qrels = Qrels.from_tsv(qrels) if isinstance(qrels, (str, os.PathLike)) else Qrels.from_dict(qrels)
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names:
+        raise ValueError("metrics must name at least one metric")
+    specs = [parse_metric(n) for n in names]
+    kinds = [s[0] for s in specs]
+    ks = [s[1] for s in specs]
+    if isinstance(relevance_level, (bool, np.bool_)) or not isinstance(relevance_level, (int, np.integer)):
+        raise TypeError(f"relevance_level must be an integer, got {relevance_level!r}")
+    level = int(relevance_level)
+    if not -(2**31) <= level < 2**31:
+        raise ValueError(f"relevance_level out of range: {level}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    nt = resolve_num_threads(num_threads)
+
+    if isinstance(run, (str, os.PathLike)):
+        run = read_run(run)
+    if isinstance(run, Mapping):
+        if not isinstance(run, dict):
+            run = dict(run)
+        h, docs, rels = qrels._hashed()
+        out = _core.metrics_eval_dict(run, qrels._index, qrels._indptr, h, docs, rels, level, kinds, ks, nt)
+        row_query = None
+        if convention == "ranx":
+            idx = qrels._index
+            row_query = np.fromiter((idx.get(q, -1) for q in run), dtype=np.int64, count=len(run))
+    else:
+        if query_ids is None or corpus_ids is None:
+            raise ValueError("the array form of run needs query_ids (Q,) and corpus_ids (N,)")
+        ids = _ids_of(run)
+        row_query = qrels._rows_for(query_ids)
+        if len(row_query) != ids.shape[0]:
+            raise ValueError(f"query_ids has {len(row_query)} entries but ids has {ids.shape[0]} rows")
+        n, codes, rels = qrels._codes(corpus_ids)
+        out = _core.metrics_eval_ids(ids, n, row_query, qrels._indptr, codes, rels, level, kinds, ks, nt)
+
+    n_missing = 0
+    if convention == "ranx":
+        has_rel = qrels.num_relevant(level) > 0
+        counted = row_query >= 0
+        counted[counted] = has_rel[row_query[counted]]
+        out[:, ~counted] = np.nan
+        seen = np.zeros(len(qrels), dtype=bool)
+        seen[row_query[row_query >= 0]] = True
+        n_missing = int(np.count_nonzero(has_rel & ~seen))
+
+    if per_query:
+        return {name: out[m] for m, name in enumerate(names)}
+    res: Dict[str, Any] = {}
+    valid = ~np.isnan(out[0]) if out.shape[1] else np.zeros(0, dtype=bool)
+    denom = int(np.count_nonzero(valid)) + n_missing
+    for m, name in enumerate(names):
+        res[name] = float(out[m][valid].sum() / denom) if denom else math.nan
+    return res
