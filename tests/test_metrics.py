@@ -568,3 +568,32 @@ def test_custom_number_scores():
     assert hn.evaluate(qrels, {"q": {"a": Num(4.0), "b": 3}}, ["recip_rank"])["recip_rank"] == 0.5
     with pytest.raises(TypeError, match="'a'"):
         hn.evaluate(qrels, {"q": {"a": "x", "b": 3}}, ["recip_rank"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_heavy_ties_many_judged(seed):
+    # many judged documents per query, scores drawn from a few values (ties everywhere),
+    # an empty docno and non-ASCII ones; dict and array forms against pytrec_eval
+    rng = random.Random(seed)
+    docs = [f"d{i}" for i in range(400)] + ["", "Z", "zz", "é", "ü1"]
+    qrels, run = {}, {}
+    for qi in range(30):
+        q = f"q{qi}"
+        j = rng.sample(docs, rng.randint(1, 150))
+        qrels[q] = {d: rng.choice([-1, 0, 1, 2, 3]) for d in j}
+        if max(qrels[q].values()) < 0:
+            qrels[q][j[0]] = 0
+        ret = rng.sample(docs, rng.randint(0, 300))
+        run[q] = {d: rng.choice([0.5, 1.0, 1.0 + 1e-12, 2.0, -3.0, float(rng.randint(0, 5))]) for d in ret}
+    row = {d: i for i, d in enumerate(docs)}
+    ids = np.full((len(run), 300), -1, np.int64)
+    for i, q in enumerate(run):
+        o = [row[d] for d in trec_order(run[q])]
+        ids[i, : len(o)] = o
+    for lvl in (1, 2):
+        ref = pytrec(qrels, run, lvl)
+        ours = hn.evaluate(qrels, run, list(PAIRS), per_query=True, relevance_level=lvl)
+        check_close(ours, ref, list(run), list(PAIRS))
+        ours = hn.evaluate(qrels, ids, list(PAIRS), per_query=True, relevance_level=lvl, query_ids=list(run),
+                           corpus_ids=docs)
+        check_close(ours, ref, list(run), list(PAIRS))

@@ -165,8 +165,8 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
     struct Found {
         float score;
         int32_t rel;
-        int64_t rank;
         PyObject* doc;
+        py::object hold;  // keeps doc alive even if a score's __float__ mutates the qrels
     };
     std::vector<Found> found;
 
@@ -200,13 +200,15 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
             for (int64_t x = qp[t]; x < qp[t + 1]; ++x) {
                 const int32_t rel = qr[x];
                 if (!(rel > 0 || rel >= level)) continue;
-                PyObject* d = PyList_GET_ITEM(docs, x);
-                py::object v = py::reinterpret_borrow<py::object>(PyDict_GetItemWithError(inner, d));
+                if (x >= PyList_GET_SIZE(docs)) throw std::invalid_argument("qrels changed during evaluation");
+                py::object d = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(docs, x));
+                py::object v = py::reinterpret_borrow<py::object>(PyDict_GetItemWithError(inner, d.ptr()));
                 if (!v) {
                     if (PyErr_Occurred()) throw_py();
                     continue;
                 }
-                found.push_back({float(score_of(v.ptr(), qid, d)), rel, 1, d});  // trec_eval keeps float
+                const float sc = float(score_of(v.ptr(), qid, d.ptr()));  // trec_eval keeps float
+                found.push_back({sc, rel, d.ptr(), d});
             }
             // trec_eval order among the found documents (score desc, docno desc)
             std::sort(found.begin(), found.end(), [](const Found& a, const Found& c) {
