@@ -309,6 +309,8 @@ def test_bad_metric_names_and_qrels():
     for bad in ("ndcg@0", "p@-1", "recall_0"):
         with pytest.raises(ValueError, match="positive"):
             hn.evaluate(qrels, run, [bad])
+    with pytest.raises(TypeError, match="run must be"):
+        hn.evaluate(qrels, 5, ["map"])
     with pytest.raises(ValueError, match="at least one"):
         hn.evaluate(qrels, run, [])
     with pytest.raises(ValueError, match="integer"):

@@ -354,6 +354,11 @@ def evaluate(
             idx = qrels._index
             row_query = np.fromiter((idx.get(q, -1) for q in run), dtype=np.int64, count=len(run))
     else:
+        if not (isinstance(run, (tuple, list, np.ndarray)) or is_torch(run)):
+            raise TypeError(
+                "run must be a dict {qid: {docid: score}}, a TREC run file path, an ids array (Q, k) "
+                f"or a (scores, ids) tuple, got {type(run).__name__}"
+            )
         if query_ids is None or corpus_ids is None:
             raise ValueError("the array form of run needs query_ids (Q,) and corpus_ids (N,)")
         ids = _ids_of(run)
