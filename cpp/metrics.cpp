@@ -171,24 +171,29 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
                 int64_t rank = 0;
                 size_t found = 0;
                 // ---- hot loop: one pass over the ranking ----
-                for (; j < k; ++j) {
+                // (locals instead of captured references, so nothing is reloaded per id)
+                uint64_t* const sp = seen.data();
+                const uint64_t wmax = words ? words - 1 : 0;
+                const uint64_t ncodes = uint64_t(n_codes);
+                const size_t kk = k;
+                const int64_t stop_rank = stop;
+                for (; j < kk; ++j) {
                     const int64_t c = row[j];
-                    if (j + 16 < k) {  // the bitset word of a later id
-                        const uint64_t w = std::min<uint64_t>(uint64_t(row[j + 16]) >> 6, words - 1);
-                        __builtin_prefetch(seen.data() + w, 1);
-                    }
-                    if (uint64_t(c + 1) > uint64_t(n_codes)) {  // c < -1 or c >= n_codes: clean up, throw
+                    if (j + 16 < kk)  // the bitset word of a later id
+                        __builtin_prefetch(sp + std::min<uint64_t>(uint64_t(row[j + 16]) >> 6, wmax), 1);
+                    if (uint64_t(c + 1) > ncodes) {  // c < -1 or c >= n_codes: clean up, throw
                         for (size_t jj = 0; jj < j; ++jj)
-                            if (row[jj] >= 0) seen[row[jj] >> 6] = 0;
+                            if (row[jj] >= 0) sp[row[jj] >> 6] = 0;
                         for (int64_t q = qb; q < qe; ++q)
                             if (codes[q] >= 0) filt[fh(codes[q]) >> 6] = 0;
                         bad_id(i, c, n_codes);
                     }
                     if (c < 0) continue;
                     const uint64_t bit = uint64_t(1) << (c & 63);
-                    if (seen[c >> 6] & bit) continue;  // repeated id: skipped
-                    if (rank == stop) break;  // deeper than any metric looks
-                    seen[c >> 6] |= bit;
+                    const uint64_t word = sp[c >> 6];
+                    if (word & bit) continue;  // repeated id: skipped
+                    if (rank == stop_rank) break;  // deeper than any metric looks
+                    sp[c >> 6] = word | bit;
                     ++rank;
                     const uint32_t h = fh(c);
                     if (!(filt[h >> 6] & (uint64_t(1) << (h & 63)))) continue;

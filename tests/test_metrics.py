@@ -309,6 +309,8 @@ def test_bad_metric_names_and_qrels():
     for bad in ("ndcg@0", "p@-1", "recall_0"):
         with pytest.raises(ValueError, match="positive"):
             hn.evaluate(qrels, run, [bad])
+    with pytest.raises(TypeError, match="run must be"):
+        hn.evaluate(qrels, 5, ["map"])
     with pytest.raises(ValueError, match="at least one"):
         hn.evaluate(qrels, run, [])
     with pytest.raises(ValueError, match="integer"):
@@ -505,3 +507,95 @@ def test_fuse_bad_input():
         hn.fuse([(np.full((2, 3), np.nan, np.float32), np.zeros((2, 3), np.int64))], method="combsum")
     with pytest.raises(ValueError, match="-1"):
         hn.fuse([np.full((2, 3), -5)])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mrr_at_k_random(seed):
+    # mrr@k == pytrec_eval recip_rank on the run cut to its top k (trec_eval order)
+    rng = random.Random(500 + seed)
+    qrels, run = random_case(rng)
+    for k in (1, 3, 10):
+        cut = {q: {d: r[d] for d in trec_order(r)[:k]} for q, r in run.items()}
+        ref = pytrec(qrels, cut)
+        ours = hn.evaluate(qrels, run, [f"mrr@{k}"], per_query=True)[f"mrr@{k}"]
+        for i, q in enumerate(run):
+            if q in ref:
+                assert ours[i] == pytest.approx(ref[q]["recip_rank"], abs=1e-12)
+
+
+def test_torch_inputs():
+    torch = pytest.importorskip("torch")
+    qrels = {"q": {"b": 1}, "r": {"a": 2}}
+    ids = np.array([[0, 1], [0, -1]])
+    a = hn.evaluate(qrels, ids, ["map", "ndcg@2"], query_ids=["q", "r"], corpus_ids=["a", "b"])
+    t = hn.evaluate(qrels, (torch.zeros(2, 2), torch.from_numpy(ids)), ["map", "ndcg@2"],
+                    query_ids=["q", "r"], corpus_ids=["a", "b"])
+    assert a == t == {"map": 0.75, "ndcg@2": pytest.approx((1 / math.log2(3) + 1) / 2)}
+    fs, fi = hn.fuse([torch.from_numpy(ids), torch.from_numpy(ids[:, ::-1].copy())])
+    assert isinstance(fi, torch.Tensor) and fi.shape == (2, 4)
+
+
+def test_run_mutated_by_score_conversion_does_not_crash():
+    run = {}
+
+    class Evil:
+        def __float__(self):
+            run.clear()
+            return 1.0
+
+    class Evil2:
+        def __float__(self):
+            run["q"].clear()
+            return 2.0
+
+    for cls in (Evil, Evil2):
+        run.clear()
+        run.update({"q": {"a": cls(), "b": 0.5, "c": cls()}, "r": {"a": 1.0}})
+        try:
+            hn.evaluate({"q": {"a": 1, "c": 1}, "r": {"a": 1}}, run, ["map"])
+        except (ValueError, TypeError, RuntimeError):
+            pass
+
+
+def test_custom_number_scores():
+    class Num:
+        def __init__(self, v):
+            self.v = v
+
+        def __float__(self):
+            return self.v
+
+    qrels = {"q": {"b": 1}}
+    assert hn.evaluate(qrels, {"q": {"a": Num(2.0), "b": 3}}, ["recip_rank"])["recip_rank"] == 1.0
+    assert hn.evaluate(qrels, {"q": {"a": Num(4.0), "b": 3}}, ["recip_rank"])["recip_rank"] == 0.5
+    with pytest.raises(TypeError, match="'a'"):
+        hn.evaluate(qrels, {"q": {"a": "x", "b": 3}}, ["recip_rank"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_heavy_ties_many_judged(seed):
+    # many judged documents per query, scores drawn from a few values (ties everywhere),
+    # an empty docno and non-ASCII ones; dict and array forms against pytrec_eval
+    rng = random.Random(seed)
+    docs = [f"d{i}" for i in range(400)] + ["", "Z", "zz", "é", "ü1"]
+    qrels, run = {}, {}
+    for qi in range(30):
+        q = f"q{qi}"
+        j = rng.sample(docs, rng.randint(1, 150))
+        qrels[q] = {d: rng.choice([-1, 0, 1, 2, 3]) for d in j}
+        if max(qrels[q].values()) < 0:
+            qrels[q][j[0]] = 0
+        ret = rng.sample(docs, rng.randint(0, 300))
+        run[q] = {d: rng.choice([0.5, 1.0, 1.0 + 1e-12, 2.0, -3.0, float(rng.randint(0, 5))]) for d in ret}
+    row = {d: i for i, d in enumerate(docs)}
+    ids = np.full((len(run), 300), -1, np.int64)
+    for i, q in enumerate(run):
+        o = [row[d] for d in trec_order(run[q])]
+        ids[i, : len(o)] = o
+    for lvl in (1, 2):
+        ref = pytrec(qrels, run, lvl)
+        ours = hn.evaluate(qrels, run, list(PAIRS), per_query=True, relevance_level=lvl)
+        check_close(ours, ref, list(run), list(PAIRS))
+        ours = hn.evaluate(qrels, ids, list(PAIRS), per_query=True, relevance_level=lvl, query_ids=list(run),
+                           corpus_ids=docs)
+        check_close(ours, ref, list(run), list(PAIRS))

@@ -134,23 +134,26 @@ inline bool docno_greater(PyObject* a, PyObject* b) {
     return c != 0 ? c > 0 : x.second > y.second;
 }
 
-// Returns (out (n_specs, n_run) float64, judged-hit count) for the run's queries in
-// its iteration order.  q_index: {qid: qrels query}; the qrels entries of each
-// query are sorted by q_hash (Python str hashes of q_docs).
+// Returns out (n_specs, n_run) float64 for the run's queries in its iteration order.
+// q_index: {qid: qrels query}; docs / rels: the qrels entries (CSR by indptr).
+//
+// Only the judged documents are looked up in a query's run dict; the other keys
+// are never touched (visiting 10M str objects scattered in memory is what makes
+// dict conversion slow).  One pass over the values then gives each judged
+// document its trec_eval rank: 1 + the number of entries ordered before it
+// (higher float32 score, or an equal score and a greater docno).
 py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index_o, const py::object& indptr,
-                              const py::object& hashes_o, const py::object& docs_o, const py::object& rels,
-                              int32_t level, const std::vector<int>& kinds, const std::vector<int64_t>& ks,
-                              int num_threads) {
+                              const py::object& docs_o, const py::object& rels, int32_t level,
+                              const std::vector<int>& kinds, const std::vector<int64_t>& ks, int num_threads) {
     auto specs = make_specs(kinds, ks);
     if (!PyDict_Check(run_o.ptr())) throw py::type_error("run must be a dict {query_id: {doc_id: score}}");
     if (!PyDict_Check(q_index_o.ptr())) throw std::invalid_argument("q_index must be a dict");
     if (!PyList_Check(docs_o.ptr())) throw std::invalid_argument("qrels docs must be a list");
     QrelsArrays q = qrels_arrays(indptr, py::none(), rels);
-    auto hashes = checked<int64_t>(hashes_o, "qrels hashes", 1);
     PyObject* docs = docs_o.ptr();
-    if (hashes.shape(0) != q.rels.shape(0) || PyList_GET_SIZE(docs) != q.rels.shape(0))
-        throw std::invalid_argument("qrels arrays differ in length");
-    const int64_t* qh = hashes.data();
+    if (PyList_GET_SIZE(docs) != q.rels.shape(0)) throw std::invalid_argument("qrels arrays differ in length");
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(docs); ++i)
+        if (!PyUnicode_Check(PyList_GET_ITEM(docs, i))) throw std::invalid_argument("qrels doc ids must be str");
     const int64_t* qp = q.csr.indptr;
     const int32_t* qr = q.csr.rels;
 
@@ -159,21 +162,26 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
     const size_t n_run = size_t(PyDict_Size(run));
     std::vector<int64_t> row_query(n_run, -1), hit_indptr(n_run + 1, 0);
     std::vector<hn::JudgedHit> hits;
-    std::vector<float> sc;
-    std::vector<PyObject*> keys;
     struct Found {
-        size_t pos;
+        float score;
         int32_t rel;
-        int64_t rank;
+        PyObject* doc;
+        py::object hold;  // keeps doc alive even if a score's __float__ mutates the qrels
     };
     std::vector<Found> found;
-    std::vector<size_t> order;
+
+    auto not_str = [](PyObject* doc, PyObject* qid) {
+        return py::type_error("run document ids must be str, got " + std::string(py::repr(doc)) + " for query " +
+                              std::string(py::repr(qid)));
+    };
 
     Py_ssize_t it = 0;
     PyObject *qid, *inner;
     size_t qi = 0;
     while (PyDict_Next(run, &it, &qid, &inner)) {
         if (qi >= n_run) throw std::invalid_argument("run changed size during evaluation");
+        py::object hold_q = py::reinterpret_borrow<py::object>(qid);  // alive even if the run is mutated
+        py::object hold_i = py::reinterpret_borrow<py::object>(inner);
         if (!PyUnicode_Check(qid))
             throw py::type_error("run query ids must be str, got " + std::string(py::repr(qid)));
         if (!PyDict_Check(inner))
@@ -187,67 +195,118 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
         }
         row_query[qi] = t;
         if (t >= 0) {
-            const int64_t b = qp[t], e = qp[t + 1];
-            sc.clear();
-            keys.clear();
+            // judged documents that can change a metric, looked up in the run
             found.clear();
-            Py_ssize_t j = 0;
-            PyObject *doc, *val;
-            while (PyDict_Next(inner, &j, &doc, &val)) {
-                if (!PyUnicode_Check(doc))
-                    throw py::type_error("run document ids must be str, got " + std::string(py::repr(doc)) +
-                                         " for query " + std::string(py::repr(qid)));
-                const float s = float(score_of(val, qid, doc));  // trec_eval keeps scores as float
-                const size_t pos = sc.size();
-                sc.push_back(s);
-                keys.push_back(doc);
-                const Py_hash_t h = PyObject_Hash(doc);  // cached in the str object
-                if (h == -1 && PyErr_Occurred()) throw_py();
-                const int64_t* lo = std::lower_bound(qh + b, qh + e, int64_t(h));
-                for (; lo != qh + e && *lo == int64_t(h); ++lo) {
-                    PyObject* d = PyList_GET_ITEM(docs, lo - qh);
-                    int eq = d == doc;
-                    if (!eq) {
-                        eq = PyUnicode_Compare(d, doc) == 0;
-                        if (PyErr_Occurred()) throw_py();
-                    }
-                    if (eq) {
-                        const int32_t rel = qr[lo - qh];
-                        if (rel > 0 || rel >= level) found.push_back({pos, rel, 0});
-                        break;
-                    }
+            for (int64_t x = qp[t]; x < qp[t + 1]; ++x) {
+                const int32_t rel = qr[x];
+                if (!(rel > 0 || rel >= level)) continue;
+                if (x >= PyList_GET_SIZE(docs)) throw std::invalid_argument("qrels changed during evaluation");
+                py::object d = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(docs, x));
+                py::object v = py::reinterpret_borrow<py::object>(PyDict_GetItemWithError(inner, d.ptr()));
+                if (!v) {
+                    if (PyErr_Occurred()) throw_py();
+                    continue;
                 }
+                const float sc = float(score_of(v.ptr(), qid, d.ptr()));  // trec_eval keeps float
+                found.push_back({sc, rel, d.ptr(), d});
             }
-            // trec_eval rank of each judged document: 1 + the documents ordered before
-            // it (higher float score, or equal score and greater docno).
-            const size_t n = sc.size();
-            if (found.size() <= 16) {
-                for (auto& f : found) {
-                    const float s = sc[f.pos];
-                    int64_t r = 1;
-                    bool ties = false;
-                    for (size_t i = 0; i < n; ++i) {
-                        r += sc[i] > s;
-                        ties |= (sc[i] == s) & (i != f.pos);
-                    }
-                    if (ties)
-                        for (size_t i = 0; i < n; ++i)
-                            if (sc[i] == s && i != f.pos && docno_greater(keys[i], keys[f.pos])) ++r;
-                    f.rank = r;
+            // trec_eval order among the found documents (score desc, docno desc)
+            std::sort(found.begin(), found.end(), [](const Found& a, const Found& c) {
+                return a.score != c.score ? a.score > c.score : docno_greater(a.doc, c.doc);
+            });
+            // ---- one pass over the run's scores (NaN / type checks for every entry) ----
+            // An entry with a higher score than found[p] is ordered before found[p..]
+            // (a suffix): counted in diff[p].  Entries whose score equals a found score
+            // are counted per group of equal found scores; only when some entry other
+            // than the found documents themselves ties are docnos compared.
+            const size_t nf = found.size();
+            thread_local std::vector<int64_t> diff, ties;
+            thread_local std::vector<size_t> group;
+            diff.assign(nf + 1, 0);
+            ties.assign(nf, 0);
+            group.resize(nf);
+            for (size_t p = 0; p < nf; ++p) group[p] = (p > 0 && found[p - 1].score == found[p].score) ? group[p - 1] : p;
+            {  // key type: checked on the first key, and wherever docnos are compared
+                Py_ssize_t j0 = 0;
+                PyObject *k0, *v0;
+                if (PyDict_Next(inner, &j0, &k0, &v0) && !PyUnicode_Check(k0)) throw not_str(k0, qid);
+            }
+            // The values, read with the dict's values iterator: unlike PyDict_Next and
+            // PyDict_Values (which read every key's hash) it never visits the key
+            // objects, scattered in memory, so the str objects stay untouched.
+            const Py_ssize_t n = PyDict_GET_SIZE(inner);
+            thread_local std::vector<PyObject*> vbuf;
+            vbuf.resize(size_t(n));
+            struct Refs {  // strong references: a score's __float__ could mutate the run
+                std::vector<PyObject*>& v;
+                size_t count = 0;
+                ~Refs() {
+                    for (size_t i = 0; i < count; ++i) Py_DECREF(v[i]);
                 }
-            } else {
-                order.resize(n);
-                for (size_t i = 0; i < n; ++i) order[i] = i;
-                std::sort(order.begin(), order.end(), [&](size_t a, size_t c) {
-                    if (sc[a] != sc[c]) return sc[a] > sc[c];
-                    return docno_greater(keys[a], keys[c]);
-                });
-                std::vector<int64_t> rank_of(n);
-                for (size_t i = 0; i < n; ++i) rank_of[order[i]] = int64_t(i + 1);
-                for (auto& f : found) f.rank = rank_of[f.pos];
+            } vrefs{vbuf};
+            {
+                py::object view = py::reinterpret_steal<py::object>(PyObject_CallMethod(inner, "values", nullptr));
+                if (!view) throw_py();
+                py::object iter = py::reinterpret_steal<py::object>(PyObject_GetIter(view.ptr()));
+                if (!iter) throw_py();
+                Py_ssize_t c = 0;
+                while (PyObject* v = PyIter_Next(iter.ptr())) {
+                    if (c < n) vbuf[size_t(c)] = v;  // owned until vrefs goes out of scope
+                    else Py_DECREF(v);
+                    ++c;
+                }
+                vrefs.count = size_t(std::min(c, n));
+                if (PyErr_Occurred()) throw_py();
+                if (c != n) throw std::invalid_argument("run changed during evaluation");
             }
-            std::sort(found.begin(), found.end(), [](const Found& a, const Found& c) { return a.rank < c.rank; });
-            for (auto& f : found) hits.push_back({f.rank, f.rel});
+            py::object keys;
+            auto key_at = [&](Py_ssize_t j) {
+                if (!keys) {
+                    keys = py::reinterpret_steal<py::object>(PyDict_Keys(inner));
+                    if (!keys) throw_py();
+                    if (PyList_GET_SIZE(keys.ptr()) != n) throw std::invalid_argument("run changed during evaluation");
+                }
+                return PyList_GET_ITEM(keys.ptr(), j);
+            };
+            auto score_at = [&](Py_ssize_t j) {
+                PyObject* v = vbuf[size_t(j)];
+                double dv;
+                if (!PyFloat_CheckExact(v) || std::isnan(dv = PyFloat_AS_DOUBLE(v)))
+                    dv = score_of(v, qid, key_at(j));  // other number types, or the error message
+                return float(dv);  // trec_eval keeps scores as float
+            };
+            for (Py_ssize_t j = 0; j < n; ++j) {
+                const float s = score_at(j);
+                if (nf == 0) continue;
+                size_t lo = 0, hi = nf;  // first p with found[p].score < s
+                while (lo < hi) {
+                    const size_t mid = (lo + hi) / 2;
+                    if (found[mid].score < s) hi = mid;
+                    else lo = mid + 1;
+                }
+                diff[lo]++;
+                if (lo > 0 && found[lo - 1].score == s) ties[group[lo - 1]]++;
+            }
+            int64_t acc = 0;
+            for (size_t p = 0; p < nf; ++p) {
+                acc += diff[p];
+                const size_t g = group[p];
+                size_t ge = g;
+                while (ge < nf && group[ge] == g) ++ge;
+                int64_t within;
+                if (ties[g] == int64_t(ge - g)) {
+                    within = int64_t(p - g);  // only the found documents tie: docno order among them
+                } else {
+                    within = 0;  // other entries tie too: compare docnos (rare)
+                    for (Py_ssize_t j = 0; j < n; ++j)
+                        if (score_at(j) == found[p].score) {
+                            PyObject* doc = key_at(j);
+                            if (!PyUnicode_Check(doc)) throw not_str(doc, qid);
+                            within += docno_greater(doc, found[p].doc);
+                        }
+                }
+                hits.push_back({1 + acc + within, found[p].rel});
+            }
         }
         hit_indptr[++qi] = int64_t(hits.size());
     }
@@ -379,8 +438,7 @@ void bind_metrics(py::module_& m) {
     m.def("metrics_eval_ids", &eval_ids, py::arg("ids"), py::arg("n_codes"), py::arg("row_query"),
           py::arg("indptr"), py::arg("codes"), py::arg("rels"), py::arg("level"), py::arg("kinds"), py::arg("ks"),
           py::arg("num_threads"));
-    m.def("metrics_eval_dict", &eval_dict, py::arg("run"), py::arg("q_index"), py::arg("indptr"),
-          py::arg("hashes"), py::arg("docs"), py::arg("rels"), py::arg("level"), py::arg("kinds"), py::arg("ks"),
+    m.def("metrics_eval_dict", &eval_dict, py::arg("run"), py::arg("q_index"), py::arg("indptr"), py::arg("docs"), py::arg("rels"), py::arg("level"), py::arg("kinds"), py::arg("ks"),
           py::arg("num_threads"));
     m.def("metrics_map_ids", &map_ids, py::arg("corpus"), py::arg("targets"));
     m.def("fuse_ids", &fuse, py::arg("ids"), py::arg("scores"), py::arg("weights"), py::arg("method"),

@@ -90,7 +90,6 @@ class Qrels:
         self._index = {q: i for i, q in enumerate(self._qids)}
         if len(self._index) != len(self._qids):
             raise ValueError("duplicate query ids in qrels")
-        self._hash_view: Optional[tuple] = None
         self._code_cache: Optional[tuple] = None
         self._qid_sorted: Optional[tuple] = None
 
@@ -175,15 +174,6 @@ class Qrels:
 
     def _query_of_entry(self) -> np.ndarray:
         return np.repeat(np.arange(len(self._qids), dtype=np.int64), np.diff(self._indptr))
-
-    def _hashed(self) -> tuple:
-        """Entries sorted by (query, hash(doc)) for the run-dict kernel."""
-        if self._hash_view is None:
-            h = np.fromiter((hash(d) for d in self._docs), dtype=np.int64, count=len(self._docs))
-            order = np.lexsort((h, self._query_of_entry()))
-            docs = [self._docs[i] for i in order.tolist()]
-            self._hash_view = (np.ascontiguousarray(h[order]), docs, np.ascontiguousarray(self._rels[order]))
-        return self._hash_view
 
     def _rows_for(self, query_ids: Any) -> np.ndarray:
         """Qrels query of each of ``query_ids`` (-1 when not judged), int64."""
@@ -357,13 +347,18 @@ def evaluate(
     if isinstance(run, Mapping):
         if not isinstance(run, dict):
             run = dict(run)
-        h, docs, rels = qrels._hashed()
-        out = _core.metrics_eval_dict(run, qrels._index, qrels._indptr, h, docs, rels, level, kinds, ks, nt)
+        out = _core.metrics_eval_dict(run, qrels._index, qrels._indptr, qrels._docs, qrels._rels, level, kinds,
+                                      ks, nt)
         row_query = None
         if convention == "ranx":
             idx = qrels._index
             row_query = np.fromiter((idx.get(q, -1) for q in run), dtype=np.int64, count=len(run))
     else:
+        if not (isinstance(run, (tuple, list, np.ndarray)) or is_torch(run)):
+            raise TypeError(
+                "run must be a dict {qid: {docid: score}}, a TREC run file path, an ids array (Q, k) "
+                f"or a (scores, ids) tuple, got {type(run).__name__}"
+            )
         if query_ids is None or corpus_ids is None:
             raise ValueError("the array form of run needs query_ids (Q,) and corpus_ids (N,)")
         ids = _ids_of(run)
