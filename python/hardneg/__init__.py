@@ -9,6 +9,10 @@ from hardneg._threads import get_num_threads, set_num_threads
 from hardneg.topk import DenseIndex, merge_topk, topk
 from hardneg.info import info, simd_level
 
+# --- scale-out: out-of-core streaming, torch.distributed sharding, faiss backend (issue 7)
+from hardneg import distributed, ooc
+# ---
+
 __all__ = [
     "__version__",
     "DenseIndex",
@@ -18,4 +22,6 @@ __all__ = [
     "set_num_threads",
     "info",
     "simd_level",
+    "distributed",
+    "ooc",
 ]
