@@ -147,3 +147,26 @@ def test_needs_process_group():
         pytest.skip("a process group is already initialised")
     with pytest.raises(RuntimeError, match="process group"):
         hn.distributed.topk(np.ones((1, 2), np.float32), np.ones((3, 2), np.float32), k=1)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_torch_merge_equals_cpp_merge(metric):
+    from hardneg.distributed import merge_topk_torch
+
+    rng = np.random.default_rng(2)
+    parts_s, parts_i = [], []
+    for p, kp in enumerate([5, 5, 5]):
+        s = np.round(rng.standard_normal((40, kp)), 1).astype(np.float32)
+        s = np.sort(s, axis=1) if metric == "l2" else -np.sort(-s, axis=1)
+        i = rng.permutation(1000)[: 40 * kp].reshape(40, kp).astype(np.int64) + p * 1000
+        i[rng.random((40, kp)) < 0.2] = -1  # padding anywhere
+        s[i < 0] = np.inf if metric == "l2" else -np.inf
+        parts_s.append(s)
+        parts_i.append(i)
+    parts_s[1][:, :2] = parts_s[0][:, :2]  # ties across parts
+    for k in (3, 20):
+        rs, ri = hn.merge_topk(parts_s, parts_i, k, metric)
+        ts, ti = merge_topk_torch([torch.from_numpy(x) for x in parts_s], [torch.from_numpy(x) for x in parts_i], k,
+                                  metric)
+        np.testing.assert_array_equal(ti.numpy(), ri)
+        np.testing.assert_array_equal(ts.numpy(), rs)

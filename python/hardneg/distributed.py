@@ -245,12 +245,22 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
             torch.cuda.synchronize(dev)
         timings["comm"] = timings.get("comm", 0.0) + time.perf_counter() - t2
 
-    # ---- merge (C++ merge_topk on the CPU: same ordering rules as the kernel)
+    # ---- merge: C++ merge_topk on the CPU, a torch merge with the same rules on the GPU
     t3 = time.perf_counter()
     ns = nq * kk * 4
+    if dev.type == "cuda":
+        ps = [b[:ns].view(torch.float32).reshape(nq, kk) for b in bufs]
+        pi = [b[ns:].view(torch.int64).reshape(nq, kk) for b in bufs]
+        scores, ids = merge_topk_torch(ps, pi, k, metric)
+        if timings is not None:
+            torch.cuda.synchronize(dev)
+            timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t3
+        if is_torch(queries):
+            return scores.to(queries.device), ids.to(queries.device)
+        return scores.cpu().numpy(), ids.cpu().numpy()
     ps, pi = [], []
     for b in bufs:
-        a = b.cpu().numpy()
+        a = b.numpy()
         ps.append(a[:ns].view(np.float32).reshape(nq, kk))
         pi.append(a[ns:].view(np.int64).reshape(nq, kk))
     scores, ids = hn.merge_topk(ps, pi, k, metric, num_threads=num_threads)
@@ -259,6 +269,31 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
     if is_torch(queries):
         return torch.from_numpy(scores).to(queries.device), torch.from_numpy(ids).to(queries.device)
     return scores, ids
+
+
+def merge_topk_torch(scores: List[Any], ids: List[Any], k: int, metric: str = "ip"):
+    """:func:`hardneg.merge_topk` in torch (for results that live on a GPU): same rules.
+
+    Parts are (Q, k_i) tensors with global ids (< 0 is padding); returns the best k
+    by score (ascending for "l2"), ties by ascending id, padded with -1 / -inf (+inf).
+    """
+    torch = torch_module()
+    s = torch.cat([x.to(torch.float32) for x in scores], dim=1)
+    i = torch.cat([x.to(torch.int64) for x in ids], dim=1)
+    largest = metric != "l2"
+    pad = float("-inf") if largest else float("inf")
+    # stable sorts, least significant key first: id ascending, then score, then valid first
+    o = torch.sort(i, dim=1, stable=True).indices
+    s, i = torch.gather(s, 1, o), torch.gather(i, 1, o)
+    o = torch.sort(s, dim=1, descending=largest, stable=True).indices
+    s, i = torch.gather(s, 1, o), torch.gather(i, 1, o)
+    o = torch.sort((i >= 0).to(torch.int8), dim=1, descending=True, stable=True).indices
+    s, i = torch.gather(s, 1, o)[:, :k], torch.gather(i, 1, o)[:, :k]
+    if s.shape[1] < k:
+        s = torch.cat([s, s.new_full((s.shape[0], k - s.shape[1]), pad)], dim=1)
+        i = torch.cat([i, i.new_full((i.shape[0], k - i.shape[1]), -1)], dim=1)
+    valid = i >= 0
+    return torch.where(valid, s, torch.full_like(s, pad)), i
 
 
 class DistributedIndex:
