@@ -96,7 +96,7 @@ class _Mapping:
     """A read-only mmap of a file region holding a (rows, dim) array."""
 
     def __init__(self, path: str, offset: int, shape: Tuple[int, int], dtype: np.dtype):
-        self.shape, self.dtype = shape, dtype
+        self.shape, self.dtype, self.path, self.offset = shape, dtype, path, offset
         self._f = open(path, "rb")
         nbytes = shape[0] * shape[1] * dtype.itemsize
         self._start = offset - offset % _mmap.ALLOCATIONGRANULARITY
@@ -146,6 +146,53 @@ def _advise(mm: Any, b0: int, b1: int, what: str) -> None:
             pass
 
 
+class _Prefetcher:
+    """Reads the next block into the page cache on a background thread (posix_fadvise
+    WILLNEED releases the GIL), so disk reads overlap the kernel's compute."""
+
+    def __init__(self, path: Optional[str]):
+        self._fd = None
+        self._pool = None
+        self._job = None
+        if path is None or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hardneg-prefetch")
+
+    @property
+    def active(self) -> bool:
+        return self._pool is not None
+
+    def fetch(self, offset: int, nbytes: int) -> None:
+        if self._pool is None or nbytes <= 0:
+            return
+        if self._job is not None:
+            self._job.result()  # one read-ahead at a time
+        self._job = self._pool.submit(self._fadvise, offset, nbytes)
+
+    def _fadvise(self, offset: int, nbytes: int) -> None:
+        try:  # in 32 MiB steps: the kernel caps one readahead request
+            step = 32 << 20
+            for o in range(offset, offset + nbytes, step):
+                os.posix_fadvise(self._fd, o, min(step, offset + nbytes - o), os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._pool is not None:
+            if self._job is not None:
+                self._job.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 # --------------------------------------------------------------------------- np.memmap
 def _memmap_releaser(x: np.memmap):
     """(advise(r0, r1, what)) for a row-contiguous np.memmap, or None when pages cannot be released.
@@ -169,6 +216,10 @@ def _memmap_releaser(x: np.memmap):
     def advise(r0: int, r1: int, what: str) -> None:
         _advise(mm, start + r0 * rs, start + (r1 - 1) * rs + x.shape[1] * x.itemsize, what)
 
+    # where row 0 lies in the file (the mapping starts at offset rounded down to the granularity)
+    off = int(getattr(x, "offset", 0) or 0)
+    advise.file_pos = off - off % _mmap.ALLOCATIONGRANULARITY + start
+    advise.row_bytes = rs
     return advise
 
 
@@ -177,29 +228,52 @@ def memmap_blocks(x: np.memmap, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Itera
     n, d = x.shape
     step = block_rows(d, x.itemsize, block_bytes)
     advise = _memmap_releaser(x)
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        if advise is not None and r1 < n:
-            advise(r1, min(n, r1 + step), "willneed")
-        yield x[r0:r1], r0
-        if advise is not None:
-            advise(r0, r1, "dontneed")
+    pre = _Prefetcher(getattr(x, "filename", None) if advise is not None else None)
+    try:
+        if pre.active:
+            pre.fetch(advise.file_pos, min(n, step) * advise.row_bytes)
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            if advise is not None and r1 < n:
+                r2 = min(n, r1 + step)
+                if pre.active:
+                    pre.fetch(advise.file_pos + r1 * advise.row_bytes, (r2 - r1) * advise.row_bytes)
+                else:
+                    advise(r1, r2, "willneed")
+            yield x[r0:r1], r0
+            if advise is not None:
+                advise(r0, r1, "dontneed")
+    finally:
+        pre.close()
 
 
 def file_blocks(m: _Mapping, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[Tuple[np.ndarray, int]]:
+    """Yield ``(block, first_row)`` over a mapped .npy; the next block is read ahead on a
+    background thread and each block's pages are released after use."""
     n, d = m.shape
+    rb = d * m.dtype.itemsize
     step = block_rows(d, m.dtype.itemsize, block_bytes)
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        if r1 < n:
-            m.advise(r1, min(n, r1 + step), "willneed")
-        blk = m.rows(r0, r1)
-        if blk.dtype == np.float64:
-            with np.errstate(over="ignore"):
-                blk = blk.astype(np.float32)
-        yield blk, r0
-        del blk
-        m.advise(r0, r1, "dontneed")
+    pre = _Prefetcher(m.path)
+    try:
+        if pre.active:
+            pre.fetch(m.offset, min(n, step) * rb)
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            if r1 < n:
+                r2 = min(n, r1 + step)
+                if pre.active:
+                    pre.fetch(m.offset + r1 * rb, (r2 - r1) * rb)
+                else:
+                    m.advise(r1, r2, "willneed")
+            blk = m.rows(r0, r1)
+            if blk.dtype == np.float64:
+                with np.errstate(over="ignore"):
+                    blk = blk.astype(np.float32)
+            yield blk, r0
+            del blk
+            m.advise(r0, r1, "dontneed")
+    finally:
+        pre.close()
 
 
 # --------------------------------------------------------------------------- search
