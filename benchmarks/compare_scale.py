@@ -28,15 +28,18 @@ import time
 import numpy as np
 
 
-def _gen_clustered(n, d, seed, centers=2000, latent=64, out=None, chunk=65536):
-    """Unit vectors from a mixture in a random latent subspace plus isotropic noise."""
-    rng = np.random.default_rng(seed)
+def _gen_clustered(n, d, seed, centers=None, latent=64, out=None, chunk=65536, spread=1.0):
+    """Unit vectors from a Gaussian mixture (~1000 rows per centre) in a random 64-d latent
+    subspace, plus isotropic noise; queries and corpus share the mixture (seed 1 fixes it)."""
+    centers = centers or max(10, n // 1000)
+    rng = np.random.default_rng(1)
     C = rng.standard_normal((centers, latent)).astype(np.float32)
     P = (rng.standard_normal((latent, d)) / np.sqrt(latent)).astype(np.float32)
     X = np.empty((n, d), np.float32) if out is None else out
+    rng = np.random.default_rng(seed)
     for r in range(0, n, chunk):
         m = min(chunk, n - r)
-        z = C[rng.integers(0, centers, m)] + 0.7 * rng.standard_normal((m, latent), dtype=np.float32)
+        z = C[rng.integers(0, centers, m)] + spread * rng.standard_normal((m, latent), dtype=np.float32)
         x = z @ P + 0.3 * rng.standard_normal((m, d), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         X[r:r + m] = x
@@ -128,7 +131,7 @@ def _dist_worker(rank, world, store, n, d, nq, k, reps, out):
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     X = _gen_clustered(n, d, 1)
-    Q = _gen_clustered(nq, d, 2)
+    Q = _gen_clustered(nq, d, 2, centers=max(10, n // 1000))
     cuts = [0] + [int(n * (r + 1) / world + (r == 0) * n * 0.05) for r in range(world - 1)] + [n]  # uneven
     shard = np.ascontiguousarray(X[cuts[rank]:cuts[rank + 1]])
     nt = max(1, (len(os.sched_getaffinity(0))) // world)
@@ -155,7 +158,7 @@ def bench_dist(a):
 
     n, d, nq, k = a.rows, a.dim, a.queries, a.k
     X = _gen_clustered(n, d, 1)
-    Q = _gen_clustered(nq, d, 2)
+    Q = _gen_clustered(nq, d, 2, centers=max(10, n // 1000))
     t = time.perf_counter()
     ref_s, ref_i = hn.topk(Q, X, k=k)
     single = time.perf_counter() - t
@@ -186,7 +189,7 @@ def bench_faiss(a):
     n, d, nq, k = a.rows, a.dim, a.queries, a.k
     t = time.perf_counter()
     X = _gen_clustered(n, d, 1)
-    Q = _gen_clustered(nq, d, 2)
+    Q = _gen_clustered(nq, d, 2, centers=max(10, n // 1000))
     gen = time.perf_counter() - t
     t = time.perf_counter()
     ref_s, ref_i = hn.topk(Q, X, k=k)

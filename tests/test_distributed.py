@@ -70,6 +70,8 @@ def _worker(rank, world, store, out_dir):
     res["torch"] = (type(s).__name__, s.numpy(), i.numpy())
     # DistributedIndex is the same collective
     res["index"] = hn.distributed.DistributedIndex(X[lo:hi], metric="cosine").search(Q, k=6)
+    # queries broadcast from the last rank; the others pass None
+    res["src"] = hn.distributed.topk(Q if rank == world - 1 else None, X[lo:hi], k=8, metric="l2", src=world - 1)
     tm = {}
     hn.distributed.topk(Q, X[lo:hi], k=10, timings=tm)
     res["timings"] = tm
@@ -116,7 +118,10 @@ def test_distributed_equals_single_process(world, tmp_path):
     assert {5, 100, 109, 200} <= set(i[0].tolist())
     ref = hn.topk(Q, X, k=5)
     ref_c = hn.topk(Q, X, k=6, metric="cosine")
+    ref_l2 = hn.topk(Q, X, k=8, metric="l2")
     for r in range(world):
+        np.testing.assert_array_equal(out[r]["src"][1], ref_l2[1])
+        np.testing.assert_array_equal(out[r]["src"][0], ref_l2[0])
         kind, s, i = out[r]["torch"]
         assert kind == "Tensor"
         np.testing.assert_array_equal(i, ref[1])

@@ -92,9 +92,46 @@ def _local_exclude(ex, offset: int, n: int, nq: int):
     return local, indices[keep] - offset
 
 
+def _broadcast_queries(torch, dist, group, queries, local_shard, src, rank, world):
+    """Queries of rank ``src`` on every rank (a collective; errors raise on every rank)."""
+    if isinstance(src, bool) or not isinstance(src, (int, np.integer)) or not 0 <= src < world:
+        raise ValueError(f"src must be a rank in [0, {world}), got {src!r}")
+    err, meta = None, None
+    if rank == src:
+        try:
+            shape, dtype = _shape_dtype(queries, "queries")
+            if len(shape) != 2:
+                raise ValueError(f"queries must be 2-D (rows, dim), got shape {shape}")
+            if dtype not in ("float32", "float16", "bfloat16", "float64"):
+                raise TypeError(f"queries must be float32, float16, bfloat16 or float64, got {dtype}")
+            meta = (shape, dtype)
+        except (TypeError, ValueError) as e:
+            err = f"rank {rank}: {e}"
+    box = [(err, meta)]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, src) if group is not None else src,
+                               group=group)
+    err, meta = box[0]
+    if err is not None:
+        raise ValueError(err)
+    shape, dtype = meta
+    dev = _comm_device(torch, dist, group)
+    if rank == src:
+        t = queries if is_torch(queries) else torch.from_numpy(np.ascontiguousarray(queries))
+        t = t.detach().to(dev).contiguous()
+    else:
+        t = torch.empty(shape, dtype=getattr(torch, dtype), device=dev)
+    dist.broadcast(t, src=dist.get_global_rank(group, src) if group is not None else src, group=group)
+    if rank == src:
+        return queries
+    if is_torch(local_shard):
+        return t.to(local_shard.device)
+    t = t.cpu()
+    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
 def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = None, metric: str = "ip",
          exclude: Any = None, group: Any = None, num_threads: Optional[int] = None, backend: str = "auto",
-         timings: Optional[Dict[str, float]] = None):
+         timings: Optional[Dict[str, float]] = None, src: Optional[int] = None):
     """Global exact top-k over a corpus sharded by rows across the ranks of ``group``.
 
     Collective: every rank of the group must call it with the same queries, k,
@@ -124,6 +161,10 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
     timings : dict, optional
         Filled with seconds spent in ``"local"`` (shard search), ``"comm"``
         (all_gather), ``"merge"`` and ``"check"`` (metadata exchange).
+    src : int, optional
+        Broadcast the queries from this rank (group rank); the other ranks may
+        pass ``queries=None`` and get numpy results (torch on the shard's
+        device when their shard is a tensor).
 
     Returns
     -------
@@ -138,6 +179,8 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
     torch, dist = _dist()
     t0 = time.perf_counter()
     rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if src is not None:
+        queries = _broadcast_queries(torch, dist, group, queries, local_shard, src, rank, world)
 
     # ---- local checks, then one metadata exchange so every rank agrees or all raise
     err: Optional[str] = None
