@@ -120,6 +120,22 @@ def test_topk_on_memmap_streams_and_matches(tmp_path, metric):
     np.testing.assert_array_equal(got[1], hn.topk(Q, X[7:], k=9, metric=metric)[1])
 
 
+def test_as_index_for_mining(tmp_path):
+    from hardneg.ooc import as_index
+
+    X, Q = _data()
+    p = tmp_path / "c.npy"
+    np.save(p, X)
+    ref = hn.topk(Q, X, k=11, metric="l2", exclude=_ex(len(Q), len(X)))
+    for src in (p, str(p), np.load(p, mmap_mode="r"), X):
+        idx = as_index(src, "l2", block_bytes=1)
+        assert isinstance(idx, OutOfCoreIndex) == (src is not X)
+        got = idx.search(Q, k=11, exclude=_ex(len(Q), len(X)))
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+        assert as_index(idx) is idx
+
+
 def test_ooc_bad_input(tmp_path):
     X, Q = _data(n=100)
     p = tmp_path / "c.npy"

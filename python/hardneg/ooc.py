@@ -16,8 +16,10 @@ Entry points
 * :meth:`hardneg.DenseIndex.from_npy` ``(path, metric, mmap=True)`` returns an
   :class:`OutOfCoreIndex` (a :class:`~hardneg.DenseIndex`).
 * :func:`hardneg.topk` on an ``np.memmap`` streams automatically.
-* :func:`search_blocks` is the building block for other modules (mining): it
-  searches any iterable of ``(block, first_row)`` pairs with a running top-k.
+* :func:`as_index` gives a mining loop the right index for its corpus (path or
+  np.memmap -> streamed, array -> in memory).
+* :func:`search_blocks` is the building block for other modules: it searches any
+  iterable of ``(block, first_row)`` pairs with a running top-k.
 """
 from __future__ import annotations
 
@@ -358,8 +360,9 @@ class OutOfCoreIndex(_index_base()):
 
     Parameters
     ----------
-    path : str or PathLike
-        2-D C-ordered ``.npy`` of float32 / float16 (float64 converted per block).
+    path : str, PathLike or np.memmap
+        2-D C-ordered ``.npy`` of float32 / float16 (float64 converted per block),
+        or a 2-D ``np.memmap`` (searched in place, pages released per block).
     metric : {"ip", "cosine", "l2"}
     num_threads : int, optional
     block_bytes : int
@@ -379,7 +382,14 @@ class OutOfCoreIndex(_index_base()):
         self.metric = _check_metric(metric)
         self.num_threads = None if num_threads is None else resolve_num_threads(num_threads)
         self.block_bytes = _check_block_bytes(block_bytes)
-        self._file = NpyFile(path)
+        self._memmap = None
+        if isinstance(path, np.memmap):
+            if path.ndim != 2:
+                raise ValueError(f"corpus must be 2-D (rows, dim), got shape {path.shape}")
+            self._memmap = path
+            self._file = _MemmapInfo(path)
+        else:
+            self._file = NpyFile(path)
         self._segments = []
         self._torch_parts = []
         self._cuda = False
@@ -413,10 +423,34 @@ class OutOfCoreIndex(_index_base()):
         qd = queries.shape[1] if hasattr(queries, "shape") and len(queries.shape) == 2 else None
         if qd is not None and qd != self._dim:
             raise ValueError(f"queries have dimension {qd} but the corpus has dimension {self._dim}")
+        nt = num_threads if num_threads is not None else self.num_threads
+        if self._memmap is not None:
+            return search_blocks(queries, memmap_blocks(self._memmap, self.block_bytes), self._size, k,
+                                 self.metric, exclude, nt, extra_segments=self._segments)
         m = self._file.open()
         try:
-            return search_blocks(queries, file_blocks(m, self.block_bytes), self._size, k, self.metric, exclude,
-                                 num_threads if num_threads is not None else self.num_threads,
+            return search_blocks(queries, file_blocks(m, self.block_bytes), self._size, k, self.metric, exclude, nt,
                                  extra_segments=self._segments)
         finally:
             m.close()
+
+
+class _MemmapInfo:
+    def __init__(self, x: np.memmap):
+        self.path = getattr(x, "filename", None)
+        self.shape = (int(x.shape[0]), int(x.shape[1]))
+
+
+def as_index(corpus: Any, metric: str = "ip", num_threads: Optional[int] = None,
+             block_bytes: int = DEFAULT_BLOCK_BYTES):
+    """The index a caller (e.g. a mining loop) should search ``corpus`` with.
+
+    A ``.npy`` path or an ``np.memmap`` gives a streamed :class:`OutOfCoreIndex`
+    (bounded resident memory); anything else an in-memory :class:`~hardneg.DenseIndex`.
+    An index object (anything with ``search``) is returned as is.
+    """
+    if hasattr(corpus, "search") and callable(corpus.search):
+        return corpus
+    if isinstance(corpus, (str, os.PathLike, np.memmap)):
+        return OutOfCoreIndex(corpus, metric, num_threads, block_bytes)
+    return _index_base()(corpus, metric, num_threads)
