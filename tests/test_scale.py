@@ -214,8 +214,11 @@ def test_streaming_keeps_resident_memory_bounded(tmp_path, mode):
         m[r:r + 32768] = rng.standard_normal((32768, d), dtype=np.float32)
     m.flush()
     del m
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(p), mode], capture_output=True, text=True,
-                         timeout=300)
+    try:
+        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(p), mode], capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        p.unlink()  # pytest keeps old tmp dirs: do not leave 512 MiB behind
     assert out.returncode == 0, out.stderr
     extra_mib, max_id = out.stdout.split()
     assert int(max_id) > 4096  # the whole file was searched
