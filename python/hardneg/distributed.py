@@ -343,8 +343,9 @@ class DistributedIndex:
     """A DenseIndex-like view of a sharded corpus: ``search`` is the collective :func:`topk`.
 
     Anything that accepts an index object with ``search(queries, k, exclude=...)``,
-    ``len()``, ``dim`` and ``metric`` (e.g. a mining loop) can use it unchanged;
-    every rank must call ``search`` with the same arguments.
+    ``len()``, ``dim`` and ``metric`` (e.g. a mining loop) can use it unchanged.
+    Construction and ``search`` are collective: every rank calls them, with the
+    same arguments (except its own shard and offset).
     """
 
     def __init__(self, local_shard: Any, metric: str = "ip", offset: Optional[int] = None, group: Any = None,
