@@ -130,7 +130,8 @@ class _Mapping:
 
 
 def _advise(mm: Any, b0: int, b1: int, what: str) -> None:
-    """madvise the byte range [b0, b1) of ``mm`` (page-aligned inwards for DONTNEED)."""
+    """madvise the byte range [b0, b1) of ``mm`` (both ends rounded down to pages for DONTNEED,
+    so the partial page shared with the next block stays mapped)."""
     if what == "dontneed":
         a0 = b0 - b0 % _PAGE
         a1 = b1 - b1 % _PAGE if b1 < len(mm) else len(mm)
