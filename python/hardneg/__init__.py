@@ -13,6 +13,9 @@ from hardneg.info import info, simd_level
 from hardneg.metrics import Qrels, evaluate, read_run
 from hardneg.fusion import fuse
 # --- end metrics ---
+# --- scale-out: out-of-core streaming, torch.distributed sharding, faiss backend (issue 7)
+from hardneg import distributed, ooc
+# ---
 
 __all__ = [
     "__version__",
@@ -28,4 +31,6 @@ __all__ = [
     "evaluate",
     "read_run",
     "fuse",
+    "distributed",
+    "ooc",
 ]

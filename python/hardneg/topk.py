@@ -12,6 +12,7 @@ from hardneg.exclude import to_csr
 
 METRICS = ("ip", "cosine", "l2")
 BACKENDS = ("auto", "cpp", "torch")
+INDEX_BACKENDS = ("exact", "faiss")
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
@@ -59,7 +60,17 @@ class DenseIndex:
     over the concatenation.
     """
 
-    def __init__(self, corpus: Any, metric: str = "ip", num_threads: Optional[int] = None):
+    def __new__(cls, *args: Any, backend: str = "exact", **kwargs: Any):
+        # backend="faiss" builds a hardneg._faiss.FaissIndex (a DenseIndex subclass).
+        if cls is DenseIndex and backend == "faiss":
+            from hardneg._faiss import FaissIndex
+            return super().__new__(FaissIndex)
+        return super().__new__(cls)
+
+    def __init__(self, corpus: Any, metric: str = "ip", num_threads: Optional[int] = None,
+                 backend: str = "exact"):
+        if backend not in INDEX_BACKENDS:
+            raise ValueError(f"backend must be one of {INDEX_BACKENDS}, got {backend!r}")
         self.metric = _check_metric(metric)
         self.num_threads = None if num_threads is None else resolve_num_threads(num_threads)
         self._segments: List[Tuple[Any, bool, Optional[np.ndarray], int]] = []
@@ -71,6 +82,21 @@ class DenseIndex:
         self._add(corpus, "corpus")
         if self._size == 0:
             raise ValueError("corpus is empty: a DenseIndex needs at least one row")
+
+    @classmethod
+    def from_npy(cls, path: Any, metric: str = "ip", mmap: bool = True, num_threads: Optional[int] = None,
+                 block_bytes: Optional[int] = None) -> "DenseIndex":
+        """An index over a 2-D ``.npy`` file.
+
+        With ``mmap=True`` the corpus stays on disk and every search streams it in
+        blocks of ``block_bytes`` (default 256 MiB) with a merged running top-k, so
+        resident memory stays about one block (see :mod:`hardneg.ooc`); results
+        equal the in-memory search.  ``mmap=False`` loads the file (``np.load``).
+        """
+        if not mmap:
+            return DenseIndex(np.load(path), metric, num_threads)
+        from hardneg.ooc import DEFAULT_BLOCK_BYTES, OutOfCoreIndex
+        return OutOfCoreIndex(path, metric, num_threads, DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes)
 
     @property
     def dim(self) -> int:
@@ -255,6 +281,9 @@ def topk(queries: Any, corpus: Any, k: int = 10, metric: str = "ip", exclude: An
     if is_cuda(corpus) or backend == "torch":
         return DenseIndex(corpus, metric)._search_torch(queries, k, exclude, memory_budget) if _nonempty(corpus) \
             else _empty_error()
+    if isinstance(corpus, np.memmap) and backend != "torch":
+        from hardneg.ooc import topk_memmap  # streamed in blocks, pages released after each
+        return topk_memmap(queries, corpus, k, metric, exclude, num_threads)
     c, cbf16 = vectors_for_kernel(corpus, "corpus")
     if c.shape[0] == 0:
         _empty_error()

@@ -1,0 +1,457 @@
+"""Out-of-core exact search: corpora larger than RAM, streamed block by block.
+
+The corpus stays on disk (a ``.npy`` file or an ``np.memmap``).  Blocks of
+``block_bytes`` are searched one after the other with the C++ kernel and merged
+into a running top-k (:func:`hardneg.merge_topk`, same ordering rules, so the
+result equals an in-memory search bit for bit: every score is computed by the
+same kernel whatever the block boundaries).  After each block its pages are
+released from the process with ``madvise(MADV_DONTNEED)`` (they stay in the OS
+page cache, which the kernel may reclaim), and the next block is announced with
+``MADV_WILLNEED`` so the disk reads ahead while the CPU computes.  Resident
+memory is therefore about one block plus the outputs (Q x k x 12 bytes), not
+the corpus.
+
+Entry points
+------------
+* :meth:`hardneg.DenseIndex.from_npy` ``(path, metric, mmap=True)`` returns an
+  :class:`OutOfCoreIndex` (a :class:`~hardneg.DenseIndex`).
+* :func:`hardneg.topk` on an ``np.memmap`` streams automatically.
+* :func:`as_index` gives a mining loop the right index for its corpus (path or
+  np.memmap -> streamed, array -> in memory).
+* :func:`search_blocks` is the building block for other modules: it searches any
+  iterable of ``(block, first_row)`` pairs with a running top-k.
+"""
+from __future__ import annotations
+
+import mmap as _mmap
+import os
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from hardneg import _core
+from hardneg._arrays import check_finite, to_caller, vectors_for_kernel
+from hardneg._threads import resolve_num_threads
+from hardneg.exclude import to_csr
+
+DEFAULT_BLOCK_BYTES = 256 << 20
+_PAGE = _mmap.PAGESIZE
+_HAS_MADVISE = hasattr(_mmap.mmap, "madvise") and hasattr(_mmap, "MADV_DONTNEED")
+
+
+def _check_block_bytes(block_bytes: Any) -> int:
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, (int, np.integer)) or block_bytes <= 0:
+        raise ValueError(f"block_bytes must be a positive integer, got {block_bytes!r}")
+    return int(block_bytes)
+
+
+def block_rows(dim: int, itemsize: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+    """Rows per streamed block: ``block_bytes`` worth, a multiple of 1536 (>= 1536)."""
+    rows = max(1, block_bytes // max(1, dim * itemsize))
+    return max(1536, rows // 1536 * 1536)
+
+
+# --------------------------------------------------------------------------- .npy files
+class NpyFile:
+    """Header of a ``.npy`` file and a read-only mapping of its data.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A 2-D, C-ordered, little-endian float32 / float16 / float64 ``.npy`` file
+        (float64 is converted to float32 block by block).
+    """
+
+    def __init__(self, path: Any):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            except ValueError as e:
+                raise ValueError(f"path {self.path!r} is not a valid .npy file: {e}") from None
+            self.offset = f.tell()
+        if len(shape) != 2:
+            raise ValueError(f"path {self.path!r}: the array must be 2-D (rows, dim), got shape {shape}")
+        if fortran and shape[0] > 1 and shape[1] > 1:
+            raise ValueError(f"path {self.path!r}: Fortran-ordered arrays cannot be streamed by rows; "
+                             "save it C-ordered (np.save(path, np.ascontiguousarray(x)))")
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+            raise TypeError(f"path {self.path!r}: dtype must be float32, float16 or float64, got {dtype}")
+        if dtype.byteorder == ">" or (dtype.byteorder == "=" and np.little_endian is False):
+            raise TypeError(f"path {self.path!r}: big-endian arrays are not supported")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype.newbyteorder("="))
+        need = self.offset + self.shape[0] * self.shape[1] * self.dtype.itemsize
+        size = os.path.getsize(self.path)
+        if size < need:
+            raise ValueError(f"path {self.path!r} is truncated: {size} bytes, the header needs {need}")
+
+    def open(self) -> "_Mapping":
+        return _Mapping(self.path, self.offset, self.shape, self.dtype)
+
+
+class _Mapping:
+    """A read-only mmap of a file region holding a (rows, dim) array."""
+
+    def __init__(self, path: str, offset: int, shape: Tuple[int, int], dtype: np.dtype):
+        self.shape, self.dtype, self.path, self.offset = shape, dtype, path, offset
+        self._f = open(path, "rb")
+        nbytes = shape[0] * shape[1] * dtype.itemsize
+        self._start = offset - offset % _mmap.ALLOCATIONGRANULARITY
+        self._delta = offset - self._start
+        if nbytes == 0:
+            self._mm = None
+        else:
+            self._mm = _mmap.mmap(self._f.fileno(), self._delta + nbytes, access=_mmap.ACCESS_READ,
+                                  offset=self._start)
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        d, it = self.shape[1], self.dtype.itemsize
+        return np.frombuffer(self._mm, dtype=self.dtype, count=(r1 - r0) * d,
+                             offset=self._delta + r0 * d * it).reshape(r1 - r0, d)
+
+    def advise(self, r0: int, r1: int, what: str) -> None:
+        if self._mm is None or not _HAS_MADVISE:
+            return
+        d, it = self.shape[1], self.dtype.itemsize
+        _advise(self._mm, self._delta + r0 * d * it, self._delta + r1 * d * it, what)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # a view handed out is still alive; the GC unmaps it later
+                pass
+        self._f.close()
+
+
+def _advise(mm: Any, b0: int, b1: int, what: str) -> None:
+    """madvise the byte range [b0, b1) of ``mm`` (both ends rounded down to pages for DONTNEED,
+    so the partial page shared with the next block stays mapped)."""
+    if what == "dontneed":
+        a0 = b0 - b0 % _PAGE
+        a1 = b1 - b1 % _PAGE if b1 < len(mm) else len(mm)
+        opt = _mmap.MADV_DONTNEED
+    else:
+        a0 = b0 - b0 % _PAGE
+        a1 = min(len(mm), b1)
+        opt = getattr(_mmap, "MADV_WILLNEED", None)
+        if opt is None:
+            return
+    if a1 > a0:
+        try:
+            mm.madvise(opt, a0, a1 - a0)
+        except (OSError, ValueError):  # advice only: never fail a search for it
+            pass
+
+
+class _Prefetcher:
+    """Reads the next block into the page cache on a background thread (posix_fadvise
+    WILLNEED releases the GIL), so disk reads overlap the kernel's compute."""
+
+    def __init__(self, path: Optional[str]):
+        self._fd = None
+        self._pool = None
+        self._job = None
+        if path is None or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hardneg-prefetch")
+
+    @property
+    def active(self) -> bool:
+        return self._pool is not None
+
+    def fetch(self, offset: int, nbytes: int) -> None:
+        if self._pool is None or nbytes <= 0:
+            return
+        if self._job is not None:
+            self._job.result()  # one read-ahead at a time
+        self._job = self._pool.submit(self._fadvise, offset, nbytes)
+
+    def _fadvise(self, offset: int, nbytes: int) -> None:
+        try:  # in 32 MiB steps: the kernel caps one readahead request
+            step = 32 << 20
+            for o in range(offset, offset + nbytes, step):
+                os.posix_fadvise(self._fd, o, min(step, offset + nbytes - o), os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._pool is not None:
+            if self._job is not None:
+                self._job.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# --------------------------------------------------------------------------- np.memmap
+def _memmap_releaser(x: np.memmap):
+    """(advise(r0, r1, what)) for a row-contiguous np.memmap, or None when pages cannot be released.
+
+    Copy-on-write maps (mode "c") are never released: that would drop the caller's edits.
+    """
+    mm = getattr(x, "_mmap", None)
+    if mm is None or not _HAS_MADVISE or getattr(x, "mode", "r") in ("c", "copyonwrite") or x.ndim != 2:
+        return None
+    if getattr(mm, "closed", False):
+        return None
+    try:
+        base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data if len(mm) else 0
+    except (TypeError, ValueError, BufferError):
+        return None
+    start = x.ctypes.data - base
+    rs = x.strides[0]
+    if start < 0 or x.shape[1] > 1 and x.strides[1] != x.itemsize:
+        return None
+
+    def advise(r0: int, r1: int, what: str) -> None:
+        _advise(mm, start + r0 * rs, start + (r1 - 1) * rs + x.shape[1] * x.itemsize, what)
+
+    # where row 0 lies in the file (the mapping starts at offset rounded down to the granularity)
+    off = int(getattr(x, "offset", 0) or 0)
+    advise.file_pos = off - off % _mmap.ALLOCATIONGRANULARITY + start
+    advise.row_bytes = rs
+    return advise
+
+
+def memmap_blocks(x: np.memmap, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[Tuple[np.ndarray, int]]:
+    """Yield ``(block, first_row)`` over an np.memmap, releasing each block's pages after use."""
+    n, d = x.shape
+    step = block_rows(d, x.itemsize, block_bytes)
+    advise = _memmap_releaser(x)
+    pre = _Prefetcher(getattr(x, "filename", None) if advise is not None else None)
+    try:
+        if pre.active:
+            pre.fetch(advise.file_pos, min(n, step) * advise.row_bytes)
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            if advise is not None and r1 < n:
+                r2 = min(n, r1 + step)
+                if pre.active:
+                    pre.fetch(advise.file_pos + r1 * advise.row_bytes, (r2 - r1) * advise.row_bytes)
+                else:
+                    advise(r1, r2, "willneed")
+            yield x[r0:r1], r0
+            if advise is not None:
+                advise(r0, r1, "dontneed")
+    finally:
+        pre.close()
+
+
+def file_blocks(m: _Mapping, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[Tuple[np.ndarray, int]]:
+    """Yield ``(block, first_row)`` over a mapped .npy; the next block is read ahead on a
+    background thread and each block's pages are released after use."""
+    n, d = m.shape
+    rb = d * m.dtype.itemsize
+    step = block_rows(d, m.dtype.itemsize, block_bytes)
+    pre = _Prefetcher(m.path)
+    try:
+        if pre.active:
+            pre.fetch(m.offset, min(n, step) * rb)
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            if r1 < n:
+                r2 = min(n, r1 + step)
+                if pre.active:
+                    pre.fetch(m.offset + r1 * rb, (r2 - r1) * rb)
+                else:
+                    m.advise(r1, r2, "willneed")
+            blk = m.rows(r0, r1)
+            if blk.dtype == np.float64:
+                with np.errstate(over="ignore"):
+                    blk = blk.astype(np.float32)
+            yield blk, r0
+            del blk
+            m.advise(r0, r1, "dontneed")
+    finally:
+        pre.close()
+
+
+# --------------------------------------------------------------------------- search
+def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int, k: int, metric: str = "ip",
+                  exclude: Any = None, num_threads: Optional[int] = None,
+                  extra_segments: Optional[List[Tuple[Any, bool, Optional[np.ndarray], int]]] = None):
+    """Exact top-k over corpus blocks with a merged running top-k.
+
+    Parameters
+    ----------
+    queries : array (Q, d)
+        numpy / CPU torch, float32 / float16 / bfloat16.
+    blocks : iterable of (array (n_b, d), first_row)
+        Corpus rows ``first_row .. first_row + n_b - 1``; each block is read by
+        the kernel once and may be released by the iterator afterwards.
+    num_rows : int
+        Total corpus rows (for checking exclusion ids).
+    k, metric, exclude, num_threads
+        As in :func:`hardneg.topk` (exclusions are global row ids).
+    extra_segments : list, optional
+        In-memory kernel segments searched after the blocks.
+
+    Returns
+    -------
+    (scores float32 (Q, k), ids int64 (Q, k)) in the caller's type.
+    """
+    from hardneg.topk import _check_k, _check_metric
+
+    _check_metric(metric)
+    k = _check_k(k)
+    q, qbf16 = vectors_for_kernel(queries, "queries")
+    check_finite(q, qbf16, "queries")
+    ex = to_csr(exclude, q.shape[0], num_rows)
+    nt = resolve_num_threads(num_threads)
+    ip, ix = (None, None) if ex is None else ex
+    run: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    d = q.shape[1]
+
+    def step(segs):
+        nonlocal run
+        s, i = _core.topk(q, qbf16, segs, metric, k, ip, ix, nt)
+        run = (s, i) if run is None else _core.merge_topk([run[0], s], [run[1], i], metric == "l2", k, nt)
+
+    for blk, r0 in blocks:
+        a, bf16 = vectors_for_kernel(blk, "corpus")
+        if a.shape[1] != d:
+            raise ValueError(f"queries have dimension {d} but the corpus has dimension {a.shape[1]}")
+        if a.shape[0]:
+            step([(a, bf16, None, int(r0))])
+        del a, blk
+    if extra_segments:
+        step(list(extra_segments))
+    if run is None:
+        raise ValueError("corpus is empty: need at least one row")
+    return to_caller(run[0], queries), to_caller(run[1], queries)
+
+
+def topk_memmap(queries: Any, corpus: np.memmap, k: int, metric: str = "ip", exclude: Any = None,
+                num_threads: Optional[int] = None, block_bytes: int = DEFAULT_BLOCK_BYTES):
+    """:func:`hardneg.topk` for an ``np.memmap`` corpus: streamed, bounded resident memory."""
+    block_bytes = _check_block_bytes(block_bytes)
+    if corpus.ndim != 2:
+        raise ValueError(f"corpus must be 2-D (rows, dim), got shape {corpus.shape}")
+    if corpus.shape[0] == 0:
+        raise ValueError("corpus is empty: need at least one row")
+    if corpus.shape[1] == 0:
+        raise ValueError("corpus must have at least one column")
+    qd = queries.shape[1] if hasattr(queries, "shape") and len(queries.shape) == 2 else None
+    if qd is not None and qd != corpus.shape[1]:
+        raise ValueError(f"queries have dimension {qd} but the corpus has dimension {corpus.shape[1]}")
+    return search_blocks(queries, memmap_blocks(corpus, block_bytes), corpus.shape[0], k, metric, exclude,
+                         num_threads)
+
+
+def _index_base():
+    from hardneg.topk import DenseIndex
+    return DenseIndex
+
+
+class OutOfCoreIndex(_index_base()):
+    """An exact index whose corpus stays in a ``.npy`` file (see :meth:`DenseIndex.from_npy`).
+
+    Parameters
+    ----------
+    path : str, PathLike or np.memmap
+        2-D C-ordered ``.npy`` of float32 / float16 (float64 converted per block),
+        or a 2-D ``np.memmap`` (searched in place, pages released per block).
+    metric : {"ip", "cosine", "l2"}
+    num_threads : int, optional
+    block_bytes : int
+        Bytes of corpus searched per step (default 256 MiB); resident memory is
+        about one block plus the results.
+
+    Notes
+    -----
+    :meth:`add` keeps the appended rows in memory (ids continue after the file's rows).
+    ``backend="torch"`` is not available for a streamed index.
+    """
+
+    def __init__(self, path: Any, metric: str = "ip", num_threads: Optional[int] = None,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES):
+        from hardneg.topk import _check_metric
+
+        self.metric = _check_metric(metric)
+        self.num_threads = None if num_threads is None else resolve_num_threads(num_threads)
+        self.block_bytes = _check_block_bytes(block_bytes)
+        self._memmap = None
+        if isinstance(path, np.memmap):
+            if path.ndim != 2:
+                raise ValueError(f"corpus must be 2-D (rows, dim), got shape {path.shape}")
+            self._memmap = path
+            self._file = _MemmapInfo(path)
+        else:
+            self._file = NpyFile(path)
+        self._segments = []
+        self._torch_parts = []
+        self._cuda = False
+        self._device = None
+        self._dim = None
+        self._size = 0
+        self._check_dim(self._file.shape[1], "corpus")
+        self._file_rows = self._file.shape[0]
+        self._size = self._file_rows
+        if self._size == 0:
+            raise ValueError("corpus is empty: a DenseIndex needs at least one row")
+
+    @property
+    def path(self) -> str:
+        return self._file.path
+
+    def __repr__(self) -> str:
+        return (f"OutOfCoreIndex(path={self.path!r}, n={self._size}, dim={self._dim}, metric={self.metric!r}, "
+                f"block_bytes={self.block_bytes})")
+
+    def search(self, queries: Any, k: int = 10, exclude: Any = None, num_threads: Optional[int] = None,
+               backend: str = "auto", memory_budget: int = 0):
+        """Top-k corpus rows for each query, streaming the file; see :meth:`DenseIndex.search`."""
+        from hardneg._arrays import is_cuda
+        from hardneg.topk import _check_backend
+
+        _check_backend(backend)
+        if backend == "torch" or is_cuda(queries):
+            raise ValueError("backend: an out-of-core index searches on the CPU (backend='auto' or 'cpp', "
+                             "CPU queries)")
+        qd = queries.shape[1] if hasattr(queries, "shape") and len(queries.shape) == 2 else None
+        if qd is not None and qd != self._dim:
+            raise ValueError(f"queries have dimension {qd} but the corpus has dimension {self._dim}")
+        nt = num_threads if num_threads is not None else self.num_threads
+        if self._memmap is not None:
+            return search_blocks(queries, memmap_blocks(self._memmap, self.block_bytes), self._size, k,
+                                 self.metric, exclude, nt, extra_segments=self._segments)
+        m = self._file.open()
+        try:
+            return search_blocks(queries, file_blocks(m, self.block_bytes), self._size, k, self.metric, exclude, nt,
+                                 extra_segments=self._segments)
+        finally:
+            m.close()
+
+
+class _MemmapInfo:
+    def __init__(self, x: np.memmap):
+        self.path = getattr(x, "filename", None)
+        self.shape = (int(x.shape[0]), int(x.shape[1]))
+
+
+def as_index(corpus: Any, metric: str = "ip", num_threads: Optional[int] = None,
+             block_bytes: int = DEFAULT_BLOCK_BYTES):
+    """The index a caller (e.g. a mining loop) should search ``corpus`` with.
+
+    A ``.npy`` path or an ``np.memmap`` gives a streamed :class:`OutOfCoreIndex`
+    (bounded resident memory); anything else an in-memory :class:`~hardneg.DenseIndex`.
+    An index object (anything with ``search``) is returned as is.
+    """
+    if hasattr(corpus, "search") and callable(corpus.search):
+        return corpus
+    if isinstance(corpus, (str, os.PathLike, np.memmap)):
+        return OutOfCoreIndex(corpus, metric, num_threads, block_bytes)
+    return _index_base()(corpus, metric, num_threads)
