@@ -9,6 +9,18 @@ from hardneg._threads import get_num_threads, set_num_threads
 from hardneg.topk import DenseIndex, merge_topk, topk
 from hardneg.info import info, simd_level
 
+# --- losses (need torch: loaded on first attribute access, so `import hardneg` works without torch) ---
+_LOSSES_NAMES = ("InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss")
+
+
+def __getattr__(name):
+    if name in _LOSSES_NAMES:
+        from hardneg import losses as _losses
+
+        return getattr(_losses, name)
+    raise AttributeError(f"module 'hardneg' has no attribute {name!r}")
+# --- end losses ---
+
 __all__ = [
     "__version__",
     "DenseIndex",
@@ -18,4 +30,9 @@ __all__ = [
     "set_num_threads",
     "info",
     "simd_level",
+    # losses (lazy, need torch)
+    "InfoNCELoss",
+    "CrossBatchMemory",
+    "contrastive_scores",
+    "SentenceTransformersLoss",
 ]
