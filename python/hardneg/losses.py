@@ -338,9 +338,15 @@ def _gather(t: Tensor, with_grad: bool) -> Tensor:
     import torch.distributed as dist
 
     if with_grad:
-        import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.all_gather)
+        # the differentiable all_gather sentence-transformers uses: the backward sums every
+        # rank's gradient for a tensor back onto the rank that owns it
+        import warnings
 
-        return torch.cat(torch.distributed.nn.all_gather(t), dim=0)
+        from torch.distributed.nn.functional import all_gather as all_gather_grad
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather_grad(t), dim=0)
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out, dim=0)
@@ -352,6 +358,15 @@ def _dist_info() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _log1p_sum_exp(x: Tensor) -> Tensor:
+    """log(1 + sum_j exp(x_ij)) per row, stable for any x (entries may be -inf)."""
+    if x.shape[1] == 0:
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    m = x.detach().max(dim=1).values.clamp(min=0.0)
+    s = torch.exp(x - m[:, None]).sum(dim=1)
+    return m + torch.log1p(torch.expm1(-m) + s)
 
 
 # -------------------------------------------------------------------------- loss
@@ -598,20 +613,24 @@ class InfoNCELoss(nn.Module):
                                        self.memory_chunk)
             lse_mem = lse_mem.to(cdt)
 
+        # Per-row loss log Z - z_pos = log(1 + sum_{j != pos} exp(z_j - z_pos)), evaluated with
+        # log1p: the same value and gradient as cross_entropy, without the cancellation of two
+        # large numbers (large logits) or the rounding of 1 + tiny (a well-separated positive).
+        shift = positive[:, None]
+        q2d_rest = (logits["query_to_doc"] - shift).masked_fill(own_pos, float("-inf"))
         if self.partition_mode == "joint":
-            parts = list(logits.values())
+            parts = [q2d_rest] + [z - shift for k, z in logits.items() if k != "query_to_doc"]
             if lse_mem is not None:
-                parts.append(lse_mem[:, None])
-            log_z = torch.logsumexp(torch.cat(parts, dim=1), dim=1)
+                parts.append(lse_mem[:, None] - shift)
+            per_row = _log1p_sum_exp(torch.cat(parts, dim=1))
         else:
-            log_z = 0.0
+            parts = [q2d_rest] + ([lse_mem[:, None] - shift] if lse_mem is not None else [])
+            per_row = _log1p_sum_exp(torch.cat(parts, dim=1))
             for key, z in logits.items():
-                lz = torch.logsumexp(z, dim=1)
-                if key == "query_to_doc" and lse_mem is not None:
-                    lz = torch.logsumexp(torch.stack([lz, lse_mem], dim=1), dim=1)
-                log_z = log_z + lz
-            log_z = log_z / len(logits)
-        return -(positive - log_z).mean()
+                if key != "query_to_doc":
+                    per_row = per_row + torch.logsumexp(z - shift, dim=1)
+            per_row = per_row / len(logits)
+        return per_row.mean()
 
 
 # ------------------------------------------------------------- scores for users
