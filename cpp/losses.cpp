@@ -249,3 +249,350 @@ void memory_lse(const MemoryLseProblem& p, float* lse, float* grad, int num_thre
 }
 
 }  // namespace hn
+
+// ===========================================================================
+// The whole query->passage InfoNCE term (see losses.h for the definition).
+// Same machinery as memory_lse, over the in-batch segments and the memory, with
+// the logits shifted by the positive's logit z_ip so that the per-row loss
+// log(1 + sum exp(z_ic - z_ip)) keeps full relative precision.
+// ===========================================================================
+namespace hn {
+namespace {
+
+struct RowCtx {
+    float ls;         // logit multiplier of the block: scale + alpha (other / memory)
+    float ls_own;     // scale + alpha_own_neg (the query's own hard negative)
+    float zpos;       // z_ip
+    float thr;        // mask sim > thr (+inf: no margin)
+    int64_t pid;      // < 0: no id masking
+    bool only_own;    // in_batch == false on an in-batch segment
+    long own;         // column of this query's own passage inside the block, or -1
+    bool own_is_pos;  // segment 0: the positive itself (left out: it is the "1")
+};
+
+// Shifted logits of one row of a tile: s[j] (raw dot product) -> z_ij - z_ip, or -inf.
+inline void shifted_row(float* s, size_t nb, const float* inv, const int64_t* ids, size_t id_stride,
+                        const RowCtx& c) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    const float raw_own = c.own >= 0 ? s[c.own] : 0.0f;
+    if (c.only_own) {
+        std::fill(s, s + nb, neg_inf);
+    } else if (ids && c.pid >= 0) {
+        for (size_t j = 0; j < nb; ++j) {
+            const float sim = s[j] * inv[j];
+            const bool msk = sim > c.thr || ids[j * id_stride] == c.pid;
+            s[j] = msk ? neg_inf : sim * c.ls - c.zpos;
+        }
+    } else {
+        for (size_t j = 0; j < nb; ++j) {
+            const float sim = s[j] * inv[j];
+            s[j] = sim > c.thr ? neg_inf : sim * c.ls - c.zpos;
+        }
+    }
+    if (c.own >= 0) {
+        const size_t j = (size_t)c.own;
+        if (c.own_is_pos) {
+            s[j] = neg_inf;
+        } else {
+            const float sim = raw_own * inv[j];
+            const bool msk = sim > c.thr || (ids && c.pid >= 0 && ids[j * id_stride] == c.pid);
+            s[j] = msk ? neg_inf : sim * c.ls_own - c.zpos;
+        }
+    }
+}
+
+struct CBlock {
+    int seg;  // 0..n: in-batch segment, -1: memory
+    size_t r0, nb;
+};
+
+void inv_norms(const Kernels& K, const CandSegment& sg, size_t r0, size_t nb, size_t d, bool cosine, float* inv) {
+    if (!cosine) {
+        std::fill(inv, inv + nb, 1.0f);
+        return;
+    }
+    K.sqnorm_rows(static_cast<const char*>(sg.data) + r0 * sg.ld * dtype_size(sg.dtype), sg.ld, nb, d, sg.dtype,
+                  inv);
+    for (size_t j = 0; j < nb; ++j) inv[j] = 1.0f / std::max(std::sqrt(inv[j]), 1e-12f);
+}
+
+// Context of row i of a block.
+inline RowCtx row_ctx(const InfoNceProblem& p, const InfoNceState& st, const CBlock& b, size_t i) {
+    RowCtx c;
+    const bool mem = b.seg < 0;
+    c.ls = p.scale + (mem ? p.alpha_mem : p.alpha_other);
+    c.ls_own = p.scale + p.alpha_own_neg;
+    c.zpos = p.scale * st.sim_pos[i];
+    c.thr = p.use_margin ? st.sim_pos[i] - p.margin : std::numeric_limits<float>::infinity();
+    c.pid = p.pos_ids ? p.pos_ids[i] : -1;
+    c.only_own = !mem && !p.in_batch;
+    c.own = (!mem && i >= b.r0 && i < b.r0 + b.nb) ? long(i - b.r0) : -1;
+    c.own_is_pos = b.seg == 0;
+    return c;
+}
+
+const CandSegment& seg_of(const InfoNceProblem& p, const CBlock& b) {
+    return b.seg < 0 ? p.memory : p.batch[(size_t)b.seg];
+}
+
+void transpose_block(const Kernels& K, const CandSegment& sg, size_t r0, size_t nb, size_t d,
+                     std::vector<float>& Xf, float* Xt) {
+    const size_t es = dtype_size(sg.dtype);
+    const char* X = static_cast<const char*>(sg.data) + r0 * sg.ld * es;
+    const float* Xs;
+    size_t ld;
+    if (sg.dtype == DType::F32) {
+        Xs = reinterpret_cast<const float*>(X);
+        ld = sg.ld;
+    } else {
+        Xf.resize(nb * d);
+        for (size_t j = 0; j < nb; ++j) K.to_f32(X + j * sg.ld * es, sg.dtype, d, Xf.data() + j * d);
+        Xs = Xf.data();
+        ld = d;
+    }
+    constexpr size_t TB = 16;
+    for (size_t j0 = 0; j0 < nb; j0 += TB)
+        for (size_t p0 = 0; p0 < d; p0 += TB) {
+            const size_t j1 = std::min(nb, j0 + TB), p1 = std::min(d, p0 + TB);
+            for (size_t j = j0; j < j1; ++j)
+                for (size_t c = p0; c < p1; ++c) Xt[c * nb + j] = Xs[j * ld + c];
+        }
+}
+
+}  // namespace
+
+void infonce_forward(const InfoNceProblem& p, bool want_grad, float* loss, InfoNceState& st, int num_threads) {
+    const size_t B = p.B, d = p.d;
+    if (d == 0) throw std::invalid_argument("embedding dimension must be positive");
+    if (B == 0) return;
+    if (p.batch.empty() || p.batch[0].rows != B) throw std::invalid_argument("positives must have B rows");
+    const Kernels& K = kernels();
+
+    // Queries as fp32 (normalised for cosine).
+    st.qhat.assign(B * d, 0.0f);
+    st.qinv.assign(B, 1.0f);
+    for (size_t i = 0; i < B; ++i) {
+        float* r = st.qhat.data() + i * d;
+        K.to_f32(static_cast<const char*>(p.q) + i * p.ldq * dtype_size(p.q_type), p.q_type, d, r);
+        if (p.cosine) {
+            float sq;
+            K.sqnorm_rows(r, d, 1, d, DType::F32, &sq);
+            const float inv = 1.0f / std::max(std::sqrt(sq), 1e-12f);
+            st.qinv[i] = inv;
+            for (size_t c = 0; c < d; ++c) r[c] *= inv;
+        }
+    }
+    // Normalised positives (fp32) and sim_ip.
+    std::vector<float> pos_hat(B * d), pos_inv(B);
+    inv_norms(K, p.batch[0], 0, B, d, p.cosine, pos_inv.data());
+    st.sim_pos.assign(B, 0.0f);
+    {
+        const CandSegment& ps = p.batch[0];
+        const size_t es = dtype_size(ps.dtype);
+        for (size_t i = 0; i < B; ++i) {
+            float* r = pos_hat.data() + i * d;
+            K.to_f32(static_cast<const char*>(ps.data) + i * ps.ld * es, ps.dtype, d, r);
+            float dot;
+            K.dot_tile(st.qhat.data() + i * d, d, 1, r, d, 1, d, DType::F32, &dot, 1);
+            st.sim_pos[i] = dot * pos_inv[i];
+            for (size_t c = 0; c < d; ++c) r[c] *= pos_inv[i];
+        }
+    }
+
+    // Blocks over all candidate segments.
+    const size_t NB = block_rows(d);
+    std::vector<CBlock> blocks;
+    for (size_t k = 0; k < p.batch.size(); ++k)
+        for (size_t r = 0; r < p.batch[k].rows; r += NB) blocks.push_back({(int)k, r, std::min(NB, p.batch[k].rows - r)});
+    for (size_t r = 0; r < p.memory.rows; r += NB) blocks.push_back({-1, r, std::min(NB, p.memory.rows - r)});
+    size_t total = 0;
+    for (const auto& b : blocks) total += b.nb;
+    const size_t panel = std::min(B, kQueryPanel);
+    int nt = std::max(1, num_threads);
+    if (double(B) * double(total) * double(d) < 4e6) nt = 1;
+    nt = (int)std::min<size_t>((size_t)nt, std::max<size_t>(1, blocks.size()));
+
+    std::vector<ThreadState> ts(nt);
+    for (auto& s : ts) {
+        s.mx.assign(B, kNegInf);
+        s.l.assign(B, 0.0f);
+        if (want_grad) {
+            s.acc.assign(B * d, 0.0f);
+            s.W.resize(panel * NB);
+            s.T.resize(panel * d);
+            s.Xt.resize(d * NB);
+        }
+        s.S.resize(panel * NB);
+        s.inv.resize(NB);
+        s.rescale.resize(panel);
+        s.live.resize(panel);
+    }
+
+    parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
+        ThreadState& t = ts[tid];
+        for (size_t bi = b0; bi < b1; ++bi) {
+            const CBlock& blk = blocks[bi];
+            const CandSegment& sg = seg_of(p, blk);
+            const size_t nb = blk.nb;
+            const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * dtype_size(sg.dtype);
+            float* inv = t.inv.data();
+            inv_norms(K, sg, blk.r0, nb, d, p.cosine, inv);
+            const int64_t* ids = sg.ids ? sg.ids + blk.r0 * sg.id_stride : nullptr;
+            bool transposed = false;
+            for (size_t q0 = 0; q0 < B; q0 += panel) {
+                const size_t P = std::min(panel, B - q0);
+                float* S = t.S.data();
+                K.dot_tile(st.qhat.data() + q0 * d, d, P, X, sg.ld, nb, d, sg.dtype, S, nb);
+                bool any_live = false;
+                for (size_t i = 0; i < P; ++i) {
+                    const size_t gi = q0 + i;
+                    float* s = S + i * nb;
+                    shifted_row(s, nb, inv, ids, sg.id_stride, row_ctx(p, st, blk, gi));
+                    float bmax = kNegInf;
+                    for (size_t j = 0; j < nb; ++j) bmax = std::max(bmax, s[j]);
+                    t.live[i] = bmax != kNegInf;
+                    t.rescale[i] = 1.0f;
+                    if (!t.live[i]) {
+                        if (want_grad) std::fill(t.W.data() + i * nb, t.W.data() + (i + 1) * nb, 0.0f);
+                        continue;
+                    }
+                    any_live = true;
+                    const float m_old = t.mx[gi];
+                    const float m_new = std::max(m_old, bmax);
+                    const float r = m_old == kNegInf ? 0.0f : std::exp(m_old - m_new);
+                    float sum = 0.0f;
+                    if (want_grad) {
+                        float* w = t.W.data() + i * nb;
+                        for (size_t j = 0; j < nb; ++j) {
+                            const float e = exp_nonpos(s[j] - m_new);
+                            sum += e;
+                            w[j] = e * inv[j];
+                        }
+                    } else {
+                        for (size_t j = 0; j < nb; ++j) sum += exp_nonpos(s[j] - m_new);
+                    }
+                    t.l[gi] = t.l[gi] * r + sum;
+                    t.mx[gi] = m_new;
+                    t.rescale[i] = r;
+                }
+                if (!want_grad || !any_live) continue;
+                if (!transposed) {
+                    transpose_block(K, sg, blk.r0, nb, d, t.Xf, t.Xt.data());
+                    transposed = true;
+                }
+                K.dot_tile(t.W.data(), nb, P, t.Xt.data(), nb, d, nb, DType::F32, t.T.data(), d);
+                for (size_t i = 0; i < P; ++i) {
+                    if (!t.live[i]) continue;
+                    float* a = t.acc.data() + (q0 + i) * d;
+                    const float* tt = t.T.data() + i * d;
+                    const float r = t.rescale[i];
+                    if (r == 1.0f) {
+                        for (size_t c = 0; c < d; ++c) a[c] += tt[c];
+                    } else {
+                        for (size_t c = 0; c < d; ++c) a[c] = a[c] * r + tt[c];
+                    }
+                }
+            }
+        }
+    });
+
+    // Merge: the positive contributes exp(0) = 1 in the shifted space.
+    st.lnorm.assign(B, 0.0f);
+    if (want_grad) st.gq.assign(B * d, 0.0f);
+    parallel_for(B, nt, 64, [&](size_t i0, size_t i1, int) {
+        std::vector<float> gh(want_grad ? d : 0);
+        for (size_t i = i0; i < i1; ++i) {
+            double M = 0.0;
+            for (int t = 0; t < nt; ++t) M = std::max(M, (double)ts[t].mx[i]);
+            double rest = 0.0;
+            for (int t = 0; t < nt; ++t)
+                if (ts[t].mx[i] != kNegInf) rest += double(ts[t].l[i]) * std::exp(double(ts[t].mx[i]) - M);
+            const double li = M == 0.0 ? std::log1p(rest) : M + std::log(std::exp(-M) + rest);
+            loss[i] = (float)li;
+            st.lnorm[i] = (float)li;
+            if (!want_grad) continue;
+            // d loss_i / d qhat_i = scale * (sum_c p_ic xhat_c - xhat_p), p = softmax incl. the positive
+            const double Ltot = std::exp(-M) + rest;
+            const float fpos_m1 = float(-rest / Ltot);  // p_pos - 1, without cancellation
+            const float* xp = pos_hat.data() + i * d;
+            for (size_t c = 0; c < d; ++c) gh[c] = fpos_m1 * xp[c];
+            for (int t = 0; t < nt; ++t) {
+                if (ts[t].mx[i] == kNegInf) continue;
+                const float f = float(std::exp(double(ts[t].mx[i]) - M) / Ltot);
+                const float* a = ts[t].acc.data() + i * d;
+                for (size_t c = 0; c < d; ++c) gh[c] += f * a[c];
+            }
+            float* g = st.gq.data() + i * d;
+            if (p.cosine) {  // through q / |q|
+                const float* qh = st.qhat.data() + i * d;
+                double dotv = 0.0;
+                for (size_t c = 0; c < d; ++c) dotv += double(qh[c]) * gh[c];
+                for (size_t c = 0; c < d; ++c) g[c] = p.scale * (gh[c] - qh[c] * float(dotv)) * st.qinv[i];
+            } else {
+                for (size_t c = 0; c < d; ++c) g[c] = p.scale * gh[c];
+            }
+        }
+    });
+}
+
+void infonce_backward(const InfoNceProblem& p, const InfoNceState& st, const float* g, float* grad_q,
+                      const std::vector<float*>& grad_batch, int num_threads) {
+    const size_t B = p.B, d = p.d;
+    if (B == 0) return;
+    if (st.qhat.size() != B * d || st.gq.size() != B * d || st.lnorm.size() != B)
+        throw std::invalid_argument("infonce_backward: forward state does not match the problem");
+    const Kernels& K = kernels();
+    for (size_t i = 0; i < B; ++i)
+        for (size_t c = 0; c < d; ++c) grad_q[i * d + c] = g[i] * st.gq[i * d + c];
+
+    // d loss / d xhat_c = sum_i g_i * scale * (p_ic - [c == p_i]) * qhat_i, tile by tile:
+    // G (tile x d) = W^T (tile x B) * qhat (B x d), as a dot tile against qhat^T.
+    std::vector<float> qT(d * B);
+    for (size_t i = 0; i < B; ++i)
+        for (size_t c = 0; c < d; ++c) qT[c * B + i] = st.qhat[i * d + c];
+    constexpr size_t TR = 64;  // candidate rows per tile
+    std::vector<CBlock> tiles;
+    for (size_t k = 0; k < p.batch.size(); ++k)
+        if (grad_batch[k])
+            for (size_t r = 0; r < p.batch[k].rows; r += TR) tiles.push_back({(int)k, r, std::min(TR, p.batch[k].rows - r)});
+    int nt = std::max(1, num_threads);
+    if (double(B) * double(tiles.size() * TR) * double(d) < 4e6) nt = 1;
+    nt = (int)std::min<size_t>((size_t)nt, std::max<size_t>(1, tiles.size()));
+    parallel_for(tiles.size(), nt, 1, [&](size_t t0, size_t t1, int) {
+        std::vector<float> S(B * TR), WT(TR * B), G(TR * d), inv(TR), xr(d);
+        for (size_t ti = t0; ti < t1; ++ti) {
+            const CBlock& blk = tiles[ti];
+            const CandSegment& sg = seg_of(p, blk);
+            const size_t nb = blk.nb, es = dtype_size(sg.dtype);
+            const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * es;
+            inv_norms(K, sg, blk.r0, nb, d, p.cosine, inv.data());
+            const int64_t* ids = sg.ids ? sg.ids + blk.r0 * sg.id_stride : nullptr;
+            K.dot_tile(st.qhat.data(), d, B, X, sg.ld, nb, d, sg.dtype, S.data(), nb);
+            for (size_t i = 0; i < B; ++i) {
+                float* s = S.data() + i * nb;
+                const RowCtx c = row_ctx(p, st, blk, i);
+                shifted_row(s, nb, inv.data(), ids, sg.id_stride, c);
+                const float coef = g[i] * p.scale;
+                const float ln = st.lnorm[i];
+                for (size_t j = 0; j < nb; ++j) WT[j * B + i] = coef * exp_nonpos(s[j] - ln);
+                if (c.own >= 0 && c.own_is_pos) WT[(size_t)c.own * B + i] = coef * std::expm1(-ln);
+            }
+            K.dot_tile(WT.data(), B, nb, qT.data(), B, d, B, DType::F32, G.data(), d);
+            float* out = grad_batch[(size_t)blk.seg] + blk.r0 * d;
+            if (!p.cosine) {
+                for (size_t j = 0; j < nb; ++j) std::copy(G.data() + j * d, G.data() + (j + 1) * d, out + j * d);
+            } else {  // through x / max(|x|, eps): (g - xhat <xhat, g>) / |x|
+                for (size_t j = 0; j < nb; ++j) {
+                    const float* gj = G.data() + j * d;
+                    float* o = out + j * d;
+                    K.to_f32(X + j * sg.ld * es, sg.dtype, d, xr.data());
+                    double dotv = 0.0;
+                    for (size_t c = 0; c < d; ++c) dotv += double(xr[c]) * inv[j] * gj[c];
+                    for (size_t c = 0; c < d; ++c) o[c] = (gj[c] - xr[c] * inv[j] * float(dotv)) * inv[j];
+                }
+            }
+        }
+    });
+}
+
+}  // namespace hn

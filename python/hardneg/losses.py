@@ -240,6 +240,67 @@ class _MemoryLSE(torch.autograd.Function):
         return (g[:, None] * grad,) + (None,) * 10
 
 
+def _np_ids(t: Optional[Tensor]):
+    return None if t is None else t.detach().to(torch.int64).contiguous().cpu().numpy()
+
+
+class _FusedInfoNCE(torch.autograd.Function):
+    """Per-row query->passage InfoNCE losses from the C++ kernel (CPU).
+
+    forward: one streaming pass over [positives | hard negatives | memory]; dloss_i/dq_i is
+    accumulated in the same pass.  backward: recomputes the in-batch score tiles (never the
+    memory's) to get the passages' gradients."""
+
+    @staticmethod
+    def _args(q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts):
+        qa, qbf = vectors_for_kernel(q.detach(), "q")
+        batch = []
+        pa, pbf = vectors_for_kernel(pos.detach(), "pos")
+        batch.append((pa, pbf, pos_ids, 0, 1))
+        n = 0 if hard is None else hard.shape[1]
+        for k in range(n):
+            ha, hbf = vectors_for_kernel(hard.detach()[:, k], "hard_negatives")
+            batch.append((ha, hbf, neg_ids, k, n) if neg_ids is not None else (ha, hbf, None, 0, 1))
+        memory = None
+        if mem_emb is not None:
+            ma, mbf = vectors_for_kernel(mem_emb, "memory")
+            memory = (ma, mbf, mem_ids if pos_ids is not None else None, 0, 1)
+        return (qa, qbf, batch, memory, pos_ids, opts["margin"], opts["scale"], opts["alpha_own_neg"],
+                opts["alpha_other"], opts["alpha_mem"], opts["cosine"], opts["in_batch"])
+
+    @staticmethod
+    def forward(ctx, q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts):
+        from hardneg import _core
+
+        if hard is not None:
+            hard = hard.contiguous()
+        args = _FusedInfoNCE._args(q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts)
+        want = any(ctx.needs_input_grad[:3])
+        nt = resolve_num_threads(opts["num_threads"])
+        loss, state = _core.infonce_forward(*args, want, nt)
+        if want:
+            ctx.save_for_backward(q, pos, hard, mem_emb)
+            ctx.extra = (pos_ids, neg_ids, mem_ids, opts, state, nt)
+        return torch.from_numpy(loss)
+
+    @staticmethod
+    def backward(ctx, g):
+        from hardneg import _core
+
+        q, pos, hard, mem_emb = ctx.saved_tensors
+        pos_ids, neg_ids, mem_ids, opts, state, nt = ctx.extra
+        args = _FusedInfoNCE._args(q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts)
+        n = 0 if hard is None else hard.shape[1]
+        want = [bool(ctx.needs_input_grad[1])] + [bool(ctx.needs_input_grad[2])] * n
+        gq, outs = _core.infonce_backward(*args, state, g.detach().to(torch.float32).contiguous().numpy(), want, nt)
+        grad_q = torch.from_numpy(gq).to(q.dtype) if ctx.needs_input_grad[0] else None
+        grad_pos = torch.from_numpy(outs[0]).to(pos.dtype) if outs[0] is not None else None
+        grad_hard = None
+        if n and ctx.needs_input_grad[2]:
+            grad_hard = torch.stack([torch.from_numpy(o) for o in outs[1:]], dim=1).to(hard.dtype)
+        return grad_q, grad_pos, grad_hard, None, None, None, None, None
+
+
 # ---------------------------------------------------------------------- helpers
 def _as_ids(x: Any, name: str, device) -> Tensor:
     if isinstance(x, torch.Tensor):
@@ -498,6 +559,26 @@ class InfoNCELoss(nn.Module):
                 "gather_across_devices": self.gather_across_devices,
                 "memory_size": None if self.memory is None else self.memory.size}
 
+    def _alphas(self) -> Tuple[float, float, float]:
+        """Hardness penalty factors (own hard negatives, other queries' passages, memory)."""
+        a = self.hardness_strength if self.hardness_mode is not None else 0.0
+        return {None: (0.0, 0.0, 0.0), "hard_negatives": (a, 0.0, 0.0),
+                "in_batch_negatives": (0.0, a, a), "all_negatives": (a, a, a)}[self.hardness_mode]
+
+    def _fused(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> Tensor:
+        """query_to_doc on CPU: the whole term in the C++ kernel (no B x N logits in memory)."""
+        own, other, memory_alpha = self._alphas()
+        opts = {"margin": self.false_negative_margin, "scale": self.scale, "alpha_own_neg": own,
+                "alpha_other": other, "alpha_mem": memory_alpha, "cosine": self.similarity == "cosine",
+                "in_batch": self.in_batch_negatives, "num_threads": self.num_threads}
+        mem_emb = mem_ids = None
+        if mem is not None and len(mem) > 0:
+            mem_emb, mem_ids = mem.get()
+        per_row = _FusedInfoNCE.apply(b.q, b.pos, b.hard, mem_emb, _np_ids(b.pos_ids),
+                                      None if b.neg_ids is None else _np_ids(b.neg_ids.reshape(-1)),
+                                      _np_ids(mem_ids), opts)
+        return per_row.mean().to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
+
     # ------------------------------------------------------------------ forward
     def forward(self, q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] = None,
                 pos_ids: Optional[Any] = None, neg_ids: Optional[Any] = None) -> Tensor:
@@ -510,6 +591,11 @@ class InfoNCELoss(nn.Module):
                 raise TypeError(f"memory dtype {mem.dtype} does not match the embeddings' dtype {b.q.dtype}")
             if mem.embeddings.device != b.q.device:
                 raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
+        rank, world = _dist_info()
+        gathering = self.gather_across_devices and world > 1
+        if (self.backend in ("auto", "fused") and self.directions == ("query_to_doc",) and not gathering
+                and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
+            return self._fused(b, mem)
         cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
         B, n = b.B, b.n
         queries = b.q.to(cdt)
@@ -519,9 +605,8 @@ class InfoNCELoss(nn.Module):
         if pid is not None:
             did = [pid] + [(b.neg_ids[:, k] if b.neg_ids is not None else torch.full_like(pid, -1))
                            for k in range(n)]
-        rank, world = _dist_info()
         offset = 0
-        if self.gather_across_devices and world > 1:
+        if gathering:
             queries = _gather(queries, True)
             docs = [_gather(x, True) for x in docs]
             if pid is not None:
