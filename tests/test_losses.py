@@ -123,7 +123,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["fused", "torch"])
+@pytest.mark.parametrize("backend", ["fused", "hybrid", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_naive_reference(case, backend, dtype):
@@ -132,7 +132,10 @@ def test_matches_naive_reference(case, backend, dtype):
     mem = fill_memory(msize, d, mfill, dtype, seed=d, pos_ids=pos_ids) if msize else None
     kw = dict(pos_ids=pos_ids, neg_ids=neg_ids) if use_ids else {}
     loss_fn = InfoNCELoss(temperature=temp, memory=mem, similarity=simf, false_negative_margin=margin,
-                          in_batch_negatives=in_batch, backend=backend, memory_chunk=4)
+                          in_batch_negatives=in_batch, backend="torch" if backend == "torch" else "fused",
+                          memory_chunk=4)
+    # fused: the whole term in C++; hybrid: torch in-batch part + the C++ memory kernel
+    loss_fn._full_kernel = backend == "fused"
     tensors = [t for t in (q, pos, hard) if t is not None]
     got, g_got = grads_of(lambda: loss_fn(q, pos, hard_negatives=hard, **kw), tensors)
     # reference in float64 on the same values
@@ -169,17 +172,21 @@ def test_hard_negatives_flat_layout_and_bf16_memory():
         assert_close(gf[0].float(), gt[0].float(), 1e-2, "grad q")  # bf16 grads round at 2^-8
 
 
-def test_fused_kernel_many_blocks_and_threads():
-    # more rows than one query panel (256) and several memory blocks
-    B, d, M = 300, 64, 2500
-    q, pos, _, pos_ids, _ = make_batch(B, 0, d, torch.float32, seed=11)
-    mem = fill_memory(M, d, M + 37, torch.float32, seed=2)
-    tensors = [q, pos]
+@pytest.mark.parametrize("hardness_mode", [None, "hard_negatives", "in_batch_negatives", "all_negatives"])
+def test_fused_kernel_many_blocks_and_threads(hardness_mode):
+    # more rows than one query panel (256), several memory blocks, hard negatives with ids
+    B, n, d, M = 300, 2, 64, 1200
+    q, pos, hard, pos_ids, neg_ids = make_batch(B, n, d, torch.float32, seed=11, dup=True)
+    mem = fill_memory(M, d, M + 37, torch.float32, seed=2, pos_ids=pos_ids)
+    tensors = [q, pos, hard]
     out = {}
-    for be in ("fused", "torch"):
+    for be in ("fused", "hybrid", "torch"):
         for nt in (1, 2):
-            f = InfoNCELoss(temperature=0.03, memory=mem, backend=be, num_threads=nt, false_negative_margin=0.3)
-            out[be, nt] = grads_of(lambda: f(q, pos, pos_ids=pos_ids), tensors)
+            f = InfoNCELoss(temperature=0.03, memory=mem, backend="torch" if be == "torch" else "fused",
+                            num_threads=nt, false_negative_margin=0.3, hardness_mode=hardness_mode,
+                            hardness_strength=4.0 if hardness_mode else 0.0)
+            f._full_kernel = be == "fused"
+            out[be, nt] = grads_of(lambda: f(q, pos, hard, pos_ids=pos_ids, neg_ids=neg_ids), tensors)
     ref = out["torch", 1]
     for k, (loss, grads) in out.items():
         assert_close(loss, ref[0], 1e-5, f"loss {k}")

@@ -177,7 +177,7 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     B, d = q.shape
     dt = q.dtype
     if chunk is None:
-        chunk = max(1, (1 << 24) // max(B, 1))  # <= 16 M scores per chunk
+        chunk = max(1, (1 << 22) // max(B, 1))  # <= 4 M scores per chunk
     neg_inf = torch.tensor(float("-inf"), dtype=dt, device=q.device)
     run_max = torch.full((B,), float("-inf"), dtype=dt, device=q.device)
     run_sum = torch.zeros(B, dtype=dt, device=q.device)
@@ -467,7 +467,7 @@ class InfoNCELoss(nn.Module):
     num_threads : int, optional
         Threads of the fused kernel (default: hardneg's default).
     memory_chunk : int, optional
-        Memory rows per chunk of the torch path (default: 16 M scores per chunk).
+        Memory rows per chunk of the torch path (default: 4 M scores per chunk).
 
     forward(q, pos, hard_negatives=None, pos_ids=None, neg_ids=None) -> scalar Tensor
         q, pos: (B, d); hard_negatives: (B, n, d) or (B*n, d) (query i's negatives are
@@ -539,6 +539,9 @@ class InfoNCELoss(nn.Module):
         if memory_chunk is not None and int(memory_chunk) <= 0:
             raise ValueError(f"memory_chunk must be positive, got {memory_chunk!r}")
         self.memory_chunk = memory_chunk
+        # query_to_doc on CPU runs entirely in C++; False keeps the torch in-batch part with the
+        # C++ memory kernel (the path other directions / gathering take; for tests)
+        self._full_kernel = True
 
     @property
     def temperature(self) -> float:
@@ -593,7 +596,7 @@ class InfoNCELoss(nn.Module):
                 raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
         rank, world = _dist_info()
         gathering = self.gather_across_devices and world > 1
-        if (self.backend in ("auto", "fused") and self.directions == ("query_to_doc",) and not gathering
+        if (self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",) and not gathering
                 and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
         cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
