@@ -25,11 +25,10 @@ from pathlib import Path
 
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from sentence_transformers import losses  # noqa: F401  (the line being replaced used it)
 
 from hardneg.losses import CrossBatchMemory, SentenceTransformersLoss
 
-SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"  # or pass --data
 
 
 def default_model() -> str:

@@ -333,6 +333,23 @@ def test_memory_fifo_and_state_dict(tmp_path):
     assert "memory.embeddings" in f.state_dict()
 
 
+@pytest.mark.parametrize("backend", ["fused", "hybrid", "torch"])
+def test_enqueue_between_forward_and_backward(backend):
+    # the sentence-transformers adapter enqueues before the trainer calls backward()
+    q, pos, hard, pos_ids, neg_ids = make_batch(4, 1, 8, torch.float32, seed=2)
+    mem = fill_memory(6, 8, 6, torch.float32, seed=0)
+    f = InfoNCELoss(memory=mem, backend="torch" if backend == "torch" else "fused")
+    f._full_kernel = backend == "fused"
+    ref, g_ref = grads_of(lambda: f(q, pos, hard), [q, pos, hard])
+    for t in (q, pos, hard):
+        t.grad = None
+    loss = f(q, pos, hard)
+    mem.enqueue(pos.detach()[:3])
+    loss.backward()
+    assert_close(q.grad, g_ref[0], 1e-6)
+    assert_close(pos.grad, g_ref[1], 1e-6)
+
+
 def test_memory_bad_input():
     with pytest.raises(ValueError, match="size"):
         CrossBatchMemory(0, 4)

@@ -279,17 +279,19 @@ class _FusedInfoNCE(torch.autograd.Function):
         nt = resolve_num_threads(opts["num_threads"])
         loss, state = _core.infonce_forward(*args, want, nt)
         if want:
-            ctx.save_for_backward(q, pos, hard, mem_emb)
-            ctx.extra = (pos_ids, neg_ids, mem_ids, opts, state, nt)
+            # the memory is not needed by the backward (it has no gradient), and it may be
+            # enqueued into (modified in place) before backward runs
+            ctx.save_for_backward(q, pos, hard)
+            ctx.extra = (pos_ids, neg_ids, opts, state, nt)
         return torch.from_numpy(loss)
 
     @staticmethod
     def backward(ctx, g):
         from hardneg import _core
 
-        q, pos, hard, mem_emb = ctx.saved_tensors
-        pos_ids, neg_ids, mem_ids, opts, state, nt = ctx.extra
-        args = _FusedInfoNCE._args(q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts)
+        q, pos, hard = ctx.saved_tensors
+        pos_ids, neg_ids, opts, state, nt = ctx.extra
+        args = _FusedInfoNCE._args(q, pos, hard, None, pos_ids, neg_ids, None, opts)
         n = 0 if hard is None else hard.shape[1]
         want = [bool(ctx.needs_input_grad[1])] + [bool(ctx.needs_input_grad[2])] * n
         gq, outs = _core.infonce_backward(*args, state, g.detach().to(torch.float32).contiguous().numpy(), want, nt)
