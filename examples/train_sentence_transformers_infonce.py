@@ -74,7 +74,7 @@ def main():
 
     model = SentenceTransformer(args.model)
     train = scifact_pairs(Path(args.data), args.limit)
-    dim = model.get_sentence_embedding_dimension()
+    dim = model.get_embedding_dimension()
 
     # loss = losses.MultipleNegativesRankingLoss(model, scale=20.0)          # before
     loss = SentenceTransformersLoss(model, temperature=0.05,                   # after: the one changed line

@@ -516,3 +516,12 @@ def test_import_hardneg_without_torch():
             "assert 'InfoNCELoss' in hardneg.__all__\n"
             "try:\n    hardneg.InfoNCELoss\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit(1)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_top_level_exports():
+    import hardneg
+    import hardneg.losses as losses
+
+    assert hardneg.contrastive_scores is losses.contrastive_scores
+    assert hardneg.InfoNCELoss is losses.InfoNCELoss and hardneg.CrossBatchMemory is losses.CrossBatchMemory
+    assert hardneg.SentenceTransformersLoss is losses.SentenceTransformersLoss
