@@ -1,23 +1,25 @@
-// Fused query x memory log-sum-exp with its gradient (the cross-batch memory
-// term of InfoNCE).  Flash-attention style, on the CPU:
+// Fused InfoNCE kernels: the query->passage term with a cross-batch memory,
+// flash-attention style, on the CPU.
 //
-//   * The memory is cut into blocks of NB rows (about 768 KiB, so a block stays
-//     in L2).  Threads take blocks dynamically (hn::parallel_for); each thread
-//     keeps its own running state per query: max mx, sum l = sum exp(z - mx) and,
-//     when a gradient is wanted, acc = sum exp(z - mx) * m_hat (a d-vector).
-//   * For a block and a panel of queries the score tile S = Q * X^T comes from
-//     the SIMD dot kernel (hn::kernels().dot_tile), then masks and scaling are
-//     applied and the running state is updated (streaming log-sum-exp).
-//   * The gradient term W * X (W = the tile's exp weights) is again a dot_tile,
-//     on the block transposed once into fp32 scratch: T = W * (X^T)^T.
-//   * At the end the threads' states are merged exactly like split-K flash
-//     decoding: M = max mx_t, L = sum l_t exp(mx_t - M), acc = sum acc_t exp(mx_t - M).
+//   * Candidates (positives, hard negatives, memory) are cut into blocks of NB rows
+//     (about 768 KiB, so a block stays in L2).  For a block and a panel of at most
+//     256 queries the score tile S = Q * X^T comes from hn::kernels().dot_tile; masks
+//     and scaling are applied and a streaming log-sum-exp is updated per query:
+//     running max mx, sum l = sum exp(z - mx) and, when a gradient is wanted,
+//     acc = sum exp(z - mx) * x_hat (a d-vector).
+//   * The gradient term W * X (W = the tile's exp weights) is a second dot_tile,
+//     against the block transposed once into fp32 scratch: T = W * (X^T)^T.
+//   * Work items are (query panel, range of blocks): threads take them dynamically
+//     (hn::parallel_for); every item owns the running state of its panel's queries,
+//     and the items of one panel are merged exactly at the end (split-K flash
+//     decoding).  With B >= 256 * threads every thread owns whole query panels;
+//     with fewer queries the blocks are split too, so all threads work.  State
+//     memory is (items x 256 x d) floats, independent of the memory size.
 //
-// Nothing of size nq x m exists at any time; scratch per thread is
-// panel x NB (tile) + d x NB (transposed block) + panel x d (+ nq x d state).
-// Because the loss is a scalar per query and the memory carries no gradient,
-// dLSE_i/dq_i is fully known after this one pass: the autograd backward only
-// multiplies it by the incoming gradient (no second pass over the memory).
+// Nothing of size B x candidates exists at any time.  Because the loss is a scalar
+// per query and the memory carries no gradient, dloss_i/dq_i is complete after the
+// one forward pass; the backward only recomputes the in-batch tiles for the
+// passages' gradients.
 #include "losses.h"
 
 #include <algorithm>
@@ -62,202 +64,6 @@ size_t block_rows(size_t d) {
     rows = std::max<size_t>(16, std::min<size_t>(rows, 1024));
     return rows / 16 * 16;
 }
-
-struct ThreadState {
-    std::vector<float> mx, l, acc;        // per query running state
-    std::vector<float> S, W, T, Xt, Xf;   // scratch
-    std::vector<float> inv, rescale;
-    std::vector<char> live;
-};
-
-}  // namespace
-
-void memory_lse(const MemoryLseProblem& p, float* lse, float* grad, int num_threads) {
-    if (p.d == 0) throw std::invalid_argument("embedding dimension must be positive");
-    const size_t nq = p.nq, d = p.d, m = p.m;
-    const bool want_grad = grad != nullptr;
-    if (nq == 0) return;
-    if (m == 0) {
-        std::fill(lse, lse + nq, kNegInf);
-        if (want_grad) std::fill(grad, grad + nq * d, 0.0f);
-        return;
-    }
-    const Kernels& K = kernels();
-    const size_t NB = block_rows(d);
-    const size_t nblocks = (m + NB - 1) / NB;
-    const size_t panel = std::min(nq, kQueryPanel);
-    int nt = std::max(1, num_threads);
-    if (double(nq) * double(m) * double(d) < 4e6) nt = 1;
-    nt = (int)std::min<size_t>((size_t)nt, nblocks);
-    const size_t es = dtype_size(p.mem_type);
-
-    std::vector<ThreadState> st(nt);
-    for (auto& s : st) {
-        s.mx.assign(nq, kNegInf);
-        s.l.assign(nq, 0.0f);
-        if (want_grad) s.acc.assign(nq * d, 0.0f);
-        s.S.resize(panel * NB);
-        if (want_grad) {
-            s.W.resize(panel * NB);
-            s.T.resize(panel * d);
-            s.Xt.resize(d * NB);
-            if (p.mem_type != DType::F32) s.Xf.resize(NB * d);
-        }
-        s.inv.resize(NB);
-        s.rescale.resize(panel);
-        s.live.resize(panel);
-    }
-
-    parallel_for(nblocks, nt, 1, [&](size_t b0, size_t b1, int tid) {
-        ThreadState& ts = st[tid];
-        for (size_t b = b0; b < b1; ++b) {
-            const size_t r0 = b * NB, nb = std::min(NB, m - r0);
-            const char* X = static_cast<const char*>(p.mem) + r0 * p.ldm * es;
-            float* inv = ts.inv.data();
-            if (p.cosine) {
-                K.sqnorm_rows(X, p.ldm, nb, d, p.mem_type, inv);
-                for (size_t j = 0; j < nb; ++j) inv[j] = 1.0f / std::max(std::sqrt(inv[j]), 1e-12f);
-            } else {
-                std::fill(inv, inv + nb, 1.0f);
-            }
-            const int64_t* bid = p.mem_ids ? p.mem_ids + r0 : nullptr;
-            bool transposed = false;
-
-            for (size_t q0 = 0; q0 < nq; q0 += panel) {
-                const size_t P = std::min(panel, nq - q0);
-                float* S = ts.S.data();
-                // Score tile: S[i, j] = <q_{q0+i}, x_j>.
-                K.dot_tile(p.q + q0 * p.ldq, p.ldq, P, X, p.ldm, nb, d, p.mem_type, S, nb);
-                bool any_live = false;
-                for (size_t i = 0; i < P; ++i) {
-                    const size_t gi = q0 + i;
-                    float* s = S + i * nb;
-                    const float thr = p.thresholds ? p.thresholds[gi] : std::numeric_limits<float>::infinity();
-                    const int64_t pid = p.pos_ids ? p.pos_ids[gi] : -1;
-                    const float ls = p.logit_scale;
-                    // Masks and logits of this row; block maximum.
-                    float bmax = kNegInf;
-                    if (bid && pid >= 0) {
-                        for (size_t j = 0; j < nb; ++j) {
-                            const float sim = s[j] * inv[j];
-                            const bool msk = sim > thr || bid[j] == pid;
-                            const float z = msk ? kNegInf : sim * ls;
-                            s[j] = z;
-                            bmax = std::max(bmax, z);
-                        }
-                    } else {
-                        for (size_t j = 0; j < nb; ++j) {
-                            const float sim = s[j] * inv[j];
-                            const float z = sim > thr ? kNegInf : sim * ls;
-                            s[j] = z;
-                            bmax = std::max(bmax, z);
-                        }
-                    }
-                    ts.live[i] = bmax != kNegInf;
-                    ts.rescale[i] = 1.0f;
-                    if (!ts.live[i]) {
-                        if (want_grad) std::fill(ts.W.data() + i * nb, ts.W.data() + (i + 1) * nb, 0.0f);
-                        continue;
-                    }
-                    any_live = true;
-                    // Streaming log-sum-exp update.
-                    const float m_old = ts.mx[gi];
-                    const float m_new = std::max(m_old, bmax);
-                    const float r = m_old == kNegInf ? 0.0f : std::exp(m_old - m_new);
-                    float sum = 0.0f;
-                    if (want_grad) {
-                        float* w = ts.W.data() + i * nb;
-                        for (size_t j = 0; j < nb; ++j) {
-                            const float e = exp_nonpos(s[j] - m_new);
-                            sum += e;
-                            w[j] = e * inv[j];  // weight of the raw memory row
-                        }
-                    } else {
-                        for (size_t j = 0; j < nb; ++j) sum += exp_nonpos(s[j] - m_new);
-                    }
-                    ts.l[gi] = ts.l[gi] * r + sum;
-                    ts.mx[gi] = m_new;
-                    ts.rescale[i] = r;
-                }
-                if (!want_grad || !any_live) continue;
-                // Gradient term: acc_i = acc_i * r_i + sum_j w_ij x_j, as one dot tile
-                // against the block transposed to fp32 (done once per block).
-                if (!transposed) {
-                    const float* Xs;
-                    size_t ld;
-                    if (p.mem_type == DType::F32) {
-                        Xs = reinterpret_cast<const float*>(X);
-                        ld = p.ldm;
-                    } else {
-                        for (size_t j = 0; j < nb; ++j)
-                            K.to_f32(X + j * p.ldm * es, p.mem_type, d, ts.Xf.data() + j * d);
-                        Xs = ts.Xf.data();
-                        ld = d;
-                    }
-                    float* Xt = ts.Xt.data();
-                    constexpr size_t TB = 16;
-                    for (size_t j0 = 0; j0 < nb; j0 += TB)
-                        for (size_t p0 = 0; p0 < d; p0 += TB) {
-                            const size_t j1 = std::min(nb, j0 + TB), p1 = std::min(d, p0 + TB);
-                            for (size_t j = j0; j < j1; ++j)
-                                for (size_t c = p0; c < p1; ++c) Xt[c * nb + j] = Xs[j * ld + c];
-                        }
-                    transposed = true;
-                }
-                float* T = ts.T.data();
-                K.dot_tile(ts.W.data(), nb, P, ts.Xt.data(), nb, d, nb, DType::F32, T, d);
-                for (size_t i = 0; i < P; ++i) {
-                    if (!ts.live[i]) continue;
-                    float* a = ts.acc.data() + (q0 + i) * d;
-                    const float* t = T + i * d;
-                    const float r = ts.rescale[i];
-                    if (r == 1.0f) {
-                        for (size_t c = 0; c < d; ++c) a[c] += t[c];
-                    } else {
-                        for (size_t c = 0; c < d; ++c) a[c] = a[c] * r + t[c];
-                    }
-                }
-            }
-        }
-    });
-
-    // Merge the threads' states (exact: the same algebra as the streaming update).
-    parallel_for(nq, nt, 64, [&](size_t i0, size_t i1, int) {
-        for (size_t i = i0; i < i1; ++i) {
-            float M = kNegInf;
-            for (int t = 0; t < nt; ++t) M = std::max(M, st[t].mx[i]);
-            if (M == kNegInf) {
-                lse[i] = kNegInf;
-                if (want_grad) std::fill(grad + i * d, grad + (i + 1) * d, 0.0f);
-                continue;
-            }
-            double L = 0.0;
-            for (int t = 0; t < nt; ++t)
-                if (st[t].mx[i] != kNegInf) L += double(st[t].l[i]) * std::exp(double(st[t].mx[i]) - M);
-            lse[i] = float(double(M) + std::log(L));
-            if (!want_grad) continue;
-            float* g = grad + i * d;
-            std::fill(g, g + d, 0.0f);
-            for (int t = 0; t < nt; ++t) {
-                if (st[t].mx[i] == kNegInf) continue;
-                const float f = float(std::exp(double(st[t].mx[i]) - M) / L) * p.grad_scale;
-                const float* a = st[t].acc.data() + i * d;
-                for (size_t c = 0; c < d; ++c) g[c] += f * a[c];
-            }
-        }
-    });
-}
-
-}  // namespace hn
-
-// ===========================================================================
-// The whole query->passage InfoNCE term (see losses.h for the definition).
-// Same machinery as memory_lse, over the in-batch segments and the memory, with
-// the logits shifted by the positive's logit z_ip so that the per-row loss
-// log(1 + sum exp(z_ic - z_ip)) keeps full relative precision.
-// ===========================================================================
-namespace hn {
-namespace {
 
 struct RowCtx {
     float ls;         // logit multiplier of the block: scale + alpha (other / memory)
@@ -359,7 +165,214 @@ void transpose_block(const Kernels& K, const CandSegment& sg, size_t r0, size_t 
         }
 }
 
+
+// Running log-sum-exp state of one work item (its panel's queries).
+struct Item {
+    size_t q0 = 0, P = 0;  // query rows [q0, q0 + P)
+    size_t b0 = 0, b1 = 0; // blocks [b0, b1)
+    std::vector<float> mx, l, acc;
+};
+
+struct Scratch {
+    std::vector<float> S, W, T, Xt, Xf, inv, rescale;
+    std::vector<char> live;
+};
+
+// The streaming pass shared by both kernels.  row_fn(block, global row i, s, inv)
+// turns row i of a raw score tile into logits (-inf = masked) in place.
+template <class SegOf, class RowFn>
+std::vector<Item> stream_pass(const Kernels& K, const float* qhat, size_t B, size_t d,
+                              const std::vector<CBlock>& blocks, size_t NB, bool cosine, bool want_grad,
+                              int num_threads, SegOf seg_of_blk, RowFn row_fn) {
+    const size_t panel = std::min(B, kQueryPanel);
+    const size_t npanels = (B + panel - 1) / panel;
+    size_t total = 0;
+    for (const auto& b : blocks) total += b.nb;
+    int nt = std::max(1, num_threads);
+    if (double(B) * double(total) * double(d) < 4e6) nt = 1;
+    // Block ranges per panel: about 4 items per thread so that dynamic scheduling
+    // evens out busy cores, as long as the items' state stays under ~64 MiB.
+    size_t G = (4 * (size_t)nt + npanels - 1) / npanels;
+    const size_t per_item = panel * (want_grad ? d + 2 : 2) * sizeof(float);
+    G = std::min(G, std::max<size_t>(1, (size_t(64) << 20) / (npanels * per_item)));
+    G = std::max(G, ((size_t)nt + npanels - 1) / npanels);
+    G = std::max<size_t>(1, std::min(G, blocks.size()));
+    std::vector<Item> items(npanels * G);
+    for (size_t pi = 0; pi < npanels; ++pi)
+        for (size_t g = 0; g < G; ++g) {
+            Item& it = items[pi * G + g];
+            it.q0 = pi * panel;
+            it.P = std::min(panel, B - it.q0);
+            it.b0 = blocks.size() * g / G;
+            it.b1 = blocks.size() * (g + 1) / G;
+        }
+    nt = (int)std::min<size_t>((size_t)nt, items.size());
+    std::vector<Scratch> scratch(nt);
+    for (auto& sc : scratch) {
+        sc.S.resize(panel * NB);
+        sc.inv.resize(NB);
+        sc.rescale.resize(panel);
+        sc.live.resize(panel);
+        if (want_grad) {
+            sc.W.resize(panel * NB);
+            sc.T.resize(panel * d);
+            sc.Xt.resize(d * NB);
+        }
+    }
+
+    parallel_for(items.size(), nt, 1, [&](size_t i0, size_t i1, int tid) {
+        Scratch& t = scratch[tid];
+        for (size_t ii = i0; ii < i1; ++ii) {
+            Item& it = items[ii];
+            const size_t P = it.P;
+            it.mx.assign(P, kNegInf);
+            it.l.assign(P, 0.0f);
+            if (want_grad) it.acc.assign(P * d, 0.0f);
+            for (size_t bi = it.b0; bi < it.b1; ++bi) {
+                const CBlock& blk = blocks[bi];
+                const CandSegment& sg = seg_of_blk(blk);
+                const size_t nb = blk.nb;
+                const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * dtype_size(sg.dtype);
+                float* inv = t.inv.data();
+                inv_norms(K, sg, blk.r0, nb, d, cosine, inv);
+                float* S = t.S.data();
+                // THE HOT LOOP, part 1: score tile of this panel x block.
+                K.dot_tile(qhat + it.q0 * d, d, P, X, sg.ld, nb, d, sg.dtype, S, nb);
+                bool any_live = false;
+                for (size_t i = 0; i < P; ++i) {
+                    float* s = S + i * nb;
+                    row_fn(blk, it.q0 + i, s, inv);
+                    float bmax = kNegInf;
+                    for (size_t j = 0; j < nb; ++j) bmax = std::max(bmax, s[j]);
+                    t.live[i] = bmax != kNegInf;
+                    t.rescale[i] = 1.0f;
+                    if (!t.live[i]) {
+                        if (want_grad) std::fill(t.W.data() + i * nb, t.W.data() + (i + 1) * nb, 0.0f);
+                        continue;
+                    }
+                    any_live = true;
+                    // streaming log-sum-exp update
+                    const float m_old = it.mx[i];
+                    const float m_new = std::max(m_old, bmax);
+                    const float r = m_old == kNegInf ? 0.0f : std::exp(m_old - m_new);
+                    float sum = 0.0f;
+                    if (want_grad) {
+                        float* w = t.W.data() + i * nb;
+                        for (size_t j = 0; j < nb; ++j) {
+                            const float e = exp_nonpos(s[j] - m_new);
+                            sum += e;
+                            w[j] = e * inv[j];  // weight of the raw row (x_hat = x * inv)
+                        }
+                    } else {
+                        for (size_t j = 0; j < nb; ++j) sum += exp_nonpos(s[j] - m_new);
+                    }
+                    it.l[i] = it.l[i] * r + sum;
+                    it.mx[i] = m_new;
+                    t.rescale[i] = r;
+                }
+                if (!want_grad || !any_live) continue;
+                // THE HOT LOOP, part 2: acc_i = acc_i * r_i + sum_j w_ij x_j.
+                transpose_block(K, sg, blk.r0, nb, d, t.Xf, t.Xt.data());
+                K.dot_tile(t.W.data(), nb, P, t.Xt.data(), nb, d, nb, DType::F32, t.T.data(), d);
+                for (size_t i = 0; i < P; ++i) {
+                    if (!t.live[i]) continue;
+                    float* a = it.acc.data() + i * d;
+                    const float* tt = t.T.data() + i * d;
+                    const float r = t.rescale[i];
+                    if (r == 1.0f) {
+                        for (size_t c = 0; c < d; ++c) a[c] += tt[c];
+                    } else {
+                        for (size_t c = 0; c < d; ++c) a[c] = a[c] * r + tt[c];
+                    }
+                }
+            }
+        }
+    });
+    return items;
+}
+
+// The G items of query i's panel: (first item index, count).
+inline void items_of(size_t i, size_t B, size_t nitems, size_t* first, size_t* count) {
+    const size_t panel = std::min(B, kQueryPanel);
+    const size_t npanels = (B + panel - 1) / panel;
+    const size_t G = nitems / npanels;
+    *first = (i / panel) * G;
+    *count = G;
+}
+
 }  // namespace
+
+void memory_lse(const MemoryLseProblem& p, float* lse, float* grad, int num_threads) {
+    if (p.d == 0) throw std::invalid_argument("embedding dimension must be positive");
+    const size_t nq = p.nq, d = p.d, m = p.m;
+    const bool want_grad = grad != nullptr;
+    if (nq == 0) return;
+    if (m == 0) {
+        std::fill(lse, lse + nq, kNegInf);
+        if (want_grad) std::fill(grad, grad + nq * d, 0.0f);
+        return;
+    }
+    const Kernels& K = kernels();
+    // contiguous fp32 copy of the queries (they may have a row stride)
+    std::vector<float> qf(nq * d);
+    for (size_t i = 0; i < nq; ++i) std::copy(p.q + i * p.ldq, p.q + i * p.ldq + d, qf.data() + i * d);
+    CandSegment mem;
+    mem.data = p.mem;
+    mem.dtype = p.mem_type;
+    mem.rows = m;
+    mem.ld = p.ldm;
+    mem.ids = p.mem_ids;
+    const size_t NB = block_rows(d);
+    std::vector<CBlock> blocks;
+    for (size_t r = 0; r < m; r += NB) blocks.push_back({-1, r, std::min(NB, m - r)});
+    auto row_fn = [&](const CBlock& blk, size_t gi, float* s, const float* inv) {
+        const size_t nb = blk.nb;
+        const float thr = p.thresholds ? p.thresholds[gi] : std::numeric_limits<float>::infinity();
+        const int64_t pid = p.pos_ids ? p.pos_ids[gi] : -1;
+        const float ls = p.logit_scale;
+        const int64_t* bid = p.mem_ids ? p.mem_ids + blk.r0 : nullptr;
+        if (bid && pid >= 0) {
+            for (size_t j = 0; j < nb; ++j) {
+                const float sim = s[j] * inv[j];
+                s[j] = (sim > thr || bid[j] == pid) ? kNegInf : sim * ls;
+            }
+        } else {
+            for (size_t j = 0; j < nb; ++j) {
+                const float sim = s[j] * inv[j];
+                s[j] = sim > thr ? kNegInf : sim * ls;
+            }
+        }
+    };
+    std::vector<Item> items = stream_pass(K, qf.data(), nq, d, blocks, NB, p.cosine, want_grad, num_threads,
+                                          [&](const CBlock&) -> const CandSegment& { return mem; }, row_fn);
+    // Merge the items of each query (exact: the same algebra as the streaming update).
+    for (size_t i = 0; i < nq; ++i) {
+        size_t f, G;
+        items_of(i, nq, items.size(), &f, &G);
+        const size_t li = i - items[f].q0;
+        float M = kNegInf;
+        for (size_t g = 0; g < G; ++g) M = std::max(M, items[f + g].mx[li]);
+        if (M == kNegInf) {
+            lse[i] = kNegInf;
+            if (want_grad) std::fill(grad + i * d, grad + (i + 1) * d, 0.0f);
+            continue;
+        }
+        double L = 0.0;
+        for (size_t g = 0; g < G; ++g)
+            if (items[f + g].mx[li] != kNegInf) L += double(items[f + g].l[li]) * std::exp(double(items[f + g].mx[li]) - M);
+        lse[i] = float(double(M) + std::log(L));
+        if (!want_grad) continue;
+        float* gr = grad + i * d;
+        std::fill(gr, gr + d, 0.0f);
+        for (size_t g = 0; g < G; ++g) {
+            const Item& it = items[f + g];
+            if (it.mx[li] == kNegInf) continue;
+            const float w = float(std::exp(double(it.mx[li]) - M) / L) * p.grad_scale;
+            const float* a = it.acc.data() + li * d;
+            for (size_t c = 0; c < d; ++c) gr[c] += w * a[c];
+        }
+    }
+}
 
 void infonce_forward(const InfoNceProblem& p, bool want_grad, float* loss, InfoNceState& st, int num_threads) {
     const size_t B = p.B, d = p.d;
@@ -405,134 +418,54 @@ void infonce_forward(const InfoNceProblem& p, bool want_grad, float* loss, InfoN
     for (size_t k = 0; k < p.batch.size(); ++k)
         for (size_t r = 0; r < p.batch[k].rows; r += NB) blocks.push_back({(int)k, r, std::min(NB, p.batch[k].rows - r)});
     for (size_t r = 0; r < p.memory.rows; r += NB) blocks.push_back({-1, r, std::min(NB, p.memory.rows - r)});
-    size_t total = 0;
-    for (const auto& b : blocks) total += b.nb;
-    const size_t panel = std::min(B, kQueryPanel);
-    int nt = std::max(1, num_threads);
-    if (double(B) * double(total) * double(d) < 4e6) nt = 1;
-    nt = (int)std::min<size_t>((size_t)nt, std::max<size_t>(1, blocks.size()));
-
-    std::vector<ThreadState> ts(nt);
-    for (auto& s : ts) {
-        s.mx.assign(B, kNegInf);
-        s.l.assign(B, 0.0f);
-        if (want_grad) {
-            s.acc.assign(B * d, 0.0f);
-            s.W.resize(panel * NB);
-            s.T.resize(panel * d);
-            s.Xt.resize(d * NB);
-        }
-        s.S.resize(panel * NB);
-        s.inv.resize(NB);
-        s.rescale.resize(panel);
-        s.live.resize(panel);
-    }
-
-    parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
-        ThreadState& t = ts[tid];
-        for (size_t bi = b0; bi < b1; ++bi) {
-            const CBlock& blk = blocks[bi];
-            const CandSegment& sg = seg_of(p, blk);
-            const size_t nb = blk.nb;
-            const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * dtype_size(sg.dtype);
-            float* inv = t.inv.data();
-            inv_norms(K, sg, blk.r0, nb, d, p.cosine, inv);
-            const int64_t* ids = sg.ids ? sg.ids + blk.r0 * sg.id_stride : nullptr;
-            bool transposed = false;
-            for (size_t q0 = 0; q0 < B; q0 += panel) {
-                const size_t P = std::min(panel, B - q0);
-                float* S = t.S.data();
-                K.dot_tile(st.qhat.data() + q0 * d, d, P, X, sg.ld, nb, d, sg.dtype, S, nb);
-                bool any_live = false;
-                for (size_t i = 0; i < P; ++i) {
-                    const size_t gi = q0 + i;
-                    float* s = S + i * nb;
-                    shifted_row(s, nb, inv, ids, sg.id_stride, row_ctx(p, st, blk, gi));
-                    float bmax = kNegInf;
-                    for (size_t j = 0; j < nb; ++j) bmax = std::max(bmax, s[j]);
-                    t.live[i] = bmax != kNegInf;
-                    t.rescale[i] = 1.0f;
-                    if (!t.live[i]) {
-                        if (want_grad) std::fill(t.W.data() + i * nb, t.W.data() + (i + 1) * nb, 0.0f);
-                        continue;
-                    }
-                    any_live = true;
-                    const float m_old = t.mx[gi];
-                    const float m_new = std::max(m_old, bmax);
-                    const float r = m_old == kNegInf ? 0.0f : std::exp(m_old - m_new);
-                    float sum = 0.0f;
-                    if (want_grad) {
-                        float* w = t.W.data() + i * nb;
-                        for (size_t j = 0; j < nb; ++j) {
-                            const float e = exp_nonpos(s[j] - m_new);
-                            sum += e;
-                            w[j] = e * inv[j];
-                        }
-                    } else {
-                        for (size_t j = 0; j < nb; ++j) sum += exp_nonpos(s[j] - m_new);
-                    }
-                    t.l[gi] = t.l[gi] * r + sum;
-                    t.mx[gi] = m_new;
-                    t.rescale[i] = r;
-                }
-                if (!want_grad || !any_live) continue;
-                if (!transposed) {
-                    transpose_block(K, sg, blk.r0, nb, d, t.Xf, t.Xt.data());
-                    transposed = true;
-                }
-                K.dot_tile(t.W.data(), nb, P, t.Xt.data(), nb, d, nb, DType::F32, t.T.data(), d);
-                for (size_t i = 0; i < P; ++i) {
-                    if (!t.live[i]) continue;
-                    float* a = t.acc.data() + (q0 + i) * d;
-                    const float* tt = t.T.data() + i * d;
-                    const float r = t.rescale[i];
-                    if (r == 1.0f) {
-                        for (size_t c = 0; c < d; ++c) a[c] += tt[c];
-                    } else {
-                        for (size_t c = 0; c < d; ++c) a[c] = a[c] * r + tt[c];
-                    }
-                }
-            }
-        }
-    });
+    auto seg = [&](const CBlock& b) -> const CandSegment& { return seg_of(p, b); };
+    auto row_fn = [&](const CBlock& blk, size_t gi, float* s, const float* inv) {
+        const CandSegment& sg = seg_of(p, blk);
+        const int64_t* ids = sg.ids ? sg.ids + blk.r0 * sg.id_stride : nullptr;
+        shifted_row(s, blk.nb, inv, ids, sg.id_stride, row_ctx(p, st, blk, gi));
+    };
+    std::vector<Item> items = stream_pass(K, st.qhat.data(), B, d, blocks, NB, p.cosine, want_grad, num_threads,
+                                          seg, row_fn);
 
     // Merge: the positive contributes exp(0) = 1 in the shifted space.
     st.lnorm.assign(B, 0.0f);
     if (want_grad) st.gq.assign(B * d, 0.0f);
-    parallel_for(B, nt, 64, [&](size_t i0, size_t i1, int) {
-        std::vector<float> gh(want_grad ? d : 0);
-        for (size_t i = i0; i < i1; ++i) {
-            double M = 0.0;
-            for (int t = 0; t < nt; ++t) M = std::max(M, (double)ts[t].mx[i]);
-            double rest = 0.0;
-            for (int t = 0; t < nt; ++t)
-                if (ts[t].mx[i] != kNegInf) rest += double(ts[t].l[i]) * std::exp(double(ts[t].mx[i]) - M);
-            const double li = M == 0.0 ? std::log1p(rest) : M + std::log(std::exp(-M) + rest);
-            loss[i] = (float)li;
-            st.lnorm[i] = (float)li;
-            if (!want_grad) continue;
-            // d loss_i / d qhat_i = scale * (sum_c p_ic xhat_c - xhat_p), p = softmax incl. the positive
-            const double Ltot = std::exp(-M) + rest;
-            const float fpos_m1 = float(-rest / Ltot);  // p_pos - 1, without cancellation
-            const float* xp = pos_hat.data() + i * d;
-            for (size_t c = 0; c < d; ++c) gh[c] = fpos_m1 * xp[c];
-            for (int t = 0; t < nt; ++t) {
-                if (ts[t].mx[i] == kNegInf) continue;
-                const float f = float(std::exp(double(ts[t].mx[i]) - M) / Ltot);
-                const float* a = ts[t].acc.data() + i * d;
-                for (size_t c = 0; c < d; ++c) gh[c] += f * a[c];
-            }
-            float* g = st.gq.data() + i * d;
-            if (p.cosine) {  // through q / |q|
-                const float* qh = st.qhat.data() + i * d;
-                double dotv = 0.0;
-                for (size_t c = 0; c < d; ++c) dotv += double(qh[c]) * gh[c];
-                for (size_t c = 0; c < d; ++c) g[c] = p.scale * (gh[c] - qh[c] * float(dotv)) * st.qinv[i];
-            } else {
-                for (size_t c = 0; c < d; ++c) g[c] = p.scale * gh[c];
-            }
+    std::vector<float> gh(want_grad ? d : 0);
+    for (size_t i = 0; i < B; ++i) {
+        size_t f, G;
+        items_of(i, B, items.size(), &f, &G);
+        const size_t li = i - items[f].q0;
+        double M = 0.0;
+        for (size_t g = 0; g < G; ++g) M = std::max(M, (double)items[f + g].mx[li]);
+        double rest = 0.0;
+        for (size_t g = 0; g < G; ++g)
+            if (items[f + g].mx[li] != kNegInf) rest += double(items[f + g].l[li]) * std::exp(double(items[f + g].mx[li]) - M);
+        const double lval = M == 0.0 ? std::log1p(rest) : M + std::log(std::exp(-M) + rest);
+        loss[i] = (float)lval;
+        st.lnorm[i] = (float)lval;
+        if (!want_grad) continue;
+        // d loss_i / d qhat_i = scale * (sum_{c != p} p_ic xhat_c + (p_ip - 1) xhat_p)
+        const double Ltot = std::exp(-M) + rest;
+        const float fpos_m1 = float(-rest / Ltot);  // p_ip - 1, without cancellation
+        const float* xp = pos_hat.data() + i * d;
+        for (size_t c = 0; c < d; ++c) gh[c] = fpos_m1 * xp[c];
+        for (size_t g = 0; g < G; ++g) {
+            const Item& it = items[f + g];
+            if (it.mx[li] == kNegInf) continue;
+            const float w = float(std::exp(double(it.mx[li]) - M) / Ltot);
+            const float* a = it.acc.data() + li * d;
+            for (size_t c = 0; c < d; ++c) gh[c] += w * a[c];
         }
-    });
+        float* gq = st.gq.data() + i * d;
+        if (p.cosine) {  // through q / |q|
+            const float* qh = st.qhat.data() + i * d;
+            double dotv = 0.0;
+            for (size_t c = 0; c < d; ++c) dotv += double(qh[c]) * gh[c];
+            for (size_t c = 0; c < d; ++c) gq[c] = p.scale * (gh[c] - qh[c] * float(dotv)) * st.qinv[i];
+        } else {
+            for (size_t c = 0; c < d; ++c) gq[c] = p.scale * gh[c];
+        }
+    }
 }
 
 void infonce_backward(const InfoNceProblem& p, const InfoNceState& st, const float* g, float* grad_q,
