@@ -450,11 +450,11 @@ def test_sentence_transformers_adapter_matches_mnrl():
 
 
 # ---------------------------------------------------------- gather over gloo
-def _gloo_worker(rank, world, init_file, result_dir):
+def _gloo_worker(rank, world, init_method, result_dir):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
     try:
         B, n, d = 3, 2, 8
         g = torch.Generator().manual_seed(123)
@@ -483,8 +483,13 @@ def test_gather_across_devices_gloo():
     if not dist.is_available():
         pytest.skip("torch.distributed not available")
     world, B, n, d = 2, 3, 2, 8
+    import socket
+
+    with socket.socket() as sock:  # a free local port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_gloo_worker, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world, join=True)
+        mp.spawn(_gloo_worker, args=(world, f"tcp://127.0.0.1:{port}", tmp), nprocs=world, join=True)
         res = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
     # reference: one process, the whole batch; each rank's loss is the mean over its rows, and the
     # gradient each rank receives is d(sum of all ranks' losses)/d(its own tensors)
