@@ -7,7 +7,6 @@ import itertools
 import os
 import tempfile
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -470,7 +469,8 @@ def _gloo_worker(rank, world, init_method, result_dir):
         f = InfoNCELoss(temperature=0.1, gather_across_devices=True, memory=memory, false_negative_margin=0.5)
         loss = f(q, p, h, pos_ids=allpid[sl])
         loss.backward()
-        torch.save({"loss": loss.detach(), "q": q.grad, "p": p.grad, "h": h.grad}, os.path.join(result_dir, f"{rank}.pt"))
+        out = {"loss": loss.detach(), "q": q.grad, "p": p.grad, "h": h.grad}
+        torch.save(out, os.path.join(result_dir, f"{rank}.pt"))
         dist.barrier()  # nobody tears the group down while the other rank still uses it
     finally:
         dist.destroy_process_group()

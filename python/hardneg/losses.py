@@ -209,8 +209,8 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     lse = torch.where(live, run_max + torch.log(torch.where(live, run_sum, torch.ones_like(run_sum))), neg_inf)
     grad = None
     if want_grad:
-        grad = torch.where(live[:, None], acc * (grad_scale / torch.where(live, run_sum, torch.ones_like(run_sum)))[:, None],
-                           torch.zeros_like(acc))
+        denom = torch.where(live, run_sum, torch.ones_like(run_sum))
+        grad = torch.where(live[:, None], acc * (grad_scale / denom)[:, None], torch.zeros_like(acc))
     return lse, grad
 
 
@@ -456,7 +456,9 @@ class InfoNCELoss(nn.Module):
         the step.
     gather_across_devices : bool, default False
         All-gather queries/passages (and ids) over ``torch.distributed`` with gradients
-        flowing back to each rank's own tensors (as sentence-transformers does).
+        flowing back to each rank's own tensors (as sentence-transformers does).  Every rank
+        must call the loss with the same B, n and the same optional arguments (ids given or
+        not), as for any collective.  The memory stays local to each rank.
     false_negative_margin : float, optional
         Mask query->passage candidates whose raw similarity exceeds s(q, pos) - margin.
     similarity : {"cosine", "dot"}
@@ -598,8 +600,8 @@ class InfoNCELoss(nn.Module):
                 raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
         rank, world = _dist_info()
         gathering = self.gather_across_devices and world > 1
-        if (self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",) and not gathering
-                and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
+        if (self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",)
+                and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
         cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
         B, n = b.B, b.n
