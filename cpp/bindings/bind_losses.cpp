@@ -1,5 +1,246 @@
+// Bindings for losses.cpp: the fused query x memory log-sum-exp.  Validation of
+// shapes, dtypes and lengths happens here; the kernel runs without the GIL.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-namespace py = pybind11;
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
-void bind_losses(py::module_& m) { (void)m; }
+#include "bindings/array_utils.h"
+#include "losses.h"
+
+namespace py = pybind11;
+using namespace hn_py;
+
+namespace {
+
+// q: (nq, d) float32 (normalised by the caller for cosine); mem: (m, d) float32 /
+// float16 / bf16 bit view; mem_ids (m,) int64 or None; pos_ids (nq,) int64 or None;
+// thresholds (nq,) float32 or None.  Returns (lse (nq,) float32, grad (nq, d) float32 or None).
+py::tuple memory_lse_impl(const py::array& q, const py::array& mem, bool mem_bf16, const py::object& mem_ids,
+                          const py::object& pos_ids, const py::object& thresholds, double logit_scale,
+                          double grad_scale, bool cosine, bool want_grad, int num_threads) {
+    hn::MemoryLseProblem p;
+    if (q.dtype().kind() != 'f' || q.itemsize() != 4) throw std::invalid_argument("q must be float32");
+    p.ldq = row_stride(q, "q");
+    p.nq = (size_t)q.shape(0);
+    p.d = (size_t)q.shape(1);
+    if (p.d == 0) throw std::invalid_argument("q must have at least one column");
+    p.q = static_cast<const float*>(q.data());
+    p.ldm = row_stride(mem, "memory");
+    p.mem_type = vec_dtype(mem, mem_bf16, "memory");
+    p.m = (size_t)mem.shape(0);
+    if ((size_t)mem.shape(1) != p.d)
+        throw std::invalid_argument("memory has dimension " + std::to_string(mem.shape(1)) + " but q has " +
+                                    std::to_string(p.d));
+    p.mem = mem.data();
+    py::array_t<int64_t> mi, pi;
+    py::array_t<float> th;
+    if (!mem_ids.is_none()) {
+        mi = checked<int64_t>(mem_ids, "memory ids", 1);
+        if ((size_t)mi.shape(0) != p.m) throw std::invalid_argument("memory ids must have one entry per memory row");
+        p.mem_ids = mi.data();
+    }
+    if (!pos_ids.is_none()) {
+        pi = checked<int64_t>(pos_ids, "pos_ids", 1);
+        if ((size_t)pi.shape(0) != p.nq) throw std::invalid_argument("pos_ids must have one entry per query");
+        p.pos_ids = pi.data();
+    }
+    if (!thresholds.is_none()) {
+        th = checked<float>(thresholds, "thresholds", 1);
+        if ((size_t)th.shape(0) != p.nq) throw std::invalid_argument("thresholds must have one entry per query");
+        p.thresholds = th.data();
+    }
+    if (!std::isfinite(logit_scale) || !std::isfinite(grad_scale))
+        throw std::invalid_argument("scale must be finite");
+    p.logit_scale = (float)logit_scale;
+    p.grad_scale = (float)grad_scale;
+    p.cosine = cosine;
+    if (num_threads < 1) throw std::invalid_argument("num_threads must be positive");
+
+    py::array_t<float> lse({(py::ssize_t)p.nq});
+    py::object grad_obj = py::none();
+    float* g = nullptr;
+    if (want_grad) {
+        py::array_t<float> ga({(py::ssize_t)p.nq, (py::ssize_t)p.d});
+        g = ga.mutable_data();
+        grad_obj = ga;
+    }
+    float* l = lse.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        hn::memory_lse(p, l, g, num_threads);
+    }
+    return py::make_tuple(lse, grad_obj);
+}
+
+// A candidate segment from (array (rows, d), is_bf16, ids int64 1-D or None, id_offset, id_stride).
+hn::CandSegment to_segment(const py::handle& h, size_t d, const char* name, std::vector<py::object>& keep) {
+    auto t = h.cast<py::tuple>();
+    if (t.size() != 5) throw std::invalid_argument(std::string(name) + ": segment must be a 5-tuple");
+    py::array a = t[0].cast<py::array>();
+    hn::CandSegment sg;
+    sg.ld = row_stride(a, name);
+    sg.dtype = vec_dtype(a, t[1].cast<bool>(), name);
+    sg.rows = (size_t)a.shape(0);
+    if ((size_t)a.shape(1) != d)
+        throw std::invalid_argument(std::string(name) + " has dimension " + std::to_string(a.shape(1)) +
+                                    " but q has " + std::to_string(d));
+    sg.data = a.data();
+    keep.push_back(a);
+    if (!t[2].is_none()) {
+        auto ids = checked<int64_t>(t[2], "ids", 1);
+        const py::ssize_t off = t[3].cast<py::ssize_t>(), stride = t[4].cast<py::ssize_t>();
+        if (off < 0 || stride < 1 ||
+            (sg.rows > 0 && off + (py::ssize_t)(sg.rows - 1) * stride >= ids.shape(0)))
+            throw std::invalid_argument(std::string(name) + ": ids are too short for its rows");
+        sg.ids = ids.data() + off;
+        sg.id_stride = (size_t)stride;
+        keep.push_back(ids);
+    }
+    return sg;
+}
+
+struct InfoNceArgs {
+    hn::InfoNceProblem p;
+    std::vector<py::object> keep;
+};
+
+void build_problem(InfoNceArgs& A, const py::array& q, bool q_bf16, const py::list& batch, const py::object& memory,
+                   const py::object& pos_ids, const py::object& margin, double scale, double alpha_own_neg,
+                   double alpha_other, double alpha_mem, bool cosine, bool in_batch) {
+    hn::InfoNceProblem& p = A.p;
+    p.ldq = row_stride(q, "q");
+    p.q_type = vec_dtype(q, q_bf16, "q");
+    p.B = (size_t)q.shape(0);
+    p.d = (size_t)q.shape(1);
+    if (p.d == 0) throw std::invalid_argument("q must have at least one column");
+    p.q = q.data();
+    A.keep.push_back(q);
+    if (batch.size() < 1) throw std::invalid_argument("the positives segment is missing");
+    for (size_t k = 0; k < batch.size(); ++k) {
+        p.batch.push_back(to_segment(batch[k], p.d, k == 0 ? "pos" : "hard_negatives", A.keep));
+        if (p.batch.back().rows != p.B)
+            throw std::invalid_argument(std::string(k == 0 ? "pos" : "hard_negatives") + " must have B rows");
+    }
+    if (!memory.is_none()) p.memory = to_segment(memory, p.d, "memory", A.keep);
+    if (!pos_ids.is_none()) {
+        auto pi = checked<int64_t>(pos_ids, "pos_ids", 1);
+        if ((size_t)pi.shape(0) != p.B) throw std::invalid_argument("pos_ids must have one entry per query");
+        p.pos_ids = pi.data();
+        A.keep.push_back(pi);
+    }
+    if (!margin.is_none()) {
+        p.use_margin = true;
+        p.margin = margin.cast<float>();
+        if (!std::isfinite(p.margin)) throw std::invalid_argument("false_negative_margin must be finite");
+    }
+    for (double v : {scale, alpha_own_neg, alpha_other, alpha_mem})
+        if (!std::isfinite(v)) throw std::invalid_argument("scale and hardness_strength must be finite");
+    if (!(scale > 0)) throw std::invalid_argument("scale must be positive");
+    p.scale = (float)scale;
+    p.alpha_own_neg = (float)alpha_own_neg;
+    p.alpha_other = (float)alpha_other;
+    p.alpha_mem = (float)alpha_mem;
+    p.cosine = cosine;
+    p.in_batch = in_batch;
+}
+
+template <class T>
+py::array_t<T> vec_to_array(const std::vector<T>& v, py::ssize_t rows, py::ssize_t cols) {
+    py::array_t<T> a = cols > 0 ? py::array_t<T>({rows, cols}) : py::array_t<T>({rows});
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+}
+
+template <class T>
+void array_to_vec(const py::object& o, std::vector<T>& v, size_t n, const char* name) {
+    auto a = checked<T>(o, name, (int)py::array(o.cast<py::array>()).ndim());
+    if ((size_t)a.size() != n) throw std::invalid_argument(std::string("state ") + name + " has the wrong size");
+    v.assign(a.data(), a.data() + n);
+}
+
+py::tuple infonce_forward_impl(const py::array& q, bool q_bf16, const py::list& batch, const py::object& memory,
+                               const py::object& pos_ids, const py::object& margin, double scale,
+                               double alpha_own_neg, double alpha_other, double alpha_mem, bool cosine,
+                               bool in_batch, bool want_grad, int num_threads) {
+    if (num_threads < 1) throw std::invalid_argument("num_threads must be positive");
+    InfoNceArgs A;
+    build_problem(A, q, q_bf16, batch, memory, pos_ids, margin, scale, alpha_own_neg, alpha_other, alpha_mem,
+                  cosine, in_batch);
+    const auto B = (py::ssize_t)A.p.B, d = (py::ssize_t)A.p.d;
+    py::array_t<float> loss({B});
+    float* lp = loss.mutable_data();
+    hn::InfoNceState st;
+    {
+        py::gil_scoped_release nogil;
+        hn::infonce_forward(A.p, want_grad, lp, st, num_threads);
+    }
+    py::tuple state = py::make_tuple(vec_to_array(st.qhat, B, d), vec_to_array(st.qinv, B, 0),
+                                     vec_to_array(st.sim_pos, B, 0), vec_to_array(st.lnorm, B, 0),
+                                     want_grad ? py::object(vec_to_array(st.gq, B, d)) : py::object(py::none()));
+    return py::make_tuple(loss, state);
+}
+
+py::tuple infonce_backward_impl(const py::array& q, bool q_bf16, const py::list& batch, const py::object& memory,
+                                const py::object& pos_ids, const py::object& margin, double scale,
+                                double alpha_own_neg, double alpha_other, double alpha_mem, bool cosine,
+                                bool in_batch, const py::tuple& state, const py::object& g,
+                                const py::list& want_batch_grad, int num_threads) {
+    if (num_threads < 1) throw std::invalid_argument("num_threads must be positive");
+    InfoNceArgs A;
+    build_problem(A, q, q_bf16, batch, memory, pos_ids, margin, scale, alpha_own_neg, alpha_other, alpha_mem,
+                  cosine, in_batch);
+    const size_t B = A.p.B, d = A.p.d;
+    if (state.size() != 5 || state[4].is_none()) throw std::invalid_argument("forward state is incomplete");
+    hn::InfoNceState st;
+    array_to_vec<float>(state[0], st.qhat, B * d, "qhat");
+    array_to_vec<float>(state[1], st.qinv, B, "qinv");
+    array_to_vec<float>(state[2], st.sim_pos, B, "sim_pos");
+    array_to_vec<float>(state[3], st.lnorm, B, "lnorm");
+    array_to_vec<float>(state[4], st.gq, B * d, "gq");
+    auto ga = checked<float>(g, "grad_output", 1);
+    if ((size_t)ga.shape(0) != B) throw std::invalid_argument("grad_output must have B entries");
+    if (want_batch_grad.size() != A.p.batch.size()) throw std::invalid_argument("want_batch_grad has the wrong length");
+    py::array_t<float> gq({(py::ssize_t)B, (py::ssize_t)d});
+    py::list outs;
+    std::vector<float*> ptrs;
+    for (size_t k = 0; k < A.p.batch.size(); ++k) {
+        if (want_batch_grad[k].cast<bool>()) {
+            py::array_t<float> a({(py::ssize_t)B, (py::ssize_t)d});
+            ptrs.push_back(a.mutable_data());
+            outs.append(a);
+        } else {
+            ptrs.push_back(nullptr);
+            outs.append(py::none());
+        }
+    }
+    float* gqp = gq.mutable_data();
+    const float* gp = ga.data();
+    {
+        py::gil_scoped_release nogil;
+        hn::infonce_backward(A.p, st, gp, gqp, ptrs, num_threads);
+    }
+    return py::make_tuple(gq, outs);
+}
+
+}  // namespace
+
+void bind_losses(py::module_& m) {
+    m.def("memory_lse", &memory_lse_impl, py::arg("q"), py::arg("mem"), py::arg("mem_bf16"), py::arg("mem_ids"),
+          py::arg("pos_ids"), py::arg("thresholds"), py::arg("logit_scale"), py::arg("grad_scale"),
+          py::arg("cosine"), py::arg("want_grad"), py::arg("num_threads"),
+          "Fused streaming log-sum-exp of q x memory scores and its gradient w.r.t. q (private)");
+    m.def("infonce_forward", &infonce_forward_impl, py::arg("q"), py::arg("q_bf16"), py::arg("batch"),
+          py::arg("memory"), py::arg("pos_ids"), py::arg("margin"), py::arg("scale"), py::arg("alpha_own_neg"),
+          py::arg("alpha_other"), py::arg("alpha_mem"), py::arg("cosine"), py::arg("in_batch"),
+          py::arg("want_grad"), py::arg("num_threads"),
+          "Fused query->passage InfoNCE: per-row losses and the state for the backward (private)");
+    m.def("infonce_backward", &infonce_backward_impl, py::arg("q"), py::arg("q_bf16"), py::arg("batch"),
+          py::arg("memory"), py::arg("pos_ids"), py::arg("margin"), py::arg("scale"), py::arg("alpha_own_neg"),
+          py::arg("alpha_other"), py::arg("alpha_mem"), py::arg("cosine"), py::arg("in_batch"), py::arg("state"),
+          py::arg("grad_output"), py::arg("want_batch_grad"), py::arg("num_threads"),
+          "Gradients of the fused InfoNCE w.r.t. q and the in-batch passages (private)");
+}

@@ -16,6 +16,17 @@ from hardneg.fusion import fuse
 # --- scale-out: out-of-core streaming, torch.distributed sharding, faiss backend (issue 7)
 from hardneg import distributed, ooc
 # ---
+# --- losses (need torch: loaded on first attribute access, so `import hardneg` works without torch) ---
+_LOSSES_NAMES = ("InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss")
+
+
+def __getattr__(name):
+    if name in _LOSSES_NAMES:
+        from hardneg import losses as _losses
+
+        return getattr(_losses, name)
+    raise AttributeError(f"module 'hardneg' has no attribute {name!r}")
+# --- end losses ---
 
 __all__ = [
     "__version__",
@@ -33,4 +44,9 @@ __all__ = [
     "fuse",
     "distributed",
     "ooc",
+    # losses (lazy, need torch)
+    "InfoNCELoss",
+    "CrossBatchMemory",
+    "contrastive_scores",
+    "SentenceTransformersLoss",
 ]

@@ -1,0 +1,859 @@
+"""Contrastive (InfoNCE) losses with in-batch, hard and cross-batch negatives.
+
+Needs torch (``pip install hardneg[torch]``); ``import hardneg`` itself does not.
+
+Every query ``q_i`` is scored against its positive ``pos_i``, the other queries'
+positives, every hard negative in the batch (as sentence-transformers'
+``MultipleNegativesRankingLoss`` does), every entry of a :class:`CrossBatchMemory`
+and, with ``gather_across_devices=True``, the passages of the other ranks.
+
+The memory term is the expensive one (B x memory_size scores).  On CPU tensors
+it runs in a fused C++ kernel (``hardneg._core.memory_lse``): score tiles, a
+streaming log-sum-exp and the gradient w.r.t. the queries in the same pass, so
+neither the B x memory logits nor a concatenated copy of the memory are ever
+built.  On CUDA (or with ``backend="torch"``) the same algorithm runs in torch,
+chunked over the memory.  The small in-batch part (B x B(1+n)) is ordinary
+torch autograd code that follows sentence-transformers line by line.
+
+Masking (candidates removed from a query's softmax, see docs/losses.md):
+
+* ids: with ``pos_ids`` given, every candidate (other positive, hard negative,
+  memory entry) whose id equals the query's positive id, except the query's own
+  positive column.  Ids < 0 mean "unknown" and never match.
+* ``false_negative_margin=m``: every candidate of the query->passage direction
+  (in-batch passages and memory) whose raw similarity exceeds
+  ``s(q_i, pos_i) - m`` (the positive-aware filter of NV-Retriever, on the fly).
+* The positive itself is never masked, so a query whose negatives are all
+  masked has loss ``-(z_pos - log exp(z_pos)) = 0`` and zero gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hardneg._arrays import vectors_for_kernel
+from hardneg._threads import resolve_num_threads
+
+__all__ = ["InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss"]
+
+DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- memory
+class CrossBatchMemory(nn.Module):
+    """FIFO queue of detached passage embeddings and their ids (MoCo / XBM style).
+
+    Parameters
+    ----------
+    size : int
+        Capacity (rows).  The queue never grows beyond it: the oldest rows are
+        overwritten first.
+    dim : int
+        Embedding dimension.
+    dtype : torch.dtype, default torch.float32
+        Storage dtype (float32, float16, bfloat16 or float64); :meth:`enqueue` and the
+        loss require embeddings of this dtype.
+    device : torch.device or str, default "cpu"
+
+    Notes
+    -----
+    State lives in buffers (``embeddings`` (size, dim), ``ids`` (size,) int64, ``ptr``,
+    ``count``), so ``state_dict()`` / ``load_state_dict()`` save and restore it.  The
+    valid rows are always ``embeddings[:len(self)]`` (filled from row 0, then wrapped),
+    which is what the loss reads, without a copy.
+    """
+
+    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32,
+                 device: Union[str, torch.device] = "cpu") -> None:
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if dtype not in _FLOATS:
+            raise TypeError(f"dtype must be one of {_FLOATS}, got {dtype!r}")
+        self.register_buffer("embeddings", torch.zeros(int(size), int(dim), dtype=dtype, device=device))
+        self.register_buffer("ids", torch.full((int(size),), -1, dtype=torch.int64, device=device))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
+
+    @property
+    def size(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.dtype
+
+    def __len__(self) -> int:
+        return int(self.count)
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: Tensor, ids: Optional[Any] = None) -> None:
+        """Append rows (detached); the oldest rows are dropped once full.
+
+        Parameters
+        ----------
+        embeddings : Tensor (n, dim), the memory's dtype
+        ids : int64 (n,) tensor / array / list, optional
+            Passage ids used for false-negative masking; -1 (unknown) when omitted.
+        """
+        if not isinstance(embeddings, torch.Tensor):
+            raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"embeddings must have shape (n, {self.dim}), got {tuple(embeddings.shape)}")
+        if embeddings.dtype != self.dtype:
+            raise TypeError(f"embeddings dtype {embeddings.dtype} does not match the memory dtype {self.dtype}")
+        n = embeddings.shape[0]
+        if ids is None:
+            ids_t = torch.full((n,), -1, dtype=torch.int64, device=self.ids.device)
+        else:
+            ids_t = _as_ids(ids, "ids", self.ids.device).reshape(-1)
+            if ids_t.shape[0] != n:
+                raise ValueError(f"ids must have {n} entries (one per embedding), got {ids_t.shape[0]}")
+        if n == 0:
+            return
+        emb = embeddings.detach().to(self.embeddings.device)
+        if not bool(torch.isfinite(emb).all()):
+            raise ValueError("embeddings contain NaN or Inf")
+        if n >= self.size:  # only the newest `size` rows survive
+            emb, ids_t, n = emb[-self.size:], ids_t[-self.size:], self.size
+        pos = (int(self.ptr) + torch.arange(n, device=self.embeddings.device)) % self.size
+        self.embeddings[pos] = emb
+        self.ids[pos] = ids_t
+        self.ptr.fill_((int(self.ptr) + n) % self.size)
+        self.count.fill_(min(int(self.count) + n, self.size))
+
+    def get(self) -> Tuple[Tensor, Tensor]:
+        """Views ``(embeddings (len, dim), ids (len,))`` of the valid rows (no copy)."""
+        c = int(self.count)
+        return self.embeddings[:c], self.ids[:c]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.ptr.zero_()
+        self.count.zero_()
+        self.ids.fill_(-1)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.dim}, dtype={self.dtype}, filled={len(self)}"
+
+
+# ------------------------------------------------------------- memory log-sum-exp
+def _fused_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_ids: Optional[Tensor],
+                      thresholds: Optional[Tensor], logit_scale: float, grad_scale: float, cosine: bool,
+                      want_grad: bool, num_threads: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+    """C++ kernel on CPU tensors; everything is passed zero-copy as numpy views."""
+    from hardneg import _core
+
+    q32 = qn.detach().to(torch.float32).contiguous()
+    m_np, bf16 = vectors_for_kernel(mem, "memory")
+    lse, grad = _core.memory_lse(
+        q32.numpy(), m_np, bf16,
+        None if mem_ids is None else mem_ids.contiguous().numpy(),
+        None if pos_ids is None else pos_ids.contiguous().numpy(),
+        None if thresholds is None else thresholds.detach().to(torch.float32).contiguous().numpy(),
+        float(logit_scale), float(grad_scale), bool(cosine), bool(want_grad),
+        resolve_num_threads(num_threads))
+    return torch.from_numpy(lse), (torch.from_numpy(grad) if grad is not None else None)
+
+
+def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_ids: Optional[Tensor],
+                      thresholds: Optional[Tensor], logit_scale: float, grad_scale: float, cosine: bool,
+                      want_grad: bool, chunk: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+    """Same algorithm as the C++ kernel in torch (any device), chunked over the memory."""
+    q = qn.detach()
+    B, d = q.shape
+    dt = q.dtype
+    if chunk is None:
+        chunk = max(1, (1 << 22) // max(B, 1))  # <= 4 M scores per chunk
+    neg_inf = torch.tensor(float("-inf"), dtype=dt, device=q.device)
+    run_max = torch.full((B,), float("-inf"), dtype=dt, device=q.device)
+    run_sum = torch.zeros(B, dtype=dt, device=q.device)
+    acc = torch.zeros(B, d, dtype=dt, device=q.device) if want_grad else None
+    id_rows = pos_ids is not None and mem_ids is not None
+    for c0 in range(0, mem.shape[0], chunk):
+        x = mem[c0:c0 + chunk].to(dt)
+        if cosine:
+            x = F.normalize(x, p=2, dim=1)
+        sim = q @ x.T
+        mask = None
+        if thresholds is not None:
+            mask = sim > thresholds.to(dt)[:, None]
+        if id_rows:
+            m2 = (mem_ids[c0:c0 + chunk][None, :] == pos_ids[:, None]) & (pos_ids[:, None] >= 0)
+            mask = m2 if mask is None else mask | m2
+        z = sim * logit_scale
+        if mask is not None:
+            z = torch.where(mask, neg_inf, z)
+        new_max = torch.maximum(run_max, z.max(dim=1).values)
+        safe = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+        r = torch.exp(run_max - safe)
+        e = torch.exp(z - safe[:, None])
+        run_sum = run_sum * r + e.sum(dim=1)
+        if want_grad:
+            acc = acc * r[:, None] + e @ x
+        run_max = new_max
+    live = run_sum > 0
+    lse = torch.where(live, run_max + torch.log(torch.where(live, run_sum, torch.ones_like(run_sum))), neg_inf)
+    grad = None
+    if want_grad:
+        denom = torch.where(live, run_sum, torch.ones_like(run_sum))
+        grad = torch.where(live[:, None], acc * (grad_scale / denom)[:, None], torch.zeros_like(acc))
+    return lse, grad
+
+
+class _MemoryLSE(torch.autograd.Function):
+    """lse_i = logsumexp_j z_ij over the memory; dlse_i/dq_i is computed in the forward
+    pass (the memory needs no gradient), so backward only scales it."""
+
+    @staticmethod
+    def forward(ctx, qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale, cosine, backend,
+                num_threads, chunk):
+        want = bool(ctx.needs_input_grad[0])
+        if backend == "fused":
+            lse, grad = _fused_memory_lse(qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale,
+                                          cosine, want, num_threads)
+            lse = lse.to(qn.dtype)
+            grad = grad.to(qn.dtype) if grad is not None else None
+        else:
+            lse, grad = _torch_memory_lse(qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale,
+                                          cosine, want, chunk)
+        if want:
+            ctx.save_for_backward(grad)
+        return lse
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return (g[:, None] * grad,) + (None,) * 10
+
+
+def _np_ids(t: Optional[Tensor]):
+    return None if t is None else t.detach().to(torch.int64).contiguous().cpu().numpy()
+
+
+class _FusedInfoNCE(torch.autograd.Function):
+    """Per-row query->passage InfoNCE losses from the C++ kernel (CPU).
+
+    forward: one streaming pass over [positives | hard negatives | memory]; dloss_i/dq_i is
+    accumulated in the same pass.  backward: recomputes the in-batch score tiles (never the
+    memory's) to get the passages' gradients."""
+
+    @staticmethod
+    def _args(q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts):
+        qa, qbf = vectors_for_kernel(q.detach(), "q")
+        batch = []
+        pa, pbf = vectors_for_kernel(pos.detach(), "pos")
+        batch.append((pa, pbf, pos_ids, 0, 1))
+        n = 0 if hard is None else hard.shape[1]
+        for k in range(n):
+            ha, hbf = vectors_for_kernel(hard.detach()[:, k], "hard_negatives")
+            batch.append((ha, hbf, neg_ids, k, n) if neg_ids is not None else (ha, hbf, None, 0, 1))
+        memory = None
+        if mem_emb is not None:
+            ma, mbf = vectors_for_kernel(mem_emb, "memory")
+            memory = (ma, mbf, mem_ids if pos_ids is not None else None, 0, 1)
+        return (qa, qbf, batch, memory, pos_ids, opts["margin"], opts["scale"], opts["alpha_own_neg"],
+                opts["alpha_other"], opts["alpha_mem"], opts["cosine"], opts["in_batch"])
+
+    @staticmethod
+    def forward(ctx, q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts):
+        from hardneg import _core
+
+        if hard is not None:
+            hard = hard.contiguous()
+        args = _FusedInfoNCE._args(q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts)
+        want = any(ctx.needs_input_grad[:3])
+        nt = resolve_num_threads(opts["num_threads"])
+        loss, state = _core.infonce_forward(*args, want, nt)
+        if want:
+            # the memory is not needed by the backward (it has no gradient), and it may be
+            # enqueued into (modified in place) before backward runs
+            ctx.save_for_backward(q, pos, hard)
+            ctx.extra = (pos_ids, neg_ids, opts, state, nt)
+        return torch.from_numpy(loss)
+
+    @staticmethod
+    def backward(ctx, g):
+        from hardneg import _core
+
+        q, pos, hard = ctx.saved_tensors
+        pos_ids, neg_ids, opts, state, nt = ctx.extra
+        args = _FusedInfoNCE._args(q, pos, hard, None, pos_ids, neg_ids, None, opts)
+        n = 0 if hard is None else hard.shape[1]
+        want = [bool(ctx.needs_input_grad[1])] + [bool(ctx.needs_input_grad[2])] * n
+        gq, outs = _core.infonce_backward(*args, state, g.detach().to(torch.float32).contiguous().numpy(), want, nt)
+        grad_q = torch.from_numpy(gq).to(q.dtype) if ctx.needs_input_grad[0] else None
+        grad_pos = torch.from_numpy(outs[0]).to(pos.dtype) if outs[0] is not None else None
+        grad_hard = None
+        if n and ctx.needs_input_grad[2]:
+            grad_hard = torch.stack([torch.from_numpy(o) for o in outs[1:]], dim=1).to(hard.dtype)
+        return grad_q, grad_pos, grad_hard, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_ids(x: Any, name: str, device) -> Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"{name} must be integer ids, got {x.dtype}")
+        return x.detach().to(device=device, dtype=torch.int64)
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        if a.size == 0:
+            a = a.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must be integer ids, got {a.dtype}")
+    return torch.as_tensor(a.astype(np.int64), device=device)
+
+
+def _check_emb(x: Any, name: str) -> Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    return x
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _resolve_scale(temperature: Optional[float], scale: Optional[float]) -> float:
+    if scale is not None and temperature is not None:
+        raise ValueError("give either temperature or scale, not both")
+    if scale is not None:
+        s = float(scale)
+        if not (s > 0) or not math.isfinite(s):
+            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        return s
+    t = 0.05 if temperature is None else float(temperature)
+    if not (t > 0) or not math.isfinite(t):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    return 1.0 / t
+
+
+class _Batch:
+    """Validated inputs: q, pos (B, d), hard (B, n, d) or None, ids (B,), (B, n)."""
+
+    def __init__(self, q, pos, hard_negatives, pos_ids, neg_ids):
+        q = _check_emb(q, "q")
+        pos = _check_emb(pos, "pos")
+        if q.dim() != 2:
+            raise ValueError(f"q must be 2-D (B, d), got shape {tuple(q.shape)}")
+        if pos.dim() != 2:
+            raise ValueError(f"pos must be 2-D (B, d), got shape {tuple(pos.shape)}")
+        B, d = q.shape
+        if B == 0 or d == 0:
+            raise ValueError(f"q must have at least one row and one column, got shape {tuple(q.shape)}")
+        if pos.shape != q.shape:
+            raise ValueError(f"pos has shape {tuple(pos.shape)} but q has {tuple(q.shape)} (mismatched B or d)")
+        if pos.device != q.device:
+            raise ValueError(f"pos is on {pos.device} but q is on {q.device}")
+        hard = None
+        n = 0
+        if hard_negatives is not None:
+            hard = _check_emb(hard_negatives, "hard_negatives")
+            if hard.device != q.device:
+                raise ValueError(f"hard_negatives is on {hard.device} but q is on {q.device}")
+            if hard.dim() == 2:
+                if hard.shape[1] != d or hard.shape[0] % B:
+                    raise ValueError(f"hard_negatives of shape {tuple(hard.shape)} must be (B*n, {d}) with B={B}")
+                hard = hard.reshape(B, hard.shape[0] // B, d)
+            elif hard.dim() != 3 or hard.shape[0] != B or hard.shape[2] != d:
+                raise ValueError(f"hard_negatives must be (B, n, d) = ({B}, n, {d}) or (B*n, d), "
+                                 f"got {tuple(hard.shape)} (mismatched B or d)")
+            n = hard.shape[1]
+            if n == 0:
+                hard = None
+        self.pos_ids = self.neg_ids = None
+        if pos_ids is not None:
+            pid = _as_ids(pos_ids, "pos_ids", q.device).reshape(-1)
+            if pid.shape[0] != B:
+                raise ValueError(f"pos_ids must have B={B} entries, got {pid.shape[0]}")
+            self.pos_ids = pid
+        if neg_ids is not None:
+            if pos_ids is None:
+                raise ValueError("neg_ids needs pos_ids (a negative is masked when its id equals the positive's)")
+            nid = _as_ids(neg_ids, "neg_ids", q.device)
+            if nid.numel() != B * n:
+                raise ValueError(f"neg_ids must have B*n={B * n} entries (shape (B, n)), got shape {tuple(nid.shape)}")
+            self.neg_ids = nid.reshape(B, n)
+        for x, name in ((q, "q"), (pos, "pos"), (hard, "hard_negatives")):
+            if x is not None:
+                _check_finite(x, name)
+        self.q, self.pos, self.hard, self.B, self.d, self.n = q, pos, hard, B, d, n
+
+
+def _gather(t: Tensor, with_grad: bool) -> Tensor:
+    import torch.distributed as dist
+
+    if with_grad:
+        # the differentiable all_gather sentence-transformers uses: the backward sums every
+        # rank's gradient for a tensor back onto the rank that owns it
+        import warnings
+
+        from torch.distributed.nn.functional import all_gather as all_gather_grad
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather_grad(t), dim=0)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def _dist_info() -> Tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _log1p_sum_exp(x: Tensor) -> Tensor:
+    """log(1 + sum_j exp(x_ij)) per row, stable for any x (entries may be -inf)."""
+    if x.shape[1] == 0:
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    m = x.detach().max(dim=1).values.clamp(min=0.0)
+    s = torch.exp(x - m[:, None]).sum(dim=1)
+    return m + torch.log1p(torch.expm1(-m) + s)
+
+
+# -------------------------------------------------------------------------- loss
+class InfoNCELoss(nn.Module):
+    """InfoNCE / MultipleNegativesRankingLoss with hard negatives, a cross-batch memory,
+    false-negative masking and cross-device gathering.
+
+    Parameters
+    ----------
+    temperature : float, default 0.05
+        Logits are ``similarity / temperature``.  Give this or ``scale`` (= 1/temperature).
+    scale : float, optional
+        sentence-transformers' name for 1/temperature.
+    in_batch_negatives : bool, default True
+        Score each query against the other queries' positives and hard negatives too.
+        With False only its own positive, its own hard negatives and the memory remain
+        (only ``directions=("query_to_doc",)`` is allowed then).
+    symmetric : bool, default False
+        Shorthand for ``directions=("query_to_doc", "doc_to_query")`` with
+        ``partition_mode="per_direction"``.
+    memory : CrossBatchMemory, optional
+        Extra negatives for the query->passage direction (detached, no gradient).
+        The loss does not enqueue: call ``memory.enqueue(pos.detach(), pos_ids)`` after
+        the step.
+    gather_across_devices : bool, default False
+        All-gather queries/passages (and ids) over ``torch.distributed`` with gradients
+        flowing back to each rank's own tensors (as sentence-transformers does).  Every rank
+        must call the loss with the same B, n and the same optional arguments (ids given or
+        not), as for any collective.  The memory stays local to each rank.
+    false_negative_margin : float, optional
+        Mask query->passage candidates whose raw similarity exceeds s(q, pos) - margin.
+    similarity : {"cosine", "dot"}
+    directions, partition_mode, hardness_mode, hardness_strength
+        As in sentence-transformers' MultipleNegativesRankingLoss.  Memory entries count
+        as in-batch negatives of the query_to_doc direction (they get the hardness penalty
+        for "in_batch_negatives" and "all_negatives").
+    backend : {"auto", "fused", "torch"}
+        Memory term: "auto" = fused C++ kernel for CPU float32/16/bf16, torch otherwise.
+    num_threads : int, optional
+        Threads of the fused kernel (default: hardneg's default).
+    memory_chunk : int, optional
+        Memory rows per chunk of the torch path (default: 4 M scores per chunk).
+
+    forward(q, pos, hard_negatives=None, pos_ids=None, neg_ids=None) -> scalar Tensor
+        q, pos: (B, d); hard_negatives: (B, n, d) or (B*n, d) (query i's negatives are
+        rows i*n..i*n+n-1); pos_ids: (B,) int; neg_ids: (B, n) or (B*n,) int.
+    """
+
+    def __init__(self, temperature: Optional[float] = None, *, scale: Optional[float] = None,
+                 in_batch_negatives: bool = True, symmetric: bool = False,
+                 memory: Optional[CrossBatchMemory] = None, gather_across_devices: bool = False,
+                 false_negative_margin: Optional[float] = None, similarity: str = "cosine",
+                 directions: Optional[Sequence[str]] = None, partition_mode: Optional[str] = None,
+                 hardness_mode: Optional[str] = None, hardness_strength: float = 0.0,
+                 backend: str = "auto", num_threads: Optional[int] = None,
+                 memory_chunk: Optional[int] = None) -> None:
+        super().__init__()
+        self.scale = _resolve_scale(temperature, scale)
+        if similarity not in ("cosine", "dot"):
+            raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+        self.similarity = similarity
+        if directions is None:
+            directions = ("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",)
+        elif isinstance(directions, str):
+            directions = (directions,)
+        directions = tuple(directions)
+        if symmetric and "doc_to_query" not in directions:
+            directions = directions + ("doc_to_query",)
+        if not directions:
+            raise ValueError("directions: at least one direction must be specified")
+        bad = set(directions) - set(DIRECTIONS)
+        if bad:
+            raise ValueError(f"directions: invalid {sorted(bad)}; valid: {list(DIRECTIONS)}")
+        if "query_to_doc" not in directions:
+            raise ValueError("directions: 'query_to_doc' is required (it contains the positive pair)")
+        if len(set(directions)) != len(directions):
+            raise ValueError(f"directions: duplicates in {directions}")
+        self.directions = directions
+        if partition_mode is None:
+            partition_mode = "per_direction" if symmetric else "joint"
+        if partition_mode not in ("joint", "per_direction"):
+            raise ValueError(f"partition_mode must be 'joint' or 'per_direction', got {partition_mode!r}")
+        if partition_mode == "per_direction" and set(directions) & {"query_to_query", "doc_to_doc"}:
+            raise ValueError("partition_mode='per_direction' cannot be used with 'query_to_query' or "
+                             "'doc_to_doc' (their candidate pools do not contain the positive)")
+        self.partition_mode = partition_mode
+        self.symmetric = bool(symmetric)
+        if hardness_mode not in HARDNESS_MODES:
+            raise ValueError(f"hardness_mode must be one of {HARDNESS_MODES}, got {hardness_mode!r}")
+        hs = float(hardness_strength)
+        if not (hs >= 0) or not math.isfinite(hs):
+            raise ValueError(f"hardness_strength must be a non-negative number, got {hardness_strength!r}")
+        self.hardness_mode, self.hardness_strength = hardness_mode, hs
+        self.in_batch_negatives = bool(in_batch_negatives)
+        if not self.in_batch_negatives and directions != ("query_to_doc",):
+            raise ValueError("in_batch_negatives=False only works with directions=('query_to_doc',)")
+        if memory is not None and not isinstance(memory, CrossBatchMemory):
+            raise TypeError(f"memory must be a CrossBatchMemory, got {type(memory).__name__}")
+        self.memory = memory
+        self.gather_across_devices = bool(gather_across_devices)
+        if false_negative_margin is not None:
+            fm = float(false_negative_margin)
+            if not math.isfinite(fm):
+                raise ValueError(f"false_negative_margin must be finite, got {false_negative_margin!r}")
+            false_negative_margin = fm
+        self.false_negative_margin = false_negative_margin
+        if backend not in ("auto", "fused", "torch"):
+            raise ValueError(f"backend must be 'auto', 'fused' or 'torch', got {backend!r}")
+        self.backend = backend
+        self.num_threads = num_threads
+        if memory_chunk is not None and int(memory_chunk) <= 0:
+            raise ValueError(f"memory_chunk must be positive, got {memory_chunk!r}")
+        self.memory_chunk = memory_chunk
+        # query_to_doc on CPU runs entirely in C++; False keeps the torch in-batch part with the
+        # C++ memory kernel (the path other directions / gathering take; for tests)
+        self._full_kernel = True
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 / self.scale
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature:g}, similarity={self.similarity!r}, directions={self.directions}, "
+                f"partition_mode={self.partition_mode!r}, in_batch_negatives={self.in_batch_negatives}, "
+                f"hardness_mode={self.hardness_mode!r}, hardness_strength={self.hardness_strength}, "
+                f"false_negative_margin={self.false_negative_margin}, "
+                f"gather_across_devices={self.gather_across_devices}")
+
+    def get_config_dict(self) -> Dict[str, Any]:
+        return {"scale": self.scale, "similarity": self.similarity, "directions": self.directions,
+                "partition_mode": self.partition_mode, "in_batch_negatives": self.in_batch_negatives,
+                "hardness_mode": self.hardness_mode, "hardness_strength": self.hardness_strength,
+                "false_negative_margin": self.false_negative_margin,
+                "gather_across_devices": self.gather_across_devices,
+                "memory_size": None if self.memory is None else self.memory.size}
+
+    def _alphas(self) -> Tuple[float, float, float]:
+        """Hardness penalty factors (own hard negatives, other queries' passages, memory)."""
+        a = self.hardness_strength if self.hardness_mode is not None else 0.0
+        return {None: (0.0, 0.0, 0.0), "hard_negatives": (a, 0.0, 0.0),
+                "in_batch_negatives": (0.0, a, a), "all_negatives": (a, a, a)}[self.hardness_mode]
+
+    def _fused(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> Tensor:
+        """query_to_doc on CPU: the whole term in the C++ kernel (no B x N logits in memory)."""
+        own, other, memory_alpha = self._alphas()
+        opts = {"margin": self.false_negative_margin, "scale": self.scale, "alpha_own_neg": own,
+                "alpha_other": other, "alpha_mem": memory_alpha, "cosine": self.similarity == "cosine",
+                "in_batch": self.in_batch_negatives, "num_threads": self.num_threads}
+        mem_emb = mem_ids = None
+        if mem is not None and len(mem) > 0:
+            mem_emb, mem_ids = mem.get()
+        per_row = _FusedInfoNCE.apply(b.q, b.pos, b.hard, mem_emb, _np_ids(b.pos_ids),
+                                      None if b.neg_ids is None else _np_ids(b.neg_ids.reshape(-1)),
+                                      _np_ids(mem_ids), opts)
+        return per_row.mean().to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] = None,
+                pos_ids: Optional[Any] = None, neg_ids: Optional[Any] = None) -> Tensor:
+        b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids)
+        mem = self.memory
+        if mem is not None:
+            if mem.dim != b.d:
+                raise ValueError(f"memory has dim {mem.dim} but the embeddings have d={b.d}")
+            if mem.dtype != b.q.dtype:
+                raise TypeError(f"memory dtype {mem.dtype} does not match the embeddings' dtype {b.q.dtype}")
+            if mem.embeddings.device != b.q.device:
+                raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
+        rank, world = _dist_info()
+        gathering = self.gather_across_devices and world > 1
+        if (self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",)
+                and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
+            return self._fused(b, mem)
+        cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
+        B, n = b.B, b.n
+        queries = b.q.to(cdt)
+        docs = [b.pos.to(cdt)] + ([b.hard[:, k].to(cdt) for k in range(n)] if n else [])
+        pid = b.pos_ids
+        did = None
+        if pid is not None:
+            did = [pid] + [(b.neg_ids[:, k] if b.neg_ids is not None else torch.full_like(pid, -1))
+                           for k in range(n)]
+        offset = 0
+        if gathering:
+            queries = _gather(queries, True)
+            docs = [_gather(x, True) for x in docs]
+            if pid is not None:
+                pid = _gather(pid, False)
+                did = [_gather(x, False) for x in did]
+            offset = rank * B
+        WB = queries.shape[0]
+        dev = queries.device
+        cos = self.similarity == "cosine"
+        if cos:
+            queries = F.normalize(queries, p=2, dim=1)
+            docs = [F.normalize(x, p=2, dim=1) for x in docs]
+        docs_all = torch.cat(docs, dim=0)
+        local = torch.arange(offset, offset + B, device=dev)
+        rows = torch.arange(B, device=dev)
+        local_q = queries[local]
+        local_d = docs[0][local]
+        lpid = pid[local] if pid is not None else None
+        known = (lpid >= 0) if lpid is not None else None
+        doc_ids_all = torch.cat(did) if did is not None else None
+        ncol = WB * (1 + n)
+        own = torch.eye(WB, device=dev, dtype=torch.bool)[local].repeat(1, 1 + n)  # own positive + own negatives
+        own_pos = torch.zeros(B, ncol, device=dev, dtype=torch.bool)
+        own_pos[rows, local] = True
+
+        sims: Dict[str, Tensor] = {}
+        masks: Dict[str, Tensor] = {}
+        sims["query_to_doc"] = local_q @ docs_all.T
+        raw_pos = sims["query_to_doc"].detach()[rows, local]
+        m = torch.zeros(B, ncol, device=dev, dtype=torch.bool)
+        if not self.in_batch_negatives:
+            m |= ~own
+        if lpid is not None:
+            m |= (doc_ids_all[None, :] == lpid[:, None]) & known[:, None] & ~own_pos
+        if self.false_negative_margin is not None:
+            m |= (sims["query_to_doc"].detach() > (raw_pos - self.false_negative_margin)[:, None]) & ~own_pos
+        masks["query_to_doc"] = m
+        if "query_to_query" in self.directions:
+            sims["query_to_query"] = local_q @ queries.T
+            mq = torch.zeros(B, WB, device=dev, dtype=torch.bool)
+            mq[rows, local] = True  # q_i -> q_i
+            if lpid is not None:
+                mq |= (pid[None, :] == lpid[:, None]) & known[:, None]
+            masks["query_to_query"] = mq
+        if "doc_to_query" in self.directions:
+            sims["doc_to_query"] = (queries @ local_d.T).T
+            if lpid is not None:
+                md = (pid[None, :] == lpid[:, None]) & known[:, None]
+                md[rows, local] = False
+                masks["doc_to_query"] = md
+        if "doc_to_doc" in self.directions:
+            sims["doc_to_doc"] = (docs_all @ local_d.T).T
+            mdd = own.clone()  # documents of the same query
+            if lpid is not None:
+                mdd |= (doc_ids_all[None, :] == lpid[:, None]) & known[:, None]
+            masks["doc_to_doc"] = mdd
+
+        alpha = self.hardness_strength if self.hardness_mode is not None else 0.0
+        logits: Dict[str, Tensor] = {}
+        for key, s in sims.items():
+            z = s * self.scale
+            if key == "query_to_doc" and alpha > 0.0:
+                if self.hardness_mode == "hard_negatives":
+                    excl = ~own
+                    excl[:, :WB] = True
+                elif self.hardness_mode == "in_batch_negatives":
+                    excl = own
+                else:  # all_negatives
+                    excl = own.clone()
+                    excl[:, WB:] = False
+                z = z + torch.where(excl, torch.zeros_like(s), alpha * s.detach())
+            if key in masks:
+                z = z.masked_fill(masks[key], float("-inf"))
+            logits[key] = z
+        positive = logits["query_to_doc"][rows, local]
+
+        lse_mem = None
+        if mem is not None and len(mem) > 0:
+            memory_alpha = alpha if self.hardness_mode in ("in_batch_negatives", "all_negatives") else 0.0
+            mem_emb, mem_ids = mem.get()
+            thr = None
+            if self.false_negative_margin is not None:
+                thr = raw_pos - self.false_negative_margin
+            backend = self.backend
+            if backend == "auto":
+                backend = "fused" if dev.type == "cpu" and cdt == torch.float32 else "torch"
+            lse_mem = _MemoryLSE.apply(local_q, mem_emb, mem_ids if lpid is not None else None, lpid, thr,
+                                       self.scale + memory_alpha, self.scale, cos, backend, self.num_threads,
+                                       self.memory_chunk)
+            lse_mem = lse_mem.to(cdt)
+
+        # Per-row loss log Z - z_pos = log(1 + sum_{j != pos} exp(z_j - z_pos)), evaluated with
+        # log1p: the same value and gradient as cross_entropy, without the cancellation of two
+        # large numbers (large logits) or the rounding of 1 + tiny (a well-separated positive).
+        shift = positive[:, None]
+        q2d_rest = (logits["query_to_doc"] - shift).masked_fill(own_pos, float("-inf"))
+        if self.partition_mode == "joint":
+            parts = [q2d_rest] + [z - shift for k, z in logits.items() if k != "query_to_doc"]
+            if lse_mem is not None:
+                parts.append(lse_mem[:, None] - shift)
+            per_row = _log1p_sum_exp(torch.cat(parts, dim=1))
+        else:
+            parts = [q2d_rest] + ([lse_mem[:, None] - shift] if lse_mem is not None else [])
+            per_row = _log1p_sum_exp(torch.cat(parts, dim=1))
+            for key, z in logits.items():
+                if key != "query_to_doc":
+                    per_row = per_row + torch.logsumexp(z - shift, dim=1)
+            per_row = per_row / len(logits)
+        return per_row.mean()
+
+
+# ------------------------------------------------------------- scores for users
+def contrastive_scores(q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] = None, *,
+                       memory: Optional[Union[CrossBatchMemory, Tensor]] = None, pos_ids: Optional[Any] = None,
+                       neg_ids: Optional[Any] = None, memory_ids: Optional[Any] = None,
+                       temperature: Optional[float] = None, scale: Optional[float] = None,
+                       similarity: str = "cosine", false_negative_margin: Optional[float] = None,
+                       in_batch_negatives: bool = True) -> Tuple[Tensor, Tensor]:
+    """Materialised query->passage logits and the validity mask, for users' own losses.
+
+    Parameters
+    ----------
+    q, pos : Tensor (B, d)
+    hard_negatives : Tensor (B, n, d) or (B*n, d), optional
+    memory : CrossBatchMemory or Tensor (M, d), optional
+    pos_ids : (B,) int; neg_ids : (B, n) int; memory_ids : (M,) int (taken from a
+        CrossBatchMemory when one is given)
+    temperature / scale, similarity, false_negative_margin, in_batch_negatives
+        As in :class:`InfoNCELoss`.
+
+    Returns
+    -------
+    logits : Tensor (B, B + B*n + M), float32 (float64 for float64 input)
+        ``similarity * scale``; columns are ``[positives (B) | hard negatives, negative
+        k of query i at column B + k*B + i | memory (M)]``; the label of row i is column i.
+    mask : bool Tensor, same shape
+        True where the candidate takes part in row i's softmax (the rules of InfoNCELoss).
+        ``F.cross_entropy(logits.masked_fill(~mask, -inf), arange(B))`` equals
+        ``InfoNCELoss(...)`` with default directions.
+    """
+    s = _resolve_scale(temperature, scale)
+    if similarity not in ("cosine", "dot"):
+        raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+    b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids)
+    cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
+    B, n, dev = b.B, b.n, b.q.device
+    qs = b.q.to(cdt)
+    docs = [b.pos.to(cdt)] + [b.hard[:, k].to(cdt) for k in range(n)]
+    mem_ids = None
+    if memory is not None:
+        if isinstance(memory, CrossBatchMemory):
+            mem_emb, mem_ids = memory.get()
+        else:
+            mem_emb = _check_emb(memory, "memory")
+            if mem_emb.dim() != 2:
+                raise ValueError(f"memory must be 2-D (M, d), got shape {tuple(mem_emb.shape)}")
+            _check_finite(mem_emb, "memory")
+            if memory_ids is not None:
+                mem_ids = _as_ids(memory_ids, "memory_ids", dev).reshape(-1)
+                if mem_ids.shape[0] != mem_emb.shape[0]:
+                    raise ValueError("memory_ids must have one entry per memory row")
+        if mem_emb.shape[1] != b.d:
+            raise ValueError(f"memory has dim {mem_emb.shape[1]} but the embeddings have d={b.d}")
+        docs.append(mem_emb.to(device=dev, dtype=cdt))
+    if similarity == "cosine":
+        qs = F.normalize(qs, p=2, dim=1)
+        docs = [F.normalize(x, p=2, dim=1) for x in docs]
+    cand = torch.cat(docs, dim=0)
+    sim = qs @ cand.T
+    rows = torch.arange(B, device=dev)
+    ncol = cand.shape[0]
+    nb = B * (1 + n)
+    remove = torch.zeros(B, ncol, dtype=torch.bool, device=dev)
+    own_pos = torch.zeros_like(remove)
+    own_pos[rows, rows] = True
+    if not in_batch_negatives:
+        own = torch.eye(B, dtype=torch.bool, device=dev).repeat(1, 1 + n)
+        remove[:, :nb] |= ~own
+    if b.pos_ids is not None:
+        cid = [b.pos_ids] + [(b.neg_ids[:, k] if b.neg_ids is not None else torch.full_like(b.pos_ids, -1))
+                             for k in range(n)]
+        if memory is not None:
+            cid.append(mem_ids if mem_ids is not None else
+                       torch.full((ncol - nb,), -1, dtype=torch.int64, device=dev))
+        cid = torch.cat(cid)
+        remove |= (cid[None, :] == b.pos_ids[:, None]) & (b.pos_ids >= 0)[:, None] & ~own_pos
+    if false_negative_margin is not None:
+        raw_pos = sim.detach()[rows, rows]
+        remove |= (sim.detach() > (raw_pos - float(false_negative_margin))[:, None]) & ~own_pos
+    return sim * s, ~remove
+
+
+# --------------------------------------------------------- sentence-transformers
+class SentenceTransformersLoss(nn.Module):
+    """Makes :class:`InfoNCELoss` a sentence-transformers loss (``forward(sentence_features, labels)``).
+
+    Swap ``losses.MultipleNegativesRankingLoss(model, scale=20)`` for
+    ``SentenceTransformersLoss(model, temperature=0.05, memory=CrossBatchMemory(65536, dim))``
+    in a ``SentenceTransformerTrainer`` run.  Columns: (anchor, positive, negative_1, ...,
+    negative_n), as MultipleNegativesRankingLoss expects.  With a memory, the positives
+    (and hard negatives) of each training step are enqueued after the loss is computed
+    (only while gradients are enabled, i.e. not during evaluation).
+
+    Parameters
+    ----------
+    model : SentenceTransformer
+    enqueue_negatives : bool, default True
+        Also enqueue the hard-negative columns into the memory.
+    **loss_options
+        Any :class:`InfoNCELoss` argument.
+    """
+
+    def __init__(self, model: nn.Module, enqueue_negatives: bool = True, **loss_options: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = InfoNCELoss(**loss_options)
+        self.enqueue_negatives = bool(enqueue_negatives)
+
+    def compute_loss_from_embeddings(self, embeddings: Sequence[Tensor], labels: Optional[Tensor] = None) -> Tensor:
+        if len(embeddings) < 2:
+            raise ValueError(f"expected at least 2 embedding columns (anchor, positive), got {len(embeddings)}")
+        q, pos, negs = embeddings[0], embeddings[1], list(embeddings[2:])
+        hard = torch.stack(negs, dim=1) if negs else None
+        loss = self.loss(q, pos, hard_negatives=hard)
+        mem = self.loss.memory
+        if mem is not None and torch.is_grad_enabled():
+            mem.enqueue(pos.detach().to(mem.dtype))
+            if self.enqueue_negatives:
+                for x in negs:
+                    mem.enqueue(x.detach().to(mem.dtype))
+        return loss
+
+    def forward(self, sentence_features, labels: Optional[Tensor] = None) -> Tensor:
+        try:
+            from sentence_transformers.base.losses.merged_forward import embed_columns
+
+            embeddings = embed_columns(self.model, sentence_features)
+        except ImportError:  # older sentence-transformers
+            embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]
+        return self.compute_loss_from_embeddings(embeddings, labels)
+
+    def get_config_dict(self) -> Dict[str, Any]:
+        return self.loss.get_config_dict()
