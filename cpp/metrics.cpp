@@ -299,6 +299,12 @@ void fuse_ids(const FuseRun* runs, size_t n_runs, size_t nq, FuseMethod method, 
             }
             if (method == FuseMethod::CombMNZ)
                 for (auto& f : fused) f.sum *= double(f.count);
+            // Finite inputs can still overflow (huge weights: inf - inf = NaN); a NaN
+            // would break the strict weak order the sort below relies on.
+            for (auto& f : fused)
+                if (std::isnan(f.sum))
+                    throw std::invalid_argument("fused score of id " + std::to_string(f.id) +
+                                                " is NaN (weights or scores overflow)");
             const size_t keep = std::min(depth, fused.size());
             order.resize(fused.size());
             for (size_t j = 0; j < order.size(); ++j) order[j] = uint32_t(j);

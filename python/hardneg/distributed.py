@@ -320,7 +320,21 @@ def merge_topk_torch(scores: List[Any], ids: List[Any], k: int, metric: str = "i
     Parts are (Q, k_i) tensors with global ids (< 0 is padding); returns the best k
     by score (ascending for "l2"), ties by ascending id, padded with -1 / -inf (+inf).
     """
+    from hardneg.topk import _check_k, _check_metric
+
+    _check_metric(metric)
+    k = _check_k(k)
     torch = torch_module()
+    if torch is None:
+        raise ImportError("merge_topk_torch needs torch")
+    if len(scores) != len(ids) or not len(scores):
+        raise ValueError(f"scores and ids must be lists of the same positive length, got {len(scores)} and {len(ids)}")
+    for p, (x, y) in enumerate(zip(scores, ids)):
+        if not (is_torch(x) and is_torch(y)):
+            raise TypeError(f"scores[{p}] and ids[{p}] must be torch tensors")
+        if x.dim() != 2 or x.shape != y.shape or x.shape[0] != scores[0].shape[0]:
+            raise ValueError(f"scores[{p}] {tuple(x.shape)} and ids[{p}] {tuple(y.shape)} must be (Q, k_i) "
+                             "with the same Q for every part")
     s = torch.cat([x.to(torch.float32) for x in scores], dim=1)
     i = torch.cat([x.to(torch.int64) for x in ids], dim=1)
     largest = metric != "l2"

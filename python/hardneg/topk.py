@@ -318,6 +318,22 @@ def merge_topk(scores: List[np.ndarray], ids: List[np.ndarray], k: int, metric: 
     """
     _check_metric(metric)
     k = _check_k(k)
-    s = [np.ascontiguousarray(np.asarray(x), dtype=np.float32) for x in scores]
-    i = [np.ascontiguousarray(np.asarray(x), dtype=np.int64) for x in ids]
+    if not isinstance(scores, (list, tuple)) or not isinstance(ids, (list, tuple)):
+        raise TypeError("scores and ids must be lists of (Q, k_i) arrays")
+    if len(scores) != len(ids) or not scores:
+        raise ValueError(f"scores and ids must be lists of the same positive length, got {len(scores)} and {len(ids)}")
+    s, i = [], []
+    for p, (x, y) in enumerate(zip(scores, ids)):
+        x = np.asarray(x.detach().cpu() if is_torch(x) else x)
+        y = np.asarray(y.detach().cpu() if is_torch(y) else y)
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"scores[{p}] must be a real numeric array, got dtype {x.dtype}")
+        if y.size and y.dtype.kind not in "iu":
+            raise TypeError(f"ids[{p}] must be an integer array, got dtype {y.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        # NaN has no place in the ordering (the C++ sort needs a strict weak order)
+        if np.isnan(x).any():
+            raise ValueError(f"scores[{p}] contains NaN")
+        s.append(x)
+        i.append(np.ascontiguousarray(y, dtype=np.int64))
     return _core.merge_topk(s, i, metric == "l2", k, resolve_num_threads(num_threads))
