@@ -6,6 +6,7 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -43,7 +44,16 @@ void parallel_for(size_t n, int num_threads, size_t grain, F&& fn) {
     };
     std::vector<std::thread> pool;
     pool.reserve(nt - 1);
-    for (size_t t = 1; t < nt; ++t) pool.emplace_back(worker, (int)t);
+    for (size_t t = 1; t < nt; ++t) {
+        // Out of threads (a huge num_threads, a process limit): the threads already
+        // started share the chunks; an escaping exception here would destroy
+        // joinable threads, i.e. std::terminate.
+        try {
+            pool.emplace_back(worker, (int)t);
+        } catch (const std::system_error&) {
+            break;
+        }
+    }
     worker(0);
     for (auto& t : pool) t.join();
     if (err) std::rethrow_exception(err);
@@ -52,7 +62,7 @@ void parallel_for(size_t n, int num_threads, size_t grain, F&& fn) {
 // Static split of [0, n) into num_threads nearly equal ranges, one per thread.
 template <class F>
 void parallel_ranges(size_t n, int num_threads, F&& fn) {
-    size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, n));
+    size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), n));
     parallel_for(nt, (int)nt, 1, [&](size_t b, size_t e, int tid) {
         for (size_t t = b; t < e; ++t) fn(n * t / nt, n * (t + 1) / nt, tid);
     });

@@ -197,13 +197,17 @@ def campaign_index_methods(rec, rng):
     rec.run("DenseIndex.search after adds", lambda: idx.search(base[:3], k=4), _topk_check(3, 4, n))
     rec.run("DenseIndex(backend=bogus)", lambda: hn.DenseIndex(base, backend="bogus"), must_raise=True)
     rec.run("DenseIndex(num_threads=0)", lambda: hn.DenseIndex(base, num_threads=0), must_raise=True)
-    for nt in (0, -1, 1.5, "2", True):
+    for nt in (0, -1, 1.5, "2", True, 10**9, 2**40, 2**70):
         rec.run(f"topk(num_threads={nt!r})", lambda nt=nt: hn.topk(base[:2], base, k=2, num_threads=nt),
                 must_raise=True)
     for b in ("gpu", None, 1):
         rec.run(f"topk(backend={b!r})", lambda b=b: hn.topk(base[:2], base, k=2, backend=b), must_raise=True)
     rec.run("set_num_threads(0)", lambda: hn.set_num_threads(0), must_raise=True)
     rec.run("set_num_threads('x')", lambda: hn.set_num_threads("x"), must_raise=True)
+    rec.run("set_num_threads(10**9)", lambda: hn.set_num_threads(10**9), must_raise=True)
+    # more threads than work (and than cores): fine, same result
+    rec.run("topk(num_threads=64)", lambda: hn.topk(base[:3], base, k=4, num_threads=64),
+            _topk_check(3, 4, N, hn.topk(base[:3], base, k=4)))
 
 
 def campaign_merge(rec, rng):

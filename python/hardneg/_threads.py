@@ -15,6 +15,9 @@ import sys
 from typing import Optional
 
 _global_threads: Optional[int] = None
+# Upper bound for any thread count: the kernels size per-thread state by it, so an
+# absurd value (10**9) would ask for gigabytes before starting a single thread.
+MAX_THREADS = 1024
 
 
 def set_num_threads(n: Optional[int]) -> None:
@@ -31,6 +34,8 @@ def _check(n, name: str) -> int:
     n = int(n)
     if n <= 0:
         raise ValueError(f"{name} must be a positive integer or None, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"{name} must be at most {MAX_THREADS}, got {n}")
     return n
 
 
