@@ -63,6 +63,16 @@ class Recorder:
         return out
 
 
+def unaligned(a):
+    """A C-contiguous copy of ``a`` that starts at an odd byte offset (numpy flags it unaligned)."""
+    a = np.asarray(a)
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = buf[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
 def _np(x):
     if torch is not None and isinstance(x, torch.Tensor):
         return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
@@ -80,7 +90,8 @@ def vector_variants(rng, rows, d):
          ("col_stride", np.repeat(base, 2, axis=1)[:, ::2], "same"),
          ("row_stride", np.repeat(base, 2, axis=0)[::2], "same"),
          ("neg_stride", base[::-1][::-1], "same"), ("reversed", base[::-1].copy()[::-1], "same"),
-         ("list", base.tolist(), "same")]
+         ("list", base.tolist(), "same"), ("unaligned", unaligned(base), "same"),
+         ("unaligned_f16", unaligned(base.astype(np.float16)), "ok")]
     ro = base.copy()
     ro.flags.writeable = False
     v.append(("readonly", ro, "same"))
@@ -119,7 +130,8 @@ def exclude_variants(nq, n):
             ("oob", [[n]] * nq, "bad"), ("negative", [[-5]] * nq, "bad"), ("short", [[0]] * (nq + 1), "bad"),
             ("float_ids", [[0.5]] * nq, "bad"), ("bad_csr", (np.array([0, 5]), np.zeros(1, np.int64)), "bad"),
             ("csr_decreasing", (np.r_[0, 2, 1, np.full(nq - 2, 1)], np.zeros(1, np.int64)), "bad"),
-            ("huge_uint", [np.array([2**63 + 5], np.uint64)] * nq, "bad"), ("str", "abc", "bad")]
+            ("huge_uint", [np.array([2**63 + 5], np.uint64)] * nq, "bad"), ("str", "abc", "bad"),
+            ("csr_unaligned", (unaligned(np.arange(nq + 1)), unaligned(np.zeros(nq, np.int64))), "ok")]
 
 
 def _topk_check(nq, k, n, ref=None):
@@ -219,6 +231,8 @@ def campaign_merge(rec, rng):
     rec.run("merge ok", lambda: hn.merge_topk([s1, s2], [i1, i2], k=5), chk(5))
     rec.run("merge fortran/readonly", lambda: hn.merge_topk([np.asfortranarray(s1), s2[:, ::-1][:, ::-1]],
                                                               [i1.T.copy().T, i2], k=5), chk(5))
+    # views into a byte buffer at an odd offset (what distributed.topk's gather produces)
+    rec.run("merge unaligned", lambda: hn.merge_topk([unaligned(s1), s2], [unaligned(i1), i2], k=5), chk(5))
     nan = s1.copy()
     nan[1, 2] = np.nan
     nan_all = np.full((Q, 40), np.nan, np.float32)
@@ -261,6 +275,7 @@ def campaign_fuse(rec, rng):
             assert s.shape == (Q, depth) and i.shape == (Q, depth), f"{s.shape} {i.shape}"
             assert not np.isnan(s).any(), "NaN fused score"
         return c
+    rec.run("fuse(unaligned)", lambda: hn.fuse([(unaligned(sc[0]), unaligned(ids[0]))], method="combsum"), chk(6))
     for m in ("rrf", "combsum", "combmnz"):
         for nm in ("minmax", "zscore", "none"):
             rec.run(f"fuse({m},{nm})", lambda m=m, nm=nm: hn.fuse(runs, method=m, norm=nm, depth=8), chk(8))
@@ -314,6 +329,8 @@ def campaign_metrics(rec, rng):
     for lab, v in bad_ids:
         rec.run(f"evaluate(ids={lab})", lambda v=v: hn.evaluate(qrels, v, ["ndcg@10"], query_ids=qids,
                                                                  corpus_ids=cids), must_raise=True)
+    rec.run("evaluate(unaligned ids)", lambda: hn.evaluate(qrels, unaligned(ids), ["ndcg@10"], query_ids=qids,
+                                                            corpus_ids=cids), chk)
     if torch is not None:
         rec.run("evaluate(torch ids)", lambda: hn.evaluate(qrels, torch.from_numpy(ids), ["ndcg@10"],
                                                            query_ids=qids, corpus_ids=cids), chk)
@@ -535,6 +552,22 @@ def test_bad_input_campaign(tmp_path):
     rec = run_campaign(tmp_path)
     assert rec.calls > 300
     assert not rec.failures, f"{len(rec.failures)} of {rec.calls} calls broke the rule:\n" + "\n".join(rec.failures)
+
+
+def test_binding_rejects_unaligned_buffers():
+    """The C++ layer reads typed values: an unaligned view (odd byte offset) is a ValueError
+    there (the Python layer copies such inputs first; UBSan flagged the misaligned loads)."""
+    from hardneg import _core
+    s = unaligned(np.zeros((2, 3), np.float32))
+    i = unaligned(np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="aligned"):
+        _core.merge_topk([np.zeros((2, 3), np.float32)], [i], False, 2, 1)
+    with pytest.raises(ValueError, match="aligned"):
+        _core.topk(s, False, [(np.ones((4, 3), np.float32), False, None, 0)], "ip", 2, None, None, 1)
+    # the public functions copy them and give the aligned answer
+    ref = hn.merge_topk([np.zeros((2, 3), np.float32)], [np.zeros((2, 3), np.int64)], k=2)
+    out = hn.merge_topk([s], [i], k=2)
+    np.testing.assert_array_equal(out[1], ref[1])
 
 
 def test_campaign_subprocess_smoke(tmp_path):

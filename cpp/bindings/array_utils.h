@@ -19,9 +19,16 @@ inline std::string shape_str(const py::array& a) {
 
 // A 2-D array whose rows are contiguous (row stride may be larger than a row).
 // Returns the row stride in elements.
+// Elements must also be aligned to their size (a numpy view at an odd byte offset
+// is not): the kernels load them as typed values.
+inline bool is_aligned(const py::array& a) {
+    return (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0;
+}
+
 inline size_t row_stride(const py::array& a, const char* name) {
     if (a.ndim() != 2)
         throw std::invalid_argument(std::string(name) + " must be 2-D, got shape " + shape_str(a));
+    if (!is_aligned(a)) throw std::invalid_argument(std::string(name) + " is not aligned (copy it first)");
     const py::ssize_t it = a.itemsize();
     if (a.shape(0) == 0) return size_t(a.shape(1));
     if (a.shape(1) > 1 && a.strides(1) != it)
@@ -50,6 +57,7 @@ py::array_t<T> checked(const py::object& o, const char* name, int ndim) {
     auto a = py::reinterpret_borrow<py::array_t<T>>(o);
     if (a.ndim() != ndim) throw std::invalid_argument(std::string(name) + " has the wrong number of dimensions");
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+    if (!is_aligned(a)) throw std::invalid_argument(std::string(name) + " is not aligned (copy it first)");
     return a;
 }
 

@@ -82,7 +82,7 @@ def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
 
 def _rows_ok(a: np.ndarray) -> np.ndarray:
     """C-contiguous rows (a row slice is fine); anything else is copied to C order."""
-    if a.ndim == 2 and (a.shape[1] <= 1 or a.strides[1] == a.itemsize) and (
+    if a.ndim == 2 and a.flags.aligned and (a.shape[1] <= 1 or a.strides[1] == a.itemsize) and (
         a.shape[0] <= 1 or (a.strides[0] >= a.itemsize * a.shape[1] and a.strides[0] % a.itemsize == 0)
     ):
         return a

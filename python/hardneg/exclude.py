@@ -67,8 +67,8 @@ def to_csr(ids: Any, num_queries: int, num_ids: Optional[int], name: str = "excl
         indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
     else:
         raise TypeError(f"{name} must be None, a list of id lists, a -1 padded int array or (indptr, indices)")
-    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
-    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    indptr = np.require(indptr, dtype=np.int64, requirements=["C", "A"])
+    indices = np.require(indices, dtype=np.int64, requirements=["C", "A"])
     if num_ids is not None and indices.size and (indices.min() < 0 or indices.max() >= num_ids):
         bad = indices[(indices < 0) | (indices >= num_ids)][0]
         raise ValueError(f"{name} has id {int(bad)} outside the corpus range [0, {num_ids})")

@@ -149,11 +149,11 @@ def fuse(
             raise ValueError(f"runs[{i}] ids must be 2-D (Q, k), got shape {ids.shape}")
         if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"runs[{i}] ids must be integers, got dtype {ids.dtype}")
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        ids = np.require(ids, dtype=np.int64, requirements=["C", "A"])
         if s is not None:
             if is_torch(s):
                 s = s.detach().float().cpu().numpy()
-            s = np.ascontiguousarray(s, dtype=np.float32)
+            s = np.require(s, dtype=np.float32, requirements=["C", "A"])
             if s.shape != ids.shape:
                 raise ValueError(f"runs[{i}] scores {s.shape} and ids {ids.shape} differ in shape")
             if method != "rrf" and not np.isfinite(s[ids >= 0]).all():

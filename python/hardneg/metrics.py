@@ -269,8 +269,8 @@ def _ids_of(run: Any) -> np.ndarray:
         raise ValueError(f"ids must be 2-D (Q, k), got shape {ids.shape}")
     if ids.size and ids.dtype.kind not in "iu":
         raise TypeError(f"ids must hold integer row numbers, got dtype {ids.dtype}")
-    if ids.dtype != np.int64 or not ids.flags.c_contiguous:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.dtype != np.int64 or not ids.flags.c_contiguous or not ids.flags.aligned:
+        ids = np.require(ids, dtype=np.int64, requirements=["C", "A"])
     return ids
 
 

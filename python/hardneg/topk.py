@@ -330,10 +330,10 @@ def merge_topk(scores: List[np.ndarray], ids: List[np.ndarray], k: int, metric: 
             raise TypeError(f"scores[{p}] must be a real numeric array, got dtype {x.dtype}")
         if y.size and y.dtype.kind not in "iu":
             raise TypeError(f"ids[{p}] must be an integer array, got dtype {y.dtype}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.require(x, dtype=np.float32, requirements=["C", "A"])  # A: aligned (views of byte buffers)
         # NaN has no place in the ordering (the C++ sort needs a strict weak order)
         if np.isnan(x).any():
             raise ValueError(f"scores[{p}] contains NaN")
         s.append(x)
-        i.append(np.ascontiguousarray(y, dtype=np.int64))
+        i.append(np.require(y, dtype=np.int64, requirements=["C", "A"]))
     return _core.merge_topk(s, i, metric == "l2", k, resolve_num_threads(num_threads))
