@@ -181,7 +181,7 @@ void evaluate_ids(const int64_t* ids, size_t nq, size_t k, size_t ld, int64_t n_
                     const int64_t c = row[j];
                     if (j + 16 < kk)  // the bitset word of a later id
                         __builtin_prefetch(sp + std::min<uint64_t>(uint64_t(row[j + 16]) >> 6, wmax), 1);
-                    if (uint64_t(c + 1) > ncodes) {  // c < -1 or c >= n_codes: clean up, throw
+                    if (uint64_t(c) + 1 > ncodes) {  // c < -1 or c >= n_codes (no signed c + 1 overflow): clean up, throw
                         for (size_t jj = 0; jj < j; ++jj)
                             if (row[jj] >= 0) sp[row[jj] >> 6] = 0;
                         for (int64_t q = qb; q < qe; ++q)

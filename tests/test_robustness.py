@@ -214,6 +214,21 @@ def campaign_index_methods(rec, rng):
                 must_raise=True)
     for b in ("gpu", None, 1):
         rec.run(f"topk(backend={b!r})", lambda b=b: hn.topk(base[:2], base, k=2, backend=b), must_raise=True)
+    if torch is not None:  # the torch path (CUDA's, forced on CPU) with the same bad arguments
+        tb = torch.from_numpy(base)
+        rec.run("topk(torch backend)", lambda: hn.topk(tb[:2], tb, k=N + 2, backend="torch"), _topk_check(2, N + 2, N))
+        for klab, k, kk in K_VALUES:
+            if kk != "ok":
+                rec.run(f"topk(torch backend, k={klab})", lambda k=k: hn.topk(tb[:2], tb, k=k, backend="torch"),
+                        must_raise=kk == "bad")
+        for mb in (0, -1, 1.5, "x", None, float("nan")):
+            rec.run(f"topk(torch backend, memory_budget={mb!r})",
+                    lambda mb=mb: hn.topk(tb[:2], tb, k=3, backend="torch", memory_budget=mb), must_raise=True)
+        rec.run("topk(torch backend, memory_budget=1)",
+                lambda: hn.topk(tb[:2], tb, k=3, backend="torch", memory_budget=1), _topk_check(2, 3, N))
+        for lab, v, kind in vector_variants(rng, 3, D):
+            rec.run(f"topk(torch backend, queries={lab})", lambda v=v: hn.topk(v, tb, k=3, backend="torch"),
+                    _topk_check(3, 3, N) if kind in ("same", "ok") else None, must_raise=kind == "bad")
     rec.run("set_num_threads(0)", lambda: hn.set_num_threads(0), must_raise=True)
     rec.run("set_num_threads('x')", lambda: hn.set_num_threads("x"), must_raise=True)
     rec.run("set_num_threads(10**9)", lambda: hn.set_num_threads(10**9), must_raise=True)
@@ -325,7 +340,8 @@ def campaign_metrics(rec, rng):
     rec.run("evaluate dict ok", lambda: hn.evaluate(qrels, {"q0": {"d1": 1.0}}, ["ndcg@10"]), chk)
     bad_ids = [("oob", np.full((4, 5), 10)), ("neg", np.full((4, 5), -2)), ("float", ids + 0.5),
                ("1d", ids[0]), ("3d", ids[None]), ("str", ids.astype(str)), ("none", None), ("obj", ids.astype(object)),
-               ("rows", ids[:2]), ("huge", np.full((4, 5), 2**62))]
+               ("rows", ids[:2]), ("huge", np.full((4, 5), 2**62)),
+               ("int64 max", np.full((4, 5), np.iinfo(np.int64).max)), ("int64 min", np.full((4, 5), np.iinfo(np.int64).min))]
     for lab, v in bad_ids:
         rec.run(f"evaluate(ids={lab})", lambda v=v: hn.evaluate(qrels, v, ["ndcg@10"], query_ids=qids,
                                                                  corpus_ids=cids), must_raise=True)

@@ -27,7 +27,15 @@ def _check_k(k: Any) -> int:
         raise TypeError(f"k must be a positive integer, got {k!r}")
     if k <= 0:
         raise ValueError(f"k must be a positive integer, got {k}")
+    if k >= 2**32:  # ids are below 2^32: a larger k could only add padding (and a huge allocation)
+        raise ValueError(f"k must be below 2**32, got {k}")
     return int(k)
+
+
+def _check_budget(memory_budget: Any) -> int:
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer)) or memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive integer (bytes), got {memory_budget!r}")
+    return int(memory_budget)
 
 
 def _check_backend(backend: str) -> str:
@@ -207,6 +215,7 @@ class DenseIndex:
         return to_caller(scores, queries), to_caller(ids, queries)
 
     def _search_torch(self, queries, k, exclude, memory_budget):
+        memory_budget = _check_budget(memory_budget)
         torch = torch_module()
         if torch is None:
             raise ImportError("backend='torch' needs torch: pip install 'hardneg[torch]'")
@@ -221,6 +230,8 @@ class DenseIndex:
             raise ValueError(f"queries have dimension {q.shape[1]} but the corpus has dimension {self._dim}")
         if q.numel() and not bool(torch.isfinite(q).all()):
             raise ValueError("queries contains NaN or Inf")
+        if q.dtype == torch.float64 and q.numel() and not bool(torch.isfinite(q.detach().float()).all()):
+            raise ValueError("queries has values too large for float32")
         parts = self._torch_parts
         if not self._cuda:
             parts = []
