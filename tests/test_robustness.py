@@ -325,7 +325,7 @@ def campaign_fuse(rec, rng):
     over = [(big[0], ids[0]), (big[1], ids[0][:, :4])]
     rec.run("fuse(overflow)", lambda: hn.fuse(over, method="combsum", norm="none", weights=[1e300, 1e300],
                                               depth=5), chk(5))
-    rec.run("fuse(huge depth)", lambda: hn.fuse(runs, depth=2**62))
+    rec.run("fuse(huge depth)", lambda: hn.fuse(runs, depth=2**62), must_raise=True)
 
 
 def campaign_metrics(rec, rng):

@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -48,6 +49,15 @@ inline hn::DType vec_dtype(const py::array& a, bool bf16, const char* name) {
     if (k == 'f' && s == 2) return hn::DType::F16;
     throw std::invalid_argument(std::string(name) + " must be float32, float16 or bfloat16, got " +
                                 std::string(py::str(a.dtype())));
+}
+
+// Throws unless a (rows, cols) output of 8-byte elements has a representable
+// byte size (pybind11 computes strides as signed products: overflow is UB).
+inline void check_out_size(py::ssize_t rows, py::ssize_t cols, const char* name) {
+    const py::ssize_t lim = std::numeric_limits<py::ssize_t>::max() / 8;
+    if (rows < 0 || cols < 0 || (rows > 0 && cols > lim / rows))
+        throw std::invalid_argument(std::string(name) + " is too large: the output would have " + std::to_string(rows) +
+                                    " x " + std::to_string(cols) + " entries");
 }
 
 template <class T>

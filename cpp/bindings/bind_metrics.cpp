@@ -420,6 +420,7 @@ py::tuple fuse(const py::list& ids_list, const py::list& scores_list, const std:
         keep.push_back(ids);
         runs.push_back({p, s, (size_t)ids.shape(1), weights[r]});
     }
+    check_out_size((py::ssize_t)nq, (py::ssize_t)depth, "depth");
     py::array_t<float> so({(py::ssize_t)nq, (py::ssize_t)depth});
     py::array_t<int64_t> io({(py::ssize_t)nq, (py::ssize_t)depth});
     float* sp = so.mutable_data();

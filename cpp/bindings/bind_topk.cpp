@@ -73,6 +73,7 @@ py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list&
         ex.indices = ix.data();
     }
 
+    check_out_size((py::ssize_t)nq, k, "k");
     py::array_t<float> scores({(py::ssize_t)nq, k});
     py::array_t<int64_t> ids({(py::ssize_t)nq, k});
     float* so = scores.mutable_data();
@@ -107,6 +108,7 @@ py::tuple merge_impl(const py::list& parts_scores, const py::list& parts_ids, bo
         keep.push_back(s);
         keep.push_back(i);
     }
+    check_out_size(nq, k, "k");
     py::array_t<float> scores({nq, k});
     py::array_t<int64_t> ids({nq, k});
     float* so = scores.mutable_data();
