@@ -586,6 +586,34 @@ def test_binding_rejects_unaligned_buffers():
     np.testing.assert_array_equal(out[1], ref[1])
 
 
+def test_concurrent_calls_match_serial():
+    """The kernels release the GIL: calls from several Python threads at once (each with
+    its own worker threads, sharing one index and one Qrels) give the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(SEED)
+    corpus = rng.standard_normal((3000, 24)).astype(np.float32)
+    queries = rng.standard_normal((64, 24)).astype(np.float32)
+    idx = hn.DenseIndex(corpus, metric="cosine")
+    qrels = hn.Qrels.from_dict({f"q{i}": {f"d{j}": 1 for j in rng.integers(0, 3000, 3)} for i in range(64)})
+    qids, cids = [f"q{i}" for i in range(64)], [f"d{j}" for j in range(3000)]
+
+    def work(t):
+        s, i = idx.search(queries, k=20, exclude=[[t]] * 64, num_threads=2)
+        m = hn.merge_topk([s[:, :10], s[:, 10:]], [i[:, :10], i[:, 10:]], k=15, num_threads=2)
+        f = hn.fuse([(s, i), (m[0], m[1])], method="combmnz", depth=25, num_threads=2)
+        e = hn.evaluate(qrels, i, ["ndcg@10", "map"], per_query=True, query_ids=qids, corpus_ids=cids,
+                        num_threads=2)
+        return s, i, m, f, e
+    serial = [work(t % 3) for t in range(6)]
+    with ThreadPoolExecutor(6) as ex:
+        parallel = list(ex.map(lambda t: work(t % 3), range(6)))
+    for a, b in zip(serial, parallel):
+        for x, y in zip(a[:2] + a[2] + a[3], b[:2] + b[2] + b[3]):
+            np.testing.assert_array_equal(x, y)
+        for name in a[4]:
+            np.testing.assert_array_equal(a[4][name], b[4][name])
+
+
 def test_campaign_subprocess_smoke(tmp_path):
     """The same campaign (fewer random cases) in a child process: a crash is a failure here."""
     r = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True, text=True, timeout=300)
