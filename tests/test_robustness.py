@@ -482,6 +482,8 @@ def campaign_losses(rec, rng):
         ("temp str", lambda: losses.InfoNCELoss(temperature="x")),
         ("scale and temp", lambda: losses.InfoNCELoss(temperature=0.1, scale=10)),
         ("scale inf", lambda: losses.InfoNCELoss(scale=float("inf"))),
+        ("scale > f32 max", lambda: losses.InfoNCELoss(scale=1e39)),
+        ("temp tiny", lambda: losses.InfoNCELoss(temperature=1e-45)),
         ("similarity", lambda: losses.InfoNCELoss(similarity="euclid")),
         ("directions", lambda: losses.InfoNCELoss(directions=("sideways",))),
         ("margin nan", lambda: losses.InfoNCELoss(false_negative_margin=float("nan"))),

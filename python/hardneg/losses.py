@@ -331,6 +331,9 @@ def _check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _resolve_scale(temperature: Optional[float], scale: Optional[float]) -> float:
     if scale is not None and temperature is not None:
         raise ValueError("give either temperature or scale, not both")
@@ -338,10 +341,14 @@ def _resolve_scale(temperature: Optional[float], scale: Optional[float]) -> floa
         s = float(scale)
         if not (s > 0) or not math.isfinite(s):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        if s > _F32_MAX:  # the logits are float32: a larger scale makes every loss NaN
+            raise ValueError(f"scale must be at most {_F32_MAX:.4g} (float32), got {scale!r}")
         return s
     t = 0.05 if temperature is None else float(temperature)
     if not (t > 0) or not math.isfinite(t):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    if 1.0 / t > _F32_MAX:
+        raise ValueError(f"temperature is too small: 1/temperature overflows float32, got {temperature!r}")
     return 1.0 / t
 
 
