@@ -334,6 +334,12 @@ def _check_finite(x: Tensor, name: str) -> None:
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+def _number(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {v!r}")
+    return float(v)
+
+
 def _resolve_scale(temperature: Optional[float], scale: Optional[float]) -> float:
     if scale is not None and temperature is not None:
         raise ValueError("give either temperature or scale, not both")
@@ -526,7 +532,7 @@ class InfoNCELoss(nn.Module):
         self.symmetric = bool(symmetric)
         if hardness_mode not in HARDNESS_MODES:
             raise ValueError(f"hardness_mode must be one of {HARDNESS_MODES}, got {hardness_mode!r}")
-        hs = float(hardness_strength)
+        hs = _number(hardness_strength, "hardness_strength")
         if not (hs >= 0) or not math.isfinite(hs):
             raise ValueError(f"hardness_strength must be a non-negative number, got {hardness_strength!r}")
         self.hardness_mode, self.hardness_strength = hardness_mode, hs
@@ -538,7 +544,7 @@ class InfoNCELoss(nn.Module):
         self.memory = memory
         self.gather_across_devices = bool(gather_across_devices)
         if false_negative_margin is not None:
-            fm = float(false_negative_margin)
+            fm = _number(false_negative_margin, "false_negative_margin")
             if not math.isfinite(fm):
                 raise ValueError(f"false_negative_margin must be finite, got {false_negative_margin!r}")
             false_negative_margin = fm
@@ -547,8 +553,9 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"backend must be 'auto', 'fused' or 'torch', got {backend!r}")
         self.backend = backend
         self.num_threads = num_threads
-        if memory_chunk is not None and int(memory_chunk) <= 0:
-            raise ValueError(f"memory_chunk must be positive, got {memory_chunk!r}")
+        if memory_chunk is not None and (isinstance(memory_chunk, bool) or not isinstance(memory_chunk, (int, np.integer))
+                                         or memory_chunk <= 0):
+            raise ValueError(f"memory_chunk must be a positive integer, got {memory_chunk!r}")
         self.memory_chunk = memory_chunk
         # query_to_doc on CPU runs entirely in C++; False keeps the torch in-batch part with the
         # C++ memory kernel (the path other directions / gathering take; for tests)
