@@ -9,6 +9,10 @@ from hardneg._threads import get_num_threads, set_num_threads
 from hardneg.topk import DenseIndex, merge_topk, topk
 from hardneg.info import info, simd_level
 
+# --- bm25 (issue 3) ---
+from hardneg.bm25 import BM25
+# --- end bm25 ---
+
 __all__ = [
     "__version__",
     "DenseIndex",
@@ -18,4 +22,5 @@ __all__ = [
     "set_num_threads",
     "info",
     "simd_level",
+    "BM25",
 ]

@@ -1,0 +1,622 @@
+// BM25 tokeniser, inverted index and search.  See bm25.h for the layout.
+#include "bm25.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+
+#include "threads.h"
+#include "unicode_tables.h"
+
+namespace hn {
+namespace bm25 {
+
+// ------------------------------------------------------------------ formulas
+// The five variants exactly as bm25s 0.3 defines them (shared/reference/bm25.md).
+double idf(const Params& p, double df, double n) {
+    switch (p.method) {
+        case Method::Robertson: {
+            double inner = (n - df + 0.5) / (df + 0.5);
+            return std::log(inner < 1.0 ? 1.0 : inner);
+        }
+        case Method::Lucene: return std::log(1.0 + (n - df + 0.5) / (df + 0.5));
+        case Method::Atire: return std::log(n / df);
+        case Method::BM25L: return std::log((n + 1.0) / (df + 0.5));
+        case Method::BM25Plus: return std::log((n + 1.0) / df);
+    }
+    return 0;
+}
+
+double tf_part(const Params& p, double tf, double B) {
+    const double k1 = p.k1, d = p.delta;
+    switch (p.method) {
+        case Method::Robertson:
+        case Method::Lucene: return tf / (k1 * B + tf);
+        case Method::Atire: return (tf * (k1 + 1.0)) / (tf + k1 * B);
+        case Method::BM25L: {
+            const double c = tf / B;
+            return ((k1 + 1.0) * (c + d)) / (k1 + c + d);
+        }
+        case Method::BM25Plus: return ((k1 + 1.0) * tf) / (k1 * B + tf) + d;
+    }
+    return 0;
+}
+
+double tf_part_zero(const Params& p) {
+    if (p.method == Method::BM25L) return ((p.k1 + 1.0) * p.delta) / (p.k1 + p.delta);
+    if (p.method == Method::BM25Plus) return p.delta;
+    return 0.0;
+}
+
+// ----------------------------------------------------------------- tokeniser
+namespace {
+
+bool is_word_cp(uint32_t cp) {
+    if (cp < 128) return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || cp == '_';
+    int lo = 0, hi = unicode::kNumWordRanges - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) >> 1;
+        if (cp < unicode::kWordRanges[mid][0]) hi = mid - 1;
+        else if (cp > unicode::kWordRanges[mid][1]) lo = mid + 1;
+        else return true;
+    }
+    return false;
+}
+
+uint32_t lower_cp(uint32_t cp) {
+    if (cp < 128) return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
+    int lo = 0, hi = unicode::kNumLower - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) >> 1;
+        if (cp < unicode::kLower[mid][0]) hi = mid - 1;
+        else if (cp > unicode::kLower[mid][0]) lo = mid + 1;
+        else return unicode::kLower[mid][1];
+    }
+    return cp;
+}
+
+// Decodes one code point at s[i]; returns its byte length (>= 1).  Invalid or
+// truncated sequences, overlongs and surrogates decode as one byte of U+FFFD.
+inline size_t decode(const unsigned char* s, size_t n, size_t i, uint32_t& cp) {
+    const unsigned c = s[i];
+    if (c < 0x80) { cp = c; return 1; }
+    cp = 0xFFFD;
+    if (c < 0xC2 || c > 0xF4) return 1;
+    size_t len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (i + len > n) return 1;
+    uint32_t v = c & (0xFF >> (len + 1));
+    for (size_t j = 1; j < len; ++j) {
+        const unsigned cc = s[i + j];
+        if ((cc & 0xC0) != 0x80) return 1;
+        v = (v << 6) | (cc & 0x3F);
+    }
+    if ((len == 3 && v < 0x800) || (len == 4 && (v < 0x10000 || v > 0x10FFFF)) || (v >= 0xD800 && v < 0xE000))
+        return 1;
+    cp = v;
+    return len;
+}
+
+inline void append_utf8(std::string& out, uint32_t cp) {
+    if (cp < 0x80) out.push_back(char(cp));
+    else if (cp < 0x800) {
+        out.push_back(char(0xC0 | (cp >> 6)));
+        out.push_back(char(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+        out.push_back(char(0xE0 | (cp >> 12)));
+        out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(char(0x80 | (cp & 0x3F)));
+    } else {
+        out.push_back(char(0xF0 | (cp >> 18)));
+        out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
+        out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+        out.push_back(char(0x80 | (cp & 0x3F)));
+    }
+}
+
+// Calls emit(word) for every maximal run of 2+ word characters, lowercased
+// like Python's str.lower() (including U+0130 and the final sigma).
+template <class F>
+void for_each_token(std::string_view text, std::string& buf, F&& emit) {
+    const unsigned char* s = reinterpret_cast<const unsigned char*>(text.data());
+    const size_t n = text.size();
+    size_t i = 0, nchars = 0;
+    buf.clear();
+    while (i < n) {
+        const unsigned c = s[i];
+        if (c < 0x80) {  // ASCII fast path
+            if ((c | 0x20) - 'a' < 26u || c - '0' < 10u || c == '_') {
+                buf.push_back(char(c - 'A' < 26u ? c + 32 : c));
+                ++nchars;
+            } else {
+                if (nchars >= 2) emit(buf);
+                buf.clear();
+                nchars = 0;
+            }
+            ++i;
+            continue;
+        }
+        uint32_t cp;
+        const size_t len = decode(s, n, i, cp);
+        if (is_word_cp(cp)) {
+            if (cp == 0x130) {  // 'İ' -> "i" + combining dot above
+                buf.push_back('i');
+                append_utf8(buf, 0x307);
+            } else if (cp == 0x3A3) {  // 'Σ': final sigma after a word character, before a non-word one
+                uint32_t next = 0;
+                const bool at_end = i + len >= n;
+                if (!at_end) decode(s, n, i + len, next);
+                append_utf8(buf, (nchars > 0 && (at_end || !is_word_cp(next))) ? 0x3C2 : 0x3C3);
+            } else {
+                append_utf8(buf, lower_cp(cp));
+            }
+            ++nchars;
+        } else {
+            if (nchars >= 2) emit(buf);
+            buf.clear();
+            nchars = 0;
+        }
+        i += len;
+    }
+    if (nchars >= 2) emit(buf);
+}
+
+inline uint64_t hash_bytes(const char* p, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xFF51AFD7ED558CCDull);
+    while (n >= 8) {
+        uint64_t v;
+        std::memcpy(&v, p, 8);
+        h = (h ^ v) * 0xC2B2AE3D27D4EB4Full;
+        h ^= h >> 29;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t v = 0;
+    std::memcpy(&v, p, n);
+    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 32;
+    return h;
+}
+
+// Open-addressing string -> id table with the strings in one arena.
+struct WordTable {
+    std::vector<char> arena;
+    std::vector<uint64_t> starts{0};
+    std::vector<uint64_t> hashes;
+    std::vector<uint32_t> slots = std::vector<uint32_t>(1024, 0);  // id + 1, 0 = empty
+
+    size_t size() const { return hashes.size(); }
+    std::string_view word(size_t i) const { return {arena.data() + starts[i], size_t(starts[i + 1] - starts[i])}; }
+
+    uint32_t find_or_add(const std::string& w) {
+        const uint64_t h = hash_bytes(w.data(), w.size());
+        size_t mask = slots.size() - 1, pos = h & mask;
+        for (;;) {
+            const uint32_t s = slots[pos];
+            if (s == 0) break;
+            const uint32_t id = s - 1;
+            if (hashes[id] == h && starts[id + 1] - starts[id] == w.size() &&
+                std::memcmp(arena.data() + starts[id], w.data(), w.size()) == 0)
+                return id;
+            pos = (pos + 1) & mask;
+        }
+        const uint32_t id = uint32_t(hashes.size());
+        arena.insert(arena.end(), w.begin(), w.end());
+        starts.push_back(arena.size());
+        hashes.push_back(h);
+        slots[pos] = id + 1;
+        if (hashes.size() * 2 > slots.size()) grow();
+        return id;
+    }
+
+    void grow() {
+        std::vector<uint32_t> ns(slots.size() * 2, 0);
+        const size_t mask = ns.size() - 1;
+        for (uint32_t id = 0; id < hashes.size(); ++id) {
+            size_t pos = hashes[id] & mask;
+            while (ns[pos]) pos = (pos + 1) & mask;
+            ns[pos] = id + 1;
+        }
+        slots.swap(ns);
+    }
+};
+
+}  // namespace
+
+void tokenize_text(std::string_view text, std::vector<std::string>& out) {
+    std::string buf;
+    for_each_token(text, buf, [&](const std::string& w) { out.push_back(w); });
+}
+
+TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_threads) {
+    const size_t n = texts.size();
+    TokenBatch out;
+    out.offsets.assign(n + 1, 0);
+    if (n == 0) return out;
+    // Chunks of texts, each with its own word table; merged afterwards.
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, n));
+    const size_t nch = std::min(n, nt * 4);
+    std::vector<WordTable> tables(nch);
+    std::vector<std::vector<uint32_t>> toks(nch);
+    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        std::string buf;
+        for (size_t c = cb; c < ce; ++c) {
+            const size_t b = n * c / nch, e = n * (c + 1) / nch;
+            WordTable& tab = tables[c];
+            std::vector<uint32_t>& tk = toks[c];
+            for (size_t i = b; i < e; ++i) {
+                for_each_token(texts[i], buf, [&](const std::string& w) { tk.push_back(tab.find_or_add(w)); });
+                out.offsets[i + 1] = tk.size();  // local count, made global below
+            }
+        }
+    });
+    // Merge the chunk vocabularies (serial over distinct words per chunk).
+    WordTable global;
+    std::vector<std::vector<uint32_t>> remap(nch);
+    std::string tmp;
+    for (size_t c = 0; c < nch; ++c) {
+        remap[c].resize(tables[c].size());
+        for (size_t w = 0; w < tables[c].size(); ++w) {
+            tmp.assign(tables[c].word(w));
+            remap[c][w] = global.find_or_add(tmp);
+        }
+        std::vector<char>().swap(tables[c].arena);
+    }
+    std::vector<uint64_t> chunk_start(nch + 1, 0);
+    for (size_t c = 0; c < nch; ++c) chunk_start[c + 1] = chunk_start[c] + toks[c].size();
+    out.tokens.resize(chunk_start[nch]);
+    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        for (size_t c = cb; c < ce; ++c) {
+            const size_t b = n * c / nch, e = n * (c + 1) / nch;
+            for (size_t i = b; i < e; ++i) out.offsets[i + 1] += chunk_start[c];
+            const auto& rm = remap[c];
+            uint32_t* dst = out.tokens.data() + chunk_start[c];
+            for (size_t j = 0; j < toks[c].size(); ++j) dst[j] = rm[toks[c][j]];
+            std::vector<uint32_t>().swap(toks[c]);
+        }
+    });
+    out.words.reserve(global.size());
+    for (size_t w = 0; w < global.size(); ++w) out.words.emplace_back(global.word(w));
+    return out;
+}
+
+// --------------------------------------------------------------------- index
+int64_t Index::term_id(const std::string& term, bool create) {
+    auto it = term_ids.find(term);
+    if (it != term_ids.end()) return it->second;
+    if (!create) return -1;
+    if (terms.size() >= 0xFFFFFFFEull) throw std::length_error("BM25 vocabulary exceeds 2^32 terms");
+    const uint32_t id = uint32_t(terms.size());
+    terms.push_back(term);
+    term_ids.emplace(term, id);
+    return id;
+}
+
+void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs, int num_threads) {
+    if (ndocs == 0) return;
+    const size_t n_old = num_docs();
+    if (n_old + ndocs > 0xFFFFFFF0ull) throw std::length_error("BM25 supports at most 2^32 - 16 documents");
+    const size_t V = terms.size(), V_old = num_terms();
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, ndocs));
+    const size_t nch = nt;
+    for (size_t i = 0; i < toffs[ndocs]; ++i)
+        if (tokens[i] >= int64_t(V)) throw std::invalid_argument("token id outside the vocabulary");
+
+    // Pass 1, per chunk of documents: (term, tf) pairs of each document, its
+    // length, and per-term posting counts of the chunk.
+    std::vector<std::vector<uint32_t>> pt(nch), ptf(nch), cnt(nch);
+    std::vector<uint32_t> npairs(ndocs), new_len(ndocs);
+    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        std::vector<uint32_t> tmp;
+        for (size_t c = cb; c < ce; ++c) {
+            cnt[c].assign(V, 0);
+            const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
+            for (size_t d = b; d < e; ++d) {
+                tmp.clear();
+                for (uint64_t j = toffs[d]; j < toffs[d + 1]; ++j)
+                    if (tokens[j] >= 0) tmp.push_back(uint32_t(tokens[j]));
+                if (tmp.size() > 0xFFFFFFFFull) throw std::length_error("document too long");
+                new_len[d] = uint32_t(tmp.size());
+                std::sort(tmp.begin(), tmp.end());
+                uint32_t np = 0;
+                for (size_t j = 0; j < tmp.size();) {
+                    size_t r = j + 1;
+                    while (r < tmp.size() && tmp[r] == tmp[j]) ++r;
+                    pt[c].push_back(tmp[j]);
+                    ptf[c].push_back(uint32_t(r - j));
+                    ++cnt[c][tmp[j]];
+                    ++np;
+                    j = r;
+                }
+                npairs[d] = np;
+            }
+        }
+    });
+    // Per term: new postings count; cnt becomes each chunk's start within the term's new range.
+    std::vector<int64_t> new_cnt(V, 0);
+    parallel_ranges(V, int(nt), [&](size_t b, size_t e, int) {
+        for (size_t t = b; t < e; ++t) {
+            uint32_t run = 0;
+            for (size_t c = 0; c < nch; ++c) {
+                const uint32_t x = cnt[c][t];
+                cnt[c][t] = run;
+                run += x;
+            }
+            new_cnt[t] = run;
+        }
+    });
+    // Merged offsets: old postings of each term, then the new ones (higher ids).
+    std::vector<int64_t> off(V + 1, 0);
+    const int64_t* old_off = offsets.data();
+    for (size_t t = 0; t < V; ++t) {
+        const int64_t old_n = t < V_old ? old_off[t + 1] - old_off[t] : 0;
+        off[t + 1] = off[t] + old_n + new_cnt[t];
+    }
+    const size_t P = size_t(off[V]);
+    std::vector<uint32_t> nd(P), ntf(P);
+    const uint32_t* od = docs.data();
+    const uint32_t* otf = tfs.data();
+    parallel_ranges(V_old, int(nt), [&](size_t b, size_t e, int) {
+        for (size_t t = b; t < e; ++t) {
+            const int64_t ob = old_off[t], oe = old_off[t + 1];
+            std::memcpy(nd.data() + off[t], od + ob, sizeof(uint32_t) * size_t(oe - ob));
+            std::memcpy(ntf.data() + off[t], otf + ob, sizeof(uint32_t) * size_t(oe - ob));
+        }
+    });
+    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        for (size_t c = cb; c < ce; ++c) {
+            const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
+            size_t j = 0;
+            for (size_t d = b; d < e; ++d) {
+                const uint32_t gid = uint32_t(n_old + d);
+                for (uint32_t r = 0; r < npairs[d]; ++r, ++j) {
+                    const uint32_t t = pt[c][j];
+                    const int64_t old_n = t < V_old ? old_off[t + 1] - old_off[t] : 0;
+                    const size_t pos = size_t(off[t] + old_n + cnt[c][t]++);
+                    nd[pos] = gid;
+                    ntf[pos] = ptf[c][j];
+                }
+            }
+        }
+    });
+    std::vector<uint32_t> lens(n_old + ndocs);
+    if (n_old) std::memcpy(lens.data(), doc_len.data(), sizeof(uint32_t) * n_old);
+    double added = 0;
+    for (size_t d = 0; d < ndocs; ++d) {
+        lens[n_old + d] = new_len[d];
+        added += new_len[d];
+    }
+    offsets.set(std::move(off));
+    docs.set(std::move(nd));
+    tfs.set(std::move(ntf));
+    doc_len.set(std::move(lens));
+    total_len += added;
+    recompute_impacts(num_threads);
+}
+
+void Index::recompute_impacts(int num_threads) {
+    const size_t P = num_postings(), N = num_docs();
+    std::vector<float> imp(P);
+    const double lavg = avg_doc_len();
+    const double b = params.b, z = tf_part_zero(params);
+    const uint32_t* d = docs.data();
+    const uint32_t* tf = tfs.data();
+    const uint32_t* len = doc_len.data();
+    parallel_for(P, num_threads, 1 << 16, [&](size_t lo, size_t hi, int) {
+        for (size_t j = lo; j < hi; ++j) {
+            if (d[j] >= N) throw std::invalid_argument("posting with a document id outside the corpus");
+            const double B = lavg > 0 ? (1.0 - b) + b * double(len[d[j]]) / lavg : 1.0;
+            imp[j] = float(tf_part(params, double(tf[j]), B) - z);
+        }
+    });
+    impacts.set(std::move(imp));
+}
+
+void Index::validate_structure() const {
+    const size_t V = num_terms(), P = num_postings();
+    if (offsets.size() != terms.size() + 1) throw std::invalid_argument("offsets length does not match the vocabulary");
+    if (tfs.size() != P || impacts.size() != P) throw std::invalid_argument("posting arrays differ in length");
+    const int64_t* o = offsets.data();
+    if (o[0] != 0 || o[V] != int64_t(P)) throw std::invalid_argument("offsets must start at 0 and end at the posting count");
+    for (size_t t = 0; t < V; ++t)
+        if (o[t + 1] < o[t]) throw std::invalid_argument("offsets must be non-decreasing");
+    double tot = 0;
+    const uint32_t* len = doc_len.data();
+    for (size_t i = 0; i < num_docs(); ++i) tot += len[i];
+    if (std::fabs(tot - total_len) > 0.5) throw std::invalid_argument("document lengths do not match the stored total");
+}
+
+// Unique query terms (first-occurrence order) with weight count * idf, and the
+// tf = 0 base that bm25l / bm25+ give every document.
+void Index::query_terms(const Queries& q, size_t i, QueryTerms& out) const {
+    out.t.clear();
+    out.w.clear();
+    out.base = 0;
+    const double N = double(num_docs());
+    const int64_t* o = offsets.data();
+    const double z = tf_part_zero(params);
+    const size_t V = num_terms();
+    std::vector<uint32_t> cnt;
+    for (int64_t j = q.offsets[i]; j < q.offsets[i + 1]; ++j) {
+        const int64_t t = q.terms[j];
+        if (t < 0 || size_t(t) >= V) continue;
+        const int64_t df = o[t + 1] - o[t];
+        if (df == 0) continue;
+        const double id = idf(params, double(df), N);
+        if (z != 0) out.base += float(id * z);
+        size_t k = 0;
+        while (k < out.t.size() && out.t[k] != uint32_t(t)) ++k;
+        if (k == out.t.size()) {
+            out.t.push_back(uint32_t(t));
+            cnt.push_back(0);
+        }
+        ++cnt[k];
+    }
+    for (size_t k = 0; k < out.t.size(); ++k) {
+        const int64_t t = out.t[k];
+        out.w.push_back(float(double(cnt[k]) * idf(params, double(o[t + 1] - o[t]), N)));
+    }
+    // Terms with weight 0 (robertson / atire IDF of 0) add nothing: drop them.
+    size_t m = 0;
+    for (size_t k = 0; k < out.t.size(); ++k)
+        if (out.w[k] > 0) {
+            out.t[m] = out.t[k];
+            out.w[m] = out.w[k];
+            ++m;
+        }
+    out.t.resize(m);
+    out.w.resize(m);
+}
+
+namespace {
+
+struct Hit {
+    float s;
+    uint32_t id;
+};
+// a ranks before b: higher score, then lower id.
+inline bool better(const Hit& a, const Hit& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
+
+// Bounded heap of the k best hits; the worst is at the front.
+struct TopK {
+    std::vector<Hit> h;
+    size_t k = 0;
+    void reset(size_t kk) {
+        h.clear();
+        k = kk;
+    }
+    bool full() const { return h.size() >= k; }
+    const Hit& worst() const { return h.front(); }
+    void push(const Hit& x) {
+        if (h.size() < k) {
+            h.push_back(x);
+            std::push_heap(h.begin(), h.end(), better);
+        } else if (better(x, h.front())) {
+            std::pop_heap(h.begin(), h.end(), better);
+            h.back() = x;
+            std::push_heap(h.begin(), h.end(), better);
+        }
+    }
+    void write(float* s, int64_t* ids) {
+        std::sort(h.begin(), h.end(), better);
+        for (size_t r = 0; r < k; ++r) {
+            if (r < h.size()) {
+                s[r] = h[r].s;
+                ids[r] = h[r].id;
+            } else {
+                s[r] = -std::numeric_limits<float>::infinity();
+                ids[r] = -1;
+            }
+        }
+    }
+};
+
+}  // namespace
+
+void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
+                   int num_threads, float* out_scores, int64_t* out_ids) const {
+    const size_t N = num_docs();
+    if (N == 0) throw std::invalid_argument("the index is empty");
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, q.nq));
+    const int64_t* off = offsets.data();
+    const uint32_t* dd = docs.data();
+    const float* imp = impacts.data();
+    const float NEG = -std::numeric_limits<float>::infinity();
+    // Per-thread dense accumulator (zero between queries) and scratch.
+    std::vector<std::vector<float>> accs(nt);
+    parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
+        std::vector<float>& acc = accs[tid];
+        if (acc.empty()) acc.assign(N, 0.f);
+        QueryTerms qt;
+        TopK top;
+        std::vector<uint32_t> touched, ex;
+        for (size_t qi = qb; qi < qe; ++qi) {
+            query_terms(q, qi, qt);
+            top.reset(k);
+            ex.clear();
+            if (excl_indptr)
+                for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) ex.push_back(uint32_t(excl_indices[j]));
+            std::sort(ex.begin(), ex.end());
+            for (uint32_t d : ex) acc[d] = NEG;  // excluded: never counted as touched
+            size_t work = 0;
+            for (uint32_t t : qt.t) work += size_t(off[t + 1] - off[t]);
+            const bool dense = work * 4 > N;  // many postings: scan the accumulator instead of tracking
+            touched.clear();
+            // Term-at-a-time accumulation (the hot loop).  Every contribution is > 0.
+            for (size_t a = 0; a < qt.t.size(); ++a) {
+                const float w = qt.w[a];
+                const int64_t b = off[qt.t[a]], e = off[qt.t[a] + 1];
+                if (dense) {
+                    for (int64_t j = b; j < e; ++j) {
+                        const uint32_t d = dd[j];
+                        if (d >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
+                        acc[d] += w * imp[j];
+                    }
+                } else {
+                    for (int64_t j = b; j < e; ++j) {
+                        const uint32_t d = dd[j];
+                        if (d >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
+                        const float x = acc[d];
+                        if (x == 0.f) touched.push_back(d);
+                        acc[d] = x + w * imp[j];
+                    }
+                }
+            }
+            const float base = qt.base;
+            auto consider = [&](uint32_t d) {
+                const float x = acc[d];
+                if (x > 0.f) {
+                    const Hit h{base + x, d};
+                    if (!top.full() || better(h, top.worst())) top.push(h);
+                }
+            };
+            if (dense)
+                for (uint32_t d = 0; d < N; ++d) consider(d);
+            else
+                for (uint32_t d : touched) consider(d);
+            // bm25l / bm25+: documents without any query term still score `base`.
+            if (base > 0.f && !top.full())
+                for (uint32_t d = 0; d < N && !top.full(); ++d)
+                    if (acc[d] == 0.f) top.push(Hit{base, d});
+            if (dense)
+                std::fill(acc.begin(), acc.end(), 0.f);
+            else
+                for (uint32_t d : touched) acc[d] = 0.f;
+            for (uint32_t d : ex) acc[d] = 0.f;
+            top.write(out_scores + qi * k, out_ids + qi * k);
+        }
+    });
+}
+
+void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_threads, float* out) const {
+    const size_t N = num_docs();
+    const int64_t* off = offsets.data();
+    const uint32_t* dd = docs.data();
+    const float* imp = impacts.data();
+    parallel_for(q.nq, num_threads, 16, [&](size_t qb, size_t qe, int) {
+        QueryTerms qt;
+        for (size_t qi = qb; qi < qe; ++qi) {
+            query_terms(q, qi, qt);
+            for (size_t c = 0; c < m; ++c) {
+                const int64_t d = doc_ids[qi * m + c];
+                if (d < 0 || size_t(d) >= N) {
+                    out[qi * m + c] = -std::numeric_limits<float>::infinity();
+                    continue;
+                }
+                // Same order of additions as search(): bit-identical scores.
+                float x = 0.f;
+                for (size_t a = 0; a < qt.t.size(); ++a) {
+                    const uint32_t* b = dd + off[qt.t[a]];
+                    const uint32_t* e = dd + off[qt.t[a] + 1];
+                    const uint32_t* p = std::lower_bound(b, e, uint32_t(d));
+                    if (p != e && *p == uint32_t(d)) x += qt.w[a] * imp[p - dd];
+                }
+                out[qi * m + c] = x > 0.f ? qt.base + x : qt.base;
+            }
+        }
+    });
+}
+
+}  // namespace bm25
+}  // namespace hn
