@@ -411,6 +411,22 @@ void Index::recompute_impacts(int num_threads) {
         }
     });
     impacts.set(std::move(imp));
+    compute_bounds(num_threads);
+}
+
+void Index::compute_bounds(int num_threads) {
+    const size_t V = num_terms();
+    std::vector<float> mx(V, 0.f);
+    const int64_t* o = offsets.data();
+    const float* imp = impacts.data();
+    parallel_for(V, num_threads, 1024, [&](size_t b, size_t e, int) {
+        for (size_t t = b; t < e; ++t) {
+            float m = 0.f;
+            for (int64_t j = o[t]; j < o[t + 1]; ++j) m = std::max(m, imp[j]);
+            mx[t] = m;
+        }
+    });
+    max_impact.swap(mx);
 }
 
 void Index::validate_structure() const {
@@ -514,76 +530,192 @@ struct TopK {
 
 }  // namespace
 
+namespace {
+
+// First position in docs[p, e) holding an id >= d (galloping from p).
+inline size_t seek(const uint32_t* docs, size_t p, size_t e, uint32_t d) {
+    if (p >= e || docs[p] >= d) return p;
+    size_t lo = p, step = 1;
+    while (lo + step < e && docs[lo + step] < d) {
+        lo += step;
+        step <<= 1;
+    }
+    const size_t hi = std::min(lo + step, e);
+    return size_t(std::lower_bound(docs + lo + 1, docs + hi, d) - docs);
+}
+
+struct Scratch {
+    std::vector<float> acc;        // dense accumulator (exhaustive), zero between queries
+    std::vector<uint32_t> touched; // documents whose accumulator became non-zero
+    std::vector<uint32_t> ex;      // excluded ids of the query, sorted
+    std::vector<Hit> cand;
+    // MaxScore
+    std::vector<size_t> order, pos, end;
+    std::vector<double> cum;
+    std::vector<float> ub, cval;
+};
+
+}  // namespace
+
 void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
                    int num_threads, float* out_scores, int64_t* out_ids) const {
     const size_t N = num_docs();
     if (N == 0) throw std::invalid_argument("the index is empty");
+    if (max_impact.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
     const size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, q.nq));
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
     const float* imp = impacts.data();
     const float NEG = -std::numeric_limits<float>::infinity();
-    // Per-thread dense accumulator (zero between queries) and scratch.
-    std::vector<std::vector<float>> accs(nt);
+    std::vector<Scratch> scratch(nt);
     parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
-        std::vector<float>& acc = accs[tid];
-        if (acc.empty()) acc.assign(N, 0.f);
+        Scratch& S = scratch[tid];
         QueryTerms qt;
         TopK top;
-        std::vector<uint32_t> touched, ex;
         for (size_t qi = qb; qi < qe; ++qi) {
             query_terms(q, qi, qt);
             top.reset(k);
-            ex.clear();
+            S.ex.clear();
             if (excl_indptr)
-                for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) ex.push_back(uint32_t(excl_indices[j]));
-            std::sort(ex.begin(), ex.end());
-            for (uint32_t d : ex) acc[d] = NEG;  // excluded: never counted as touched
+                for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) S.ex.push_back(uint32_t(excl_indices[j]));
+            std::sort(S.ex.begin(), S.ex.end());
+            const size_t n = qt.t.size();
             size_t work = 0;
             for (uint32_t t : qt.t) work += size_t(off[t + 1] - off[t]);
-            const bool dense = work * 4 > N;  // many postings: scan the accumulator instead of tracking
-            touched.clear();
-            // Term-at-a-time accumulation (the hot loop).  Every contribution is > 0.
-            for (size_t a = 0; a < qt.t.size(); ++a) {
-                const float w = qt.w[a];
-                const int64_t b = off[qt.t[a]], e = off[qt.t[a] + 1];
-                if (dense) {
-                    for (int64_t j = b; j < e; ++j) {
-                        const uint32_t d = dd[j];
-                        if (d >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
-                        acc[d] += w * imp[j];
+            const float base = qt.base;
+            // MaxScore pays off when there are many more matching postings than results.
+            const bool use_maxscore = strategy == 2 || (strategy == 0 && n > 1 && work > 16 * k + 2048);
+            if (n == 0) {
+                // nothing matches: only the bm25l / bm25+ base (handled below)
+            } else if (use_maxscore) {
+                // ---- MaxScore, document at a time.  Terms sorted by upper bound;
+                // the prefix whose bounds sum to <= the k-th score is "non-essential":
+                // documents only in those lists cannot enter, so they are only probed.
+                S.order.resize(n);
+                S.ub.resize(n);
+                S.cum.resize(n);
+                S.pos.resize(n);
+                S.end.resize(n);
+                S.cval.assign(n, 0.f);
+                // Slack so that float rounding of the exact sum never beats a bound.
+                const double slack = 1.0 + 1e-6 + 2.4e-7 * double(n);
+                for (size_t a = 0; a < n; ++a) {
+                    S.order[a] = a;
+                    S.ub[a] = qt.w[a] * max_impact[qt.t[a]];
+                }
+                std::sort(S.order.begin(), S.order.end(), [&](size_t x, size_t y) { return S.ub[x] < S.ub[y]; });
+                double c = 0;
+                for (size_t i = 0; i < n; ++i) {
+                    c += double(S.ub[S.order[i]]);
+                    S.cum[i] = c * slack;
+                    S.pos[i] = size_t(off[qt.t[S.order[i]]]);
+                    S.end[i] = size_t(off[qt.t[S.order[i]] + 1]);
+                }
+                size_t first_ess = 0, exi = 0;
+                float theta = NEG;  // score of the k-th hit once the heap is full
+                auto cannot_enter = [&](double bound) { return top.full() && float(double(base) + bound) <= theta; };
+                for (;;) {
+                    uint32_t d = UINT32_MAX;
+                    for (size_t i = first_ess; i < n; ++i)
+                        if (S.pos[i] < S.end[i]) d = std::min(d, dd[S.pos[i]]);
+                    if (d == UINT32_MAX) break;
+                    if (d >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
+                    double x = 0;
+                    for (size_t i = first_ess; i < n; ++i) {
+                        if (S.pos[i] < S.end[i] && dd[S.pos[i]] == d) {
+                            const size_t a = S.order[i];
+                            const float v = qt.w[a] * imp[S.pos[i]];
+                            S.cval[a] = v;
+                            x += v;
+                            ++S.pos[i];
+                        }
                     }
-                } else {
-                    for (int64_t j = b; j < e; ++j) {
-                        const uint32_t d = dd[j];
-                        if (d >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
-                        const float x = acc[d];
-                        if (x == 0.f) touched.push_back(d);
-                        acc[d] = x + w * imp[j];
+                    while (exi < S.ex.size() && S.ex[exi] < d) ++exi;
+                    bool pruned = exi < S.ex.size() && S.ex[exi] == d;
+                    for (size_t i = first_ess; i-- > 0 && !pruned;) {
+                        if (cannot_enter(x + S.cum[i])) {
+                            pruned = true;
+                            break;
+                        }
+                        S.pos[i] = seek(dd, S.pos[i], S.end[i], d);
+                        if (S.pos[i] < S.end[i] && dd[S.pos[i]] == d) {
+                            const size_t a = S.order[i];
+                            const float v = qt.w[a] * imp[S.pos[i]];
+                            S.cval[a] = v;
+                            x += v;
+                        }
                     }
+                    if (!pruned) {
+                        // Exact score in query-term order: bit-identical to the exhaustive path.
+                        float s = 0.f;
+                        for (size_t a = 0; a < n; ++a) s += S.cval[a];
+                        const Hit h{base + s, d};
+                        if (!top.full() || better(h, top.worst())) {
+                            top.push(h);
+                            if (top.full()) {
+                                theta = top.worst().s;
+                                while (first_ess < n && cannot_enter(S.cum[first_ess])) ++first_ess;
+                            }
+                        }
+                    }
+                    std::fill(S.cval.begin(), S.cval.end(), 0.f);
+                }
+            } else {
+                // ---- Exhaustive term-at-a-time accumulation (every contribution is > 0).
+                if (S.acc.empty()) S.acc.assign(N, 0.f);
+                float* acc = S.acc.data();
+                for (uint32_t d : S.ex) acc[d] = NEG;  // excluded: never counted as touched
+                const bool dense = work * 4 > N;       // many postings: scan instead of tracking
+                S.touched.clear();
+                for (size_t a = 0; a < n; ++a) {
+                    const float w = qt.w[a];
+                    const int64_t b = off[qt.t[a]], e = off[qt.t[a] + 1];
+                    for (int64_t j = b; j < e; ++j)
+                        if (dd[j] >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
+                    if (dense) {
+                        for (int64_t j = b; j < e; ++j) acc[dd[j]] += w * imp[j];
+                    } else {
+                        for (int64_t j = b; j < e; ++j) {
+                            const uint32_t d = dd[j];
+                            const float x = acc[d];
+                            if (x == 0.f) S.touched.push_back(d);
+                            acc[d] = x + w * imp[j];
+                        }
+                    }
+                }
+                // Selection: candidates above a running threshold, then the k best.
+                S.cand.clear();
+                auto scan = [&](uint32_t d) {
+                    const float x = acc[d];
+                    if (x > 0.f) S.cand.push_back(Hit{base + x, d});
+                    acc[d] = 0.f;
+                };
+                if (dense)
+                    for (uint32_t d = 0; d < N; ++d) scan(d);
+                else
+                    for (uint32_t d : S.touched) scan(d);
+                for (uint32_t d : S.ex) acc[d] = 0.f;
+                if (S.cand.size() > k) {
+                    std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), better);
+                    S.cand.resize(k);
+                }
+                for (const Hit& h : S.cand) top.h.push_back(h);
+                std::make_heap(top.h.begin(), top.h.end(), better);
+            }
+            // bm25l / bm25+: documents without any query term still score `base`;
+            // when fewer than k matched, the first unmatched ids fill the rest.
+            if (base > 0.f && !top.full()) {
+                std::vector<uint32_t> have;
+                for (const Hit& h : top.h) have.push_back(h.id);
+                std::sort(have.begin(), have.end());
+                size_t hi = 0, exi = 0;
+                for (uint32_t d = 0; d < N && !top.full(); ++d) {
+                    while (hi < have.size() && have[hi] < d) ++hi;
+                    while (exi < S.ex.size() && S.ex[exi] < d) ++exi;
+                    if ((hi < have.size() && have[hi] == d) || (exi < S.ex.size() && S.ex[exi] == d)) continue;
+                    top.push(Hit{base, d});
                 }
             }
-            const float base = qt.base;
-            auto consider = [&](uint32_t d) {
-                const float x = acc[d];
-                if (x > 0.f) {
-                    const Hit h{base + x, d};
-                    if (!top.full() || better(h, top.worst())) top.push(h);
-                }
-            };
-            if (dense)
-                for (uint32_t d = 0; d < N; ++d) consider(d);
-            else
-                for (uint32_t d : touched) consider(d);
-            // bm25l / bm25+: documents without any query term still score `base`.
-            if (base > 0.f && !top.full())
-                for (uint32_t d = 0; d < N && !top.full(); ++d)
-                    if (acc[d] == 0.f) top.push(Hit{base, d});
-            if (dense)
-                std::fill(acc.begin(), acc.end(), 0.f);
-            else
-                for (uint32_t d : touched) acc[d] = 0.f;
-            for (uint32_t d : ex) acc[d] = 0.f;
             top.write(out_scores + qi * k, out_ids + qi * k);
         }
     });

@@ -88,6 +88,7 @@ class Index {
     Array<float> impacts;    // postings: tf part (minus its tf = 0 value)
     Array<uint32_t> doc_len; // per document, tokens after stopword removal
     double total_len = 0;
+    std::vector<float> max_impact;  // per term: the largest impact (MaxScore upper bounds)
 
     size_t num_docs() const { return doc_len.size(); }
     size_t num_terms() const { return offsets.size() ? offsets.size() - 1 : 0; }
@@ -103,6 +104,11 @@ class Index {
 
     // Recomputes every impact from tfs and doc lengths (after the average changed).
     void recompute_impacts(int num_threads);
+    // Recomputes max_impact from the impacts (after a load).
+    void compute_bounds(int num_threads);
+
+    // Search strategy: 0 = automatic, 1 = exhaustive term-at-a-time, 2 = MaxScore.
+    int strategy = 0;
 
     // Top-k per query: scores (nq, k) float32 and ids (nq, k) int64, best first,
     // ties by ascending id, padded with -inf / -1.  excl_indptr / excl_indices:

@@ -137,13 +137,15 @@ def test_scores_equal_bm25s_other_parameters(method, k1, b, delta):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("k", [1, 7, 100, 1000])
-def test_search_equals_full_ranking(method, k):
+@pytest.mark.parametrize("strategy", [0, 1, 2])
+def test_search_equals_full_ranking(method, k, strategy):
     rng = np.random.default_rng(4)
     docs, words = zipf_corpus(rng, 250, 300, 1, 40)
     n = len(docs)
     queries = [[words[j] for j in rng.integers(0, 300, size=int(rng.integers(1, 6)))] for _ in range(25)]
     queries += [[], ["nowhere_term"], ["everywhere"]]
     bm = hn.BM25(method=method, stopwords=None, stemmer=None).index(docs)
+    bm._core.strategy = strategy  # 1: exhaustive, 2: MaxScore, 0: automatic
     s, i = bm.search(queries, k=k, num_threads=2)
     assert s.dtype == np.float32 and i.dtype == np.int64 and s.shape == (len(queries), k)
     _, ranks = full_ranking(bm, queries, n)
@@ -173,8 +175,9 @@ def test_exclude_as_in_topk():
     rng = np.random.default_rng(5)
     docs, words = zipf_corpus(rng, 200, 100, 2, 20, unicode_words=False)
     queries = [[words[j] for j in rng.integers(0, 100, size=3)] for _ in range(12)]
-    for method in ("lucene", "bm25l"):
+    for method, strategy in (("lucene", 1), ("lucene", 2), ("bm25l", 1), ("bm25l", 2)):
         bm = hn.BM25(method=method, stopwords=None, stemmer=None).index(docs)
+        bm._core.strategy = strategy
         s0, i0 = bm.search(queries, k=30)
         excl = [list(i0[q, :: 3][i0[q, ::3] >= 0]) for q in range(len(queries))]
         s, i = bm.search(queries, k=10, exclude=excl)

@@ -153,6 +153,13 @@ void bind_bm25(py::module_& m) {
         .def_property_readonly("avg_doc_len", [](const PyIndex& ix) { return ix.avg_doc_len(); })
         .def_property_readonly("total_len", [](const PyIndex& ix) { return ix.total_len; })
         .def_property_readonly("terms", [](const PyIndex& ix) { return ix.terms; })
+        // 0 = automatic, 1 = exhaustive term-at-a-time, 2 = MaxScore (for tests and benchmarks).
+        .def_property(
+            "strategy", [](const PyIndex& ix) { return ix.strategy; },
+            [](PyIndex& ix, int s) {
+                if (s < 0 || s > 2) throw std::invalid_argument("strategy must be 0, 1 or 2");
+                ix.strategy = s;
+            })
         // Words of the batch that the word cache does not know yet (for documents,
         // also the words cached as "not in the vocabulary" by earlier queries).
         .def("unknown_words",
@@ -296,7 +303,8 @@ void bind_bm25(py::module_& m) {
         // Borrows the given arrays (kept alive by the index): used by load().
         .def("set_arrays",
              [](PyIndex& ix, const py::list& terms, const py::object& offsets, const py::object& docs,
-                const py::object& tfs, const py::object& impacts, const py::object& doc_len, double total_len) {
+                const py::object& tfs, const py::object& impacts, const py::object& doc_len, double total_len,
+                int num_threads) {
                  auto o = checked<int64_t>(offsets, "offsets", 1);
                  auto d = checked<uint32_t>(docs, "docs", 1);
                  auto t = checked<uint32_t>(tfs, "tfs", 1);
@@ -318,5 +326,9 @@ void bind_bm25(py::module_& m) {
                  ix.total_len = total_len;
                  ix.keep = {o, d, t, im, dl};
                  ix.validate_structure();
-             });
+                 py::gil_scoped_release nogil;
+                 ix.compute_bounds(num_threads);
+             },
+             py::arg("terms"), py::arg("offsets"), py::arg("docs"), py::arg("tfs"), py::arg("impacts"),
+             py::arg("doc_len"), py::arg("total_len"), py::arg("num_threads") = 1);
 }
