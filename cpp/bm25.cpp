@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 
@@ -405,7 +406,7 @@ void Index::recompute_impacts(int num_threads) {
     const uint32_t* len = doc_len.data();
     parallel_for(P, num_threads, 1 << 16, [&](size_t lo, size_t hi, int) {
         for (size_t j = lo; j < hi; ++j) {
-            if (d[j] >= N) throw std::invalid_argument("posting with a document id outside the corpus");
+            if (d[j] >= N) throw std::invalid_argument("posting with a document id outside the corpus");  // before len[] access
             const double B = lavg > 0 ? (1.0 - b) + b * double(len[d[j]]) / lavg : 1.0;
             imp[j] = float(tf_part(params, double(tf[j]), B) - z);
         }
@@ -415,14 +416,24 @@ void Index::recompute_impacts(int num_threads) {
 }
 
 void Index::compute_bounds(int num_threads) {
-    const size_t V = num_terms();
+    // Also checks the postings once (ids inside the corpus, strictly ascending per
+    // term), so the search loops need no checks even on a loaded index.
+    const size_t V = num_terms(), N = num_docs();
     std::vector<float> mx(V, 0.f);
     const int64_t* o = offsets.data();
     const float* imp = impacts.data();
+    const uint32_t* d = docs.data();
     parallel_for(V, num_threads, 1024, [&](size_t b, size_t e, int) {
         for (size_t t = b; t < e; ++t) {
             float m = 0.f;
-            for (int64_t j = o[t]; j < o[t + 1]; ++j) m = std::max(m, imp[j]);
+            uint32_t prev = 0;
+            for (int64_t j = o[t]; j < o[t + 1]; ++j) {
+                if (d[j] >= N || (j > o[t] && d[j] <= prev))
+                    throw std::invalid_argument("postings must hold ascending document ids inside the corpus");
+                prev = d[j];
+                if (!(imp[j] >= 0.f && imp[j] <= 1e30f)) throw std::invalid_argument("impacts must be finite and >= 0");
+                m = std::max(m, imp[j]);
+            }
             mx[t] = m;
         }
     });
@@ -443,46 +454,56 @@ void Index::validate_structure() const {
     if (std::fabs(tot - total_len) > 0.5) throw std::invalid_argument("document lengths do not match the stored total");
 }
 
-// Unique query terms (first-occurrence order) with weight count * idf, and the
-// tf = 0 base that bm25l / bm25+ give every document.
+// Unique query terms with weight count * idf and upper bound weight * max impact,
+// in the canonical order (upper bound descending, then term id) in which every
+// search path and score() add the contributions: results are bit-identical.
+// base: the tf = 0 part that bm25l / bm25+ give every document.
 void Index::query_terms(const Queries& q, size_t i, QueryTerms& out) const {
     out.t.clear();
     out.w.clear();
+    out.ub.clear();
     out.base = 0;
     const double N = double(num_docs());
     const int64_t* o = offsets.data();
     const double z = tf_part_zero(params);
     const size_t V = num_terms();
-    std::vector<uint32_t> cnt;
+    auto& tmp = out.tmp;
+    tmp.clear();
     for (int64_t j = q.offsets[i]; j < q.offsets[i + 1]; ++j) {
         const int64_t t = q.terms[j];
-        if (t < 0 || size_t(t) >= V) continue;
-        const int64_t df = o[t + 1] - o[t];
-        if (df == 0) continue;
-        const double id = idf(params, double(df), N);
-        if (z != 0) out.base += float(id * z);
-        size_t k = 0;
-        while (k < out.t.size() && out.t[k] != uint32_t(t)) ++k;
-        if (k == out.t.size()) {
-            out.t.push_back(uint32_t(t));
-            cnt.push_back(0);
-        }
-        ++cnt[k];
+        if (t < 0 || size_t(t) >= V || o[t + 1] == o[t]) continue;
+        if (z != 0) out.base += float(idf(params, double(o[t + 1] - o[t]), N) * z);
+        tmp.push_back(uint32_t(t));
     }
-    for (size_t k = 0; k < out.t.size(); ++k) {
-        const int64_t t = out.t[k];
-        out.w.push_back(float(double(cnt[k]) * idf(params, double(o[t + 1] - o[t]), N)));
-    }
-    // Terms with weight 0 (robertson / atire IDF of 0) add nothing: drop them.
-    size_t m = 0;
-    for (size_t k = 0; k < out.t.size(); ++k)
-        if (out.w[k] > 0) {
-            out.t[m] = out.t[k];
-            out.w[m] = out.w[k];
-            ++m;
+    std::sort(tmp.begin(), tmp.end());
+    for (size_t j = 0; j < tmp.size();) {
+        size_t r = j + 1;
+        while (r < tmp.size() && tmp[r] == tmp[j]) ++r;
+        const uint32_t t = tmp[j];
+        const float w = float(double(r - j) * idf(params, double(o[t + 1] - o[t]), N));
+        if (w > 0) {  // robertson / atire IDF of 0 adds nothing
+            out.t.push_back(t);
+            out.w.push_back(w);
+            out.ub.push_back(w * max_impact[t]);
         }
-    out.t.resize(m);
-    out.w.resize(m);
+        j = r;
+    }
+    auto& ord = out.ord;
+    ord.resize(out.t.size());
+    for (size_t a = 0; a < ord.size(); ++a) ord[a] = uint32_t(a);
+    std::sort(ord.begin(), ord.end(), [&](uint32_t x, uint32_t y) {
+        return out.ub[x] > out.ub[y] || (out.ub[x] == out.ub[y] && out.t[x] < out.t[y]);
+    });
+    std::vector<uint32_t> t2(ord.size());
+    std::vector<float> w2(ord.size()), u2(ord.size());
+    for (size_t a = 0; a < ord.size(); ++a) {
+        t2[a] = out.t[ord[a]];
+        w2[a] = out.w[ord[a]];
+        u2[a] = out.ub[ord[a]];
+    }
+    out.t.swap(t2);
+    out.w.swap(w2);
+    out.ub.swap(u2);
 }
 
 namespace {
@@ -550,9 +571,10 @@ struct Scratch {
     std::vector<uint32_t> ex;      // excluded ids of the query, sorted
     std::vector<Hit> cand;
     // MaxScore
-    std::vector<size_t> order, pos, end;
+    std::vector<size_t> pos, end;
     std::vector<double> cum;
-    std::vector<float> ub, cval;
+    std::vector<float> cval, vals;
+    std::vector<uint32_t> cand_ids;
 };
 
 }  // namespace
@@ -580,98 +602,90 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) S.ex.push_back(uint32_t(excl_indices[j]));
             std::sort(S.ex.begin(), S.ex.end());
             const size_t n = qt.t.size();
-            size_t work = 0;
-            for (uint32_t t : qt.t) work += size_t(off[t + 1] - off[t]);
             const float base = qt.base;
-            // MaxScore pays off when there are many more matching postings than results.
-            const bool use_maxscore = strategy == 2 || (strategy == 0 && n > 1 && work > 16 * k + 2048);
+            // Slack so that float rounding of an exact sum never exceeds a bound.
+            const double slack = 1.0 + 1e-6 + 2.4e-7 * double(n);
+            S.cum.assign(n + 1, 0.0);  // cum[i]: bound on the contributions of terms i.. (canonical order)
+            for (size_t i = n; i-- > 0;) S.cum[i] = S.cum[i + 1] + double(qt.ub[i]);
+            for (size_t i = 0; i < n; ++i) S.cum[i] *= slack;
+            int strat = strategy;
+            if (strat == 0) strat = 3;
             if (n == 0) {
                 // nothing matches: only the bm25l / bm25+ base (handled below)
-            } else if (use_maxscore) {
-                // ---- MaxScore, document at a time.  Terms sorted by upper bound;
-                // the prefix whose bounds sum to <= the k-th score is "non-essential":
-                // documents only in those lists cannot enter, so they are only probed.
-                S.order.resize(n);
-                S.ub.resize(n);
-                S.cum.resize(n);
+            } else if (strat == 2) {
+                // ---- MaxScore, document at a time.  Lists by ascending bound (i = n-1 .. 0);
+                // the lowest-bound lists whose bounds sum to <= the k-th score are
+                // "non-essential": documents only in them cannot enter, so they are only probed.
                 S.pos.resize(n);
                 S.end.resize(n);
                 S.cval.assign(n, 0.f);
-                // Slack so that float rounding of the exact sum never beats a bound.
-                const double slack = 1.0 + 1e-6 + 2.4e-7 * double(n);
-                for (size_t a = 0; a < n; ++a) {
-                    S.order[a] = a;
-                    S.ub[a] = qt.w[a] * max_impact[qt.t[a]];
-                }
-                std::sort(S.order.begin(), S.order.end(), [&](size_t x, size_t y) { return S.ub[x] < S.ub[y]; });
-                double c = 0;
                 for (size_t i = 0; i < n; ++i) {
-                    c += double(S.ub[S.order[i]]);
-                    S.cum[i] = c * slack;
-                    S.pos[i] = size_t(off[qt.t[S.order[i]]]);
-                    S.end[i] = size_t(off[qt.t[S.order[i]] + 1]);
+                    S.pos[i] = size_t(off[qt.t[i]]);
+                    S.end[i] = size_t(off[qt.t[i] + 1]);
                 }
-                size_t first_ess = 0, exi = 0;
-                float theta = NEG;  // score of the k-th hit once the heap is full
+                size_t n_ess = n, exi = 0;  // terms [0, n_ess) are essential
+                float theta = NEG;          // score of the k-th hit once the heap is full
                 auto cannot_enter = [&](double bound) { return top.full() && float(double(base) + bound) <= theta; };
                 for (;;) {
                     uint32_t d = UINT32_MAX;
-                    for (size_t i = first_ess; i < n; ++i)
+                    for (size_t i = 0; i < n_ess; ++i)
                         if (S.pos[i] < S.end[i]) d = std::min(d, dd[S.pos[i]]);
                     if (d == UINT32_MAX) break;
-                    if (d >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
                     double x = 0;
-                    for (size_t i = first_ess; i < n; ++i) {
+                    for (size_t i = 0; i < n_ess; ++i) {
                         if (S.pos[i] < S.end[i] && dd[S.pos[i]] == d) {
-                            const size_t a = S.order[i];
-                            const float v = qt.w[a] * imp[S.pos[i]];
-                            S.cval[a] = v;
+                            const float v = qt.w[i] * imp[S.pos[i]];
+                            S.cval[i] = v;
                             x += v;
                             ++S.pos[i];
                         }
                     }
                     while (exi < S.ex.size() && S.ex[exi] < d) ++exi;
                     bool pruned = exi < S.ex.size() && S.ex[exi] == d;
-                    for (size_t i = first_ess; i-- > 0 && !pruned;) {
-                        if (cannot_enter(x + S.cum[i])) {
+                    for (size_t i = n_ess; i < n && !pruned; ++i) {
+                        if (cannot_enter(x * slack + S.cum[i])) {
                             pruned = true;
                             break;
                         }
                         S.pos[i] = seek(dd, S.pos[i], S.end[i], d);
                         if (S.pos[i] < S.end[i] && dd[S.pos[i]] == d) {
-                            const size_t a = S.order[i];
-                            const float v = qt.w[a] * imp[S.pos[i]];
-                            S.cval[a] = v;
+                            const float v = qt.w[i] * imp[S.pos[i]];
+                            S.cval[i] = v;
                             x += v;
                         }
                     }
                     if (!pruned) {
-                        // Exact score in query-term order: bit-identical to the exhaustive path.
-                        float s = 0.f;
+                        float s = 0.f;  // exact score in canonical order
                         for (size_t a = 0; a < n; ++a) s += S.cval[a];
                         const Hit h{base + s, d};
                         if (!top.full() || better(h, top.worst())) {
                             top.push(h);
                             if (top.full()) {
                                 theta = top.worst().s;
-                                while (first_ess < n && cannot_enter(S.cum[first_ess])) ++first_ess;
+                                while (n_ess > 0 && cannot_enter(S.cum[n_ess - 1])) --n_ess;
                             }
                         }
                     }
                     std::fill(S.cval.begin(), S.cval.end(), 0.f);
                 }
             } else {
-                // ---- Exhaustive term-at-a-time accumulation (every contribution is > 0).
+                // ---- Term at a time, terms by descending bound, into a dense accumulator
+                // (every contribution is > 0, so acc == 0 means "not touched").  With
+                // strategy 3, once the k-th best partial score beats the bound of all
+                // remaining terms, no untouched document can enter: the remaining
+                // (long, low-IDF) lists are only probed for the surviving candidates.
                 if (S.acc.empty()) S.acc.assign(N, 0.f);
                 float* acc = S.acc.data();
                 for (uint32_t d : S.ex) acc[d] = NEG;  // excluded: never counted as touched
-                const bool dense = work * 4 > N;       // many postings: scan instead of tracking
+                bool dense = false;                    // stopped tracking touched documents
                 S.touched.clear();
-                for (size_t a = 0; a < n; ++a) {
-                    const float w = qt.w[a];
-                    const int64_t b = off[qt.t[a]], e = off[qt.t[a] + 1];
-                    for (int64_t j = b; j < e; ++j)
-                        if (dd[j] >= N) throw std::runtime_error("corrupt BM25 index: document id out of range");
+                size_t i = 0, remaining = 0;
+                for (size_t a = 0; a < n; ++a) remaining += size_t(off[qt.t[a] + 1] - off[qt.t[a]]);
+                bool probing = false;
+                for (; i < n; ++i) {
+                    const float w = qt.w[i];
+                    const int64_t b = off[qt.t[i]], e = off[qt.t[i] + 1];
+                    remaining -= size_t(e - b);
                     if (dense) {
                         for (int64_t j = b; j < e; ++j) acc[dd[j]] += w * imp[j];
                     } else {
@@ -681,26 +695,98 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                             if (x == 0.f) S.touched.push_back(d);
                             acc[d] = x + w * imp[j];
                         }
+                        if (S.touched.size() * 4 > N) dense = true;
+                    }
+                    // Early termination test, when it can save more than it costs.
+                    if (strat == 3 && !dense && i + 1 < n && S.touched.size() >= k && remaining > 2 * S.touched.size()) {
+                        S.vals.clear();
+                        for (uint32_t d : S.touched)
+                            if (acc[d] > 0.f) S.vals.push_back(acc[d]);
+                        if (S.vals.size() >= k) {
+                            std::nth_element(S.vals.begin(), S.vals.begin() + (k - 1), S.vals.end(), std::greater<float>());
+                            const float theta_s = base + S.vals[k - 1];
+                            if (float(double(base) + S.cum[i + 1]) < theta_s) {
+                                probing = true;
+                                ++i;
+                                // Candidates that may still reach the k-th score, by id.
+                                S.cand_ids.clear();
+                                for (uint32_t d : S.touched) {
+                                    const float x = acc[d];
+                                    if (x > 0.f && float(double(base) + double(x) * slack + S.cum[i]) >= theta_s)
+                                        S.cand_ids.push_back(d);
+                                }
+                                std::sort(S.cand_ids.begin(), S.cand_ids.end());
+                                for (size_t r = i; r < n && !S.cand_ids.empty(); ++r) {
+                                    const float w = qt.w[r];
+                                    size_t p = size_t(off[qt.t[r]]);
+                                    const size_t e = size_t(off[qt.t[r] + 1]);
+                                    if (e - p < 24 * S.cand_ids.size()) {
+                                        // Dense enough: one linear pass, updating touched documents only
+                                        // (non-candidates among them are never selected).
+                                        for (size_t j = p; j < e; ++j) {
+                                            const float x = acc[dd[j]];
+                                            if (x > 0.f) acc[dd[j]] = x + w * imp[j];
+                                        }
+                                    } else {
+                                        for (uint32_t d : S.cand_ids) {
+                                            p = seek(dd, p, e, d);
+                                            if (p == e) break;
+                                            if (dd[p] == d) acc[d] += w * imp[p];
+                                        }
+                                    }
+                                    // Drop candidates that can no longer reach the k-th score.
+                                    size_t m = 0;
+                                    for (uint32_t d : S.cand_ids)
+                                        if (float(double(base) + double(acc[d]) * slack + S.cum[r + 1]) >= theta_s)
+                                            S.cand_ids[m++] = d;
+                                    S.cand_ids.resize(m);
+                                }
+                                break;
+                            }
+                        }
                     }
                 }
-                // Selection: candidates above a running threshold, then the k best.
-                S.cand.clear();
-                auto scan = [&](uint32_t d) {
-                    const float x = acc[d];
-                    if (x > 0.f) S.cand.push_back(Hit{base + x, d});
-                    acc[d] = 0.f;
+                // Selection.  Small k: a bounded heap behind a threshold test that almost
+                // always fails; large k: gather the candidates and nth_element.
+                auto select = [&](const uint32_t* ids, size_t cnt, bool all) {
+                    const size_t ncand = all ? N : cnt;
+                    if (k * 16 < ncand) {
+                        float thr = NEG;
+                        for (size_t r = 0; r < ncand; ++r) {
+                            const uint32_t d = all ? uint32_t(r) : ids[r];
+                            const float x = acc[d];
+                            if (x > 0.f) {
+                                const float s = base + x;
+                                if (s >= thr) {
+                                    top.push(Hit{s, d});
+                                    if (top.full()) thr = top.worst().s;
+                                }
+                            }
+                        }
+                    } else {
+                        S.cand.clear();
+                        for (size_t r = 0; r < ncand; ++r) {
+                            const uint32_t d = all ? uint32_t(r) : ids[r];
+                            const float x = acc[d];
+                            if (x > 0.f) S.cand.push_back(Hit{base + x, d});
+                        }
+                        if (S.cand.size() > k) {
+                            std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), better);
+                            S.cand.resize(k);
+                        }
+                        for (const Hit& h : S.cand) top.h.push_back(h);
+                        std::make_heap(top.h.begin(), top.h.end(), better);
+                    }
                 };
-                if (dense)
-                    for (uint32_t d = 0; d < N; ++d) scan(d);
+                if (probing)
+                    select(S.cand_ids.data(), S.cand_ids.size(), false);
                 else
-                    for (uint32_t d : S.touched) scan(d);
+                    select(S.touched.data(), S.touched.size(), dense);
+                if (dense)
+                    std::fill(S.acc.begin(), S.acc.end(), 0.f);
+                else
+                    for (uint32_t d : S.touched) acc[d] = 0.f;
                 for (uint32_t d : S.ex) acc[d] = 0.f;
-                if (S.cand.size() > k) {
-                    std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), better);
-                    S.cand.resize(k);
-                }
-                for (const Hit& h : S.cand) top.h.push_back(h);
-                std::make_heap(top.h.begin(), top.h.end(), better);
             }
             // bm25l / bm25+: documents without any query term still score `base`;
             // when fewer than k matched, the first unmatched ids fill the rest.
@@ -723,6 +809,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
 
 void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_threads, float* out) const {
     const size_t N = num_docs();
+    if (max_impact.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
     const float* imp = impacts.data();

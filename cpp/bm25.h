@@ -107,7 +107,8 @@ class Index {
     // Recomputes max_impact from the impacts (after a load).
     void compute_bounds(int num_threads);
 
-    // Search strategy: 0 = automatic, 1 = exhaustive term-at-a-time, 2 = MaxScore.
+    // Search strategy: 0 = automatic, 1 = exhaustive term-at-a-time, 2 = MaxScore
+    // document at a time, 3 = term-at-a-time with MaxScore-style early termination.
     int strategy = 0;
 
     // Top-k per query: scores (nq, k) float32 and ids (nq, k) int64, best first,
@@ -124,9 +125,11 @@ class Index {
 
    private:
     struct QueryTerms {
-        std::vector<uint32_t> t;
-        std::vector<float> w;
+        std::vector<uint32_t> t;  // term ids, canonical order
+        std::vector<float> w;     // weights
+        std::vector<float> ub;    // upper bounds of the contributions
         float base = 0;
+        std::vector<uint32_t> tmp, ord;
     };
     void query_terms(const Queries& q, size_t i, QueryTerms& out) const;
 };
