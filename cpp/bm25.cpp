@@ -514,6 +514,9 @@ struct Hit {
 };
 // a ranks before b: higher score, then lower id.
 inline bool better(const Hit& a, const Hit& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
+struct Better {
+    bool operator()(const Hit& a, const Hit& b) const { return better(a, b); }
+};
 
 // Bounded heap of the k best hits; the worst is at the front.
 struct TopK {
@@ -528,15 +531,15 @@ struct TopK {
     void push(const Hit& x) {
         if (h.size() < k) {
             h.push_back(x);
-            std::push_heap(h.begin(), h.end(), better);
+            std::push_heap(h.begin(), h.end(), Better());
         } else if (better(x, h.front())) {
-            std::pop_heap(h.begin(), h.end(), better);
+            std::pop_heap(h.begin(), h.end(), Better());
             h.back() = x;
-            std::push_heap(h.begin(), h.end(), better);
+            std::push_heap(h.begin(), h.end(), Better());
         }
     }
     void write(float* s, int64_t* ids) {
-        std::sort(h.begin(), h.end(), better);
+        std::sort(h.begin(), h.end(), Better());
         for (size_t r = 0; r < k; ++r) {
             if (r < h.size()) {
                 s[r] = h[r].s;
@@ -677,10 +680,13 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 if (S.acc.empty()) S.acc.assign(N, 0.f);
                 float* acc = S.acc.data();
                 for (uint32_t d : S.ex) acc[d] = NEG;  // excluded: never counted as touched
-                bool dense = false;                    // stopped tracking touched documents
                 S.touched.clear();
                 size_t i = 0, remaining = 0;
                 for (size_t a = 0; a < n; ++a) remaining += size_t(off[qt.t[a] + 1] - off[qt.t[a]]);
+                // Early termination is only tried when the lists are long; otherwise
+                // touched documents are only tracked when they are few.
+                const bool try_early = strat == 3 && remaining > 16384 && remaining > 2 * k;
+                bool dense = !try_early && remaining * 4 > N;  // no tracking: scan the whole accumulator
                 bool probing = false;
                 for (; i < n; ++i) {
                     const float w = qt.w[i];
@@ -698,7 +704,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         if (S.touched.size() * 4 > N) dense = true;
                     }
                     // Early termination test, when it can save more than it costs.
-                    if (strat == 3 && !dense && i + 1 < n && S.touched.size() >= k && remaining > 2 * S.touched.size()) {
+                    if (try_early && !dense && i + 1 < n && S.touched.size() >= k && remaining > 2 * S.touched.size()) {
                         S.vals.clear();
                         for (uint32_t d : S.touched)
                             if (acc[d] > 0.f) S.vals.push_back(acc[d]);
@@ -752,8 +758,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     const size_t ncand = all ? N : cnt;
                     if (k * 16 < ncand) {
                         float thr = NEG;
-                        for (size_t r = 0; r < ncand; ++r) {
-                            const uint32_t d = all ? uint32_t(r) : ids[r];
+                        auto one = [&](uint32_t d) {
                             const float x = acc[d];
                             if (x > 0.f) {
                                 const float s = base + x;
@@ -762,6 +767,25 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                     if (top.full()) thr = top.worst().s;
                                 }
                             }
+                        };
+                        if (all) {
+                            // Blocks of 16 whose accumulators are all below the entry
+                            // threshold are skipped with one vectorisable test.
+                            constexpr size_t BL = 16;
+                            size_t d0 = 0;
+                            for (; d0 + BL <= N; d0 += BL) {
+                                float lim = 0.f;
+                                if (top.full())
+                                    lim = std::max(0.f, (thr - base) - 4e-7f * std::fabs(thr) - 1e-30f);
+                                const float* a = acc + d0;
+                                int any = 0;
+                                for (size_t r = 0; r < BL; ++r) any |= int(a[r] > lim);
+                                if (any)
+                                    for (size_t r = 0; r < BL; ++r) one(uint32_t(d0 + r));
+                            }
+                            for (; d0 < N; ++d0) one(uint32_t(d0));
+                        } else {
+                            for (size_t r = 0; r < cnt; ++r) one(ids[r]);
                         }
                     } else {
                         S.cand.clear();
@@ -771,11 +795,11 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                             if (x > 0.f) S.cand.push_back(Hit{base + x, d});
                         }
                         if (S.cand.size() > k) {
-                            std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), better);
+                            std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), Better());
                             S.cand.resize(k);
                         }
                         for (const Hit& h : S.cand) top.h.push_back(h);
-                        std::make_heap(top.h.begin(), top.h.end(), better);
+                        std::make_heap(top.h.begin(), top.h.end(), Better());
                     }
                 };
                 if (probing)
