@@ -494,8 +494,12 @@ void Index::query_terms(const Queries& q, size_t i, QueryTerms& out) const {
     std::sort(ord.begin(), ord.end(), [&](uint32_t x, uint32_t y) {
         return out.ub[x] > out.ub[y] || (out.ub[x] == out.ub[y] && out.t[x] < out.t[y]);
     });
-    std::vector<uint32_t> t2(ord.size());
-    std::vector<float> w2(ord.size()), u2(ord.size());
+    auto& t2 = out.t2;
+    auto& w2 = out.w2;
+    auto& u2 = out.u2;
+    t2.resize(ord.size());
+    w2.resize(ord.size());
+    u2.resize(ord.size());
     for (size_t a = 0; a < ord.size(); ++a) {
         t2[a] = out.t[ord[a]];
         w2[a] = out.w[ord[a]];
@@ -577,8 +581,65 @@ struct Scratch {
     std::vector<size_t> pos, end;
     std::vector<double> cum;
     std::vector<float> cval, vals;
+    std::vector<int32_t> bmax, vals_i;
     std::vector<uint32_t> cand_ids;
 };
+
+// The k best of a dense accumulator (acc > 0: a match; -inf: excluded).  Block
+// maxima first (the float bits of values >= 0 order like integers, so this
+// vectorises): the k-th largest block maximum is a lower bound of the k-th
+// score, as each of those k blocks holds a document that high.  Only blocks
+// above it are read, and their qualifying documents go to nth_element.
+template <size_t BL>
+void select_dense_bl(const float* acc, size_t N, size_t k, float base, Scratch& S, TopK& top) {
+    const size_t nb = N / BL;
+    S.bmax.resize(nb);
+    for (size_t b = 0; b < nb; ++b) {
+        const int32_t* a = reinterpret_cast<const int32_t*>(acc + b * BL);
+        int32_t m = 0;
+        for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
+        S.bmax[b] = m;
+    }
+    float lo = 0.f;  // candidates: x > 0 and x >= lo
+    S.vals_i.clear();
+    for (size_t b = 0; b < nb; ++b)
+        if (S.bmax[b] > 0) S.vals_i.push_back(S.bmax[b]);
+    if (S.vals_i.size() >= k) {
+        std::nth_element(S.vals_i.begin(), S.vals_i.begin() + (k - 1), S.vals_i.end(), std::greater<int32_t>());
+        float th;
+        std::memcpy(&th, &S.vals_i[k - 1], 4);
+        // Margin so that a document tying the k-th score after adding `base` is kept.
+        lo = std::max(0.f, th - (std::fabs(base) + th) * 4e-7f);
+    }
+    int32_t lo_i;
+    std::memcpy(&lo_i, &lo, 4);
+    S.cand.clear();
+    for (size_t b = 0; b < nb; ++b) {
+        if (S.bmax[b] <= 0 || S.bmax[b] < lo_i) continue;
+        for (size_t r = b * BL; r < (b + 1) * BL; ++r) {
+            const float x = acc[r];
+            if (x > 0.f && x >= lo) S.cand.push_back(Hit{base + x, uint32_t(r)});
+        }
+    }
+    for (size_t r = nb * BL; r < N; ++r) {
+        const float x = acc[r];
+        if (x > 0.f && x >= lo) S.cand.push_back(Hit{base + x, uint32_t(r)});
+    }
+    if (S.cand.size() > k) {
+        std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), Better());
+        S.cand.resize(k);
+    }
+    top.h.assign(S.cand.begin(), S.cand.end());
+    std::make_heap(top.h.begin(), top.h.end(), Better());
+}
+
+// Blocks small enough that there are several times k of them.
+void select_dense(const float* acc, size_t N, size_t k, float base, Scratch& S, TopK& top) {
+    if (N >= 16 * 4 * k) return select_dense_bl<16>(acc, N, k, base, S, top);
+    if (N >= 8 * 4 * k) return select_dense_bl<8>(acc, N, k, base, S, top);
+    if (N >= 4 * 4 * k) return select_dense_bl<4>(acc, N, k, base, S, top);
+    return select_dense_bl<2>(acc, N, k, base, S, top);
+}
 
 }  // namespace
 
@@ -612,7 +673,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             for (size_t i = n; i-- > 0;) S.cum[i] = S.cum[i + 1] + double(qt.ub[i]);
             for (size_t i = 0; i < n; ++i) S.cum[i] *= slack;
             int strat = strategy;
-            if (strat == 0) strat = 3;
+            if (strat == 0) strat = 1;  // measured fastest on SciFact and Zipf corpora up to 200k docs
             if (n == 0) {
                 // nothing matches: only the bm25l / bm25+ base (handled below)
             } else if (strat == 2) {
@@ -755,10 +816,14 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 // Selection.  Small k: a bounded heap behind a threshold test that almost
                 // always fails; large k: gather the candidates and nth_element.
                 auto select = [&](const uint32_t* ids, size_t cnt, bool all) {
-                    const size_t ncand = all ? N : cnt;
-                    if (k * 16 < ncand) {
+                    if (all) {
+                        select_dense(acc, N, k, base, S, top);
+                        return;
+                    }
+                    if (k * 16 < cnt) {
                         float thr = NEG;
-                        auto one = [&](uint32_t d) {
+                        for (size_t r = 0; r < cnt; ++r) {
+                            const uint32_t d = ids[r];
                             const float x = acc[d];
                             if (x > 0.f) {
                                 const float s = base + x;
@@ -767,30 +832,11 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                     if (top.full()) thr = top.worst().s;
                                 }
                             }
-                        };
-                        if (all) {
-                            // Blocks of 16 whose accumulators are all below the entry
-                            // threshold are skipped with one vectorisable test.
-                            constexpr size_t BL = 16;
-                            size_t d0 = 0;
-                            for (; d0 + BL <= N; d0 += BL) {
-                                float lim = 0.f;
-                                if (top.full())
-                                    lim = std::max(0.f, (thr - base) - 4e-7f * std::fabs(thr) - 1e-30f);
-                                const float* a = acc + d0;
-                                int any = 0;
-                                for (size_t r = 0; r < BL; ++r) any |= int(a[r] > lim);
-                                if (any)
-                                    for (size_t r = 0; r < BL; ++r) one(uint32_t(d0 + r));
-                            }
-                            for (; d0 < N; ++d0) one(uint32_t(d0));
-                        } else {
-                            for (size_t r = 0; r < cnt; ++r) one(ids[r]);
                         }
                     } else {
                         S.cand.clear();
-                        for (size_t r = 0; r < ncand; ++r) {
-                            const uint32_t d = all ? uint32_t(r) : ids[r];
+                        for (size_t r = 0; r < cnt; ++r) {
+                            const uint32_t d = ids[r];
                             const float x = acc[d];
                             if (x > 0.f) S.cand.push_back(Hit{base + x, d});
                         }

@@ -129,7 +129,8 @@ class Index {
         std::vector<float> w;     // weights
         std::vector<float> ub;    // upper bounds of the contributions
         float base = 0;
-        std::vector<uint32_t> tmp, ord;
+        std::vector<uint32_t> tmp, ord, t2;
+        std::vector<float> w2, u2;
     };
     void query_terms(const Queries& q, size_t i, QueryTerms& out) const;
 };

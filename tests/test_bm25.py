@@ -363,3 +363,17 @@ def test_scifact_ndcg_and_bm25s_parity():
     rs = np.stack([ref.get_scores(q) if q else np.zeros(len(texts)) for q in qtoks])
     ours = bm.score(qtexts, np.tile(np.arange(len(texts)), (len(qtexts), 1)))
     np.testing.assert_allclose(ours, rs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("strategy", [1, 2, 3])
+def test_ties_by_ascending_id(method, strategy):
+    docs = [["a", "b"]] * 300 + [["c", "d"]] * 300 + [["a", "c"]] * 7
+    bm = hn.BM25(method=method, stopwords=None, stemmer=None).index(docs)
+    bm._core.strategy = strategy
+    for k in (1, 10, 100, 700):
+        s, i = bm.search([["a"], ["a", "d"]], k=k)
+        _, ranks = full_ranking(bm, [["a"], ["a", "d"]], len(docs))
+        for q in range(2):
+            m = min(k, len(ranks[q]))
+            np.testing.assert_array_equal(i[q, :m], [d for _, d in ranks[q][:m]])
