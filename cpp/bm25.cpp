@@ -673,7 +673,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             for (size_t i = n; i-- > 0;) S.cum[i] = S.cum[i + 1] + double(qt.ub[i]);
             for (size_t i = 0; i < n; ++i) S.cum[i] *= slack;
             int strat = strategy;
-            if (strat == 0) strat = 1;  // measured fastest on SciFact and Zipf corpora up to 200k docs
+            if (strat == 0) strat = 1;  // measured fastest on SciFact and Zipf corpora up to 200k docs (see docs/bm25.md)
             if (n == 0) {
                 // nothing matches: only the bm25l / bm25+ base (handled below)
             } else if (strat == 2) {
@@ -747,14 +747,96 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 // Early termination is only tried when the lists are long; otherwise
                 // touched documents are only tracked when they are few.
                 const bool try_early = strat == 3 && remaining > 16384 && remaining > 2 * k;
-                bool dense = !try_early && remaining * 4 > N;  // no tracking: scan the whole accumulator
+                // Adds the contributions of terms i.. to the candidates (sorted ids) only,
+                // dropping those that can no longer reach theta_s.
+                auto probe_rest = [&](size_t i0, float theta_s) {
+                                for (size_t r = i0; r < n && !S.cand_ids.empty(); ++r) {
+                                    const float w = qt.w[r];
+                                    size_t p = size_t(off[qt.t[r]]);
+                                    const size_t e = size_t(off[qt.t[r] + 1]);
+                                    if (e - p < 24 * S.cand_ids.size()) {
+                                        // Dense enough: one linear pass, updating touched documents only
+                                        // (non-candidates among them are never selected).
+                                        for (size_t j = p; j < e; ++j) {
+                                            const float x = acc[dd[j]];
+                                            if (x > 0.f) acc[dd[j]] = x + w * imp[j];
+                                        }
+                                    } else {
+                                        for (uint32_t d : S.cand_ids) {
+                                            p = seek(dd, p, e, d);
+                                            if (p == e) break;
+                                            if (dd[p] == d) acc[d] += w * imp[p];
+                                        }
+                                    }
+                                    // Drop candidates that can no longer reach the k-th score.
+                                    size_t m = 0;
+                                    for (uint32_t d : S.cand_ids)
+                                        if (float(double(base) + double(acc[d]) * slack + S.cum[r + 1]) >= theta_s)
+                                            S.cand_ids[m++] = d;
+                                    S.cand_ids.resize(m);
+                                }
+                };
+                bool dense = remaining * 4 > N;  // no tracking: scan the whole accumulator
                 bool probing = false;
+                int checks = 0;
                 for (; i < n; ++i) {
                     const float w = qt.w[i];
                     const int64_t b = off[qt.t[i]], e = off[qt.t[i] + 1];
                     remaining -= size_t(e - b);
                     if (dense) {
                         for (int64_t j = b; j < e; ++j) acc[dd[j]] += w * imp[j];
+                        // Dense early termination: the k-th largest block maximum is a lower
+                        // bound of the k-th score; when it beats the bound of the remaining
+                        // terms, only documents already scored can still enter.
+                        if (try_early && i + 1 < n && remaining >= N && checks < 4) {
+                            ++checks;
+                            constexpr size_t BL = 16;
+                            const size_t nb = (N + BL - 1) / BL;
+                            S.bmax.resize(nb);
+                            for (size_t bb = 0; bb + 1 < nb || (bb < nb && N % BL == 0); ++bb) {
+                                const int32_t* a = reinterpret_cast<const int32_t*>(acc + bb * BL);
+                                int32_t m = 0;
+                                for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
+                                S.bmax[bb] = m;
+                            }
+                            if (N % BL) {
+                                int32_t m = 0;
+                                for (size_t r = (nb - 1) * BL; r < N; ++r) {
+                                    int32_t v;
+                                    std::memcpy(&v, acc + r, 4);
+                                    m = v > m ? v : m;
+                                }
+                                S.bmax[nb - 1] = m;
+                            }
+                            S.vals_i.clear();
+                            for (int32_t m : S.bmax)
+                                if (m > 0) S.vals_i.push_back(m);
+                            if (S.vals_i.size() >= k) {
+                                std::nth_element(S.vals_i.begin(), S.vals_i.begin() + (k - 1), S.vals_i.end(),
+                                                 std::greater<int32_t>());
+                                float th;
+                                std::memcpy(&th, &S.vals_i[k - 1], 4);
+                                const float theta_s = base + th;
+                                if (float(double(base) + S.cum[i + 1]) < theta_s) {
+                                    probing = true;
+                                    ++i;
+                                    S.cand_ids.clear();
+                                    for (size_t bb = 0; bb < nb; ++bb) {
+                                        float bm;
+                                        std::memcpy(&bm, &S.bmax[bb], 4);
+                                        if (S.bmax[bb] <= 0 || float(double(base) + double(bm) * slack + S.cum[i]) < theta_s)
+                                            continue;
+                                        for (size_t r = bb * BL; r < std::min(N, (bb + 1) * BL); ++r) {
+                                            const float x = acc[r];
+                                            if (x > 0.f && float(double(base) + double(x) * slack + S.cum[i]) >= theta_s)
+                                                S.cand_ids.push_back(uint32_t(r));
+                                        }
+                                    }
+                                    probe_rest(i, theta_s);
+                                    break;
+                                }
+                            }
+                        }
                     } else {
                         for (int64_t j = b; j < e; ++j) {
                             const uint32_t d = dd[j];
@@ -783,31 +865,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                         S.cand_ids.push_back(d);
                                 }
                                 std::sort(S.cand_ids.begin(), S.cand_ids.end());
-                                for (size_t r = i; r < n && !S.cand_ids.empty(); ++r) {
-                                    const float w = qt.w[r];
-                                    size_t p = size_t(off[qt.t[r]]);
-                                    const size_t e = size_t(off[qt.t[r] + 1]);
-                                    if (e - p < 24 * S.cand_ids.size()) {
-                                        // Dense enough: one linear pass, updating touched documents only
-                                        // (non-candidates among them are never selected).
-                                        for (size_t j = p; j < e; ++j) {
-                                            const float x = acc[dd[j]];
-                                            if (x > 0.f) acc[dd[j]] = x + w * imp[j];
-                                        }
-                                    } else {
-                                        for (uint32_t d : S.cand_ids) {
-                                            p = seek(dd, p, e, d);
-                                            if (p == e) break;
-                                            if (dd[p] == d) acc[d] += w * imp[p];
-                                        }
-                                    }
-                                    // Drop candidates that can no longer reach the k-th score.
-                                    size_t m = 0;
-                                    for (uint32_t d : S.cand_ids)
-                                        if (float(double(base) + double(acc[d]) * slack + S.cum[r + 1]) >= theta_s)
-                                            S.cand_ids[m++] = d;
-                                    S.cand_ids.resize(m);
-                                }
+                                probe_rest(i, theta_s);
                                 break;
                             }
                         }
