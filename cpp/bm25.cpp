@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <functional>
 #include <limits>
 #include <stdexcept>
@@ -582,6 +583,8 @@ struct Scratch {
     std::vector<double> cum;
     std::vector<float> cval, vals;
     std::vector<int32_t> bmax, vals_i;
+    std::vector<uint32_t> seeds;
+    std::vector<std::pair<int32_t, uint32_t>> seedtmp;
     std::vector<uint32_t> cand_ids;
 };
 
@@ -779,6 +782,31 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 bool dense = remaining * 4 > N;  // no tracking: scan the whole accumulator
                 bool probing = false;
                 int checks = 0;
+                S.seeds.clear();
+                constexpr size_t BL = 16;
+                // Maxima of blocks of 16 accumulators (float bits of values >= 0 order like
+                // integers; -inf of excluded documents is negative): vectorisable.
+                auto block_max_all = [&]() {
+                    const size_t nb = (N + BL - 1) / BL, full = N / BL;
+                    S.bmax.resize(nb);
+                    for (size_t bb = 0; bb < full; ++bb) {
+                        const int32_t* a = reinterpret_cast<const int32_t*>(acc + bb * BL);
+                        int32_t m = 0;
+                        for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
+                        S.bmax[bb] = m;
+                    }
+                    if (full < nb) {
+                        int32_t m = 0;
+                        for (size_t r = full * BL; r < N; ++r) {
+                            int32_t v;
+                            std::memcpy(&v, acc + r, 4);
+                            m = v > m ? v : m;
+                        }
+                        S.bmax[full] = m;
+                    }
+                };
+                double last_theta = 0;
+                size_t last_i = 0;
                 for (; i < n; ++i) {
                     const float w = qt.w[i];
                     const int64_t b = off[qt.t[i]], e = off[qt.t[i] + 1];
@@ -788,40 +816,49 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // Dense early termination: the k-th largest block maximum is a lower
                         // bound of the k-th score; when it beats the bound of the remaining
                         // terms, only documents already scored can still enter.
-                        if (try_early && i + 1 < n && remaining >= N && checks < 4) {
+                        // theta can only have grown by the bounds of the terms added since the
+                        // last check (at first: it is at most the bound of the terms so far).
+                        const double theta_max = last_theta + (S.cum[last_i] - S.cum[i + 1]);
+                        if (try_early && i + 1 < n && remaining >= N / 2 && checks < 16 && theta_max > S.cum[i + 1]) {
                             ++checks;
-                            constexpr size_t BL = 16;
-                            const size_t nb = (N + BL - 1) / BL;
-                            S.bmax.resize(nb);
-                            for (size_t bb = 0; bb + 1 < nb || (bb < nb && N % BL == 0); ++bb) {
-                                const int32_t* a = reinterpret_cast<const int32_t*>(acc + bb * BL);
-                                int32_t m = 0;
-                                for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
-                                S.bmax[bb] = m;
-                            }
-                            if (N % BL) {
-                                int32_t m = 0;
-                                for (size_t r = (nb - 1) * BL; r < N; ++r) {
-                                    int32_t v;
-                                    std::memcpy(&v, acc + r, 4);
-                                    m = v > m ? v : m;
+                            float th = -1.f;  // a lower bound of the k-th partial score
+                            if (S.seeds.empty()) {
+                                // First check: all block maxima; the k best blocks become seeds.
+                                block_max_all();
+                                S.seedtmp.clear();
+                                for (size_t bb = 0; bb < S.bmax.size(); ++bb)
+                                    if (S.bmax[bb] > 0) S.seedtmp.push_back({S.bmax[bb], uint32_t(bb)});
+                                if (S.seedtmp.size() >= k) {
+                                    std::nth_element(S.seedtmp.begin(), S.seedtmp.begin() + (k - 1), S.seedtmp.end(),
+                                                     std::greater<std::pair<int32_t, uint32_t>>());
+                                    std::memcpy(&th, &S.seedtmp[k - 1].first, 4);
+                                    for (size_t r = 0; r < k; ++r) S.seeds.push_back(S.seedtmp[r].second);
                                 }
-                                S.bmax[nb - 1] = m;
+                            } else {
+                                // Later checks: each seed block still holds a document at least
+                                // as high as its maximum, so the smallest seed maximum is a bound.
+                                int32_t mn = INT32_MAX;
+                                for (uint32_t bb : S.seeds) {
+                                    int32_t m = 0;
+                                    for (size_t r = bb * BL; r < std::min(N, (bb + 1) * BL); ++r) {
+                                        int32_t v;
+                                        std::memcpy(&v, acc + r, 4);
+                                        m = v > m ? v : m;
+                                    }
+                                    mn = std::min(mn, m);
+                                }
+                                std::memcpy(&th, &mn, 4);
                             }
-                            S.vals_i.clear();
-                            for (int32_t m : S.bmax)
-                                if (m > 0) S.vals_i.push_back(m);
-                            if (S.vals_i.size() >= k) {
-                                std::nth_element(S.vals_i.begin(), S.vals_i.begin() + (k - 1), S.vals_i.end(),
-                                                 std::greater<int32_t>());
-                                float th;
-                                std::memcpy(&th, &S.vals_i[k - 1], 4);
+                            if (th > 0.f) {
                                 const float theta_s = base + th;
+                                last_theta = double(th);
+                                last_i = i + 1;
                                 if (float(double(base) + S.cum[i + 1]) < theta_s) {
                                     probing = true;
                                     ++i;
+                                    block_max_all();
                                     S.cand_ids.clear();
-                                    for (size_t bb = 0; bb < nb; ++bb) {
+                                    for (size_t bb = 0; bb < S.bmax.size(); ++bb) {
                                         float bm;
                                         std::memcpy(&bm, &S.bmax[bb], 4);
                                         if (S.bmax[bb] <= 0 || float(double(base) + double(bm) * slack + S.cum[i]) < theta_s)
