@@ -96,6 +96,11 @@ def bench(name, texts, queries, threads, ks, rank_bm25_queries):
         agree = np.mean(hi[:, 0] == np.asarray(res.documents)[:, 0])
         rows.append((name, f"top-{k} queries/s", len(queries) / t_h, len(queries) / t_r,
                      f"top-1 agreement {agree:.3f}; hardneg includes query tokenisation"))
+    # Incremental add of 1% more documents vs indexing everything again (hardneg only).
+    cut = len(texts) - max(1, len(texts) // 100)
+    base_ix = hn.BM25().index(texts[:cut], num_threads=threads)
+    t_add, _ = timed(lambda: base_ix.add(texts[cut:], num_threads=threads))
+    rows.append((name, "add 1% more docs (s)", t_add, t_hn, "bm25s column: hardneg full re-index (bm25s has no add)"))
     if rank_bm25_queries:
         try:
             from rank_bm25 import BM25Okapi

@@ -377,3 +377,32 @@ def test_ties_by_ascending_id(method, strategy):
         for q in range(2):
             m = min(k, len(ranks[q]))
             np.testing.assert_array_equal(i[q, :m], [d for _, d in ranks[q][:m]])
+
+
+def test_concurrent_search_and_add():
+    import threading
+
+    rng = np.random.default_rng(7)
+    words = [f"t{i}" for i in range(50)]
+    texts = [" ".join(rng.choice(words, size=10)) for _ in range(2000)]
+    bm = hn.BM25(stemmer=None).index(texts[:500])
+    errors = []
+
+    def searcher():
+        try:
+            for _ in range(20):
+                s, i = bm.search(["t1 t2 t3", "t4"], k=20, num_threads=1)
+                assert s.shape == (2, 20)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for j in range(500, 2000, 100):
+        bm.add(texts[j: j + 100])
+    for t in threads:
+        t.join()
+    assert not errors
+    fresh = hn.BM25(stemmer=None).index(texts)
+    np.testing.assert_array_equal(fresh.search(["t1 t2"], k=30)[1], bm.search(["t1 t2"], k=30)[1])

@@ -5,6 +5,8 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -21,8 +23,11 @@ using hn::bm25::TokenBatch;
 namespace {
 
 // Index plus the Python objects whose buffers it borrows (memory-mapped arrays).
+// Searches share `mu`, add_docs takes it exclusively: a search running in one
+// Python thread never sees arrays that an add in another thread is replacing.
 struct PyIndex : Index {
     std::vector<py::object> keep;
+    mutable std::shared_mutex mu;
 };
 
 // UTF-8 views of a list of str / bytes; `keep` holds temporary encodings.
@@ -237,6 +242,7 @@ void bind_bm25(py::module_& m) {
                  auto q = queries_of(off, ids);
                  std::vector<uint64_t> uoff(q.offsets, q.offsets + q.nq + 1);
                  py::gil_scoped_release nogil;
+                 std::unique_lock<std::shared_mutex> lk(ix.mu);
                  ix.add_docs(q.terms, uoff.data(), q.nq, num_threads);
              })
         .def("search",
@@ -268,6 +274,7 @@ void bind_bm25(py::module_& m) {
                  int64_t* rp = r.mutable_data();
                  {
                      py::gil_scoped_release nogil;
+                     std::shared_lock<std::shared_mutex> lk(ix.mu);
                      ix.search(q, size_t(k), ip, ii, num_threads, sp, rp);
                  }
                  return py::make_tuple(s, r);
@@ -285,6 +292,7 @@ void bind_bm25(py::module_& m) {
                  const int64_t* dp = doc_ids.data();
                  {
                      py::gil_scoped_release nogil;
+                     std::shared_lock<std::shared_mutex> lk(ix.mu);
                      ix.score(q, dp, mm, num_threads, sp);
                  }
                  return s;

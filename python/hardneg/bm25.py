@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -181,6 +182,7 @@ class BM25:
         self._stop_set = frozenset(self._stopwords)
         self.stemmer = stemmer
         self._stemmer = _make_stemmer(stemmer)
+        self._lock = threading.RLock()  # index / add / save against each other
         self._new_core()
 
     def _new_core(self) -> None:
@@ -249,12 +251,13 @@ class BM25:
         texts = _as_list(texts, "texts")
         if not texts:
             raise ValueError("texts is empty: a BM25 index needs at least one document")
-        self._new_core()
-        try:
-            self._add(texts, num_threads)
-        except Exception:
+        with self._lock:
             self._new_core()
-            raise
+            try:
+                self._add(texts, num_threads)
+            except Exception:
+                self._new_core()
+                raise
         return self
 
     def add(self, texts: Iterable[Union[str, Sequence[str]]], num_threads: Optional[int] = None) -> "BM25":
@@ -267,9 +270,10 @@ class BM25:
         texts = _as_list(texts, "texts")
         if not texts:
             return self
-        if self.num_docs == 0:
-            return self.index(texts, num_threads)
-        self._add(texts, num_threads)
+        with self._lock:
+            if self.num_docs == 0:
+                return self.index(texts, num_threads)
+            self._add(texts, num_threads)
         return self
 
     def _add(self, texts: list, num_threads: Optional[int]) -> None:
@@ -370,6 +374,10 @@ class BM25:
         """Write the index to directory ``path`` (``.npy`` arrays + ``bm25.json``)."""
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
+        with self._lock:  # the arrays are views of the index: no add meanwhile
+            self._save(p)
+
+    def _save(self, p: Path) -> None:
         for name, a in self._core.arrays().items():
             np.save(p / f"{name}.npy", np.asarray(a), allow_pickle=False)
         meta = {
