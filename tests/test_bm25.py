@@ -306,6 +306,7 @@ def test_missing_pystemmer_message(monkeypatch):
 
 
 def test_stopwords_and_stemming_options():
+    assert len(STOPWORDS_EN) == 33
     texts = ["The running dogs were running", "A dog runs", "they are here"]
     assert "the" not in hn.BM25(stemmer=None).index(texts).vocabulary
     v = hn.BM25(stopwords=None, stemmer=None).index(texts).vocabulary
