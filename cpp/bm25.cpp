@@ -181,44 +181,49 @@ inline uint64_t hash_bytes(const char* p, size_t n) {
     return h;
 }
 
-// Open-addressing string -> id table with the strings in one arena.
+// Open-addressing string -> id table with the strings in one arena.  A slot
+// holds the hash's high half next to id + 1 (0 = empty), so a probe touches
+// one slot and, on a hash match, the string itself.
 struct WordTable {
     std::vector<char> arena;
     std::vector<uint64_t> starts{0};
     std::vector<uint64_t> hashes;
-    std::vector<uint32_t> slots = std::vector<uint32_t>(1024, 0);  // id + 1, 0 = empty
+    std::vector<uint64_t> slots = std::vector<uint64_t>(1024, 0);
 
     size_t size() const { return hashes.size(); }
     std::string_view word(size_t i) const { return {arena.data() + starts[i], size_t(starts[i + 1] - starts[i])}; }
 
     uint32_t find_or_add(const std::string& w) {
         const uint64_t h = hash_bytes(w.data(), w.size());
+        const uint64_t tag = h & 0xFFFFFFFF00000000ull;
         size_t mask = slots.size() - 1, pos = h & mask;
         for (;;) {
-            const uint32_t s = slots[pos];
-            if (s == 0) break;
-            const uint32_t id = s - 1;
-            if (hashes[id] == h && starts[id + 1] - starts[id] == w.size() &&
-                std::memcmp(arena.data() + starts[id], w.data(), w.size()) == 0)
-                return id;
+            const uint64_t sl = slots[pos];
+            if (sl == 0) break;
+            if ((sl & 0xFFFFFFFF00000000ull) == tag) {
+                const uint32_t id = uint32_t(sl) - 1;
+                if (starts[id + 1] - starts[id] == w.size() &&
+                    std::memcmp(arena.data() + starts[id], w.data(), w.size()) == 0)
+                    return id;
+            }
             pos = (pos + 1) & mask;
         }
         const uint32_t id = uint32_t(hashes.size());
         arena.insert(arena.end(), w.begin(), w.end());
         starts.push_back(arena.size());
         hashes.push_back(h);
-        slots[pos] = id + 1;
+        slots[pos] = tag | (uint64_t(id) + 1);
         if (hashes.size() * 2 > slots.size()) grow();
         return id;
     }
 
     void grow() {
-        std::vector<uint32_t> ns(slots.size() * 2, 0);
+        std::vector<uint64_t> ns(slots.size() * 2, 0);
         const size_t mask = ns.size() - 1;
         for (uint32_t id = 0; id < hashes.size(); ++id) {
             size_t pos = hashes[id] & mask;
             while (ns[pos]) pos = (pos + 1) & mask;
-            ns[pos] = id + 1;
+            ns[pos] = (hashes[id] & 0xFFFFFFFF00000000ull) | (uint64_t(id) + 1);
         }
         slots.swap(ns);
     }
@@ -310,27 +315,33 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
     std::vector<std::vector<uint32_t>> pt(nch), ptf(nch), cnt(nch);
     std::vector<uint32_t> npairs(ndocs), new_len(ndocs);
     parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
-        std::vector<uint32_t> tmp;
+        // Term counts without sorting: last[t] = the document that last saw t,
+        // pos[t] = where its pair sits in this chunk's output.
+        std::vector<uint32_t> last(V, UINT32_MAX);
+        std::vector<uint64_t> pos(V);
         for (size_t c = cb; c < ce; ++c) {
             cnt[c].assign(V, 0);
             const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
             for (size_t d = b; d < e; ++d) {
-                tmp.clear();
-                for (uint64_t j = toffs[d]; j < toffs[d + 1]; ++j)
-                    if (tokens[j] >= 0) tmp.push_back(uint32_t(tokens[j]));
-                if (tmp.size() > 0xFFFFFFFFull) throw std::length_error("document too long");
-                new_len[d] = uint32_t(tmp.size());
-                std::sort(tmp.begin(), tmp.end());
+                uint64_t len = 0;
                 uint32_t np = 0;
-                for (size_t j = 0; j < tmp.size();) {
-                    size_t r = j + 1;
-                    while (r < tmp.size() && tmp[r] == tmp[j]) ++r;
-                    pt[c].push_back(tmp[j]);
-                    ptf[c].push_back(uint32_t(r - j));
-                    ++cnt[c][tmp[j]];
-                    ++np;
-                    j = r;
+                for (uint64_t j = toffs[d]; j < toffs[d + 1]; ++j) {
+                    if (tokens[j] < 0) continue;
+                    const uint32_t t = uint32_t(tokens[j]);
+                    ++len;
+                    if (last[t] != uint32_t(d)) {
+                        last[t] = uint32_t(d);
+                        pos[t] = pt[c].size();
+                        pt[c].push_back(t);
+                        ptf[c].push_back(1);
+                        ++cnt[c][t];
+                        ++np;
+                    } else {
+                        ++ptf[c][pos[t]];
+                    }
                 }
+                if (len > 0xFFFFFFFFull) throw std::length_error("document too long");
+                new_len[d] = uint32_t(len);
                 npairs[d] = np;
             }
         }
