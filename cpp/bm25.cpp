@@ -117,6 +117,19 @@ inline void append_utf8(std::string& out, uint32_t cp) {
     }
 }
 
+// ASCII word characters -> their lowercase, 0 for separators.
+struct AsciiTable {
+    unsigned char t[128];
+    AsciiTable() {
+        for (int c = 0; c < 128; ++c) {
+            const bool w = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+            t[c] = w ? (unsigned char)((c >= 'A' && c <= 'Z') ? c + 32 : c) : 0;
+        }
+    }
+    unsigned char operator[](unsigned c) const { return t[c]; }
+};
+const AsciiTable kAsciiWord;
+
 // Calls emit(word) for every maximal run of 2+ word characters, lowercased
 // like Python's str.lower() (including U+0130 and the final sigma).
 template <class F>
@@ -127,10 +140,16 @@ void for_each_token(std::string_view text, std::string& buf, F&& emit) {
     buf.clear();
     while (i < n) {
         const unsigned c = s[i];
-        if (c < 0x80) {  // ASCII fast path
-            if ((c | 0x20) - 'a' < 26u || c - '0' < 10u || c == '_') {
-                buf.push_back(char(c - 'A' < 26u ? c + 32 : c));
-                ++nchars;
+        if (c < 0x80) {  // ASCII fast path: a whole run of ASCII word characters at once
+            if (kAsciiWord[c]) {
+                size_t j = i;
+                while (j < n && s[j] < 0x80 && kAsciiWord[s[j]]) ++j;
+                const size_t old = buf.size();
+                buf.resize(old + (j - i));
+                for (size_t r = i; r < j; ++r) buf[old + (r - i)] = char(kAsciiWord[s[r]]);
+                nchars += j - i;
+                i = j;
+                continue;
             } else {
                 if (nchars >= 2) emit(buf);
                 buf.clear();
