@@ -614,6 +614,7 @@ struct Scratch {
     std::vector<float> cval, vals;
     std::vector<int32_t> bmax, vals_i;
     std::vector<uint32_t> seeds;
+    std::vector<size_t> minlen;
     std::vector<std::pair<int32_t, uint32_t>> seedtmp;
     std::vector<uint32_t> cand_ids;
 };
@@ -813,6 +814,9 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 bool probing = false;
                 int checks = 0;
                 S.seeds.clear();
+                S.minlen.assign(n + 1, SIZE_MAX);  // shortest list among terms i..
+                for (size_t a = n; a-- > 0;)
+                    S.minlen[a] = std::min(S.minlen[a + 1], size_t(off[qt.t[a] + 1] - off[qt.t[a]]));
                 constexpr size_t BL = 16;
                 // Maxima of blocks of 16 accumulators (float bits of values >= 0 order like
                 // integers; -inf of excluded documents is negative): vectorisable.
@@ -849,7 +853,11 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // theta can only have grown by the bounds of the terms added since the
                         // last check (at first: it is at most the bound of the terms so far).
                         const double theta_max = last_theta + (S.cum[last_i] - S.cum[i + 1]);
-                        if (try_early && i + 1 < n && remaining >= N / 2 && checks < 16 && theta_max > S.cum[i + 1]) {
+                        // Only switch once every remaining list is long (a large share of the
+                        // corpus, low IDF): then few candidates are near the k-th score and
+                        // probing them is much cheaper than scanning those lists.
+                        if (try_early && i + 1 < n && S.minlen[i + 1] * 8 >= N && checks < 16 &&
+                            theta_max > S.cum[i + 1]) {
                             ++checks;
                             float th = -1.f;  // a lower bound of the k-th partial score
                             if (S.seeds.empty()) {
@@ -887,16 +895,19 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                     probing = true;
                                     ++i;
                                     block_max_all();
+                                    // Candidates: x * slack + cum[i] can reach theta_s.  One float
+                                    // threshold, with a margin for the rounding of that sum.
+                                    const double need = double(theta_s) - double(base) - S.cum[i] -
+                                                        4e-7 * (std::fabs(double(theta_s)) + std::fabs(double(base)));
+                                    const float x_lo = float(std::max(0.0, need / slack));
+                                    int32_t lo_bits;
+                                    std::memcpy(&lo_bits, &x_lo, 4);
                                     S.cand_ids.clear();
                                     for (size_t bb = 0; bb < S.bmax.size(); ++bb) {
-                                        float bm;
-                                        std::memcpy(&bm, &S.bmax[bb], 4);
-                                        if (S.bmax[bb] <= 0 || float(double(base) + double(bm) * slack + S.cum[i]) < theta_s)
-                                            continue;
+                                        if (S.bmax[bb] <= 0 || S.bmax[bb] < lo_bits) continue;
                                         for (size_t r = bb * BL; r < std::min(N, (bb + 1) * BL); ++r) {
                                             const float x = acc[r];
-                                            if (x > 0.f && float(double(base) + double(x) * slack + S.cum[i]) >= theta_s)
-                                                S.cand_ids.push_back(uint32_t(r));
+                                            if (x > 0.f && x >= x_lo) S.cand_ids.push_back(uint32_t(r));
                                         }
                                     }
                                     probe_rest(i, theta_s);
