@@ -788,13 +788,10 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                     const float w = qt.w[r];
                                     size_t p = size_t(off[qt.t[r]]);
                                     const size_t e = size_t(off[qt.t[r] + 1]);
-                                    if (e - p < 24 * S.cand_ids.size()) {
-                                        // Dense enough: one linear pass, updating touched documents only
-                                        // (non-candidates among them are never selected).
-                                        for (size_t j = p; j < e; ++j) {
-                                            const float x = acc[dd[j]];
-                                            if (x > 0.f) acc[dd[j]] = x + w * imp[j];
-                                        }
+                                    if (e - p < 96 * S.cand_ids.size()) {  // a probe costs ~100 postings scanned
+                                        // Dense enough: one branch-free linear pass.  It also adds to
+                                        // non-candidates, which are never selected.
+                                        for (size_t j = p; j < e; ++j) acc[dd[j]] += w * imp[j];
                                     } else {
                                         for (uint32_t d : S.cand_ids) {
                                             p = seek(dd, p, e, d);
@@ -902,14 +899,19 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                     const float x_lo = float(std::max(0.0, need / slack));
                                     int32_t lo_bits;
                                     std::memcpy(&lo_bits, &x_lo, 4);
-                                    S.cand_ids.clear();
+                                    // Branch-free compaction: the test is unpredictable.
+                                    S.cand_ids.resize(N);
+                                    size_t m = 0;
                                     for (size_t bb = 0; bb < S.bmax.size(); ++bb) {
                                         if (S.bmax[bb] <= 0 || S.bmax[bb] < lo_bits) continue;
                                         for (size_t r = bb * BL; r < std::min(N, (bb + 1) * BL); ++r) {
                                             const float x = acc[r];
-                                            if (x > 0.f && x >= x_lo) S.cand_ids.push_back(uint32_t(r));
+                                            S.cand_ids[m] = uint32_t(r);
+                                            m += size_t((x > 0.f) & (x >= x_lo));
                                         }
                                     }
+                                    S.cand_ids.resize(m);
+                                    size_t nc0 = S.cand_ids.size();
                                     probe_rest(i, theta_s);
                                     break;
                                 }
