@@ -783,6 +783,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 const bool try_early = strat == 3 && remaining > 16384 && remaining > 2 * k;
                 // Adds the contributions of terms i.. to the candidates (sorted ids) only,
                 // dropping those that can no longer reach theta_s.
+                bool reset_all = false;
                 auto probe_rest = [&](size_t i0, float theta_s) {
                                 for (size_t r = i0; r < n && !S.cand_ids.empty(); ++r) {
                                     const float w = qt.w[r];
@@ -792,6 +793,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                         // Dense enough: one branch-free linear pass.  It also adds to
                                         // non-candidates, which are never selected.
                                         for (size_t j = p; j < e; ++j) acc[dd[j]] += w * imp[j];
+                                        reset_all = true;  // untracked documents were written
                                     } else {
                                         for (uint32_t d : S.cand_ids) {
                                             p = seek(dd, p, e, d);
@@ -990,7 +992,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     select(S.cand_ids.data(), S.cand_ids.size(), false);
                 else
                     select(S.touched.data(), S.touched.size(), dense);
-                if (dense)
+                if (dense || reset_all)
                     std::fill(S.acc.begin(), S.acc.end(), 0.f);
                 else
                     for (uint32_t d : S.touched) acc[d] = 0.f;

@@ -407,3 +407,28 @@ def test_concurrent_search_and_add():
     assert not errors
     fresh = hn.BM25(stemmer=None).index(texts)
     np.testing.assert_array_equal(fresh.search(["t1 t2"], k=30)[1], bm.search(["t1 t2"], k=30)[1])
+
+
+@pytest.mark.slow
+def test_pruning_strategies_identical_on_a_larger_zipf_corpus():
+    """Long posting lists reach the early-termination / probing paths (sparse and dense)."""
+    rng = np.random.default_rng(8)
+    vocab = np.array([f"w{i}" for i in range(20000)])
+    cdf = np.cumsum(1.0 / np.arange(1, vocab.size + 1))
+    cdf /= cdf[-1]
+    def draw(n, lo, hi):
+        sizes = rng.integers(lo, hi + 1, size=n)
+        ids = np.searchsorted(cdf, rng.random(int(sizes.sum())))
+        cut = np.cumsum(sizes)[:-1]
+        return [" ".join(x) for x in np.split(vocab[ids], cut)]
+    texts = draw(80000, 5, 40)
+    queries = draw(300, 2, 10) + ["w1 w2 w3", "w19999", ""]
+    bm = hn.BM25(stemmer=None).index(texts)
+    for k in (1, 10, 100):
+        bm._core.strategy = 1
+        ref = bm.search(queries, k=k)
+        for strategy in (2, 3):
+            bm._core.strategy = strategy
+            got = bm.search(queries, k=k)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0], ref[0])
