@@ -27,6 +27,9 @@ def __getattr__(name):
         return getattr(_losses, name)
     raise AttributeError(f"module 'hardneg' has no attribute {name!r}")
 # --- end losses ---
+# --- bm25 (issue 3) ---
+from hardneg.bm25 import BM25
+# --- end bm25 ---
 
 __all__ = [
     "__version__",
@@ -49,4 +52,5 @@ __all__ = [
     "CrossBatchMemory",
     "contrastive_scores",
     "SentenceTransformersLoss",
+    "BM25",
 ]

@@ -1,0 +1,443 @@
+"""BM25 over raw text: C++ tokeniser, inverted index and multithreaded top-k search.
+
+:class:`BM25` tokenises (lowercase, ``\\b\\w\\w+\\b`` over Unicode letters and
+digits), removes stopwords, stems each distinct word once (PyStemmer, optional),
+builds an inverted index and answers top-k queries with the same output
+conventions as :func:`hardneg.topk`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from hardneg import _core
+from hardneg._threads import resolve_num_threads
+from hardneg.exclude import to_csr
+
+METHODS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
+_FORMAT = "hardneg-bm25"
+_FORMAT_VERSION = 1
+_ARRAYS = {"offsets": np.int64, "docs": np.uint32, "tfs": np.uint32, "impacts": np.float32, "doc_len": np.uint32}
+
+#: Lucene's 33 English stopwords (the list bm25s and Pyserini use).
+STOPWORDS_EN: Tuple[str, ...] = (
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no",
+    "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to",
+    "was", "will", "with",
+)
+
+#: A longer English list (NLTK's 179 words; bm25s's ``"en_plus"``).
+STOPWORDS_EN_PLUS: Tuple[str, ...] = (
+    "a", "about", "above", "after", "again", "against", "ain", "all", "am", "an", "and", "any", "are", "aren",
+    "aren't", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by",
+    "can", "couldn", "couldn't", "d", "did", "didn", "didn't", "do", "does", "doesn", "doesn't", "doing", "don",
+    "don't", "down", "during", "each", "few", "for", "from", "further", "had", "hadn", "hadn't", "has", "hasn",
+    "hasn't", "have", "haven", "haven't", "having", "he", "her", "here", "hers", "herself", "him", "himself",
+    "his", "how", "i", "if", "in", "into", "is", "isn", "isn't", "it", "it's", "its", "itself", "just", "ll",
+    "m", "ma", "me", "mightn", "mightn't", "more", "most", "mustn", "mustn't", "my", "myself", "needn",
+    "needn't", "no", "nor", "not", "now", "o", "of", "off", "on", "once", "only", "or", "other", "our", "ours",
+    "ourselves", "out", "over", "own", "re", "s", "same", "shan", "shan't", "she", "she's", "should",
+    "should've", "shouldn", "shouldn't", "so", "some", "such", "t", "than", "that", "that'll", "the", "their",
+    "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too",
+    "under", "until", "up", "ve", "very", "was", "wasn", "wasn't", "we", "were", "weren", "weren't", "what",
+    "when", "where", "which", "while", "who", "whom", "why", "will", "with", "won", "won't", "wouldn",
+    "wouldn't", "y", "you", "you'd", "you'll", "you're", "you've", "your", "yours", "yourself", "yourselves",
+)
+
+_STOPWORD_LISTS = {"en": STOPWORDS_EN, "english": STOPWORDS_EN, "en_plus": STOPWORDS_EN_PLUS}
+
+
+def tokenize(text: Union[str, bytes]) -> List[str]:
+    """The BM25 tokeniser on one text: lowercased runs of 2+ word characters.
+
+    Word characters are Unicode letters and digits of every script, ``_`` and
+    combining marks; everything else (and any invalid UTF-8 byte in ``bytes``
+    input) separates tokens.  No stopword removal or stemming.  Scripts written
+    without spaces (Chinese, Japanese, Thai) come out as whole runs: pass your
+    own tokens to :meth:`BM25.index` for them.
+    """
+    if not isinstance(text, (str, bytes)):
+        raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+    return _core.bm25_tokenize_text(text)
+
+
+def _resolve_stopwords(stopwords: Any) -> Tuple[Optional[str], Tuple[str, ...]]:
+    if stopwords is None or stopwords is False:
+        return None, ()
+    if isinstance(stopwords, str):
+        if stopwords not in _STOPWORD_LISTS:
+            raise ValueError(f"stopwords must be one of {sorted(_STOPWORD_LISTS)}, a list of str or None, got {stopwords!r}")
+        return stopwords, _STOPWORD_LISTS[stopwords]
+    try:
+        words = tuple(stopwords)
+    except TypeError:
+        raise TypeError(f"stopwords must be a list name, a list of str or None, got {type(stopwords).__name__}") from None
+    for w in words:
+        if not isinstance(w, str):
+            raise TypeError(f"stopwords must hold str, got {type(w).__name__}")
+    return "custom", tuple(w.lower() for w in words)
+
+
+def _make_stemmer(stemmer: Optional[str]):
+    if stemmer is None:
+        return None
+    if not isinstance(stemmer, str):
+        raise TypeError(f"stemmer must be a Snowball language name (e.g. 'english') or None, got {type(stemmer).__name__}")
+    try:
+        import Stemmer  # PyStemmer
+    except ImportError:
+        raise ImportError(
+            f"stemmer={stemmer!r} needs PyStemmer: pip install PyStemmer (or pass stemmer=None)"
+        ) from None
+    langs = Stemmer.algorithms()
+    if stemmer not in langs:
+        raise ValueError(f"stemmer must be one of PyStemmer's languages {sorted(langs)} or None, got {stemmer!r}")
+    return Stemmer.Stemmer(stemmer)
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be a positive integer, got {k!r}")
+    if k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    return int(k)
+
+
+def _as_list(texts: Any, name: str) -> list:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{name} must be a list of str (or of token lists), not a single {type(texts).__name__}: wrap it in a list")
+    if isinstance(texts, np.ndarray):
+        texts = texts.tolist()
+    try:
+        return list(texts)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of str or a list of token lists, got {type(texts).__name__}") from None
+
+
+class BM25:
+    """A BM25 index over raw text (or your own tokens), searched top-k.
+
+    Parameters
+    ----------
+    k1, b : float
+        Term-frequency saturation (k1 >= 0) and length normalisation (0 <= b <= 1).
+    delta : float
+        The δ of ``bm25l`` and ``bm25+`` (ignored by the other methods).
+    method : {"robertson", "lucene", "atire", "bm25l", "bm25+"}
+        IDF and TF formulas exactly as bm25s 0.3 defines them.  For ``bm25l``
+        and ``bm25+`` a query term absent from a document still adds
+        ``idf * tf_part(0)``, so every document gets a positive score.
+    stopwords : {"en", "en_plus"}, list of str or None
+        Words removed after lowercasing and before stemming: Lucene's 33
+        English words, NLTK's 179, your own list, or none.
+    stemmer : str or None
+        A Snowball language of PyStemmer (``"english"``, ``"german"``,
+        ``"russian"``, ``"arabic"``, ...), applied once per distinct word, or
+        None.  Needs ``pip install PyStemmer``.
+
+    Notes
+    -----
+    Tokens are lowercased runs of two or more word characters (letters and
+    digits of every script, ``_``, combining marks), as scikit-learn's
+    ``(?u)\\b\\w\\w+\\b``; invalid UTF-8 bytes separate tokens.  Scripts written
+    without spaces (Chinese, Japanese, Thai...) give whole runs as single
+    tokens: segment them yourself and pass lists of tokens.
+
+    Pre-tokenised input (a list of lists of str) is taken verbatim: no
+    lowercasing, stopwords or stemming.  Queries are matched against the
+    vocabulary the same way (text queries go through the tokeniser,
+    stopwords and stemmer; token-list queries are used as they are).
+
+    :meth:`add` appends documents and updates document frequencies and the
+    average length, so scores always equal those of a fresh index over all
+    documents.
+    """
+
+    def __init__(
+        self,
+        k1: float = 1.5,
+        b: float = 0.75,
+        delta: float = 0.5,
+        method: str = "lucene",
+        stopwords: Any = "en",
+        stemmer: Optional[str] = "english",
+    ):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        for name, v in (("k1", k1), ("b", b), ("delta", delta)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{name} must be a number, got {v!r}")
+            if not math.isfinite(float(v)) or float(v) < 0:
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        if float(b) > 1:
+            raise ValueError(f"b must lie in [0, 1], got {b}")
+        self.k1, self.b, self.delta, self.method = float(k1), float(b), float(delta), method
+        self._stopwords_name, self._stopwords = _resolve_stopwords(stopwords)
+        self._stop_set = frozenset(self._stopwords)
+        self.stemmer = stemmer
+        self._stemmer = _make_stemmer(stemmer)
+        self._lock = threading.RLock()  # index / add / save against each other
+        self._new_core()
+
+    def _new_core(self) -> None:
+        self._core = _core._BM25Index(METHODS.index(self.method), self.k1, self.b, self.delta)
+        self._vocab_cache: Optional[Dict[str, int]] = None
+
+    # ------------------------------------------------------------ introspection
+    @property
+    def num_docs(self) -> int:
+        """Number of indexed documents."""
+        return int(self._core.num_docs)
+
+    @property
+    def avg_doc_len(self) -> float:
+        """Mean document length in tokens (after stopword removal)."""
+        return float(self._core.avg_doc_len)
+
+    @property
+    def vocabulary(self) -> Dict[str, int]:
+        """``{term: term id}`` of the indexed (stemmed) terms."""
+        if self._vocab_cache is None:
+            self._vocab_cache = {t: i for i, t in enumerate(self._core.terms)}
+        return self._vocab_cache
+
+    def __len__(self) -> int:
+        return self.num_docs
+
+    def __repr__(self) -> str:
+        return (f"BM25(method={self.method!r}, k1={self.k1}, b={self.b}, delta={self.delta}, "
+                f"stopwords={self._stopwords_name!r}, stemmer={self.stemmer!r}, num_docs={self.num_docs})")
+
+    # ---------------------------------------------------------------- tokens
+    def _learn(self, batch, create: bool) -> None:
+        words = self._core.unknown_words(batch, create)
+        if not words:
+            return
+        terms: List[Optional[str]] = [None if w in self._stop_set else w for w in words]
+        if self._stemmer is not None:
+            keep = [i for i, t in enumerate(terms) if t is not None]
+            stems = self._stemmer.stemWords([terms[i] for i in keep])
+            for i, s in zip(keep, stems):
+                terms[i] = s if s else None
+        self._core.learn_words(words, terms, create)
+
+    def _ids(self, texts: list, create: bool, name: str, num_threads: int) -> Tuple[np.ndarray, np.ndarray]:
+        """CSR (offsets, term ids) of texts; -1 marks dropped or unknown tokens."""
+        if texts and isinstance(texts[0], (list, tuple)):
+            return self._core.pretokenized_ids(texts, create, name)
+        batch = _core.bm25_tokenize(texts, num_threads, name)
+        self._learn(batch, create)
+        return self._core.batch_ids(batch)
+
+    # ---------------------------------------------------------------- building
+    def index(self, texts: Iterable[Union[str, Sequence[str]]], num_threads: Optional[int] = None) -> "BM25":
+        """Index a corpus (replacing any previous one); document i gets id i.
+
+        Parameters
+        ----------
+        texts : iterable of str (or bytes, UTF-8), or of lists of str tokens
+            Raw documents, or pre-tokenised ones taken verbatim.
+
+        Returns
+        -------
+        self
+        """
+        texts = _as_list(texts, "texts")
+        if not texts:
+            raise ValueError("texts is empty: a BM25 index needs at least one document")
+        with self._lock:
+            self._new_core()
+            try:
+                self._add(texts, num_threads)
+            except Exception:
+                self._new_core()
+                raise
+        return self
+
+    def add(self, texts: Iterable[Union[str, Sequence[str]]], num_threads: Optional[int] = None) -> "BM25":
+        """Append documents; they get ids ``num_docs, num_docs + 1, ...``.
+
+        Document frequencies, IDFs and the average length are updated, so every
+        score afterwards equals that of a fresh index over all documents.  Costs
+        tokenising the new texts plus a linear pass over the existing postings.
+        """
+        texts = _as_list(texts, "texts")
+        if not texts:
+            return self
+        with self._lock:
+            if self.num_docs == 0:
+                return self.index(texts, num_threads)
+            self._add(texts, num_threads)
+        return self
+
+    def _add(self, texts: list, num_threads: Optional[int]) -> None:
+        nt = resolve_num_threads(num_threads)
+        offsets, ids = self._ids(texts, True, "texts", nt)
+        self._vocab_cache = None
+        if self._core.total_len == 0 and not np.any(ids >= 0):
+            raise ValueError("the corpus has no tokens: every document is empty or holds only stopwords")
+        self._core.add_docs(offsets, ids, nt)
+
+    # ---------------------------------------------------------------- queries
+    def _query_ids(self, queries: Any, num_threads: int) -> Tuple[np.ndarray, np.ndarray]:
+        queries = _as_list(queries, "queries")
+        if not queries:
+            return np.zeros(1, np.int64), np.zeros(0, np.int64)
+        return self._ids(queries, False, "queries", num_threads)
+
+    def _check_ready(self) -> None:
+        if self.num_docs == 0:
+            raise RuntimeError("the BM25 index is empty: call index(texts) before search() or score()")
+
+    def search(
+        self,
+        queries: Iterable[Union[str, Sequence[str]]],
+        k: int = 100,
+        exclude: Any = None,
+        num_threads: Optional[int] = None,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-k documents per query.
+
+        Parameters
+        ----------
+        queries : list of str, or list of lists of str tokens (verbatim)
+            Q queries.  A query term repeated twice counts twice.  An empty
+            query (or one with only stopwords / unknown words) gives a padded row.
+        k : int
+            Results per query; may exceed the corpus size (padded).
+        exclude : optional
+            Document ids to leave out per query, as in :func:`hardneg.topk`: a
+            list of id lists, a -1 padded (Q, m) int array, or ``(indptr, indices)``.
+        num_threads : int, optional
+
+        Returns
+        -------
+        scores : float32 array (Q, k)
+            Best first; ties by ascending id; padding ``-inf``.
+        ids : int64 array (Q, k)
+            Document ids; padding -1.  A document with score 0 is never returned.
+        """
+        self._check_ready()
+        k = _check_k(k)
+        nt = resolve_num_threads(num_threads)
+        offsets, ids = self._query_ids(queries, nt)
+        nq = offsets.shape[0] - 1
+        csr = to_csr(exclude, nq, self.num_docs, "exclude")
+        ip, ii = (None, None) if csr is None else csr
+        if nq == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        return self._core.search(offsets, ids, k, ip, ii, nt)
+
+    def score(self, queries: Iterable[Union[str, Sequence[str]]], doc_ids: Any,
+              num_threads: Optional[int] = None) -> np.ndarray:
+        """BM25 scores of given (query, document) pairs, e.g. to rescore candidates.
+
+        Parameters
+        ----------
+        queries : list of Q str (or token lists)
+        doc_ids : int array (Q, m) or (Q,), or a list of Q id lists of equal length
+            Document ids per query; -1 entries score ``-inf``.
+
+        Returns
+        -------
+        float32 array (Q, m) (or (Q,) for 1-D ``doc_ids``): exactly the scores
+        :meth:`search` reports (0 for a document without any query term, or the
+        tf = 0 base for bm25l / bm25+).
+        """
+        self._check_ready()
+        nt = resolve_num_threads(num_threads)
+        offsets, ids = self._query_ids(queries, nt)
+        nq = offsets.shape[0] - 1
+        d = np.asarray(doc_ids.detach().cpu().numpy() if hasattr(doc_ids, "detach") else doc_ids)
+        one_d = d.ndim == 1
+        if one_d:
+            d = d.reshape(-1, 1)
+        if d.ndim != 2 or d.shape[0] != nq:
+            raise ValueError(f"doc_ids must have shape ({nq}, m) or ({nq},) for {nq} queries, got {d.shape}")
+        if d.size and d.dtype.kind not in "iu":
+            raise TypeError(f"doc_ids must hold integer ids, got dtype {d.dtype}")
+        d = np.ascontiguousarray(d, dtype=np.int64)
+        bad = (d < -1) | (d >= self.num_docs)
+        if bad.any():
+            raise ValueError(f"doc_ids has id {int(d[bad][0])} outside the corpus range [0, {self.num_docs})")
+        out = self._core.score(offsets, ids, d, nt) if nq else np.zeros(d.shape, np.float32)
+        return out[:, 0] if one_d else out
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the index to directory ``path`` (``.npy`` arrays + ``bm25.json``)."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        with self._lock:  # the arrays are views of the index: no add meanwhile
+            self._save(p)
+
+    def _save(self, p: Path) -> None:
+        for name, a in self._core.arrays().items():
+            np.save(p / f"{name}.npy", np.asarray(a), allow_pickle=False)
+        meta = {
+            "format": _FORMAT, "version": _FORMAT_VERSION, "method": self.method, "k1": self.k1, "b": self.b,
+            "delta": self.delta, "stopwords_name": self._stopwords_name, "stopwords": list(self._stopwords),
+            "stemmer": self.stemmer, "num_docs": self.num_docs, "total_len": self._core.total_len,
+        }
+        with open(p / "vocabulary.json", "w", encoding="utf-8") as f:
+            json.dump(self._core.terms, f, ensure_ascii=False)
+        with open(p / "bm25.json", "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], mmap: bool = True) -> "BM25":
+        """Read an index written by :meth:`save`.
+
+        With ``mmap=True`` the posting arrays are memory-mapped (read-only,
+        paged in on use), so resident memory stays small; :meth:`add` then
+        copies them into memory.
+        """
+        p = Path(path)
+        try:
+            with open(p / "bm25.json", encoding="utf-8") as f:
+                meta = json.load(f)
+            with open(p / "vocabulary.json", encoding="utf-8") as f:
+                terms = json.load(f)
+        except FileNotFoundError as e:
+            raise ValueError(f"{str(path)!r} is not a hardneg BM25 index directory (missing {Path(e.filename).name})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{str(path)!r}: corrupt BM25 metadata ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError(f"{str(path)!r} is not a hardneg BM25 index (bad format marker)")
+        if meta.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"unsupported BM25 index version {meta.get('version')!r} (expected {_FORMAT_VERSION})")
+        if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
+            raise ValueError("corrupt BM25 index: vocabulary.json must be a list of str")
+        try:
+            stop = meta["stopwords_name"]
+            bm = cls(k1=meta["k1"], b=meta["b"], delta=meta["delta"], method=meta["method"],
+                     stopwords=meta["stopwords"] if stop == "custom" else stop, stemmer=meta["stemmer"])
+            total_len = float(meta["total_len"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"corrupt BM25 index metadata: {e!r}") from None
+        arrays = {}
+        for name, dt in _ARRAYS.items():
+            try:
+                a = np.load(p / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+            except FileNotFoundError:
+                raise ValueError(f"corrupt BM25 index: {name}.npy is missing") from None
+            except Exception as e:
+                raise ValueError(f"corrupt BM25 index: cannot read {name}.npy ({e})") from None
+            if a.dtype != dt or a.ndim != 1:
+                raise ValueError(f"corrupt BM25 index: {name}.npy must be 1-D {np.dtype(dt).name}, got {a.ndim}-D {a.dtype}")
+            arrays[name] = a
+        if arrays["doc_len"].shape[0] != meta.get("num_docs"):
+            raise ValueError("corrupt BM25 index: doc_len does not match num_docs")
+        try:
+            bm._core.set_arrays(terms, arrays["offsets"], arrays["docs"], arrays["tfs"], arrays["impacts"],
+                                arrays["doc_len"], total_len)
+        except ValueError as e:
+            raise ValueError(f"corrupt BM25 index: {e}") from None
+        bm._vocab_cache = None
+        return bm
