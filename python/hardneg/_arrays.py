@@ -72,6 +72,12 @@ def vectors_for_kernel(x: Any, name: str, allow_bf16: bool = True) -> Tuple[np.n
     raise TypeError(f"{name} must be {_SUPPORTED}, got {a.dtype}")
 
 
+def check_uint_ids(a: np.ndarray, name: str) -> None:
+    """ValueError for unsigned ids that int64 cannot hold (the cast would wrap them, 2**64 - 1 to the -1 padding)."""
+    if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} has id {int(a.max())}, beyond the int64 range")
+
+
 def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(a, dtype=np.float32)

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from hardneg import _core
+from hardneg._arrays import check_uint_ids
 from hardneg._threads import resolve_num_threads
 from hardneg.exclude import to_csr
 
@@ -362,6 +363,7 @@ class BM25:
             raise ValueError(f"doc_ids must have shape ({nq}, m) or ({nq},) for {nq} queries, got {d.shape}")
         if d.size and d.dtype.kind not in "iu":
             raise TypeError(f"doc_ids must hold integer ids, got dtype {d.dtype}")
+        check_uint_ids(d, "doc_ids")
         d = np.ascontiguousarray(d, dtype=np.int64)
         bad = (d < -1) | (d >= self.num_docs)
         if bad.any():

@@ -13,7 +13,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from hardneg._arrays import is_torch
+from hardneg._arrays import check_uint_ids, is_torch
 
 CSR = Tuple[np.ndarray, np.ndarray]
 
@@ -26,6 +26,7 @@ def _int_array(x: Any, name: str) -> np.ndarray:
         return np.zeros(a.shape, dtype=np.int64)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer ids, got dtype {a.dtype}")
+    check_uint_ids(a, name)
     return a.astype(np.int64, copy=False)
 
 

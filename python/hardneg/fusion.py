@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from hardneg import _core
-from hardneg._arrays import is_torch, to_caller
+from hardneg._arrays import check_uint_ids, is_torch, to_caller
 from hardneg._threads import resolve_num_threads
 
 METHODS = ("rrf", "combsum", "combmnz")
@@ -149,6 +149,7 @@ def fuse(
             raise ValueError(f"runs[{i}] ids must be 2-D (Q, k), got shape {ids.shape}")
         if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"runs[{i}] ids must be integers, got dtype {ids.dtype}")
+        check_uint_ids(ids, f"runs[{i}] ids")
         ids = np.require(ids, dtype=np.int64, requirements=["C", "A"])
         if s is not None:
             if is_torch(s):

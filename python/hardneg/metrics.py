@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from hardneg import _core
-from hardneg._arrays import is_torch
+from hardneg._arrays import check_uint_ids, is_torch
 from hardneg._threads import resolve_num_threads
 
 # metric kinds, as in cpp/metrics.h
@@ -269,6 +269,7 @@ def _ids_of(run: Any) -> np.ndarray:
         raise ValueError(f"ids must be 2-D (Q, k), got shape {ids.shape}")
     if ids.size and ids.dtype.kind not in "iu":
         raise TypeError(f"ids must hold integer row numbers, got dtype {ids.dtype}")
+    check_uint_ids(ids, "ids")
     if ids.dtype != np.int64 or not ids.flags.c_contiguous or not ids.flags.aligned:
         ids = np.require(ids, dtype=np.int64, requirements=["C", "A"])
     return ids

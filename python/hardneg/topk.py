@@ -6,7 +6,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from hardneg import _core
-from hardneg._arrays import check_finite, is_cuda, is_torch, to_caller, torch_module, vectors_for_kernel
+from hardneg._arrays import check_finite, check_uint_ids, is_cuda, is_torch, to_caller, torch_module, vectors_for_kernel
 from hardneg._threads import resolve_num_threads
 from hardneg.exclude import to_csr
 
@@ -341,6 +341,7 @@ def merge_topk(scores: List[np.ndarray], ids: List[np.ndarray], k: int, metric: 
             raise TypeError(f"scores[{p}] must be a real numeric array, got dtype {x.dtype}")
         if y.size and y.dtype.kind not in "iu":
             raise TypeError(f"ids[{p}] must be an integer array, got dtype {y.dtype}")
+        check_uint_ids(y, f"ids[{p}]")
         x = np.require(x, dtype=np.float32, requirements=["C", "A"])  # A: aligned (views of byte buffers)
         # NaN has no place in the ordering (the C++ sort needs a strict weak order)
         if np.isnan(x).any():
