@@ -604,6 +604,8 @@ def campaign_extra_bm25(rec, rng, tmp):
                         ("stopwords ints", dict(stopwords=[1, 2])), ("stopwords int", dict(stopwords=3)),
                         ("stemmer", dict(stemmer="klingon")), ("stemmer int", dict(stemmer=3))]:
         rec.run(f"BM25({lab})", lambda kwargs=kwargs: BM25(**kwargs), must_raise=True)
+    for k in (2**32, 2**62, 2**70):
+        rec.run(f"bm25 search(k={k})", lambda k=k: bm.search(["cat"], k=k), must_raise=True)
     rec.run("bm25 num_threads=0", lambda: bm.search(["cat"], num_threads=0), must_raise=True)
     rec.run("bm25 add bad", lambda: BM25(**kw).index(docs).add([None]), must_raise=True)
     # a tampered saved index must be refused at load (the search loops trust the postings)

@@ -268,6 +268,7 @@ void bind_bm25(py::module_& m) {
                          if (ii[j] < 0 || size_t(ii[j]) >= ix.num_docs())
                              throw std::invalid_argument("exclude holds an id outside the corpus");
                  }
+                 check_out_size(py::ssize_t(q.nq), k, "k");
                  py::array_t<float> s({py::ssize_t(q.nq), k});
                  py::array_t<int64_t> r({py::ssize_t(q.nq), k});
                  float* sp = s.mutable_data();
@@ -286,6 +287,7 @@ void bind_bm25(py::module_& m) {
                  auto q = queries_of(off, ids);
                  if (doc_ids.ndim() != 2 || size_t(doc_ids.shape(0)) != q.nq)
                      throw std::invalid_argument("doc_ids must have shape (num_queries, m)");
+                 if (!is_aligned(doc_ids)) throw std::invalid_argument("doc_ids is not aligned (copy it first)");
                  const size_t mm = size_t(doc_ids.shape(1));
                  py::array_t<float> s({py::ssize_t(q.nq), py::ssize_t(mm)});
                  float* sp = s.mutable_data();

@@ -107,6 +107,8 @@ def _check_k(k: Any) -> int:
         raise TypeError(f"k must be a positive integer, got {k!r}")
     if k <= 0:
         raise ValueError(f"k must be a positive integer, got {k}")
+    if k >= 2**32:  # document ids are 32-bit: a larger k could only add padding (and a huge allocation)
+        raise ValueError(f"k must be below 2**32, got {k}")
     return int(k)
 
 
@@ -364,7 +366,7 @@ class BM25:
         if d.size and d.dtype.kind not in "iu":
             raise TypeError(f"doc_ids must hold integer ids, got dtype {d.dtype}")
         check_uint_ids(d, "doc_ids")
-        d = np.ascontiguousarray(d, dtype=np.int64)
+        d = np.require(d, dtype=np.int64, requirements=["C", "A"])  # A: aligned (the kernel loads int64)
         bad = (d < -1) | (d >= self.num_docs)
         if bad.any():
             raise ValueError(f"doc_ids has id {int(d[bad][0])} outside the corpus range [0, {self.num_docs})")
