@@ -9,6 +9,11 @@ from hardneg._threads import get_num_threads, set_num_threads
 from hardneg.topk import DenseIndex, merge_topk, topk
 from hardneg.info import info, simd_level
 
+# --- mining pipeline (issue 6) ---
+from hardneg import datasets
+from hardneg.mining import MinedNegatives, load_negatives, mine_hard_negatives
+# --- end mining pipeline ---
+
 __all__ = [
     "__version__",
     "DenseIndex",
@@ -18,4 +23,9 @@ __all__ = [
     "set_num_threads",
     "info",
     "simd_level",
+    # mining pipeline
+    "datasets",
+    "mine_hard_negatives",
+    "MinedNegatives",
+    "load_negatives",
 ]

@@ -2,7 +2,8 @@
 
 Its ``cache_folder`` loads ``query_embeddings_<hash>.npy`` / ``corpus_embeddings_<hash>.npy``
 instead of encoding, so a model stub that only provides ``similarity`` suffices; opaque id
-strings stand in for the texts.  Used by tests/test_mining.py and benchmarks/compare_mining.py.
+strings stand in for the texts.  Used by tests/test_mining.py, benchmarks/compare_mining.py and ``hardneg bench``
+(needs torch, sentence-transformers and datasets).
 """
 from __future__ import annotations
 
