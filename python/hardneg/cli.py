@@ -169,6 +169,10 @@ def cmd_mine(args) -> int:
     import hardneg as hn
     from hardneg.mining import mine_hard_negatives
 
+    if args.output and args.output != "-":
+        parent = Path(args.output).parent
+        if not parent.is_dir():  # fail before the work, not after it
+            raise CLIError(f"output folder {parent} does not exist")
     t0 = time.perf_counter()
     ds, folder = _load_dataset(args.dataset, args.split)
     t_load = time.perf_counter() - t0

@@ -213,12 +213,30 @@ def rrf_fuse(runs: Sequence[Tuple[np.ndarray, np.ndarray]], k: int = 60, depth: 
 # ---------------------------------------------------------------------------------------------- retrievers
 
 
+def _unit_rows(a: np.ndarray, tol: float = 1e-5) -> bool:
+    """True when every row has unit L2 norm (within tol on the squared norm); one pass, no copy."""
+    from hardneg import _core
+    from hardneg._arrays import vectors_for_kernel
+
+    if a.shape[0] == 0:
+        return True
+    v, bf16 = vectors_for_kernel(a, "embeddings")
+    if bf16 or v.dtype != np.float32:
+        return False  # low-precision rows are never normalised to 1e-5
+    n = _core.sqnorms(v, False)
+    return bool(np.all(np.abs(n - 1.0) <= tol))
+
+
 class _Dense:
     """Exact inner-product / cosine search with hardneg's top-k kernel."""
 
     name = "dense"
 
     def __init__(self, corpus: np.ndarray, queries: np.ndarray, metric: str, num_threads: int):
+        if metric == "cosine" and _unit_rows(corpus) and _unit_rows(queries):
+            # Already L2-normalised (as sentence-transformers' embeddings are): cosine = inner
+            # product up to the last bit, and the inner-product kernel skips the norms.
+            metric = "ip"
         self.index = DenseIndex(corpus, metric=metric)
         self.corpus = corpus
         self.queries = queries
@@ -358,8 +376,15 @@ class _TextDuplicates:
         hi = int(np.searchsorted(self.sorted, hv, "right"))
         return [int(r) for r in self.order[lo:hi] if self.texts[r] == text]
 
-    def has_duplicates(self) -> bool:
-        return bool(self.sorted.size > 1 and np.any(self.sorted[1:] == self.sorted[:-1]))
+    def duplicated_rows(self) -> set:
+        """Rows whose hash is shared with another row (candidates for identical texts)."""
+        if self.sorted.size < 2:
+            return set()
+        same = self.sorted[1:] == self.sorted[:-1]
+        if not same.any():
+            return set()
+        idx = np.flatnonzero(same)
+        return set(self.order[idx].tolist()) | set(self.order[idx + 1].tolist())
 
 
 def _exclusions(ds: RetrievalDataset, positives: List[np.ndarray], exclude_self: bool, exclude_same_text: bool):
@@ -374,13 +399,20 @@ def _exclusions(ds: RetrievalDataset, positives: List[np.ndarray], exclude_self:
                 extra[j].append(r)
     if exclude_same_text and ds.num_docs:
         texts = ds.corpus_texts
-        dup = _TextDuplicates(texts)
-        any_dup = dup.has_duplicates()
-        for j, qt in enumerate(ds.query_texts):
-            extra[j].extend(dup.rows_with_text(qt))
-            if any_dup:
-                for p in positives[j]:
-                    extra[j].extend(r for r in dup.rows_with_text(texts[p]) if r != p)
+        dup = getattr(ds, "_text_duplicates", None)
+        if dup is None:
+            dup = _TextDuplicates(texts)
+            ds._text_duplicates = dup  # cached: the corpus of a dataset does not change
+        qh = np.fromiter((hash(t) for t in ds.query_texts), dtype=np.int64, count=ds.num_queries)
+        hit = np.searchsorted(dup.sorted, qh, "right") > np.searchsorted(dup.sorted, qh, "left")
+        for j in np.flatnonzero(hit).tolist():  # a hash match: compare the texts
+            extra[j].extend(dup.rows_with_text(ds.query_texts[j]))
+        dup_rows = dup.duplicated_rows()
+        if dup_rows:
+            for j, p in enumerate(positives):
+                for r in p.tolist():
+                    if r in dup_rows:
+                        extra[j].extend(x for x in dup.rows_with_text(texts[r]) if x != r)
     pos_sets = [set(p.tolist()) for p in positives]
     return [sorted(set(e) - pos_sets[j]) for j, e in enumerate(extra)]
 
