@@ -591,3 +591,35 @@ def test_query_without_positives_and_tiny_corpus():
     assert m.counts.tolist() == [5, 6]  # corpus smaller than the range: everything but the positive
     assert np.isnan(m.positive_scores[1])
     assert "queries without positives: 1" in m.report()
+
+
+def test_encoder_and_torch_inputs_give_the_same_negatives():
+    Q, C, S, pos = make_exact(nq=12, seed=37)
+    ds = make_ds(12, C.shape[0], pos)
+    base = dict(metric="ip", progress=False, num_negatives=4, range_min=1, range_max=20)
+    ref = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, **base)
+    table = {**{f"d{i}": C[i] for i in range(C.shape[0])}, **{f"q{j}": Q[j] for j in range(12)}}
+    calls = []
+
+    def encoder(texts):
+        calls.append(len(texts))
+        return np.stack([table[t] for t in texts])
+
+    enc = mine_hard_negatives(ds, encoder=encoder, encode_batch_size=64, **base)
+    np.testing.assert_array_equal(enc.ids, ref.ids)
+    assert calls == [64, 64, 64, 64, 44, 12]
+    torch = pytest.importorskip("torch")
+    tor = mine_hard_negatives(ds, corpus_embeddings=torch.from_numpy(C), query_embeddings=torch.from_numpy(Q), **base)
+    np.testing.assert_array_equal(tor.ids, ref.ids)
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    pytest.importorskip("tqdm")
+    Q, C, S, pos = make_exact(nq=5, seed=41)
+    ds = make_ds(5, C.shape[0], pos)
+    mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "mining (dense)" in err
+    mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, progress=False)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
