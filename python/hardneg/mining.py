@@ -36,7 +36,7 @@ import numpy as np
 from hardneg._arrays import is_torch
 from hardneg._threads import resolve_num_threads
 from hardneg.datasets import RetrievalDataset
-from hardneg.topk import DenseIndex
+from hardneg.topk import topk
 
 __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "rrf_fuse",
            "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
@@ -237,7 +237,6 @@ class _Dense:
             # Already L2-normalised (as sentence-transformers' embeddings are): cosine = inner
             # product up to the last bit, and the inner-product kernel skips the norms.
             metric = "ip"
-        self.index = DenseIndex(corpus, metric=metric)
         self.corpus = corpus
         self.queries = queries
         self.metric = metric
@@ -247,7 +246,9 @@ class _Dense:
         return self.queries[rows]
 
     def search(self, rows: slice, k: int, exclude):
-        return self.index.search(self._q(rows), k=k, exclude=exclude, num_threads=self.num_threads)
+        # hn.topk checks the corpus for NaN/Inf inside the kernel, in the same pass as the search
+        return topk(self._q(rows), self.corpus, k=k, metric=self.metric, exclude=exclude,
+                    num_threads=self.num_threads)
 
     def pair_scores(self, rows: slice, qidx: np.ndarray, docs: np.ndarray) -> np.ndarray:
         if docs.size == 0:
