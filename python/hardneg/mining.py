@@ -333,7 +333,10 @@ def _fuse_rrf(runs, k: int, depth: int):
     fuse = getattr(hardneg, "fuse", None)
     if fuse is not None:
         try:
-            out = fuse(list(runs), method="rrf", k=k)
+            try:
+                out = fuse(list(runs), method="rrf", k=k, depth=depth)
+            except TypeError:
+                out = fuse(list(runs), method="rrf", k=k)
             s, i = np.asarray(out[0], dtype=np.float32), np.asarray(out[1], dtype=np.int64)
             if s.ndim == 2 and s.shape[0] == runs[0][1].shape[0]:
                 if s.shape[1] < depth:
