@@ -61,7 +61,11 @@ def interleaved(fns, repeat):
             t = time.perf_counter()
             f()
             ts[i].append(time.perf_counter() - t)
+    best.append([float(np.min(t)) for t in ts])
     return [float(np.median(t)) for t in ts]
+
+
+best = []  # best-of-repeat times of each interleaved() call, same order
 
 
 def main():
@@ -121,7 +125,7 @@ def main():
                 equal = f"counts {sum(len(g) == len(ref[q]) for g, q in zip(got, ds.query_ids))}/{ds.num_queries}"
             else:
                 equal = f"{sum(g == ref[q] for g, q in zip(got, ds.query_ids))}/{ds.num_queries}"
-            rows.append((name, t_ours, t_ours_w, t_peer, equal))
+            rows.append((name, t_ours, t_ours_w, t_peer, equal, best[-1]))
 
         # the search stage alone
         k = 100 + max(p.size for p in positives)
@@ -137,12 +141,17 @@ def main():
         t_hn_s, t_st_s = interleaved([lambda: index.search(Q, k=k, exclude=positives), st_search], args.repeat)
 
     print("| mining (SciFact train, dense, MiniLM embeddings) | hardneg (ms) | hardneg: load_beir + mine + write "
-          "n-tuple file (ms) | sentence-transformers (ms) | speed-up | speed-up, hardneg incl. load + file | equal output |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    for name, a, aw, b, eq in rows:
-        print(f"| {name} | {a * 1e3:.1f} | {aw * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.1f}x | {b / aw:.1f}x | {eq} |")
-    print(f"| search stage only: top-{k} of 809 x 5,183, positives excluded (hardneg) / cos_sim + torch.topk (peer) | {t_hn_s * 1e3:.1f} | | {t_st_s * 1e3:.1f} "
-          f"| {t_st_s / t_hn_s:.1f}x | | |")
+          "n-tuple file (ms) | sentence-transformers (ms) | speed-up | speed-up, hardneg incl. load + file "
+          "| speed-up, best of each | equal output |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name, a, aw, b, eq, bb in rows:
+        print(f"| {name} | {a * 1e3:.1f} | {aw * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.1f}x | {b / aw:.1f}x "
+              f"| {bb[2] / bb[0]:.1f}x | {eq} |")
+    bs = best[-1]
+    print(f"| search stage only: top-{k} of {ds.num_queries} x {ds.num_docs:,}, positives excluded (hardneg) / "
+          f"cos_sim + torch.topk (peer) | {t_hn_s * 1e3:.1f} | | {t_st_s * 1e3:.1f} | {t_st_s / t_hn_s:.1f}x | "
+          f"| {bs[1] / bs[0]:.1f}x | |")
+    print("\nmedians of the interleaved runs; 'best of each' divides the fastest run of each side")
 
     if getattr(hn, "BM25", None) is not None:
         print("\n| hardneg BM25 / hybrid mining (index build included) | ms |\n| --- | ---: |")
