@@ -41,6 +41,8 @@ from hardneg.topk import topk
 __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "rrf_fuse",
            "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
 
+_FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
+
 RETRIEVERS = ("dense", "bm25", "hybrid")
 SAMPLING = ("top", "random", "softmax")
 FORMATS = ("sentence-transformers", "triplet", "flagembedding", "tevatron", "ids")
@@ -242,7 +244,8 @@ class _Dense:
         self.metric = metric
         self.num_threads = num_threads
 
-    def _q(self, rows: slice) -> np.ndarray:
+    def _q(self, rows) -> np.ndarray:
+        """Query rows: a slice (a view) or an int array (a contiguous copy)."""
         return self.queries[rows]
 
     def search(self, rows: slice, k: int, exclude):
@@ -276,15 +279,20 @@ class _BM25:
         self.query_texts = query_texts
         self.num_threads = num_threads
 
-    def search(self, rows: slice, k: int, exclude):
-        s, i = self.bm.search(self.query_texts[rows], k=k, exclude=exclude, num_threads=self.num_threads)
+    def _texts(self, rows) -> List[str]:
+        if isinstance(rows, slice):
+            return self.query_texts[rows]
+        return [self.query_texts[i] for i in rows.tolist()]
+
+    def search(self, rows, k: int, exclude):
+        s, i = self.bm.search(self._texts(rows), k=k, exclude=exclude, num_threads=self.num_threads)
         return np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)
 
     def pair_scores(self, rows: slice, qidx: np.ndarray, docs: np.ndarray) -> np.ndarray:
         if docs.size == 0:
             return np.zeros(0, np.float32)
-        texts = self.query_texts[rows]
-        qs = [texts[j] for j in qidx]
+        texts = self._texts(rows)
+        qs = [texts[j] for j in qidx.tolist()]
         try:  # (queries (P,), doc_ids (P, 1)) -> (P, 1)
             out = np.asarray(self.bm.score(qs, docs.reshape(-1, 1)), dtype=np.float32)
             if out.size == docs.size:
@@ -844,99 +852,63 @@ def mine_hard_negatives(
     filtered = {"absolute_margin": 0, "relative_margin": 0, "max_score": 0, "min_score": 0}
     n_candidates = 0
     t_search = t_select = t_rescore = 0.0
+    need = range_min + num_negatives  # with sampling="top", survivors needed per query
+    # Fast path (exact): with "top" sampling only the first `need` survivors matter.  The first
+    # k_fast <= range_max candidates of the excluded ranking always lie inside sentence-transformers'
+    # pool (depth - p_in >= range_max), so when they hold `need` survivors the answer is final; the
+    # other queries are searched again to the full depth.  Not for hybrid (RRF scores depend on the
+    # depth of both rankings) nor with a rescorer (it reorders the whole pool).
+    k_fast = min(range_max, need + max(16, need))
+    fast = _FAST_PATH and sampling == "top" and rescorer is None and retriever != "hybrid" and k_fast < depth
+    red = {"min": np.nanmin, "max": np.nanmax, "mean": np.nanmean}[positive_anchor]
 
-    bar = _progress(nq, f"mining ({retriever})", progress)
-    for b0 in range(0, nq, batch_size):
-        b1 = min(nq, b0 + batch_size)
-        rows = slice(b0, b1)
-        B = b1 - b0
-        # exclusion lists for the kernel: positives + extra rows
-        excl = [np.concatenate([positives[j], np.asarray(extra[j], np.int64)]) for j in range(b0, b1)]
-        indptr = np.zeros(B + 1, np.int64)
+    def exclusion_csr(glob_rows: np.ndarray):
+        excl = [np.concatenate([positives[j], np.asarray(extra[j], np.int64)]) for j in glob_rows.tolist()]
+        indptr = np.zeros(len(excl) + 1, np.int64)
         np.cumsum([e.size for e in excl], out=indptr[1:])
-        indices = np.concatenate(excl) if B else np.zeros(0, np.int64)
-        t0 = time.perf_counter()
-        cs, ci = ret.search(rows, depth, (indptr, indices.astype(np.int64)))
-        cs = np.asarray(cs, dtype=np.float32)
-        ci = np.asarray(ci, dtype=np.int64)
-        # positive scores, (B, P) NaN padded
-        pos_counts = np.array([positives[j].size for j in range(b0, b1)], np.int64)
-        pq = np.repeat(np.arange(B), pos_counts)
-        pd = np.concatenate([positives[j] for j in range(b0, b1)]) if B else np.zeros(0, np.int64)
-        ps = ret.pair_scores(rows, pq, pd).astype(np.float32)
-        t_search += time.perf_counter() - t0
+        indices = np.concatenate(excl).astype(np.int64) if excl else np.zeros(0, np.int64)
+        return indptr, indices
 
-        # sentence-transformers' pool: of its top `depth` (positives included), the non-positives.
-        # Positives ranked inside the top `depth` take slots, so the pool is depth - p_in deep.
-        valid = ci >= 0
-        if pd.size:
-            srow, irow, vrow = cs[pq], ci[pq], valid[pq]
-            nb_nonpos = (vrow & ((srow > ps[:, None]) | ((srow == ps[:, None]) & (irow < pd[:, None])))).sum(1)
-            # positives of the same query ranked above this one
-            P = max(1, int(pos_counts.max()))
-            pmat = np.full((B, P), -np.inf, np.float64)
-            imat = np.full((B, P), np.iinfo(np.int64).max, np.int64)
-            slot = np.arange(pd.size) - np.repeat(_indptr_of(pos_counts)[:-1], pos_counts)
-            pmat[pq, slot] = ps
-            imat[pq, slot] = pd
-            pm, im = pmat[pq], imat[pq]
-            nb_pos = ((pm > ps[:, None]) | ((pm == ps[:, None]) & (im < pd[:, None]))).sum(1)
-            in_top = (nb_nonpos + nb_pos) < depth
-            p_in = np.bincount(pq[in_top], minlength=B)
-        else:
-            p_in = np.zeros(B, np.int64)
-        pool = depth - p_in
-        valid &= np.arange(depth)[None, :] < pool[:, None]
-
-        if rescorer is not None:
-            t0 = time.perf_counter()
-            qi, cj = np.nonzero(valid)
-            qtexts = [ds.query_texts[b0 + q] for q in qi.tolist()] + [ds.query_texts[b0 + q] for q in pq.tolist()]
-            dtexts = [ds.corpus_texts[d] for d in ci[qi, cj].tolist()] + [ds.corpus_texts[d] for d in pd.tolist()]
-            new = _to_flat(rescorer(qtexts, dtexts), len(qtexts))
-            cs = cs.copy()
-            cs[qi, cj] = new[: qi.size]
-            ps = new[qi.size:]
-            order = _sort_rows(cs, ci, valid)
-            cs, ci, valid = _take(cs, order), _take(ci, order), _take(valid, order)
-            t_rescore += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        # anchor positive per query
-        anchor = np.full(B, np.nan, np.float64)
-        if pd.size:
+    def anchors(ps: np.ndarray, pq: np.ndarray, pos_counts: np.ndarray) -> np.ndarray:
+        B = pos_counts.size
+        out = np.full(B, np.nan, np.float64)
+        if ps.size:
             pmat = np.full((B, max(1, int(pos_counts.max()))), np.nan, np.float64)
-            slot = np.arange(pd.size) - np.repeat(_indptr_of(pos_counts)[:-1], pos_counts)
+            slot = np.arange(ps.size) - np.repeat(_indptr_of(pos_counts)[:-1], pos_counts)
             pmat[pq, slot] = ps
             has = pos_counts > 0
-            red = {"min": np.nanmin, "max": np.nanmax, "mean": np.nanmean}[positive_anchor]
-            anchor[has] = red(pmat[has], axis=1)
-        for j, s_ in enumerate(np.split(ps.astype(np.float32), _indptr_of(pos_counts)[1:-1])):
-            pos_scores_all[b0 + j] = s_
-        anchor_out[b0:b1] = anchor
+            out[has] = red(pmat[has], axis=1)
+        return out
 
+    def apply_filters(cs: np.ndarray, valid: np.ndarray, anchor: np.ndarray):
+        """Keep mask and, per filter, the candidates it removed in each row."""
         keep = valid.copy()
-        n_candidates += int(keep.sum())
+        drops = {}
         # float32 arithmetic, as sentence-transformers does it, so the boundaries agree bit for bit
         s32 = cs.astype(np.float32, copy=False)
         a = anchor.astype(np.float32)[:, None]
         with np.errstate(invalid="ignore"):
             if absolute_margin is not None:
                 drop = keep & (s32 + np.float32(absolute_margin) > a)
-                filtered["absolute_margin"] += int(drop.sum())
+                drops["absolute_margin"] = drop.sum(1)
                 keep &= ~drop
             if relative_margin is not None:
                 drop = keep & (s32 > a - np.abs(a) * np.float32(relative_margin))
-                filtered["relative_margin"] += int(drop.sum())
+                drops["relative_margin"] = drop.sum(1)
                 keep &= ~drop
         if max_score is not None:
             drop = keep & (s32 > np.float32(max_score))
-            filtered["max_score"] += int(drop.sum())
+            drops["max_score"] = drop.sum(1)
             keep &= ~drop
         if min_score is not None:
             drop = keep & (s32 < np.float32(min_score))
-            filtered["min_score"] += int(drop.sum())
+            drops["min_score"] = drop.sum(1)
             keep &= ~drop
+        return keep, drops
+
+    def select(cs, ci, keep, glob_rows: np.ndarray):
+        """Window positions range_min..range_max-1 of the survivors, then sampling; writes the output."""
+        B = glob_rows.size
         # survivors first, in score order (the rows are sorted), then the window
         order = np.argsort(~keep, axis=1, kind="stable")
         ws, wi, wk = _take(cs, order), _take(ci, order), _take(keep, order)
@@ -944,11 +916,11 @@ def mine_hard_negatives(
         if sampling == "top":
             ss, si, sk = ws[:, :num_negatives], wi[:, :num_negatives], wk[:, :num_negatives]
         else:
-            u = _uniform(seed, np.arange(b0, b1), np.where(wk, wi, 0))
+            u = _uniform(seed, glob_rows, np.where(wk, wi, 0))
             if sampling == "random":
                 key = np.where(wk, -u, -np.inf)  # the smallest u win
-            else:
-                key = np.where(wk, ws.astype(np.float64) / temperature - np.log(-np.log(u)), -np.inf)  # Gumbel-top-k
+            else:  # Gumbel-top-k: sampling without replacement in proportion to exp(score / T)
+                key = np.where(wk, ws.astype(np.float64) / temperature - np.log(-np.log(u)), -np.inf)
             rows_ = np.broadcast_to(np.arange(B)[:, None], key.shape)
             o = np.lexsort((wi.ravel(), -key.ravel(), rows_.ravel())) % max(1, key.shape[1])
             o = o.reshape(key.shape)[:, :num_negatives]
@@ -956,10 +928,107 @@ def mine_hard_negatives(
             o2 = _sort_rows(ss, si, sk)
             ss, si, sk = _take(ss, o2), _take(si, o2), _take(sk, o2)
         w = ss.shape[1]
-        ids_out[b0:b1, :w] = np.where(sk, si, -1)
-        scores_out[b0:b1, :w] = np.where(sk, ss, -np.inf)
-        t_select += time.perf_counter() - t0
+        ids_out[glob_rows, :w] = np.where(sk, si, -1)
+        scores_out[glob_rows, :w] = np.where(sk, ss, -np.inf)
+
+    def account(valid, drops, sel):
+        nonlocal n_candidates
+        n_candidates += int(valid[sel].sum())
+        for name, d in drops.items():
+            filtered[name] += int(d[sel].sum())
+
+    searched_again = 0
+    bar = _progress(nq, f"mining ({retriever})", progress)
+    for b0 in range(0, nq, batch_size):
+        b1 = min(nq, b0 + batch_size)
+        B = b1 - b0
+        glob = np.arange(b0, b1)
+        pos_counts = np.array([positives[j].size for j in range(b0, b1)], np.int64)
+        pq = np.repeat(np.arange(B), pos_counts)
+        pd = np.concatenate([positives[j] for j in range(b0, b1)]) if B else np.zeros(0, np.int64)
+        todo = np.arange(B)
+
+        if fast:
+            t0 = time.perf_counter()
+            cs, ci = ret.search(slice(b0, b1), k_fast, exclusion_csr(glob))
+            cs, ci = np.asarray(cs, dtype=np.float32), np.asarray(ci, dtype=np.int64)
+            ps = ret.pair_scores(slice(b0, b1), pq, pd).astype(np.float32)
+            t_search += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            anchor = anchors(ps, pq, pos_counts)
+            valid = ci >= 0
+            keep, drops = apply_filters(cs, valid, anchor)
+            done = (valid.sum(1) < k_fast) | (keep.sum(1) >= need)
+            if done.any():
+                select(cs[done], ci[done], keep[done], glob[done])
+                account(valid, drops, done)
+            todo = np.flatnonzero(~done)
+            t_select += time.perf_counter() - t0
+
+        if todo.size:
+            sub_glob = glob[todo]
+            rows = slice(b0, b1) if todo.size == B else sub_glob
+            keep_pos = np.isin(pq, todo)
+            spq = np.searchsorted(todo, pq[keep_pos])
+            spd = pd[keep_pos]
+            scounts = pos_counts[todo]
+            S = todo.size
+            t0 = time.perf_counter()
+            cs, ci = ret.search(rows, depth, exclusion_csr(sub_glob))
+            cs, ci = np.asarray(cs, dtype=np.float32), np.asarray(ci, dtype=np.int64)
+            sps = ret.pair_scores(rows, spq, spd).astype(np.float32)
+            t_search += time.perf_counter() - t0
+
+            # sentence-transformers' pool: of its top `depth` (positives included), the non-positives.
+            # Positives ranked inside the top `depth` take slots, so the pool is depth - p_in deep.
+            valid = ci >= 0
+            if spd.size:
+                srow, irow, vrow = cs[spq], ci[spq], valid[spq]
+                nb_nonpos = (vrow & ((srow > sps[:, None]) | ((srow == sps[:, None]) & (irow < spd[:, None])))).sum(1)
+                # positives of the same query ranked above this one
+                P = max(1, int(scounts.max()))
+                pmat = np.full((S, P), -np.inf, np.float64)
+                imat = np.full((S, P), np.iinfo(np.int64).max, np.int64)
+                slot = np.arange(spd.size) - np.repeat(_indptr_of(scounts)[:-1], scounts)
+                pmat[spq, slot] = sps
+                imat[spq, slot] = spd
+                pm, im = pmat[spq], imat[spq]
+                nb_pos = ((pm > sps[:, None]) | ((pm == sps[:, None]) & (im < spd[:, None]))).sum(1)
+                in_top = (nb_nonpos + nb_pos) < depth
+                p_in = np.bincount(spq[in_top], minlength=S)
+            else:
+                p_in = np.zeros(S, np.int64)
+            pool = depth - p_in
+            valid &= np.arange(cs.shape[1])[None, :] < pool[:, None]
+
+            if rescorer is not None:
+                t0 = time.perf_counter()
+                qi, cj = np.nonzero(valid)
+                qt = ds.query_texts
+                qtexts = [qt[sub_glob[q]] for q in qi.tolist()] + [qt[sub_glob[q]] for q in spq.tolist()]
+                dtexts = [ds.corpus_texts[d] for d in ci[qi, cj].tolist()] + [ds.corpus_texts[d] for d in spd.tolist()]
+                new = _to_flat(rescorer(qtexts, dtexts), len(qtexts))
+                cs = cs.copy()
+                cs[qi, cj] = new[: qi.size]
+                sps = new[qi.size:]
+                order = _sort_rows(cs, ci, valid)
+                cs, ci, valid = _take(cs, order), _take(ci, order), _take(valid, order)
+                t_rescore += time.perf_counter() - t0
+            if not fast:  # here todo is the whole batch: these are the batch's positive scores
+                ps = sps
+
+            t0 = time.perf_counter()
+            sanchor = anchors(sps, spq, scounts)
+            keep, drops = apply_filters(cs, valid, sanchor)
+            select(cs, ci, keep, sub_glob)
+            account(valid, drops, np.ones(S, dtype=bool))
+            t_select += time.perf_counter() - t0
+
+        anchor_out[b0:b1] = anchors(ps, pq, pos_counts)
+        for j, s_ in enumerate(np.split(ps.astype(np.float32), _indptr_of(pos_counts)[1:-1])):
+            pos_scores_all[b0 + j] = s_
         bar.update(B)
+        searched_again += int(todo.size) if fast else 0
     bar.close()
 
     timings["search"] = t_search
@@ -973,6 +1042,7 @@ def mine_hard_negatives(
                   positive_anchor=positive_anchor, metric=metric if dense is not None else None,
                   rescorer=rescorer is not None, depth=depth)
     stats = {"candidates": n_candidates, "filtered": {k: v for k, v in filtered.items() if v},
+             "searched_again": searched_again if fast else None,
              "max_positives": max_pos}
     return MinedNegatives(ids_out, scores_out, anchor_out, positives, pos_scores_all, ds, params, stats, timings)
 
