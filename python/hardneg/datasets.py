@@ -103,13 +103,22 @@ class RetrievalDataset:
         return len(self.query_ids)
 
     def positives(self, min_relevance: int = 1) -> List[np.ndarray]:
-        """Corpus rows (int64) judged with relevance >= ``min_relevance``, one array per query."""
-        idx = self.doc_index
-        out = []
-        for q in self.query_ids:
-            rel = self.qrels.get(q, {})
-            out.append(np.array([idx[d] for d, r in rel.items() if r >= min_relevance and d in idx], dtype=np.int64))
-        return out
+        """Corpus rows (int64) judged with relevance >= ``min_relevance``, one array per query.
+
+        Computed once per ``min_relevance`` and cached (replace ``qrels`` rather than edit it in place).
+        """
+        cache = self.__dict__.setdefault("_positives_cache", {})
+        key = (min_relevance, id(self.qrels), id(self.query_ids))
+        if key not in cache:
+            idx = self.doc_index
+            out = []
+            for q in self.query_ids:
+                rel = self.qrels.get(q, {})
+                out.append(np.array([idx[d] for d, r in rel.items() if r >= min_relevance and d in idx],
+                                    dtype=np.int64))
+            cache.clear()
+            cache[key] = out
+        return [p.copy() for p in cache[key]]
 
 
 # ---------------------------------------------------------------------------------------------- reading

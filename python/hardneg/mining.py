@@ -862,12 +862,20 @@ def mine_hard_negatives(
     fast = _FAST_PATH and sampling == "top" and rescorer is None and retriever != "hybrid" and k_fast < depth
     red = {"min": np.nanmin, "max": np.nanmax, "mean": np.nanmean}[positive_anchor]
 
+    # every query's exclusions (positives + extra rows) as one CSR, sliced per batch
+    ex_counts = np.array([positives[j].size + len(extra[j]) for j in range(nq)], np.int64)
+    ex_indptr = _indptr_of(ex_counts)
+    ex_indices = np.concatenate([np.concatenate([positives[j], np.asarray(extra[j], np.int64)]) if extra[j]
+                                 else positives[j] for j in range(nq)]).astype(np.int64) if nq else np.zeros(0, np.int64)
+
     def exclusion_csr(glob_rows: np.ndarray):
-        excl = [np.concatenate([positives[j], np.asarray(extra[j], np.int64)]) for j in glob_rows.tolist()]
-        indptr = np.zeros(len(excl) + 1, np.int64)
-        np.cumsum([e.size for e in excl], out=indptr[1:])
-        indices = np.concatenate(excl).astype(np.int64) if excl else np.zeros(0, np.int64)
-        return indptr, indices
+        if glob_rows.size and glob_rows[-1] - glob_rows[0] + 1 == glob_rows.size:  # a contiguous range
+            a, b = ex_indptr[glob_rows[0]], ex_indptr[glob_rows[-1] + 1]
+            return ex_indptr[glob_rows[0]:glob_rows[-1] + 2] - a, ex_indices[a:b]
+        counts = ex_counts[glob_rows]
+        starts = np.repeat(ex_indptr[glob_rows], counts)
+        within = np.arange(int(counts.sum())) - np.repeat(_indptr_of(counts)[:-1], counts)
+        return _indptr_of(counts), ex_indices[starts + within]
 
     def anchors(ps: np.ndarray, pq: np.ndarray, pos_counts: np.ndarray) -> np.ndarray:
         B = pos_counts.size
@@ -1025,8 +1033,9 @@ def mine_hard_negatives(
             t_select += time.perf_counter() - t0
 
         anchor_out[b0:b1] = anchors(ps, pq, pos_counts)
-        for j, s_ in enumerate(np.split(ps.astype(np.float32), _indptr_of(pos_counts)[1:-1])):
-            pos_scores_all[b0 + j] = s_
+        ps32 = ps.astype(np.float32)
+        bounds = _indptr_of(pos_counts).tolist()
+        pos_scores_all[b0:b1] = [ps32[bounds[j]:bounds[j + 1]] for j in range(B)]
         bar.update(B)
         searched_again += int(todo.size) if fast else 0
     bar.close()
