@@ -196,13 +196,16 @@ def test_dense_matches_oracle(cfg, anchor):
     mined = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False,
                                 positive_anchor=anchor, batch_size=7, **kw)
     assert rows(mined) == oracle(S, pos, anchor=anchor, **kw)
-    # scores are the candidates' scores, positive_scores the anchor
+    # scores are the candidates' scores, anchor_scores the anchor, positive_scores it per pair
     for j in range(len(ds.query_ids)):
         r = rows(mined)[j]
         np.testing.assert_array_equal(mined.scores[j, :len(r)], S[j, r].astype(np.float32))
         assert np.all(np.isneginf(mined.scores[j, len(r):]))
         red = {"min": np.min, "max": np.max, "mean": np.mean}[anchor]
-        assert mined.positive_scores[j] == pytest.approx(red(S[j, pos[j]]), rel=1e-6)
+        assert mined.anchor_scores[j] == pytest.approx(red(S[j, pos[j]]), rel=1e-6)
+        np.testing.assert_array_equal(mined.positive_scores[j, :len(r)], mined.anchor_scores[j])
+        assert np.isnan(mined.positive_scores[j, len(r):]).all()
+    assert mined.positive_scores.shape == mined.ids.shape
 
 
 def test_rescorer_matches_oracle():
@@ -474,6 +477,7 @@ def test_save_ids_round_trip(tmp_path, sample_mined):
         back = load_negatives(tmp_path / name, m.dataset)
         np.testing.assert_array_equal(back.ids, m.ids)
         np.testing.assert_array_equal(back.scores, m.scores)
+        np.testing.assert_allclose(back.anchor_scores, m.anchor_scores)
         np.testing.assert_allclose(back.positive_scores, m.positive_scores)
 
 
@@ -589,7 +593,7 @@ def test_query_without_positives_and_tiny_corpus():
     m = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, num_negatives=8, range_min=0,
                             range_max=100, relative_margin=None, progress=False)
     assert m.counts.tolist() == [5, 6]  # corpus smaller than the range: everything but the positive
-    assert np.isnan(m.positive_scores[1])
+    assert np.isnan(m.anchor_scores[1]) and np.isnan(m.positive_scores[1]).all()
     assert "queries without positives: 1" in m.report()
 
 
@@ -643,5 +647,5 @@ def test_shallow_first_pass_equals_full_search(monkeypatch, retriever):
     full = mine_hard_negatives(ds, retriever, **kw)
     np.testing.assert_array_equal(fast.ids, full.ids)
     np.testing.assert_array_equal(fast.scores, full.scores)
-    np.testing.assert_array_equal(fast.positive_scores, full.positive_scores)
+    np.testing.assert_array_equal(fast.anchor_scores, full.anchor_scores)
     assert 0 < fast.stats["searched_again"] < 60  # both paths were taken

@@ -443,9 +443,12 @@ class MinedNegatives:
         Row ``j`` is query ``dataset.query_ids[j]``.
     scores : float32 (Q, num_negatives)
         Their scores (the rescorer's when one was given); -inf where ids is -1.
-    positive_scores : float32 (Q,)
-        The score each query's filters were measured against (its lowest-scoring
-        positive by default); NaN for a query without positives.
+    anchor_scores : float32 (Q,)
+        The positive score each query's filters were measured against (its
+        lowest-scoring positive by default); NaN for a query without positives.
+    positive_scores : float32 (Q, num_negatives)  (property)
+        ``anchor_scores`` aligned with each negative (``positive_scores - scores`` is
+        the margin of each pair); NaN where ``ids`` is -1.
     positive_ids : list of int64 arrays
         Corpus rows of each query's positives.
     all_positive_scores : list of float32 arrays
@@ -454,7 +457,7 @@ class MinedNegatives:
 
     ids: np.ndarray
     scores: np.ndarray
-    positive_scores: np.ndarray
+    anchor_scores: np.ndarray
     positive_ids: List[np.ndarray]
     all_positive_scores: List[np.ndarray]
     dataset: RetrievalDataset
@@ -468,6 +471,12 @@ class MinedNegatives:
     def __repr__(self) -> str:
         return (f"MinedNegatives(queries={len(self)}, num_negatives={self.ids.shape[1]}, "
                 f"found={int(self.counts.sum())}, retriever={self.params.get('retriever')!r})")
+
+    @property
+    def positive_scores(self) -> np.ndarray:
+        """float32 (Q, num_negatives): the anchor positive score of each (query, negative) pair, NaN padded."""
+        a = np.asarray(self.anchor_scores, dtype=np.float32)[:, None]
+        return np.where(self.ids >= 0, a, np.float32(np.nan)).astype(np.float32)
 
     @property
     def counts(self) -> np.ndarray:
@@ -492,8 +501,8 @@ class MinedNegatives:
         valid = self.ids >= 0
         neg = self.scores[valid].astype(np.float64)
         has_pos = np.array([p.size > 0 for p in self.positive_ids], dtype=bool)
-        pos = self.positive_scores[has_pos].astype(np.float64)
-        anchor = np.broadcast_to(self.positive_scores[:, None], self.ids.shape)
+        pos = self.anchor_scores[has_pos].astype(np.float64)
+        anchor = np.broadcast_to(self.anchor_scores[:, None], self.ids.shape)
         diff = (anchor[valid] - self.scores[valid]).astype(np.float64)
         diff = diff[np.isfinite(diff)]
         lines = []
