@@ -94,7 +94,10 @@ def _worker(rank, world, store, out_dir):
     res["errors"] = errors
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(res, f)
-    dist.destroy_process_group()
+    dist.barrier()
+    # Skip gloo's teardown: its threads can abort the process at exit after the
+    # results are written (seen with the losses' gloo test), failing the test for nothing.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("world", [2, 3])

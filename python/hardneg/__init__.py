@@ -30,6 +30,10 @@ def __getattr__(name):
 # --- bm25 (issue 3) ---
 from hardneg.bm25 import BM25
 # --- end bm25 ---
+# --- mining pipeline (issue 6) ---
+from hardneg import datasets
+from hardneg.mining import MinedNegatives, load_negatives, mine_hard_negatives
+# --- end mining pipeline ---
 
 __all__ = [
     "__version__",
@@ -53,4 +57,9 @@ __all__ = [
     "contrastive_scores",
     "SentenceTransformersLoss",
     "BM25",
+    # mining pipeline
+    "datasets",
+    "mine_hard_negatives",
+    "MinedNegatives",
+    "load_negatives",
 ]

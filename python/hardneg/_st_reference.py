@@ -1,0 +1,102 @@
+"""Run sentence-transformers' ``util.mine_hard_negatives`` on precomputed embeddings.
+
+Its ``cache_folder`` loads ``query_embeddings_<hash>.npy`` / ``corpus_embeddings_<hash>.npy``
+instead of encoding, so a model stub that only provides ``similarity`` suffices; opaque id
+strings stand in for the texts.  Used by tests/test_mining.py, benchmarks/compare_mining.py and ``hardneg bench``
+(needs torch, sentence-transformers and datasets).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+STUB_NAME = "hardneg-stub"
+
+
+class StubModel:
+    """Just enough of a SentenceTransformer for mine_hard_negatives with cached embeddings."""
+
+    def __init__(self, similarity: str = "cosine", dim: int = 0):
+        import torch
+        from sentence_transformers import util
+
+        self.device = torch.device("cpu")
+        self.model_card_data = SimpleNamespace(base_model=STUB_NAME)
+        self._dim = dim
+        if similarity == "cosine":
+            self._sim, self._pair = util.cos_sim, util.pairwise_cos_sim
+        else:
+            self._sim, self._pair = util.dot_score, util.pairwise_dot_score
+
+    def similarity(self, a, b):
+        return self._sim(a, b)
+
+    def similarity_pairwise(self, a, b):
+        return self._pair(a, b)
+
+    def get_embedding_dimension(self):
+        return self._dim
+
+    def encode_query(self, *a, **k):  # pragma: no cover - the cache must be hit
+        raise AssertionError("the embedding cache was not used")
+
+    encode_document = encode_query
+
+
+def _hash(items: List[str]) -> str:
+    return hashlib.sha256(repr((STUB_NAME, None, None, items)).encode(), usedforsecurity=False).hexdigest()
+
+
+def st_mine(query_names: Sequence[str], corpus_names: Sequence[str], positives: Sequence[Sequence[int]],
+            corpus_emb: np.ndarray, query_emb: np.ndarray, similarity: str = "cosine",
+            cache_folder: Optional[str] = None, **kwargs) -> Dict[str, List[int]]:
+    """Negatives (corpus rows, in ST's order) per query name, for the queries that have positives.
+
+    ``query_emb`` row i embeds ``query_names[i]``; queries without positives are left out
+    (sentence-transformers needs a positive per row).
+    """
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    anchors, pos = [], []
+    keep_q = []
+    for i, (q, p) in enumerate(zip(query_names, positives)):
+        if len(p) == 0:
+            continue
+        keep_q.append(i)
+        for d in p:
+            anchors.append(q)
+            pos.append(corpus_names[d])
+    queries = list(dict.fromkeys(anchors))
+    corpus = list(dict.fromkeys(list(corpus_names) + pos))
+    assert len(corpus) == len(corpus_names), "corpus names must be unique"
+    tmp = None
+    if cache_folder is None:
+        tmp = tempfile.TemporaryDirectory()
+        cache_folder = tmp.name
+    try:
+        qfile = os.path.join(cache_folder, f"query_embeddings_{_hash(queries)}.npy")
+        cfile = os.path.join(cache_folder, f"corpus_embeddings_{_hash(corpus)}.npy")
+        if not os.path.exists(qfile):
+            np.save(qfile, np.ascontiguousarray(query_emb[keep_q], dtype=np.float32))
+        if not os.path.exists(cfile):
+            np.save(cfile, np.ascontiguousarray(corpus_emb, dtype=np.float32))
+        ds = Dataset.from_dict({"anchor": anchors, "positive": pos})
+        kwargs.setdefault("verbose", False)
+        out = mine_hard_negatives(ds, StubModel(similarity, corpus_emb.shape[1]), corpus=list(corpus_names),
+                                  cache_folder=cache_folder, output_format="labeled-list", **kwargs)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    row = {name: i for i, name in enumerate(corpus_names)}
+    result: Dict[str, List[int]] = {}
+    for rec in out:
+        a = rec["anchor"]
+        if a not in result:
+            result[a] = [row[t] for t in rec["positive"][1:]]
+    return {q: result.get(q, []) for q in queries}

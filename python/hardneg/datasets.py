@@ -1,0 +1,333 @@
+"""Retrieval datasets in the BEIR layout: corpus, queries and qrels.
+
+A BEIR dataset is a folder with::
+
+    corpus.jsonl        {"_id", "title", "text"} per line
+    queries.jsonl       {"_id", "text"} per line
+    qrels/<split>.tsv   query-id <tab> corpus-id <tab> score  (a header line is optional;
+                        4-column TREC qrels "qid 0 docid rel" are accepted too)
+
+:func:`load_beir` reads it into a :class:`RetrievalDataset`; :func:`from_dict`
+builds one from Python dicts; :func:`load_sample` opens the small dataset
+shipped inside the package.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = ["RetrievalDataset", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class RetrievalDataset:
+    """Corpus, queries and the relevance judgements of one split.
+
+    Attributes
+    ----------
+    corpus_ids : list of str (N,)
+        Document ids in file order; row ``i`` of corpus embeddings is document ``corpus_ids[i]``.
+    corpus_titles, corpus_bodies : list of str (N,)
+        The raw ``title`` and ``text`` fields.
+    query_ids : list of str (Q,)
+        The queries that have qrels in this split, in the order of ``queries.jsonl``.
+        Mined negatives, embeddings passed for the split and result rows follow this order.
+    query_texts : list of str (Q,)
+    qrels : dict
+        ``{query_id: {doc_id: relevance}}`` for the split, judgements whose document
+        is absent from the corpus removed (see ``missing_qrels``).
+    all_query_ids : list of str
+        Every query of ``queries.jsonl`` in file order.
+    query_rows : int64 (Q,)
+        Row of each split query in ``queries.jsonl`` (to select rows of embeddings
+        computed for all queries).
+    missing_qrels : int
+        Judgements dropped because their document is not in the corpus, or their
+        query is not in ``queries.jsonl``.
+    """
+
+    corpus_ids: List[str]
+    corpus_titles: List[str]
+    corpus_bodies: List[str]
+    query_ids: List[str]
+    query_texts: List[str]
+    qrels: Dict[str, Dict[str, int]]
+    all_query_ids: List[str] = field(default_factory=list)
+    query_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    missing_qrels: int = 0
+    path: Optional[str] = None
+    split: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self._doc_index: Optional[Dict[str, int]] = None
+        self._corpus_texts: Optional[List[str]] = None
+        if not self.all_query_ids:
+            self.all_query_ids = list(self.query_ids)
+            self.query_rows = np.arange(len(self.query_ids), dtype=np.int64)
+
+    def __repr__(self) -> str:
+        where = f", path={self.path!r}, split={self.split!r}" if self.path else ""
+        return (f"RetrievalDataset(corpus={len(self.corpus_ids)}, queries={len(self.query_ids)}, "
+                f"judgements={sum(len(v) for v in self.qrels.values())}{where})")
+
+    @property
+    def corpus_texts(self) -> List[str]:
+        """``title + " " + text`` per document (just ``text`` when the title is empty), as BEIR encodes them."""
+        if self._corpus_texts is None:
+            self._corpus_texts = [f"{t} {b}" if t else b for t, b in zip(self.corpus_titles, self.corpus_bodies)]
+        return self._corpus_texts
+
+    @property
+    def doc_index(self) -> Dict[str, int]:
+        """``{doc_id: corpus row}``."""
+        if self._doc_index is None:
+            self._doc_index = {d: i for i, d in enumerate(self.corpus_ids)}
+        return self._doc_index
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.corpus_ids)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.query_ids)
+
+    def positives(self, min_relevance: int = 1) -> List[np.ndarray]:
+        """Corpus rows (int64) judged with relevance >= ``min_relevance``, one array per query.
+
+        Computed once per ``min_relevance`` and cached (replace ``qrels`` rather than edit it in place).
+        """
+        cache = self.__dict__.setdefault("_positives_cache", {})
+        key = (min_relevance, id(self.qrels), id(self.query_ids))
+        if key not in cache:
+            idx = self.doc_index
+            out = []
+            for q in self.query_ids:
+                rel = self.qrels.get(q, {})
+                out.append(np.array([idx[d] for d, r in rel.items() if r >= min_relevance and d in idx],
+                                    dtype=np.int64))
+            cache.clear()
+            cache[key] = out
+        return [p.copy() for p in cache[key]]
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _find(folder: Path, name: str) -> Path:
+    for cand in (folder / name, folder / (name + ".gz")):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"{folder / name} not found (expected the BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+
+
+def _read_jsonl(path: Path, what: str) -> Iterable[Tuple[int, dict]]:
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON in {what} ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: {what} lines must be JSON objects")
+            yield lineno, obj
+
+
+def _get_id(obj: dict, path: Path, lineno: int) -> str:
+    for key in ("_id", "id", "docid", "doc_id", "query_id", "qid"):
+        if key in obj:
+            return str(obj[key])
+    raise ValueError(f"{path}:{lineno}: no '_id' field")
+
+
+def _read_qrels(path: Path) -> List[Tuple[str, str, int]]:
+    rows = []
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+            if not parts or not line.strip():
+                continue
+            if len(parts) == 3:
+                q, d, r = parts
+            elif len(parts) == 4:  # TREC: qid iter docid rel
+                q, _, d, r = parts
+            else:
+                raise ValueError(f"{path}:{lineno}: expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}")
+            try:
+                rel = int(r)
+            except ValueError:
+                try:
+                    f_rel = float(r)
+                except ValueError:
+                    if lineno == 1:  # header line
+                        continue
+                    raise ValueError(f"{path}:{lineno}: relevance {r!r} is not an integer") from None
+                if f_rel != int(f_rel):
+                    raise ValueError(f"{path}:{lineno}: relevance {r!r} is not an integer")
+                rel = int(f_rel)
+            rows.append((q.strip(), d.strip(), rel))
+    return rows
+
+
+def load_beir(path: PathLike, split: str = "test", qrels_path: Optional[PathLike] = None) -> RetrievalDataset:
+    """Read a dataset in the BEIR layout.
+
+    Parameters
+    ----------
+    path : str or Path
+        Folder with ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``
+        (``.gz`` versions are read too).
+    split : str
+        Which qrels file; ``query_ids`` are the queries judged in it.
+    qrels_path : str or Path, optional
+        A qrels file elsewhere (overrides ``split``'s file).
+
+    Returns
+    -------
+    RetrievalDataset
+
+    Notes
+    -----
+    Judgements whose document is not in the corpus (or whose query is not in
+    ``queries.jsonl``) are dropped with one warning that counts them; the count
+    is kept in ``missing_qrels``.  Duplicate ids in the corpus are an error.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} not found")
+    corpus_file = _find(folder, "corpus.jsonl")
+    queries_file = _find(folder, "queries.jsonl")
+    if qrels_path is not None:
+        qrels_file = Path(qrels_path)
+        if not qrels_file.is_file():
+            raise FileNotFoundError(f"qrels file {qrels_file} not found")
+    else:
+        try:
+            qrels_file = _find(folder / "qrels", f"{split}.tsv")
+        except FileNotFoundError:
+            have = sorted(p.name.split(".")[0] for p in (folder / "qrels").glob("*.tsv*")) if (folder / "qrels").is_dir() else []
+            raise FileNotFoundError(f"qrels for split {split!r} not found in {folder / 'qrels'}"
+                                    + (f" (available: {', '.join(have)})" if have else "")) from None
+
+    ids, titles, bodies = [], [], []
+    seen = set()
+    for lineno, obj in _read_jsonl(corpus_file, "corpus"):
+        did = _get_id(obj, corpus_file, lineno)
+        if did in seen:
+            raise ValueError(f"{corpus_file}:{lineno}: duplicate document id {did!r}")
+        seen.add(did)
+        ids.append(did)
+        titles.append(str(obj.get("title") or ""))
+        bodies.append(str(obj.get("text") or ""))
+
+    all_qids, qtexts = [], {}
+    for lineno, obj in _read_jsonl(queries_file, "queries"):
+        qid = _get_id(obj, queries_file, lineno)
+        if qid not in qtexts:
+            all_qids.append(qid)
+        qtexts[qid] = str(obj.get("text") or "")
+
+    return _assemble(ids, titles, bodies, all_qids, qtexts, _read_qrels(qrels_file), str(folder), split, seen)
+
+
+def _assemble(ids, titles, bodies, all_qids, qtexts, qrel_rows, path, split, doc_set=None) -> RetrievalDataset:
+    doc_set = set(ids) if doc_set is None else doc_set
+    qrels: Dict[str, Dict[str, int]] = {}
+    missing_docs = missing_queries = 0
+    for q, d, r in qrel_rows:
+        if q not in qtexts:
+            missing_queries += 1
+            continue
+        if d not in doc_set:
+            missing_docs += 1
+            qrels.setdefault(q, {})
+            continue
+        qrels.setdefault(q, {})[d] = r
+    if missing_docs or missing_queries:
+        parts = []
+        if missing_docs:
+            parts.append(f"{missing_docs} judgement(s) name documents absent from the corpus")
+        if missing_queries:
+            parts.append(f"{missing_queries} judgement(s) name queries absent from the queries file")
+        warnings.warn("; ".join(parts) + ": they were dropped", UserWarning, stacklevel=3)
+    row_of = {q: i for i, q in enumerate(all_qids)}
+    qids = [q for q in all_qids if q in qrels]
+    return RetrievalDataset(
+        corpus_ids=ids, corpus_titles=titles, corpus_bodies=bodies,
+        query_ids=qids, query_texts=[qtexts[q] for q in qids], qrels={q: qrels[q] for q in qids},
+        all_query_ids=list(all_qids), query_rows=np.array([row_of[q] for q in qids], dtype=np.int64),
+        missing_qrels=missing_docs + missing_queries, path=path, split=split)
+
+
+def from_dict(corpus: Mapping[str, Any], queries: Mapping[str, str],
+              qrels: Mapping[str, Mapping[str, int]]) -> RetrievalDataset:
+    """Build a dataset from dicts (insertion order is the row order).
+
+    Parameters
+    ----------
+    corpus : ``{doc_id: text}`` or ``{doc_id: {"title": ..., "text": ...}}``
+    queries : ``{query_id: text}``
+    qrels : ``{query_id: {doc_id: relevance}}``
+    """
+    ids, titles, bodies = [], [], []
+    for did, doc in corpus.items():
+        ids.append(str(did))
+        if isinstance(doc, Mapping):
+            titles.append(str(doc.get("title") or ""))
+            bodies.append(str(doc.get("text") or ""))
+        else:
+            titles.append("")
+            bodies.append(str(doc))
+    qtexts = {str(q): str(t) for q, t in queries.items()}
+    rows = [(str(q), str(d), int(r)) for q, rel in qrels.items() for d, r in rel.items()]
+    return _assemble(ids, titles, bodies, list(qtexts), qtexts, rows, None, None)
+
+
+# ---------------------------------------------------------------------------------------------- sample
+
+
+def sample_path() -> Path:
+    """Folder of the sample dataset shipped with hardneg (BEIR layout, with MiniLM embeddings)."""
+    return Path(__file__).resolve().parent / "data" / "sample"
+
+
+def load_sample(split: str = "train") -> RetrievalDataset:
+    """The small sample dataset shipped inside the package.
+
+    200 short documents and 40 questions written for hardneg (Apache-2.0, like the
+    package), with all-MiniLM-L6-v2 embeddings in ``embeddings/``.  Splits:
+    ``train`` (30 queries) and ``test`` (10 queries).
+    """
+    return load_beir(sample_path(), split)
+
+
+def find_embeddings(path: PathLike) -> Optional[Tuple[Path, Path]]:
+    """``(corpus.npy, queries.npy)`` when ``path/embeddings`` holds exactly one ``*-corpus.npy``/``*-queries.npy`` pair."""
+    emb = Path(path) / "embeddings"
+    if not emb.is_dir():
+        return None
+    pairs = []
+    for c in sorted(emb.glob("*-corpus.npy")):
+        q = c.with_name(c.name[: -len("-corpus.npy")] + "-queries.npy")
+        if q.is_file():
+            pairs.append((c, q))
+    return pairs[0] if len(pairs) == 1 else None

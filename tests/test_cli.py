@@ -1,0 +1,214 @@
+"""The ``hardneg`` command: subcommands, output files, and one-line errors with exit status 2."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hardneg as hn
+from hardneg import datasets as hd
+from hardneg.cli import main
+
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+if not SCIFACT.is_dir() and os.environ.get("HARDNEG_SCIFACT"):
+    SCIFACT = Path(os.environ["HARDNEG_SCIFACT"])
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hardneg: error: ")
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_info(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0 and "simd_level" in out and hn.__version__ in out
+    code, out, _ = run(capsys, "info", "--json")
+    assert json.loads(out) == json.loads(json.dumps(hn.info()))
+
+
+def test_mine_on_the_sample_without_arguments(capsys):
+    code, out, err = run(capsys, "mine", "--quiet")
+    assert code == 0 and err == ""
+    code, out, err = run(capsys, "mine")
+    assert code == 0
+    assert "hardneg mining report" in err and "nothing written" in err
+    assert out.startswith("q01:")
+
+
+@pytest.mark.parametrize("fmt", ["sentence-transformers", "triplet", "flagembedding", "tevatron", "ids"])
+def test_mine_writes_each_format(capsys, tmp_path, fmt):
+    out = tmp_path / "neg.jsonl"
+    code, _, err = run(capsys, "mine", "--quiet", "--format", fmt, "-o", str(out), "--range", "0:20",
+                       "--num-negatives", "3")
+    assert code == 0 and err == ""
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert recs
+    if fmt == "ids":
+        ds = hd.load_sample("train")
+        back = hn.load_negatives(out, ds)
+        ce, qe = hd.find_embeddings(hd.sample_path())
+        ref = hn.mine_hard_negatives(ds, corpus_embeddings=ce, query_embeddings=qe, num_negatives=3,
+                                     range_min=0, range_max=20, progress=False)
+        np.testing.assert_array_equal(back.ids, ref.ids)
+
+
+def test_mine_to_stdout(capsys):
+    code, out, err = run(capsys, "mine", "--quiet", "--format", "ids", "-o", "-")
+    assert code == 0
+    assert len([json.loads(x) for x in out.splitlines()]) == len(hd.load_sample("train").query_ids)
+
+
+def test_mine_options_reach_the_miner(capsys, tmp_path):
+    out = tmp_path / "a.jsonl"
+    code, _, _ = run(capsys, "mine", "-q", "--format", "ids", "-o", str(out), "--sampling", "random", "--seed", "3",
+                     "--relative-margin", "none", "--range", "2:40", "--num-negatives", "5", "--threads", "1")
+    assert code == 0
+    ds = hd.load_sample("train")
+    ce, qe = hd.find_embeddings(hd.sample_path())
+    ref = hn.mine_hard_negatives(ds, corpus_embeddings=ce, query_embeddings=qe, num_negatives=5, range_min=2,
+                                 range_max=40, relative_margin=None, sampling="random", seed=3, progress=False)
+    np.testing.assert_array_equal(hn.load_negatives(out, ds).ids, ref.ids)
+
+
+def test_mine_with_explicit_dataset_and_embeddings(capsys, tmp_path):
+    src = hd.sample_path()
+    dst = tmp_path / "data"
+    shutil.copytree(src, dst)
+    emb = dst / "embeddings"
+    c, q = emb / "minilm-corpus.npy", emb / "minilm-queries.npy"
+    (c).rename(tmp_path / "c.npy")
+    (q).rename(tmp_path / "q.npy")
+    code, _, err = run(capsys, "mine", "-q", "--dataset", str(dst), "--split", "test", "--corpus-embeddings",
+                       str(tmp_path / "c.npy"), "--query-embeddings", str(tmp_path / "q.npy"),
+                       "-o", str(tmp_path / "o.jsonl"), "--format", "ids")
+    assert code == 0, err
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 10
+
+
+def test_errors_are_one_line_with_status_2(capsys, tmp_path):
+    cases = [
+        (("mine", "--dataset", str(tmp_path / "nowhere")), ["not found"]),
+        (("mine", "--range", "10-100"), ["--range"]),
+        (("mine", "--range", "50:10"), ["range_min"]),
+        (("mine", "--num-negatives", "0"), ["num_negatives"]),
+        (("mine", "--format", "parquet"), ["--format"]),
+        (("mine", "--split", "dev"), ["dev"]),
+        (("mine", "--sampling", "best"), ["--sampling"]),
+        (("mine", "--corpus-embeddings", str(tmp_path / "c.npy")), ["--query-embeddings"]),
+        (("mine", "--unknown-flag"), ["--unknown-flag"]),
+        (("frobnicate",), ["frobnicate"]),
+        (("bench", "--only", "nothing"), ["nothing"]),
+        (("mine", "-o", str(tmp_path / "no" / "dir" / "x.jsonl")), ["does not exist"]),
+    ]
+    for argv, words in cases:
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, *words)
+
+
+def test_embeddings_row_mismatch_is_one_line(capsys, tmp_path):
+    np.save(tmp_path / "c.npy", np.zeros((7, 384), np.float32))
+    np.save(tmp_path / "q.npy", np.zeros((40, 384), np.float32))
+    code, _, err = run(capsys, "mine", "-q", "--corpus-embeddings", str(tmp_path / "c.npy"),
+                       "--query-embeddings", str(tmp_path / "q.npy"))
+    assert_one_line_error(code, err, "7 rows", "200 documents")
+
+
+def test_missing_qrels_docs_warn_not_crash(capsys, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(hd.sample_path(), dst)
+    with open(dst / "qrels" / "train.tsv", "a") as f:
+        f.write("q01\tnot-a-doc\t1\nq02\talso-missing\t1\n")
+    code, _, err = run(capsys, "mine", "--dataset", str(dst))
+    assert code == 0
+    assert "hardneg: warning: 2 judgement(s) name documents absent from the corpus" in err
+
+
+@pytest.mark.skipif(getattr(hn, "evaluate", None) is None, reason="this build has no hn.evaluate")
+def test_eval_run_file_and_retriever(capsys, tmp_path):
+    run_file = tmp_path / "run.trec"
+    code, out, err = run(capsys, "eval", "--split", "test", "--retriever", "dense", "--save-run", str(run_file),
+                         "--metrics", "ndcg@10,recall@100")
+    assert code == 0, err
+    assert "ndcg@10" in out
+    code, out2, err = run(capsys, "eval", "--split", "test", "--run", str(run_file), "--metrics", "ndcg@10,recall@100")
+    assert code == 0, err
+    assert out2 == out
+
+
+def test_eval_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "eval", "--run", str(tmp_path / "missing.trec"))
+    assert_one_line_error(code, err)
+
+
+def test_python_dash_m(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hardneg", "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "simd_level" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "hardneg", "mine", "--range", "9:3"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_console_script_when_installed():
+    exe = shutil.which("hardneg", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        pytest.skip("the hardneg console script is not on PATH")
+    r = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "version" in r.stdout
+
+
+@pytest.mark.slow
+def test_bench_quick_topk(capsys):
+    code, out, _ = run(capsys, "bench", "--quick", "--only", "topk")
+    assert code == 0 and "| case |" in out
+
+
+def test_sample_dataset_is_complete():
+    ds = hd.load_sample("train")
+    assert (ds.num_docs, ds.num_queries) == (200, 30)
+    assert hd.load_sample("test").num_queries == 10
+    ce, qe = hd.find_embeddings(hd.sample_path())
+    assert np.load(ce).shape == (200, 384) and np.load(qe).shape == (40, 384)
+    assert (hd.sample_path() / "LICENSE.md").is_file()
+
+
+def test_eval_plumbing_with_a_stub_evaluator(capsys, tmp_path, monkeypatch):
+    """The eval command's run reading/writing, whatever hn.evaluate this build has."""
+    seen = {}
+
+    def fake_evaluate(qrels, run, metrics):
+        seen["run"] = run
+        return {m: 0.5 for m in metrics}
+
+    monkeypatch.setattr(hn, "evaluate", fake_evaluate, raising=False)
+    monkeypatch.delattr(hn, "Qrels", raising=False)
+    run_file = tmp_path / "run.trec"
+    code, out, err = run(capsys, "eval", "--retriever", "dense", "--depth", "5", "--save-run", str(run_file),
+                         "--metrics", "ndcg@10,mrr@10")
+    assert code == 0, err
+    assert out.split() == ["ndcg@10", "0.5000", "mrr@10", "0.5000"]
+    first = seen["run"]
+    assert len(first) == 10 and all(len(v) == 5 for v in first.values())
+    lines = run_file.read_text().splitlines()
+    assert len(lines) == 50 and lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1"
+    code, out, err = run(capsys, "eval", "--run", str(run_file), "--metrics", "ndcg@10")
+    assert code == 0
+    assert {q: set(v) for q, v in seen["run"].items()} == {q: set(v) for q, v in first.items()}
+    code, _, err = run(capsys, "eval", "--run", str(run_file), "--retriever", "dense")
+    assert_one_line_error(code, err, "either")

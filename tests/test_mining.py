@@ -1,0 +1,651 @@
+"""Mining pipeline: parity with sentence-transformers, a brute-force oracle of the rule,
+exclusions, sampling reproducibility, output formats and bad input."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hardneg as hn
+from hardneg import datasets as hd
+from hardneg.mining import load_negatives, mine_hard_negatives, rrf_fuse
+
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+if not SCIFACT.is_dir() and os.environ.get("HARDNEG_SCIFACT"):  # a checkout elsewhere
+    SCIFACT = Path(os.environ["HARDNEG_SCIFACT"])
+
+
+def _have(mod: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+needs_st = pytest.mark.skipif(not (_have("sentence_transformers") and _have("datasets") and _have("torch")),
+                              reason="needs sentence-transformers, datasets and torch")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def make_exact(nq=40, n=300, d=8, seed=0, max_pos=3):
+    """Integer embeddings whose inner products are exact in float32 and all distinct per query:
+    score = n * (q . c) + doc_row, so no order of summation and no tie can change a result."""
+    rng = np.random.default_rng(seed)
+    c = rng.integers(-30, 31, size=(n, d))
+    q = rng.integers(-30, 31, size=(nq, d))
+    C = np.concatenate([c, np.arange(n)[:, None]], 1).astype(np.float32)
+    Q = np.concatenate([q * n, np.ones((nq, 1))], 1).astype(np.float32)
+    S = Q.astype(np.float64) @ C.astype(np.float64).T
+    assert np.abs(S).max() < 2 ** 24
+    pos = []
+    for j in range(nq):
+        k = int(rng.integers(1, max_pos + 1))
+        # positives from anywhere in the ranking: top, middle and deep (below range_max + P)
+        order = np.argsort(-S[j], kind="stable")
+        pick = rng.choice([x for x in (0, 1, 2, 5, 20, 60, 150, 250) if x < n], size=k, replace=False)
+        pos.append(order[pick])
+    return Q, C, S, pos
+
+
+def make_ds(nq, n, pos, qtexts=None, dtexts=None):
+    corpus = {f"d{i}": (dtexts[i] if dtexts else f"d{i}") for i in range(n)}
+    queries = {f"q{j}": (qtexts[j] if qtexts else f"q{j}") for j in range(nq)}
+    qrels = {f"q{j}": {f"d{int(i)}": 1 for i in p} for j, p in enumerate(pos)}
+    return hd.from_dict(corpus, queries, qrels)
+
+
+def rows(mined):
+    return [[int(x) for x in r if x >= 0] for r in mined.ids]
+
+
+# ---------------------------------------------------------------------------------------------- oracle
+
+
+def oracle(S, pos, num_negatives=3, range_min=0, range_max=10, relative_margin=None, absolute_margin=None,
+           max_score=None, min_score=None, anchor="min", rescore=None, exclude=None):
+    """The selection rule written out over full score matrices, one query at a time (float32 filters)."""
+    P = max(len(p) for p in pos)
+    K = range_max + P
+    out = []
+    for j in range(S.shape[0]):
+        s = S[j].astype(np.float32)
+        ex = set(exclude[j]) if exclude else set()
+        p = [int(x) for x in pos[j]]
+        ranked = [int(d) for d in sorted(range(len(s)), key=lambda d: (-s[d], d)) if d not in ex]
+        top = ranked[:K]
+        pool = [d for d in top if d not in p]
+        sc = {d: s[d] for d in pool}
+        ps = [s[d] for d in p]
+        if rescore is not None:
+            sc = {d: np.float32(rescore(j, d)) for d in pool}
+            ps = [np.float32(rescore(j, d)) for d in p]
+            pool = sorted(pool, key=lambda d: (-sc[d], d))
+        if ps:
+            a = np.float32({"min": np.min, "max": np.max, "mean": np.mean}[anchor](np.array(ps, np.float64)))
+        else:
+            a = np.float32(np.nan)
+        keep = []
+        for d in pool:
+            v = np.float32(sc[d])
+            if absolute_margin is not None and v + np.float32(absolute_margin) > a:
+                continue
+            if relative_margin is not None and v > a - np.abs(a) * np.float32(relative_margin):
+                continue
+            if max_score is not None and v > np.float32(max_score):
+                continue
+            if min_score is not None and v < np.float32(min_score):
+                continue
+            keep.append(d)
+        out.append(keep[range_min:range_max][:num_negatives])
+    return out
+
+
+CONFIGS = [
+    dict(num_negatives=3, range_min=0, range_max=10),
+    dict(num_negatives=5, range_min=4, range_max=30, relative_margin=0.05),
+    dict(num_negatives=4, range_min=2, range_max=25, absolute_margin=50.0),
+    dict(num_negatives=6, range_min=1, range_max=40, max_score=1000.0, min_score=-200000.0),
+    dict(num_negatives=8, range_min=10, range_max=100, relative_margin=0.1, absolute_margin=10.0),
+    dict(num_negatives=2, range_min=0, range_max=2, relative_margin=0.0),
+]
+
+
+# ---------------------------------------------------------------------------------------------- parity
+
+
+@needs_st
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_top_equals_sentence_transformers_exact(cfg, tmp_path):
+    """sampling="top" gives sentence-transformers' negatives, on embeddings where every score is exact."""
+    from hardneg._st_reference import st_mine
+
+    Q, C, S, pos = make_exact()
+    ds = make_ds(Q.shape[0], C.shape[0], pos)
+    kw = dict(relative_margin=None, **cfg) if "relative_margin" not in cfg else dict(cfg)
+    mined = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False, **kw)
+    ref = st_mine(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q, similarity="dot",
+                  cache_folder=str(tmp_path), **kw)
+    assert rows(mined) == [ref[q] for q in ds.query_ids]
+    assert rows(mined) == oracle(S, pos, **kw)
+
+
+@needs_st
+def test_top_equals_sentence_transformers_cosine(tmp_path):
+    """Real-valued embeddings with cosine similarity (rounding may differ in the last bit: allow
+    a swap only between candidates whose scores agree to 1e-5)."""
+    from hardneg._st_reference import st_mine
+
+    rng = np.random.default_rng(3)
+    n, nq, d = 400, 60, 24
+    C = rng.standard_normal((n, d)).astype(np.float32)
+    Q = rng.standard_normal((nq, d)).astype(np.float32)
+    pos = [rng.choice(n, size=int(rng.integers(1, 4)), replace=False) for _ in range(nq)]
+    ds = make_ds(nq, n, pos)
+    kw = dict(num_negatives=5, range_min=3, range_max=40, relative_margin=0.05)
+    mined = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, progress=False, **kw)
+    ref = st_mine(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q, cache_folder=str(tmp_path), **kw)
+    Cn = C / np.linalg.norm(C, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    S = Qn @ Cn.T
+    same = 0
+    for j, q in enumerate(ds.query_ids):
+        ours = rows(mined)[j]
+        if ours == ref[q]:
+            same += 1
+            continue
+        diff = set(ours) ^ set(ref[q])
+        pos_s = S[j, pos[j]].min()
+        # a mismatch must come from a near tie (with each other, the margin threshold or the window edge)
+        assert all(np.min(np.abs(S[j] - S[j, x])[np.arange(n) != x]) < 1e-5
+                   or abs(S[j, x] - (pos_s - abs(pos_s) * 0.05)) < 1e-5 for x in diff)
+    assert same >= nq - 1
+
+
+@needs_st
+@pytest.mark.skipif(not SCIFACT.is_dir(), reason="SciFact not available")
+def test_scifact_equals_sentence_transformers(tmp_path):
+    from hardneg._st_reference import st_mine
+
+    ds = hd.load_beir(SCIFACT, "train")
+    C = np.load(SCIFACT / "embeddings" / "minilm-corpus.npy", mmap_mode="r")
+    Qall = np.load(SCIFACT / "embeddings" / "minilm-queries.npy", mmap_mode="r")
+    kw = dict(num_negatives=8, range_min=10, range_max=100, relative_margin=0.05)
+    mined = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Qall, progress=False,
+                                exclude_same_text=False, **kw)
+    ref = st_mine(ds.query_ids, ds.corpus_ids, ds.positives(), np.asarray(C), np.asarray(Qall)[ds.query_rows],
+                  cache_folder=str(tmp_path), **kw)
+    same = sum(rows(mined)[j] == ref[q] for j, q in enumerate(ds.query_ids))
+    assert same >= len(ds.query_ids) - 2  # 809/809 here; tolerate a last-bit near tie on another SIMD level
+
+
+# ---------------------------------------------------------------------------------------------- oracle checks
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("anchor", ["min", "max", "mean"])
+def test_dense_matches_oracle(cfg, anchor):
+    Q, C, S, pos = make_exact(seed=5)
+    ds = make_ds(Q.shape[0], C.shape[0], pos)
+    kw = dict(relative_margin=None, **cfg) if "relative_margin" not in cfg else dict(cfg)
+    mined = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False,
+                                positive_anchor=anchor, batch_size=7, **kw)
+    assert rows(mined) == oracle(S, pos, anchor=anchor, **kw)
+    # scores are the candidates' scores, anchor_scores the anchor, positive_scores it per pair
+    for j in range(len(ds.query_ids)):
+        r = rows(mined)[j]
+        np.testing.assert_array_equal(mined.scores[j, :len(r)], S[j, r].astype(np.float32))
+        assert np.all(np.isneginf(mined.scores[j, len(r):]))
+        red = {"min": np.min, "max": np.max, "mean": np.mean}[anchor]
+        assert mined.anchor_scores[j] == pytest.approx(red(S[j, pos[j]]), rel=1e-6)
+        np.testing.assert_array_equal(mined.positive_scores[j, :len(r)], mined.anchor_scores[j])
+        assert np.isnan(mined.positive_scores[j, len(r):]).all()
+    assert mined.positive_scores.shape == mined.ids.shape
+
+
+def test_rescorer_matches_oracle():
+    Q, C, S, pos = make_exact(seed=7)
+    ds = make_ds(Q.shape[0], C.shape[0], pos)
+    rng = np.random.default_rng(0)
+    R = rng.standard_normal(S.shape).astype(np.float32)
+    for j, p in enumerate(pos):
+        R[j, p] += 1.0
+
+    calls = []
+
+    def rescorer(qs, docs):
+        calls.append(len(qs))
+        return np.array([R[int(q[1:]), int(d[1:])] for q, d in zip(qs, docs)], np.float32)
+
+    kw = dict(num_negatives=4, range_min=2, range_max=30, relative_margin=0.05, max_score=1.5)
+    mined = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False,
+                                rescorer=rescorer, batch_size=16, **kw)
+    assert rows(mined) == oracle(S, pos, rescore=lambda j, d: R[j, d], **kw)
+    assert len(calls) == 3  # one call per batch of queries
+    for j in range(len(ds.query_ids)):
+        r = rows(mined)[j]
+        np.testing.assert_array_equal(mined.scores[j, :len(r)], R[j, r])
+
+
+# ---------------------------------------------------------------------------------------------- BM25 / hybrid
+
+
+class FakeBM25:
+    """A stand-in with hn.BM25's interface, scores from a fixed matrix (0 = no match)."""
+
+    def __init__(self, S):
+        self.S = S.astype(np.float32)
+        self.search_calls = 0
+
+    def search(self, queries, k, exclude=None, num_threads=None):
+        from hardneg.exclude import to_csr
+
+        self.search_calls += 1
+        qi = [int(q[1:]) for q in queries]
+        ex = to_csr(exclude, len(qi), self.S.shape[1])
+        s = np.full((len(qi), k), -np.inf, np.float32)
+        ids = np.full((len(qi), k), -1, np.int64)
+        for r, j in enumerate(qi):
+            bad = set(ex[1][ex[0][r]:ex[0][r + 1]].tolist()) if ex else set()
+            cand = [d for d in sorted(range(self.S.shape[1]), key=lambda d: (-self.S[j, d], d))
+                    if d not in bad and self.S[j, d] > 0][:k]
+            s[r, :len(cand)] = self.S[j, cand]
+            ids[r, :len(cand)] = cand
+        return s, ids
+
+    def score(self, queries, doc_ids):
+        doc_ids = np.asarray(doc_ids)
+        qi = np.array([int(q[1:]) for q in queries])
+        return self.S[qi[:, None], doc_ids]
+
+
+def make_bm25_scores(nq, n, seed):
+    rng = np.random.default_rng(seed)
+    B = np.round(rng.gamma(2.0, 2.0, size=(nq, n)), 3).astype(np.float32)
+    B[rng.random((nq, n)) < 0.3] = 0  # documents that share no term with the query
+    return B
+
+
+def test_bm25_retriever_with_fake_index_matches_oracle():
+    Q, C, S, pos = make_exact(nq=20, n=120, seed=9)
+    B = make_bm25_scores(20, 120, 1)
+    ds = make_ds(20, 120, pos)
+    kw = dict(num_negatives=4, range_min=1, range_max=20, relative_margin=0.05)
+    mined = mine_hard_negatives(ds, "bm25", bm25=FakeBM25(B), progress=False, **kw)
+    # the fake never returns zero-score documents: they cannot be candidates
+    Bm = np.where(B > 0, B, -np.inf)
+    assert rows(mined) == oracle(Bm, pos, **kw)
+
+
+def rrf_reference(S, B, pos, depth, k=60):
+    """Fused RRF scores over the two rankings with positives removed (truncated at depth);
+    positives get the score they would have at the rank they would take."""
+    nq, n = S.shape
+    F = np.full((nq, n), -np.inf)
+    for j in range(nq):
+        p = set(int(x) for x in pos[j])
+        tot = np.zeros(n)
+        for M, drop_zero in ((S, False), (B, True)):
+            ranked = [d for d in sorted(range(n), key=lambda d: (-M[j, d], d))
+                      if d not in p and not (drop_zero and M[j, d] <= 0)][:depth]
+            for r, d in enumerate(ranked):
+                tot[d] += 1.0 / (k + r + 1)
+            for d in p:
+                if drop_zero and M[j, d] <= 0:
+                    continue
+                nb = sum(1 for x in ranked if (M[j, x] > M[j, d]) or (M[j, x] == M[j, d] and x < d))
+                if nb < depth:
+                    tot[d] += 1.0 / (k + nb + 1)
+        in_any = set()
+        for M, drop_zero in ((S, False), (B, True)):
+            ranked = [d for d in sorted(range(n), key=lambda d: (-M[j, d], d))
+                      if d not in p and not (drop_zero and M[j, d] <= 0)][:depth]
+            in_any.update(ranked)
+        for d in in_any | p:
+            F[j, d] = tot[d]
+    return F.astype(np.float32)
+
+
+def test_hybrid_with_fake_index_matches_oracle():
+    nq, n = 15, 100
+    Q, C, S, pos = make_exact(nq=nq, n=n, seed=11)
+    B = make_bm25_scores(nq, n, 2)
+    ds = make_ds(nq, n, pos)
+    kw = dict(num_negatives=5, range_min=2, range_max=20, relative_margin=0.02)
+    mined = mine_hard_negatives(ds, "hybrid", corpus_embeddings=C, query_embeddings=Q, metric="ip",
+                                bm25=FakeBM25(B), progress=False, **kw)
+    depth = kw["range_max"] + max(len(p) for p in pos)
+    F = rrf_reference(S, B, pos, depth)
+    assert rows(mined) == oracle(F, pos, **kw)
+
+
+def test_rrf_fuse_reference():
+    rng = np.random.default_rng(0)
+    a_ids = np.array([[3, 1, 2, -1], [0, 1, 2, 3]])
+    b_ids = np.array([[1, 5, -1, -1], [3, 2, 1, 0]])
+    runs = [(np.zeros(a_ids.shape, np.float32), a_ids), (np.zeros(b_ids.shape, np.float32), b_ids)]
+    s, i = rrf_fuse(runs, k=60, depth=5)
+    # query 0: 1 -> 1/62 + 1/61, 3 -> 1/61, 5 -> 1/62, 2 -> 1/63
+    assert i[0].tolist() == [1, 3, 5, 2, -1]
+    np.testing.assert_allclose(s[0, :4], [1 / 62 + 1 / 61, 1 / 61, 1 / 62, 1 / 63], rtol=1e-6)
+    # query 1: 0 and 3 tie (1/61 + 1/64), as do 1 and 2 (1/62 + 1/63): ties by ascending id
+    assert i[1].tolist() == [0, 3, 1, 2, -1]
+    fuse = getattr(hn, "fuse", None)
+    if fuse is not None:
+        big = [(np.sort(rng.random((6, 30)).astype(np.float32))[:, ::-1], np.argsort(rng.random((6, 50)))[:, :30])
+               for _ in range(2)]
+        fs, fi = fuse(big, method="rrf", k=60)
+        ms, mi = rrf_fuse(big, k=60, depth=np.asarray(fi).shape[1])
+        np.testing.assert_array_equal(np.asarray(fi), mi)
+
+
+@pytest.mark.skipif(getattr(hn, "BM25", None) is None, reason="this build has no hn.BM25")
+@pytest.mark.parametrize("retriever", ["bm25", "hybrid"])
+def test_real_bm25_positives_excluded_and_full_count(retriever):
+    ds = hd.load_sample("train")
+    from hardneg.datasets import find_embeddings
+
+    ce, qe = find_embeddings(hd.sample_path())
+    mined = mine_hard_negatives(ds, retriever, corpus_embeddings=ce, query_embeddings=qe, num_negatives=4,
+                                range_min=0, range_max=20, relative_margin=None, progress=False)
+    for j, p in enumerate(ds.positives()):
+        assert not set(p.tolist()) & set(rows(mined)[j])
+    if retriever == "hybrid":
+        assert (mined.counts == 4).all()
+
+
+# ---------------------------------------------------------------------------------------------- exclusions
+
+
+def test_positives_never_returned_and_full_count():
+    """Positives at the very top take no slot: every query still gets its full count."""
+    rng = np.random.default_rng(2)
+    n, nq = 60, 12
+    C = rng.standard_normal((n, 16)).astype(np.float32)
+    pos = [rng.choice(n, size=5, replace=False) for _ in range(nq)]
+    Q = np.stack([C[p].sum(0) for p in pos]).astype(np.float32)  # positives rank first
+    ds = make_ds(nq, n, pos)
+    mined = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, num_negatives=10, range_min=0,
+                                range_max=10, relative_margin=None, progress=False)
+    assert (mined.counts == 10).all()
+    for j in range(nq):
+        assert not set(pos[j].tolist()) & set(rows(mined)[j])
+
+
+def test_self_and_same_text_excluded():
+    rng = np.random.default_rng(4)
+    n = 30
+    C = rng.standard_normal((n, 64)).astype(np.float32)
+    texts = [f"text {i}" for i in range(n)]
+    texts[7] = texts[3]  # a duplicate of positive 3
+    texts[9] = "the query itself"
+    corpus = {f"d{i}": texts[i] for i in range(n)}
+    corpus["q0"] = corpus.pop("d0")  # the query is also a corpus document (as in ArguAna/Quora)
+    ds = hd.from_dict(corpus, {"q0": "the query itself"}, {"q0": {"d3": 1}})
+    Q = C[[0]] + C[[3]] + C[[7]] + C[[9]]
+    C2 = np.concatenate([C[1:], C[:1]])  # row order follows the dict: d1..d29, q0
+    mined = mine_hard_negatives(ds, corpus_embeddings=C2, query_embeddings=Q, num_negatives=5, range_min=0,
+                                range_max=10, relative_margin=None, progress=False)
+    got = {ds.corpus_ids[r] for r in rows(mined)[0]}
+    assert not got & {"q0", "d3", "d7", "d9"}
+    assert len(got) == 5
+    mined2 = mine_hard_negatives(ds, corpus_embeddings=C2, query_embeddings=Q, num_negatives=5, range_min=0,
+                                 range_max=10, relative_margin=None, progress=False, exclude_self=False,
+                                 exclude_same_text=False)
+    assert {"q0", "d7", "d9"} <= {ds.corpus_ids[r] for r in rows(mined2)[0]}
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("sampling", ["random", "softmax"])
+def test_sampling_reproducible_and_thread_independent(sampling):
+    Q, C, S, pos = make_exact(nq=50, seed=13)
+    C = C / 1e4
+    Q = Q / 1e4
+    ds = make_ds(50, C.shape[0], pos)
+    kw = dict(num_negatives=5, range_min=2, range_max=40, relative_margin=None, sampling=sampling,
+              temperature=50.0, metric="ip", progress=False)
+    a = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, seed=1, num_threads=1, **kw)
+    b = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, seed=1, num_threads=2, batch_size=7, **kw)
+    c = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, seed=2, **kw)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert not np.array_equal(a.ids, c.ids)
+    top = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, **{**kw, "sampling": "top",
+                                                                                  "num_negatives": 38})
+    for j in range(50):
+        r = rows(a)[j]
+        assert len(r) == 5 and set(r) <= set(rows(top)[j])  # drawn from the window
+        assert np.all(np.diff(a.scores[j]) <= 0)  # returned best first
+
+
+def test_softmax_low_temperature_is_top_and_random_is_uniform():
+    Q, C, S, pos = make_exact(nq=30, seed=17)
+    ds = make_ds(30, C.shape[0], pos)
+    base = dict(corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False, relative_margin=None,
+                num_negatives=3, range_min=0, range_max=12)
+    top = mine_hard_negatives(ds, **base)
+    soft = mine_hard_negatives(ds, sampling="softmax", temperature=1e-3, **base)
+    np.testing.assert_array_equal(top.ids, soft.ids)
+    # random: over many seeds every window position is drawn about equally often
+    counts = np.zeros(12)
+    ref = mine_hard_negatives(ds, **{**base, "num_negatives": 12})
+    for seed in range(200):
+        r = mine_hard_negatives(ds, sampling="random", seed=seed, **{**base, "progress": False})
+        counts += np.array([[x in set(r.ids[j]) for x in ref.ids[j]] for j in range(1)]).sum(0)
+    assert counts.min() > 20 and counts.max() < 80  # expectation 50 each
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def test_npy_paths_are_memory_mapped(tmp_path):
+    Q, C, S, pos = make_exact(nq=10, seed=19)
+    ds = make_ds(10, C.shape[0], pos)
+    np.save(tmp_path / "c.npy", C)
+    np.save(tmp_path / "q.npy", Q)
+    a = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False)
+    b = mine_hard_negatives(ds, corpus_embeddings=str(tmp_path / "c.npy"), query_embeddings=tmp_path / "q.npy",
+                            metric="ip", progress=False)
+    np.testing.assert_array_equal(a.ids, b.ids)
+
+
+def _read_jsonl(p):
+    opener = gzip.open if str(p).endswith(".gz") else open
+    with opener(p, "rt", encoding="utf-8") as f:
+        return [json.loads(x) for x in f if x.strip()]
+
+
+@pytest.fixture
+def sample_mined():
+    ds = hd.load_sample("train")
+    ce, qe = hd.find_embeddings(hd.sample_path())
+    return mine_hard_negatives(ds, corpus_embeddings=ce, query_embeddings=qe, num_negatives=4, range_min=2,
+                               range_max=30, progress=False)
+
+
+def test_save_ids_round_trip(tmp_path, sample_mined):
+    m = sample_mined
+    for name in ("neg.jsonl", "neg.jsonl.gz"):
+        n = m.save(tmp_path / name, format="ids")
+        assert n == len(m)
+        back = load_negatives(tmp_path / name, m.dataset)
+        np.testing.assert_array_equal(back.ids, m.ids)
+        np.testing.assert_array_equal(back.scores, m.scores)
+        np.testing.assert_allclose(back.anchor_scores, m.anchor_scores)
+        np.testing.assert_allclose(back.positive_scores, m.positive_scores)
+
+
+def test_save_training_formats_round_trip(tmp_path, sample_mined):
+    m = sample_mined
+    ds = m.dataset
+    text_row = {t: i for i, t in enumerate(ds.corpus_texts)}
+    negs = rows(m)
+
+    m.save(tmp_path / "st.jsonl", "sentence-transformers")
+    recs = _read_jsonl(tmp_path / "st.jsonl")
+    assert len(recs) == sum(len(p) for p, c in zip(m.positive_ids, m.counts) if c == 4)
+    by_q = {}
+    for r in recs:
+        assert list(r) == ["anchor", "positive", "negative_1", "negative_2", "negative_3", "negative_4"]
+        by_q.setdefault(r["anchor"], []).append(r)
+    for j, qt in enumerate(ds.query_texts):
+        for r in by_q.get(qt, []):
+            assert [text_row[r[f"negative_{t}"]] for t in range(1, 5)] == negs[j]
+            assert text_row[r["positive"]] in set(m.positive_ids[j].tolist())
+    if _have("datasets"):
+        import datasets
+
+        loaded = datasets.load_dataset("json", data_files=str(tmp_path / "st.jsonl"), split="train")
+        assert loaded.column_names[:3] == ["anchor", "positive", "negative_1"] and len(loaded) == len(recs)
+
+    m.save(tmp_path / "tri.jsonl", "triplet")
+    recs = _read_jsonl(tmp_path / "tri.jsonl")
+    assert len(recs) == sum(len(p) * c for p, c in zip(m.positive_ids, m.counts))
+
+    m.save(tmp_path / "fe.jsonl", "flagembedding")
+    recs = _read_jsonl(tmp_path / "fe.jsonl")
+    qrow = {t: j for j, t in enumerate(ds.query_texts)}
+    for r in recs:
+        j = qrow[r["query"]]
+        assert [text_row[t] for t in r["neg"]] == negs[j]
+        assert [text_row[t] for t in r["pos"]] == m.positive_ids[j].tolist()
+        np.testing.assert_allclose(r["neg_scores"], m.scores[j, :len(negs[j])], rtol=1e-6)
+
+    m.save(tmp_path / "tev.jsonl", "tevatron")
+    recs = _read_jsonl(tmp_path / "tev.jsonl")
+    assert len(recs) == len(ds.query_ids)
+    for j, r in enumerate(recs):
+        assert r["query_id"] == ds.query_ids[j] and r["query"] == ds.query_texts[j]
+        assert [p["docid"] for p in r["negative_passages"]] == [ds.corpus_ids[x] for x in negs[j]]
+        for p in r["positive_passages"] + r["negative_passages"]:
+            i = ds.doc_index[p["docid"]]
+            assert p["title"] == ds.corpus_titles[i] and p["text"] == ds.corpus_bodies[i]
+
+
+def test_report_mentions_the_essentials(sample_mined):
+    text = sample_mined.report()
+    for word in ("negatives found", "positive", "suspected false negatives", "timings", "relative_margin"):
+        assert word in text
+
+
+def test_report_counts_suspected_false_negatives():
+    Q, C, S, pos = make_exact(nq=10, seed=23)
+    ds = make_ds(10, C.shape[0], pos)
+    m = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False,
+                            relative_margin=None, range_min=0, range_max=20, num_negatives=5)
+    above = sum(int((m.scores[j][m.ids[j] >= 0] > S[j, pos[j]].min()).sum()) for j in range(10))
+    assert f"suspected false negatives: {above:,} negatives" in m.report()
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_messages(tmp_path):
+    Q, C, S, pos = make_exact(nq=5, seed=29)
+    ds = make_ds(5, C.shape[0], pos)
+    ok = dict(corpus_embeddings=C, query_embeddings=Q, progress=False)
+    cases = [
+        (dict(range_min=10, range_max=10), ValueError, "range_min"),
+        (dict(num_negatives=0), ValueError, "num_negatives"),
+        (dict(num_negatives=50, range_min=0, range_max=10), ValueError, "num_negatives"),
+        (dict(sampling="best"), ValueError, "sampling"),
+        (dict(positive_anchor="median"), ValueError, "positive_anchor"),
+        (dict(temperature=0.0, sampling="softmax"), ValueError, "temperature"),
+        (dict(relative_margin=float("nan")), ValueError, "relative_margin"),
+        (dict(corpus_embeddings=C[:-1]), ValueError, "corpus_embeddings"),
+        (dict(query_embeddings=Q[:-1]), ValueError, "query_embeddings"),
+        (dict(query_embeddings=Q[:, :-1]), ValueError, "dimension"),
+        (dict(corpus_embeddings=str(tmp_path / "missing.npy")), FileNotFoundError, "missing.npy"),
+        (dict(corpus_embeddings=None), ValueError, "corpus_embeddings"),
+    ]
+    for over, exc, word in cases:
+        with pytest.raises(exc, match=word):
+            mine_hard_negatives(ds, **{**ok, **over})
+    with pytest.raises(ValueError, match="retriever"):
+        mine_hard_negatives(ds, "sparse", **ok)
+    with pytest.raises(TypeError, match="RetrievalDataset"):
+        mine_hard_negatives({"corpus": []}, **ok)
+    m = mine_hard_negatives(ds, **ok)
+    with pytest.raises(ValueError, match="format"):
+        m.save(tmp_path / "x.jsonl", format="parquet")
+    with pytest.raises(FileNotFoundError):
+        load_negatives(tmp_path / "nope.jsonl", ds)
+    if getattr(hn, "BM25", None) is None:
+        with pytest.raises(ImportError, match="BM25"):
+            mine_hard_negatives(ds, "bm25", progress=False)
+
+
+def test_query_without_positives_and_tiny_corpus():
+    rng = np.random.default_rng(31)
+    C = rng.standard_normal((6, 4)).astype(np.float32)
+    Q = rng.standard_normal((2, 4)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ds = hd.from_dict({f"d{i}": f"t{i}" for i in range(6)}, {"a": "x", "b": "y"},
+                          {"a": {"d1": 1}, "b": {"zzz": 1}})
+    assert ds.missing_qrels == 1 and any("absent from the corpus" in str(x.message) for x in w)
+    m = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, num_negatives=8, range_min=0,
+                            range_max=100, relative_margin=None, progress=False)
+    assert m.counts.tolist() == [5, 6]  # corpus smaller than the range: everything but the positive
+    assert np.isnan(m.anchor_scores[1]) and np.isnan(m.positive_scores[1]).all()
+    assert "queries without positives: 1" in m.report()
+
+
+def test_encoder_and_torch_inputs_give_the_same_negatives():
+    Q, C, S, pos = make_exact(nq=12, seed=37)
+    ds = make_ds(12, C.shape[0], pos)
+    base = dict(metric="ip", progress=False, num_negatives=4, range_min=1, range_max=20)
+    ref = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, **base)
+    table = {**{f"d{i}": C[i] for i in range(C.shape[0])}, **{f"q{j}": Q[j] for j in range(12)}}
+    calls = []
+
+    def encoder(texts):
+        calls.append(len(texts))
+        return np.stack([table[t] for t in texts])
+
+    enc = mine_hard_negatives(ds, encoder=encoder, encode_batch_size=64, **base)
+    np.testing.assert_array_equal(enc.ids, ref.ids)
+    assert calls == [64, 64, 64, 64, 44, 12]
+    torch = pytest.importorskip("torch")
+    tor = mine_hard_negatives(ds, corpus_embeddings=torch.from_numpy(C), query_embeddings=torch.from_numpy(Q), **base)
+    np.testing.assert_array_equal(tor.ids, ref.ids)
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    pytest.importorskip("tqdm")
+    Q, C, S, pos = make_exact(nq=5, seed=41)
+    ds = make_ds(5, C.shape[0], pos)
+    mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "mining (dense)" in err
+    mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, progress=False)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+
+
+@pytest.mark.parametrize("retriever", ["dense", "bm25"])
+def test_shallow_first_pass_equals_full_search(monkeypatch, retriever):
+    """sampling="top" first searches range_min + num_negatives + slack deep and searches again only
+    the queries whose survivors fall short: the result must equal the full-depth search."""
+    import hardneg.mining as mining
+
+    Q, C, S, pos = make_exact(nq=60, n=400, seed=43)
+    B = make_bm25_scores(60, 400, 3)
+    ds = make_ds(60, 400, pos)
+    kw = dict(num_negatives=4, range_min=3, range_max=120, relative_margin=0.0005, metric="ip", progress=False,
+              corpus_embeddings=C, query_embeddings=Q, batch_size=17)
+    if retriever == "bm25":
+        kw.update(bm25=FakeBM25(B), relative_margin=None, max_score=9.0)
+    fast = mine_hard_negatives(ds, retriever, **kw)
+    monkeypatch.setattr(mining, "_FAST_PATH", False)
+    full = mine_hard_negatives(ds, retriever, **kw)
+    np.testing.assert_array_equal(fast.ids, full.ids)
+    np.testing.assert_array_equal(fast.scores, full.scores)
+    np.testing.assert_array_equal(fast.anchor_scores, full.anchor_scores)
+    assert 0 < fast.stats["searched_again"] < 60  # both paths were taken
