@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - torch is optional
     torch = None
 
-ACCEPT = (ValueError, TypeError, ImportError)
+ACCEPT = (ValueError, TypeError, ImportError, FileNotFoundError)  # the last: a path that does not exist
 SEED = 20261125
 N, Q, D = 40, 5, 12
 
@@ -642,6 +642,86 @@ def campaign_extra_bm25(rec, rng, tmp):
         for mm in (True, False):
             rec.run(f"bm25 load({lab}, mmap={mm})", lambda d=d, mm=mm: BM25.load(d, mmap=mm).search(["cat mat"], k=2),
                     must_raise=True)
+
+
+def campaign_extra_mining(rec, rng, tmp):
+    try:
+        from hardneg import datasets, mining
+    except ImportError:
+        return
+    ds = datasets.load_sample("test")
+    C = np.load(datasets.sample_path() / "embeddings" / "minilm-corpus.npy")
+    Qa = np.load(datasets.sample_path() / "embeddings" / "minilm-queries.npy")
+    base = dict(corpus_embeddings=C, query_embeddings=Qa, num_negatives=2, range_min=0, range_max=10, progress=False)
+
+    def mine(**kw):
+        args = dict(base)
+        args.update(kw)
+        return mining.mine_hard_negatives(ds, **args)
+
+    def chk(n):
+        def c(out):
+            assert out.ids.shape == (ds.num_queries, n), out.ids.shape
+            assert ((out.ids >= -1) & (out.ids < ds.num_docs)).all(), "negative ids out of range"
+        return c
+    rec.run("mine ok", lambda: mine(), chk(2))
+    rec.run("mine bm25", lambda: mine(retriever="bm25", bm25=dict(stemmer=None)), chk(2))
+    rec.run("mine hybrid", lambda: mine(retriever="hybrid", bm25=dict(stemmer=None)), chk(2))
+    rec.run("mine huge range_max", lambda: mine(range_max=10**9), chk(2))
+    rec.run("mine range_max 2**40", lambda: mine(range_max=2**40))
+    rec.run("mine torch bf16", lambda: mine(corpus_embeddings=torch.from_numpy(C).bfloat16()) if torch else None)
+    rec.run("mine npy path", lambda: mine(corpus_embeddings=str(datasets.sample_path() / "embeddings" /
+                                                                    "minilm-corpus.npy")), chk(2))
+    nanC = C.copy()
+    nanC[3, 0] = np.nan
+    nanQ = Qa.copy()
+    nanQ[:, 0] = np.inf
+    bad = [
+        ("ds None", dict(), None), ("retriever", dict(retriever="sparse"), 0), ("sampling", dict(sampling="x"), 0),
+        ("anchor", dict(positive_anchor="median"), 0), ("metric", dict(metric="l2x"), 0),
+        ("num_negatives 0", dict(num_negatives=0), 0), ("num_negatives float", dict(num_negatives=2.0), 0),
+        ("range_min > max", dict(range_min=20, range_max=10), 0), ("range neg", dict(range_min=-1), 0),
+        ("too few positions", dict(num_negatives=50), 0), ("margin nan", dict(relative_margin=float("nan")), 0),
+        ("margin str", dict(absolute_margin="0.1"), 0), ("temperature 0", dict(sampling="softmax", temperature=0), 0),
+        ("seed neg", dict(seed=-1), 0), ("seed float", dict(seed=1.5), 0), ("batch 0", dict(batch_size=0), 0),
+        ("threads 0", dict(num_threads=0), 0), ("rescorer int", dict(rescorer=3), 0), ("encoder int", dict(encoder=3), 0),
+        ("C nan", dict(corpus_embeddings=nanC), 0), ("Q inf", dict(query_embeddings=nanQ), 0),
+        ("C rows", dict(corpus_embeddings=C[:-1]), 0), ("C dim", dict(corpus_embeddings=C[:, :-1]), 0),
+        ("C 1-d", dict(corpus_embeddings=C[0]), 0), ("C int", dict(corpus_embeddings=(C * 100).astype(np.int32)), 0),
+        ("C str", dict(corpus_embeddings=C.astype(str)), 0), ("C txt path", dict(corpus_embeddings=str(tmp / "x.txt")), 0),
+        ("Q rows", dict(query_embeddings=Qa[:3]), 0), ("no embeddings", dict(corpus_embeddings=None), 0),
+        ("C complex", dict(corpus_embeddings=C.astype(np.complex64)), 0),
+        ("rescorer wrong length", dict(rescorer=lambda q, d: np.zeros(1)), 0),
+        ("rescorer nan", dict(rescorer=lambda q, d: np.full(len(q), np.nan)), 0),
+        ("rescorer str", dict(rescorer=lambda q, d: ["x"] * len(q)), 0),
+        ("encoder wrong rows", dict(corpus_embeddings=None, encoder=lambda t: np.zeros((1, 4), np.float32)), 0),
+        ("encoder nan", dict(corpus_embeddings=None, query_embeddings=None,
+                             encoder=lambda t: np.full((len(t), 4), np.nan, np.float32)), 0),
+        ("encoder None", dict(corpus_embeddings=None, encoder=lambda t: None), 0),
+        ("bm25 bad kwargs", dict(retriever="bm25", bm25=dict(k1=-1)), 0),
+        ("bm25 wrong type", dict(retriever="bm25", bm25=3), 0),
+    ]
+    for lab, kw, _ in bad:
+        if lab == "ds None":
+            rec.run("mine(ds=None)", lambda: mining.mine_hard_negatives(None, **base), must_raise=True)
+            continue
+        rec.run(f"mine({lab})", lambda kw=kw: mine(**kw), must_raise=True)
+    # save / load round trip and corrupt files
+    res = mine()
+    out = tmp / "neg.jsonl"
+    rec.run("MinedNegatives.save bad format", lambda: res.save(out, format="parquet9"), must_raise=True)
+    rec.run("MinedNegatives.save", lambda: res.save(out))
+    bad_file = tmp / "bad_neg.jsonl"
+    bad_file.write_text('{"query": 1}\nnot json\n')
+    rec.run("load_negatives(garbage)", lambda: mining.load_negatives(bad_file, ds), must_raise=True)
+    rec.run("load_negatives(ds None)", lambda: mining.load_negatives(out, None), must_raise=True)
+    for lab, kw in [("qrels wrong", dict(corpus={"d": "x"}, queries={"q": "y"}, qrels={"q": {"d": "high"}})),
+                    ("corpus None", dict(corpus=None, queries={"q": "y"}, qrels={})),
+                    ("queries list", dict(corpus={"d": "x"}, queries=["y"], qrels={}))]:
+        rec.run(f"datasets.from_dict({lab})", lambda kw=kw: datasets.from_dict(**kw), must_raise=True)
+    for lab, p in [("missing", tmp / "nope"), ("file", out), ("split", None)]:
+        rec.run(f"datasets.load_beir({lab})", lambda p=p: datasets.load_beir(p) if p is not None else
+                datasets.load_beir(datasets.sample_path(), split="nosuch"), must_raise=True)
 
 
 def run_campaign(tmp: Path, n_random: int = 150):

@@ -288,6 +288,9 @@ def from_dict(corpus: Mapping[str, Any], queries: Mapping[str, str],
     queries : ``{query_id: text}``
     qrels : ``{query_id: {doc_id: relevance}}``
     """
+    for name, m in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
+        if not isinstance(m, Mapping):
+            raise TypeError(f"{name} must be a dict, got {type(m).__name__}")
     ids, titles, bodies = [], [], []
     for did, doc in corpus.items():
         ids.append(str(did))

@@ -361,6 +361,8 @@ def _build_bm25(bm25: Any, ds: RetrievalDataset):
     import hardneg
 
     if bm25 is not None and not isinstance(bm25, dict):
+        if not (callable(getattr(bm25, "search", None)) and callable(getattr(bm25, "score", None))):
+            raise TypeError(f"bm25 must be an hn.BM25 index or a dict of hn.BM25 arguments, got {type(bm25).__name__}")
         return bm25  # an index the caller built over ds.corpus_texts
     cls = getattr(hardneg, "BM25", None)
     if cls is None:
