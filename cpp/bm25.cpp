@@ -261,7 +261,7 @@ TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_th
     out.offsets.assign(n + 1, 0);
     if (n == 0) return out;
     // Chunks of texts, each with its own word table; merged afterwards.
-    const size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, n));
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), n));
     const size_t nch = std::min(n, nt * 4);
     std::vector<WordTable> tables(nch);
     std::vector<std::vector<uint32_t>> toks(nch);
@@ -324,7 +324,7 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
     const size_t n_old = num_docs();
     if (n_old + ndocs > 0xFFFFFFF0ull) throw std::length_error("BM25 supports at most 2^32 - 16 documents");
     const size_t V = terms.size(), V_old = num_terms();
-    const size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, ndocs));
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), ndocs));
     const size_t nch = nt;
     for (size_t i = 0; i < toffs[ndocs]; ++i)
         if (tokens[i] >= int64_t(V)) throw std::invalid_argument("token id outside the vocabulary");
@@ -682,7 +682,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
     const size_t N = num_docs();
     if (N == 0) throw std::invalid_argument("the index is empty");
     if (max_impact.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
-    const size_t nt = std::max<size_t>(1, std::min<size_t>(num_threads, q.nq));
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), q.nq));
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
     const float* imp = impacts.data();

@@ -769,6 +769,34 @@ def test_binding_rejects_unaligned_buffers():
     np.testing.assert_array_equal(out[1], ref[1])
 
 
+@pytest.mark.parametrize("nt", [0, -1, -(2**31)])
+def test_private_kernels_survive_non_positive_thread_counts(nt):
+    """The public functions validate num_threads; the kernels behind them must still not
+    turn a negative count into a huge one (size_t conversion) when called directly."""
+    from hardneg import _core
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    ref = hn.topk(x[:5], x, k=3)
+    for call in (lambda: _core.topk(x[:5], False, [(x, False, None, 0)], "ip", 3, None, None, nt),
+                 lambda: _core.merge_topk([ref[0]], [ref[1]], False, 3, nt),
+                 lambda: _core.fuse_ids([ref[1]], [None], [1.0], 0, 0, 60.0, 3, nt)):
+        try:
+            out = call()
+        except ValueError:
+            continue
+        np.testing.assert_array_equal(out[1][:, :1], ref[1][:, :1])
+    try:
+        from hardneg.bm25 import BM25
+    except ImportError:
+        return
+    bm = BM25(stemmer=None).index(["red cat", "blue dog", "red dog"])
+    off, ids = bm._query_ids(["red dog"], 1)
+    try:
+        s, i = bm._core.search(off, ids, 2, None, None, nt)
+    except ValueError:
+        return
+    assert i.tolist()[0][0] == 2
+
+
 def test_concurrent_calls_match_serial():
     """The kernels release the GIL: calls from several Python threads at once (each with
     its own worker threads, sharing one index and one Qrels) give the serial results."""
