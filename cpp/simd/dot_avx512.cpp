@@ -119,30 +119,20 @@ inline BlockFn block_fn(size_t rq, size_t rc) {
     return table[rq][rc];
 }
 
-// Loop order: when the query panel fits in L1/L2 (small batches), each group
-// of MC corpus rows is read from memory once and used by every query group;
-// otherwise (large batches) each query group sweeps the whole corpus tile,
-// which the caller sized to stay in L2.
+// Each group of MQ queries (held in L1) sweeps the whole corpus tile, which the
+// caller sized to stay in L2: per step MQ query loads from L1 and MC corpus
+// loads from L2 feed MQ*MC FMAs.  (Measured: better than sweeping the queries
+// for each corpus group, even for small batches.)
 template <DType T>
 void dot_tile_t(const float* Q, size_t ldq, size_t nq, const void* X, size_t ldx, size_t nx,
                 size_t d, float* S, size_t lds) {
     const size_t es = (T == DType::F32) ? 4 : 2;
     const char* xb = static_cast<const char*>(X);
-    if (nq * d * sizeof(float) <= (size_t(192) << 10)) {
+    for (size_t i = 0; i < nq; i += MQ) {
+        const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
         for (size_t j = 0; j < nx; j += MC) {
             const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
-            for (size_t i = 0; i < nq; i += MQ) {
-                const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
-                block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
-            }
-        }
-    } else {
-        for (size_t i = 0; i < nq; i += MQ) {
-            const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
-            for (size_t j = 0; j < nx; j += MC) {
-                const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
-                block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
-            }
+            block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
         }
     }
 }

@@ -20,6 +20,7 @@ from hardneg import _core
 from hardneg._arrays import check_uint_ids
 from hardneg._threads import resolve_num_threads
 from hardneg.exclude import to_csr
+from hardneg.topk import _check_k
 
 METHODS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 _FORMAT = "hardneg-bm25"
@@ -100,16 +101,6 @@ def _make_stemmer(stemmer: Optional[str]):
     if stemmer not in langs:
         raise ValueError(f"stemmer must be one of PyStemmer's languages {sorted(langs)} or None, got {stemmer!r}")
     return Stemmer.Stemmer(stemmer)
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be a positive integer, got {k!r}")
-    if k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    if k >= 2**32:  # document ids are 32-bit: a larger k could only add padding (and a huge allocation)
-        raise ValueError(f"k must be below 2**32, got {k}")
-    return int(k)
 
 
 def _as_list(texts: Any, name: str) -> list:

@@ -38,7 +38,7 @@ from hardneg._threads import resolve_num_threads
 from hardneg.datasets import RetrievalDataset
 from hardneg.topk import topk
 
-__all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "rrf_fuse",
+__all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives",
            "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
 
 _FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
@@ -170,48 +170,6 @@ def _take(a: np.ndarray, order: np.ndarray) -> np.ndarray:
     return np.take_along_axis(a, order, axis=1)
 
 
-def rrf_fuse(runs: Sequence[Tuple[np.ndarray, np.ndarray]], k: int = 60, depth: Optional[int] = None):
-    """Reciprocal rank fusion of (scores, ids) result arrays.
-
-    Each run is ``(scores (Q, k_i), ids (Q, k_i))`` best first, padded with id -1.
-    A document at 1-based rank r of a run gets ``1 / (k + r)`` from it; absent
-    documents get 0.  Returns ``(scores float32 (Q, depth), ids int64 (Q, depth))``,
-    best first, ties by ascending id, padded with id -1 and score -inf.
-    """
-    ids = np.concatenate([np.asarray(r[1], dtype=np.int64) for r in runs], axis=1)
-    contrib = np.concatenate([np.broadcast_to(1.0 / (k + np.arange(1, np.asarray(r[1]).shape[1] + 1, dtype=np.float64)),
-                                              np.asarray(r[1]).shape) for r in runs], axis=1)
-    nq, width = ids.shape
-    depth = width if depth is None else depth
-    valid = ids >= 0
-    contrib = np.where(valid, contrib, 0.0)
-    rows = np.broadcast_to(np.arange(nq)[:, None], ids.shape)
-    key_ids = np.where(valid, ids, np.iinfo(np.int64).max)
-    order = np.lexsort((key_ids.ravel(), rows.ravel()))
-    r_sorted = rows.ravel()[order]
-    i_sorted = key_ids.ravel()[order]
-    c_sorted = contrib.ravel()[order]
-    start = np.ones(order.shape[0], dtype=bool)
-    if order.shape[0]:
-        start[1:] = (r_sorted[1:] != r_sorted[:-1]) | (i_sorted[1:] != i_sorted[:-1])
-    starts = np.flatnonzero(start)
-    sums = np.add.reduceat(c_sorted, starts) if starts.size else np.zeros(0)
-    u_rows, u_ids = r_sorted[starts], i_sorted[starts]
-    keep = u_ids != np.iinfo(np.int64).max
-    u_rows, u_ids, sums = u_rows[keep], u_ids[keep], sums[keep]
-    o = np.lexsort((u_ids, -sums, u_rows))
-    u_rows, u_ids, sums = u_rows[o], u_ids[o], sums[o]
-    counts = np.bincount(u_rows, minlength=nq)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pos = np.arange(u_rows.shape[0]) - first[u_rows]
-    sel = pos < depth
-    out_s = np.full((nq, depth), -np.inf, dtype=np.float32)
-    out_i = np.full((nq, depth), -1, dtype=np.int64)
-    out_s[u_rows[sel], pos[sel]] = sums[sel]
-    out_i[u_rows[sel], pos[sel]] = u_ids[sel]
-    return out_s, out_i
-
-
 # ---------------------------------------------------------------------------------------------- retrievers
 
 
@@ -335,26 +293,16 @@ class _Hybrid:
 
 
 def _fuse_rrf(runs, k: int, depth: int):
-    """hn.fuse when this build has it (same RRF), else :func:`rrf_fuse`."""
-    import hardneg
+    """RRF of (scores, ids) runs with hn.fuse, padded to exactly ``depth`` columns."""
+    from hardneg.fusion import fuse
 
-    fuse = getattr(hardneg, "fuse", None)
-    if fuse is not None:
-        try:
-            try:
-                out = fuse(list(runs), method="rrf", k=k, depth=depth)
-            except TypeError:
-                out = fuse(list(runs), method="rrf", k=k)
-            s, i = np.asarray(out[0], dtype=np.float32), np.asarray(out[1], dtype=np.int64)
-            if s.ndim == 2 and s.shape[0] == runs[0][1].shape[0]:
-                if s.shape[1] < depth:
-                    pad = depth - s.shape[1]
-                    s = np.concatenate([s, np.full((s.shape[0], pad), -np.inf, np.float32)], 1)
-                    i = np.concatenate([i, np.full((i.shape[0], pad), -1, np.int64)], 1)
-                return s[:, :depth], i[:, :depth]
-        except Exception:  # an array form hn.fuse does not take: use ours
-            pass
-    return rrf_fuse(runs, k=k, depth=depth)
+    s, i = fuse(list(runs), method="rrf", k=k, depth=depth)
+    s, i = np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)
+    if s.shape[1] < depth:
+        pad = depth - s.shape[1]
+        s = np.concatenate([s, np.full((s.shape[0], pad), -np.inf, np.float32)], 1)
+        i = np.concatenate([i, np.full((i.shape[0], pad), -1, np.int64)], 1)
+    return s[:, :depth], i[:, :depth]
 
 
 def _build_bm25(bm25: Any, ds: RetrievalDataset):
