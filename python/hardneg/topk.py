@@ -221,7 +221,7 @@ class DenseIndex:
             raise ImportError("backend='torch' needs torch: pip install 'hardneg[torch]'")
         from hardneg._torch_topk import topk_torch
 
-        q = queries if is_torch(queries) else torch.from_numpy(np.asarray(queries))
+        q = queries if is_torch(queries) else _readonly_tensor(torch, np.asarray(queries))
         if q.dim() != 2:
             raise ValueError(f"queries must be 2-D (rows, dim), got shape {tuple(q.shape)}")
         if not q.is_floating_point():
@@ -236,7 +236,7 @@ class DenseIndex:
         if not self._cuda:
             parts = []
             for a, bf16, _, off in self._segments:
-                t = torch.from_numpy(a)
+                t = _readonly_tensor(torch, a)
                 parts.append((t.view(torch.bfloat16) if bf16 else t, off))
         ex = to_csr(exclude, int(q.shape[0]), self._size)
         s, i = topk_torch(q, parts, k, self.metric, ex, memory_budget)
@@ -311,6 +311,15 @@ def topk(queries: Any, corpus: Any, k: int = 10, metric: str = "ip", exclude: An
                              None if ex is None else ex[0], None if ex is None else ex[1],
                              resolve_num_threads(num_threads))
     return to_caller(scores, queries), to_caller(ids, queries)
+
+
+def _readonly_tensor(torch, a: np.ndarray):
+    """torch.from_numpy without the warning for read-only arrays (the torch path never writes)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 def _nonempty(corpus) -> bool:
