@@ -278,7 +278,6 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
         state[t].reset(new Panel(S, panel));
         parts[t] = state[t].get();
     }
-    std::vector<Cand> merged;
     for (size_t q0 = 0; q0 < nq; q0 += panel) {
         const size_t P = std::min(panel, nq - q0);
         shared.load_queries(S, q0, P);
@@ -290,7 +289,11 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
         parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
             for (size_t b = b0; b < b1; ++b) state[tid]->process(S, shared.q.data(), shared.qn.data(), blocks[b]);
         });
-        for (size_t i = 0; i < P; ++i) write_results(S, parts, i, merged, scores, ids);
+        // merge + sort the threads' candidates, queries split over the threads
+        parallel_for(P, P * k >= 4096 ? nt : 1, 1, [&](size_t i0, size_t i1, int) {
+            std::vector<Cand> merged;
+            for (size_t i = i0; i < i1; ++i) write_results(S, parts, i, merged, scores, ids);
+        });
     }
 }
 
