@@ -250,7 +250,13 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
     panel = std::max<size_t>(1, std::min({panel, kMaxPanel, nq}));
     Search S{kernels(), Q, qt, ldq, d, k, cap, metric, excl, ex_sorted, blocks, nb_max};
 
-    const size_t npanels = (nq + panel - 1) / panel;
+    size_t npanels = (nq + panel - 1) / panel;
+    if (npanels >= size_t(2 * nt) && npanels % size_t(nt) != 0) {
+        // equal panels, a multiple of the thread count: no thread idles at the end
+        npanels = (npanels + nt - 1) / nt * nt;
+        panel = (nq + npanels - 1) / npanels;
+        npanels = (nq + panel - 1) / panel;
+    }
     if (npanels >= size_t(2 * nt) || nt == 1) {
         // Many queries: threads take whole query panels and sweep the corpus;
         // no cross-thread merge, and each query keeps one buffer.
