@@ -212,3 +212,29 @@ def test_eval_plumbing_with_a_stub_evaluator(capsys, tmp_path, monkeypatch):
     assert {q: set(v) for q, v in seen["run"].items()} == {q: set(v) for q, v in first.items()}
     code, _, err = run(capsys, "eval", "--run", str(run_file), "--retriever", "dense")
     assert_one_line_error(code, err, "either")
+
+
+def test_mine_backend_faiss_flat_equals_exact(capsys, tmp_path):
+    pytest.importorskip("faiss")
+    a, b = tmp_path / "exact.jsonl", tmp_path / "faiss.jsonl"
+    assert run(capsys, "mine", "--quiet", "--retriever", "dense", "-o", str(a))[0] == 0
+    assert run(capsys, "mine", "--quiet", "--retriever", "dense", "--backend", "faiss",
+               "--faiss-index", "Flat", "-o", str(b))[0] == 0
+    assert a.read_text() == b.read_text()
+    code, _, err = run(capsys, "mine", "--quiet", "--retriever", "dense", "--backend", "faiss",
+                       "--faiss-index", "NoSuchIndex", "-o", str(b))
+    assert_one_line_error(code, err, "NoSuchIndex")
+
+
+@pytest.mark.slow
+def test_torchrun_mine_equals_single_process(tmp_path):
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    a, b = tmp_path / "single.jsonl", tmp_path / "ranks.jsonl"
+    subprocess.run([sys.executable, "-m", "hardneg", "mine", "--quiet", "--retriever", "dense", "-o", str(a)],
+                   check=True, timeout=300)
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "hardneg", "mine", "--quiet",
+                        "--retriever", "dense", "-o", str(b)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert a.read_text() == b.read_text()

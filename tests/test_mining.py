@@ -641,3 +641,20 @@ def test_shallow_first_pass_equals_full_search(monkeypatch, retriever):
     np.testing.assert_array_equal(fast.scores, full.scores)
     np.testing.assert_array_equal(fast.anchor_scores, full.anchor_scores)
     assert 0 < fast.stats["searched_again"] < 60  # both paths were taken
+
+
+def test_index_hook_faiss_flat_equals_exact():
+    pytest.importorskip("faiss")
+    ds = hd.load_sample("train")
+    C, Q = hd.find_embeddings(hd.sample_path())
+    C, Q = np.load(C), np.load(Q)
+    kw = dict(num_negatives=4, range_min=2, range_max=30, progress=False)
+    exact = mine_hard_negatives(ds, "dense", corpus_embeddings=C, query_embeddings=Q, **kw)
+    idx = hn.DenseIndex(C, metric="cosine", backend="faiss", index="Flat")
+    via = mine_hard_negatives(ds, "dense", corpus_embeddings=C, query_embeddings=Q, index=idx, **kw)
+    np.testing.assert_array_equal(exact.ids, via.ids)
+    with pytest.raises(ValueError, match="rows"):
+        mine_hard_negatives(ds, "dense", corpus_embeddings=C, query_embeddings=Q,
+                            index=hn.DenseIndex(C[:10]), **kw)
+    with pytest.raises(TypeError, match="index must be"):
+        mine_hard_negatives(ds, "dense", corpus_embeddings=C, query_embeddings=Q, index=object(), **kw)

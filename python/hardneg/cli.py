@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--query-embeddings", help=".npy, one row per line of queries.jsonl or per split query")
     m.add_argument("--model", help="sentence-transformers model name/path to embed what is not given")
     m.add_argument("--metric", default="cosine", choices=["cosine", "ip"])
+    m.add_argument("--backend", default="exact", choices=["exact", "faiss"],
+                   help="dense search: exact (hardneg's kernel) or faiss (approximate, needs faiss-cpu)")
+    m.add_argument("--faiss-index", default="HNSW32", metavar="FACTORY",
+                   help="faiss factory string for --backend faiss (default HNSW32; e.g. IVF4096,Flat)")
+    m.add_argument("--nprobe", type=int, default=None, help="faiss IVF nprobe")
     m.add_argument("--num-negatives", type=int, default=8)
     m.add_argument("--range", type=_range, default=(10, 100), metavar="MIN:MAX",
                    help="keep positions MIN..MAX-1 of the filtered candidates (default 10:100)")
@@ -154,6 +159,44 @@ def _resolve_dense(args, folder: Path, need: bool):
     return ce, qe
 
 
+def _dense_index(args, ce, retriever):
+    """The dense search index for --backend faiss or a torchrun launch (else None), and this rank.
+
+    Under ``torchrun -m hardneg mine ...`` (WORLD_SIZE > 1) each rank searches its own
+    contiguous shard of the memory-mapped corpus embeddings and the results are merged
+    over torch.distributed (gloo on CPU); every rank mines the same negatives.
+    """
+    import os
+
+    import numpy as np
+
+    import hardneg as hn
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if retriever not in ("dense", "hybrid"):
+        return None, int(os.environ.get("RANK", "0") or 0)
+    C = np.load(ce, mmap_mode="r") if isinstance(ce, (str, os.PathLike)) else ce
+    if world > 1:
+        if args.backend == "faiss":
+            raise CLIError("--backend faiss cannot be combined with a torchrun launch")
+        import torch.distributed as dist
+
+        from hardneg.distributed import DistributedIndex
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        rank = dist.get_rank()
+        lo, hi = len(C) * rank // world, len(C) * (rank + 1) // world
+        return DistributedIndex(C[lo:hi], metric=args.metric, offset=lo), rank
+    if args.backend == "faiss":
+        try:
+            return hn.DenseIndex(C, metric=args.metric, backend="faiss", index=args.faiss_index,
+                                 nprobe=args.nprobe), 0
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+    return None, 0
+
+
 def _bm25_kwargs(args) -> Optional[dict]:
     kw = {}
     if getattr(args, "bm25_method", None):
@@ -166,6 +209,8 @@ def _bm25_kwargs(args) -> Optional[dict]:
 
 
 def cmd_mine(args) -> int:
+    import numpy as np
+
     import hardneg as hn
     from hardneg.mining import mine_hard_negatives
 
@@ -193,6 +238,7 @@ def cmd_mine(args) -> int:
         ce, qe = _resolve_dense(args, folder, need=True)
         if args.model:
             encoder = _st_encoder(args.model)
+    index, rank = _dense_index(args, ce, retriever)
     lo, hi = args.range
     mined = mine_hard_negatives(
         ds, retriever, corpus_embeddings=ce, query_embeddings=qe, encoder=encoder,
@@ -201,8 +247,10 @@ def cmd_mine(args) -> int:
         max_score=args.max_score, min_score=args.min_score, sampling=args.sampling,
         temperature=args.temperature, seed=args.seed, num_threads=args.threads,
         positive_anchor=args.positive_anchor, metric=args.metric, bm25=_bm25_kwargs(args),
-        rrf_k=args.rrf_k, batch_size=args.batch_size, progress=not args.quiet)
+        rrf_k=args.rrf_k, batch_size=args.batch_size, progress=not args.quiet and rank == 0, index=index)
     mined.timings = {"load": t_load, **mined.timings}
+    if rank != 0:  # under torchrun every rank mined the same result; rank 0 writes it
+        return 0
     where = "the sample dataset" if args.dataset is None else str(folder)
     if args.output == "-":
         import tempfile
@@ -364,7 +412,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cmd = {"mine": cmd_mine, "eval": cmd_eval, "bench": cmd_bench, "info": cmd_info}[args.command]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=DeprecationWarning)
-            return cmd(args)
+            try:
+                return cmd(args)
+            finally:
+                _close_process_group()
     except CLIError as e:
         print(f"hardneg: error: {e}", file=sys.stderr)
         return 2
@@ -381,6 +432,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else ""
         print(f"hardneg: error: {type(e).__name__}: {msg}", file=sys.stderr)
         return 2
+
+
+def _close_process_group() -> None:
+    """Under torchrun: wait for every rank, then tear the group down (leaving gloo's
+    teardown to interpreter exit sometimes aborts the process)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _entry() -> None:  # pragma: no cover

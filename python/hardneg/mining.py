@@ -192,8 +192,11 @@ class _Dense:
 
     name = "dense"
 
-    def __init__(self, corpus: np.ndarray, queries: np.ndarray, metric: str, num_threads: int):
-        if metric == "cosine" and _unit_rows(corpus) and _unit_rows(queries):
+    def __init__(self, corpus: np.ndarray, queries: np.ndarray, metric: str, num_threads: int, index: Any = None):
+        self.index = index
+        if index is not None:
+            metric = index.metric  # the index decides how it scores; positives are scored alike
+        elif metric == "cosine" and _unit_rows(corpus) and _unit_rows(queries):
             # Already L2-normalised (as sentence-transformers' embeddings are): cosine = inner
             # product up to the last bit, and the inner-product kernel skips the norms.
             metric = "ip"
@@ -207,6 +210,9 @@ class _Dense:
         return self.queries[rows]
 
     def search(self, rows: slice, k: int, exclude):
+        if self.index is not None:  # faiss, out-of-core or sharded search: same conventions
+            s, i = self.index.search(self._q(rows), k=k, exclude=exclude)
+            return np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)
         # hn.topk checks the corpus for NaN/Inf inside the kernel, in the same pass as the search
         return topk(self._q(rows), self.corpus, k=k, metric=self.metric, exclude=exclude,
                     num_threads=self.num_threads)
@@ -667,6 +673,7 @@ def mine_hard_negatives(
     rrf_k: int = 60,
     exclude_self: bool = True,
     exclude_same_text: bool = True,
+    index: Any = None,
     batch_size: int = 2048,
     encode_batch_size: int = 256,
     progress: bool = True,
@@ -718,6 +725,15 @@ def mine_hard_negatives(
     exclude_self, exclude_same_text : bool
         Also exclude the document whose id equals the query id, and documents whose text equals
         the query's text or one of its positives' texts.
+    index : optional
+        A prebuilt search index for the dense stage, used instead of the exact in-memory kernel:
+        ``hn.DenseIndex(C, backend="faiss", index="IVF4096,Flat")`` (approximate),
+        ``hn.DenseIndex.from_npy(path)`` (out of core) or
+        ``hn.distributed.DistributedIndex(local_shard)`` (sharded; see
+        :func:`hardneg.distributed.mine_hard_negatives`).  Anything with
+        ``.search(queries, k, exclude=)``, ``.metric`` and ``len()`` works.  Its metric wins over
+        ``metric``; ``corpus_embeddings`` (a memory-mapped ``.npy`` path is enough) still supplies
+        the positives' scores.
     batch_size : int
         Queries searched per kernel call (bounds the working memory).
     progress : bool
@@ -790,7 +806,13 @@ def mine_hard_negatives(
                              f"{len(ds.all_query_ids)} (every query of the queries file)")
         if Qe.shape[1] != C.shape[1]:
             raise ValueError(f"query_embeddings have dimension {Qe.shape[1]} but corpus_embeddings {C.shape[1]}")
-        dense = _Dense(C, Qe, metric, threads)
+        if index is not None:
+            if not callable(getattr(index, "search", None)) or getattr(index, "metric", None) not in ("ip", "cosine", "l2"):
+                raise TypeError("index must be a search index with .search(queries, k, exclude=) and .metric, "
+                                "e.g. hn.DenseIndex(..., backend='faiss')")
+            if len(index) != ds.num_docs:
+                raise ValueError(f"index holds {len(index)} rows but the corpus has {ds.num_docs} documents")
+        dense = _Dense(C, Qe, metric, threads, index)
     if retriever in ("bm25", "hybrid"):
         bm = _BM25(_build_bm25(bm25, ds), ds.query_texts, threads)
     ret = dense if retriever == "dense" else bm if retriever == "bm25" else _Hybrid(dense, bm, rrf_k)
