@@ -284,28 +284,14 @@ def cmd_mine(args) -> int:
 
 
 def _read_run(path: str) -> Dict[str, Dict[str, float]]:
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"run file {p} not found")
-    run: Dict[str, Dict[str, float]] = {}
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) == 6:
-                    q, _, d, _, s, _ = parts
-                elif len(parts) == 3:
-                    q, d, s = parts
-                else:
-                    raise ValueError
-                run.setdefault(q, {})[d] = float(s)
-            except ValueError:
-                if lineno == 1 and len(parts) == 3:
-                    continue  # header
-                raise CLIError(f"{p}:{lineno}: expected 'qid Q0 docid rank score tag' or 'qid docid score'") from None
-    return run
+    from hardneg.metrics import read_run
+
+    if not Path(path).is_file():
+        raise CLIError(f"run file {path} not found")
+    try:
+        return read_run(path)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def cmd_eval(args) -> int:

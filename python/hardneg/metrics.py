@@ -236,20 +236,28 @@ def _id_array(ids: Any, name: str) -> np.ndarray:
 
 
 def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
-    """Read a TREC run file (``qid Q0 docid rank score tag``) into ``{qid: {docid: score}}``.
-    A repeated (qid, docid) pair raises ValueError, as in trec_eval."""
+    """Read a run file into ``{qid: {docid: score}}``.
+
+    TREC lines (``qid Q0 docid rank score tag``) or 3-column lines (``qid docid score``, a
+    header line allowed first).  A repeated (qid, docid) pair raises ValueError, as in trec_eval."""
     run: Dict[str, Dict[str, float]] = {}
     with open(path, encoding="utf-8") as f:
         for ln, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 6:
-                raise ValueError(f"{path}:{ln}: a TREC run line has 6 fields, got {len(parts)}")
-            q, _, d, _, s, _ = parts
+            if len(parts) == 6:
+                q, _, d, _, s, _ = parts
+            elif len(parts) == 3:
+                q, d, s = parts
+            else:
+                raise ValueError(f"{path}:{ln}: expected 'qid Q0 docid rank score tag' or 'qid docid score', "
+                                 f"got {len(parts)} fields")
             try:
                 score = float(s)
             except ValueError:
+                if ln == 1 and len(parts) == 3:
+                    continue  # header
                 raise ValueError(f"{path}:{ln}: score must be a number, got {s!r}") from None
             inner = run.get(q)
             if inner is None:
