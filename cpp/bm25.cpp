@@ -619,6 +619,19 @@ struct Scratch {
     std::vector<uint32_t> cand_ids;
 };
 
+// Maxima of the float bits of acc over blocks of BL documents (full blocks only):
+// bits of values >= 0 order like integers and the -inf of excluded documents is
+// negative, so this is an integer max that vectorises.
+template <size_t BL>
+void block_maxima(const float* acc, size_t nblocks, int32_t* out) {
+    for (size_t b = 0; b < nblocks; ++b) {
+        const int32_t* a = reinterpret_cast<const int32_t*>(acc + b * BL);
+        int32_t m = 0;
+        for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
+        out[b] = m;
+    }
+}
+
 // The k best of a dense accumulator (acc > 0: a match; -inf: excluded).  Block
 // maxima first (the float bits of values >= 0 order like integers, so this
 // vectorises): the k-th largest block maximum is a lower bound of the k-th
@@ -628,12 +641,7 @@ template <size_t BL>
 void select_dense_bl(const float* acc, size_t N, size_t k, float base, Scratch& S, TopK& top) {
     const size_t nb = N / BL;
     S.bmax.resize(nb);
-    for (size_t b = 0; b < nb; ++b) {
-        const int32_t* a = reinterpret_cast<const int32_t*>(acc + b * BL);
-        int32_t m = 0;
-        for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
-        S.bmax[b] = m;
-    }
+    block_maxima<BL>(acc, nb, S.bmax.data());
     float lo = 0.f;  // candidates: x > 0 and x >= lo
     S.vals_i.clear();
     for (size_t b = 0; b < nb; ++b)
@@ -822,12 +830,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 auto block_max_all = [&]() {
                     const size_t nb = (N + BL - 1) / BL, full = N / BL;
                     S.bmax.resize(nb);
-                    for (size_t bb = 0; bb < full; ++bb) {
-                        const int32_t* a = reinterpret_cast<const int32_t*>(acc + bb * BL);
-                        int32_t m = 0;
-                        for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
-                        S.bmax[bb] = m;
-                    }
+                    block_maxima<BL>(acc, full, S.bmax.data());
                     if (full < nb) {
                         int32_t m = 0;
                         for (size_t r = full * BL; r < N; ++r) {

@@ -119,32 +119,7 @@ inline BlockFn block_fn(size_t rq, size_t rc) {
     return table[rq][rc];
 }
 
-// Each group of MQ queries (held in L1) sweeps the whole corpus tile, which the
-// caller sized to stay in L2: per step MQ query loads from L1 and MC corpus
-// loads from L2 feed MQ*MC FMAs.  (Measured: better than sweeping the queries
-// for each corpus group, even for small batches.)
-template <DType T>
-void dot_tile_t(const float* Q, size_t ldq, size_t nq, const void* X, size_t ldx, size_t nx,
-                size_t d, float* S, size_t lds) {
-    const size_t es = (T == DType::F32) ? 4 : 2;
-    const char* xb = static_cast<const char*>(X);
-    for (size_t i = 0; i < nq; i += MQ) {
-        const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
-        for (size_t j = 0; j < nx; j += MC) {
-            const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
-            block_fn<T>(rq, rc)(Q + i * ldq, ldq, xb + j * ldx * es, ldx, d, S + i * lds + j, lds);
-        }
-    }
-}
-
-void dot_tile(const float* Q, size_t ldq, size_t nq, const void* X, size_t ldx, size_t nx,
-              size_t d, DType xt, float* S, size_t lds) {
-    switch (xt) {
-        case DType::F32: dot_tile_t<DType::F32>(Q, ldq, nq, X, ldx, nx, d, S, lds); break;
-        case DType::F16: dot_tile_t<DType::F16>(Q, ldq, nq, X, ldx, nx, d, S, lds); break;
-        case DType::BF16: dot_tile_t<DType::BF16>(Q, ldq, nq, X, ldx, nx, d, S, lds); break;
-    }
-}
+#include "simd/tile_loop.inl"
 
 template <DType T>
 void sqnorm_t(const void* X, size_t ldx, size_t nx, size_t d, float* out) {

@@ -78,6 +78,22 @@ def check_uint_ids(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} has id {int(a.max())}, beyond the int64 range")
 
 
+def id_rows(ids: Any, name: str) -> np.ndarray:
+    """A (Q, k) array of integer ids (numpy or torch) as C-contiguous, aligned int64.
+
+    ValueError for a wrong ndim or unsigned ids beyond int64, TypeError for non-integers.
+    """
+    if is_torch(ids):
+        ids = ids.detach().cpu().numpy()
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (Q, k), got shape {ids.shape}")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
+    check_uint_ids(ids, name)
+    return np.require(ids, dtype=np.int64, requirements=["C", "A"])
+
+
 def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(a, dtype=np.float32)

@@ -13,8 +13,6 @@ shipped inside the package.
 """
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import warnings
@@ -23,6 +21,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
+
+from hardneg._io import open_text
+from hardneg.metrics import read_qrels_rows
 
 __all__ = ["RetrievalDataset", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
 
@@ -124,12 +125,6 @@ class RetrievalDataset:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _find(folder: Path, name: str) -> Path:
     for cand in (folder / name, folder / (name + ".gz")):
         if cand.is_file():
@@ -138,7 +133,7 @@ def _find(folder: Path, name: str) -> Path:
 
 
 def _read_jsonl(path: Path, what: str) -> Iterable[Tuple[int, dict]]:
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -157,35 +152,6 @@ def _get_id(obj: dict, path: Path, lineno: int) -> str:
         if key in obj:
             return str(obj[key])
     raise ValueError(f"{path}:{lineno}: no '_id' field")
-
-
-def _read_qrels(path: Path) -> List[Tuple[str, str, int]]:
-    rows = []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-            if not parts or not line.strip():
-                continue
-            if len(parts) == 3:
-                q, d, r = parts
-            elif len(parts) == 4:  # TREC: qid iter docid rel
-                q, _, d, r = parts
-            else:
-                raise ValueError(f"{path}:{lineno}: expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}")
-            try:
-                rel = int(r)
-            except ValueError:
-                try:
-                    f_rel = float(r)
-                except ValueError:
-                    if lineno == 1:  # header line
-                        continue
-                    raise ValueError(f"{path}:{lineno}: relevance {r!r} is not an integer") from None
-                if f_rel != int(f_rel):
-                    raise ValueError(f"{path}:{lineno}: relevance {r!r} is not an integer")
-                rel = int(f_rel)
-            rows.append((q.strip(), d.strip(), rel))
-    return rows
 
 
 def load_beir(path: PathLike, split: str = "test", qrels_path: Optional[PathLike] = None) -> RetrievalDataset:
@@ -246,7 +212,7 @@ def load_beir(path: PathLike, split: str = "test", qrels_path: Optional[PathLike
             all_qids.append(qid)
         qtexts[qid] = str(obj.get("text") or "")
 
-    return _assemble(ids, titles, bodies, all_qids, qtexts, _read_qrels(qrels_file), str(folder), split, seen)
+    return _assemble(ids, titles, bodies, all_qids, qtexts, read_qrels_rows(qrels_file), str(folder), split, seen)
 
 
 def _assemble(ids, titles, bodies, all_qids, qtexts, qrel_rows, path, split, doc_set=None) -> RetrievalDataset:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from hardneg import _core
-from hardneg._arrays import check_uint_ids, is_torch, to_caller
+from hardneg._arrays import id_rows, is_torch, to_caller
 from hardneg._threads import resolve_num_threads
 
 METHODS = ("rrf", "combsum", "combmnz")
@@ -142,15 +142,7 @@ def fuse(
         else:
             s, ids = None, r
         like = ids if like is None else like
-        if is_torch(ids):
-            ids = ids.detach().cpu().numpy()
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"runs[{i}] ids must be 2-D (Q, k), got shape {ids.shape}")
-        if ids.size and ids.dtype.kind not in "iu":
-            raise TypeError(f"runs[{i}] ids must be integers, got dtype {ids.dtype}")
-        check_uint_ids(ids, f"runs[{i}] ids")
-        ids = np.require(ids, dtype=np.int64, requirements=["C", "A"])
+        ids = id_rows(ids, f"runs[{i}] ids")
         if s is not None:
             if is_torch(s):
                 s = s.detach().float().cpu().numpy()

@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from hardneg import _core
-from hardneg._arrays import check_uint_ids, is_torch
+from hardneg._arrays import id_rows, is_torch
+from hardneg._io import open_text
 from hardneg._threads import resolve_num_threads
 
 # metric kinds, as in cpp/metrics.h
@@ -121,29 +122,12 @@ class Qrels:
     @classmethod
     def from_tsv(cls, path: Union[str, os.PathLike]) -> "Qrels":
         """Read a BEIR qrels tsv (``query-id  corpus-id  score``, header line) or TREC qrels
-        (``qid  iter  docid  rel``, whitespace separated).  The format is detected per line
-        by its number of fields; a first line whose relevance is not an integer is taken
-        as a header.  A repeated (query, document) pair keeps the last value (like BEIR's loader).
+        (``qid  iter  docid  rel``), as :func:`read_qrels_rows` does.  A repeated (query,
+        document) pair keeps the last value (like BEIR's loader).
         """
         out: Dict[str, Dict[str, int]] = {}
-        with open(path, encoding="utf-8") as f:
-            for ln, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) == 3:
-                    q, d, r = parts
-                elif len(parts) == 4:
-                    q, _, d, r = parts
-                else:
-                    raise ValueError(f"{path}:{ln}: expected 3 (BEIR) or 4 (TREC) fields, got {len(parts)}")
-                try:
-                    rel = int(r)
-                except ValueError:
-                    if ln == 1:
-                        continue  # header
-                    raise ValueError(f"{path}:{ln}: relevance must be an integer, got {r!r}") from None
-                out.setdefault(q, {})[d] = rel
+        for q, d, rel in read_qrels_rows(path):
+            out.setdefault(q, {})[d] = rel
         return cls.from_dict(out)
 
     # ---- views -----------------------------------------------------------------
@@ -235,6 +219,38 @@ def _id_array(ids: Any, name: str) -> np.ndarray:
     return a
 
 
+def read_qrels_rows(path: Union[str, os.PathLike]) -> List[Tuple[str, str, int]]:
+    """The (query id, document id, relevance) rows of a qrels file, in file order.
+
+    BEIR (``query-id  corpus-id  score``) or TREC (``qid  iter  docid  rel``) lines, detected per
+    line by the number of fields; tab-separated lines are split on tabs only (ids may hold
+    spaces), others on whitespace.  A first line whose relevance is not a number is a header.
+    Relevance must be an integer (``1.0`` is accepted); ``.gz`` files are read as well.
+    """
+    rows: List[Tuple[str, str, int]] = []
+    with open_text(path) as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+            if len(parts) == 3:
+                q, d, r = parts
+            elif len(parts) == 4:
+                q, _, d, r = parts
+            else:
+                raise ValueError(f"{path}:{ln}: expected 3 (BEIR) or 4 (TREC) fields, got {len(parts)}")
+            try:
+                rel = float(r)
+            except ValueError:
+                if ln == 1:
+                    continue  # header
+                raise ValueError(f"{path}:{ln}: relevance {r!r} is not an integer") from None
+            if rel != int(rel):
+                raise ValueError(f"{path}:{ln}: relevance {r!r} is not an integer")
+            rows.append((q.strip(), d.strip(), int(rel)))
+    return rows
+
+
 def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
     """Read a run file into ``{qid: {docid: score}}``.
 
@@ -269,18 +285,7 @@ def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
 
 
 def _ids_of(run: Any) -> np.ndarray:
-    ids = run[1] if isinstance(run, tuple) else run
-    if is_torch(ids):
-        ids = ids.detach().cpu().numpy()
-    ids = np.asarray(ids)
-    if ids.ndim != 2:
-        raise ValueError(f"ids must be 2-D (Q, k), got shape {ids.shape}")
-    if ids.size and ids.dtype.kind not in "iu":
-        raise TypeError(f"ids must hold integer row numbers, got dtype {ids.dtype}")
-    check_uint_ids(ids, "ids")
-    if ids.dtype != np.int64 or not ids.flags.c_contiguous or not ids.flags.aligned:
-        ids = np.require(ids, dtype=np.int64, requirements=["C", "A"])
-    return ids
+    return id_rows(run[1] if isinstance(run, tuple) else run, "ids")
 
 
 def evaluate(
