@@ -469,6 +469,55 @@ void Index::compute_bounds(int num_threads) {
         }
     });
     max_impact.swap(mx);
+    build_blocks(num_threads);
+}
+
+// Block-max metadata of the long terms (see bm25.h): for each document block,
+// where the term's postings in it start and a quantised upper bound of their
+// impacts, rounded up so that q * max_impact / 255 >= every impact in the block.
+void Index::build_blocks(int num_threads) {
+    const size_t V = num_terms(), N = num_docs();
+    const size_t NB = num_blocks();
+    const int64_t* o = offsets.data();
+    const float* imp = impacts.data();
+    const uint32_t* d = docs.data();
+    std::vector<int32_t> ids(V, -1);
+    std::vector<uint32_t> longs;
+    const int64_t min_df = int64_t(std::max<size_t>(kLongMinDf, 2 * NB));
+    for (size_t t = 0; t < V; ++t)
+        if (N >= kBlock * 8 && o[t + 1] - o[t] >= min_df) {
+            ids[t] = int32_t(longs.size());
+            longs.push_back(uint32_t(t));
+        }
+    std::vector<uint32_t> start(longs.size() * (NB + 1));
+    std::vector<uint8_t> qmax(longs.size() * NB, 0);
+    parallel_for(longs.size(), num_threads, 4, [&](size_t lb, size_t le, int) {
+        for (size_t li = lb; li < le; ++li) {
+            const uint32_t t = longs[li];
+            uint32_t* st = start.data() + li * (NB + 1);
+            uint8_t* q = qmax.data() + li * NB;
+            const float m = max_impact[t];
+            int64_t j = o[t];
+            for (size_t b = 0; b < NB; ++b) {
+                st[b] = uint32_t(j - o[t]);
+                float bm = 0.f;
+                const uint64_t end_doc = uint64_t(b + 1) << kBlockShift;
+                for (; j < o[t + 1] && d[j] < end_doc; ++j) bm = std::max(bm, imp[j]);
+                if (bm > 0.f && m > 0.f) q[b] = uint8_t(std::min(255.0, std::floor(double(bm) / double(m) * 255.0) + 1.0));
+            }
+            st[NB] = uint32_t(j - o[t]);
+        }
+    });
+    long_id.swap(ids);
+    long_terms.swap(longs);
+    blk_start.swap(start);
+    blk_qmax.swap(qmax);
+}
+
+size_t Index::memory_bytes() const {
+    size_t b = offsets.size() * 8 + docs.size() * 4 + tfs.size() * 4 + impacts.size() * 4 + doc_len.size() * 4;
+    b += max_impact.size() * 4 + long_id.size() * 4 + long_terms.size() * 4 + blk_start.size() * 4 + blk_qmax.size();
+    return b;
 }
 
 void Index::validate_structure() const {
@@ -483,571 +532,6 @@ void Index::validate_structure() const {
     const uint32_t* len = doc_len.data();
     for (size_t i = 0; i < num_docs(); ++i) tot += len[i];
     if (std::fabs(tot - total_len) > 0.5) throw std::invalid_argument("document lengths do not match the stored total");
-}
-
-// Unique query terms with weight count * idf and upper bound weight * max impact,
-// in the canonical order (upper bound descending, then term id) in which every
-// search path and score() add the contributions: results are bit-identical.
-// base: the tf = 0 part that bm25l / bm25+ give every document.
-void Index::query_terms(const Queries& q, size_t i, QueryTerms& out) const {
-    out.t.clear();
-    out.w.clear();
-    out.ub.clear();
-    out.base = 0;
-    const double N = double(num_docs());
-    const int64_t* o = offsets.data();
-    const double z = tf_part_zero(params);
-    const size_t V = num_terms();
-    auto& tmp = out.tmp;
-    tmp.clear();
-    for (int64_t j = q.offsets[i]; j < q.offsets[i + 1]; ++j) {
-        const int64_t t = q.terms[j];
-        if (t < 0 || size_t(t) >= V || o[t + 1] == o[t]) continue;
-        if (z != 0) out.base += float(idf(params, double(o[t + 1] - o[t]), N) * z);
-        tmp.push_back(uint32_t(t));
-    }
-    std::sort(tmp.begin(), tmp.end());
-    for (size_t j = 0; j < tmp.size();) {
-        size_t r = j + 1;
-        while (r < tmp.size() && tmp[r] == tmp[j]) ++r;
-        const uint32_t t = tmp[j];
-        const float w = float(double(r - j) * idf(params, double(o[t + 1] - o[t]), N));
-        if (w > 0) {  // robertson / atire IDF of 0 adds nothing
-            out.t.push_back(t);
-            out.w.push_back(w);
-            out.ub.push_back(w * max_impact[t]);
-        }
-        j = r;
-    }
-    auto& ord = out.ord;
-    ord.resize(out.t.size());
-    for (size_t a = 0; a < ord.size(); ++a) ord[a] = uint32_t(a);
-    std::sort(ord.begin(), ord.end(), [&](uint32_t x, uint32_t y) {
-        return out.ub[x] > out.ub[y] || (out.ub[x] == out.ub[y] && out.t[x] < out.t[y]);
-    });
-    auto& t2 = out.t2;
-    auto& w2 = out.w2;
-    auto& u2 = out.u2;
-    t2.resize(ord.size());
-    w2.resize(ord.size());
-    u2.resize(ord.size());
-    for (size_t a = 0; a < ord.size(); ++a) {
-        t2[a] = out.t[ord[a]];
-        w2[a] = out.w[ord[a]];
-        u2[a] = out.ub[ord[a]];
-    }
-    out.t.swap(t2);
-    out.w.swap(w2);
-    out.ub.swap(u2);
-}
-
-namespace {
-
-struct Hit {
-    float s;
-    uint32_t id;
-};
-// a ranks before b: higher score, then lower id.
-inline bool better(const Hit& a, const Hit& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
-struct Better {
-    bool operator()(const Hit& a, const Hit& b) const { return better(a, b); }
-};
-
-// Bounded heap of the k best hits; the worst is at the front.
-struct TopK {
-    std::vector<Hit> h;
-    size_t k = 0;
-    void reset(size_t kk) {
-        h.clear();
-        k = kk;
-    }
-    bool full() const { return h.size() >= k; }
-    const Hit& worst() const { return h.front(); }
-    void push(const Hit& x) {
-        if (h.size() < k) {
-            h.push_back(x);
-            std::push_heap(h.begin(), h.end(), Better());
-        } else if (better(x, h.front())) {
-            std::pop_heap(h.begin(), h.end(), Better());
-            h.back() = x;
-            std::push_heap(h.begin(), h.end(), Better());
-        }
-    }
-    void write(float* s, int64_t* ids) {
-        std::sort(h.begin(), h.end(), Better());
-        for (size_t r = 0; r < k; ++r) {
-            if (r < h.size()) {
-                s[r] = h[r].s;
-                ids[r] = h[r].id;
-            } else {
-                s[r] = -std::numeric_limits<float>::infinity();
-                ids[r] = -1;
-            }
-        }
-    }
-};
-
-}  // namespace
-
-namespace {
-
-// First position in docs[p, e) holding an id >= d (galloping from p).
-inline size_t seek(const uint32_t* docs, size_t p, size_t e, uint32_t d) {
-    if (p >= e || docs[p] >= d) return p;
-    size_t lo = p, step = 1;
-    while (lo + step < e && docs[lo + step] < d) {
-        lo += step;
-        step <<= 1;
-    }
-    const size_t hi = std::min(lo + step, e);
-    return size_t(std::lower_bound(docs + lo + 1, docs + hi, d) - docs);
-}
-
-struct Scratch {
-    std::vector<float> acc;        // dense accumulator (exhaustive), zero between queries
-    std::vector<uint32_t> touched; // documents whose accumulator became non-zero
-    std::vector<uint32_t> ex;      // excluded ids of the query, sorted
-    std::vector<Hit> cand;
-    // MaxScore
-    std::vector<size_t> pos, end;
-    std::vector<double> cum;
-    std::vector<float> cval, vals;
-    std::vector<int32_t> bmax, vals_i;
-    std::vector<uint32_t> seeds;
-    std::vector<size_t> minlen;
-    std::vector<std::pair<int32_t, uint32_t>> seedtmp;
-    std::vector<uint32_t> cand_ids;
-};
-
-// Maxima of the float bits of acc over blocks of BL documents (full blocks only):
-// bits of values >= 0 order like integers and the -inf of excluded documents is
-// negative, so this is an integer max that vectorises.
-template <size_t BL>
-void block_maxima(const float* acc, size_t nblocks, int32_t* out) {
-    for (size_t b = 0; b < nblocks; ++b) {
-        const int32_t* a = reinterpret_cast<const int32_t*>(acc + b * BL);
-        int32_t m = 0;
-        for (size_t r = 0; r < BL; ++r) m = a[r] > m ? a[r] : m;
-        out[b] = m;
-    }
-}
-
-// The k best of a dense accumulator (acc > 0: a match; -inf: excluded).  Block
-// maxima first (the float bits of values >= 0 order like integers, so this
-// vectorises): the k-th largest block maximum is a lower bound of the k-th
-// score, as each of those k blocks holds a document that high.  Only blocks
-// above it are read, and their qualifying documents go to nth_element.
-template <size_t BL>
-void select_dense_bl(const float* acc, size_t N, size_t k, float base, Scratch& S, TopK& top) {
-    const size_t nb = N / BL;
-    S.bmax.resize(nb);
-    block_maxima<BL>(acc, nb, S.bmax.data());
-    float lo = 0.f;  // candidates: x > 0 and x >= lo
-    S.vals_i.clear();
-    for (size_t b = 0; b < nb; ++b)
-        if (S.bmax[b] > 0) S.vals_i.push_back(S.bmax[b]);
-    if (S.vals_i.size() >= k) {
-        std::nth_element(S.vals_i.begin(), S.vals_i.begin() + (k - 1), S.vals_i.end(), std::greater<int32_t>());
-        float th;
-        std::memcpy(&th, &S.vals_i[k - 1], 4);
-        // Margin so that a document tying the k-th score after adding `base` is kept.
-        lo = std::max(0.f, th - (std::fabs(base) + th) * 4e-7f);
-    }
-    int32_t lo_i;
-    std::memcpy(&lo_i, &lo, 4);
-    S.cand.clear();
-    for (size_t b = 0; b < nb; ++b) {
-        if (S.bmax[b] <= 0 || S.bmax[b] < lo_i) continue;
-        for (size_t r = b * BL; r < (b + 1) * BL; ++r) {
-            const float x = acc[r];
-            if (x > 0.f && x >= lo) S.cand.push_back(Hit{base + x, uint32_t(r)});
-        }
-    }
-    for (size_t r = nb * BL; r < N; ++r) {
-        const float x = acc[r];
-        if (x > 0.f && x >= lo) S.cand.push_back(Hit{base + x, uint32_t(r)});
-    }
-    if (S.cand.size() > k) {
-        std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), Better());
-        S.cand.resize(k);
-    }
-    top.h.assign(S.cand.begin(), S.cand.end());
-    std::make_heap(top.h.begin(), top.h.end(), Better());
-}
-
-// Blocks small enough that there are several times k of them.
-void select_dense(const float* acc, size_t N, size_t k, float base, Scratch& S, TopK& top) {
-    if (N >= 16 * 4 * k) return select_dense_bl<16>(acc, N, k, base, S, top);
-    if (N >= 8 * 4 * k) return select_dense_bl<8>(acc, N, k, base, S, top);
-    if (N >= 4 * 4 * k) return select_dense_bl<4>(acc, N, k, base, S, top);
-    return select_dense_bl<2>(acc, N, k, base, S, top);
-}
-
-}  // namespace
-
-void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
-                   int num_threads, float* out_scores, int64_t* out_ids) const {
-    const size_t N = num_docs();
-    if (N == 0) throw std::invalid_argument("the index is empty");
-    if (max_impact.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
-    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), q.nq));
-    const int64_t* off = offsets.data();
-    const uint32_t* dd = docs.data();
-    const float* imp = impacts.data();
-    const float NEG = -std::numeric_limits<float>::infinity();
-    std::vector<Scratch> scratch(nt);
-    parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
-        Scratch& S = scratch[tid];
-        QueryTerms qt;
-        TopK top;
-        for (size_t qi = qb; qi < qe; ++qi) {
-            query_terms(q, qi, qt);
-            top.reset(k);
-            S.ex.clear();
-            if (excl_indptr)
-                for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) S.ex.push_back(uint32_t(excl_indices[j]));
-            std::sort(S.ex.begin(), S.ex.end());
-            const size_t n = qt.t.size();
-            const float base = qt.base;
-            // Slack so that float rounding of an exact sum never exceeds a bound.
-            const double slack = 1.0 + 1e-6 + 2.4e-7 * double(n);
-            S.cum.assign(n + 1, 0.0);  // cum[i]: bound on the contributions of terms i.. (canonical order)
-            for (size_t i = n; i-- > 0;) S.cum[i] = S.cum[i + 1] + double(qt.ub[i]);
-            for (size_t i = 0; i < n; ++i) S.cum[i] *= slack;
-            int strat = strategy;
-            if (strat == 0) strat = 1;  // measured fastest on SciFact and Zipf corpora up to 200k docs (see docs/bm25.md)
-            if (n == 0) {
-                // nothing matches: only the bm25l / bm25+ base (handled below)
-            } else if (strat == 2) {
-                // ---- MaxScore, document at a time.  Lists by ascending bound (i = n-1 .. 0);
-                // the lowest-bound lists whose bounds sum to <= the k-th score are
-                // "non-essential": documents only in them cannot enter, so they are only probed.
-                S.pos.resize(n);
-                S.end.resize(n);
-                S.cval.assign(n, 0.f);
-                for (size_t i = 0; i < n; ++i) {
-                    S.pos[i] = size_t(off[qt.t[i]]);
-                    S.end[i] = size_t(off[qt.t[i] + 1]);
-                }
-                size_t n_ess = n, exi = 0;  // terms [0, n_ess) are essential
-                float theta = NEG;          // score of the k-th hit once the heap is full
-                auto cannot_enter = [&](double bound) { return top.full() && float(double(base) + bound) <= theta; };
-                for (;;) {
-                    uint32_t d = UINT32_MAX;
-                    for (size_t i = 0; i < n_ess; ++i)
-                        if (S.pos[i] < S.end[i]) d = std::min(d, dd[S.pos[i]]);
-                    if (d == UINT32_MAX) break;
-                    double x = 0;
-                    for (size_t i = 0; i < n_ess; ++i) {
-                        if (S.pos[i] < S.end[i] && dd[S.pos[i]] == d) {
-                            const float v = qt.w[i] * imp[S.pos[i]];
-                            S.cval[i] = v;
-                            x += v;
-                            ++S.pos[i];
-                        }
-                    }
-                    while (exi < S.ex.size() && S.ex[exi] < d) ++exi;
-                    bool pruned = exi < S.ex.size() && S.ex[exi] == d;
-                    for (size_t i = n_ess; i < n && !pruned; ++i) {
-                        if (cannot_enter(x * slack + S.cum[i])) {
-                            pruned = true;
-                            break;
-                        }
-                        S.pos[i] = seek(dd, S.pos[i], S.end[i], d);
-                        if (S.pos[i] < S.end[i] && dd[S.pos[i]] == d) {
-                            const float v = qt.w[i] * imp[S.pos[i]];
-                            S.cval[i] = v;
-                            x += v;
-                        }
-                    }
-                    if (!pruned) {
-                        float s = 0.f;  // exact score in canonical order
-                        for (size_t a = 0; a < n; ++a) s += S.cval[a];
-                        const Hit h{base + s, d};
-                        if (!top.full() || better(h, top.worst())) {
-                            top.push(h);
-                            if (top.full()) {
-                                theta = top.worst().s;
-                                while (n_ess > 0 && cannot_enter(S.cum[n_ess - 1])) --n_ess;
-                            }
-                        }
-                    }
-                    std::fill(S.cval.begin(), S.cval.end(), 0.f);
-                }
-            } else {
-                // ---- Term at a time, terms by descending bound, into a dense accumulator
-                // (every contribution is > 0, so acc == 0 means "not touched").  With
-                // strategy 3, once the k-th best partial score beats the bound of all
-                // remaining terms, no untouched document can enter: the remaining
-                // (long, low-IDF) lists are only probed for the surviving candidates.
-                if (S.acc.empty()) S.acc.assign(N, 0.f);
-                float* acc = S.acc.data();
-                for (uint32_t d : S.ex) acc[d] = NEG;  // excluded: never counted as touched
-                S.touched.clear();
-                size_t i = 0, remaining = 0;
-                for (size_t a = 0; a < n; ++a) remaining += size_t(off[qt.t[a] + 1] - off[qt.t[a]]);
-                // Early termination is only tried when the lists are long; otherwise
-                // touched documents are only tracked when they are few.
-                const bool try_early = strat == 3 && remaining > 16384 && remaining > 2 * k;
-                // Adds the contributions of terms i.. to the candidates (sorted ids) only,
-                // dropping those that can no longer reach theta_s.
-                bool reset_all = false;
-                auto probe_rest = [&](size_t i0, float theta_s) {
-                                for (size_t r = i0; r < n && !S.cand_ids.empty(); ++r) {
-                                    const float w = qt.w[r];
-                                    size_t p = size_t(off[qt.t[r]]);
-                                    const size_t e = size_t(off[qt.t[r] + 1]);
-                                    if (e - p < 96 * S.cand_ids.size()) {  // a probe costs ~100 postings scanned
-                                        // Dense enough: one branch-free linear pass.  It also adds to
-                                        // non-candidates, which are never selected.
-                                        for (size_t j = p; j < e; ++j) acc[dd[j]] += w * imp[j];
-                                        reset_all = true;  // untracked documents were written
-                                    } else {
-                                        for (uint32_t d : S.cand_ids) {
-                                            p = seek(dd, p, e, d);
-                                            if (p == e) break;
-                                            if (dd[p] == d) acc[d] += w * imp[p];
-                                        }
-                                    }
-                                    // Drop candidates that can no longer reach the k-th score.
-                                    size_t m = 0;
-                                    for (uint32_t d : S.cand_ids)
-                                        if (float(double(base) + double(acc[d]) * slack + S.cum[r + 1]) >= theta_s)
-                                            S.cand_ids[m++] = d;
-                                    S.cand_ids.resize(m);
-                                }
-                };
-                bool dense = remaining * 4 > N;  // no tracking: scan the whole accumulator
-                bool probing = false;
-                int checks = 0;
-                S.seeds.clear();
-                S.minlen.assign(n + 1, SIZE_MAX);  // shortest list among terms i..
-                for (size_t a = n; a-- > 0;)
-                    S.minlen[a] = std::min(S.minlen[a + 1], size_t(off[qt.t[a] + 1] - off[qt.t[a]]));
-                constexpr size_t BL = 16;
-                // Maxima of blocks of 16 accumulators (float bits of values >= 0 order like
-                // integers; -inf of excluded documents is negative): vectorisable.
-                auto block_max_all = [&]() {
-                    const size_t nb = (N + BL - 1) / BL, full = N / BL;
-                    S.bmax.resize(nb);
-                    block_maxima<BL>(acc, full, S.bmax.data());
-                    if (full < nb) {
-                        int32_t m = 0;
-                        for (size_t r = full * BL; r < N; ++r) {
-                            int32_t v;
-                            std::memcpy(&v, acc + r, 4);
-                            m = v > m ? v : m;
-                        }
-                        S.bmax[full] = m;
-                    }
-                };
-                double last_theta = 0;
-                size_t last_i = 0;
-                for (; i < n; ++i) {
-                    const float w = qt.w[i];
-                    const int64_t b = off[qt.t[i]], e = off[qt.t[i] + 1];
-                    remaining -= size_t(e - b);
-                    if (dense) {
-                        for (int64_t j = b; j < e; ++j) acc[dd[j]] += w * imp[j];
-                        // Dense early termination: the k-th largest block maximum is a lower
-                        // bound of the k-th score; when it beats the bound of the remaining
-                        // terms, only documents already scored can still enter.
-                        // theta can only have grown by the bounds of the terms added since the
-                        // last check (at first: it is at most the bound of the terms so far).
-                        const double theta_max = last_theta + (S.cum[last_i] - S.cum[i + 1]);
-                        // Only switch once every remaining list is long (a large share of the
-                        // corpus, low IDF): then few candidates are near the k-th score and
-                        // probing them is much cheaper than scanning those lists.
-                        if (try_early && i + 1 < n && S.minlen[i + 1] * 8 >= N && checks < 16 &&
-                            theta_max > S.cum[i + 1]) {
-                            ++checks;
-                            float th = -1.f;  // a lower bound of the k-th partial score
-                            if (S.seeds.empty()) {
-                                // First check: all block maxima; the k best blocks become seeds.
-                                block_max_all();
-                                S.seedtmp.clear();
-                                for (size_t bb = 0; bb < S.bmax.size(); ++bb)
-                                    if (S.bmax[bb] > 0) S.seedtmp.push_back({S.bmax[bb], uint32_t(bb)});
-                                if (S.seedtmp.size() >= k) {
-                                    std::nth_element(S.seedtmp.begin(), S.seedtmp.begin() + (k - 1), S.seedtmp.end(),
-                                                     std::greater<std::pair<int32_t, uint32_t>>());
-                                    std::memcpy(&th, &S.seedtmp[k - 1].first, 4);
-                                    for (size_t r = 0; r < k; ++r) S.seeds.push_back(S.seedtmp[r].second);
-                                }
-                            } else {
-                                // Later checks: each seed block still holds a document at least
-                                // as high as its maximum, so the smallest seed maximum is a bound.
-                                int32_t mn = INT32_MAX;
-                                for (uint32_t bb : S.seeds) {
-                                    int32_t m = 0;
-                                    for (size_t r = bb * BL; r < std::min(N, (bb + 1) * BL); ++r) {
-                                        int32_t v;
-                                        std::memcpy(&v, acc + r, 4);
-                                        m = v > m ? v : m;
-                                    }
-                                    mn = std::min(mn, m);
-                                }
-                                std::memcpy(&th, &mn, 4);
-                            }
-                            if (th > 0.f) {
-                                const float theta_s = base + th;
-                                last_theta = double(th);
-                                last_i = i + 1;
-                                if (float(double(base) + S.cum[i + 1]) < theta_s) {
-                                    probing = true;
-                                    ++i;
-                                    block_max_all();
-                                    // Candidates: x * slack + cum[i] can reach theta_s.  One float
-                                    // threshold, with a margin for the rounding of that sum.
-                                    const double need = double(theta_s) - double(base) - S.cum[i] -
-                                                        4e-7 * (std::fabs(double(theta_s)) + std::fabs(double(base)));
-                                    const float x_lo = float(std::max(0.0, need / slack));
-                                    int32_t lo_bits;
-                                    std::memcpy(&lo_bits, &x_lo, 4);
-                                    // Branch-free compaction: the test is unpredictable.
-                                    S.cand_ids.resize(N);
-                                    size_t m = 0;
-                                    for (size_t bb = 0; bb < S.bmax.size(); ++bb) {
-                                        if (S.bmax[bb] <= 0 || S.bmax[bb] < lo_bits) continue;
-                                        for (size_t r = bb * BL; r < std::min(N, (bb + 1) * BL); ++r) {
-                                            const float x = acc[r];
-                                            S.cand_ids[m] = uint32_t(r);
-                                            m += size_t((x > 0.f) & (x >= x_lo));
-                                        }
-                                    }
-                                    S.cand_ids.resize(m);
-                                    size_t nc0 = S.cand_ids.size();
-                                    probe_rest(i, theta_s);
-                                    break;
-                                }
-                            }
-                        }
-                    } else {
-                        for (int64_t j = b; j < e; ++j) {
-                            const uint32_t d = dd[j];
-                            const float x = acc[d];
-                            if (x == 0.f) S.touched.push_back(d);
-                            acc[d] = x + w * imp[j];
-                        }
-                        if (S.touched.size() * 4 > N) dense = true;
-                    }
-                    // Early termination test, when it can save more than it costs.
-                    if (try_early && !dense && i + 1 < n && S.touched.size() >= k && remaining > 2 * S.touched.size()) {
-                        S.vals.clear();
-                        for (uint32_t d : S.touched)
-                            if (acc[d] > 0.f) S.vals.push_back(acc[d]);
-                        if (S.vals.size() >= k) {
-                            std::nth_element(S.vals.begin(), S.vals.begin() + (k - 1), S.vals.end(), std::greater<float>());
-                            const float theta_s = base + S.vals[k - 1];
-                            if (float(double(base) + S.cum[i + 1]) < theta_s) {
-                                probing = true;
-                                ++i;
-                                // Candidates that may still reach the k-th score, by id.
-                                S.cand_ids.clear();
-                                for (uint32_t d : S.touched) {
-                                    const float x = acc[d];
-                                    if (x > 0.f && float(double(base) + double(x) * slack + S.cum[i]) >= theta_s)
-                                        S.cand_ids.push_back(d);
-                                }
-                                std::sort(S.cand_ids.begin(), S.cand_ids.end());
-                                probe_rest(i, theta_s);
-                                break;
-                            }
-                        }
-                    }
-                }
-                // Selection.  Small k: a bounded heap behind a threshold test that almost
-                // always fails; large k: gather the candidates and nth_element.
-                auto select = [&](const uint32_t* ids, size_t cnt, bool all) {
-                    if (all) {
-                        select_dense(acc, N, k, base, S, top);
-                        return;
-                    }
-                    if (k * 16 < cnt) {
-                        float thr = NEG;
-                        for (size_t r = 0; r < cnt; ++r) {
-                            const uint32_t d = ids[r];
-                            const float x = acc[d];
-                            if (x > 0.f) {
-                                const float s = base + x;
-                                if (s >= thr) {
-                                    top.push(Hit{s, d});
-                                    if (top.full()) thr = top.worst().s;
-                                }
-                            }
-                        }
-                    } else {
-                        S.cand.clear();
-                        for (size_t r = 0; r < cnt; ++r) {
-                            const uint32_t d = ids[r];
-                            const float x = acc[d];
-                            if (x > 0.f) S.cand.push_back(Hit{base + x, d});
-                        }
-                        if (S.cand.size() > k) {
-                            std::nth_element(S.cand.begin(), S.cand.begin() + (k - 1), S.cand.end(), Better());
-                            S.cand.resize(k);
-                        }
-                        for (const Hit& h : S.cand) top.h.push_back(h);
-                        std::make_heap(top.h.begin(), top.h.end(), Better());
-                    }
-                };
-                if (probing)
-                    select(S.cand_ids.data(), S.cand_ids.size(), false);
-                else
-                    select(S.touched.data(), S.touched.size(), dense);
-                if (dense || reset_all)
-                    std::fill(S.acc.begin(), S.acc.end(), 0.f);
-                else
-                    for (uint32_t d : S.touched) acc[d] = 0.f;
-                for (uint32_t d : S.ex) acc[d] = 0.f;
-            }
-            // bm25l / bm25+: documents without any query term still score `base`;
-            // when fewer than k matched, the first unmatched ids fill the rest.
-            if (base > 0.f && !top.full()) {
-                std::vector<uint32_t> have;
-                for (const Hit& h : top.h) have.push_back(h.id);
-                std::sort(have.begin(), have.end());
-                size_t hi = 0, exi = 0;
-                for (uint32_t d = 0; d < N && !top.full(); ++d) {
-                    while (hi < have.size() && have[hi] < d) ++hi;
-                    while (exi < S.ex.size() && S.ex[exi] < d) ++exi;
-                    if ((hi < have.size() && have[hi] == d) || (exi < S.ex.size() && S.ex[exi] == d)) continue;
-                    top.push(Hit{base, d});
-                }
-            }
-            top.write(out_scores + qi * k, out_ids + qi * k);
-        }
-    });
-}
-
-void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_threads, float* out) const {
-    const size_t N = num_docs();
-    if (max_impact.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
-    const int64_t* off = offsets.data();
-    const uint32_t* dd = docs.data();
-    const float* imp = impacts.data();
-    parallel_for(q.nq, num_threads, 16, [&](size_t qb, size_t qe, int) {
-        QueryTerms qt;
-        for (size_t qi = qb; qi < qe; ++qi) {
-            query_terms(q, qi, qt);
-            for (size_t c = 0; c < m; ++c) {
-                const int64_t d = doc_ids[qi * m + c];
-                if (d < 0 || size_t(d) >= N) {
-                    out[qi * m + c] = -std::numeric_limits<float>::infinity();
-                    continue;
-                }
-                // Same order of additions as search(): bit-identical scores.
-                float x = 0.f;
-                for (size_t a = 0; a < qt.t.size(); ++a) {
-                    const uint32_t* b = dd + off[qt.t[a]];
-                    const uint32_t* e = dd + off[qt.t[a] + 1];
-                    const uint32_t* p = std::lower_bound(b, e, uint32_t(d));
-                    if (p != e && *p == uint32_t(d)) x += qt.w[a] * imp[p - dd];
-                }
-                out[qi * m + c] = x > 0.f ? qt.base + x : qt.base;
-            }
-        }
-    });
 }
 
 }  // namespace bm25

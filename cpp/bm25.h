@@ -88,7 +88,23 @@ class Index {
     Array<float> impacts;    // postings: tf part (minus its tf = 0 value)
     Array<uint32_t> doc_len; // per document, tokens after stopword removal
     double total_len = 0;
-    std::vector<float> max_impact;  // per term: the largest impact (MaxScore upper bounds)
+    std::vector<float> max_impact;  // per term: the largest impact (upper bounds)
+
+    // Block-max metadata for dynamic pruning (derived, rebuilt by compute_bounds).
+    // Documents form blocks of kBlock consecutive ids.  A "long" term (one with
+    // postings in a good share of the blocks) has, per block b, the offset of its
+    // first posting in b (blk_start, relative to offsets[t]; NB + 1 entries) and
+    // an upper bound of its impacts there quantised to a byte (blk_qmax: impact
+    // <= q * max_impact / 255).  Short terms have none: they are cheap to scan.
+    static constexpr size_t kBlockShift = 4, kBlock = size_t(1) << kBlockShift;
+    static constexpr int64_t kLongMinDf = 256;
+    std::vector<int32_t> long_id;      // per term: index among the long terms, or -1
+    std::vector<uint32_t> long_terms;  // term id of each long term
+    std::vector<uint32_t> blk_start;   // long terms x (NB + 1)
+    std::vector<uint8_t> blk_qmax;     // long terms x NB
+    size_t num_blocks() const { return (num_docs() + kBlock - 1) / kBlock; }
+    // Bytes held in RAM by the index (postings, per-document and derived arrays).
+    size_t memory_bytes() const;
 
     size_t num_docs() const { return doc_len.size(); }
     size_t num_terms() const { return offsets.size() ? offsets.size() - 1 : 0; }
@@ -104,11 +120,13 @@ class Index {
 
     // Recomputes every impact from tfs and doc lengths (after the average changed).
     void recompute_impacts(int num_threads);
-    // Recomputes max_impact from the impacts (after a load).
+    // Recomputes max_impact and the block metadata from the impacts (after a load
+    // or an add); also checks the postings (ascending ids inside the corpus).
     void compute_bounds(int num_threads);
+    void build_blocks(int num_threads);
 
-    // Search strategy: 0 = automatic, 1 = exhaustive term-at-a-time, 2 = MaxScore
-    // document at a time, 3 = term-at-a-time with MaxScore-style early termination.
+    // Search strategy: 0 = automatic, 1 = exhaustive term-at-a-time, 2 = block-max
+    // pruning (term at a time over the blocks that can still hold a top-k document).
     int strategy = 0;
 
     // Top-k per query: scores (nq, k) float32 and ids (nq, k) int64, best first,
@@ -124,13 +142,16 @@ class Index {
     void validate_structure() const;
 
    private:
+    // The distinct query terms in the canonical order in which every path adds
+    // their contributions (so all scores are bit-identical): short terms first,
+    // then long terms, each by upper bound descending, then term id.
     struct QueryTerms {
-        std::vector<uint32_t> t;  // term ids, canonical order
-        std::vector<float> w;     // weights
-        std::vector<float> ub;    // upper bounds of the contributions
-        float base = 0;
-        std::vector<uint32_t> tmp, ord, t2;
-        std::vector<float> w2, u2;
+        std::vector<uint32_t> t;  // term ids
+        std::vector<float> w;     // weights: count * idf
+        std::vector<float> ub;    // upper bounds of the contributions: w * max_impact
+        size_t n_short = 0;       // t[0 .. n_short) are short terms
+        float base = 0;           // bm25l / bm25+: what every document gets (idf * tf_part(0))
+        std::vector<uint32_t> tmp, ord;
     };
     void query_terms(const Queries& q, size_t i, QueryTerms& out) const;
 };

@@ -158,11 +158,12 @@ void bind_bm25(py::module_& m) {
         .def_property_readonly("avg_doc_len", [](const PyIndex& ix) { return ix.avg_doc_len(); })
         .def_property_readonly("total_len", [](const PyIndex& ix) { return ix.total_len; })
         .def_property_readonly("terms", [](const PyIndex& ix) { return ix.terms; })
-        // 0 = automatic, 1 = exhaustive, 2 = MaxScore DAAT, 3 = TAAT + early termination (tests, benchmarks).
+        .def_property_readonly("memory_bytes", [](const PyIndex& ix) { return ix.memory_bytes(); })
+        // 0 = automatic, 1 = exhaustive, 2 = block-max pruning (tests, benchmarks).
         .def_property(
             "strategy", [](const PyIndex& ix) { return ix.strategy; },
             [](PyIndex& ix, int s) {
-                if (s < 0 || s > 3) throw std::invalid_argument("strategy must be 0, 1, 2 or 3");
+                if (s < 0 || s > 2) throw std::invalid_argument("strategy must be 0, 1 or 2");
                 ix.strategy = s;
             })
         // Words of the batch that the word cache does not know yet (for documents,

@@ -1,0 +1,471 @@
+// BM25 top-k search and pair scoring over the index of bm25.h.
+//
+// Two paths, exact and bit-identical to each other and to score():
+//
+// * exhaustive: term at a time into a dense per-thread accumulator, then the
+//   k best of the touched documents;
+// * block-max pruning (the default when the query has long terms): documents
+//   form blocks of 64 ids and every long term stores, per block, a byte upper
+//   bound of its impacts there (bm25.h).  Short terms (high IDF, short lists)
+//   are added in full first.  Each block then has an upper bound: its best
+//   short-term partial score plus the long terms' block bounds.  A few blocks
+//   with the highest bounds are scored exactly, which gives theta, a lower
+//   bound of the k-th best score; every block whose upper bound is below theta
+//   cannot hold a top-k document and its postings are never read.  The long
+//   terms are then added over the surviving ("live") blocks only.
+//
+// Every contribution w * impact is >= 0, so partial scores are lower bounds of
+// final scores and an accumulator of 0 means "not matched".  Contributions are
+// always added in the canonical term order of query_terms(), so a document's
+// score is the same float whatever path computed it.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <cstdlib>
+
+#include "bm25.h"
+#include "simd/kernels.h"
+#include "threads.h"
+
+namespace hn {
+namespace bm25 {
+
+void Index::query_terms(const Queries& q, size_t i, QueryTerms& out) const {
+    out.t.clear();
+    out.w.clear();
+    out.ub.clear();
+    out.base = 0;
+    out.n_short = 0;
+    const double N = double(num_docs());
+    const int64_t* o = offsets.data();
+    const double z = tf_part_zero(params);
+    const size_t V = num_terms();
+    auto& tmp = out.tmp;
+    tmp.clear();
+    for (int64_t j = q.offsets[i]; j < q.offsets[i + 1]; ++j) {
+        const int64_t t = q.terms[j];
+        if (t < 0 || size_t(t) >= V || o[t + 1] == o[t]) continue;
+        if (z != 0) out.base += float(idf(params, double(o[t + 1] - o[t]), N) * z);
+        tmp.push_back(uint32_t(t));
+    }
+    std::sort(tmp.begin(), tmp.end());
+    // Distinct terms; a repeated query term counts repeatedly (weight = count * idf).
+    std::vector<uint32_t> t;
+    std::vector<float> w, ub;
+    for (size_t j = 0; j < tmp.size();) {
+        size_t r = j + 1;
+        while (r < tmp.size() && tmp[r] == tmp[j]) ++r;
+        const uint32_t term = tmp[j];
+        const float wt = float(double(r - j) * idf(params, double(o[term + 1] - o[term]), N));
+        if (wt > 0) {  // robertson / atire IDF of 0 adds nothing
+            t.push_back(term);
+            w.push_back(wt);
+            ub.push_back(wt * max_impact[term]);
+        }
+        j = r;
+    }
+    auto& ord = out.ord;
+    ord.resize(t.size());
+    for (size_t a = 0; a < ord.size(); ++a) ord[a] = uint32_t(a);
+    auto is_long = [&](uint32_t a) { return long_id[t[a]] >= 0; };
+    std::sort(ord.begin(), ord.end(), [&](uint32_t x, uint32_t y) {
+        if (is_long(x) != is_long(y)) return !is_long(x);
+        return ub[x] > ub[y] || (ub[x] == ub[y] && t[x] < t[y]);
+    });
+    for (uint32_t a : ord) {
+        out.t.push_back(t[a]);
+        out.w.push_back(w[a]);
+        out.ub.push_back(ub[a]);
+        if (!is_long(a)) ++out.n_short;
+    }
+}
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// A hit packed into one word that sorts like the output: score bits (a positive
+// float orders like its bits) above the complemented id, so "larger key" means
+// higher score, then lower id.
+inline uint64_t pack(float s, uint32_t id) {
+    uint32_t b;
+    std::memcpy(&b, &s, 4);
+    return (uint64_t(b) << 32) | uint64_t(~id);
+}
+inline float key_score(uint64_t key) {
+    const uint32_t b = uint32_t(key >> 32);
+    float s;
+    std::memcpy(&s, &b, 4);
+    return s;
+}
+inline uint32_t key_id(uint64_t key) { return ~uint32_t(key); }
+
+// Sorts keys descending: LSD radix sort on the bytes that differ (scores of one
+// query share their top bits, ids their top bits), std::sort for short arrays.
+void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp) {
+    const size_t n = a.size();
+    if (n < 256) {
+        std::sort(a.begin(), a.end(), std::greater<uint64_t>());
+        return;
+    }
+    uint64_t all_or = 0, all_and = ~uint64_t(0);
+    for (uint64_t x : a) {
+        all_or |= x;
+        all_and &= x;
+    }
+    const uint64_t varying = all_or ^ all_and;
+    tmp.resize(n);
+    uint64_t* src = a.data();
+    uint64_t* dst = tmp.data();
+    size_t cnt[256];
+    for (int shift = 0; shift < 64; shift += 8) {
+        if (((varying >> shift) & 0xFF) == 0) continue;
+        std::fill(cnt, cnt + 256, 0);
+        for (size_t i = 0; i < n; ++i) ++cnt[255 - ((src[i] >> shift) & 0xFF)];  // descending
+        size_t sum = 0;
+        for (size_t& c : cnt) {
+            const size_t x = c;
+            c = sum;
+            sum += x;
+        }
+        for (size_t i = 0; i < n; ++i) dst[cnt[255 - ((src[i] >> shift) & 0xFF)]++] = src[i];
+        std::swap(src, dst);
+    }
+    if (src != a.data()) std::memcpy(a.data(), src, n * sizeof(uint64_t));
+}
+
+// Keeps the k largest keys of `cand`, sorted descending.
+void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp) {
+    if (cand.size() > k) {
+        std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<uint64_t>());
+        cand.resize(k);
+    }
+    sort_desc(cand, tmp);
+}
+
+// The k best hits of a stream: a buffer of keys above a threshold that rises as
+// the buffer is cut back to the k best (amortised O(1) per accepted hit).
+// Scores are base + x for accumulator values x > 0.
+struct Collector {
+    std::vector<uint64_t>* buf;
+    std::vector<uint32_t> idx;
+    size_t k;
+    float base = 0.f;
+    float theta = 0.f;  // k-th best score so far (0 until k hits): lower ones can't enter
+    float tau = std::numeric_limits<float>::denorm_min();  // smallest x > 0 with base + x >= theta
+    void reset(std::vector<uint64_t>& b, size_t kk, float bs) {
+        buf = &b;
+        buf->clear();
+        k = kk;
+        base = bs;
+        theta = 0.f;
+        tau = std::numeric_limits<float>::denorm_min();
+    }
+    // Offers the accumulator values x[0 .. n) of documents first_id, first_id + 1, ...
+    void offer(const float* x, size_t n, uint32_t first_id) {
+        if (idx.size() < n) idx.resize(n);
+        const size_t c = kernels().filter_ge(x, n, tau, idx.data());  // vectorised
+        for (size_t i = 0; i < c; ++i) {
+            const float s = base + x[idx[i]];
+            if (s < theta) continue;  // x >= tau, but base + x rounds below theta
+            buf->push_back(pack(s, first_id + idx[i]));
+        }
+        if (buf->size() >= 2 * k + 256) cut();
+    }
+    size_t size() const { return buf->size(); }
+    // A single hit (s > 0, s >= theta).
+    void push(float s, uint32_t d) {
+        buf->push_back(pack(s, d));
+        if (buf->size() >= 2 * k + 256) cut();
+    }
+    // Only values x >= f can still matter (f: a lower bound of the k-th best x).
+    void raise_floor(float f) {
+        if (f <= tau) return;
+        tau = f;
+        theta = std::max(theta, base + f);
+    }
+    void cut() {
+        std::nth_element(buf->begin(), buf->begin() + (k - 1), buf->end(), std::greater<uint64_t>());
+        buf->resize(k);
+        theta = key_score((*buf)[k - 1]);
+        // x >= tau <=> base + x >= theta (both sides monotone in x).
+        float t = std::max(theta - base, std::numeric_limits<float>::denorm_min());
+        while (t > std::numeric_limits<float>::denorm_min() && base + std::nextafter(t, 0.f) >= theta)
+            t = std::nextafter(t, 0.f);
+        while (base + t < theta) t = std::nextafter(t, std::numeric_limits<float>::infinity());
+        tau = t;
+    }
+};
+
+struct Scratch {
+    std::vector<float> acc;         // dense accumulator (padded to whole blocks), 0 between queries
+    std::vector<uint32_t> touched;  // documents touched by the short terms
+    std::vector<uint32_t> ex;       // excluded ids of the query
+    std::vector<float> bound;       // per block: upper bound of the scores in it
+    std::vector<float> pmax;        // per block: best short-term partial score
+    std::vector<uint32_t> order;    // blocks by descending bound (bucketed)
+    std::vector<uint32_t> bucket_end, fill, live;
+    std::vector<uint8_t> done;
+    std::vector<float> vals;
+    std::vector<uint64_t> cand, tmp;
+    float local[Index::kBlock];
+};
+
+}  // namespace
+
+// A lower bound of the k-th largest of x[0 .. n): the k-th largest maximum of
+// blocks of BL values (k blocks each hold a value that high); 0 when n is too
+// small for 2k blocks.  Cheap, and it lets the filter skip most values at once.
+float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
+    size_t bl = 16;
+    while (bl > 1 && n / bl < 2 * k) bl /= 2;
+    if (n / bl < 2 * k || bl < 2) return 0.f;
+    const size_t nb = n / bl;
+    tmp.resize(nb);
+    for (size_t b = 0; b < nb; ++b) {
+        float m = x[b * bl];
+        for (size_t r = 1; r < bl; ++r) m = x[b * bl + r] > m ? x[b * bl + r] : m;
+        tmp[b] = m;
+    }
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    return std::max(0.f, tmp[k - 1]);
+}
+
+void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
+                   int num_threads, float* out_scores, int64_t* out_ids) const {
+    const size_t N = num_docs();
+    if (N == 0) throw std::invalid_argument("the index is empty");
+    if (max_impact.size() != num_terms() || long_id.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), q.nq));
+    const size_t NB = num_blocks();
+    constexpr size_t BS = kBlock;
+    constexpr size_t kBuckets = 256;
+    constexpr size_t kMinPruneBlocks = 2048;      // smaller corpora: the exhaustive pass is faster
+    constexpr size_t kChunkBlocks = 8192 / BS;    // 32 KiB of accumulator per range
+    const int64_t* off = offsets.data();
+    const uint32_t* dd = docs.data();
+    const float* imp = impacts.data();
+    std::vector<Scratch> scratch(nt);
+    parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
+        Scratch& S = scratch[tid];
+        if (S.acc.empty()) S.acc.assign(NB * BS, 0.f);
+        float* acc = S.acc.data();
+        QueryTerms qt;
+        Collector top;
+        for (size_t qi = qb; qi < qe; ++qi) {
+            query_terms(q, qi, qt);
+            S.ex.clear();
+            if (excl_indptr)
+                for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) S.ex.push_back(uint32_t(excl_indices[j]));
+            for (uint32_t d : S.ex) acc[d] = kNegInf;  // never > 0: never a candidate
+            const size_t n = qt.t.size(), ns = qt.n_short;
+            const float base = qt.base;
+            top.reset(S.cand, k, base);
+            S.touched.clear();
+
+            // Short terms: all postings, remembering the documents they touch.
+            for (size_t a = 0; a < ns; ++a) {
+                const float w = qt.w[a];
+                for (int64_t j = off[qt.t[a]]; j < off[qt.t[a] + 1]; ++j) {
+                    const uint32_t d = dd[j];
+                    const float x = acc[d];
+                    if (x == 0.f) S.touched.push_back(d);
+                    acc[d] = x + w * imp[j];
+                }
+            }
+            // Long term a's postings in blocks [b0, b1), relative to offsets[t].
+            auto block_range = [&](size_t a, size_t b0, size_t b1, uint32_t& j0, uint32_t& j1) {
+                const uint32_t* st = blk_start.data() + size_t(long_id[qt.t[a]]) * (NB + 1);
+                j0 = st[b0];
+                j1 = st[b1];
+            };
+            if (n == ns) {
+                // ---- Only short terms: the touched documents are all the matches.
+                for (uint32_t d : S.touched) {
+                    const float x = acc[d];
+                    if (x > 0.f && base + x >= top.theta) top.push(base + x, d);
+                }
+            } else {
+                // Pruning pays when k is small next to the corpus (measured on generated Zipf corpora).
+                const bool prune = strategy == 2 || (strategy == 0 && NB >= kMinPruneBlocks && k * 16 <= NB);
+                bool finished = false;
+                float* bound = nullptr;
+                if (prune) {
+                    // ---- Block-max pruning.
+                    // Slack so that float rounding of a sum never exceeds a bound.
+                    const float slack = float(1.0 + 1e-6 + 2.4e-7 * double(n));
+                    // 1. Block bounds: the long terms' quantised block maxima plus the
+                    // best short-term partial score in the block.
+                    S.bound.assign(NB, 0.f);
+                    bound = S.bound.data();
+                    for (size_t a = ns; a < n; ++a) {
+                        const uint8_t* qm = blk_qmax.data() + size_t(long_id[qt.t[a]]) * NB;
+                        const float scale = qt.w[a] * max_impact[qt.t[a]] * (1.f / 255.f);
+                        for (size_t b = 0; b < NB; ++b) bound[b] += scale * float(qm[b]);
+                    }
+                    S.pmax.assign(NB, 0.f);
+                    for (uint32_t d : S.touched) S.pmax[d / BS] = std::max(S.pmax[d / BS], acc[d]);
+                    float hi = 0.f;
+                    for (size_t b = 0; b < NB; ++b) {
+                        bound[b] = (bound[b] + S.pmax[b]) * slack;
+                        hi = std::max(hi, bound[b]);
+                    }
+                    // 2. Blocks by descending bound: a counting sort into buckets.
+                    const float to_bucket = hi > 0.f ? float(kBuckets) / hi : 0.f;
+                    auto bucket_of = [&](float x) {  // 0 = highest
+                        return kBuckets - 1 - std::min<size_t>(kBuckets - 1, size_t(x * to_bucket));
+                    };
+                    S.bucket_end.assign(kBuckets + 1, 0);
+                    for (size_t b = 0; b < NB; ++b)
+                        if (bound[b] > 0.f) ++S.bucket_end[bucket_of(bound[b]) + 1];
+                    for (size_t r = 0; r < kBuckets; ++r) S.bucket_end[r + 1] += S.bucket_end[r];
+                    S.order.resize(S.bucket_end[kBuckets]);
+                    S.fill.assign(S.bucket_end.begin(), S.bucket_end.end() - 1);
+                    for (size_t b = 0; b < NB; ++b)
+                        if (bound[b] > 0.f) S.order[S.fill[bucket_of(bound[b])]++] = uint32_t(b);
+                    // 3. Score the blocks in that order, each in a local accumulator (the
+                    // short-term partial scores, then the long terms in canonical order),
+                    // until no remaining block can reach the k-th score, or until a
+                    // budget of blocks is spent (the bounds are loose for this query).
+                    const size_t budget = std::max<size_t>(256, (4 * k) / BS + NB / 64);
+                    S.done.assign(NB, 0);
+                    size_t evaluated = 0;
+                    finished = true;
+                    for (size_t r = 0; r < kBuckets && finished; ++r) {
+                        // Bounds in bucket r are below this edge (with a margin for rounding).
+                        const float edge = float(double(kBuckets - r) / double(to_bucket) * (1.0 + 1e-5));
+                        if (top.size() >= k && base + edge < top.theta) break;
+                        for (uint32_t i = S.bucket_end[r]; i < S.bucket_end[r + 1]; ++i) {
+                            const size_t b = S.order[i];
+                            if (base + bound[b] < top.theta) continue;
+                            if (evaluated == budget) {
+                                finished = false;
+                                break;
+                            }
+                            float* loc = S.local;
+                            std::memcpy(loc, acc + b * BS, sizeof(S.local));
+                            const uint32_t b0 = uint32_t(b * BS);
+                            for (size_t a = ns; a < n; ++a) {  // the hot loop of this path
+                                uint32_t j0, j1;
+                                block_range(a, b, b + 1, j0, j1);
+                                const int64_t o = off[qt.t[a]];
+                                const float w = qt.w[a];
+                                for (uint32_t j = j0; j < j1; ++j) loc[dd[o + j] - b0] += w * imp[o + j];
+                            }
+                            top.offer(loc, BS, b0);
+                            S.done[b] = 1;
+                            ++evaluated;
+                        }
+                    }
+                }
+                if (!finished) {
+                    // ---- Term at a time, one range of 8192 documents at a time (the
+                    // accumulator range stays in L1/L2).  With pruning, only blocks whose
+                    // bound reaches the k-th score so far are live: a long term adds its
+                    // postings in those blocks, or all its postings in the range when
+                    // that is cheaper.  Every document of the range is then offered:
+                    // the partial sums of dead blocks are below their bound, hence below
+                    // the threshold, and blocks already scored above are zeroed first.
+                    for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {
+                        const size_t c1 = std::min(NB, c0 + kChunkBlocks);
+                        S.live.clear();
+                        if (prune)
+                            for (size_t b = c0; b < c1; ++b)
+                                if (!S.done[b] && bound[b] > 0.f && base + bound[b] >= top.theta) S.live.push_back(uint32_t(b));
+                        if (prune && S.live.empty()) continue;
+                        for (size_t a = ns; a < n; ++a) {
+                            uint32_t j0, j1;
+                            block_range(a, c0, c1, j0, j1);
+                            const int64_t o = off[qt.t[a]];
+                            const float w = qt.w[a];
+                            if (!prune || S.live.size() * 6 > j1 - j0) {  // a block visit costs ~6 postings
+                                for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
+                            } else {
+                                for (uint32_t b : S.live) {
+                                    block_range(a, b, b + 1, j0, j1);
+                                    for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
+                                }
+                            }
+                        }
+                        float* x = acc + c0 * BS;
+                        const size_t len = (c1 - c0) * BS;
+                        if (prune)
+                            for (size_t b = c0; b < c1; ++b)
+                                if (S.done[b]) std::memset(acc + b * BS, 0, sizeof(float) * BS);
+                        if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals));
+                        top.offer(x, len, uint32_t(c0 * BS));
+                        std::memset(x, 0, sizeof(float) * len);
+                    }
+                }
+            }
+            for (uint32_t d : S.touched) acc[d] = 0.f;
+            for (uint32_t d : S.ex) acc[d] = 0.f;
+            keep_best(S.cand, k, S.tmp);
+
+            // bm25l / bm25+: documents without any query term still score `base`;
+            // when fewer than k matched, the first unmatched ids fill the rest.
+            if (base > 0.f && S.cand.size() < k) {
+                std::vector<uint32_t> have;
+                for (uint64_t c : S.cand) have.push_back(key_id(c));
+                for (uint32_t d : S.ex) have.push_back(d);
+                std::sort(have.begin(), have.end());
+                size_t hi = 0;
+                const size_t need = k - S.cand.size();
+                size_t added = 0;
+                for (uint32_t d = 0; d < N && added < need; ++d) {
+                    while (hi < have.size() && have[hi] < d) ++hi;
+                    if (hi < have.size() && have[hi] == d) continue;
+                    S.cand.push_back(pack(base, d));
+                    ++added;
+                }
+                std::sort(S.cand.begin(), S.cand.end(), std::greater<uint64_t>());
+            }
+            float* os = out_scores + qi * k;
+            int64_t* oi = out_ids + qi * k;
+            for (size_t r = 0; r < k; ++r) {
+                if (r < S.cand.size()) {
+                    os[r] = key_score(S.cand[r]);
+                    oi[r] = int64_t(key_id(S.cand[r]));
+                } else {
+                    os[r] = kNegInf;
+                    oi[r] = -1;
+                }
+            }
+        }
+    });
+}
+
+void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_threads, float* out) const {
+    const size_t N = num_docs();
+    if (max_impact.size() != num_terms() || long_id.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
+    const int64_t* off = offsets.data();
+    const uint32_t* dd = docs.data();
+    const float* imp = impacts.data();
+    parallel_for(q.nq, num_threads, 16, [&](size_t qb, size_t qe, int) {
+        QueryTerms qt;
+        for (size_t qi = qb; qi < qe; ++qi) {
+            query_terms(q, qi, qt);
+            for (size_t c = 0; c < m; ++c) {
+                const int64_t d = doc_ids[qi * m + c];
+                if (d < 0 || size_t(d) >= N) {
+                    out[qi * m + c] = kNegInf;
+                    continue;
+                }
+                // Same order of additions as search(): bit-identical scores.
+                float x = 0.f;
+                for (size_t a = 0; a < qt.t.size(); ++a) {
+                    const uint32_t* b = dd + off[qt.t[a]];
+                    const uint32_t* e = dd + off[qt.t[a] + 1];
+                    const uint32_t* p = std::lower_bound(b, e, uint32_t(d));
+                    if (p != e && *p == uint32_t(d)) x += qt.w[a] * imp[p - dd];
+                }
+                out[qi * m + c] = x > 0.f ? qt.base + x : qt.base;
+            }
+        }
+    });
+}
+
+}  // namespace bm25
+}  // namespace hn
