@@ -74,7 +74,7 @@ def bench(name, texts, queries, threads, ks, rank_bm25_queries):
     st = Stemmer.Stemmer("english")
     # --- hardneg: tokenise + index (one call), search from raw query strings.
     t_hn, bm = timed(lambda: hn.BM25().index(texts, num_threads=threads))
-    hn_size = sum(a.nbytes for a in bm._core.arrays().values())
+    hn_size = bm.nbytes  # postings, codes, lengths and pruning metadata
     # --- bm25s: tokenise, then index (Numba backend), retrieve from token ids.
     t_tok, ctoks = timed(lambda: bm25s.tokenize(texts, stopwords="en", stemmer=st, show_progress=False))
     def build():

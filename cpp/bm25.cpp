@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <stdexcept>
+#include <unordered_map>
 
 #include "threads.h"
 #include "unicode_tables.h"
@@ -386,14 +387,67 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
         off[t + 1] = off[t] + old_n + new_cnt[t];
     }
     const size_t P = size_t(off[V]);
-    std::vector<uint32_t> nd(P), ntf(P);
+
+    // Codes of the new (tf, length) pairs.  Per chunk, a local code per distinct
+    // pair (one hash lookup per document, a dense lookup by tf per posting), then
+    // one global code per local one (few), which replaces the tf in ptf.
+    std::vector<std::vector<uint64_t>> local_pairs(nch);
+    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        for (size_t c = cb; c < ce; ++c) {
+            std::unordered_map<uint32_t, std::vector<uint32_t>> by_len;  // length -> local id + 1 by tf
+            const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
+            size_t j = 0;
+            for (size_t d = b; d < e; ++d) {
+                if (npairs[d] == 0) continue;
+                std::vector<uint32_t>& by_tf = by_len[new_len[d]];
+                for (uint32_t r = 0; r < npairs[d]; ++r, ++j) {
+                    const uint32_t tf = ptf[c][j];
+                    if (tf >= by_tf.size()) by_tf.resize(size_t(tf) + 1, 0);
+                    if (by_tf[tf] == 0) {
+                        local_pairs[c].push_back((uint64_t(tf) << 32) | new_len[d]);
+                        by_tf[tf] = uint32_t(local_pairs[c].size());
+                    }
+                    ptf[c][j] = by_tf[tf] - 1;
+                }
+            }
+        }
+    });
+    std::vector<uint32_t> ctf(code_tf.data(), code_tf.data() + code_tf.size());
+    std::vector<uint32_t> clen(code_len.data(), code_len.data() + code_len.size());
+    std::unordered_map<uint64_t, uint32_t> global;
+    global.reserve(ctf.size() * 2 + 16);
+    for (size_t i = 0; i < ctf.size(); ++i) global.emplace((uint64_t(ctf[i]) << 32) | clen[i], uint32_t(i));
+    std::vector<std::vector<uint32_t>> to_global(nch);
+    for (size_t c = 0; c < nch; ++c) {
+        for (uint64_t pr : local_pairs[c]) {
+            auto it = global.find(pr);
+            if (it == global.end()) {
+                if (ctf.size() >= 0xFFFFFFF0ull) throw std::length_error("too many distinct (tf, length) pairs");
+                it = global.emplace(pr, uint32_t(ctf.size())).first;
+                ctf.push_back(uint32_t(pr >> 32));
+                clen.push_back(uint32_t(pr));
+            }
+            to_global[c].push_back(it->second);
+        }
+    }
+    const bool to_wide = wide() || ctf.size() > 65536;
+
+    // Merged postings: old ones of each term, then the new ones (higher ids).
+    std::vector<uint32_t> nd(P);
+    std::vector<uint16_t> nc16(to_wide ? 0 : P);
+    std::vector<uint32_t> nc32(to_wide ? P : 0);
+    auto put_code = [&](size_t pos, uint32_t code) {
+        if (to_wide)
+            nc32[pos] = code;
+        else
+            nc16[pos] = uint16_t(code);
+    };
     const uint32_t* od = docs.data();
-    const uint32_t* otf = tfs.data();
     parallel_ranges(V_old, int(nt), [&](size_t b, size_t e, int) {
         for (size_t t = b; t < e; ++t) {
             const int64_t ob = old_off[t], oe = old_off[t + 1];
             std::memcpy(nd.data() + off[t], od + ob, sizeof(uint32_t) * size_t(oe - ob));
-            std::memcpy(ntf.data() + off[t], otf + ob, sizeof(uint32_t) * size_t(oe - ob));
+            for (int64_t j = ob; j < oe; ++j) put_code(size_t(off[t] + (j - ob)), code_at(size_t(j)));
         }
     });
     parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
@@ -407,7 +461,7 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
                     const int64_t old_n = t < V_old ? old_off[t + 1] - old_off[t] : 0;
                     const size_t pos = size_t(off[t] + old_n + cnt[c][t]++);
                     nd[pos] = gid;
-                    ntf[pos] = ptf[c][j];
+                    put_code(pos, to_global[c][ptf[c][j]]);
                 }
             }
         }
@@ -421,39 +475,45 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
     }
     offsets.set(std::move(off));
     docs.set(std::move(nd));
-    tfs.set(std::move(ntf));
+    if (to_wide) {
+        codes32.set(std::move(nc32));
+        codes16.set({});
+    } else {
+        codes16.set(std::move(nc16));
+    }
+    code_tf.set(std::move(ctf));
+    code_len.set(std::move(clen));
     doc_len.set(std::move(lens));
     total_len += added;
     recompute_impacts(num_threads);
 }
 
 void Index::recompute_impacts(int num_threads) {
-    const size_t P = num_postings(), N = num_docs();
-    std::vector<float> imp(P);
+    const size_t C = num_codes();
+    std::vector<float> imp(C);
     const double lavg = avg_doc_len();
     const double b = params.b, z = tf_part_zero(params);
-    const uint32_t* d = docs.data();
-    const uint32_t* tf = tfs.data();
-    const uint32_t* len = doc_len.data();
-    parallel_for(P, num_threads, 1 << 16, [&](size_t lo, size_t hi, int) {
-        for (size_t j = lo; j < hi; ++j) {
-            if (d[j] >= N) throw std::invalid_argument("posting with a document id outside the corpus");  // before len[] access
-            const double B = lavg > 0 ? (1.0 - b) + b * double(len[d[j]]) / lavg : 1.0;
-            imp[j] = float(tf_part(params, double(tf[j]), B) - z);
-        }
-    });
-    impacts.set(std::move(imp));
+    const uint32_t* tf = code_tf.data();
+    const uint32_t* len = code_len.data();
+    for (size_t c = 0; c < C; ++c) {
+        const double B = lavg > 0 ? (1.0 - b) + b * double(len[c]) / lavg : 1.0;
+        imp[c] = float(tf_part(params, double(tf[c]), B) - z);
+        if (!(imp[c] >= 0.f && imp[c] <= 1e30f)) throw std::invalid_argument("a (tf, length) pair gives a non-finite impact");
+    }
+    code_imp.swap(imp);
     compute_bounds(num_threads);
 }
 
 void Index::compute_bounds(int num_threads) {
     // Also checks the postings once (ids inside the corpus, strictly ascending per
-    // term), so the search loops need no checks even on a loaded index.
-    const size_t V = num_terms(), N = num_docs();
+    // term, codes inside the table and matching the document's length), so the
+    // search loops need no checks even on a loaded index.
+    const size_t V = num_terms(), N = num_docs(), C = num_codes();
     std::vector<float> mx(V, 0.f);
     const int64_t* o = offsets.data();
-    const float* imp = impacts.data();
     const uint32_t* d = docs.data();
+    const uint32_t* len = doc_len.data();
+    const uint32_t* clen = code_len.data();
     parallel_for(V, num_threads, 1024, [&](size_t b, size_t e, int) {
         for (size_t t = b; t < e; ++t) {
             float m = 0.f;
@@ -462,8 +522,10 @@ void Index::compute_bounds(int num_threads) {
                 if (d[j] >= N || (j > o[t] && d[j] <= prev))
                     throw std::invalid_argument("postings must hold ascending document ids inside the corpus");
                 prev = d[j];
-                if (!(imp[j] >= 0.f && imp[j] <= 1e30f)) throw std::invalid_argument("impacts must be finite and >= 0");
-                m = std::max(m, imp[j]);
+                const uint32_t c = code_at(size_t(j));
+                if (c >= C || clen[c] != len[d[j]])
+                    throw std::invalid_argument("posting codes must index the (tf, length) table and match the document length");
+                m = std::max(m, code_imp[c]);
             }
             mx[t] = m;
         }
@@ -479,7 +541,6 @@ void Index::build_blocks(int num_threads) {
     const size_t V = num_terms(), N = num_docs();
     const size_t NB = num_blocks();
     const int64_t* o = offsets.data();
-    const float* imp = impacts.data();
     const uint32_t* d = docs.data();
     std::vector<int32_t> ids(V, -1);
     std::vector<uint32_t> longs;
@@ -491,6 +552,7 @@ void Index::build_blocks(int num_threads) {
         }
     std::vector<uint32_t> start(longs.size() * (NB + 1));
     std::vector<uint8_t> qmax(longs.size() * NB, 0);
+    with_impacts([&](const auto imp) {
     parallel_for(longs.size(), num_threads, 4, [&](size_t lb, size_t le, int) {
         for (size_t li = lb; li < le; ++li) {
             const uint32_t t = longs[li];
@@ -508,6 +570,7 @@ void Index::build_blocks(int num_threads) {
             st[NB] = uint32_t(j - o[t]);
         }
     });
+    });
     long_id.swap(ids);
     long_terms.swap(longs);
     blk_start.swap(start);
@@ -515,7 +578,8 @@ void Index::build_blocks(int num_threads) {
 }
 
 size_t Index::memory_bytes() const {
-    size_t b = offsets.size() * 8 + docs.size() * 4 + tfs.size() * 4 + impacts.size() * 4 + doc_len.size() * 4;
+    size_t b = offsets.size() * 8 + docs.size() * 4 + codes16.size() * 2 + codes32.size() * 4;
+    b += (code_tf.size() + code_len.size() + code_imp.size()) * 4 + doc_len.size() * 4;
     b += max_impact.size() * 4 + long_id.size() * 4 + long_terms.size() * 4 + blk_start.size() * 4 + blk_qmax.size();
     return b;
 }
@@ -523,7 +587,8 @@ size_t Index::memory_bytes() const {
 void Index::validate_structure() const {
     const size_t V = num_terms(), P = num_postings();
     if (offsets.size() != terms.size() + 1) throw std::invalid_argument("offsets length does not match the vocabulary");
-    if (tfs.size() != P || impacts.size() != P) throw std::invalid_argument("posting arrays differ in length");
+    if ((wide() ? codes32.size() : codes16.size()) != P) throw std::invalid_argument("posting arrays differ in length");
+    if (code_len.size() != code_tf.size()) throw std::invalid_argument("code tables differ in length");
     const int64_t* o = offsets.data();
     if (o[0] != 0 || o[V] != int64_t(P)) throw std::invalid_argument("offsets must start at 0 and end at the posting count");
     for (size_t t = 0; t < V; ++t)

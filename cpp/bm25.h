@@ -1,12 +1,16 @@
-// BM25: a UTF-8 tokeniser, an inverted index and top-k search (bm25.cpp).
+// BM25: a UTF-8 tokeniser, an inverted index and top-k search (bm25.cpp,
+// bm25_search.cpp).
 //
 // The index is one CSR over terms: the postings of term t are
-// docs[offsets[t] .. offsets[t+1]) in ascending document order, with the term
-// count (tfs) and the precomputed "impact" (the TF part of the BM25 formula,
-// without the IDF, minus its tf = 0 value for bm25l / bm25+).  IDFs depend on
-// the corpus size and are computed per query, impacts depend on the average
-// document length and are recomputed after every `add`, so all scores always
-// use global statistics and equal a fresh index over all documents.
+// docs[offsets[t] .. offsets[t+1]) in ascending document order.  Each posting
+// also has a code: an index into a table of the distinct (term count, document
+// length) pairs of the corpus, and a table of their "impacts" (the TF part of
+// the BM25 formula without the IDF, minus its tf = 0 value for bm25l / bm25+).
+// Natural text has a few thousand such pairs, so a posting costs 4 + 2 bytes
+// (4 + 4 once there are more than 65,536 pairs) and recomputing the impacts
+// after `add` (the average length changed) only recomputes the table.  IDFs are
+// computed per query, so all scores use global statistics and equal a fresh
+// index over all documents.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -82,13 +86,33 @@ class Index {
     static constexpr int64_t kStop = -1, kUnknown = -2;
     std::unordered_map<std::string, int64_t> word_cache;
 
-    Array<int64_t> offsets;  // terms + 1
-    Array<uint32_t> docs;    // postings: document ids
-    Array<uint32_t> tfs;     // postings: term counts
-    Array<float> impacts;    // postings: tf part (minus its tf = 0 value)
-    Array<uint32_t> doc_len; // per document, tokens after stopword removal
+    Array<int64_t> offsets;    // terms + 1
+    Array<uint32_t> docs;      // postings: document ids
+    Array<uint16_t> codes16;   // postings: code (while the table has <= 65,536 entries) ...
+    Array<uint32_t> codes32;   // ... or this one (exactly one of the two is in use)
+    Array<uint32_t> code_tf;   // per code: term count
+    Array<uint32_t> code_len;  // per code: document length
+    Array<uint32_t> doc_len;   // per document, tokens after stopword removal
     double total_len = 0;
+    std::vector<float> code_imp;    // per code: impact (derived from the two above)
     std::vector<float> max_impact;  // per term: the largest impact (upper bounds)
+    bool wide() const { return codes32.size() > 0; }
+    size_t num_codes() const { return code_tf.size(); }
+
+    // Calls f(imp) with imp[j] = impact of posting j (a lookup through its code).
+    template <class C>
+    struct Impacts {
+        const C* code;
+        const float* table;
+        float operator[](size_t j) const { return table[code[j]]; }
+    };
+    template <class F>
+    void with_impacts(F&& f) const {
+        if (wide())
+            f(Impacts<uint32_t>{codes32.data(), code_imp.data()});
+        else
+            f(Impacts<uint16_t>{codes16.data(), code_imp.data()});
+    }
 
     // Block-max metadata for dynamic pruning (derived, rebuilt by compute_bounds).
     // Documents form blocks of kBlock consecutive ids.  A "long" term (one with
@@ -109,6 +133,8 @@ class Index {
     size_t num_docs() const { return doc_len.size(); }
     size_t num_terms() const { return offsets.size() ? offsets.size() - 1 : 0; }
     size_t num_postings() const { return docs.size(); }
+    // Code of each posting (width-independent, for add / save).
+    uint32_t code_at(size_t j) const { return wide() ? codes32.data()[j] : codes16.data()[j]; }
     double avg_doc_len() const { return num_docs() ? total_len / double(num_docs()) : 0.0; }
 
     // Term id of `term`, created if `create`; -1 when absent and not created.
@@ -118,7 +144,7 @@ class Index {
     // entries < 0 are dropped tokens).  New documents get the next ids.
     void add_docs(const int64_t* tokens, const uint64_t* offsets, size_t ndocs, int num_threads);
 
-    // Recomputes every impact from tfs and doc lengths (after the average changed).
+    // Recomputes the impact table (after the average length changed), then the bounds.
     void recompute_impacts(int num_threads);
     // Recomputes max_impact and the block metadata from the impacts (after a load
     // or an add); also checks the postings (ascending ids inside the corpus).

@@ -246,8 +246,8 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
     constexpr size_t kChunkBlocks = 8192 / BS;    // 32 KiB of accumulator per range
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
-    const float* imp = impacts.data();
     std::vector<Scratch> scratch(nt);
+    with_impacts([&](const auto imp) {
     parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
         Scratch& S = scratch[tid];
         if (S.acc.empty()) S.acc.assign(NB * BS, 0.f);
@@ -435,6 +435,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             }
         }
     });
+    });
 }
 
 void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_threads, float* out) const {
@@ -442,7 +443,7 @@ void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_th
     if (max_impact.size() != num_terms() || long_id.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
-    const float* imp = impacts.data();
+    with_impacts([&](const auto imp) {
     parallel_for(q.nq, num_threads, 16, [&](size_t qb, size_t qe, int) {
         QueryTerms qt;
         for (size_t qi = qb; qi < qe; ++qi) {
@@ -464,6 +465,7 @@ void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_th
                 out[qi * m + c] = x > 0.f ? qt.base + x : qt.base;
             }
         }
+    });
     });
 }
 

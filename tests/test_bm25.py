@@ -140,12 +140,14 @@ def test_scores_equal_bm25s_other_parameters(method, k1, b, delta):
 @pytest.mark.parametrize("strategy", [0, 1, 2])
 def test_search_equals_full_ranking(method, k, strategy):
     rng = np.random.default_rng(4)
-    docs, words = zipf_corpus(rng, 250, 300, 1, 40)
+    # 1,500 documents: enough for "long" terms with block-max metadata (pruning paths)
+    docs, words = zipf_corpus(rng, 1500, 300, 1, 40)
+    docs += docs[:40]  # duplicates: exact ties
     n = len(docs)
     queries = [[words[j] for j in rng.integers(0, 300, size=int(rng.integers(1, 6)))] for _ in range(25)]
-    queries += [[], ["nowhere_term"], ["everywhere"]]
+    queries += [[], ["nowhere_term"], ["everywhere"], words[:12]]
     bm = hn.BM25(method=method, stopwords=None, stemmer=None).index(docs)
-    bm._core.strategy = strategy  # 1: exhaustive, 2: MaxScore, 0: automatic
+    bm._core.strategy = strategy  # 1: exhaustive, 2: block-max pruning, 0: automatic
     s, i = bm.search(queries, k=k, num_threads=2)
     assert s.dtype == np.float32 and i.dtype == np.int64 and s.shape == (len(queries), k)
     _, ranks = full_ranking(bm, queries, n)
@@ -229,6 +231,57 @@ def test_save_load_roundtrip(tmp_path, mmap):
         np.testing.assert_array_equal(x, y)
 
 
+def test_load_wide_codes_and_version1_files(tmp_path):
+    """Codes stored as uint32 (more than 65,536 (tf, length) pairs) and indexes saved by
+    hardneg 0.1 (a term count and an impact per posting) load to the same index."""
+    rng = np.random.default_rng(8)
+    docs, words = zipf_corpus(rng, 900, 200, 1, 30)
+    queries = [[words[j] for j in rng.integers(0, 200, size=4)] for _ in range(20)]
+    bm = hn.BM25(stopwords=None, stemmer=None).index(docs)
+    ref = bm.search(queries, k=50)
+    more = docs[:30]
+    bm.add(more)
+    ref_add = bm.search(queries, k=50)
+    bm = hn.BM25(stopwords=None, stemmer=None).index(docs)
+    bm.save(tmp_path / "v2")
+    assert np.load(tmp_path / "v2" / "codes.npy").dtype == np.uint16
+    # wide codes
+    import shutil
+    shutil.copytree(tmp_path / "v2", tmp_path / "wide")
+    np.save(tmp_path / "wide" / "codes.npy", np.load(tmp_path / "v2" / "codes.npy").astype(np.uint32))
+    # version 1 layout
+    shutil.copytree(tmp_path / "v2", tmp_path / "v1")
+    d = tmp_path / "v1"
+    codes, code_tf = np.load(d / "codes.npy"), np.load(d / "code_tf.npy")
+    np.save(d / "tfs.npy", code_tf[codes])
+    np.save(d / "impacts.npy", np.zeros(codes.shape, np.float32))
+    for name in ("codes", "code_tf", "code_len"):
+        (d / f"{name}.npy").unlink()
+    meta = json.loads((d / "bm25.json").read_text())
+    (d / "bm25.json").write_text(json.dumps(dict(meta, version=1)))
+    for name in ("wide", "v1"):
+        for mmap in (True, False):
+            b2 = hn.BM25.load(tmp_path / name, mmap=mmap)
+            for strategy in (1, 2):
+                b2._core.strategy = strategy
+                got = b2.search(queries, k=50)
+                np.testing.assert_array_equal(got[1], ref[1])
+                np.testing.assert_array_equal(got[0], ref[0])
+            b2.add(more)
+            got = b2.search(queries, k=50)
+            np.testing.assert_array_equal(got[1], ref_add[1])
+            np.testing.assert_array_equal(got[0], ref_add[0])
+
+
+def test_index_memory_is_small():
+    """Six bytes per posting (document id + 16-bit code), plus small tables."""
+    rng = np.random.default_rng(9)
+    docs, _ = zipf_corpus(rng, 2000, 500, 5, 60)
+    bm = hn.BM25(stopwords=None, stemmer=None).index(docs)
+    postings = bm._core.num_postings
+    assert bm.nbytes < 7.5 * postings + 64 * 1024
+
+
 def test_load_rejects_corrupt_or_foreign(tmp_path):
     with pytest.raises(ValueError, match="not a hardneg BM25 index"):
         hn.BM25.load(tmp_path)
@@ -246,8 +299,8 @@ def test_load_rejects_corrupt_or_foreign(tmp_path):
     with pytest.raises(ValueError, match="corrupt"):
         hn.BM25.load(tmp_path / "ix")
     bm.save(tmp_path / "ix")
-    (tmp_path / "ix" / "tfs.npy").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="tfs.npy"):
+    (tmp_path / "ix" / "codes.npy").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="codes.npy"):
         hn.BM25.load(tmp_path / "ix")
     bm.save(tmp_path / "ix")
     meta = json.loads((tmp_path / "ix" / "bm25.json").read_text())

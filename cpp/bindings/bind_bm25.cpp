@@ -306,21 +306,28 @@ void bind_bm25(py::module_& m) {
                  py::dict d;
                  d["offsets"] = view(ix.offsets, self);
                  d["docs"] = view(ix.docs, self);
-                 d["tfs"] = view(ix.tfs, self);
-                 d["impacts"] = view(ix.impacts, self);
+                 if (ix.wide())
+                     d["codes"] = view(ix.codes32, self);
+                 else
+                     d["codes"] = view(ix.codes16, self);
+                 d["code_tf"] = view(ix.code_tf, self);
+                 d["code_len"] = view(ix.code_len, self);
                  d["doc_len"] = view(ix.doc_len, self);
                  return d;
              })
         // Borrows the given arrays (kept alive by the index): used by load().
         .def("set_arrays",
              [](PyIndex& ix, const py::list& terms, const py::object& offsets, const py::object& docs,
-                const py::object& tfs, const py::object& impacts, const py::object& doc_len, double total_len,
-                int num_threads) {
+                const py::object& codes, const py::object& code_tf, const py::object& code_len,
+                const py::object& doc_len, double total_len, int num_threads) {
                  auto o = checked<int64_t>(offsets, "offsets", 1);
                  auto d = checked<uint32_t>(docs, "docs", 1);
-                 auto t = checked<uint32_t>(tfs, "tfs", 1);
-                 auto im = checked<float>(impacts, "impacts", 1);
+                 auto ct = checked<uint32_t>(code_tf, "code_tf", 1);
+                 auto cl = checked<uint32_t>(code_len, "code_len", 1);
                  auto dl = checked<uint32_t>(doc_len, "doc_len", 1);
+                 // codes: uint16, or uint32 once the (tf, length) table outgrew 16 bits.
+                 const py::array carr = py::array::ensure(codes);
+                 const bool wide = carr && carr.dtype().is(py::dtype::of<uint32_t>());
                  ix.terms.clear();
                  ix.term_ids.clear();
                  ix.word_cache.clear();
@@ -331,15 +338,28 @@ void bind_bm25(py::module_& m) {
                  }
                  ix.offsets.borrow(o.data(), size_t(o.shape(0)));
                  ix.docs.borrow(d.data(), size_t(d.shape(0)));
-                 ix.tfs.borrow(t.data(), size_t(t.shape(0)));
-                 ix.impacts.borrow(im.data(), size_t(im.shape(0)));
+                 py::object kc;
+                 if (wide) {
+                     auto c = checked<uint32_t>(codes, "codes", 1);
+                     ix.codes32.borrow(c.data(), size_t(c.shape(0)));
+                     ix.codes16.set({});
+                     kc = c;
+                 } else {
+                     auto c = checked<uint16_t>(codes, "codes", 1);
+                     ix.codes16.borrow(c.data(), size_t(c.shape(0)));
+                     ix.codes32.set({});
+                     kc = c;
+                 }
+                 ix.code_tf.borrow(ct.data(), size_t(ct.shape(0)));
+                 ix.code_len.borrow(cl.data(), size_t(cl.shape(0)));
                  ix.doc_len.borrow(dl.data(), size_t(dl.shape(0)));
                  ix.total_len = total_len;
-                 ix.keep = {o, d, t, im, dl};
+                 ix.keep = {o, d, kc, ct, cl, dl};
                  ix.validate_structure();
                  py::gil_scoped_release nogil;
-                 ix.compute_bounds(num_threads);
+                 ix.recompute_impacts(num_threads);
              },
-             py::arg("terms"), py::arg("offsets"), py::arg("docs"), py::arg("tfs"), py::arg("impacts"),
+             py::arg("terms"), py::arg("offsets"), py::arg("docs"), py::arg("codes"), py::arg("code_tf"),
+             py::arg("code_len"),
              py::arg("doc_len"), py::arg("total_len"), py::arg("num_threads") = 1);
 }

@@ -24,8 +24,12 @@ from hardneg.topk import _check_k
 
 METHODS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 _FORMAT = "hardneg-bm25"
-_FORMAT_VERSION = 1
-_ARRAYS = {"offsets": np.int64, "docs": np.uint32, "tfs": np.uint32, "impacts": np.float32, "doc_len": np.uint32}
+_FORMAT_VERSION = 2
+# name -> allowed dtypes of the saved arrays (codes: uint32 once there are > 65,536 (tf, length) pairs)
+_ARRAYS = {"offsets": (np.int64,), "docs": (np.uint32,), "codes": (np.uint16, np.uint32),
+           "code_tf": (np.uint32,), "code_len": (np.uint32,), "doc_len": (np.uint32,)}
+_ARRAYS_V1 = {"offsets": (np.int64,), "docs": (np.uint32,), "tfs": (np.uint32,), "impacts": (np.float32,),
+              "doc_len": (np.uint32,)}
 
 #: Lucene's 33 English stopwords (the list bm25s and Pyserini use).
 STOPWORDS_EN: Tuple[str, ...] = (
@@ -193,6 +197,12 @@ class BM25:
     def avg_doc_len(self) -> float:
         """Mean document length in tokens (after stopword removal)."""
         return float(self._core.avg_doc_len)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory held by the index arrays (postings, codes, per-document
+        lengths and the block-max metadata used for pruning; not the vocabulary)."""
+        return int(self._core.memory_bytes)
 
     @property
     def vocabulary(self) -> Dict[str, int]:
@@ -405,8 +415,9 @@ class BM25:
             raise ValueError(f"{str(path)!r}: corrupt BM25 metadata ({e})") from None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise ValueError(f"{str(path)!r} is not a hardneg BM25 index (bad format marker)")
-        if meta.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported BM25 index version {meta.get('version')!r} (expected {_FORMAT_VERSION})")
+        version = meta.get("version")
+        if version not in (1, _FORMAT_VERSION):
+            raise ValueError(f"unsupported BM25 index version {version!r} (expected {_FORMAT_VERSION})")
         if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
             raise ValueError("corrupt BM25 index: vocabulary.json must be a list of str")
         try:
@@ -417,22 +428,38 @@ class BM25:
         except (KeyError, TypeError) as e:
             raise ValueError(f"corrupt BM25 index metadata: {e!r}") from None
         arrays = {}
-        for name, dt in _ARRAYS.items():
+        for name, dts in (_ARRAYS if version == _FORMAT_VERSION else _ARRAYS_V1).items():
             try:
                 a = np.load(p / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
             except FileNotFoundError:
                 raise ValueError(f"corrupt BM25 index: {name}.npy is missing") from None
             except Exception as e:
                 raise ValueError(f"corrupt BM25 index: cannot read {name}.npy ({e})") from None
-            if a.dtype != dt or a.ndim != 1:
-                raise ValueError(f"corrupt BM25 index: {name}.npy must be 1-D {np.dtype(dt).name}, got {a.ndim}-D {a.dtype}")
+            if a.dtype not in [np.dtype(dt) for dt in dts] or a.ndim != 1:
+                want = " or ".join(np.dtype(dt).name for dt in dts)
+                raise ValueError(f"corrupt BM25 index: {name}.npy must be 1-D {want}, got {a.ndim}-D {a.dtype}")
             arrays[name] = a
         if arrays["doc_len"].shape[0] != meta.get("num_docs"):
             raise ValueError("corrupt BM25 index: doc_len does not match num_docs")
         try:
-            bm._core.set_arrays(terms, arrays["offsets"], arrays["docs"], arrays["tfs"], arrays["impacts"],
-                                arrays["doc_len"], total_len)
+            if version == 1:  # term counts per posting: code them (in memory)
+                arrays.update(_codes_from_tfs(arrays))
+            bm._core.set_arrays(terms, arrays["offsets"], arrays["docs"], arrays["codes"], arrays["code_tf"],
+                                arrays["code_len"], arrays["doc_len"], total_len)
         except ValueError as e:
             raise ValueError(f"corrupt BM25 index: {e}") from None
         bm._vocab_cache = None
         return bm
+
+
+def _codes_from_tfs(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Version-1 indexes stored a term count per posting: turn them into (tf, length) codes."""
+    docs, tfs, doc_len = arrays["docs"], arrays["tfs"], arrays["doc_len"]
+    if tfs.shape != docs.shape:
+        raise ValueError("posting arrays differ in length")
+    if docs.size and int(docs.max()) >= doc_len.shape[0]:
+        raise ValueError("postings must hold document ids inside the corpus")
+    pairs = (tfs.astype(np.uint64) << np.uint64(32)) | doc_len[docs].astype(np.uint64)
+    table, codes = np.unique(pairs, return_inverse=True)
+    return {"codes": codes.astype(np.uint16 if table.size <= 65536 else np.uint32),
+            "code_tf": (table >> np.uint64(32)).astype(np.uint32), "code_len": (table & np.uint64(0xFFFFFFFF)).astype(np.uint32)}
