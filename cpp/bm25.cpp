@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "simd/kernels.h"
 #include "threads.h"
 #include "unicode_tables.h"
 
@@ -575,12 +576,35 @@ void Index::build_blocks(int num_threads) {
     long_terms.swap(longs);
     blk_start.swap(start);
     blk_qmax.swap(qmax);
+
+    // Dense impact arrays of the very common terms.
+    std::vector<int32_t> did(V, -1);
+    std::vector<uint32_t> dterms;
+    for (size_t t = 0; t < V; ++t)
+        if (long_id[t] >= 0 && size_t(o[t + 1] - o[t]) * 2 > N) {
+            did[t] = int32_t(dterms.size());
+            dterms.push_back(uint32_t(t));
+        }
+    const size_t L = NB * kBlock;
+    std::vector<float> dimp(dterms.size() * L, 0.f);
+    with_impacts([&](const auto imp) {
+        parallel_for(dterms.size(), num_threads, 1, [&](size_t b, size_t e, int) {
+            for (size_t i = b; i < e; ++i) {
+                const uint32_t t = dterms[i];
+                float* row = dimp.data() + i * L;
+                for (int64_t j = o[t]; j < o[t + 1]; ++j) row[d[j]] = imp[size_t(j)];
+            }
+        });
+    });
+    dense_id.swap(did);
+    dense_imp.swap(dimp);
 }
 
 size_t Index::memory_bytes() const {
     size_t b = offsets.size() * 8 + docs.size() * 4 + codes16.size() * 2 + codes32.size() * 4;
     b += (code_tf.size() + code_len.size() + code_imp.size()) * 4 + doc_len.size() * 4;
     b += max_impact.size() * 4 + long_id.size() * 4 + long_terms.size() * 4 + blk_start.size() * 4 + blk_qmax.size();
+    b += dense_id.size() * 4 + dense_imp.size() * 4;
     return b;
 }
 

@@ -219,7 +219,7 @@ struct Scratch {
 // blocks of BL values (k blocks each hold a value that high); 0 when n is too
 // small for 2k blocks.  Cheap, and it lets the filter skip most values at once.
 float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
-    size_t bl = 16;
+    size_t bl = 64;
     while (bl > 1 && n / bl < 2 * k) bl /= 2;
     if (n / bl < 2 * k || bl < 2) return 0.f;
     const size_t nb = n / bl;
@@ -237,15 +237,18 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                    int num_threads, float* out_scores, int64_t* out_ids) const {
     const size_t N = num_docs();
     if (N == 0) throw std::invalid_argument("the index is empty");
-    if (max_impact.size() != num_terms() || long_id.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
+    if (max_impact.size() != num_terms() || long_id.size() != num_terms() || dense_id.size() != num_terms())
+        throw std::logic_error("BM25 bounds are stale");
     const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), q.nq));
     const size_t NB = num_blocks();
     constexpr size_t BS = kBlock;
     constexpr size_t kBuckets = 256;
     constexpr size_t kMinPruneBlocks = 2048;      // smaller corpora: the exhaustive pass is faster
+    constexpr bool kAutoPrune = false;            // see docs/bm25.md: not faster on the corpora measured
     constexpr size_t kChunkBlocks = 8192 / BS;    // 32 KiB of accumulator per range
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
+    const Kernels& kern = kernels();
     std::vector<Scratch> scratch(nt);
     with_impacts([&](const auto imp) {
     parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
@@ -265,14 +268,21 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             top.reset(S.cand, k, base);
             S.touched.clear();
 
-            // Short terms: all postings, remembering the documents they touch.
+            // Pruning pays when k is small next to the corpus (measured on generated Zipf corpora).
+            const bool prune = n > ns && (strategy == 2 || (strategy == 0 && kAutoPrune && NB >= kMinPruneBlocks && k * 16 <= NB));
+            // Short terms: all postings, remembering the documents they touch
+            // (unless every range of the accumulator is scanned and reset below).
             for (size_t a = 0; a < ns; ++a) {
                 const float w = qt.w[a];
-                for (int64_t j = off[qt.t[a]]; j < off[qt.t[a] + 1]; ++j) {
-                    const uint32_t d = dd[j];
-                    const float x = acc[d];
-                    if (x == 0.f) S.touched.push_back(d);
-                    acc[d] = x + w * imp[j];
+                if (prune || n == ns) {
+                    for (int64_t j = off[qt.t[a]]; j < off[qt.t[a] + 1]; ++j) {
+                        const uint32_t d = dd[j];
+                        const float x = acc[d];
+                        if (x == 0.f) S.touched.push_back(d);
+                        acc[d] = x + w * imp[j];
+                    }
+                } else {
+                    for (int64_t j = off[qt.t[a]]; j < off[qt.t[a] + 1]; ++j) acc[dd[j]] += w * imp[j];
                 }
             }
             // Long term a's postings in blocks [b0, b1), relative to offsets[t].
@@ -288,8 +298,6 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     if (x > 0.f && base + x >= top.theta) top.push(base + x, d);
                 }
             } else {
-                // Pruning pays when k is small next to the corpus (measured on generated Zipf corpora).
-                const bool prune = strategy == 2 || (strategy == 0 && NB >= kMinPruneBlocks && k * 16 <= NB);
                 bool finished = false;
                 float* bound = nullptr;
                 if (prune) {
@@ -368,6 +376,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     // that is cheaper.  Every document of the range is then offered:
                     // the partial sums of dead blocks are below their bound, hence below
                     // the threshold, and blocks already scored above are zeroed first.
+                    const bool late_offer = !prune && k > 256;
                     for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {
                         const size_t c1 = std::min(NB, c0 + kChunkBlocks);
                         S.live.clear();
@@ -380,7 +389,11 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                             block_range(a, c0, c1, j0, j1);
                             const int64_t o = off[qt.t[a]];
                             const float w = qt.w[a];
-                            if (!prune || S.live.size() * 6 > j1 - j0) {  // a block visit costs ~6 postings
+                            const int32_t di = dense_id[qt.t[a]];
+                            if (di >= 0 && (!prune || S.live.size() * 16 > c1 - c0)) {
+                                // A very common term: one vector pass over the range.
+                                kern.axpy(acc + c0 * BS, dense_imp.data() + size_t(di) * NB * BS + c0 * BS, (c1 - c0) * BS, w);
+                            } else if (!prune || S.live.size() * 6 > j1 - j0) {  // a block visit costs ~6 postings
                                 for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
                             } else {
                                 for (uint32_t b : S.live) {
@@ -389,6 +402,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                 }
                             }
                         }
+                        if (late_offer) continue;  // offered below, once every range is complete
                         float* x = acc + c0 * BS;
                         const size_t len = (c1 - c0) * BS;
                         if (prune)
@@ -397,6 +411,17 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals));
                         top.offer(x, len, uint32_t(c0 * BS));
                         std::memset(x, 0, sizeof(float) * len);
+                    }
+                    if (late_offer) {
+                        // Exhaustive with a large k: one lower bound of the k-th score over
+                        // the whole accumulator first (far fewer candidates to cut back),
+                        // then the vectorised filter range by range.
+                        top.raise_floor(kth_floor(acc, NB * BS, k, S.vals));
+                        for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
+                            const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
+                            top.offer(acc + c0, len, uint32_t(c0));
+                            std::memset(acc + c0, 0, sizeof(float) * len);
+                        }
                     }
                 }
             }

@@ -155,9 +155,26 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
     }
 }
 
+void axpy(float* y, const float* x, size_t n, float w) {
+    // Separate multiply and add (this file is compiled with -mfma: keep the
+    // compiler from fusing them, so results equal the plain loop bit for bit).
+    const __m256 vw = _mm256_set1_ps(w);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 p = _mm256_mul_ps(vw, _mm256_loadu_ps(x + i));
+        __asm__("" : "+x"(p));  // an opaque barrier between the multiply and the add
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), p));
+    }
+    for (; i < n; ++i) {
+        __m128 p = _mm_mul_ss(_mm_set_ss(w), _mm_set_ss(x[i]));
+        __asm__("" : "+x"(p));
+        y[i] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(y[i]), p));
+    }
+}
+
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, "avx2"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, "avx2"};
 
 }  // namespace avx2
 }  // namespace hn

@@ -182,9 +182,25 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
     }
 }
 
+void axpy(float* y, const float* x, size_t n, float w) {
+    // Explicit-rounding forms: the compiler cannot fuse them into an FMA.
+    constexpr int R = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512 vw = _mm512_set1_ps(w);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 p = _mm512_mul_round_ps(vw, _mm512_loadu_ps(x + i), R);
+        _mm512_storeu_ps(y + i, _mm512_add_round_ps(_mm512_loadu_ps(y + i), p, R));
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 p = _mm512_mul_round_ps(vw, _mm512_maskz_loadu_ps(m, x + i), R);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m, y + i), p, R));
+    }
+}
+
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, "avx512"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, "avx512"};
 
 }  // namespace avx512
 }  // namespace hn

@@ -145,9 +145,16 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
     }
 }
 
+void axpy(float* y, const float* x, size_t n, float w) {
+    for (size_t i = 0; i < n; ++i) {
+        volatile float p = w * x[i];  // no fused multiply-add (bit-identical to the BM25 loops)
+        y[i] = y[i] + p;
+    }
+}
+
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, "neon"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, "neon"};
 
 }  // namespace neon
 }  // namespace hn

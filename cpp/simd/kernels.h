@@ -28,6 +28,9 @@ struct Kernels {
     size_t (*filter_ge)(const float* s, size_t n, float tau, uint32_t* out);
     // dst[i] = float(src[i]) for i < n.
     void (*to_f32)(const void* src, DType t, size_t n, float* dst);
+    // y[i] = y[i] + w * x[i] for i < n, rounded as those two separate operations
+    // (no fused multiply-add: bit-identical to the plain loop).
+    void (*axpy)(float* y, const float* x, size_t n, float w);
     const char* name;
 };
 
