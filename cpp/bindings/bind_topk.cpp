@@ -142,4 +142,13 @@ void bind_topk(py::module_& m) {
     m.def("merge_topk", &merge_impl, py::arg("scores"), py::arg("ids"), py::arg("smallest_first"), py::arg("k"),
           py::arg("num_threads"));
     m.def("sqnorms", &sqnorms_impl, py::arg("vectors"), py::arg("bf16"));
+    // the bf16 screen of the exact search (see cpp/topk_screen.cpp): 0 off, 1 auto, 2 always
+    m.def("set_screen_mode", [](int mode) { hn::set_screen_mode(mode); }, py::arg("mode"));
+    m.def("screen_mode", [] { return hn::screen_mode(); });
+    m.def("screen_available", [] { return hn::bf16_kernels() != nullptr; });
+    m.def("screen_counts", [] {
+        uint64_t s = 0, f = 0;
+        hn::screen_counts(&s, &f);
+        return py::make_tuple(s, f);
+    }, "(screened searches, of which fell back to the plain path) since the process started");
 }

@@ -40,6 +40,31 @@ namespace avx512 { extern const Kernels table; }
 namespace neon { extern const Kernels table; }
 #endif
 
+// bf16 screening kernels (exact top-k with a bf16 pre-pass, see topk_screen.cpp).
+// Vectors are bf16 rows (uint16 bit patterns) zero-padded to a multiple of 32
+// elements.  Only an AVX-512 BF16 build exists; bf16_kernels() is null elsewhere.
+struct Bf16Kernels {
+    // Rounds rows of fp32 X (nx x d, stride ldx) to bf16 (round to nearest even;
+    // values below 2^-126 in magnitude become 0, so the dot instruction never sees
+    // a denormal) into out (stride ldo >= d rounded up to 32, padding zeroed), and
+    // writes per row x2 = sum x^2, e2 = sum (x - bf16(x))^2, t2 = sum bf16(x)^2,
+    // all accumulated in fp32.
+    void (*to_bf16_rows)(const float* X, size_t ldx, size_t nx, size_t d, uint16_t* out, size_t ldo,
+                         float* x2, float* e2, float* t2);
+    // S[i * lds + j] = sum_p Q[i * ldq + p] * X[j * ldx + p] over p < dp (dp a
+    // multiple of 32) with bf16 products accumulated in fp32 (vdpbf16ps): per
+    // output lane dp/32 instructions of two additions each, then a 4-level tree.
+    void (*dot_tile_bf16)(const uint16_t* Q, size_t ldq, size_t nq, const uint16_t* X, size_t ldx,
+                          size_t nx, size_t dp, float* S, size_t lds);
+};
+#if defined(__x86_64__) || defined(_M_X64)
+namespace avx512bf16 { extern const Bf16Kernels table; }
+#endif
+
+// The bf16 kernels when the CPU runs them and the fp32 table in use is AVX-512
+// (their screen is then rescored by that table); null otherwise.
+const Bf16Kernels* bf16_kernels();
+
 // The table chosen for this process (HARDNEG_SIMD or the best the CPU runs).
 const Kernels& kernels();
 // Forces a level ("scalar", "avx2", "avx512", "neon"); throws std::invalid_argument

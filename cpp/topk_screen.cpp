@@ -1,0 +1,407 @@
+// Exact top-k for IP / cosine with a bf16 screen: the same results as the
+// plain search (topk.cpp), bit for bit, for about half the fp32 flops.
+//
+// 1. Queries and corpus are rounded to bf16 (x~ = bf16(x)) and every key is
+//    first computed approximately, k~ = q~ . c~ (times 1/||c|| for cosine), with
+//    vdpbf16ps: two exact bf16 products per fp32 lane and instruction, about
+//    twice the fp32 FMA rate.
+// 2. A bound E (per query, valid for every corpus row) on |k - k~|, where k is
+//    the key the plain fp32 path computes, is derived below.  Per query, t = the
+//    k-th largest k~ among the non-excluded rows; at least k rows then have
+//    k >= t - E, so a row can only be in the top k if k~ >= t - 2E.  The
+//    selection keeps exactly those rows (a running t, buffers compacted with
+//    nth_element as in topk.cpp).
+// 3. The survivors are rescored with the fp32 kernel itself (same function,
+//    same arithmetic: bit-identical keys) and the top k taken with the usual
+//    rules (ties by ascending id, padding).
+// The search gives up and lets the plain path run (same results, slower) when a
+// query keeps too many survivors (near-ties), or a norm is huge or not finite
+// (the plain path's overflow / NaN handling then applies unchanged).
+//
+// The bound.  u = 2^-24 (fp32 unit roundoff); dq = q - q~, dc = c - c~ (exact
+// in fp32, measured per row: a rounding error, plus the values below 2^-126
+// that are flushed to 0 before vdpbf16ps could flush them).
+//   q.c - q~.c~ = dq.c + q~.dc            -> |.| <= ||dq|| ||c|| + ||q~|| ||dc||
+//   bf16 pass: each term passes through at most hA = dp/16 + 5 fp32 additions
+//     (dp/32 instructions of two additions per lane, a 4-level tree), products
+//     exact -> |k~ - q~.c~| <= gA ||q~|| ||c~||,  gA = hA u / (1 - hA u)
+//   fp32 kernel: ceil(d/16) FMAs per lane + a 4-level tree -> hB = ceil(d/16) + 5,
+//     |k - q.c| <= gB ||q|| ||c||
+//   cosine: both keys are multiplied by the same fp32 xn = 1/||c|| (rounded):
+//     all terms above scale by xn, plus u |k| + u |k~| for the two roundings
+//   underflow (flushed products / partial sums, DAZ): at most (2 dp + 8) 2^-126
+//     per key before scaling; covered by 2^-90 (1 + ||q||)(1 + max xn||c|| + max xn).
+// With R_c = max xn||c||, R_d = max xn||dc||, R_t = max xn||c~|| over the corpus
+// (xn = 1 for IP):
+//   E = ||dq|| R_c + ||q~|| R_d + gA ||q~|| R_t + gB ||q|| R_c
+//       + 2u (||q|| R_c + ||q~|| R_t) (1 + gA + gB) + underflow,
+// evaluated in double from fp32-accumulated squared norms, each norm inflated
+// by (1 + 2^-7 + (d + 64) 2^-22) (covers the fp32 accumulation of the norms),
+// and the total by 2^-10 more.  Norms are capped at 2^50 (squared 2^100), so no
+// product, sum or bf16 rounding overflows.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "simd/kernels.h"
+#include "threads.h"
+#include "topk_internal.h"
+
+namespace hn {
+namespace {
+
+using detail::Cand;
+
+constexpr double kU = 1.0 / 16777216.0;                      // 2^-24
+constexpr double kMaxSqnorm = 1.2676506002282294e30;          // 2^100
+constexpr size_t kMaxBf16Bytes = size_t(256) << 20;           // bf16 copy of the corpus, at most
+constexpr size_t kMaxPanel = 256;                             // queries per panel
+
+int initial_mode() {
+    const char* env = std::getenv("HARDNEG_SCREEN");
+    if (env && env[0] >= '0' && env[0] <= '2' && env[1] == '\0') return env[0] - '0';
+    return 1;
+}
+std::atomic<int>& mode_ref() {
+    static std::atomic<int> m{initial_mode()};
+    return m;
+}
+std::atomic<uint64_t> g_screened{0}, g_fallbacks{0};
+
+// Largest float <= v.
+float round_down(double v) {
+    float f = (float)v;
+    if ((double)f > v) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+    return f;
+}
+
+void prefetch_row(const char* p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+}
+
+// Rows g0 .. g1 of the bf16 corpus; they come from segment `seg`, rows r0 ...
+struct SBlock {
+    size_t seg, g0, g1, r0;
+};
+
+// The corpus rounded to bf16 (built once per search), with what the bound needs.
+struct Bf16Corpus {
+    size_t dp = 0;
+    std::vector<uint16_t> x;     // rows x dp
+    std::vector<float> xn;       // cosine: the plain path's 1/||c|| per row (0 for a zero row)
+    std::vector<size_t> start;   // first bf16 row of each segment, then the total
+    double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
+    bool ok = true;
+};
+
+void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segment>& segs, size_t d, Metric metric,
+                  const std::vector<SBlock>& blocks, int nt, Bf16Corpus& C) {
+    const size_t total = C.start.back();
+    C.x.resize(total * C.dp);
+    if (metric == Metric::Cosine) C.xn.resize(total);
+    struct Acc {
+        double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
+        bool ok = true;
+    };
+    std::vector<Acc> acc(nt);
+    parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
+        std::vector<float> x2, e2, t2, sq, tmp(d);
+        Acc& a = acc[tid];
+        for (size_t b = b0; b < b1; ++b) {
+            const SBlock& bl = blocks[b];
+            const Segment& sg = segs[bl.seg];
+            const size_t n = bl.g1 - bl.g0, es = dtype_size(sg.dtype);
+            const char* X = static_cast<const char*>(sg.data) + bl.r0 * sg.ld * es;
+            x2.resize(n), e2.resize(n), t2.resize(n), sq.resize(n);
+            uint16_t* out = C.x.data() + bl.g0 * C.dp;
+            if (sg.dtype == DType::F32) {
+                B.to_bf16_rows(reinterpret_cast<const float*>(X), sg.ld, n, d, out, C.dp, x2.data(), e2.data(),
+                               t2.data());
+            } else {
+                for (size_t j = 0; j < n; ++j) {
+                    K.to_f32(X + j * sg.ld * es, sg.dtype, d, tmp.data());
+                    B.to_bf16_rows(tmp.data(), d, 1, d, out + j * C.dp, C.dp, &x2[j], &e2[j], &t2[j]);
+                }
+            }
+            if (metric == Metric::Cosine) {  // exactly the plain path's scale factors
+                if (sg.sqnorms) std::copy(sg.sqnorms + bl.r0, sg.sqnorms + bl.r0 + n, sq.begin());
+                else K.sqnorm_rows(X, sg.ld, n, d, sg.dtype, sq.data());
+                for (size_t j = 0; j < n; ++j) C.xn[bl.g0 + j] = sq[j] > 0 ? 1.0f / std::sqrt(sq[j]) : 0.0f;
+            }
+            for (size_t j = 0; j < n; ++j) {
+                if (!(x2[j] <= kMaxSqnorm && e2[j] <= kMaxSqnorm && t2[j] <= 4 * kMaxSqnorm)) a.ok = false;
+                const double xn = metric == Metric::Cosine ? (double)C.xn[bl.g0 + j] : 1.0;
+                a.r_c = std::max(a.r_c, xn * std::sqrt((double)x2[j]));
+                a.r_d = std::max(a.r_d, xn * std::sqrt((double)e2[j]));
+                a.r_t = std::max(a.r_t, xn * std::sqrt((double)t2[j]));
+                a.r_xn = std::max(a.r_xn, xn);
+            }
+        }
+    });
+    for (const Acc& a : acc) {
+        C.ok = C.ok && a.ok;
+        C.r_c = std::max(C.r_c, a.r_c);
+        C.r_d = std::max(C.r_d, a.r_d);
+        C.r_t = std::max(C.r_t, a.r_t);
+        C.r_xn = std::max(C.r_xn, a.r_xn);
+    }
+    const double infl = 1.0 + std::ldexp(1.0, -7) + double(d + 64) * std::ldexp(1.0, -22);
+    C.r_c *= infl, C.r_d *= infl, C.r_t *= infl;
+    C.ok = C.ok && std::isfinite(C.r_c) && std::isfinite(C.r_d) && std::isfinite(C.r_t) && std::isfinite(C.r_xn);
+}
+
+// Everything one screened search shares read-only.
+struct Screen {
+    const Kernels& K;
+    const Bf16Kernels& B;
+    const void* Q;
+    DType qt;
+    size_t ldq, d, k, cap, nb;
+    Metric metric;
+    const std::vector<Segment>& segs;
+    const Exclusions& excl;
+    const std::vector<int64_t>& ex_sorted;
+    const std::vector<SBlock>& blocks;
+    const Bf16Corpus& C;
+    std::atomic<bool>& failed;
+};
+
+// A value x such that at least r of v[0 .. n) are >= x, close below the r-th
+// largest (n >= r >= 1): bisection on [min, max], counting with the SIMD filter.
+// Any such x gives a valid threshold; 12 steps get within range / 4096 of the
+// r-th largest, at a fraction of the cost of nth_element.
+float lower_kth(const Kernels& K, const float* v, size_t n, size_t r, uint32_t* scratch) {
+    float lo = v[0], hi = v[0];
+    for (size_t j = 1; j < n; ++j) {
+        lo = std::min(lo, v[j]);
+        hi = std::max(hi, v[j]);
+    }
+    if (K.filter_ge(v, n, hi, scratch) >= r) return hi;
+    for (int it = 0; it < 12; ++it) {  // invariant: at least r values >= lo
+        const float mid = lo + (hi - lo) * 0.5f;
+        if (!(mid > lo && mid < hi)) break;
+        if (K.filter_ge(v, n, mid, scratch) >= r) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+// Per-thread scratch for a panel of queries.  Each query's buffer holds the
+// screened keys and their bf16 row indices (not ids) side by side.
+struct SPanel {
+    std::vector<float> q, tile, err, thr, keys, out, gath;
+    std::vector<uint16_t> qb;
+    std::vector<uint32_t> surv, rows, scratch;
+    std::vector<Cand> merged;
+    std::vector<size_t> n, seg_of;
+    size_t q0 = 0, P = 0;
+
+    SPanel(const Screen& S, size_t panel)
+        : q(panel * S.d), tile(panel * S.nb), err(panel), thr(panel), keys(panel * S.cap), qb(panel * S.C.dp),
+          surv(S.nb), rows(panel * S.cap), scratch(std::max(S.nb, S.cap)), n(panel) {}
+
+    // Queries q0 .. q0+P-1: fp32 as the plain path loads them, bf16, bound E.
+    // False when a norm is too large or not finite.
+    bool load(const Screen& S, size_t q0_, size_t P_) {
+        q0 = q0_, P = P_;
+        const double u = kU, d = double(S.d);
+        const double hA = double(S.C.dp) / 16 + 5, hB = std::ceil(d / 16) + 5;
+        const double gA = hA * u / (1 - hA * u), gB = hB * u / (1 - hB * u);
+        const double infl = 1.0 + std::ldexp(1.0, -7) + (d + 64) * std::ldexp(1.0, -22);
+        const Bf16Corpus& C = S.C;
+        for (size_t i = 0; i < P; ++i) {
+            float* qi = q.data() + i * S.d;
+            float qn = 0, x2, e2, t2;
+            detail::load_query(S.K, S.Q, S.qt, S.ldq, S.d, S.metric, q0 + i, qi, &qn);
+            S.B.to_bf16_rows(qi, S.d, 1, S.d, qb.data() + i * C.dp, C.dp, &x2, &e2, &t2);
+            if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm)) return false;
+            const double nq = std::sqrt((double)x2) * infl, dq = std::sqrt((double)e2) * infl,
+                         tq = std::sqrt((double)t2) * infl;
+            double e = dq * C.r_c + tq * C.r_d + gA * tq * C.r_t + gB * nq * C.r_c +
+                       2 * u * (nq * C.r_c + tq * C.r_t) * (1 + gA + gB) +
+                       std::ldexp(1.0, -90) * (1 + nq) * (1 + C.r_c + C.r_xn);
+            err[i] = (float)(e * (1 + std::ldexp(1.0, -10)));
+            if (!std::isfinite(err[i])) return false;
+            thr[i] = -std::numeric_limits<float>::infinity();
+            n[i] = 0;
+        }
+        return true;
+    }
+
+    // Keeps only the entries of query i's buffer with k~ >= t - 2E, t <= its k-th
+    // best k~.  Returns the new count.
+    size_t prune(const Screen& S, size_t i, size_t m) {
+        float* kb = keys.data() + i * S.cap;
+        uint32_t* rb = rows.data() + i * S.cap;
+        thr[i] = std::max(thr[i], round_down((double)lower_kth(S.K, kb, m, S.k, scratch.data()) - 2.0 * (double)err[i]));
+        size_t w = 0;
+        for (size_t u = 0; u < m; ++u)
+            if (kb[u] >= thr[i]) kb[w] = kb[u], rb[w++] = rb[u];
+        return w;
+    }
+
+    // THE SCREENING LOOP: bf16 scores of one corpus block against the panel; per
+    // query, rows at or above the running threshold enter the buffer.
+    bool process(const Screen& S, const SBlock& bl, bool first) {
+        const size_t nbk = bl.g1 - bl.g0;
+        const Segment& sg = S.segs[bl.seg];
+        float* T = tile.data();
+        S.B.dot_tile_bf16(qb.data(), S.C.dp, P, S.C.x.data() + bl.g0 * S.C.dp, S.C.dp, nbk, S.C.dp, T, nbk);
+        const int64_t base = sg.id_offset + (int64_t)bl.r0;
+        for (size_t i = 0; i < P; ++i) {
+            float* s = T + i * nbk;
+            if (S.metric == Metric::Cosine) {
+                const float* xn = S.C.xn.data() + bl.g0;
+                for (size_t j = 0; j < nbk; ++j) s[j] *= xn[j];
+            }
+            const int64_t* eb = nullptr;
+            const int64_t* ee = nullptr;
+            if (S.excl.indptr) {
+                eb = S.ex_sorted.data() + S.excl.indptr[q0 + i];
+                ee = S.ex_sorted.data() + S.excl.indptr[q0 + i + 1];
+            }
+            if (first && nbk >= S.k + size_t(ee - eb)) {
+                // A starting threshold from the first block: at least k + m of its keys
+                // reach t0 (m = the query's exclusions), so at least k non-excluded rows do.
+                const float t0 = lower_kth(S.K, s, nbk, S.k + size_t(ee - eb), scratch.data());
+                thr[i] = round_down((double)t0 - 2.0 * (double)err[i]);
+            }
+            const size_t c = S.K.filter_ge(s, nbk, thr[i], surv.data());
+            float* kb = keys.data() + i * S.cap;
+            uint32_t* rb = rows.data() + i * S.cap;
+            for (size_t u = 0; u < c; ++u) {
+                const float key = s[surv[u]];
+                if (key < thr[i]) continue;  // the threshold rose inside this row
+                if (eb != ee && std::binary_search(eb, ee, base + (int64_t)surv[u])) continue;
+                if (n[i] == S.cap) {
+                    n[i] = prune(S, i, n[i]);
+                    if (n[i] > S.k + (S.cap - S.k) / 2) return false;  // near-ties: give up
+                    if (key < thr[i]) continue;
+                }
+                kb[n[i]] = key;
+                rb[n[i]++] = uint32_t(bl.g0 + surv[u]);
+            }
+        }
+        return true;
+    }
+
+    // Rescores query i's survivors with the fp32 kernel and writes its results.
+    void finish(const Screen& S, size_t i, float* scores, int64_t* ids) {
+        size_t m = n[i] > S.k ? prune(S, i, n[i]) : n[i];
+        const uint32_t* rb = rows.data() + i * S.cap;
+        // gather the survivors' rows as fp32 (exact widening), score them in one call
+        gath.resize(m * S.d);
+        out.resize(m);
+        seg_of.resize(m);
+        auto row_of = [&](size_t u) {
+            const size_t g = rb[u];
+            const size_t s = size_t(std::upper_bound(S.C.start.begin(), S.C.start.end(), g) - S.C.start.begin()) - 1;
+            const Segment& sg = S.segs[s];
+            seg_of[u] = s;
+            return static_cast<const char*>(sg.data) + (g - S.C.start[s]) * sg.ld * dtype_size(sg.dtype);
+        };
+        constexpr size_t kAhead = 4;  // rows prefetched ahead of the copy (they come from L3 or memory)
+        for (size_t u = 0; u < m; ++u) {
+            const char* row = row_of(u);
+            if (u + kAhead < m) prefetch_row(row_of(u + kAhead), S.d * 4);
+            const Segment& sg = S.segs[seg_of[u]];
+            if (sg.dtype == DType::F32) std::memcpy(gath.data() + u * S.d, row, S.d * sizeof(float));
+            else S.K.to_f32(row, sg.dtype, S.d, gath.data() + u * S.d);
+        }
+        if (m) S.K.dot_tile(q.data() + i * S.d, S.d, 1, gath.data(), S.d, m, S.d, DType::F32, out.data(), m);
+        merged.clear();
+        for (size_t u = 0; u < m; ++u) {
+            const size_t g = rb[u];
+            const float key = S.metric == Metric::Cosine ? out[u] * S.C.xn[g] : out[u];
+            merged.push_back(detail::make_cand(key, S.segs[seg_of[u]].id_offset + int64_t(g - S.C.start[seg_of[u]])));
+        }
+        const size_t row = q0 + i;
+        detail::write_row(merged, S.k, S.metric, scores + row * S.k, ids + row * S.k);
+    }
+};
+
+}  // namespace
+
+void set_screen_mode(int mode) {
+    if (mode < 0 || mode > 2) throw std::invalid_argument("screen mode must be 0 (off), 1 (auto) or 2 (always)");
+    mode_ref().store(mode);
+}
+int screen_mode() { return mode_ref().load(); }
+void screen_counts(uint64_t* screened, uint64_t* fallbacks) {
+    *screened = g_screened.load();
+    *fallbacks = g_fallbacks.load();
+}
+
+namespace detail {
+
+bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
+                          const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
+                          const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads) {
+    const int mode = screen_mode();
+    const Bf16Kernels* B = bf16_kernels();
+    if (mode == 0 || metric == Metric::L2 || !B) return false;
+    Bf16Corpus C;
+    C.dp = (d + 31) / 32 * 32;
+    C.start.push_back(0);
+    for (const Segment& s : segments) C.start.push_back(C.start.back() + s.rows);
+    const size_t total = C.start.back();
+    if (total == 0 || double(total) * double(C.dp) * 2 > double(kMaxBf16Bytes)) return false;
+    int nt = std::max(1, num_threads);
+    if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
+    if (mode == 1 && (nq < size_t(8 * nt) || total < 4 * k + 256 || double(nq) * double(total) * double(d) < 2e7))
+        return false;
+
+    // panels: equal sizes, a multiple of the thread count; blocks: the score tile stays near 256 KiB
+    size_t npanels = (nq + kMaxPanel - 1) / kMaxPanel;
+    npanels = std::min(nq, (npanels + nt - 1) / nt * nt);
+    const size_t panel = (nq + npanels - 1) / npanels;
+    npanels = (nq + panel - 1) / panel;
+    const size_t nb = std::max<size_t>(64, std::min<size_t>(1024, (size_t(64) << 10) / panel)) / 4 * 4;
+    std::vector<SBlock> blocks;
+    for (size_t s = 0; s < segments.size(); ++s)
+        for (size_t r = 0; r < segments[s].rows; r += nb)
+            blocks.push_back(SBlock{s, C.start[s] + r, C.start[s] + std::min(segments[s].rows, r + nb), r});
+
+    g_screened.fetch_add(1);
+    const Kernels& K = kernels();
+    build_corpus(K, *B, segments, d, metric, blocks, nt, C);
+    if (!C.ok) {
+        g_fallbacks.fetch_add(1);
+        return false;
+    }
+    const size_t cap = 4 * k + 256;
+    std::atomic<bool> failed{false};
+    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, C, failed};
+    std::vector<std::unique_ptr<SPanel>> state(nt);
+    parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
+        if (!state[tid]) state[tid].reset(new SPanel(S, panel));
+        SPanel& pn = *state[tid];
+        for (size_t p = p0; p < p1 && !failed.load(std::memory_order_relaxed); ++p) {
+            if (!pn.load(S, p * panel, std::min(panel, nq - p * panel))) {
+                failed.store(true);
+                return;
+            }
+            for (size_t b = 0; b < blocks.size(); ++b)
+                if (failed.load(std::memory_order_relaxed) || !pn.process(S, blocks[b], b == 0)) {
+                    failed.store(true);
+                    return;
+                }
+            for (size_t i = 0; i < pn.P; ++i) pn.finish(S, i, scores, ids);
+        }
+    });
+    if (failed.load()) {
+        g_fallbacks.fetch_add(1);
+        return false;
+    }
+    return true;
+}
+
+}  // namespace detail
+}  // namespace hn
