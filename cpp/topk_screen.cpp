@@ -82,10 +82,6 @@ float round_down(double v) {
     return f;
 }
 
-void prefetch_row(const char* p, size_t bytes) {
-    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
-}
-
 // Rows g0 .. g1 of the bf16 corpus; they come from segment `seg`, rows r0 ...
 struct SBlock {
     size_t seg, g0, g1, r0;
@@ -196,7 +192,8 @@ float lower_kth(const Kernels& K, const float* v, size_t n, size_t r, uint32_t* 
 // Per-thread scratch for a panel of queries.  Each query's buffer holds the
 // screened keys and their bf16 row indices (not ids) side by side.
 struct SPanel {
-    std::vector<float> q, tile, err, thr, keys, out, gath;
+    std::vector<float> q, tile, err, thr, keys, out;
+    std::vector<const void*> ptrs;
     std::vector<uint16_t> qb;
     std::vector<uint32_t> surv, rows, scratch;
     std::vector<Cand> merged;
@@ -296,26 +293,25 @@ struct SPanel {
     void finish(const Screen& S, size_t i, float* scores, int64_t* ids) {
         size_t m = n[i] > S.k ? prune(S, i, n[i]) : n[i];
         const uint32_t* rb = rows.data() + i * S.cap;
-        // gather the survivors' rows as fp32 (exact widening), score them in one call
-        gath.resize(m * S.d);
+        // the survivors' rows, scored where they lie by the fp32 kernel's own arithmetic
+        ptrs.resize(m);
         out.resize(m);
         seg_of.resize(m);
-        auto row_of = [&](size_t u) {
+        bool one_type = true;
+        for (size_t u = 0; u < m; ++u) {
             const size_t g = rb[u];
             const size_t s = size_t(std::upper_bound(S.C.start.begin(), S.C.start.end(), g) - S.C.start.begin()) - 1;
             const Segment& sg = S.segs[s];
             seg_of[u] = s;
-            return static_cast<const char*>(sg.data) + (g - S.C.start[s]) * sg.ld * dtype_size(sg.dtype);
-        };
-        constexpr size_t kAhead = 4;  // rows prefetched ahead of the copy (they come from L3 or memory)
-        for (size_t u = 0; u < m; ++u) {
-            const char* row = row_of(u);
-            if (u + kAhead < m) prefetch_row(row_of(u + kAhead), S.d * 4);
-            const Segment& sg = S.segs[seg_of[u]];
-            if (sg.dtype == DType::F32) std::memcpy(gath.data() + u * S.d, row, S.d * sizeof(float));
-            else S.K.to_f32(row, sg.dtype, S.d, gath.data() + u * S.d);
+            ptrs[u] = static_cast<const char*>(sg.data) + (g - S.C.start[s]) * sg.ld * dtype_size(sg.dtype);
+            one_type = one_type && sg.dtype == S.segs[seg_of[0]].dtype;
         }
-        if (m) S.K.dot_tile(q.data() + i * S.d, S.d, 1, gath.data(), S.d, m, S.d, DType::F32, out.data(), m);
+        const float* qi = q.data() + i * S.d;
+        if (one_type) {
+            if (m) S.K.dot_rows(qi, ptrs.data(), m, S.d, S.segs[seg_of[0]].dtype, out.data());
+        } else {
+            for (size_t u = 0; u < m; ++u) S.K.dot_rows(qi, &ptrs[u], 1, S.d, S.segs[seg_of[u]].dtype, &out[u]);
+        }
         merged.clear();
         for (size_t u = 0; u < m; ++u) {
             const size_t g = rb[u];
@@ -346,7 +342,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads) {
     const int mode = screen_mode();
     const Bf16Kernels* B = bf16_kernels();
-    if (mode == 0 || metric == Metric::L2 || !B) return false;
+    if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_rows) return false;
     Bf16Corpus C;
     C.dp = (d + 31) / 32 * 32;
     C.start.push_back(0);

@@ -41,6 +41,7 @@ from hardneg.topk import topk
 __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives",
            "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
 
+_IN_PLACE_BYTES = 256 << 20  # memory-mapped corpora up to this size are searched in place (ooc's block size)
 _FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
@@ -194,6 +195,10 @@ class _Dense:
 
     def __init__(self, corpus: np.ndarray, queries: np.ndarray, metric: str, num_threads: int, index: Any = None):
         self.index = index
+        if isinstance(corpus, np.memmap) and corpus.nbytes <= _IN_PLACE_BYTES:
+            # No larger than one streaming block: search the mapping in place with one kernel
+            # call (still never copied) instead of streaming it block by block.
+            corpus = np.asarray(corpus)
         if index is not None:
             metric = index.metric  # the index decides how it scores; positives are scored alike
         elif metric == "cosine" and _unit_rows(corpus) and _unit_rows(queries):
