@@ -192,17 +192,19 @@ float lower_kth(const Kernels& K, const float* v, size_t n, size_t r, uint32_t* 
 // Per-thread scratch for a panel of queries.  Each query's buffer holds the
 // screened keys and their bf16 row indices (not ids) side by side.
 struct SPanel {
-    std::vector<float> q, tile, err, thr, keys, out;
+    std::vector<float> q, tile, err, thr, keys, out, wide;
     std::vector<const void*> ptrs;
+    std::vector<uint64_t> pairs, sorted;  // (bf16 row << 32) | (query * cap + slot) of every survivor
+    std::vector<uint32_t> counts;
     std::vector<uint16_t> qb;
     std::vector<uint32_t> surv, rows, scratch;
     std::vector<Cand> merged;
-    std::vector<size_t> n, seg_of;
+    std::vector<size_t> n;
     size_t q0 = 0, P = 0;
 
     SPanel(const Screen& S, size_t panel)
         : q(panel * S.d), tile(panel * S.nb), err(panel), thr(panel), keys(panel * S.cap), qb(panel * S.C.dp),
-          surv(S.nb), rows(panel * S.cap), scratch(std::max(S.nb, S.cap)), n(panel) {}
+          out(panel), wide(S.d), surv(S.nb), rows(panel * S.cap), scratch(std::max(S.nb, S.cap)), n(panel) {}
 
     // Queries q0 .. q0+P-1: fp32 as the plain path loads them, bf16, bound E.
     // False when a norm is too large or not finite.
@@ -239,8 +241,14 @@ struct SPanel {
         uint32_t* rb = rows.data() + i * S.cap;
         thr[i] = std::max(thr[i], round_down((double)lower_kth(S.K, kb, m, S.k, scratch.data()) - 2.0 * (double)err[i]));
         size_t w = 0;
-        for (size_t u = 0; u < m; ++u)
-            if (kb[u] >= thr[i]) kb[w] = kb[u], rb[w++] = rb[u];
+        const float t = thr[i];
+        for (size_t u = 0; u < m; ++u) {  // branch-free: about half the entries go
+            const float key = kb[u];
+            const uint32_t r = rb[u];
+            kb[w] = key;
+            rb[w] = r;
+            w += key >= t;
+        }
         return w;
     }
 
@@ -289,37 +297,66 @@ struct SPanel {
         return true;
     }
 
-    // Rescores query i's survivors with the fp32 kernel and writes its results.
-    void finish(const Screen& S, size_t i, float* scores, int64_t* ids) {
-        size_t m = n[i] > S.k ? prune(S, i, n[i]) : n[i];
-        const uint32_t* rb = rows.data() + i * S.cap;
-        // the survivors' rows, scored where they lie by the fp32 kernel's own arithmetic
-        ptrs.resize(m);
-        out.resize(m);
-        seg_of.resize(m);
-        bool one_type = true;
-        for (size_t u = 0; u < m; ++u) {
-            const size_t g = rb[u];
-            const size_t s = size_t(std::upper_bound(S.C.start.begin(), S.C.start.end(), g) - S.C.start.begin()) - 1;
-            const Segment& sg = S.segs[s];
-            seg_of[u] = s;
-            ptrs[u] = static_cast<const char*>(sg.data) + (g - S.C.start[s]) * sg.ld * dtype_size(sg.dtype);
-            one_type = one_type && sg.dtype == S.segs[seg_of[0]].dtype;
+    // Sorts `pairs` by row: a counting sort over the rows when they are few compared
+    // with the pairs (one pass), std::sort otherwise.
+    void sort_pairs(const Screen& S) {
+        const size_t total = S.C.start.back();
+        if (total > 8 * pairs.size() + 4096) {
+            std::sort(pairs.begin(), pairs.end());
+            return;
         }
-        const float* qi = q.data() + i * S.d;
-        if (one_type) {
-            if (m) S.K.dot_rows(qi, ptrs.data(), m, S.d, S.segs[seg_of[0]].dtype, out.data());
-        } else {
-            for (size_t u = 0; u < m; ++u) S.K.dot_rows(qi, &ptrs[u], 1, S.d, S.segs[seg_of[u]].dtype, &out[u]);
+        counts.assign(total + 1, 0);
+        for (uint64_t pr : pairs) ++counts[size_t(pr >> 32) + 1];
+        for (size_t g = 0; g < total; ++g) counts[g + 1] += counts[g];
+        sorted.resize(pairs.size());
+        for (uint64_t pr : pairs) sorted[counts[size_t(pr >> 32)]++] = pr;
+        pairs.swap(sorted);
+    }
+
+    // Rescores the panel's survivors with the fp32 kernel and writes the results.
+    // Work goes row by row in corpus order (each survivor row is read once for all
+    // the panel's queries that kept it, a near-sequential pass over the corpus)
+    // rather than query by query (a random read per survivor).  The row plays the
+    // query's part in dot_rows: fma(a, b, c) is symmetric in a and b, so the keys are
+    // still bit-identical to dot_tile's.
+    void finish(const Screen& S, float* scores, int64_t* ids) {
+        pairs.clear();
+        for (size_t i = 0; i < P; ++i) {
+            if (n[i] > S.k) n[i] = prune(S, i, n[i]);
+            const uint32_t* rb = rows.data() + i * S.cap;
+            for (size_t u = 0; u < n[i]; ++u) pairs.push_back((uint64_t(rb[u]) << 32) | uint64_t(i * S.cap + u));
         }
-        merged.clear();
-        for (size_t u = 0; u < m; ++u) {
-            const size_t g = rb[u];
-            const float key = S.metric == Metric::Cosine ? out[u] * S.C.xn[g] : out[u];
-            merged.push_back(detail::make_cand(key, S.segs[seg_of[u]].id_offset + int64_t(g - S.C.start[seg_of[u]])));
+        sort_pairs(S);
+        size_t seg = 0;
+        for (size_t a = 0, b; a < pairs.size(); a = b) {
+            const size_t g = size_t(pairs[a] >> 32);
+            for (b = a + 1; b < pairs.size() && size_t(pairs[b] >> 32) == g;) ++b;
+            while (S.C.start[seg + 1] <= g) ++seg;
+            const Segment& sg = S.segs[seg];
+            const char* row = static_cast<const char*>(sg.data) + (g - S.C.start[seg]) * sg.ld * dtype_size(sg.dtype);
+            const float* xr = reinterpret_cast<const float*>(row);
+            if (sg.dtype != DType::F32) {
+                S.K.to_f32(row, sg.dtype, S.d, wide.data());  // exact widening
+                xr = wide.data();
+            }
+            ptrs.clear();
+            for (size_t t = a; t < b; ++t) ptrs.push_back(q.data() + (uint32_t(pairs[t]) / S.cap) * S.d);
+            S.K.dot_rows(xr, ptrs.data(), b - a, S.d, DType::F32, out.data());
+            const float xn = S.metric == Metric::Cosine ? S.C.xn[g] : 1.0f;
+            for (size_t t = a; t < b; ++t)  // the exact key replaces the screened one
+                keys[uint32_t(pairs[t])] = S.metric == Metric::Cosine ? out[t - a] * xn : out[t - a];
         }
-        const size_t row = q0 + i;
-        detail::write_row(merged, S.k, S.metric, scores + row * S.k, ids + row * S.k);
+        for (size_t i = 0; i < P; ++i) {
+            const float* kb = keys.data() + i * S.cap;
+            const uint32_t* rb = rows.data() + i * S.cap;
+            merged.clear();
+            for (size_t u = 0; u < n[i]; ++u) {
+                const size_t g = rb[u];
+                const size_t sgi = size_t(std::upper_bound(S.C.start.begin(), S.C.start.end(), g) - S.C.start.begin()) - 1;
+                merged.push_back(detail::make_cand(kb[u], S.segs[sgi].id_offset + int64_t(g - S.C.start[sgi])));
+            }
+            detail::write_row(merged, S.k, S.metric, scores + (q0 + i) * S.k, ids + (q0 + i) * S.k);
+        }
     }
 };
 
@@ -372,7 +409,9 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
         g_fallbacks.fetch_add(1);
         return false;
     }
-    const size_t cap = 4 * k + 256;
+    // buffer per query; a buffer that cannot fill (k near the corpus size) never prunes early
+    const size_t cap = std::min(4 * k + 256, total + 1);
+    if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
     std::atomic<bool> failed{false};
     Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, C, failed};
     std::vector<std::unique_ptr<SPanel>> state(nt);
@@ -389,7 +428,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
                     failed.store(true);
                     return;
                 }
-            for (size_t i = 0; i < pn.P; ++i) pn.finish(S, i, scores, ids);
+            pn.finish(S, scores, ids);
         }
     });
     if (failed.load()) {

@@ -43,6 +43,7 @@ __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives",
 
 _IN_PLACE_BYTES = 256 << 20  # memory-mapped corpora up to this size are searched in place (ooc's block size)
 _FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
+_FAST_SLACK = 16  # extra candidates of the first, shallow search (see the fast path in mine_hard_negatives)
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
 SAMPLING = ("top", "random", "softmax")
@@ -360,34 +361,55 @@ class _TextDuplicates:
         return set(self.order[idx].tolist()) | set(self.order[idx + 1].tolist())
 
 
-def _exclusions(ds: RetrievalDataset, positives: List[np.ndarray], exclude_self: bool, exclude_same_text: bool):
+def _exclusions(ds: RetrievalDataset, pos_q: np.ndarray, pos_rows: np.ndarray, exclude_self: bool,
+                exclude_same_text: bool) -> Tuple[np.ndarray, np.ndarray]:
     """Per-query rows to exclude besides the positives: the query's own document (same id)
-    and documents whose text equals the query or one of its positives."""
-    extra: List[List[int]] = [[] for _ in ds.query_ids]
+    and documents whose text equals the query or one of its positives.
+
+    ``pos_q`` / ``pos_rows`` are the positives as flat (query index, corpus row) pairs.  Returns
+    the extra exclusions the same way, sorted by query then row, without duplicates and without
+    the query's positives.  Only hash matches reach Python loops.
+    """
+    qs: List[np.ndarray] = []
+    rs: List[np.ndarray] = []
     if exclude_self:
         idx = ds.doc_index
-        for j, q in enumerate(ds.query_ids):
-            r = idx.get(q)
-            if r is not None:
-                extra[j].append(r)
+        own = np.fromiter((idx.get(q, -1) for q in ds.query_ids), dtype=np.int64, count=ds.num_queries)
+        hit = np.flatnonzero(own >= 0)
+        qs.append(hit)
+        rs.append(own[hit])
     if exclude_same_text and ds.num_docs:
         texts = ds.corpus_texts
         dup = getattr(ds, "_text_duplicates", None)
         if dup is None:
             dup = _TextDuplicates(texts)
             ds._text_duplicates = dup  # cached: the corpus of a dataset does not change
+        pq: List[int] = []
+        pr: List[int] = []
         qh = np.fromiter((hash(t) for t in ds.query_texts), dtype=np.int64, count=ds.num_queries)
         hit = np.searchsorted(dup.sorted, qh, "right") > np.searchsorted(dup.sorted, qh, "left")
         for j in np.flatnonzero(hit).tolist():  # a hash match: compare the texts
-            extra[j].extend(dup.rows_with_text(ds.query_texts[j]))
+            rows = dup.rows_with_text(ds.query_texts[j])
+            pq.extend([j] * len(rows))
+            pr.extend(rows)
         dup_rows = dup.duplicated_rows()
-        if dup_rows:
-            for j, p in enumerate(positives):
-                for r in p.tolist():
-                    if r in dup_rows:
-                        extra[j].extend(x for x in dup.rows_with_text(texts[r]) if x != r)
-    pos_sets = [set(p.tolist()) for p in positives]
-    return [sorted(set(e) - pos_sets[j]) for j, e in enumerate(extra)]
+        if dup_rows and pos_rows.size:
+            shared = np.flatnonzero(np.isin(pos_rows, np.fromiter(dup_rows, dtype=np.int64, count=len(dup_rows))))
+            for t in shared.tolist():  # a positive whose text other rows may share
+                j, r = int(pos_q[t]), int(pos_rows[t])
+                others = [x for x in dup.rows_with_text(texts[r]) if x != r]
+                pq.extend([j] * len(others))
+                pr.extend(others)
+        qs.append(np.array(pq, dtype=np.int64))
+        rs.append(np.array(pr, dtype=np.int64))
+    eq = np.concatenate(qs) if qs else np.zeros(0, np.int64)
+    er = np.concatenate(rs) if rs else np.zeros(0, np.int64)
+    if eq.size == 0:
+        return eq, er
+    base = np.int64(ds.num_docs + 1)
+    key = np.unique(eq * base + er)  # sorted, no duplicates
+    key = key[~np.isin(key, pos_q * base + pos_rows)]
+    return key // base, key % base
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -826,8 +848,13 @@ def mine_hard_negatives(
     # -- positives and exclusions ---------------------------------------------------------------
     t0 = time.perf_counter()
     positives = ds.positives()
-    extra = _exclusions(ds, positives, exclude_self, exclude_same_text)
-    max_pos = max([p.size for p in positives] + [0])
+    # the positives as flat (query index, row) pairs: batches slice them instead of looping
+    pos_counts_all = np.fromiter((p.size for p in positives), dtype=np.int64, count=nq)
+    pos_indptr = _indptr_of(pos_counts_all)
+    pos_rows = np.concatenate(positives).astype(np.int64, copy=False) if nq else np.zeros(0, np.int64)
+    pos_q = np.repeat(np.arange(nq), pos_counts_all)
+    extra_q, extra_rows = _exclusions(ds, pos_q, pos_rows, exclude_self, exclude_same_text)
+    max_pos = int(pos_counts_all.max()) if nq else 0
     depth = range_max + max_pos  # sentence-transformers searches range_max + P
     timings["prepare"] = time.perf_counter() - t0
 
@@ -844,15 +871,18 @@ def mine_hard_negatives(
     # pool (depth - p_in >= range_max), so when they hold `need` survivors the answer is final; the
     # other queries are searched again to the full depth.  Not for hybrid (RRF scores depend on the
     # depth of both rankings) nor with a rescorer (it reorders the whole pool).
-    k_fast = min(range_max, need + max(16, need))
+    k_fast = min(range_max, need + max(_FAST_SLACK, need))
     fast = _FAST_PATH and sampling == "top" and rescorer is None and retriever != "hybrid" and k_fast < depth
     red = {"min": np.nanmin, "max": np.nanmax, "mean": np.nanmean}[positive_anchor]
 
     # every query's exclusions (positives + extra rows) as one CSR, sliced per batch
-    ex_counts = np.array([positives[j].size + len(extra[j]) for j in range(nq)], np.int64)
+    if extra_q.size:
+        all_q = np.concatenate([pos_q, extra_q])
+        ex_indices = np.concatenate([pos_rows, extra_rows])[np.argsort(all_q, kind="stable")]
+        ex_counts = np.bincount(all_q, minlength=nq).astype(np.int64)
+    else:
+        ex_indices, ex_counts = pos_rows, pos_counts_all
     ex_indptr = _indptr_of(ex_counts)
-    ex_indices = np.concatenate([np.concatenate([positives[j], np.asarray(extra[j], np.int64)]) if extra[j]
-                                 else positives[j] for j in range(nq)]).astype(np.int64) if nq else np.zeros(0, np.int64)
 
     def exclusion_csr(glob_rows: np.ndarray):
         if glob_rows.size and glob_rows[-1] - glob_rows[0] + 1 == glob_rows.size:  # a contiguous range
@@ -937,9 +967,9 @@ def mine_hard_negatives(
         b1 = min(nq, b0 + batch_size)
         B = b1 - b0
         glob = np.arange(b0, b1)
-        pos_counts = np.array([positives[j].size for j in range(b0, b1)], np.int64)
+        pos_counts = pos_counts_all[b0:b1]
         pq = np.repeat(np.arange(B), pos_counts)
-        pd = np.concatenate([positives[j] for j in range(b0, b1)]) if B else np.zeros(0, np.int64)
+        pd = pos_rows[pos_indptr[b0]:pos_indptr[b1]]
         todo = np.arange(B)
 
         if fast:
