@@ -169,21 +169,28 @@ struct Screen {
     std::atomic<bool>& failed;
 };
 
+// How many of v[0 .. n) are >= t (a loop the compiler vectorises).
+size_t count_ge(const float* v, size_t n, float t) {
+    uint32_t c = 0;
+    for (size_t j = 0; j < n; ++j) c += v[j] >= t ? 1u : 0u;
+    return c;
+}
+
 // A value x such that at least r of v[0 .. n) are >= x, close below the r-th
-// largest (n >= r >= 1): bisection on [min, max], counting with the SIMD filter.
-// Any such x gives a valid threshold; 12 steps get within range / 4096 of the
-// r-th largest, at a fraction of the cost of nth_element.
-float lower_kth(const Kernels& K, const float* v, size_t n, size_t r, uint32_t* scratch) {
+// largest (n >= r >= 1): bisection on [min, max] with counting passes.  Any such
+// x gives a valid threshold; 10 steps get within range / 1024 of the r-th largest
+// (far below the bound E on real data), at a fraction of the cost of nth_element.
+float lower_kth(const float* v, size_t n, size_t r) {
     float lo = v[0], hi = v[0];
     for (size_t j = 1; j < n; ++j) {
         lo = std::min(lo, v[j]);
         hi = std::max(hi, v[j]);
     }
-    if (K.filter_ge(v, n, hi, scratch) >= r) return hi;
-    for (int it = 0; it < 12; ++it) {  // invariant: at least r values >= lo
+    if (count_ge(v, n, hi) >= r) return hi;
+    for (int it = 0; it < 10; ++it) {  // invariant: at least r values >= lo
         const float mid = lo + (hi - lo) * 0.5f;
         if (!(mid > lo && mid < hi)) break;
-        if (K.filter_ge(v, n, mid, scratch) >= r) lo = mid;
+        if (count_ge(v, n, mid) >= r) lo = mid;
         else hi = mid;
     }
     return lo;
@@ -197,14 +204,14 @@ struct SPanel {
     std::vector<uint64_t> pairs, sorted;  // (bf16 row << 32) | (query * cap + slot) of every survivor
     std::vector<uint32_t> counts;
     std::vector<uint16_t> qb;
-    std::vector<uint32_t> surv, rows, scratch;
+    std::vector<uint32_t> surv, rows;
     std::vector<Cand> merged;
     std::vector<size_t> n;
     size_t q0 = 0, P = 0;
 
     SPanel(const Screen& S, size_t panel)
         : q(panel * S.d), tile(panel * S.nb), err(panel), thr(panel), keys(panel * S.cap), qb(panel * S.C.dp),
-          out(panel), wide(S.d), surv(S.nb), rows(panel * S.cap), scratch(std::max(S.nb, S.cap)), n(panel) {}
+          out(panel), wide(S.d), surv(S.nb), rows(panel * S.cap), n(panel) {}
 
     // Queries q0 .. q0+P-1: fp32 as the plain path loads them, bf16, bound E.
     // False when a norm is too large or not finite.
@@ -239,7 +246,7 @@ struct SPanel {
     size_t prune(const Screen& S, size_t i, size_t m) {
         float* kb = keys.data() + i * S.cap;
         uint32_t* rb = rows.data() + i * S.cap;
-        thr[i] = std::max(thr[i], round_down((double)lower_kth(S.K, kb, m, S.k, scratch.data()) - 2.0 * (double)err[i]));
+        thr[i] = std::max(thr[i], round_down((double)lower_kth(kb, m, S.k) - 2.0 * (double)err[i]));
         size_t w = 0;
         const float t = thr[i];
         for (size_t u = 0; u < m; ++u) {  // branch-free: about half the entries go
@@ -275,7 +282,7 @@ struct SPanel {
             if (first && nbk >= S.k + size_t(ee - eb)) {
                 // A starting threshold from the first block: at least k + m of its keys
                 // reach t0 (m = the query's exclusions), so at least k non-excluded rows do.
-                const float t0 = lower_kth(S.K, s, nbk, S.k + size_t(ee - eb), scratch.data());
+                const float t0 = lower_kth(s, nbk, S.k + size_t(ee - eb));
                 thr[i] = round_down((double)t0 - 2.0 * (double)err[i]);
             }
             const size_t c = S.K.filter_ge(s, nbk, thr[i], surv.data());

@@ -42,6 +42,21 @@ void to_bf16_rows(const float* X, size_t ldx, size_t nx, size_t d, uint16_t* out
     }
 }
 
+// Four horizontal sums at once, [sum(w), sum(x), sum(y), sum(z)]: a 4-level
+// addition tree per sum (the depth the error bound assumes), in about a third of
+// the instructions of four separate reductions.
+inline __m128 hsum4(__m512 w, __m512 x, __m512 y, __m512 z) {
+    __m512 awx = _mm512_add_ps(_mm512_shuffle_f32x4(w, x, _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(w, x, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 ayz = _mm512_add_ps(_mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(awx, ayz, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(awx, ayz, _MM_SHUFFLE(3, 1, 3, 1)));
+    b = _mm512_add_ps(b, _mm512_permute_ps(b, _MM_SHUFFLE(1, 0, 3, 2)));
+    b = _mm512_add_ps(b, _mm512_permute_ps(b, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12), b));
+}
+
 // THE HOT LOOP of the screen.  A register block of RQ queries x RC corpus rows,
 // 32 bf16 elements per step; each vdpbf16ps adds two exact bf16 products per
 // fp32 lane.  Same 6 x 4 shape as the fp32 kernel (24 + 6 + 1 zmm registers).
@@ -58,8 +73,13 @@ inline void block(const uint16_t* Q, size_t ldq, const uint16_t* X, size_t ldx, 
             for (int i = 0; i < RQ; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], q[i], x);
         }
     }
-    for (int i = 0; i < RQ; ++i)
-        for (int j = 0; j < RC; ++j) S[i * lds + j] = _mm512_reduce_add_ps(acc[i][j]);
+    for (int i = 0; i < RQ; ++i) {
+        if constexpr (RC == 4) {
+            _mm_storeu_ps(S + i * lds, hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+        } else {
+            for (int j = 0; j < RC; ++j) S[i * lds + j] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
 }
 
 constexpr int MQ = 6, MC = 4;
