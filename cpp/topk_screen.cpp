@@ -22,8 +22,8 @@
 // in fp32, measured per row: a rounding error, plus the values below 2^-126
 // that are flushed to 0 before vdpbf16ps could flush them).
 //   q.c - q~.c~ = dq.c + q~.dc            -> |.| <= ||dq|| ||c|| + ||q~|| ||dc||
-//   bf16 pass: each term passes through at most hA = dp/16 + 5 fp32 additions
-//     (dp/32 instructions of two additions per lane, a 4-level tree), products
+//   bf16 pass: each term passes through at most hA = dp + 5 fp32 additions (one
+//     lane accumulates a score: dp/2 instructions of two additions each), products
 //     exact -> |k~ - q~.c~| <= gA ||q~|| ||c~||,  gA = hA u / (1 - hA u)
 //   fp32 kernel: ceil(d/16) FMAs per lane + a 4-level tree -> hB = ceil(d/16) + 5,
 //     |k - q.c| <= gB ||q|| ||c||
@@ -90,7 +90,8 @@ struct SBlock {
 // The corpus rounded to bf16 (built once per search), with what the bound needs.
 struct Bf16Corpus {
     size_t dp = 0;
-    std::vector<uint16_t> x;     // rows x dp
+    std::vector<uint32_t> x;     // packed by Bf16Kernels::pack_rows, segments padded to 16 rows
+    std::vector<size_t> pstart;  // first packed row of each segment (multiples of 16)
     std::vector<float> xn;       // cosine: the plain path's 1/||c|| per row (0 for a zero row)
     std::vector<size_t> start;   // first bf16 row of each segment, then the total
     double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
@@ -100,7 +101,7 @@ struct Bf16Corpus {
 void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segment>& segs, size_t d, Metric metric,
                   const std::vector<SBlock>& blocks, int nt, Bf16Corpus& C) {
     const size_t total = C.start.back();
-    C.x.resize(total * C.dp);
+    C.x.resize(C.pstart.back() * C.dp / 2);
     if (metric == Metric::Cosine) C.xn.resize(total);
     struct Acc {
         double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
@@ -109,6 +110,7 @@ void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segm
     std::vector<Acc> acc(nt);
     parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
         std::vector<float> x2, e2, t2, sq, tmp(d);
+        std::vector<uint16_t> rm;
         Acc& a = acc[tid];
         for (size_t b = b0; b < b1; ++b) {
             const SBlock& bl = blocks[b];
@@ -116,7 +118,8 @@ void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segm
             const size_t n = bl.g1 - bl.g0, es = dtype_size(sg.dtype);
             const char* X = static_cast<const char*>(sg.data) + bl.r0 * sg.ld * es;
             x2.resize(n), e2.resize(n), t2.resize(n), sq.resize(n);
-            uint16_t* out = C.x.data() + bl.g0 * C.dp;
+            rm.resize(n * C.dp);
+            uint16_t* out = rm.data();
             if (sg.dtype == DType::F32) {
                 B.to_bf16_rows(reinterpret_cast<const float*>(X), sg.ld, n, d, out, C.dp, x2.data(), e2.data(),
                                t2.data());
@@ -126,6 +129,7 @@ void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segm
                     B.to_bf16_rows(tmp.data(), d, 1, d, out + j * C.dp, C.dp, &x2[j], &e2[j], &t2[j]);
                 }
             }
+            B.pack_rows(rm.data(), C.dp, n, C.dp, C.x.data() + (C.pstart[bl.seg] + bl.r0) * C.dp / 2);
             if (metric == Metric::Cosine) {  // exactly the plain path's scale factors
                 if (sg.sqnorms) std::copy(sg.sqnorms + bl.r0, sg.sqnorms + bl.r0 + n, sq.begin());
                 else K.sqnorm_rows(X, sg.ld, n, d, sg.dtype, sq.data());
@@ -218,7 +222,7 @@ struct SPanel {
     bool load(const Screen& S, size_t q0_, size_t P_) {
         q0 = q0_, P = P_;
         const double u = kU, d = double(S.d);
-        const double hA = double(S.C.dp) / 16 + 5, hB = std::ceil(d / 16) + 5;
+        const double hA = double(S.C.dp) + 5, hB = std::ceil(d / 16) + 5;
         const double gA = hA * u / (1 - hA * u), gB = hB * u / (1 - hB * u);
         const double infl = 1.0 + std::ldexp(1.0, -7) + (d + 64) * std::ldexp(1.0, -22);
         const Bf16Corpus& C = S.C;
@@ -265,10 +269,11 @@ struct SPanel {
         const size_t nbk = bl.g1 - bl.g0;
         const Segment& sg = S.segs[bl.seg];
         float* T = tile.data();
-        S.B.dot_tile_bf16(qb.data(), S.C.dp, P, S.C.x.data() + bl.g0 * S.C.dp, S.C.dp, nbk, S.C.dp, T, nbk);
+        S.B.dot_tile_bf16(qb.data(), S.C.dp, P, S.C.x.data() + (S.C.pstart[bl.seg] + bl.r0) * S.C.dp / 2, nbk, S.C.dp,
+                          T, S.nb);
         const int64_t base = sg.id_offset + (int64_t)bl.r0;
         for (size_t i = 0; i < P; ++i) {
-            float* s = T + i * nbk;
+            float* s = T + i * S.nb;
             if (S.metric == Metric::Cosine) {
                 const float* xn = S.C.xn.data() + bl.g0;
                 for (size_t j = 0; j < nbk; ++j) s[j] *= xn[j];
@@ -390,9 +395,13 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     Bf16Corpus C;
     C.dp = (d + 31) / 32 * 32;
     C.start.push_back(0);
-    for (const Segment& s : segments) C.start.push_back(C.start.back() + s.rows);
+    C.pstart.push_back(0);
+    for (const Segment& s : segments) {
+        C.start.push_back(C.start.back() + s.rows);
+        C.pstart.push_back(C.pstart.back() + (s.rows + 15) / 16 * 16);
+    }
     const size_t total = C.start.back();
-    if (total == 0 || double(total) * double(C.dp) * 2 > double(kMaxBf16Bytes)) return false;
+    if (total == 0 || double(C.pstart.back()) * double(C.dp) * 2 > double(kMaxBf16Bytes)) return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
     if (mode == 1 && (nq < size_t(8 * nt) || total < 4 * k + 256 || double(nq) * double(total) * double(d) < 2e7))
@@ -403,7 +412,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     npanels = std::min(nq, (npanels + nt - 1) / nt * nt);
     const size_t panel = (nq + npanels - 1) / npanels;
     npanels = (nq + panel - 1) / panel;
-    const size_t nb = std::max<size_t>(64, std::min<size_t>(1024, (size_t(64) << 10) / panel)) / 4 * 4;
+    const size_t nb = std::max<size_t>(64, std::min<size_t>(1024, (size_t(64) << 10) / panel)) / 64 * 64;
     std::vector<SBlock> blocks;
     for (size_t s = 0; s < segments.size(); ++s)
         for (size_t r = 0; r < segments[s].rows; r += nb)

@@ -42,51 +42,58 @@ void to_bf16_rows(const float* X, size_t ldx, size_t nx, size_t d, uint16_t* out
     }
 }
 
-// Four horizontal sums at once, [sum(w), sum(x), sum(y), sum(z)]: a 4-level
-// addition tree per sum (the depth the error bound assumes), in about a third of
-// the instructions of four separate reductions.
-inline __m128 hsum4(__m512 w, __m512 x, __m512 y, __m512 z) {
-    __m512 awx = _mm512_add_ps(_mm512_shuffle_f32x4(w, x, _MM_SHUFFLE(1, 0, 1, 0)),
-                               _mm512_shuffle_f32x4(w, x, _MM_SHUFFLE(3, 2, 3, 2)));
-    __m512 ayz = _mm512_add_ps(_mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(1, 0, 1, 0)),
-                               _mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(3, 2, 3, 2)));
-    __m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(awx, ayz, _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(awx, ayz, _MM_SHUFFLE(3, 1, 3, 1)));
-    b = _mm512_add_ps(b, _mm512_permute_ps(b, _MM_SHUFFLE(1, 0, 3, 2)));
-    b = _mm512_add_ps(b, _mm512_permute_ps(b, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12), b));
+// Packs bf16 rows (row-major, stride ldx, dp a multiple of 32) into groups of 16
+// rows: group G holds, for each pair of elements (2p, 2p+1), the 16 rows' pairs
+// as one 64-byte vector (uint32 lanes).  A last partial group is zero-padded.
+void pack_rows(const uint16_t* X, size_t ldx, size_t nx, size_t dp, uint32_t* out) {
+    const size_t pairs = dp / 2;
+    for (size_t g0 = 0; g0 < nx; g0 += 16) {
+        uint32_t* o = out + (g0 / 16) * 16 * pairs;
+        const size_t rows = nx - g0 < 16 ? nx - g0 : 16;
+        for (size_t r = 0; r < 16; ++r) {
+            if (r < rows) {
+                const uint16_t* x = X + (g0 + r) * ldx;
+                for (size_t p = 0; p < pairs; ++p) {
+                    uint32_t v;
+                    std::memcpy(&v, x + 2 * p, 4);
+                    o[p * 16 + r] = v;
+                }
+            } else {
+                for (size_t p = 0; p < pairs; ++p) o[p * 16 + r] = 0;
+            }
+        }
+    }
 }
 
-// THE HOT LOOP of the screen.  A register block of RQ queries x RC corpus rows,
-// 32 bf16 elements per step; each vdpbf16ps adds two exact bf16 products per
-// fp32 lane.  Same 6 x 4 shape as the fp32 kernel (24 + 6 + 1 zmm registers).
-template <int RQ, int RC>
-inline void block(const uint16_t* Q, size_t ldq, const uint16_t* X, size_t ldx, size_t dp, float* S, size_t lds) {
-    __m512 acc[RQ][RC];
+// THE HOT LOOP of the screen.  RQ queries x RG groups of 16 packed corpus rows:
+// the 16 lanes of an accumulator are 16 corpus rows, so no horizontal sums.  Per
+// pair of elements: RG vector loads, RQ broadcasts of the queries' pair, RQ*RG
+// vdpbf16ps (two exact bf16 products added per lane).  6 x 4: 24 + 4 + 1 zmm.
+template <int RQ, int RG>
+inline void block(const uint16_t* Q, size_t ldq, const uint32_t* X, size_t dp, float* S, size_t lds) {
+    __m512 acc[RQ][RG];
     for (int i = 0; i < RQ; ++i)
-        for (int j = 0; j < RC; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (size_t p = 0; p < dp; p += 32) {
-        __m512bh q[RQ];
-        for (int i = 0; i < RQ; ++i) q[i] = (__m512bh)_mm512_loadu_si512(Q + i * ldq + p);
-        for (int j = 0; j < RC; ++j) {
-            const __m512bh x = (__m512bh)_mm512_loadu_si512(X + j * ldx + p);
-            for (int i = 0; i < RQ; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], q[i], x);
+        for (int g = 0; g < RG; ++g) acc[i][g] = _mm512_setzero_ps();
+    const size_t pairs = dp / 2, gstride = 16 * pairs;
+    for (size_t p = 0; p < pairs; ++p) {
+        __m512bh x[RG];
+        for (int g = 0; g < RG; ++g) x[g] = (__m512bh)_mm512_loadu_si512(X + g * gstride + p * 16);
+        for (int i = 0; i < RQ; ++i) {
+            int32_t qp;
+            std::memcpy(&qp, Q + i * ldq + 2 * p, 4);
+            const __m512bh qb = (__m512bh)_mm512_set1_epi32(qp);
+            for (int g = 0; g < RG; ++g) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], qb, x[g]);
         }
     }
-    for (int i = 0; i < RQ; ++i) {
-        if constexpr (RC == 4) {
-            _mm_storeu_ps(S + i * lds, hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-        } else {
-            for (int j = 0; j < RC; ++j) S[i * lds + j] = _mm512_reduce_add_ps(acc[i][j]);
-        }
-    }
+    for (int i = 0; i < RQ; ++i)
+        for (int g = 0; g < RG; ++g) _mm512_storeu_ps(S + i * lds + g * 16, acc[i][g]);
 }
 
-constexpr int MQ = 6, MC = 4;
-using BlockFn = void (*)(const uint16_t*, size_t, const uint16_t*, size_t, size_t, float*, size_t);
+constexpr int MQ = 6, MG = 4;
+using BlockFn = void (*)(const uint16_t*, size_t, const uint32_t*, size_t, float*, size_t);
 
-BlockFn block_fn(size_t rq, size_t rc) {
-    static const BlockFn table[MQ + 1][MC + 1] = {
+BlockFn block_fn(size_t rq, size_t rg) {
+    static const BlockFn table[MQ + 1][MG + 1] = {
         {nullptr},
         {nullptr, &block<1, 1>, &block<1, 2>, &block<1, 3>, &block<1, 4>},
         {nullptr, &block<2, 1>, &block<2, 2>, &block<2, 3>, &block<2, 4>},
@@ -94,24 +101,26 @@ BlockFn block_fn(size_t rq, size_t rc) {
         {nullptr, &block<4, 1>, &block<4, 2>, &block<4, 3>, &block<4, 4>},
         {nullptr, &block<5, 1>, &block<5, 2>, &block<5, 3>, &block<5, 4>},
         {nullptr, &block<6, 1>, &block<6, 2>, &block<6, 3>, &block<6, 4>}};
-    return table[rq][rc];
+    return table[rq][rg];
 }
 
-// Each group of MQ queries sweeps the corpus tile (as the fp32 tile loop).
-void dot_tile_bf16(const uint16_t* Q, size_t ldq, size_t nq, const uint16_t* X, size_t ldx, size_t nx,
-                   size_t dp, float* S, size_t lds) {
+// Each group of MQ queries sweeps the packed corpus tile; scores for all
+// ceil(nx / 16) * 16 rows (padding rows score 0) are written.
+void dot_tile_bf16(const uint16_t* Q, size_t ldq, size_t nq, const uint32_t* X, size_t nx, size_t dp, float* S,
+                   size_t lds) {
+    const size_t groups = (nx + 15) / 16, gstride = 8 * dp;
     for (size_t i = 0; i < nq; i += MQ) {
         const size_t rq = nq - i < (size_t)MQ ? nq - i : (size_t)MQ;
-        for (size_t j = 0; j < nx; j += MC) {
-            const size_t rc = nx - j < (size_t)MC ? nx - j : (size_t)MC;
-            block_fn(rq, rc)(Q + i * ldq, ldq, X + j * ldx, ldx, dp, S + i * lds + j, lds);
+        for (size_t g = 0; g < groups; g += MG) {
+            const size_t rg = groups - g < (size_t)MG ? groups - g : (size_t)MG;
+            block_fn(rq, rg)(Q + i * ldq, ldq, X + g * gstride, dp, S + i * lds + g * 16, lds);
         }
     }
 }
 
 }  // namespace
 
-const Bf16Kernels table = {to_bf16_rows, dot_tile_bf16};
+const Bf16Kernels table = {to_bf16_rows, pack_rows, dot_tile_bf16};
 
 }  // namespace avx512bf16
 }  // namespace hn

@@ -55,11 +55,15 @@ struct Bf16Kernels {
     // all accumulated in fp32.
     void (*to_bf16_rows)(const float* X, size_t ldx, size_t nx, size_t d, uint16_t* out, size_t ldo,
                          float* x2, float* e2, float* t2);
-    // S[i * lds + j] = sum_p Q[i * ldq + p] * X[j * ldx + p] over p < dp (dp a
-    // multiple of 32) with bf16 products accumulated in fp32 (vdpbf16ps): per
-    // output lane dp/32 instructions of two additions each, then a 4-level tree.
-    void (*dot_tile_bf16)(const uint16_t* Q, size_t ldq, size_t nq, const uint16_t* X, size_t ldx,
-                          size_t nx, size_t dp, float* S, size_t lds);
+    // Packs bf16 rows (stride ldx) into groups of 16 rows, pair-interleaved: group
+    // G is 16 * dp / 2 uint32 at out + G * 8 * dp, lane r of pair p = row 16G + r's
+    // elements 2p, 2p + 1.  A last partial group is zero-padded.
+    void (*pack_rows)(const uint16_t* X, size_t ldx, size_t nx, size_t dp, uint32_t* out);
+    // S[i * lds + j] = sum_p Q[i * ldq + p] * X_j[p] over p < dp, for i < nq and
+    // j < ceil(nx / 16) * 16, X packed by pack_rows: bf16 products accumulated in
+    // fp32 by vdpbf16ps, one chain of dp/2 instructions (dp additions) per score.
+    void (*dot_tile_bf16)(const uint16_t* Q, size_t ldq, size_t nq, const uint32_t* X, size_t nx, size_t dp,
+                          float* S, size_t lds);
 };
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx512bf16 { extern const Bf16Kernels table; }
