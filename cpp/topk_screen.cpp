@@ -157,6 +157,18 @@ void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segm
     C.ok = C.ok && std::isfinite(C.r_c) && std::isfinite(C.r_d) && std::isfinite(C.r_t) && std::isfinite(C.r_xn);
 }
 
+struct SPanel;
+
+// Scratch a calling thread keeps between searches: large buffers allocated per
+// call would fault in fresh pages every time (measurable on small searches).
+constexpr size_t kKeepBytes = size_t(64) << 20;
+struct Reuse {
+    std::vector<uint32_t> x;
+    std::vector<float> xn;
+    std::vector<std::unique_ptr<SPanel>> panels;
+    void trim();
+};
+
 // Everything one screened search shares read-only.
 struct Screen {
     const Kernels& K;
@@ -203,7 +215,8 @@ float lower_kth(const float* v, size_t n, size_t r) {
 // Per-thread scratch for a panel of queries.  Each query's buffer holds the
 // screened keys and their bf16 row indices (not ids) side by side.
 struct SPanel {
-    std::vector<float> q, tile, err, thr, keys, out, wide;
+    std::vector<float> q, tile, err, thr, keys, out;
+    std::vector<const float*> qptrs;
     std::vector<const void*> ptrs;
     std::vector<uint64_t> pairs, sorted;  // (bf16 row << 32) | (query * cap + slot) of every survivor
     std::vector<uint32_t> counts;
@@ -213,9 +226,19 @@ struct SPanel {
     std::vector<size_t> n;
     size_t q0 = 0, P = 0;
 
-    SPanel(const Screen& S, size_t panel)
-        : q(panel * S.d), tile(panel * S.nb), err(panel), thr(panel), keys(panel * S.cap), qb(panel * S.C.dp),
-          out(panel), wide(S.d), surv(S.nb), rows(panel * S.cap), n(panel) {}
+    size_t bytes() const {
+        return (q.capacity() + tile.capacity() + keys.capacity() + out.capacity()) * 4 + qb.capacity() * 2 +
+               (surv.capacity() + rows.capacity()) * 4 + pairs.capacity() * 16 + counts.capacity() * 4 +
+               (qptrs.capacity() + ptrs.capacity()) * 8;
+    }
+
+    // Sizes the buffers (kept from the previous search when large enough: no fresh
+    // pages to fault in on every call).
+    void setup(const Screen& S, size_t panel) {
+        q.resize(panel * S.d), tile.resize(panel * S.nb), err.resize(panel), thr.resize(panel);
+        keys.resize(panel * S.cap), qb.resize(panel * S.C.dp), surv.resize(S.nb), rows.resize(panel * S.cap);
+        n.resize(panel);
+    }
 
     // Queries q0 .. q0+P-1: fp32 as the plain path loads them, bf16, bound E.
     // False when a norm is too large or not finite.
@@ -326,11 +349,9 @@ struct SPanel {
     }
 
     // Rescores the panel's survivors with the fp32 kernel and writes the results.
-    // Work goes row by row in corpus order (each survivor row is read once for all
-    // the panel's queries that kept it, a near-sequential pass over the corpus)
-    // rather than query by query (a random read per survivor).  The row plays the
-    // query's part in dot_rows: fma(a, b, c) is symmetric in a and b, so the keys are
-    // still bit-identical to dot_tile's.
+    // The (query, row) pairs go in corpus order, so each survivor row is read once
+    // for all the panel's queries that kept it, in a near-sequential pass over the
+    // corpus, rather than at random per query; dot_pairs runs four pairs side by side.
     void finish(const Screen& S, float* scores, int64_t* ids) {
         pairs.clear();
         for (size_t i = 0; i < P; ++i) {
@@ -339,24 +360,25 @@ struct SPanel {
             for (size_t u = 0; u < n[i]; ++u) pairs.push_back((uint64_t(rb[u]) << 32) | uint64_t(i * S.cap + u));
         }
         sort_pairs(S);
-        size_t seg = 0;
-        for (size_t a = 0, b; a < pairs.size(); a = b) {
-            const size_t g = size_t(pairs[a] >> 32);
-            for (b = a + 1; b < pairs.size() && size_t(pairs[b] >> 32) == g;) ++b;
-            while (S.C.start[seg + 1] <= g) ++seg;
+        const size_t np = pairs.size();
+        qptrs.resize(np);
+        ptrs.resize(np);
+        out.resize(np);
+        for (size_t a = 0, seg = 0; a < np; ++seg) {  // one dot_pairs call per segment (one element type)
             const Segment& sg = S.segs[seg];
-            const char* row = static_cast<const char*>(sg.data) + (g - S.C.start[seg]) * sg.ld * dtype_size(sg.dtype);
-            const float* xr = reinterpret_cast<const float*>(row);
-            if (sg.dtype != DType::F32) {
-                S.K.to_f32(row, sg.dtype, S.d, wide.data());  // exact widening
-                xr = wide.data();
+            const char* base = static_cast<const char*>(sg.data);
+            const size_t rb = sg.ld * dtype_size(sg.dtype);
+            size_t b = a;
+            for (; b < np && size_t(pairs[b] >> 32) < S.C.start[seg + 1]; ++b) {
+                qptrs[b] = q.data() + (uint32_t(pairs[b]) / S.cap) * S.d;
+                ptrs[b] = base + (size_t(pairs[b] >> 32) - S.C.start[seg]) * rb;
             }
-            ptrs.clear();
-            for (size_t t = a; t < b; ++t) ptrs.push_back(q.data() + (uint32_t(pairs[t]) / S.cap) * S.d);
-            S.K.dot_rows(xr, ptrs.data(), b - a, S.d, DType::F32, out.data());
-            const float xn = S.metric == Metric::Cosine ? S.C.xn[g] : 1.0f;
-            for (size_t t = a; t < b; ++t)  // the exact key replaces the screened one
-                keys[uint32_t(pairs[t])] = S.metric == Metric::Cosine ? out[t - a] * xn : out[t - a];
+            if (b > a) S.K.dot_pairs(qptrs.data() + a, ptrs.data() + a, b - a, S.d, sg.dtype, out.data() + a);
+            a = b;
+        }
+        for (size_t t = 0; t < np; ++t) {  // the exact key replaces the screened one
+            const size_t g = size_t(pairs[t] >> 32);
+            keys[uint32_t(pairs[t])] = S.metric == Metric::Cosine ? out[t] * S.C.xn[g] : out[t];
         }
         for (size_t i = 0; i < P; ++i) {
             const float* kb = keys.data() + i * S.cap;
@@ -371,6 +393,13 @@ struct SPanel {
         }
     }
 };
+
+void Reuse::trim() {
+    size_t bytes = x.capacity() * 4 + xn.capacity() * 4;
+    for (const auto& p : panels)
+        if (p) bytes += p->bytes();
+    if (bytes > kKeepBytes) *this = Reuse();
+}
 
 }  // namespace
 
@@ -391,8 +420,21 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads) {
     const int mode = screen_mode();
     const Bf16Kernels* B = bf16_kernels();
-    if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_rows) return false;
+    if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_pairs) return false;
+    // Buffers kept by the calling thread between searches (up to kKeepBytes).
+    thread_local Reuse keep;
     Bf16Corpus C;
+    C.x.swap(keep.x);
+    C.xn.swap(keep.xn);
+    struct GiveBack {  // hands the buffers back on every exit
+        Reuse& r;
+        Bf16Corpus& c;
+        ~GiveBack() {
+            c.x.swap(r.x);
+            c.xn.swap(r.xn);
+            r.trim();
+        }
+    } give_back{keep, C};
     C.dp = (d + 31) / 32 * 32;
     C.start.push_back(0);
     C.pstart.push_back(0);
@@ -430,9 +472,13 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
     std::atomic<bool> failed{false};
     Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, C, failed};
-    std::vector<std::unique_ptr<SPanel>> state(nt);
+    std::vector<std::unique_ptr<SPanel>>& state = keep.panels;
+    if (state.size() < size_t(nt)) state.resize(nt);
+    for (int t = 0; t < nt; ++t) {
+        if (!state[t]) state[t].reset(new SPanel);
+        state[t]->setup(S, panel);
+    }
     parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
-        if (!state[tid]) state[tid].reset(new SPanel(S, panel));
         SPanel& pn = *state[tid];
         for (size_t p = p0; p < p1 && !failed.load(std::memory_order_relaxed); ++p) {
             if (!pn.load(S, p * panel, std::min(panel, nq - p * panel))) {

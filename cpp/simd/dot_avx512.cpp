@@ -121,22 +121,20 @@ inline BlockFn block_fn(size_t rq, size_t rc) {
 
 #include "simd/tile_loop.inl"
 
-// One query against RC rows given by pointers: exactly the arithmetic of
-// block<1, RC, T> (the same FMA chain per lane, the same horizontal sums), so
-// every score is bit-identical to dot_tile's for that pair.
+// RC (query, row) pairs given by pointers: per pair exactly the arithmetic of
+// block<> (the same FMA chain per lane, the same horizontal sums), so every score
+// is bit-identical to dot_tile's for that pair.  The RC chains run side by side.
 template <int RC, DType T>
-inline void rows_block(const float* q, const void* const* X, size_t d, float* out) {
+inline void pairs_block(const float* const* Qp, const void* const* X, size_t d, float* out) {
     __m512 acc[RC];
     for (int j = 0; j < RC; ++j) acc[j] = _mm512_setzero_ps();
     size_t p = 0;
-    for (; p + 16 <= d; p += 16) {
-        const __m512 qv = _mm512_loadu_ps(q + p);
-        for (int j = 0; j < RC; ++j) acc[j] = _mm512_fmadd_ps(qv, load16<T>(X[j], p), acc[j]);
-    }
+    for (; p + 16 <= d; p += 16)
+        for (int j = 0; j < RC; ++j) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(Qp[j] + p), load16<T>(X[j], p), acc[j]);
     if (p < d) {
         const __mmask16 m = (__mmask16)((1u << (d - p)) - 1u);
-        const __m512 qv = _mm512_maskz_loadu_ps(m, q + p);
-        for (int j = 0; j < RC; ++j) acc[j] = _mm512_fmadd_ps(qv, load16m<T>(X[j], p, m), acc[j]);
+        for (int j = 0; j < RC; ++j)
+            acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, Qp[j] + p), load16m<T>(X[j], p, m), acc[j]);
     }
     if constexpr (RC == 4) {
         _mm_storeu_ps(out, hsum4(acc[0], acc[1], acc[2], acc[3]));
@@ -146,22 +144,22 @@ inline void rows_block(const float* q, const void* const* X, size_t d, float* ou
 }
 
 template <DType T>
-void dot_rows_t(const float* q, const void* const* rows, size_t n, size_t d, float* out) {
+void dot_pairs_t(const float* const* q, const void* const* rows, size_t n, size_t d, float* out) {
     size_t j = 0;
-    for (; j + 4 <= n; j += 4) rows_block<4, T>(q, rows + j, d, out + j);
+    for (; j + 4 <= n; j += 4) pairs_block<4, T>(q + j, rows + j, d, out + j);
     switch (n - j) {
-        case 3: rows_block<3, T>(q, rows + j, d, out + j); break;
-        case 2: rows_block<2, T>(q, rows + j, d, out + j); break;
-        case 1: rows_block<1, T>(q, rows + j, d, out + j); break;
+        case 3: pairs_block<3, T>(q + j, rows + j, d, out + j); break;
+        case 2: pairs_block<2, T>(q + j, rows + j, d, out + j); break;
+        case 1: pairs_block<1, T>(q + j, rows + j, d, out + j); break;
         default: break;
     }
 }
 
-void dot_rows(const float* q, const void* const* rows, size_t n, size_t d, DType xt, float* out) {
+void dot_pairs(const float* const* q, const void* const* rows, size_t n, size_t d, DType xt, float* out) {
     switch (xt) {
-        case DType::F32: dot_rows_t<DType::F32>(q, rows, n, d, out); break;
-        case DType::F16: dot_rows_t<DType::F16>(q, rows, n, d, out); break;
-        case DType::BF16: dot_rows_t<DType::BF16>(q, rows, n, d, out); break;
+        case DType::F32: dot_pairs_t<DType::F32>(q, rows, n, d, out); break;
+        case DType::F16: dot_pairs_t<DType::F16>(q, rows, n, d, out); break;
+        case DType::BF16: dot_pairs_t<DType::BF16>(q, rows, n, d, out); break;
     }
 }
 
@@ -228,7 +226,7 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
 
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, "avx512", dot_rows};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, "avx512", dot_pairs};
 
 }  // namespace avx512
 }  // namespace hn

@@ -29,10 +29,11 @@ struct Kernels {
     // dst[i] = float(src[i]) for i < n.
     void (*to_f32)(const void* src, DType t, size_t n, float* dst);
     const char* name;
-    // out[j] = the dot_tile score of query q (fp32) with the row at rows[j] (type xt),
-    // j < n, bit-identical to what dot_tile computes for that pair.  Rows anywhere
-    // (the survivors of a screen); null in tables that do not need it.
-    void (*dot_rows)(const float* q, const void* const* rows, size_t n, size_t d, DType xt, float* out) = nullptr;
+    // out[j] = the dot_tile score of query q[j] (fp32) with the row at rows[j] (type
+    // xt), j < n, bit-identical to what dot_tile computes for that pair.  Pairs
+    // anywhere (the survivors of a screen); null in tables that do not need it.
+    void (*dot_pairs)(const float* const* q, const void* const* rows, size_t n, size_t d, DType xt,
+                      float* out) = nullptr;
 };
 
 namespace scalar { extern const Kernels table; }
