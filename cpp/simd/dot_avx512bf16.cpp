@@ -42,25 +42,48 @@ void to_bf16_rows(const float* X, size_t ldx, size_t nx, size_t d, uint16_t* out
     }
 }
 
+// Transposes a 16 x 16 matrix of 32-bit lanes held in r[0..15] (rows) in place.
+inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+
 // Packs bf16 rows (row-major, stride ldx, dp a multiple of 32) into groups of 16
 // rows: group G holds, for each pair of elements (2p, 2p+1), the 16 rows' pairs
 // as one 64-byte vector (uint32 lanes).  A last partial group is zero-padded.
+// 16 rows x 16 pairs at a time through a register transpose.
 void pack_rows(const uint16_t* X, size_t ldx, size_t nx, size_t dp, uint32_t* out) {
     const size_t pairs = dp / 2;
     for (size_t g0 = 0; g0 < nx; g0 += 16) {
         uint32_t* o = out + (g0 / 16) * 16 * pairs;
         const size_t rows = nx - g0 < 16 ? nx - g0 : 16;
-        for (size_t r = 0; r < 16; ++r) {
-            if (r < rows) {
-                const uint16_t* x = X + (g0 + r) * ldx;
-                for (size_t p = 0; p < pairs; ++p) {
-                    uint32_t v;
-                    std::memcpy(&v, x + 2 * p, 4);
-                    o[p * 16 + r] = v;
-                }
-            } else {
-                for (size_t p = 0; p < pairs; ++p) o[p * 16 + r] = 0;
-            }
+        for (size_t p = 0; p < pairs; p += 16) {
+            __m512i r[16];
+            for (size_t i = 0; i < 16; ++i)
+                r[i] = i < rows ? _mm512_loadu_si512(X + (g0 + i) * ldx + 2 * p) : _mm512_setzero_si512();
+            transpose16(r);  // r[j] = pair p + j of the 16 rows
+            for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o + (p + j) * 16, r[j]);
         }
     }
 }
