@@ -226,10 +226,23 @@ class _Dense:
     def pair_scores(self, rows: slice, qidx: np.ndarray, docs: np.ndarray) -> np.ndarray:
         if docs.size == 0:
             return np.zeros(0, np.float32)
-        q = np.asarray(self._q(rows), dtype=np.float32)[qidx]
-        order = np.argsort(docs, kind="stable")  # sorted reads from a memory-mapped corpus
-        d = np.empty((docs.shape[0], q.shape[1]), dtype=np.float32)
-        d[order] = np.asarray(self.corpus[docs[order]], dtype=np.float32)
+        qa = np.asarray(self._q(rows), dtype=np.float32)
+        if isinstance(self.corpus, np.memmap):
+            order = np.argsort(docs, kind="stable")  # sorted reads from a memory-mapped corpus
+            d = np.empty((docs.shape[0], qa.shape[1]), dtype=np.float32)
+            d[order] = np.asarray(self.corpus[docs[order]], dtype=np.float32)
+            return self._pair_dots(qa[qidx], d)
+        # In chunks of rows: the temporaries stay small (large ones come as fresh pages from
+        # the OS on every call); every score depends on its own row only, so chunking
+        # changes nothing in the result.
+        step = max(1, (96 << 10) // max(1, 4 * qa.shape[1]))
+        out = np.empty(docs.shape[0], np.float32)
+        for a in range(0, docs.shape[0], step):
+            b = min(docs.shape[0], a + step)
+            out[a:b] = self._pair_dots(qa[qidx[a:b]], np.asarray(self.corpus[docs[a:b]], dtype=np.float32))
+        return out
+
+    def _pair_dots(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
         s = np.einsum("ij,ij->i", q, d, dtype=np.float32)
         if self.metric == "cosine":
             qn = np.linalg.norm(q, axis=1)
