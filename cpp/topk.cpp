@@ -198,7 +198,7 @@ void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t
 
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
-                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads) {
+                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads, uint64_t reuse_token) {
     using namespace detail;
     if (k == 0) throw std::invalid_argument("k must be positive");
     if (d == 0) throw std::invalid_argument("d must be positive");
@@ -218,7 +218,8 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
             std::sort(ex_sorted.begin() + excl.indptr[i], ex_sorted.begin() + excl.indptr[i + 1]);
     }
     // bf16 screen + exact fp32 rescoring where it applies (same results, fewer fp32 flops)
-    if (topk_search_screened(Q, qt, nq, ldq, d, segments, metric, k, excl, ex_sorted, scores, ids, num_threads))
+    if (topk_search_screened(Q, qt, nq, ldq, d, segments, metric, k, excl, ex_sorted, scores, ids, num_threads,
+                             reuse_token))
         return;
 
     // Corpus blocks over all segments.

@@ -52,7 +52,8 @@ void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t
 // ex_sorted: the exclusions with each query's ids sorted (excl.indptr indexes it).
 bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                           const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
-                          const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads);
+                          const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
+                          uint64_t reuse_token);
 
 }  // namespace detail
 }  // namespace hn

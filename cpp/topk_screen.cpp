@@ -172,8 +172,22 @@ struct Reuse {
     std::vector<uint32_t> x;
     std::vector<float> xn;
     std::vector<std::unique_ptr<SPanel>> panels;
+    // the bf16 corpus in x / xn is reusable by a call with this (non-zero) token and key
+    uint64_t token = 0;
+    std::vector<double> key;
+    double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
     void trim();
 };
+
+// What the bf16 copy depends on: every segment's layout and the metric.
+std::vector<double> corpus_key(const std::vector<Segment>& segs, size_t d, Metric metric) {
+    std::vector<double> k{double(d), double(int(metric))};
+    for (const Segment& s : segs)
+        for (double v : {double(reinterpret_cast<uintptr_t>(s.data)), double(int(s.dtype)), double(s.rows),
+                         double(s.ld), double(reinterpret_cast<uintptr_t>(s.sqnorms)), double(s.id_offset)})
+            k.push_back(v);
+    return k;
+}
 
 // Everything one screened search shares read-only.
 struct Screen {
@@ -423,7 +437,8 @@ namespace detail {
 
 bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                           const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
-                          const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads) {
+                          const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
+                          uint64_t reuse_token) {
     const int mode = screen_mode();
     const Bf16Kernels* B = bf16_kernels();
     if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_pairs) return false;
@@ -469,10 +484,20 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
 
     g_screened.fetch_add(1);
     const Kernels& K = kernels();
-    build_corpus(K, *B, segments, d, metric, blocks, nt, C);
-    if (!C.ok) {
-        g_fallbacks.fetch_add(1);
-        return false;
+    std::vector<double> key = corpus_key(segments, d, metric);
+    if (reuse_token != 0 && keep.token == reuse_token && keep.key == key && C.x.size() >= C.pstart.back() * C.dp / 2 &&
+        (metric != Metric::Cosine || C.xn.size() >= total)) {
+        C.r_c = keep.r_c, C.r_d = keep.r_d, C.r_t = keep.r_t, C.r_xn = keep.r_xn;  // the copy made last call
+    } else {
+        keep.token = 0;
+        build_corpus(K, *B, segments, d, metric, blocks, nt, C);
+        if (!C.ok) {
+            g_fallbacks.fetch_add(1);
+            return false;
+        }
+        keep.token = reuse_token;
+        keep.key.swap(key);
+        keep.r_c = C.r_c, keep.r_d = C.r_d, keep.r_t = C.r_t, keep.r_xn = C.r_xn;
     }
     // buffer per query; a buffer that cannot fill (k near the corpus size) never prunes early
     const size_t cap = std::min(4 * k + 256, total + 1);

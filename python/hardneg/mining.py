@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives",
            "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
 
 _IN_PLACE_BYTES = 256 << 20  # memory-mapped corpora up to this size are searched in place (ooc's block size)
+_REUSE_TOKENS = itertools.count(1)
 _FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
 _FAST_SLACK = 16  # extra candidates of the first, shallow search (see the fast path in mine_hard_negatives)
 
@@ -210,6 +212,9 @@ class _Dense:
         self.queries = queries
         self.metric = metric
         self.num_threads = num_threads
+        # one token per miner run: its searches may share the kernel's bf16 copy of the corpus
+        # (the corpus is not modified while mining)
+        self.reuse_token = next(_REUSE_TOKENS)
 
     def _q(self, rows) -> np.ndarray:
         """Query rows: a slice (a view) or an int array (a contiguous copy)."""
@@ -220,6 +225,11 @@ class _Dense:
             s, i = self.index.search(self._q(rows), k=k, exclude=exclude)
             return np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)
         # hn.topk checks the corpus for NaN/Inf inside the kernel, in the same pass as the search
+        if type(self.corpus) is np.ndarray:
+            from hardneg.topk import _topk_kernel
+
+            return _topk_kernel(self._q(rows), self.corpus, k, self.metric, exclude, self.num_threads,
+                                self.reuse_token)
         return topk(self._q(rows), self.corpus, k=k, metric=self.metric, exclude=exclude,
                     num_threads=self.num_threads)
 
