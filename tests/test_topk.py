@@ -579,3 +579,27 @@ def test_screen_mode_setting():
             _core.set_screen_mode(3)
     finally:
         _core.set_screen_mode(start)
+
+
+@needs_screen
+def test_screen_reuse_token(rng):
+    # the miner's searches share the bf16 copy of the corpus through a token; any change of
+    # corpus (another array, another metric, other rows) must make a fresh copy
+    from hardneg.topk import _topk_kernel
+
+    X = rng.standard_normal((700, 40)).astype(np.float32)
+    Y = X.copy()
+    Y[::3] *= -1
+    Q = rng.standard_normal((120, 40)).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(2)
+        for corpus, metric in ((X, "ip"), (X, "ip"), (Y, "ip"), (Y, "cosine"), (X[:500], "cosine"), (X, "ip")):
+            got = _topk_kernel(Q, corpus, 30, metric, None, None, 12345)
+            _core.set_screen_mode(0)
+            ref = hn.topk(Q, corpus, k=30, metric=metric)
+            _core.set_screen_mode(2)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    finally:
+        _core.set_screen_mode(start)
