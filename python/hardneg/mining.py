@@ -956,24 +956,30 @@ def mine_hard_negatives(
     def select(cs, ci, keep, glob_rows: np.ndarray):
         """Window positions range_min..range_max-1 of the survivors, then sampling; writes the output."""
         B = glob_rows.size
+        if sampling == "top":  # survivor ranks range_min .. range_min + num_negatives - 1, in row order
+            rank = np.cumsum(keep, axis=1) - 1
+            hi = min(range_max, range_min + num_negatives)
+            r, c = np.nonzero(keep & (rank >= range_min) & (rank < hi))
+            slot = rank[r, c] - range_min
+            ids_out[glob_rows[r], slot] = ci[r, c]
+            scores_out[glob_rows[r], slot] = cs[r, c]
+            return
         # survivors first, in score order (the rows are sorted), then the window
         order = np.argsort(~keep, axis=1, kind="stable")
         ws, wi, wk = _take(cs, order), _take(ci, order), _take(keep, order)
         ws, wi, wk = ws[:, range_min:range_max], wi[:, range_min:range_max], wk[:, range_min:range_max]
-        if sampling == "top":
-            ss, si, sk = ws[:, :num_negatives], wi[:, :num_negatives], wk[:, :num_negatives]
-        else:
-            u = _uniform(seed, glob_rows, np.where(wk, wi, 0))
-            if sampling == "random":
-                key = np.where(wk, -u, -np.inf)  # the smallest u win
-            else:  # Gumbel-top-k: sampling without replacement in proportion to exp(score / T)
-                key = np.where(wk, ws.astype(np.float64) / temperature - np.log(-np.log(u)), -np.inf)
-            rows_ = np.broadcast_to(np.arange(B)[:, None], key.shape)
-            o = np.lexsort((wi.ravel(), -key.ravel(), rows_.ravel())) % max(1, key.shape[1])
-            o = o.reshape(key.shape)[:, :num_negatives]
-            ss, si, sk = _take(ws, o), _take(wi, o), _take(wk, o)
-            o2 = _sort_rows(ss, si, sk)
-            ss, si, sk = _take(ss, o2), _take(si, o2), _take(sk, o2)
+        # random / softmax sampling inside the window
+        u = _uniform(seed, glob_rows, np.where(wk, wi, 0))
+        if sampling == "random":
+            key = np.where(wk, -u, -np.inf)  # the smallest u win
+        else:  # Gumbel-top-k: sampling without replacement in proportion to exp(score / T)
+            key = np.where(wk, ws.astype(np.float64) / temperature - np.log(-np.log(u)), -np.inf)
+        rows_ = np.broadcast_to(np.arange(B)[:, None], key.shape)
+        o = np.lexsort((wi.ravel(), -key.ravel(), rows_.ravel())) % max(1, key.shape[1])
+        o = o.reshape(key.shape)[:, :num_negatives]
+        ss, si, sk = _take(ws, o), _take(wi, o), _take(wk, o)
+        o2 = _sort_rows(ss, si, sk)
+        ss, si, sk = _take(ss, o2), _take(si, o2), _take(sk, o2)
         w = ss.shape[1]
         ids_out[glob_rows, :w] = np.where(sk, si, -1)
         scores_out[glob_rows, :w] = np.where(sk, ss, -np.inf)
