@@ -205,33 +205,6 @@ struct Screen {
     std::atomic<bool>& failed;
 };
 
-// How many of v[0 .. n) are >= t (a loop the compiler vectorises).
-size_t count_ge(const float* v, size_t n, float t) {
-    uint32_t c = 0;
-    for (size_t j = 0; j < n; ++j) c += v[j] >= t ? 1u : 0u;
-    return c;
-}
-
-// A value x such that at least r of v[0 .. n) are >= x, close below the r-th
-// largest (n >= r >= 1): bisection on [min, max] with counting passes.  Any such
-// x gives a valid threshold; 10 steps get within range / 1024 of the r-th largest
-// (far below the bound E on real data), at a fraction of the cost of nth_element.
-float lower_kth(const float* v, size_t n, size_t r) {
-    float lo = v[0], hi = v[0];
-    for (size_t j = 1; j < n; ++j) {
-        lo = std::min(lo, v[j]);
-        hi = std::max(hi, v[j]);
-    }
-    if (count_ge(v, n, hi) >= r) return hi;
-    for (int it = 0; it < 10; ++it) {  // invariant: at least r values >= lo
-        const float mid = lo + (hi - lo) * 0.5f;
-        if (!(mid > lo && mid < hi)) break;
-        if (count_ge(v, n, mid) >= r) lo = mid;
-        else hi = mid;
-    }
-    return lo;
-}
-
 // Per-thread scratch for a panel of queries.  Each query's buffer holds the
 // screened keys and their bf16 row indices (not ids) side by side.
 struct SPanel {
@@ -293,7 +266,7 @@ struct SPanel {
     size_t prune(const Screen& S, size_t i, size_t m) {
         float* kb = keys.data() + i * S.cap;
         uint32_t* rb = rows.data() + i * S.cap;
-        thr[i] = std::max(thr[i], round_down((double)lower_kth(kb, m, S.k) - 2.0 * (double)err[i]));
+        thr[i] = std::max(thr[i], round_down((double)S.B.lower_kth(kb, m, S.k) - 2.0 * (double)err[i]));
         size_t w = 0;
         const float t = thr[i];
         for (size_t u = 0; u < m; ++u) {  // branch-free: about half the entries go
@@ -330,7 +303,7 @@ struct SPanel {
             if (first && nbk >= S.k + size_t(ee - eb)) {
                 // A starting threshold from the first block: at least k + m of its keys
                 // reach t0 (m = the query's exclusions), so at least k non-excluded rows do.
-                const float t0 = lower_kth(s, nbk, S.k + size_t(ee - eb));
+                const float t0 = S.B.lower_kth(s, nbk, S.k + size_t(ee - eb));
                 thr[i] = round_down((double)t0 - 2.0 * (double)err[i]);
             }
             const size_t c = S.K.filter_ge(s, nbk, thr[i], surv.data());

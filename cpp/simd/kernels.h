@@ -65,6 +65,9 @@ struct Bf16Kernels {
     // fp32 by vdpbf16ps, one chain of dp/2 instructions (dp additions) per score.
     void (*dot_tile_bf16)(const uint16_t* Q, size_t ldq, size_t nq, const uint32_t* X, size_t nx, size_t dp,
                           float* S, size_t lds);
+    // A value x such that at least r of v[0 .. n) are >= x (n >= r >= 1, v finite),
+    // at most (max - min) / 4096 below the r-th largest: the screen's thresholds.
+    float (*lower_kth)(const float* v, size_t n, size_t r);
 };
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx512bf16 { extern const Bf16Kernels table; }
