@@ -1029,7 +1029,8 @@ def mine_hard_negatives(
             t0 = time.perf_counter()
             cs, ci = ret.search(rows, depth, exclusion_csr(sub_glob))
             cs, ci = np.asarray(cs, dtype=np.float32), np.asarray(ci, dtype=np.int64)
-            sps = ret.pair_scores(rows, spq, spd).astype(np.float32)
+            # a pair's score depends on the pair only: the first pass's are reused as they are
+            sps = ps[keep_pos] if fast else ret.pair_scores(rows, spq, spd).astype(np.float32)
             t_search += time.perf_counter() - t0
 
             # sentence-transformers' pool: of its top `depth` (positives included), the non-positives.
