@@ -145,8 +145,14 @@ inline void pairs_block(const float* const* Qp, const void* const* X, size_t d, 
 
 template <DType T>
 void dot_pairs_t(const float* const* q, const void* const* rows, size_t n, size_t d, float* out) {
+    const size_t bytes = d * (T == DType::F32 ? 4 : 2);
     size_t j = 0;
-    for (; j + 4 <= n; j += 4) pairs_block<4, T>(q + j, rows + j, d, out + j);
+    for (; j + 4 <= n; j += 4) {
+        // the rows come from anywhere in the corpus: fetch the next four while these are scored
+        for (size_t t = j + 4; t < j + 8 && t < n; ++t)
+            for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(static_cast<const char*>(rows[t]) + o, _MM_HINT_T0);
+        pairs_block<4, T>(q + j, rows + j, d, out + j);
+    }
     switch (n - j) {
         case 3: pairs_block<3, T>(q + j, rows + j, d, out + j); break;
         case 2: pairs_block<2, T>(q + j, rows + j, d, out + j); break;
