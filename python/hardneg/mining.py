@@ -1072,13 +1072,14 @@ def mine_hard_negatives(
                 ps = sps
 
             t0 = time.perf_counter()
-            sanchor = anchors(sps, spq, scounts)
+            # min / max anchors are exact whatever the batch: the first pass's are reused
+            sanchor = anchor[todo] if fast and positive_anchor != "mean" else anchors(sps, spq, scounts)
             keep, drops = apply_filters(cs, valid, sanchor)
             select(cs, ci, keep, sub_glob)
             account(valid, drops, np.ones(S, dtype=bool))
             t_select += time.perf_counter() - t0
 
-        anchor_out[b0:b1] = anchors(ps, pq, pos_counts)
+        anchor_out[b0:b1] = anchor if fast else anchors(ps, pq, pos_counts)
         ps32 = ps.astype(np.float32)
         bounds = _indptr_of(pos_counts).tolist()
         pos_scores_all[b0:b1] = [ps32[bounds[j]:bounds[j + 1]] for j in range(B)]
