@@ -9,11 +9,11 @@
 //    the key the plain fp32 path computes, is derived below.  Per query, t = the
 //    k-th largest k~ among the non-excluded rows; at least k rows then have
 //    k >= t - E, so a row can only be in the top k if k~ >= t - 2E.  The
-//    selection keeps exactly those rows (a running t, buffers compacted with
-//    nth_element as in topk.cpp).
-// 3. The survivors are rescored with the fp32 kernel itself (same function,
-//    same arithmetic: bit-identical keys) and the top k taken with the usual
-//    rules (ties by ascending id, padding).
+//    selection keeps those rows (a running lower bound of t, found by bisection
+//    when a buffer fills; a lower t only keeps more rows).
+// 3. The survivors are rescored by Kernels::dot_pairs, the fp32 kernel's own
+//    arithmetic (same FMA chain and sums as dot_tile: bit-identical keys), and
+//    the top k taken with the usual rules (ties by ascending id, padding).
 // The search gives up and lets the plain path run (same results, slower) when a
 // query keeps too many survivors (near-ties), or a norm is huge or not finite
 // (the plain path's overflow / NaN handling then applies unchanged).
@@ -93,7 +93,7 @@ struct SBlock {
     size_t seg, g0, g1, r0;
 };
 
-// The corpus rounded to bf16 (built once per search), with what the bound needs.
+// The corpus rounded to bf16 (built once per search, or reused: Reuse), with what the bound needs.
 struct Bf16Corpus {
     size_t dp = 0;
     std::vector<uint32_t> x;     // packed by Bf16Kernels::pack_rows, segments padded to 16 rows
