@@ -2,7 +2,7 @@
 // top of the AVX-512 flags; only called when the CPU supports them, see
 // dispatch.cpp).  They produce *approximate* scores: topk_screen.cpp bounds
 // their error and rescores the survivors with the fp32 kernel.
-#if defined(__x86_64__) || defined(_M_X64)
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(HN_NO_AVX512BF16)
 #include <immintrin.h>
 #include <cstring>
 #include "simd/kernels.h"
