@@ -60,6 +60,18 @@ std::atomic<const Kernels*>& current() {
 
 const Kernels& kernels() { return *current().load(std::memory_order_relaxed); }
 
+const Bf16Kernels* bf16_kernels() {
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(HN_NO_AVX512BF16)
+    static const bool ok = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512bf16");
+    }();
+    if (ok && &kernels() == &avx512::table) return &avx512bf16::table;
+#endif
+    return nullptr;
+}
+
 void set_simd_level(const char* name) {
     const Kernels* k = find(name);
     if (!k) {

@@ -19,35 +19,12 @@
 
 #include "simd/kernels.h"
 #include "threads.h"
+#include "topk_internal.h"
 
 namespace hn {
 namespace {
 
-// A candidate is one 64-bit word: the ranking key mapped to an unsigned
-// integer that sorts like the float (high 32 bits) and the bitwise NOT of the id
-// (low 32 bits).  Larger words are better: higher key, then smaller id.  Plain
-// integer compares make nth_element/sort several times faster than a struct
-// comparator, and the buffers half the size.
-using Cand = uint64_t;
-constexpr int64_t kMaxRows = int64_t(0xFFFFFFFF);  // ids must fit in 32 bits
-
-inline uint32_t key_bits(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-inline float bits_key(uint32_t u) {
-    u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-inline Cand make_cand(float key, int64_t id) {
-    key += 0.0f;  // -0 -> +0: equal floats must map to equal bits
-    return (uint64_t(key_bits(key)) << 32) | uint64_t(~uint32_t(id));
-}
-inline float cand_key(Cand c) { return bits_key(uint32_t(c >> 32)); }
-inline int64_t cand_id(Cand c) { return int64_t(~uint32_t(c)); }
+using namespace detail;
 
 // Running top-k of one query inside one thread.
 struct TopkBuf {
@@ -118,18 +95,8 @@ struct Panel {
     void load_queries(const Search& S, size_t q0_, size_t P_) {
         q0 = q0_;
         P = P_;
-        for (size_t i = 0; i < P; ++i) {
-            const char* src = static_cast<const char*>(S.Q) + (q0 + i) * S.ldq * dtype_size(S.qt);
-            float* dst = q.data() + i * S.d;
-            S.K.to_f32(src, S.qt, S.d, dst);
-            if (S.metric != Metric::IP) {
-                S.K.sqnorm_rows(dst, S.d, 1, S.d, DType::F32, &qn[i]);
-                if (S.metric == Metric::Cosine) {
-                    float inv = qn[i] > 0 ? 1.0f / std::sqrt(qn[i]) : 0.0f;
-                    for (size_t p = 0; p < S.d; ++p) dst[p] *= inv;
-                }
-            }
-        }
+        for (size_t i = 0; i < P; ++i)
+            load_query(S.K, S.Q, S.qt, S.ldq, S.d, S.metric, q0 + i, q.data() + i * S.d, &qn[i]);
         reset(S);
     }
     void reset(const Search& S) {
@@ -190,30 +157,49 @@ void write_results(const Search& S, const std::vector<Panel*>& parts, size_t i, 
                    float* scores, int64_t* ids) {
     merged.clear();
     for (Panel* p : parts) merged.insert(merged.end(), p->bufs[i].buf, p->bufs[i].buf + p->bufs[i].n);
-    const size_t k = S.k, m = std::min(k, merged.size());
-    if (merged.size() > m) std::nth_element(merged.begin(), merged.begin() + (m - 1), merged.end(), std::greater<Cand>());
-    std::sort(merged.begin(), merged.begin() + m, std::greater<Cand>());
     const size_t row = parts.front()->q0 + i;
-    float* so = scores + row * k;
-    int64_t* io = ids + row * k;
-    for (size_t r = 0; r < m; ++r) {
-        const float key = cand_key(merged[r]);
-        so[r] = S.metric == Metric::L2 ? 0.0f - key : key;  // 0 - key: a zero distance is +0
-        io[r] = cand_id(merged[r]);
+    write_row(merged, S.k, S.metric, scores + row * S.k, ids + row * S.k);
+}
+
+}  // namespace
+
+namespace detail {
+
+void load_query(const Kernels& K, const void* Q, DType qt, size_t ldq, size_t d, Metric metric, size_t row,
+                float* dst, float* qn) {
+    K.to_f32(static_cast<const char*>(Q) + row * ldq * dtype_size(qt), qt, d, dst);
+    if (metric != Metric::IP) {
+        K.sqnorm_rows(dst, d, 1, d, DType::F32, qn);
+        if (metric == Metric::Cosine) {
+            float inv = *qn > 0 ? 1.0f / std::sqrt(*qn) : 0.0f;
+            for (size_t p = 0; p < d; ++p) dst[p] *= inv;
+        }
     }
-    const float pad = S.metric == Metric::L2 ? std::numeric_limits<float>::infinity()
-                                             : -std::numeric_limits<float>::infinity();
+}
+
+void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t* io) {
+    const size_t m = std::min(k, c.size());
+    if (c.size() > m) std::nth_element(c.begin(), c.begin() + (m - 1), c.end(), std::greater<Cand>());
+    std::sort(c.begin(), c.begin() + m, std::greater<Cand>());
+    for (size_t r = 0; r < m; ++r) {
+        const float key = cand_key(c[r]);
+        so[r] = metric == Metric::L2 ? 0.0f - key : key;  // 0 - key: a zero distance is +0
+        io[r] = cand_id(c[r]);
+    }
+    const float pad = metric == Metric::L2 ? std::numeric_limits<float>::infinity()
+                                           : -std::numeric_limits<float>::infinity();
     for (size_t r = m; r < k; ++r) {
         so[r] = pad;
         io[r] = -1;
     }
 }
 
-}  // namespace
+}  // namespace detail
 
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
-                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads) {
+                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads, uint64_t reuse_token) {
+    using namespace detail;
     if (k == 0) throw std::invalid_argument("k must be positive");
     if (d == 0) throw std::invalid_argument("d must be positive");
     size_t total = 0;
@@ -231,6 +217,10 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
         for (size_t i = 0; i < nq; ++i)
             std::sort(ex_sorted.begin() + excl.indptr[i], ex_sorted.begin() + excl.indptr[i + 1]);
     }
+    // bf16 screen + exact fp32 rescoring where it applies (same results, fewer fp32 flops)
+    if (topk_search_screened(Q, qt, nq, ldq, d, segments, metric, k, excl, ex_sorted, scores, ids, num_threads,
+                             reuse_token))
+        return;
 
     // Corpus blocks over all segments.
     std::vector<Block> blocks;

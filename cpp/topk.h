@@ -34,9 +34,24 @@ struct Exclusions {
 // Ties are ordered by ascending id.  Missing results are id -1 with score -inf
 // (+inf for L2).  Q is nq x d (row stride ldq) of type qt.  Memory beyond the
 // outputs is O(threads x (tile + panel x k)); the score matrix is never built.
+// reuse_token (optional, non-zero): the caller promises the corpus (same segments,
+// same contents) is unchanged since its last call with this token, so the bf16
+// screen may reuse the copy it made then (hardneg's miner: its two searches).
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
-                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads);
+                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads,
+                 uint64_t reuse_token = 0);
+
+// The bf16 screen of topk_search for IP / cosine (topk_screen.cpp): 0 = off,
+// 1 = auto (large enough searches on CPUs with AVX-512 BF16, the default),
+// 2 = whenever the CPU and metric allow (tests).  The initial mode comes from
+// the environment variable HARDNEG_SCREEN ("0", "1", "2").  Results are the
+// same in every mode.
+void set_screen_mode(int mode);
+int screen_mode();
+// Searches that took the screened path / that started it and fell back to the
+// plain one, since the process started.
+void screen_counts(uint64_t* screened, uint64_t* fallbacks);
 
 // Merges per-part results: part p gives (nq x kp) scores/ids, best first.  Writes
 // the k best over all parts with the same ordering rules (ids < 0 are padding).

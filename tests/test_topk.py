@@ -430,3 +430,176 @@ def test_l2_zero_distance_is_positive_zero():
     if torch is not None:
         s, _ = hn.topk(X, X, k=1, metric="l2", backend="torch")
         assert s[0, 0] == 0 and not np.signbit(s[0, 0])
+
+
+# ---------------------------------------------------------------------------------------------- bf16 screen
+# The exact search may first screen with bf16 scores and rescore the survivors in fp32
+# (cpp/topk_screen.cpp).  It must return exactly what the plain fp32 path returns: same ids,
+# bit-identical scores.  Mode 2 forces the screen wherever the CPU allows it, mode 0 turns it off.
+
+needs_screen = pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 BF16")
+
+
+def screened_vs_plain(Q, X, k, metric, exclude=None, expect="screen", **kw):
+    """Runs hn.topk with the screen off and forced; asserts equal results; checks which path ran."""
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q, X, k=k, metric=metric, exclude=exclude, **kw)
+        _core.set_screen_mode(2)
+        before = _core.screen_counts()
+        got = hn.topk(Q, X, k=k, metric=metric, exclude=exclude, **kw)
+        after = _core.screen_counts()
+    finally:
+        _core.set_screen_mode(start)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(np.asarray(got[0]).view(np.uint32), np.asarray(ref[0]).view(np.uint32))
+    started, fell_back = after[0] - before[0], after[1] - before[1]
+    if expect == "screen":
+        assert started == 1 and fell_back == 0
+    elif expect == "fallback":
+        assert started == 1 and fell_back == 1
+    return got
+
+
+def unit_rows(a):
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+@needs_screen
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+@pytest.mark.parametrize("nq,n,d,k", [(1, 1, 1, 1), (3, 50, 1, 7), (7, 300, 31, 10), (20, 1000, 384, 36),
+                                      (50, 2000, 100, 105), (9, 40, 64, 100), (13, 777, 65, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_screen_equals_plain_random(rng, metric, nq, n, d, k, threads):
+    Q = rng.standard_normal((nq, d)).astype(np.float32)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    screened_vs_plain(Q, X, k, metric, num_threads=threads, expect="any" if d == 1 else "screen")
+
+
+@needs_screen
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_screen_embedding_like_with_exclusions(rng, metric):
+    # clustered unit vectors (many close scores), per-query exclusions of the nearest rows
+    centers = rng.standard_normal((20, 96))
+    X = unit_rows(centers[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, 96)))
+    Q = unit_rows(centers[rng.integers(0, 20, 64)] + 0.3 * rng.standard_normal((64, 96)))
+    ex = [list(np.argsort(-(X @ q))[:m]) + [2999, 0] for q, m in zip(Q, rng.integers(0, 30, 64))]
+    for k in (1, 10, 36, 105, 3000):
+        screened_vs_plain(Q, X, k, metric, exclude=ex, expect="any" if k >= 3000 else "screen")
+
+
+@needs_screen
+def test_screen_ties_and_duplicates(rng):
+    # duplicate rows (exact ties, ordered by id), rows one bf16 ulp apart, all-equal rows
+    base = rng.standard_normal((30, 48)).astype(np.float32)
+    X = np.repeat(base, 20, axis=0)[rng.permutation(600)]
+    Q = rng.standard_normal((10, 48)).astype(np.float32)
+    for metric in ("ip", "cosine"):
+        screened_vs_plain(Q, X, 25, metric, expect="any")
+        screened_vs_plain(Q, X, 1, metric, expect="any")
+    near = np.repeat(base[:1], 500, axis=0)
+    near[:, 0] += np.arange(500, dtype=np.float32) * 1e-6  # differences far below the bf16 resolution
+    screened_vs_plain(Q, near, 10, "ip", expect="any")
+    screened_vs_plain(Q, np.ones((400, 48), np.float32), 5, "ip", expect="fallback")  # every row ties
+
+
+@needs_screen
+def test_screen_zero_rows_and_queries_cosine(rng):
+    X = rng.standard_normal((500, 40)).astype(np.float32)
+    X[::7] = 0
+    Q = rng.standard_normal((8, 40)).astype(np.float32)
+    Q[3] = 0
+    screened_vs_plain(Q, X, 80, "cosine", expect="any")
+    screened_vs_plain(Q[[0, 1, 2]], X, 80, "cosine", expect="screen")
+    screened_vs_plain(Q, X, 80, "ip", expect="any")
+
+
+@needs_screen
+def test_screen_tiny_and_huge_values(rng):
+    Q = rng.standard_normal((6, 33)).astype(np.float32)
+    X = rng.standard_normal((400, 33)).astype(np.float32)
+    for scale in (1e-30, 1e-19, 1e-3, 1e3, 1e12):  # denormal products, flushed bf16 inputs, large norms
+        screened_vs_plain(Q * np.float32(scale), X, 20, "ip", expect="any")
+        screened_vs_plain(Q, X * np.float32(scale), 20, "cosine", expect="any")
+    screened_vs_plain(Q, X * np.float32(1e12), 20, "ip", expect="screen")
+    mixed = X.copy()
+    mixed[5, 3] = 1e-40  # a denormal element
+    screened_vs_plain(Q, mixed, 20, "ip", expect="screen")
+    # norms past 2^50: the plain path (and its overflow handling) runs
+    screened_vs_plain(Q * np.float32(1e15), X * np.float32(1e15), 20, "ip", expect="fallback")
+    big = np.full((3, 4), 3e38, np.float32)
+    screened_vs_plain(big, big, 2, "ip", expect="fallback")
+
+
+@needs_screen
+def test_screen_nan_raises_like_plain(rng):
+    Q = rng.standard_normal((4, 16)).astype(np.float32)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    X[123, 5] = np.nan
+    start = _core.screen_mode()
+    try:
+        for mode in (0, 2):
+            _core.set_screen_mode(mode)
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                hn.topk(Q, X, k=5)
+    finally:
+        _core.set_screen_mode(start)
+
+
+@needs_screen
+def test_screen_half_corpora_and_segments(rng):
+    Q = rng.standard_normal((12, 70)).astype(np.float32)
+    X = rng.standard_normal((900, 70)).astype(np.float32)
+    for dtype in (np.float16,) + ((torch.bfloat16,) if torch is not None else ()):
+        Xh = X.astype(dtype) if dtype is np.float16 else torch.from_numpy(X).to(dtype)
+        for metric in ("ip", "cosine"):
+            screened_vs_plain(Q, Xh, 30, metric)
+    for metric in ("ip", "cosine"):
+        start = _core.screen_mode()
+        try:
+            res = []
+            for mode in (0, 2):
+                _core.set_screen_mode(mode)
+                idx = hn.DenseIndex(X[:400], metric=metric).add(X[400:401]).add(X[401:])
+                res.append(idx.search(Q, k=50, exclude=[[0, 400, 899]] * 12))
+        finally:
+            _core.set_screen_mode(start)
+        np.testing.assert_array_equal(res[0][1], res[1][1])
+        np.testing.assert_array_equal(res[0][0].view(np.uint32), res[1][0].view(np.uint32))
+
+
+def test_screen_mode_setting():
+    start = _core.screen_mode()
+    try:
+        for m in (0, 1, 2):
+            _core.set_screen_mode(m)
+            assert _core.screen_mode() == m
+        with pytest.raises(ValueError, match="screen mode"):
+            _core.set_screen_mode(3)
+    finally:
+        _core.set_screen_mode(start)
+
+
+@needs_screen
+def test_screen_reuse_token(rng):
+    # the miner's searches share the bf16 copy of the corpus through a token; any change of
+    # corpus (another array, another metric, other rows) must make a fresh copy
+    from hardneg.topk import _topk_kernel
+
+    X = rng.standard_normal((700, 40)).astype(np.float32)
+    Y = X.copy()
+    Y[::3] *= -1
+    Q = rng.standard_normal((120, 40)).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(2)
+        for corpus, metric in ((X, "ip"), (X, "ip"), (Y, "ip"), (Y, "cosine"), (X[:500], "cosine"), (X, "ip")):
+            got = _topk_kernel(Q, corpus, 30, metric, None, None, 12345)
+            _core.set_screen_mode(0)
+            ref = hn.topk(Q, corpus, k=30, metric=metric)
+            _core.set_screen_mode(2)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    finally:
+        _core.set_screen_mode(start)

@@ -28,7 +28,7 @@ hn::Metric parse_metric(const std::string& m) {
 // segments: list of (array (rows, d), is_bf16, sqnorms float32 (rows,) or None, id_offset)
 py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list& segments,
                     const std::string& metric, py::ssize_t k, const py::object& indptr,
-                    const py::object& indices, int num_threads) {
+                    const py::object& indices, int num_threads, uint64_t reuse_token) {
     if (k <= 0) throw std::invalid_argument("k must be a positive integer, got " + std::to_string(k));
     const hn::Metric mt = parse_metric(metric);
     const size_t ldq = row_stride(queries, "queries");
@@ -80,7 +80,7 @@ py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list&
     int64_t* io = ids.mutable_data();
     {
         py::gil_scoped_release nogil;
-        hn::topk_search(queries.data(), qt, nq, ldq, d, segs, mt, (size_t)k, ex, so, io, num_threads);
+        hn::topk_search(queries.data(), qt, nq, ldq, d, segs, mt, (size_t)k, ex, so, io, num_threads, reuse_token);
     }
     return py::make_tuple(scores, ids);
 }
@@ -138,8 +138,18 @@ py::array_t<float> sqnorms_impl(const py::array& x, bool bf16) {
 
 void bind_topk(py::module_& m) {
     m.def("topk", &topk_impl, py::arg("queries"), py::arg("queries_bf16"), py::arg("segments"),
-          py::arg("metric"), py::arg("k"), py::arg("indptr"), py::arg("indices"), py::arg("num_threads"));
+          py::arg("metric"), py::arg("k"), py::arg("indptr"), py::arg("indices"), py::arg("num_threads"),
+          py::arg("reuse_token") = 0);
     m.def("merge_topk", &merge_impl, py::arg("scores"), py::arg("ids"), py::arg("smallest_first"), py::arg("k"),
           py::arg("num_threads"));
     m.def("sqnorms", &sqnorms_impl, py::arg("vectors"), py::arg("bf16"));
+    // the bf16 screen of the exact search (see cpp/topk_screen.cpp): 0 off, 1 auto, 2 always
+    m.def("set_screen_mode", [](int mode) { hn::set_screen_mode(mode); }, py::arg("mode"));
+    m.def("screen_mode", [] { return hn::screen_mode(); });
+    m.def("screen_available", [] { return hn::bf16_kernels() != nullptr; });
+    m.def("screen_counts", [] {
+        uint64_t s = 0, f = 0;
+        hn::screen_counts(&s, &f);
+        return py::make_tuple(s, f);
+    }, "(screened searches, of which fell back to the plain path) since the process started");
 }

@@ -121,6 +121,54 @@ inline BlockFn block_fn(size_t rq, size_t rc) {
 
 #include "simd/tile_loop.inl"
 
+// RC (query, row) pairs given by pointers: per pair exactly the arithmetic of
+// block<> (the same FMA chain per lane, the same horizontal sums), so every score
+// is bit-identical to dot_tile's for that pair.  The RC chains run side by side.
+template <int RC, DType T>
+inline void pairs_block(const float* const* Qp, const void* const* X, size_t d, float* out) {
+    __m512 acc[RC];
+    for (int j = 0; j < RC; ++j) acc[j] = _mm512_setzero_ps();
+    size_t p = 0;
+    for (; p + 16 <= d; p += 16)
+        for (int j = 0; j < RC; ++j) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(Qp[j] + p), load16<T>(X[j], p), acc[j]);
+    if (p < d) {
+        const __mmask16 m = (__mmask16)((1u << (d - p)) - 1u);
+        for (int j = 0; j < RC; ++j)
+            acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, Qp[j] + p), load16m<T>(X[j], p, m), acc[j]);
+    }
+    if constexpr (RC == 4) {
+        _mm_storeu_ps(out, hsum4(acc[0], acc[1], acc[2], acc[3]));
+    } else {
+        for (int j = 0; j < RC; ++j) out[j] = hsum(acc[j]);
+    }
+}
+
+template <DType T>
+void dot_pairs_t(const float* const* q, const void* const* rows, size_t n, size_t d, float* out) {
+    const size_t bytes = d * (T == DType::F32 ? 4 : 2);
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        // the rows come from anywhere in the corpus: fetch the next four while these are scored
+        for (size_t t = j + 4; t < j + 8 && t < n; ++t)
+            for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(static_cast<const char*>(rows[t]) + o, _MM_HINT_T0);
+        pairs_block<4, T>(q + j, rows + j, d, out + j);
+    }
+    switch (n - j) {
+        case 3: pairs_block<3, T>(q + j, rows + j, d, out + j); break;
+        case 2: pairs_block<2, T>(q + j, rows + j, d, out + j); break;
+        case 1: pairs_block<1, T>(q + j, rows + j, d, out + j); break;
+        default: break;
+    }
+}
+
+void dot_pairs(const float* const* q, const void* const* rows, size_t n, size_t d, DType xt, float* out) {
+    switch (xt) {
+        case DType::F32: dot_pairs_t<DType::F32>(q, rows, n, d, out); break;
+        case DType::F16: dot_pairs_t<DType::F16>(q, rows, n, d, out); break;
+        case DType::BF16: dot_pairs_t<DType::BF16>(q, rows, n, d, out); break;
+    }
+}
+
 template <DType T>
 void sqnorm_t(const void* X, size_t ldx, size_t nx, size_t d, float* out) {
     const size_t es = (T == DType::F32) ? 4 : 2;
@@ -200,7 +248,7 @@ void axpy(float* y, const float* x, size_t n, float w) {
 
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, "avx512"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, "avx512", dot_pairs};
 
 }  // namespace avx512
 }  // namespace hn

@@ -32,6 +32,11 @@ struct Kernels {
     // (no fused multiply-add: bit-identical to the plain loop).
     void (*axpy)(float* y, const float* x, size_t n, float w);
     const char* name;
+    // out[j] = the dot_tile score of query q[j] (fp32) with the row at rows[j] (type
+    // xt), j < n, bit-identical to what dot_tile computes for that pair.  Pairs
+    // anywhere (the survivors of a screen); null in tables that do not need it.
+    void (*dot_pairs)(const float* const* q, const void* const* rows, size_t n, size_t d, DType xt,
+                      float* out) = nullptr;
 };
 
 namespace scalar { extern const Kernels table; }
@@ -42,6 +47,38 @@ namespace avx512 { extern const Kernels table; }
 #if defined(__aarch64__)
 namespace neon { extern const Kernels table; }
 #endif
+
+// bf16 screening kernels (exact top-k with a bf16 pre-pass, see topk_screen.cpp).
+// Vectors are bf16 rows (uint16 bit patterns) zero-padded to a multiple of 32
+// elements.  Only an AVX-512 BF16 build exists; bf16_kernels() is null elsewhere.
+struct Bf16Kernels {
+    // Rounds rows of fp32 X (nx x d, stride ldx) to bf16 (round to nearest even;
+    // values below 2^-126 in magnitude become 0, so the dot instruction never sees
+    // a denormal) into out (stride ldo >= d rounded up to 32, padding zeroed), and
+    // writes per row x2 = sum x^2, e2 = sum (x - bf16(x))^2, t2 = sum bf16(x)^2,
+    // all accumulated in fp32.
+    void (*to_bf16_rows)(const float* X, size_t ldx, size_t nx, size_t d, uint16_t* out, size_t ldo,
+                         float* x2, float* e2, float* t2);
+    // Packs bf16 rows (stride ldx) into groups of 16 rows, pair-interleaved: group
+    // G is 16 * dp / 2 uint32 at out + G * 8 * dp, lane r of pair p = row 16G + r's
+    // elements 2p, 2p + 1.  A last partial group is zero-padded.
+    void (*pack_rows)(const uint16_t* X, size_t ldx, size_t nx, size_t dp, uint32_t* out);
+    // S[i * lds + j] = sum_p Q[i * ldq + p] * X_j[p] over p < dp, for i < nq and
+    // j < ceil(nx / 16) * 16, X packed by pack_rows: bf16 products accumulated in
+    // fp32 by vdpbf16ps, one chain of dp/2 instructions (dp additions) per score.
+    void (*dot_tile_bf16)(const uint16_t* Q, size_t ldq, size_t nq, const uint32_t* X, size_t nx, size_t dp,
+                          float* S, size_t lds);
+    // A value x such that at least r of v[0 .. n) are >= x (n >= r >= 1, v finite),
+    // at most (max - min) / 4096 below the r-th largest: the screen's thresholds.
+    float (*lower_kth)(const float* v, size_t n, size_t r);
+};
+#if defined(__x86_64__) || defined(_M_X64)
+namespace avx512bf16 { extern const Bf16Kernels table; }
+#endif
+
+// The bf16 kernels when the CPU runs them and the fp32 table in use is AVX-512
+// (their screen is then rescored by that table); null otherwise.
+const Bf16Kernels* bf16_kernels();
 
 // The table chosen for this process (HARDNEG_SIMD or the best the CPU runs).
 const Kernels& kernels();

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import math
 import os
@@ -41,7 +42,10 @@ from hardneg.topk import topk
 __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives",
            "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
 
+_IN_PLACE_BYTES = 256 << 20  # memory-mapped corpora up to this size are searched in place (ooc's block size)
+_REUSE_TOKENS = itertools.count(1)
 _FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
+_FAST_SLACK = 16  # extra candidates of the first, shallow search (see the fast path in mine_hard_negatives)
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
 SAMPLING = ("top", "random", "softmax")
@@ -194,6 +198,10 @@ class _Dense:
 
     def __init__(self, corpus: np.ndarray, queries: np.ndarray, metric: str, num_threads: int, index: Any = None):
         self.index = index
+        if isinstance(corpus, np.memmap) and corpus.nbytes <= _IN_PLACE_BYTES:
+            # No larger than one streaming block: search the mapping in place with one kernel
+            # call (still never copied) instead of streaming it block by block.
+            corpus = np.asarray(corpus)
         if index is not None:
             metric = index.metric  # the index decides how it scores; positives are scored alike
         elif metric == "cosine" and _unit_rows(corpus) and _unit_rows(queries):
@@ -204,6 +212,9 @@ class _Dense:
         self.queries = queries
         self.metric = metric
         self.num_threads = num_threads
+        # one token per miner run: its searches may share the kernel's bf16 copy of the corpus
+        # (the corpus is not modified while mining)
+        self.reuse_token = next(_REUSE_TOKENS)
 
     def _q(self, rows) -> np.ndarray:
         """Query rows: a slice (a view) or an int array (a contiguous copy)."""
@@ -214,16 +225,34 @@ class _Dense:
             s, i = self.index.search(self._q(rows), k=k, exclude=exclude)
             return np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)
         # hn.topk checks the corpus for NaN/Inf inside the kernel, in the same pass as the search
+        if type(self.corpus) is np.ndarray:
+            from hardneg.topk import _topk_kernel
+
+            return _topk_kernel(self._q(rows), self.corpus, k, self.metric, exclude, self.num_threads,
+                                self.reuse_token)
         return topk(self._q(rows), self.corpus, k=k, metric=self.metric, exclude=exclude,
                     num_threads=self.num_threads)
 
     def pair_scores(self, rows: slice, qidx: np.ndarray, docs: np.ndarray) -> np.ndarray:
         if docs.size == 0:
             return np.zeros(0, np.float32)
-        q = np.asarray(self._q(rows), dtype=np.float32)[qidx]
-        order = np.argsort(docs, kind="stable")  # sorted reads from a memory-mapped corpus
-        d = np.empty((docs.shape[0], q.shape[1]), dtype=np.float32)
-        d[order] = np.asarray(self.corpus[docs[order]], dtype=np.float32)
+        qa = np.asarray(self._q(rows), dtype=np.float32)
+        if isinstance(self.corpus, np.memmap):
+            order = np.argsort(docs, kind="stable")  # sorted reads from a memory-mapped corpus
+            d = np.empty((docs.shape[0], qa.shape[1]), dtype=np.float32)
+            d[order] = np.asarray(self.corpus[docs[order]], dtype=np.float32)
+            return self._pair_dots(qa[qidx], d)
+        # In chunks of rows: the temporaries stay small (large ones come as fresh pages from
+        # the OS on every call); every score depends on its own row only, so chunking
+        # changes nothing in the result.
+        step = max(1, (96 << 10) // max(1, 4 * qa.shape[1]))
+        out = np.empty(docs.shape[0], np.float32)
+        for a in range(0, docs.shape[0], step):
+            b = min(docs.shape[0], a + step)
+            out[a:b] = self._pair_dots(qa[qidx[a:b]], np.asarray(self.corpus[docs[a:b]], dtype=np.float32))
+        return out
+
+    def _pair_dots(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
         s = np.einsum("ij,ij->i", q, d, dtype=np.float32)
         if self.metric == "cosine":
             qn = np.linalg.norm(q, axis=1)
@@ -355,34 +384,55 @@ class _TextDuplicates:
         return set(self.order[idx].tolist()) | set(self.order[idx + 1].tolist())
 
 
-def _exclusions(ds: RetrievalDataset, positives: List[np.ndarray], exclude_self: bool, exclude_same_text: bool):
+def _exclusions(ds: RetrievalDataset, pos_q: np.ndarray, pos_rows: np.ndarray, exclude_self: bool,
+                exclude_same_text: bool) -> Tuple[np.ndarray, np.ndarray]:
     """Per-query rows to exclude besides the positives: the query's own document (same id)
-    and documents whose text equals the query or one of its positives."""
-    extra: List[List[int]] = [[] for _ in ds.query_ids]
+    and documents whose text equals the query or one of its positives.
+
+    ``pos_q`` / ``pos_rows`` are the positives as flat (query index, corpus row) pairs.  Returns
+    the extra exclusions the same way, sorted by query then row, without duplicates and without
+    the query's positives.  Only hash matches reach Python loops.
+    """
+    qs: List[np.ndarray] = []
+    rs: List[np.ndarray] = []
     if exclude_self:
         idx = ds.doc_index
-        for j, q in enumerate(ds.query_ids):
-            r = idx.get(q)
-            if r is not None:
-                extra[j].append(r)
+        own = np.fromiter((idx.get(q, -1) for q in ds.query_ids), dtype=np.int64, count=ds.num_queries)
+        hit = np.flatnonzero(own >= 0)
+        qs.append(hit)
+        rs.append(own[hit])
     if exclude_same_text and ds.num_docs:
         texts = ds.corpus_texts
         dup = getattr(ds, "_text_duplicates", None)
         if dup is None:
             dup = _TextDuplicates(texts)
             ds._text_duplicates = dup  # cached: the corpus of a dataset does not change
+        pq: List[int] = []
+        pr: List[int] = []
         qh = np.fromiter((hash(t) for t in ds.query_texts), dtype=np.int64, count=ds.num_queries)
         hit = np.searchsorted(dup.sorted, qh, "right") > np.searchsorted(dup.sorted, qh, "left")
         for j in np.flatnonzero(hit).tolist():  # a hash match: compare the texts
-            extra[j].extend(dup.rows_with_text(ds.query_texts[j]))
+            rows = dup.rows_with_text(ds.query_texts[j])
+            pq.extend([j] * len(rows))
+            pr.extend(rows)
         dup_rows = dup.duplicated_rows()
-        if dup_rows:
-            for j, p in enumerate(positives):
-                for r in p.tolist():
-                    if r in dup_rows:
-                        extra[j].extend(x for x in dup.rows_with_text(texts[r]) if x != r)
-    pos_sets = [set(p.tolist()) for p in positives]
-    return [sorted(set(e) - pos_sets[j]) for j, e in enumerate(extra)]
+        if dup_rows and pos_rows.size:
+            shared = np.flatnonzero(np.isin(pos_rows, np.fromiter(dup_rows, dtype=np.int64, count=len(dup_rows))))
+            for t in shared.tolist():  # a positive whose text other rows may share
+                j, r = int(pos_q[t]), int(pos_rows[t])
+                others = [x for x in dup.rows_with_text(texts[r]) if x != r]
+                pq.extend([j] * len(others))
+                pr.extend(others)
+        qs.append(np.array(pq, dtype=np.int64))
+        rs.append(np.array(pr, dtype=np.int64))
+    eq = np.concatenate(qs) if qs else np.zeros(0, np.int64)
+    er = np.concatenate(rs) if rs else np.zeros(0, np.int64)
+    if eq.size == 0:
+        return eq, er
+    base = np.int64(ds.num_docs + 1)
+    key = np.unique(eq * base + er)  # sorted, no duplicates
+    key = key[~np.isin(key, pos_q * base + pos_rows)]
+    return key // base, key % base
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -821,8 +871,13 @@ def mine_hard_negatives(
     # -- positives and exclusions ---------------------------------------------------------------
     t0 = time.perf_counter()
     positives = ds.positives()
-    extra = _exclusions(ds, positives, exclude_self, exclude_same_text)
-    max_pos = max([p.size for p in positives] + [0])
+    # the positives as flat (query index, row) pairs: batches slice them instead of looping
+    pos_counts_all = np.fromiter((p.size for p in positives), dtype=np.int64, count=nq)
+    pos_indptr = _indptr_of(pos_counts_all)
+    pos_rows = np.concatenate(positives).astype(np.int64, copy=False) if nq else np.zeros(0, np.int64)
+    pos_q = np.repeat(np.arange(nq), pos_counts_all)
+    extra_q, extra_rows = _exclusions(ds, pos_q, pos_rows, exclude_self, exclude_same_text)
+    max_pos = int(pos_counts_all.max()) if nq else 0
     depth = range_max + max_pos  # sentence-transformers searches range_max + P
     timings["prepare"] = time.perf_counter() - t0
 
@@ -839,15 +894,18 @@ def mine_hard_negatives(
     # pool (depth - p_in >= range_max), so when they hold `need` survivors the answer is final; the
     # other queries are searched again to the full depth.  Not for hybrid (RRF scores depend on the
     # depth of both rankings) nor with a rescorer (it reorders the whole pool).
-    k_fast = min(range_max, need + max(16, need))
+    k_fast = min(range_max, need + max(_FAST_SLACK, need))
     fast = _FAST_PATH and sampling == "top" and rescorer is None and retriever != "hybrid" and k_fast < depth
     red = {"min": np.nanmin, "max": np.nanmax, "mean": np.nanmean}[positive_anchor]
 
     # every query's exclusions (positives + extra rows) as one CSR, sliced per batch
-    ex_counts = np.array([positives[j].size + len(extra[j]) for j in range(nq)], np.int64)
+    if extra_q.size:
+        all_q = np.concatenate([pos_q, extra_q])
+        ex_indices = np.concatenate([pos_rows, extra_rows])[np.argsort(all_q, kind="stable")]
+        ex_counts = np.bincount(all_q, minlength=nq).astype(np.int64)
+    else:
+        ex_indices, ex_counts = pos_rows, pos_counts_all
     ex_indptr = _indptr_of(ex_counts)
-    ex_indices = np.concatenate([np.concatenate([positives[j], np.asarray(extra[j], np.int64)]) if extra[j]
-                                 else positives[j] for j in range(nq)]).astype(np.int64) if nq else np.zeros(0, np.int64)
 
     def exclusion_csr(glob_rows: np.ndarray):
         if glob_rows.size and glob_rows[-1] - glob_rows[0] + 1 == glob_rows.size:  # a contiguous range
@@ -898,24 +956,30 @@ def mine_hard_negatives(
     def select(cs, ci, keep, glob_rows: np.ndarray):
         """Window positions range_min..range_max-1 of the survivors, then sampling; writes the output."""
         B = glob_rows.size
+        if sampling == "top":  # survivor ranks range_min .. range_min + num_negatives - 1, in row order
+            rank = np.cumsum(keep, axis=1) - 1
+            hi = min(range_max, range_min + num_negatives)
+            r, c = np.nonzero(keep & (rank >= range_min) & (rank < hi))
+            slot = rank[r, c] - range_min
+            ids_out[glob_rows[r], slot] = ci[r, c]
+            scores_out[glob_rows[r], slot] = cs[r, c]
+            return
         # survivors first, in score order (the rows are sorted), then the window
         order = np.argsort(~keep, axis=1, kind="stable")
         ws, wi, wk = _take(cs, order), _take(ci, order), _take(keep, order)
         ws, wi, wk = ws[:, range_min:range_max], wi[:, range_min:range_max], wk[:, range_min:range_max]
-        if sampling == "top":
-            ss, si, sk = ws[:, :num_negatives], wi[:, :num_negatives], wk[:, :num_negatives]
-        else:
-            u = _uniform(seed, glob_rows, np.where(wk, wi, 0))
-            if sampling == "random":
-                key = np.where(wk, -u, -np.inf)  # the smallest u win
-            else:  # Gumbel-top-k: sampling without replacement in proportion to exp(score / T)
-                key = np.where(wk, ws.astype(np.float64) / temperature - np.log(-np.log(u)), -np.inf)
-            rows_ = np.broadcast_to(np.arange(B)[:, None], key.shape)
-            o = np.lexsort((wi.ravel(), -key.ravel(), rows_.ravel())) % max(1, key.shape[1])
-            o = o.reshape(key.shape)[:, :num_negatives]
-            ss, si, sk = _take(ws, o), _take(wi, o), _take(wk, o)
-            o2 = _sort_rows(ss, si, sk)
-            ss, si, sk = _take(ss, o2), _take(si, o2), _take(sk, o2)
+        # random / softmax sampling inside the window
+        u = _uniform(seed, glob_rows, np.where(wk, wi, 0))
+        if sampling == "random":
+            key = np.where(wk, -u, -np.inf)  # the smallest u win
+        else:  # Gumbel-top-k: sampling without replacement in proportion to exp(score / T)
+            key = np.where(wk, ws.astype(np.float64) / temperature - np.log(-np.log(u)), -np.inf)
+        rows_ = np.broadcast_to(np.arange(B)[:, None], key.shape)
+        o = np.lexsort((wi.ravel(), -key.ravel(), rows_.ravel())) % max(1, key.shape[1])
+        o = o.reshape(key.shape)[:, :num_negatives]
+        ss, si, sk = _take(ws, o), _take(wi, o), _take(wk, o)
+        o2 = _sort_rows(ss, si, sk)
+        ss, si, sk = _take(ss, o2), _take(si, o2), _take(sk, o2)
         w = ss.shape[1]
         ids_out[glob_rows, :w] = np.where(sk, si, -1)
         scores_out[glob_rows, :w] = np.where(sk, ss, -np.inf)
@@ -932,9 +996,9 @@ def mine_hard_negatives(
         b1 = min(nq, b0 + batch_size)
         B = b1 - b0
         glob = np.arange(b0, b1)
-        pos_counts = np.array([positives[j].size for j in range(b0, b1)], np.int64)
+        pos_counts = pos_counts_all[b0:b1]
         pq = np.repeat(np.arange(B), pos_counts)
-        pd = np.concatenate([positives[j] for j in range(b0, b1)]) if B else np.zeros(0, np.int64)
+        pd = pos_rows[pos_indptr[b0]:pos_indptr[b1]]
         todo = np.arange(B)
 
         if fast:
@@ -965,7 +1029,8 @@ def mine_hard_negatives(
             t0 = time.perf_counter()
             cs, ci = ret.search(rows, depth, exclusion_csr(sub_glob))
             cs, ci = np.asarray(cs, dtype=np.float32), np.asarray(ci, dtype=np.int64)
-            sps = ret.pair_scores(rows, spq, spd).astype(np.float32)
+            # a pair's score depends on the pair only: the first pass's are reused as they are
+            sps = ps[keep_pos] if fast else ret.pair_scores(rows, spq, spd).astype(np.float32)
             t_search += time.perf_counter() - t0
 
             # sentence-transformers' pool: of its top `depth` (positives included), the non-positives.
@@ -1007,13 +1072,14 @@ def mine_hard_negatives(
                 ps = sps
 
             t0 = time.perf_counter()
-            sanchor = anchors(sps, spq, scounts)
+            # min / max anchors are exact whatever the batch: the first pass's are reused
+            sanchor = anchor[todo] if fast and positive_anchor != "mean" else anchors(sps, spq, scounts)
             keep, drops = apply_filters(cs, valid, sanchor)
             select(cs, ci, keep, sub_glob)
             account(valid, drops, np.ones(S, dtype=bool))
             t_select += time.perf_counter() - t0
 
-        anchor_out[b0:b1] = anchors(ps, pq, pos_counts)
+        anchor_out[b0:b1] = anchor if fast else anchors(ps, pq, pos_counts)
         ps32 = ps.astype(np.float32)
         bounds = _indptr_of(pos_counts).tolist()
         pos_scores_all[b0:b1] = [ps32[bounds[j]:bounds[j + 1]] for j in range(B)]

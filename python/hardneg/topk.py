@@ -295,6 +295,16 @@ def topk(queries: Any, corpus: Any, k: int = 10, metric: str = "ip", exclude: An
     if isinstance(corpus, np.memmap) and backend != "torch":
         from hardneg.ooc import topk_memmap  # streamed in blocks, pages released after each
         return topk_memmap(queries, corpus, k, metric, exclude, num_threads)
+    return _topk_kernel(queries, corpus, k, metric, exclude, num_threads)
+
+
+def _topk_kernel(queries, corpus, k: int, metric: str, exclude, num_threads, reuse_token: int = 0):
+    """The in-memory kernel path of :func:`topk` (arguments already checked).
+
+    ``reuse_token`` (internal, non-zero): the caller promises that ``corpus`` is unchanged since
+    its last call with the same token, so the bf16 screen may reuse its copy (the miner's two
+    searches over one corpus).
+    """
     c, cbf16 = vectors_for_kernel(corpus, "corpus")
     if c.shape[0] == 0:
         _empty_error()
@@ -309,7 +319,7 @@ def topk(queries: Any, corpus: Any, k: int = 10, metric: str = "ip", exclude: An
     # triggers a scan of that block), so it is read only once.
     scores, ids = _core.topk(q, qbf16, [(c, cbf16, None, 0)], metric, k,
                              None if ex is None else ex[0], None if ex is None else ex[1],
-                             resolve_num_threads(num_threads))
+                             resolve_num_threads(num_threads), reuse_token)
     return to_caller(scores, queries), to_caller(ids, queries)
 
 

@@ -60,6 +60,23 @@ int main() {
                     if (std::fabs(n1[i] - n2[i]) > 1e-4f * (1 + n2[i])) {
                         if (failures++ < 10) std::printf("%s norm d=%zu t=%d %g vs %g\n", K.name, d, t, n1[i], n2[i]);
                     }
+                if (K.dot_pairs) {  // pointer pairs: bit-identical to dot_tile for the same pair
+                    std::vector<const float*> qp;
+                    std::vector<const void*> xp;
+                    std::vector<size_t> at;
+                    for (size_t u = 0; u < 2 * nq + 3; ++u) {
+                        size_t i = (u * 7) % nq, j = (u * 5 + u / 3) % nx;
+                        qp.push_back(Q.data() + i * d);
+                        xp.push_back(static_cast<const char*>(X) + j * d * dtype_size(dt));
+                        at.push_back(i * nx + j);
+                    }
+                    std::vector<float> P(qp.size());
+                    K.dot_pairs(qp.data(), xp.data(), qp.size(), d, dt, P.data());
+                    for (size_t u = 0; u < qp.size(); ++u)
+                        if (std::memcmp(&P[u], &S[at[u]], 4) != 0) {
+                            if (failures++ < 10) std::printf("%s dot_pairs d=%zu t=%d %g vs %g\n", K.name, d, t, P[u], S[at[u]]);
+                        }
+                }
                 std::vector<float> c1(nx * d), c2(nx * d);
                 K.to_f32(X, dt, nx * d, c1.data());
                 scalar::table.to_f32(X, dt, nx * d, c2.data());
@@ -87,6 +104,49 @@ int main() {
             if (std::memcmp(y1.data(), y2.data(), n * 4) != 0) {
                 if (failures++ < 10) std::printf("%s axpy n=%zu\n", K.name, n);
             }
+        }
+        if (const Bf16Kernels* B = bf16_kernels()) {  // the screen's kernels: against exact bf16 products
+            for (size_t d : {1, 17, 32, 100}) {
+                const size_t nq = 7, nx = 37, dp = (d + 31) / 32 * 32;
+                std::vector<float> Q(nq * d), X(nx * d), x2(nx), e2(nx), t2(nx);
+                for (auto& v : Q) v = U(gen);
+                for (auto& v : X) v = U(gen);
+                X[3] = 1e-39f;  // a denormal: flushed to 0
+                std::vector<uint16_t> qb(nq * dp), xb(nx * dp);
+                std::vector<uint32_t> packed((nx + 15) / 16 * 16 * dp / 2);
+                B->to_bf16_rows(Q.data(), d, nq, d, qb.data(), dp, x2.data(), e2.data(), t2.data());
+                B->to_bf16_rows(X.data(), d, nx, d, xb.data(), dp, x2.data(), e2.data(), t2.data());
+                B->pack_rows(xb.data(), dp, nx, dp, packed.data());
+                const size_t lds = (nx + 15) / 16 * 16;
+                std::vector<float> S(nq * lds);
+                B->dot_tile_bf16(qb.data(), dp, nq, packed.data(), nx, dp, S.data(), lds);
+                auto wide = [](uint16_t h) { uint32_t u = uint32_t(h) << 16; float f; std::memcpy(&f, &u, 4); return f; };
+                for (size_t i = 0; i < nq; ++i)
+                    for (size_t j = 0; j < nx; ++j) {
+                        double ref = 0, mag = 0;
+                        for (size_t p = 0; p < dp; ++p) {
+                            double pr = double(wide(qb[i * dp + p])) * double(wide(xb[j * dp + p]));
+                            ref += pr, mag += std::fabs(pr);
+                        }
+                        if (std::fabs(S[i * lds + j] - ref) > 1e-5 * (mag + 1e-30)) {
+                            if (failures++ < 10) std::printf("bf16 dot d=%zu %g vs %g\n", d, S[i * lds + j], ref);
+                        }
+                    }
+                for (size_t j = 0; j < nx; ++j) {  // rounding error within half a bf16 ulp per element
+                    double e = 0;
+                    for (size_t p = 0; p < d; ++p) {
+                        const double v = X[j * d + p], w = wide(xb[j * dp + p]);
+                        if (std::fabs(v - w) > std::ldexp(std::fabs(v), -8) + 1.2e-38) {
+                            if (failures++ < 10) std::printf("bf16 rounding %g -> %g\n", v, w);
+                        }
+                        e += (v - w) * (v - w);
+                    }
+                    if (std::fabs(e2[j] - e) > 1e-4 * e + 1e-30) {
+                        if (failures++ < 10) std::printf("bf16 e2 %g vs %g\n", e2[j], e);
+                    }
+                }
+            }
+            std::printf("%s bf16 screen kernels checked\n", K.name);
         }
         std::printf("%s checked\n", K.name);
     }

@@ -1,0 +1,59 @@
+// Pieces shared by the plain top-k (topk.cpp) and the bf16-screened one
+// (topk_screen.cpp).  Baseline code only: never include from an ISA file.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "simd/kernels.h"
+#include "topk.h"
+
+namespace hn {
+namespace detail {
+
+// A candidate is one 64-bit word: the ranking key mapped to an unsigned
+// integer that sorts like the float (high 32 bits) and the bitwise NOT of the id
+// (low 32 bits).  Larger words are better: higher key, then smaller id.  Plain
+// integer compares make nth_element/sort several times faster than a struct
+// comparator, and the buffers half the size.
+using Cand = uint64_t;
+constexpr int64_t kMaxRows = int64_t(0xFFFFFFFF);  // ids must fit in 32 bits
+
+inline uint32_t key_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline float bits_key(uint32_t u) {
+    u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline Cand make_cand(float key, int64_t id) {
+    key += 0.0f;  // -0 -> +0: equal floats must map to equal bits
+    return (uint64_t(key_bits(key)) << 32) | uint64_t(~uint32_t(id));
+}
+inline float cand_key(Cand c) { return bits_key(uint32_t(c >> 32)); }
+inline int64_t cand_id(Cand c) { return int64_t(~uint32_t(c)); }
+
+// Query `row` of Q as fp32 into dst[0..d), normalised for cosine; *qn gets its
+// squared norm (before normalising) for L2 / cosine.
+void load_query(const Kernels& K, const void* Q, DType qt, size_t ldq, size_t d, Metric metric, size_t row,
+                float* dst, float* qn);
+
+// Sorts the best min(k, size) candidates of `c` (reordering c) and writes one
+// output row: best first, then padding (id -1, score -inf / +inf for L2).
+void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t* io);
+
+// The screened search (topk_screen.cpp).  Returns false, having written
+// nothing, when it does not apply (metric, CPU, sizes) or gave up (too many
+// near-ties, huge or non-finite values); the caller then runs the plain search.
+// ex_sorted: the exclusions with each query's ids sorted (excl.indptr indexes it).
+bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
+                          const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
+                          const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
+                          uint64_t reuse_token);
+
+}  // namespace detail
+}  // namespace hn
