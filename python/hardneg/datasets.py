@@ -121,6 +121,32 @@ class RetrievalDataset:
             cache[key] = out
         return [p.copy() for p in cache[key]]
 
+    def _positives_flat(self, min_relevance: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+        """The positives as (count per query, concatenated rows), read-only and cached."""
+        cache = self.__dict__.setdefault("_positives_flat_cache", {})
+        key = (min_relevance, id(self.qrels), id(self.query_ids), id(self.corpus_ids))
+        if key not in cache:
+            pos = self.positives(min_relevance)
+            counts = np.fromiter((p.size for p in pos), dtype=np.int64, count=len(pos))
+            rows = np.concatenate(pos).astype(np.int64, copy=False) if pos else np.zeros(0, np.int64)
+            counts.flags.writeable = False
+            rows.flags.writeable = False
+            cache.clear()
+            cache[key] = (counts, rows)
+        return cache[key]
+
+    def _own_rows(self) -> np.ndarray:
+        """Per query, the corpus row whose id equals the query id (-1: none); read-only, cached."""
+        cache = self.__dict__.setdefault("_own_rows_cache", {})
+        key = (id(self.query_ids), id(self.corpus_ids))
+        if key not in cache:
+            idx = self.doc_index
+            own = np.fromiter((idx.get(q, -1) for q in self.query_ids), dtype=np.int64, count=self.num_queries)
+            own.flags.writeable = False
+            cache.clear()
+            cache[key] = own
+        return cache[key]
+
 
 # ---------------------------------------------------------------------------------------------- reading
 

@@ -45,7 +45,7 @@ __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives",
 _IN_PLACE_BYTES = 256 << 20  # memory-mapped corpora up to this size are searched in place (ooc's block size)
 _REUSE_TOKENS = itertools.count(1)
 _FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
-_FAST_SLACK = 16  # extra candidates of the first, shallow search (see the fast path in mine_hard_negatives)
+_FAST_SLACK = 16
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
 SAMPLING = ("top", "random", "softmax")
@@ -396,8 +396,7 @@ def _exclusions(ds: RetrievalDataset, pos_q: np.ndarray, pos_rows: np.ndarray, e
     qs: List[np.ndarray] = []
     rs: List[np.ndarray] = []
     if exclude_self:
-        idx = ds.doc_index
-        own = np.fromiter((idx.get(q, -1) for q in ds.query_ids), dtype=np.int64, count=ds.num_queries)
+        own = ds._own_rows()
         hit = np.flatnonzero(own >= 0)
         qs.append(hit)
         rs.append(own[hit])
@@ -870,11 +869,9 @@ def mine_hard_negatives(
 
     # -- positives and exclusions ---------------------------------------------------------------
     t0 = time.perf_counter()
-    positives = ds.positives()
     # the positives as flat (query index, row) pairs: batches slice them instead of looping
-    pos_counts_all = np.fromiter((p.size for p in positives), dtype=np.int64, count=nq)
+    pos_counts_all, pos_rows = ds._positives_flat()
     pos_indptr = _indptr_of(pos_counts_all)
-    pos_rows = np.concatenate(positives).astype(np.int64, copy=False) if nq else np.zeros(0, np.int64)
     pos_q = np.repeat(np.arange(nq), pos_counts_all)
     extra_q, extra_rows = _exclusions(ds, pos_q, pos_rows, exclude_self, exclude_same_text)
     max_pos = int(pos_counts_all.max()) if nq else 0
@@ -1100,6 +1097,8 @@ def mine_hard_negatives(
     stats = {"candidates": n_candidates, "filtered": {k: v for k, v in filtered.items() if v},
              "searched_again": searched_again if fast else None,
              "max_positives": max_pos}
+    bounds = pos_indptr.tolist()
+    positives = [pos_rows[bounds[j]:bounds[j + 1]] for j in range(nq)]  # read-only views
     return MinedNegatives(ids_out, scores_out, anchor_out, positives, pos_scores_all, ds, params, stats, timings)
 
 
