@@ -449,6 +449,8 @@ class BM25:
         except ValueError as e:
             raise ValueError(f"corrupt BM25 index: {e}") from None
         bm._vocab_cache = None
+        if mmap:
+            _release_pages(arrays.values())
         return bm
 
 
@@ -463,3 +465,21 @@ def _codes_from_tfs(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     table, codes = np.unique(pairs, return_inverse=True)
     return {"codes": codes.astype(np.uint16 if table.size <= 65536 else np.uint32),
             "code_tf": (table >> np.uint64(32)).astype(np.uint32), "code_len": (table & np.uint64(0xFFFFFFFF)).astype(np.uint32)}
+
+
+def _release_pages(arrays: Iterable[np.ndarray]) -> None:
+    """Drop the pages that validating a mapped index read in: they are clean file pages, read
+    again on demand, so resident memory after ``load(mmap=True)`` stays small."""
+    import mmap as _mmap
+
+    advice = getattr(_mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is None:
+            continue
+        try:
+            m.madvise(advice)
+        except (OSError, ValueError):  # not supported here: only memory stays higher
+            pass
