@@ -577,14 +577,22 @@ void Index::build_blocks(int num_threads) {
     blk_start.swap(start);
     blk_qmax.swap(qmax);
 
-    // Dense impact arrays of the very common terms.
+    // Dense impact arrays of the most common terms: those in more than a quarter of the
+    // documents, most common first, while the arrays stay within kDenseBudget of the
+    // postings' bytes (a dense array costs 4 bytes per document, a posting 6).
     std::vector<int32_t> did(V, -1);
-    std::vector<uint32_t> dterms;
+    std::vector<uint32_t> dterms, cands;
     for (size_t t = 0; t < V; ++t)
-        if (long_id[t] >= 0 && size_t(o[t + 1] - o[t]) * 2 > N) {
-            did[t] = int32_t(dterms.size());
-            dterms.push_back(uint32_t(t));
-        }
+        if (long_id[t] >= 0 && size_t(o[t + 1] - o[t]) * 4 > N) cands.push_back(uint32_t(t));
+    std::sort(cands.begin(), cands.end(), [&](uint32_t x, uint32_t y) {
+        return o[x + 1] - o[x] > o[y + 1] - o[y] || (o[x + 1] - o[x] == o[y + 1] - o[y] && x < y);
+    });
+    const double budget = kDenseBudget * 6.0 * double(num_postings());
+    for (uint32_t t : cands) {
+        if (4.0 * double(NB * kBlock) * double(dterms.size() + 1) > budget) break;
+        did[t] = int32_t(dterms.size());
+        dterms.push_back(t);
+    }
     const size_t L = NB * kBlock;
     std::vector<float> dimp(dterms.size() * L, 0.f);
     with_impacts([&](const auto imp) {

@@ -126,10 +126,11 @@ class Index {
     std::vector<uint32_t> long_terms;  // term id of each long term
     std::vector<uint32_t> blk_start;   // long terms x (NB + 1)
     std::vector<uint8_t> blk_qmax;     // long terms x NB
-    // Very common terms (in more than half of the documents) also get a dense
+    // Very common terms (in more than a quarter of the documents) also get a dense
     // array of their impacts over all documents (0: absent): adding one is then a
     // vector loop without scatter (simd axpy), several times cheaper than its
     // postings.  Derived, rebuilt with the bounds.
+    static constexpr double kDenseBudget = 0.10;
     std::vector<int32_t> dense_id;  // per term: index among the dense terms, or -1
     std::vector<float> dense_imp;   // dense terms x (NB * kBlock)
     size_t num_blocks() const { return (num_docs() + kBlock - 1) / kBlock; }

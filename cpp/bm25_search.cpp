@@ -137,9 +137,42 @@ void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp) {
 }
 
 // Keeps the k largest keys of `cand`, sorted descending.
-void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp) {
+// The k-th largest of m unsigned values (1 <= k <= m): a radix select on the
+// bytes, most significant first (four counting passes, no data movement).
+uint32_t kth_largest(const uint32_t* v, size_t m, size_t k) {
+    uint32_t prefix = 0, mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        size_t cnt[256] = {0};
+        for (size_t i = 0; i < m; ++i)
+            if ((v[i] & mask) == prefix) ++cnt[(v[i] >> shift) & 255];
+        size_t b = 256;
+        while (b-- > 1 && cnt[b] < k) k -= cnt[b];
+        prefix |= uint32_t(b) << shift;
+        mask |= 0xFFu << shift;
+    }
+    return prefix;
+}
+
+// Keeps the k largest keys of `cand`, sorted descending.
+void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp, std::vector<uint32_t>& hi) {
     if (cand.size() > k) {
-        std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<uint64_t>());
+        // The k-th largest score, then every key above it and the best of those tying it.
+        const size_t n = cand.size();
+        hi.resize(n);
+        for (size_t i = 0; i < n; ++i) hi[i] = uint32_t(cand[i] >> 32);
+        const uint32_t th = kth_largest(hi.data(), n, k);
+        tmp.clear();
+        size_t m = 0;
+        for (size_t i = 0; i < n; ++i) {
+            if (hi[i] > th)
+                cand[m++] = cand[i];
+            else if (hi[i] == th)
+                tmp.push_back(cand[i]);
+        }
+        const size_t need = k - m;
+        if (tmp.size() > need)
+            std::nth_element(tmp.begin(), tmp.begin() + (need - 1), tmp.end(), std::greater<uint64_t>());
+        for (size_t i = 0; i < need; ++i) cand[m++] = tmp[i];
         cand.resize(k);
     }
     sort_desc(cand, tmp);
@@ -150,7 +183,8 @@ void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp
 // Scores are base + x for accumulator values x > 0.
 struct Collector {
     std::vector<uint64_t>* buf;
-    std::vector<uint32_t> idx;
+    std::vector<uint32_t> idx, hi;
+    std::vector<uint64_t> tmp;
     size_t k;
     float base = 0.f;
     float theta = 0.f;  // k-th best score so far (0 until k hits): lower ones can't enter
@@ -187,8 +221,7 @@ struct Collector {
         theta = std::max(theta, base + f);
     }
     void cut() {
-        std::nth_element(buf->begin(), buf->begin() + (k - 1), buf->end(), std::greater<uint64_t>());
-        buf->resize(k);
+        keep_best(*buf, k, tmp, hi);
         theta = key_score((*buf)[k - 1]);
         // x >= tau <=> base + x >= theta (both sides monotone in x).
         float t = std::max(theta - base, std::numeric_limits<float>::denorm_min());
@@ -229,8 +262,13 @@ float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
         for (size_t r = 1; r < bl; ++r) m = x[b * bl + r] > m ? x[b * bl + r] : m;
         tmp[b] = m;
     }
-    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
-    return std::max(0.f, tmp[k - 1]);
+    // Block maxima >= 0 order like their bits; excluded (-inf) ones count as 0.
+    auto* bits = reinterpret_cast<uint32_t*>(tmp.data());
+    for (size_t b = 0; b < nb; ++b) bits[b] = int32_t(bits[b]) < 0 ? 0u : bits[b];
+    const uint32_t th = kth_largest(bits, nb, k);
+    float f;
+    std::memcpy(&f, &th, 4);
+    return f;
 }
 
 void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
@@ -427,7 +465,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             }
             for (uint32_t d : S.touched) acc[d] = 0.f;
             for (uint32_t d : S.ex) acc[d] = 0.f;
-            keep_best(S.cand, k, S.tmp);
+            keep_best(S.cand, k, S.tmp, top.hi);
 
             // bm25l / bm25+: documents without any query term still score `base`;
             // when fewer than k matched, the first unmatched ids fill the rest.
