@@ -257,14 +257,19 @@ float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
     if (n / bl < 2 * k || bl < 2) return 0.f;
     const size_t nb = n / bl;
     tmp.resize(nb);
-    for (size_t b = 0; b < nb; ++b) {
-        float m = x[b * bl];
-        for (size_t r = 1; r < bl; ++r) m = x[b * bl + r] > m ? x[b * bl + r] : m;
-        tmp[b] = m;
-    }
-    // Block maxima >= 0 order like their bits; excluded (-inf) ones count as 0.
+    // Floats >= 0 order like their bits as int32, and -inf (excluded) is negative:
+    // an integer max (vectorised); negative maxima count as 0.
     auto* bits = reinterpret_cast<uint32_t*>(tmp.data());
-    for (size_t b = 0; b < nb; ++b) bits[b] = int32_t(bits[b]) < 0 ? 0u : bits[b];
+    if (bl >= 16) {
+        kernels().block_max(x, nb, bl, bits);
+    } else {
+        const int32_t* xi = reinterpret_cast<const int32_t*>(x);
+        for (size_t b = 0; b < nb; ++b) {
+            int32_t m = 0;
+            for (size_t r = 0; r < bl; ++r) m = std::max(m, xi[b * bl + r]);
+            bits[b] = uint32_t(m);
+        }
+    }
     const uint32_t th = kth_largest(bits, nb, k);
     float f;
     std::memcpy(&f, &th, 4);

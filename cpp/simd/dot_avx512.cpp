@@ -246,9 +246,19 @@ void axpy(float* y, const float* x, size_t n, float w) {
     }
 }
 
+void block_max(const float* x, size_t nb, size_t bl, uint32_t* out) {
+    const int32_t* xi = reinterpret_cast<const int32_t*>(x);
+    for (size_t b = 0; b < nb; ++b) {
+        __m512i m = _mm512_setzero_si512();
+        for (size_t r = 0; r < bl; r += 16)
+            m = _mm512_max_epi32(m, _mm512_loadu_si512(reinterpret_cast<const void*>(xi + b * bl + r)));
+        out[b] = uint32_t(_mm512_reduce_max_epi32(m));
+    }
+}
+
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, "avx512", dot_pairs};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs};
 
 }  // namespace avx512
 }  // namespace hn

@@ -31,6 +31,10 @@ struct Kernels {
     // y[i] = y[i] + w * x[i] for i < n, rounded as those two separate operations
     // (no fused multiply-add: bit-identical to the plain loop).
     void (*axpy)(float* y, const float* x, size_t n, float w);
+    // out[b] = max(0, max over r < bl of the int32 bits of x[b * bl + r]) for b < nb:
+    // block maxima of floats >= 0 (negative ones, e.g. -inf, count as 0).  bl is a
+    // multiple of 16.
+    void (*block_max)(const float* x, size_t nb, size_t bl, uint32_t* out);
     const char* name;
     // out[j] = the dot_tile score of query q[j] (fp32) with the row at rows[j] (type
     // xt), j < n, bit-identical to what dot_tile computes for that pair.  Pairs

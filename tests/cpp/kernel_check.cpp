@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -93,6 +94,21 @@ int main() {
             size_t b = scalar::table.filter_ge(s.data(), n, 0.5f, o2.data());
             if (a != b || std::memcmp(o1.data(), o2.data(), a * 4) != 0) {
                 if (failures++ < 10) std::printf("%s filter_ge n=%zu\n", K.name, n);
+            }
+        }
+        // block_max: integer maxima of float bits, negatives as 0.
+        {
+            std::vector<float> x(256);
+            for (auto& v : x) v = U(gen) * 5.f;
+            x[3] = -std::numeric_limits<float>::infinity();
+            for (size_t r = 32; r < 48; ++r) x[r] = -std::numeric_limits<float>::infinity();
+            for (size_t bl : {16, 32, 64}) {
+                std::vector<uint32_t> o1(256 / bl), o2(256 / bl);
+                K.block_max(x.data(), 256 / bl, bl, o1.data());
+                scalar::table.block_max(x.data(), 256 / bl, bl, o2.data());
+                if (o1 != o2) {
+                    if (failures++ < 10) std::printf("%s block_max bl=%zu\n", K.name, bl);
+                }
             }
         }
         // axpy: y + w * x with separate roundings, bit-identical on every table.
