@@ -253,6 +253,7 @@ struct Scratch {
 // small for 2k blocks.  Cheap, and it lets the filter skip most values at once.
 float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
     size_t bl = 64;
+    while (bl > 16 && n / bl < 4 * k) bl /= 2;  // 4k blocks: a tighter bound, still cheap
     while (bl > 1 && n / bl < 2 * k) bl /= 2;
     if (n / bl < 2 * k || bl < 2) return 0.f;
     const size_t nb = n / bl;
@@ -419,7 +420,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     // that is cheaper.  Every document of the range is then offered:
                     // the partial sums of dead blocks are below their bound, hence below
                     // the threshold, and blocks already scored above are zeroed first.
-                    const bool late_offer = !prune && k > 256;
+                    const bool late_offer = !prune;
                     for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {
                         const size_t c1 = std::min(NB, c0 + kChunkBlocks);
                         S.live.clear();
