@@ -58,7 +58,6 @@ def main():
         t = time.perf_counter()
         bm.search(queries, k=k, num_threads=args.threads)
         rows.append((f"top-{k} queries/s ({args.threads} threads)", f"{len(queries) / (time.perf_counter() - t):,.0f}"))
-    cut = len(texts) - len(texts) // 100
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         bm.save(d)

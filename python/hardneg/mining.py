@@ -45,7 +45,7 @@ __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives",
 _IN_PLACE_BYTES = 256 << 20  # memory-mapped corpora up to this size are searched in place (ooc's block size)
 _REUSE_TOKENS = itertools.count(1)
 _FAST_PATH = True  # tests turn it off to compare the shallow-search path with the full one
-_FAST_SLACK = 16
+_FAST_SLACK = 24
 
 RETRIEVERS = ("dense", "bm25", "hybrid")
 SAMPLING = ("top", "random", "softmax")
@@ -177,6 +177,27 @@ def _take(a: np.ndarray, order: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- retrievers
 
 
+# (path, size, mtime) of a .npy file -> whether its rows are unit-norm: repeated runs on the
+# same embedding files skip the pass over them.
+_UNIT_CACHE: Dict[Tuple[str, int, int], bool] = {}
+
+
+def _unit_rows_of(a: np.ndarray, source: Any) -> bool:
+    """_unit_rows, remembered per unchanged .npy file when ``source`` is its path."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            st = os.stat(source)
+            key = (os.path.realpath(source), st.st_size, st.st_mtime_ns)
+        except OSError:
+            return _unit_rows(a)
+        if key not in _UNIT_CACHE:
+            if len(_UNIT_CACHE) > 64:
+                _UNIT_CACHE.clear()
+            _UNIT_CACHE[key] = _unit_rows(a)
+        return _UNIT_CACHE[key]
+    return _unit_rows(a)
+
+
 def _unit_rows(a: np.ndarray, tol: float = 1e-5) -> bool:
     """True when every row has unit L2 norm (within tol on the squared norm); one pass, no copy."""
     from hardneg import _core
@@ -196,7 +217,8 @@ class _Dense:
 
     name = "dense"
 
-    def __init__(self, corpus: np.ndarray, queries: np.ndarray, metric: str, num_threads: int, index: Any = None):
+    def __init__(self, corpus: np.ndarray, queries: np.ndarray, metric: str, num_threads: int, index: Any = None,
+                 unit: Optional[Callable[[], bool]] = None):
         self.index = index
         if isinstance(corpus, np.memmap) and corpus.nbytes <= _IN_PLACE_BYTES:
             # No larger than one streaming block: search the mapping in place with one kernel
@@ -204,7 +226,7 @@ class _Dense:
             corpus = np.asarray(corpus)
         if index is not None:
             metric = index.metric  # the index decides how it scores; positives are scored alike
-        elif metric == "cosine" and _unit_rows(corpus) and _unit_rows(queries):
+        elif metric == "cosine" and (unit() if unit is not None else (_unit_rows(corpus) and _unit_rows(queries))):
             # Already L2-normalised (as sentence-transformers' embeddings are): cosine = inner
             # product up to the last bit, and the inner-product kernel skips the norms.
             metric = "ip"
@@ -845,7 +867,7 @@ def mine_hard_negatives(
             if encoder is None:
                 raise ValueError(f"retriever {retriever!r} needs query_embeddings or an encoder")
             query_embeddings = _encode(encoder, ds.query_texts, encode_batch_size, "encode queries", progress)
-        Qe = _to_numpy_rows(query_embeddings, "query_embeddings")
+        Qe = Q_file = _to_numpy_rows(query_embeddings, "query_embeddings")
         if Qe.shape[0] == nq:
             pass
         elif Qe.shape[0] == len(ds.all_query_ids):
@@ -861,7 +883,11 @@ def mine_hard_negatives(
                                 "e.g. hn.DenseIndex(..., backend='faiss')")
             if len(index) != ds.num_docs:
                 raise ValueError(f"index holds {len(index)} rows but the corpus has {ds.num_docs} documents")
-        dense = _Dense(C, Qe, metric, threads, index)
+        # unit-norm rows (checked once per unchanged .npy file) make cosine an inner product
+        # (the whole query file's answer, cached, else the split's rows)
+        unit = lambda: (_unit_rows_of(C, corpus_embeddings)  # noqa: E731
+                        and (_unit_rows_of(Q_file, query_embeddings) or _unit_rows(Qe)))
+        dense = _Dense(C, Qe, metric, threads, index, unit)
     if retriever in ("bm25", "hybrid"):
         bm = _BM25(_build_bm25(bm25, ds), ds.query_texts, threads)
     ret = dense if retriever == "dense" else bm if retriever == "bm25" else _Hybrid(dense, bm, rrf_k)
