@@ -172,18 +172,9 @@ void axpy(float* y, const float* x, size_t n, float w) {
     }
 }
 
-void block_max(const float* x, size_t nb, size_t bl, uint32_t* out) {
-    const int32_t* xi = reinterpret_cast<const int32_t*>(x);
-    for (size_t b = 0; b < nb; ++b) {
-        int32_t m = 0;
-        for (size_t r = 0; r < bl; ++r) m = xi[b * bl + r] > m ? xi[b * bl + r] : m;
-        out[b] = uint32_t(m);
-    }
-}
-
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx2"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, scalar::block_max, "avx2"};
 
 }  // namespace avx2
 }  // namespace hn

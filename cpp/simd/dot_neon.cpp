@@ -145,25 +145,9 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
     }
 }
 
-void axpy(float* y, const float* x, size_t n, float w) {
-    for (size_t i = 0; i < n; ++i) {
-        volatile float p = w * x[i];  // no fused multiply-add (bit-identical to the BM25 loops)
-        y[i] = y[i] + p;
-    }
-}
-
-void block_max(const float* x, size_t nb, size_t bl, uint32_t* out) {
-    const int32_t* xi = reinterpret_cast<const int32_t*>(x);
-    for (size_t b = 0; b < nb; ++b) {
-        int32_t m = 0;
-        for (size_t r = 0; r < bl; ++r) m = xi[b * bl + r] > m ? xi[b * bl + r] : m;
-        out[b] = uint32_t(m);
-    }
-}
-
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "neon"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, scalar::axpy, scalar::block_max, "neon"};
 
 }  // namespace neon
 }  // namespace hn

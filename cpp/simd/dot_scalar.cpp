@@ -92,6 +92,9 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
     for (size_t i = 0; i < n; ++i) dst[i] = load(src, i, t);
 }
 
+}  // namespace
+
+// Plain loops shared with the tables that have nothing faster (declared in kernels.h).
 void axpy(float* y, const float* x, size_t n, float w) {
     for (size_t i = 0; i < n; ++i) {
         volatile float p = w * x[i];  // no fused multiply-add (bit-identical to the BM25 loops)
@@ -107,8 +110,6 @@ void block_max(const float* x, size_t nb, size_t bl, uint32_t* out) {
         out[b] = uint32_t(m);
     }
 }
-
-}  // namespace
 
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "scalar"};
 

@@ -43,7 +43,12 @@ struct Kernels {
                       float* out) = nullptr;
 };
 
-namespace scalar { extern const Kernels table; }
+namespace scalar {
+extern const Kernels table;
+// The plain loops, also used by tables without a faster version (baseline flags).
+void axpy(float* y, const float* x, size_t n, float w);
+void block_max(const float* x, size_t nb, size_t bl, uint32_t* out);
+}  // namespace scalar
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx2 { extern const Kernels table; }
 namespace avx512 { extern const Kernels table; }
