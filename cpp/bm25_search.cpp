@@ -136,31 +136,40 @@ void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp) {
     if (src != a.data()) std::memcpy(a.data(), src, n * sizeof(uint64_t));
 }
 
-// Keeps the k largest keys of `cand`, sorted descending.
 // The k-th largest of m unsigned values (1 <= k <= m): a radix select on the
-// bytes, most significant first (four counting passes, no data movement).
-uint32_t kth_largest(const uint32_t* v, size_t m, size_t k) {
-    uint32_t prefix = 0, mask = 0;
+// bytes, most significant first; after each byte only the values in the chosen
+// bucket are kept (in `buf`), so the passes after the first are short.
+uint32_t kth_largest(const uint32_t* v, size_t m, size_t k, std::vector<uint32_t>& buf) {
+    uint32_t prefix = 0;
+    const uint32_t* cur = v;
     for (int shift = 24; shift >= 0; shift -= 8) {
         size_t cnt[256] = {0};
-        for (size_t i = 0; i < m; ++i)
-            if ((v[i] & mask) == prefix) ++cnt[(v[i] >> shift) & 255];
+        for (size_t i = 0; i < m; ++i) ++cnt[(cur[i] >> shift) & 255];
         size_t b = 256;
         while (b-- > 1 && cnt[b] < k) k -= cnt[b];
         prefix |= uint32_t(b) << shift;
-        mask |= 0xFFu << shift;
+        if (shift == 0) break;
+        // Keep the values of bucket b (in place once cur is buf: writes trail reads).
+        if (cur != buf.data() && buf.size() < cnt[b]) buf.resize(cnt[b]);
+        size_t n = 0;
+        uint32_t* out = buf.data();
+        for (size_t i = 0; i < m; ++i)
+            if (((cur[i] >> shift) & 255) == b) out[n++] = cur[i];
+        cur = out;
+        m = n;
     }
     return prefix;
 }
 
 // Keeps the k largest keys of `cand`, sorted descending.
-void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp, std::vector<uint32_t>& hi) {
+void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp, std::vector<uint32_t>& hi,
+               std::vector<uint32_t>& sel) {
     if (cand.size() > k) {
         // The k-th largest score, then every key above it and the best of those tying it.
         const size_t n = cand.size();
         hi.resize(n);
         for (size_t i = 0; i < n; ++i) hi[i] = uint32_t(cand[i] >> 32);
-        const uint32_t th = kth_largest(hi.data(), n, k);
+        const uint32_t th = kth_largest(hi.data(), n, k, sel);
         tmp.clear();
         size_t m = 0;
         for (size_t i = 0; i < n; ++i) {
@@ -183,7 +192,7 @@ void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp
 // Scores are base + x for accumulator values x > 0.
 struct Collector {
     std::vector<uint64_t>* buf;
-    std::vector<uint32_t> idx, hi;
+    std::vector<uint32_t> idx, hi, sel;
     std::vector<uint64_t> tmp;
     size_t k;
     float base = 0.f;
@@ -221,7 +230,7 @@ struct Collector {
         theta = std::max(theta, base + f);
     }
     void cut() {
-        keep_best(*buf, k, tmp, hi);
+        keep_best(*buf, k, tmp, hi, sel);
         theta = key_score((*buf)[k - 1]);
         // x >= tau <=> base + x >= theta (both sides monotone in x).
         float t = std::max(theta - base, std::numeric_limits<float>::denorm_min());
@@ -251,7 +260,7 @@ struct Scratch {
 // A lower bound of the k-th largest of x[0 .. n): the k-th largest maximum of
 // blocks of BL values (k blocks each hold a value that high); 0 when n is too
 // small for 2k blocks.  Cheap, and it lets the filter skip most values at once.
-float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
+float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp, std::vector<uint32_t>& sel) {
     size_t bl = 64;
     while (bl > 16 && n / bl < 4 * k) bl /= 2;  // 4k blocks: a tighter bound, still cheap
     while (bl > 1 && n / bl < 2 * k) bl /= 2;
@@ -271,7 +280,7 @@ float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
             bits[b] = uint32_t(m);
         }
     }
-    const uint32_t th = kth_largest(bits, nb, k);
+    const uint32_t th = kth_largest(bits, nb, k, sel);
     float f;
     std::memcpy(&f, &th, 4);
     return f;
@@ -452,7 +461,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         if (prune)
                             for (size_t b = c0; b < c1; ++b)
                                 if (S.done[b]) std::memset(acc + b * BS, 0, sizeof(float) * BS);
-                        if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals));
+                        if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals, top.sel));
                         top.offer(x, len, uint32_t(c0 * BS));
                         std::memset(x, 0, sizeof(float) * len);
                     }
@@ -460,7 +469,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // Exhaustive with a large k: one lower bound of the k-th score over
                         // the whole accumulator first (far fewer candidates to cut back),
                         // then the vectorised filter range by range.
-                        top.raise_floor(kth_floor(acc, NB * BS, k, S.vals));
+                        top.raise_floor(kth_floor(acc, NB * BS, k, S.vals, top.sel));
                         for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
                             const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
                             top.offer(acc + c0, len, uint32_t(c0));
@@ -471,7 +480,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             }
             for (uint32_t d : S.touched) acc[d] = 0.f;
             for (uint32_t d : S.ex) acc[d] = 0.f;
-            keep_best(S.cand, k, S.tmp, top.hi);
+            keep_best(S.cand, k, S.tmp, top.hi, top.sel);
 
             // bm25l / bm25+: documents without any query term still score `base`;
             // when fewer than k matched, the first unmatched ids fill the rest.
