@@ -179,17 +179,24 @@ def _take(a: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 # (path, size, mtime) of a .npy file -> whether its rows are unit-norm: repeated runs on the
 # same embedding files skip the pass over them.
-_UNIT_CACHE: Dict[Tuple[str, int, int], bool] = {}
+_UNIT_CACHE: Dict[Tuple[int, int, int, int], bool] = {}
+
+
+def _file_key(source: Any) -> Optional[Tuple[int, int, int, int]]:
+    """(device, inode, size, mtime) of a file path, None for anything else: changes when the file does."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _unit_rows_of(a: np.ndarray, source: Any) -> bool:
     """_unit_rows, remembered per unchanged .npy file when ``source`` is its path."""
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            st = os.stat(source)
-            key = (os.path.realpath(source), st.st_size, st.st_mtime_ns)
-        except OSError:
-            return _unit_rows(a)
+    key = _file_key(source)
+    if key is not None:
         if key not in _UNIT_CACHE:
             if len(_UNIT_CACHE) > 64:
                 _UNIT_CACHE.clear()
@@ -871,7 +878,16 @@ def mine_hard_negatives(
         if Qe.shape[0] == nq:
             pass
         elif Qe.shape[0] == len(ds.all_query_ids):
-            Qe = np.ascontiguousarray(Qe[ds.query_rows])
+            # the split's rows of the queries file, kept on the dataset while the file is unchanged
+            fkey = _file_key(query_embeddings)
+            cached = getattr(ds, "_query_rows_cache", None)
+            if fkey is not None and cached is not None and cached[0] == fkey and cached[1] is ds.query_rows:
+                Qe = cached[2]
+            else:
+                Qe = np.ascontiguousarray(Qe[ds.query_rows])
+                if fkey is not None:
+                    Qe.flags.writeable = False
+                    ds._query_rows_cache = (fkey, ds.query_rows, Qe)
         else:
             raise ValueError(f"query_embeddings has {Qe.shape[0]} rows; expected {nq} (the split's queries) or "
                              f"{len(ds.all_query_ids)} (every query of the queries file)")
