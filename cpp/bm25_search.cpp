@@ -429,7 +429,6 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     // that is cheaper.  Every document of the range is then offered:
                     // the partial sums of dead blocks are below their bound, hence below
                     // the threshold, and blocks already scored above are zeroed first.
-                    const bool late_offer = !prune;
                     for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {
                         const size_t c1 = std::min(NB, c0 + kChunkBlocks);
                         S.live.clear();
@@ -455,20 +454,19 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                 }
                             }
                         }
-                        if (late_offer) continue;  // offered below, once every range is complete
+                        if (!prune) continue;  // exhaustive: offered below, once every range is complete
                         float* x = acc + c0 * BS;
                         const size_t len = (c1 - c0) * BS;
-                        if (prune)
-                            for (size_t b = c0; b < c1; ++b)
-                                if (S.done[b]) std::memset(acc + b * BS, 0, sizeof(float) * BS);
+                        for (size_t b = c0; b < c1; ++b)
+                            if (S.done[b]) std::memset(acc + b * BS, 0, sizeof(float) * BS);
                         if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals, top.sel));
                         top.offer(x, len, uint32_t(c0 * BS));
                         std::memset(x, 0, sizeof(float) * len);
                     }
-                    if (late_offer) {
-                        // Exhaustive with a large k: one lower bound of the k-th score over
-                        // the whole accumulator first (far fewer candidates to cut back),
-                        // then the vectorised filter range by range.
+                    if (!prune) {
+                        // Exhaustive: one lower bound of the k-th score over the whole
+                        // accumulator first (few candidates to cut back), then the
+                        // vectorised filter range by range.
                         top.raise_floor(kth_floor(acc, NB * BS, k, S.vals, top.sel));
                         for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
                             const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
