@@ -102,23 +102,6 @@ inline void block(const float* Q, size_t ldq, const void* X, size_t ldx, size_t 
 constexpr int MQ = 6;  // queries per register block
 constexpr int MC = 4;  // corpus rows per register block
 
-// Corpus rows [j0, nx) in blocks of MC, then the remainder with a smaller block.
-using BlockFn = void (*)(const float*, size_t, const void*, size_t, size_t, float*, size_t);
-
-// block<RQ, RC> for every edge size, indexed [RQ][RC].
-template <DType T>
-inline BlockFn block_fn(size_t rq, size_t rc) {
-    static const BlockFn table[MQ + 1][MC + 1] = {
-        {nullptr},
-        {nullptr, &block<1, 1, T>, &block<1, 2, T>, &block<1, 3, T>, &block<1, 4, T>},
-        {nullptr, &block<2, 1, T>, &block<2, 2, T>, &block<2, 3, T>, &block<2, 4, T>},
-        {nullptr, &block<3, 1, T>, &block<3, 2, T>, &block<3, 3, T>, &block<3, 4, T>},
-        {nullptr, &block<4, 1, T>, &block<4, 2, T>, &block<4, 3, T>, &block<4, 4, T>},
-        {nullptr, &block<5, 1, T>, &block<5, 2, T>, &block<5, 3, T>, &block<5, 4, T>},
-        {nullptr, &block<6, 1, T>, &block<6, 2, T>, &block<6, 3, T>, &block<6, 4, T>}};
-    return table[rq][rc];
-}
-
 #include "simd/tile_loop.inl"
 
 // RC (query, row) pairs given by pointers: per pair exactly the arithmetic of
