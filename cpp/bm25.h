@@ -158,7 +158,7 @@ class Index {
     void compute_bounds(int num_threads);
     void build_blocks(int num_threads);
 
-    // Search strategy: 0 = automatic, 1 = exhaustive term-at-a-time, 2 = block-max
+    // Search strategy: 0 = automatic (today: exhaustive), 1 = exhaustive term-at-a-time, 2 = block-max
     // pruning (term at a time over the blocks that can still hold a top-k document).
     int strategy = 0;
 

@@ -296,8 +296,6 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
     const size_t NB = num_blocks();
     constexpr size_t BS = kBlock;
     constexpr size_t kBuckets = 256;
-    constexpr size_t kMinPruneBlocks = 2048;      // smaller corpora: the exhaustive pass is faster
-    constexpr bool kAutoPrune = false;            // see docs/bm25.md: not faster on the corpora measured
     constexpr size_t kChunkBlocks = 8192 / BS;    // 32 KiB of accumulator per range
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
@@ -321,8 +319,9 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             top.reset(S.cand, k, base);
             S.touched.clear();
 
-            // Pruning pays when k is small next to the corpus (measured on generated Zipf corpora).
-            const bool prune = n > ns && (strategy == 2 || (strategy == 0 && kAutoPrune && NB >= kMinPruneBlocks && k * 16 <= NB));
+            // Block-max pruning only on request: on the corpora measured it was slower than the
+            // exhaustive pass (docs/bm25.md), so strategy 0 (automatic) is exhaustive.
+            const bool prune = n > ns && strategy == 2;
             // Short terms: all postings, remembering the documents they touch
             // (unless every range of the accumulator is scanned and reset below).
             for (size_t a = 0; a < ns; ++a) {
