@@ -102,11 +102,13 @@ inline float key_score(uint64_t key) {
 }
 inline uint32_t key_id(uint64_t key) { return ~uint32_t(key); }
 
-// Sorts keys descending: LSD radix sort on the bytes that differ (scores of one
-// query share their top bits, ids their top bits), std::sort for short arrays.
-void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp) {
+// Sorts keys descending: a stable LSD radix sort on the bytes that differ
+// (scores of one query share their top bits, ids their top bits).  With
+// `scores_only` only the score half of the keys is sorted: the caller's keys
+// are in ascending id order, which the stable sort keeps for equal scores.
+void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp, bool scores_only) {
     const size_t n = a.size();
-    if (n < 256) {
+    if (n < 32) {
         std::sort(a.begin(), a.end(), std::greater<uint64_t>());
         return;
     }
@@ -115,18 +117,19 @@ void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp) {
         all_or |= x;
         all_and &= x;
     }
-    const uint64_t varying = all_or ^ all_and;
+    uint64_t varying = all_or ^ all_and;
+    if (scores_only) varying &= ~uint64_t(0) << 32;
     tmp.resize(n);
     uint64_t* src = a.data();
     uint64_t* dst = tmp.data();
-    size_t cnt[256];
+    uint32_t cnt[256];
     for (int shift = 0; shift < 64; shift += 8) {
         if (((varying >> shift) & 0xFF) == 0) continue;
-        std::fill(cnt, cnt + 256, 0);
+        std::memset(cnt, 0, sizeof(cnt));
         for (size_t i = 0; i < n; ++i) ++cnt[255 - ((src[i] >> shift) & 0xFF)];  // descending
-        size_t sum = 0;
-        for (size_t& c : cnt) {
-            const size_t x = c;
+        uint32_t sum = 0;
+        for (uint32_t& c : cnt) {
+            const uint32_t x = c;
             c = sum;
             sum += x;
         }
@@ -137,54 +140,111 @@ void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp) {
 }
 
 // The k-th largest of m unsigned values (1 <= k <= m): a radix select on the
-// bytes, most significant first; after each byte only the values in the chosen
-// bucket are kept (in `buf`), so the passes after the first are short.
-uint32_t kth_largest(const uint32_t* v, size_t m, size_t k, std::vector<uint32_t>& buf) {
-    uint32_t prefix = 0;
+// bytes, most significant first, skipping bytes all remaining values share;
+// after each byte only the values in the chosen bucket are kept (in `buf`), so
+// the passes after the first are short.  Two interleaved histograms halve the
+// store-to-load chains when many values fall into one bucket.
+// With loose > 0 it stops as soon as the bucket holding the k-th largest has at
+// most `loose` values and returns that bucket's lower edge: a lower bound of the
+// k-th largest that at most loose - 1 more values reach.
+uint32_t kth_largest(const uint32_t* v, size_t m, size_t k, std::vector<uint32_t>& buf, size_t loose = 0) {
     const uint32_t* cur = v;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        size_t cnt[256] = {0};
-        for (size_t i = 0; i < m; ++i) ++cnt[(cur[i] >> shift) & 255];
-        size_t b = 256;
-        while (b-- > 1 && cnt[b] < k) k -= cnt[b];
-        prefix |= uint32_t(b) << shift;
-        if (shift == 0) break;
-        // Keep the values of bucket b (in place once cur is buf: writes trail reads).
-        if (cur != buf.data() && buf.size() < cnt[b]) buf.resize(cnt[b]);
-        size_t n = 0;
+    uint32_t prefix = 0;
+    int shift = 24;
+    for (;;) {
+        uint32_t all_or = 0, all_and = ~0u;
+        for (size_t i = 0; i < m; ++i) {
+            all_or |= cur[i];
+            all_and &= cur[i];
+        }
+        const uint32_t varying = all_or ^ all_and;
+        if (m == 1 || varying == 0) return cur[0];  // k == 1 or all equal: any value is the answer
+        while (((varying >> shift) & 255) == 0) shift -= 8;
+        uint32_t c0[256], c1[256];
+        std::memset(c0, 0, sizeof(c0));
+        std::memset(c1, 0, sizeof(c1));
+        size_t i = 0;
+        for (; i + 2 <= m; i += 2) {
+            ++c0[(cur[i] >> shift) & 255];
+            ++c1[(cur[i + 1] >> shift) & 255];
+        }
+        if (i < m) ++c0[(cur[i] >> shift) & 255];
+        uint32_t b = 256;
+        size_t c = 0;
+        while (b-- > 0) {
+            c = size_t(c0[b]) + c1[b];
+            if (c >= k) break;
+            k -= c;
+        }
+        const uint32_t above = shift == 24 ? 0u : ~0u << (shift + 8);  // bytes above: shared
+        prefix = (all_and & above) | (b << shift);
+        if (shift == 0 || c <= loose) return prefix;
+        // Keep the values of bucket b (in place once cur is buf: writes trail reads;
+        // the branch-free copy writes one slot past the last kept value).
+        if (cur != buf.data() && buf.size() < c + 1) buf.resize(c + 1);
         uint32_t* out = buf.data();
-        for (size_t i = 0; i < m; ++i)
-            if (((cur[i] >> shift) & 255) == b) out[n++] = cur[i];
+        size_t n = 0;
+        for (size_t j = 0; j < m; ++j) {
+            out[n] = cur[j];
+            n += ((cur[j] >> shift) & 255) == b;
+        }
         cur = out;
         m = n;
+        shift -= 8;
     }
-    return prefix;
 }
 
-// Keeps the k largest keys of `cand`, sorted descending.
-void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp, std::vector<uint32_t>& hi,
-               std::vector<uint32_t>& sel) {
+// Cuts `cand` back to its k largest keys; `id_order`: the keys are in ascending
+// id order, which is kept (the lowest ids win ties at the cut).  Returns the
+// score bits of the k-th largest key (0 when there were at most k).
+uint32_t select_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp, std::vector<uint32_t>& hi,
+                 std::vector<uint32_t>& sel, bool id_order) {
+    uint32_t th = 0;
     if (cand.size() > k) {
         // The k-th largest score, then every key above it and the best of those tying it.
         const size_t n = cand.size();
         hi.resize(n);
         for (size_t i = 0; i < n; ++i) hi[i] = uint32_t(cand[i] >> 32);
-        const uint32_t th = kth_largest(hi.data(), n, k, sel);
-        tmp.clear();
-        size_t m = 0;
-        for (size_t i = 0; i < n; ++i) {
-            if (hi[i] > th)
-                cand[m++] = cand[i];
-            else if (hi[i] == th)
-                tmp.push_back(cand[i]);
+        th = kth_largest(hi.data(), n, k, sel);
+        size_t above = 0;
+        for (size_t i = 0; i < n; ++i) above += hi[i] > th;
+        size_t need = k - above, m = 0;
+        if (id_order) {
+            // One stable pass: the first `need` ties met are those with the lowest ids.
+            for (size_t i = 0; i < n; ++i) {
+                const bool tie = hi[i] == th && need > 0;
+                need -= tie;
+                cand[m] = cand[i];
+                m += hi[i] > th || tie;
+            }
+        } else {
+            tmp.clear();
+            for (size_t i = 0; i < n; ++i) {
+                if (hi[i] > th)
+                    cand[m++] = cand[i];
+                else if (hi[i] == th)
+                    tmp.push_back(cand[i]);
+            }
+            if (tmp.size() > need)
+                std::nth_element(tmp.begin(), tmp.begin() + (need - 1), tmp.end(), std::greater<uint64_t>());
+            for (size_t i = 0; i < need; ++i) cand[m++] = tmp[i];
         }
-        const size_t need = k - m;
-        if (tmp.size() > need)
-            std::nth_element(tmp.begin(), tmp.begin() + (need - 1), tmp.end(), std::greater<uint64_t>());
-        for (size_t i = 0; i < need; ++i) cand[m++] = tmp[i];
         cand.resize(k);
     }
-    sort_desc(cand, tmp);
+    return th;
+}
+
+// Keeps the k largest keys of `cand`, sorted descending (ties by ascending id).
+void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp, std::vector<uint32_t>& hi,
+               std::vector<uint32_t>& sel, bool id_order) {
+    if (id_order && cand.size() > k && cand.size() <= k + k / 2 + 32) {
+        // Few more than k: sorting them all is cheaper than selecting first.
+        sort_desc(cand, tmp, true);
+        cand.resize(k);
+        return;
+    }
+    select_best(cand, k, tmp, hi, sel, id_order);
+    sort_desc(cand, tmp, id_order);
 }
 
 // The k best hits of a stream: a buffer of keys above a threshold that rises as
@@ -198,6 +258,8 @@ struct Collector {
     float base = 0.f;
     float theta = 0.f;  // k-th best score so far (0 until k hits): lower ones can't enter
     float tau = std::numeric_limits<float>::denorm_min();  // smallest x > 0 with base + x >= theta
+    bool id_order = true;  // hits so far came in ascending id order (cheaper cuts and sort)
+    uint32_t next_id = 0;
     void reset(std::vector<uint64_t>& b, size_t kk, float bs) {
         buf = &b;
         buf->clear();
@@ -205,9 +267,13 @@ struct Collector {
         base = bs;
         theta = 0.f;
         tau = std::numeric_limits<float>::denorm_min();
+        id_order = true;
+        next_id = 0;
     }
     // Offers the accumulator values x[0 .. n) of documents first_id, first_id + 1, ...
     void offer(const float* x, size_t n, uint32_t first_id) {
+        id_order = id_order && first_id >= next_id;
+        next_id = first_id + uint32_t(n);
         if (idx.size() < n) idx.resize(n);
         const size_t c = kernels().filter_ge(x, n, tau, idx.data());  // vectorised
         for (size_t i = 0; i < c; ++i) {
@@ -220,6 +286,8 @@ struct Collector {
     size_t size() const { return buf->size(); }
     // A single hit (s > 0, s >= theta).
     void push(float s, uint32_t d) {
+        id_order = id_order && d >= next_id;
+        next_id = d + 1;
         buf->push_back(pack(s, d));
         if (buf->size() >= 2 * k + 256) cut();
     }
@@ -230,8 +298,8 @@ struct Collector {
         theta = std::max(theta, base + f);
     }
     void cut() {
-        keep_best(*buf, k, tmp, hi, sel);
-        theta = key_score((*buf)[k - 1]);
+        const uint32_t th = select_best(*buf, k, tmp, hi, sel, id_order);
+        std::memcpy(&theta, &th, 4);
         // x >= tau <=> base + x >= theta (both sides monotone in x).
         float t = std::max(theta - base, std::numeric_limits<float>::denorm_min());
         while (t > std::numeric_limits<float>::denorm_min() && base + std::nextafter(t, 0.f) >= theta)
@@ -280,7 +348,7 @@ float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp, std
             bits[b] = uint32_t(m);
         }
     }
-    const uint32_t th = kth_largest(bits, nb, k, sel);
+    const uint32_t th = kth_largest(bits, nb, k, sel, k / 8 + 4);
     float f;
     std::memcpy(&f, &th, 4);
     return f;
@@ -477,7 +545,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
             }
             for (uint32_t d : S.touched) acc[d] = 0.f;
             for (uint32_t d : S.ex) acc[d] = 0.f;
-            keep_best(S.cand, k, S.tmp, top.hi, top.sel);
+            keep_best(S.cand, k, S.tmp, top.hi, top.sel, top.id_order);
 
             // bm25l / bm25+: documents without any query term still score `base`;
             // when fewer than k matched, the first unmatched ids fill the rest.

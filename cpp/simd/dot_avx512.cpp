@@ -185,11 +185,12 @@ size_t filter_ge(const float* s, size_t n, float tau, uint32_t* out) {
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     size_t c = 0, i = 0;
     for (; i + 16 <= n; i += 16) {
-        __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), t, _CMP_GE_OQ);
-        if (m) {  // survivors are rare once the threshold has settled
-            _mm512_mask_compressstoreu_epi32(out + c, m, _mm512_add_epi32(lane, _mm512_set1_epi32((int)i)));
-            c += (size_t)__builtin_popcount(m);
-        }
+        // Branch-free: compress in a register and store all 16 lanes (c <= i, so
+        // out[c .. c + 16) lies inside out[0 .. n)); the memory form of the compress
+        // is slow on some cores and a branch on m mispredicts at moderate hit rates.
+        const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), t, _CMP_GE_OQ);
+        _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lane, _mm512_set1_epi32((int)i))));
+        c += (size_t)__builtin_popcount(m);
     }
     for (; i < n; ++i)
         if (s[i] >= tau) out[c++] = (uint32_t)i;
