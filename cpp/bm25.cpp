@@ -309,6 +309,52 @@ TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_th
     return out;
 }
 
+// Term ids of texts through the word cache alone, without building a batch
+// vocabulary (the common case for queries: every word was seen before).
+bool Index::cached_ids(const std::vector<std::string_view>& texts, int num_threads, std::vector<int64_t>& offsets,
+                       std::vector<int64_t>& ids, std::vector<std::string>& missing) const {
+    const size_t n = texts.size();
+    offsets.assign(n + 1, 0);
+    ids.clear();
+    missing.clear();
+    if (n == 0) return true;
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), (n + 63) / 64));
+    std::vector<std::vector<int64_t>> part(nt);
+    std::vector<std::vector<std::string>> miss(nt);
+    parallel_for(nt, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        std::string buf;
+        for (size_t c = cb; c < ce; ++c) {
+            auto& out = part[c];
+            for (size_t i = n * c / nt; i < n * (c + 1) / nt; ++i) {
+                for_each_token(texts[i], buf, [&](const std::string& w) {
+                    auto it = word_cache.find(w);
+                    if (it == word_cache.end()) {
+                        if (miss[c].size() < 100000) miss[c].push_back(w);
+                        out.push_back(-1);
+                    } else {
+                        out.push_back(it->second < 0 ? -1 : it->second);
+                    }
+                });
+                offsets[i + 1] = int64_t(out.size());  // local count, made global below
+            }
+        }
+    });
+    size_t total = 0;
+    for (size_t c = 0; c < nt; ++c) {
+        for (auto& w : miss[c]) missing.push_back(std::move(w));
+        for (size_t i = n * c / nt; i < n * (c + 1) / nt; ++i) offsets[i + 1] += int64_t(total);
+        total += part[c].size();
+    }
+    if (!missing.empty()) {
+        std::sort(missing.begin(), missing.end());
+        missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
+        return false;
+    }
+    ids.reserve(total);
+    for (auto& v : part) ids.insert(ids.end(), v.begin(), v.end());
+    return true;
+}
+
 // --------------------------------------------------------------------- index
 int64_t Index::term_id(const std::string& term, bool create) {
     auto it = term_ids.find(term);

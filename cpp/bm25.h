@@ -144,6 +144,11 @@ class Index {
     uint32_t code_at(size_t j) const { return wide() ? codes32.data()[j] : codes16.data()[j]; }
     double avg_doc_len() const { return num_docs() ? total_len / double(num_docs()) : 0.0; }
 
+    // Term ids (CSR offsets and ids, -1 for dropped words) of texts whose words
+    // are all in word_cache; false and the distinct missing words otherwise.
+    bool cached_ids(const std::vector<std::string_view>& texts, int num_threads, std::vector<int64_t>& offsets,
+                    std::vector<int64_t>& ids, std::vector<std::string>& missing) const;
+
     // Term id of `term`, created if `create`; -1 when absent and not created.
     int64_t term_id(const std::string& term, bool create);
 

@@ -433,6 +433,24 @@ def test_ties_by_ascending_id(method, strategy):
             np.testing.assert_array_equal(i[q, :m], [d for _, d in ranks[q][:m]])
 
 
+def test_query_word_cache_path_equals_batch_tokenisation():
+    texts = ["The Cats sat on the mat", "dogs and cats", "Ωμέγα ΣΊΣΥΦΟΣ running runs", "naïve café"]
+    bm = hn.BM25().index(texts)
+    queries = ["CATS running", "unknown words here", "", "the and of", "ΣΊΣΥΦΟΣ ωμέγα cats cats",
+               "naïve", "brand new word cats", "x", "\udcff broken surrogate cats"]
+    for nt in (1, 2):
+        off, ids = bm._query_ids(queries, nt)  # learns the new words, then the cached lookup
+        off2, ids2 = bm._query_ids(queries, nt)  # every word cached now
+        ref_off, ref_ids = bm._ids(queries, False, "queries", nt)  # the batch tokeniser
+        for o, i in ((off, ids), (off2, ids2)):
+            np.testing.assert_array_equal(o, ref_off)
+            np.testing.assert_array_equal(i, ref_ids)
+    # a word first seen by a query, then added by a document, is found afterwards
+    assert bm.search(["brand"], k=3)[1][0, 0] == -1
+    bm.add(["brand new"])
+    assert bm.search(["brand"], k=3)[1][0, 0] == 4
+
+
 def test_concurrent_search_and_add():
     import threading
 
@@ -444,8 +462,8 @@ def test_concurrent_search_and_add():
 
     def searcher():
         try:
-            for _ in range(20):
-                s, i = bm.search(["t1 t2 t3", "t4"], k=20, num_threads=1)
+            for r in range(20):  # new words each time: the word cache is written meanwhile
+                s, i = bm.search(["t1 t2 t3", f"t4 unseen{r} T5"], k=20, num_threads=1)
                 assert s.shape == (2, 20)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)

@@ -183,6 +183,7 @@ void bind_bm25(py::module_& m) {
         .def("learn_words",
              [](PyIndex& ix, const py::list& words, const py::list& terms, bool create) {
                  if (words.size() != terms.size()) throw std::invalid_argument("words and terms differ in length");
+                 std::unique_lock<std::shared_mutex> lk(ix.mu);  // cached_ids reads the cache without the GIL
                  const size_t v0 = ix.terms.size();
                  for (size_t i = 0; i < words.size(); ++i) {
                      const std::string w = utf8_of(words[i], "word");
@@ -194,6 +195,23 @@ void bind_bm25(py::module_& m) {
                      ix.word_cache[w] = id;
                  }
                  if (ix.terms.size() != v0) forget_unknown(ix);
+             })
+        // (offsets, term ids) of raw texts when the word cache knows all their
+        // words; otherwise the list of the words it lacks (learn them, call again).
+        .def("cached_ids",
+             [](const PyIndex& ix, const py::list& texts, int num_threads, const std::string& name) -> py::object {
+                 std::vector<py::object> keep;
+                 auto views = text_views(texts, keep, name.c_str());
+                 std::vector<int64_t> off, ids;
+                 std::vector<std::string> missing;
+                 bool ok;
+                 {
+                     py::gil_scoped_release nogil;
+                     std::shared_lock<std::shared_mutex> lk(ix.mu);  // learn_words writes the cache
+                     ok = ix.cached_ids(views, num_threads, off, ids, missing);
+                 }
+                 if (!ok) return py::cast(missing);
+                 return py::make_tuple(to_numpy(std::move(off)), to_numpy(std::move(ids)));
              })
         // Term ids of a tokenised batch (every word must be learnt); -1 = dropped.
         .def("batch_ids",
@@ -219,6 +237,8 @@ void bind_bm25(py::module_& m) {
                  const size_t v0 = ix.terms.size();
                  size_t i = 0;
                  std::string key;
+                 std::unique_lock<std::shared_mutex> lk(ix.mu, std::defer_lock);
+                 if (create) lk.lock();  // the vocabulary and word cache change (cached_ids reads them)
                  for (const py::handle& d : docs) {
                      if (!py::isinstance<py::list>(d) && !py::isinstance<py::tuple>(d))
                          throw py::type_error(name + "[" + std::to_string(i) +

@@ -220,7 +220,10 @@ class BM25:
 
     # ---------------------------------------------------------------- tokens
     def _learn(self, batch, create: bool) -> None:
-        words = self._core.unknown_words(batch, create)
+        self._learn_words(self._core.unknown_words(batch, create), create)
+
+    def _learn_words(self, words: List[str], create: bool) -> None:
+        """Puts surface words in the word cache: stopword, stem, term id."""
         if not words:
             return
         terms: List[Optional[str]] = [None if w in self._stop_set else w for w in words]
@@ -293,6 +296,14 @@ class BM25:
         queries = _as_list(queries, "queries")
         if not queries:
             return np.zeros(1, np.int64), np.zeros(0, np.int64)
+        if not isinstance(queries[0], (list, tuple)):
+            # Fast path: look every word up in the word cache (no batch vocabulary);
+            # new words are stemmed and cached first.
+            for _ in range(3):
+                res = self._core.cached_ids(queries, num_threads, "queries")
+                if isinstance(res, tuple):
+                    return res
+                self._learn_words(res, False)
         return self._ids(queries, False, "queries", num_threads)
 
     def _check_ready(self) -> None:
