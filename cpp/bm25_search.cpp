@@ -291,6 +291,12 @@ struct Collector {
         buf->push_back(pack(s, d));
         if (buf->size() >= 2 * k + 256) cut();
     }
+    // Document d with accumulator value x (one at a time, ascending ids).
+    void consider(float x, uint32_t d) {
+        if (x < tau) return;
+        const float s = base + x;
+        if (s >= theta) push(s, d);
+    }
     // Only values x >= f can still matter (f: a lower bound of the k-th best x).
     void raise_floor(float f) {
         if (f <= tau) return;
@@ -319,6 +325,7 @@ struct Scratch {
     std::vector<uint32_t> bucket_end, fill, live;
     std::vector<uint8_t> done;
     std::vector<float> vals;
+    std::vector<uint32_t> idx;      // filter output
     std::vector<uint64_t> cand, tmp;
     float local[Index::kBlock];
 };
@@ -411,6 +418,19 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 j0 = st[b0];
                 j1 = st[b1];
             };
+            // Long term a, all its postings in blocks [c0, c1) (exhaustive passes).
+            auto add_long = [&](size_t a, size_t c0, size_t c1) {
+                const int32_t di = dense_id[qt.t[a]];
+                const float w = qt.w[a];
+                if (di >= 0) {  // a very common term: one vector pass over the range
+                    kern.axpy(acc + c0 * BS, dense_imp.data() + size_t(di) * NB * BS + c0 * BS, (c1 - c0) * BS, w);
+                    return;
+                }
+                uint32_t j0, j1;
+                block_range(a, c0, c1, j0, j1);
+                const int64_t o = off[qt.t[a]];
+                for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];  // the hot loop
+            };
             if (n == ns) {
                 // ---- Only short terms: the touched documents are all the matches.
                 for (uint32_t d : S.touched) {
@@ -496,6 +516,18 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     // that is cheaper.  Every document of the range is then offered:
                     // the partial sums of dead blocks are below their bound, hence below
                     // the threshold, and blocks already scored above are zeroed first.
+                    // Exhaustive: the very common terms at the end of the canonical order
+                    // (the dense ones, lowest IDF) wait.  Once the others are in, a lower
+                    // bound F of the k-th score usually shows that only documents near it
+                    // can still reach it, and the dense terms are added for those alone
+                    // (below).  (Sparse long terms waiting the same way, MaxScore-style, cost
+                    // more than they save here: thousands of documents stay near F, and
+                    // finding each in a posting list costs more than a posting.)
+                    // Only worth it when the corpus is large next to k: a vector pass costs
+                    // ~N/16, the documents near F number a few k, each a cache miss.
+                    size_t n_full = n;
+                    if (!prune && N >= 256 * k)
+                        while (n_full > ns && dense_id[qt.t[n_full - 1]] >= 0) --n_full;
                     for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {
                         const size_t c1 = std::min(NB, c0 + kChunkBlocks);
                         S.live.clear();
@@ -503,16 +535,20 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                             for (size_t b = c0; b < c1; ++b)
                                 if (!S.done[b] && bound[b] > 0.f && base + bound[b] >= top.theta) S.live.push_back(uint32_t(b));
                         if (prune && S.live.empty()) continue;
-                        for (size_t a = ns; a < n; ++a) {
+                        for (size_t a = ns; a < n_full; ++a) {
+                            if (!prune) {
+                                add_long(a, c0, c1);
+                                continue;
+                            }
                             uint32_t j0, j1;
                             block_range(a, c0, c1, j0, j1);
                             const int64_t o = off[qt.t[a]];
                             const float w = qt.w[a];
                             const int32_t di = dense_id[qt.t[a]];
-                            if (di >= 0 && (!prune || S.live.size() * 16 > c1 - c0)) {
+                            if (di >= 0 && S.live.size() * 16 > c1 - c0) {
                                 // A very common term: one vector pass over the range.
                                 kern.axpy(acc + c0 * BS, dense_imp.data() + size_t(di) * NB * BS + c0 * BS, (c1 - c0) * BS, w);
-                            } else if (!prune || S.live.size() * 6 > j1 - j0) {  // a block visit costs ~6 postings
+                            } else if (S.live.size() * 6 > j1 - j0) {  // a block visit costs ~6 postings
                                 for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
                             } else {
                                 for (uint32_t b : S.live) {
@@ -530,7 +566,46 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         top.offer(x, len, uint32_t(c0 * BS));
                         std::memset(x, 0, sizeof(float) * len);
                     }
-                    if (!prune) {
+                    bool offered = prune;
+                    if (!prune && n_full < n) {
+                        // The waiting dense terms add at most U to any score.  With F a lower
+                        // bound of the k-th best score so far, a document below F - U (with
+                        // margins for float rounding) cannot reach the top k.
+                        const float f = kth_floor(acc, NB * BS, k, S.vals, top.sel);
+                        double U = 0;
+                        for (size_t a = n_full; a < n; ++a) U += double(qt.ub[a]);
+                        auto below = [&](float fl) {  // documents with x < this cannot reach fl
+                            const double lim = double(fl) * (1 - 1e-5) - U * (1 + 1e-5);
+                            float t = float(lim);
+                            if (double(t) > lim) t = std::nextafter(t, 0.f);
+                            return t;
+                        };
+                        if (below(f) > 0.f) {
+                            top.raise_floor(f);
+                            S.idx.resize(kChunkBlocks * BS);
+                            for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
+                                const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
+                                // top.tau rises as hits come in: a tighter filter for later ranges.
+                                const float tau = below(top.tau);
+                                const size_t c = kern.filter_ge(acc + c0, len, tau, S.idx.data());
+                                for (size_t i = 0; i < c; ++i) {  // canonical order: the dense terms last
+                                    const size_t d = c0 + S.idx[i];
+                                    float x = acc[d];
+                                    for (size_t a = n_full; a < n; ++a)
+                                        x += qt.w[a] * dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + d];
+                                    top.consider(x, uint32_t(d));
+                                }
+                                std::memset(acc + c0, 0, sizeof(float) * len);
+                            }
+                            offered = true;
+                        } else {
+                            for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {  // no: add them everywhere
+                                const size_t c1 = std::min(NB, c0 + kChunkBlocks);
+                                for (size_t a = n_full; a < n; ++a) add_long(a, c0, c1);
+                            }
+                        }
+                    }
+                    if (!offered) {
                         // Exhaustive: one lower bound of the k-th score over the whole
                         // accumulator first (few candidates to cut back), then the
                         // vectorised filter range by range.

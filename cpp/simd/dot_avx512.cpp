@@ -184,14 +184,26 @@ size_t filter_ge(const float* s, size_t n, float tau, uint32_t* out) {
     const __m512 t = _mm512_set1_ps(tau);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     size_t c = 0, i = 0;
-    for (; i + 16 <= n; i += 16) {
-        // Branch-free: compress in a register and store all 16 lanes (c <= i, so
-        // out[c .. c + 16) lies inside out[0 .. n)); the memory form of the compress
-        // is slow on some cores and a branch on m mispredicts at moderate hit rates.
-        const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), t, _CMP_GE_OQ);
-        _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lane, _mm512_set1_epi32((int)i))));
+    // Compress in a register and store all 16 lanes (c <= i, so out[c .. c + 16)
+    // lies inside out[0 .. n)): the memory form of the compress is slow on some
+    // cores.  64 values per step with one branch: skipped at once when none
+    // passes (the common case once the threshold has settled).
+    auto put = [&](__mmask16 m, size_t at) {
+        _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lane, _mm512_set1_epi32((int)at))));
         c += (size_t)__builtin_popcount(m);
+    };
+    for (; i + 64 <= n; i += 64) {
+        const __mmask16 m0 = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), t, _CMP_GE_OQ);
+        const __mmask16 m1 = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i + 16), t, _CMP_GE_OQ);
+        const __mmask16 m2 = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i + 32), t, _CMP_GE_OQ);
+        const __mmask16 m3 = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i + 48), t, _CMP_GE_OQ);
+        if ((m0 | m1 | m2 | m3) == 0) continue;
+        put(m0, i);
+        put(m1, i + 16);
+        put(m2, i + 32);
+        put(m3, i + 48);
     }
+    for (; i + 16 <= n; i += 16) put(_mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), t, _CMP_GE_OQ), i);
     for (; i < n; ++i)
         if (s[i] >= tau) out[c++] = (uint32_t)i;
     return c;
