@@ -162,6 +162,28 @@ def test_search_equals_full_ranking(method, k, strategy):
     np.testing.assert_array_equal(s, s1)
 
 
+@pytest.mark.parametrize("method", ["lucene", "bm25+"])
+def test_search_with_waiting_dense_terms_equals_full_ranking(method):
+    """A corpus large next to k: the very common (dense) query terms are added last,
+    only for documents near the k-th score; results must not change."""
+    rng = np.random.default_rng(11)
+    docs, words = zipf_corpus(rng, 12000, 400, 3, 30, unicode_words=False)
+    docs += docs[:30]  # exact ties
+    n = len(docs)
+    queries = [[words[j] for j in rng.integers(0, 60, size=int(rng.integers(1, 5)))] + words[:2] for _ in range(20)]
+    queries += [words[:3], [words[0]], [words[0], words[0], words[399]]]
+    bm = hn.BM25(method=method, stopwords=None, stemmer=None).index(docs)
+    excl = [list(range(q, n, 997)) for q in range(len(queries))]
+    _, ranks = full_ranking(bm, queries, n)
+    for k in (1, 7, 40):
+        for ex in (None, excl):
+            s, i = bm.search(queries, k=k, exclude=ex, num_threads=2)
+            for q, rank in enumerate(ranks):
+                top = [(x, d) for x, d in rank if ex is None or d not in set(ex[q])][:k]
+                np.testing.assert_array_equal(i[q, :len(top)], [d for _, d in top])
+                np.testing.assert_array_equal(s[q, :len(top)], np.float32([x for x, _ in top]))
+
+
 def test_zero_score_documents_never_returned_and_base_for_bm25plus():
     docs = [["x", "y"], ["y"], ["z"], ["x"]]
     s, i = hn.BM25(method="robertson", stopwords=None, stemmer=None).index(docs).search([["y"]], k=4)
