@@ -112,6 +112,12 @@ void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp, bool scores
         std::sort(a.begin(), a.end(), std::greater<uint64_t>());
         return;
     }
+    if (n <= 192 && kernels().sort_desc_small) {  // keys are distinct (one per document)
+        tmp.resize(n);
+        kernels().sort_desc_small(a.data(), n, tmp.data());
+        a.swap(tmp);
+        return;
+    }
     uint64_t all_or = 0, all_and = ~uint64_t(0);
     for (uint64_t x : a) {
         all_or |= x;

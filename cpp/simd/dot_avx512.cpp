@@ -254,7 +254,43 @@ void block_max(const float* x, size_t nb, size_t bl, uint32_t* out) {
 
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs};
+// Rank sort: each key goes to the position given by how many keys exceed it
+// (8 unsigned 64-bit compares per instruction, no branches on the data); four
+// keys at a time share the loads and keep four independent count chains.
+void sort_desc_small(const uint64_t* in, size_t n, uint64_t* out) {
+    const size_t nv = n / 8;
+    const __mmask8 tail = (__mmask8)((1u << (n % 8)) - 1u);
+    const __m512i one = _mm512_set1_epi64(1);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const __m512i x0 = _mm512_set1_epi64((long long)in[i]), x1 = _mm512_set1_epi64((long long)in[i + 1]);
+        const __m512i x2 = _mm512_set1_epi64((long long)in[i + 2]), x3 = _mm512_set1_epi64((long long)in[i + 3]);
+        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+        for (size_t v = 0; v <= nv; ++v) {
+            const __mmask8 m = v < nv ? (__mmask8)0xFF : tail;
+            const __m512i y = _mm512_maskz_loadu_epi64(m, in + 8 * v);
+            c0 = _mm512_mask_add_epi64(c0, _mm512_mask_cmpgt_epu64_mask(m, y, x0), c0, one);
+            c1 = _mm512_mask_add_epi64(c1, _mm512_mask_cmpgt_epu64_mask(m, y, x1), c1, one);
+            c2 = _mm512_mask_add_epi64(c2, _mm512_mask_cmpgt_epu64_mask(m, y, x2), c2, one);
+            c3 = _mm512_mask_add_epi64(c3, _mm512_mask_cmpgt_epu64_mask(m, y, x3), c3, one);
+        }
+        out[(size_t)_mm512_reduce_add_epi64(c0)] = in[i];
+        out[(size_t)_mm512_reduce_add_epi64(c1)] = in[i + 1];
+        out[(size_t)_mm512_reduce_add_epi64(c2)] = in[i + 2];
+        out[(size_t)_mm512_reduce_add_epi64(c3)] = in[i + 3];
+    }
+    for (; i < n; ++i) {
+        const __m512i x = _mm512_set1_epi64((long long)in[i]);
+        __m512i c = _mm512_setzero_si512();
+        for (size_t v = 0; v <= nv; ++v) {
+            const __mmask8 m = v < nv ? (__mmask8)0xFF : tail;
+            c = _mm512_mask_add_epi64(c, _mm512_mask_cmpgt_epu64_mask(m, _mm512_maskz_loadu_epi64(m, in + 8 * v), x), c, one);
+        }
+        out[(size_t)_mm512_reduce_add_epi64(c)] = in[i];
+    }
+}
+
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs, sort_desc_small};
 
 }  // namespace avx512
 }  // namespace hn

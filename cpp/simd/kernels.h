@@ -41,6 +41,10 @@ struct Kernels {
     // anywhere (the survivors of a screen); null in tables that do not need it.
     void (*dot_pairs)(const float* const* q, const void* const* rows, size_t n, size_t d, DType xt,
                       float* out) = nullptr;
+    // Sorts n distinct keys descending into out (out[r] = the key with r keys above
+    // it), in O(n^2) vector compares: for a few hundred keys at most.  Null in
+    // tables without one (callers then use a radix sort).
+    void (*sort_desc_small)(const uint64_t* in, size_t n, uint64_t* out) = nullptr;
 };
 
 namespace scalar {
