@@ -271,12 +271,15 @@ TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_th
         std::string buf;
         for (size_t c = cb; c < ce; ++c) {
             const size_t b = n * c / nch, e = n * (c + 1) / nch;
-            WordTable& tab = tables[c];
-            std::vector<uint32_t>& tk = toks[c];
+            // Built in locals and moved out: threads never write neighbouring vector headers.
+            WordTable tab;
+            std::vector<uint32_t> tk;
             for (size_t i = b; i < e; ++i) {
                 for_each_token(texts[i], buf, [&](const std::string& w) { tk.push_back(tab.find_or_add(w)); });
                 out.offsets[i + 1] = tk.size();  // local count, made global below
             }
+            tables[c] = std::move(tab);
+            toks[c] = std::move(tk);
         }
     });
     // Merge the chunk vocabularies (serial over distinct words per chunk).
@@ -324,19 +327,21 @@ bool Index::cached_ids(const std::vector<std::string_view>& texts, int num_threa
     parallel_for(nt, int(nt), 1, [&](size_t cb, size_t ce, int) {
         std::string buf;
         for (size_t c = cb; c < ce; ++c) {
-            auto& out = part[c];
+            // Thread-local vectors, moved out at the end: no false sharing on their ends.
+            std::vector<int64_t> out;
+            std::vector<std::string> ms;
+            std::vector<int64_t> cnt;
             for (size_t i = n * c / nt; i < n * (c + 1) / nt; ++i) {
                 for_each_token(texts[i], buf, [&](const std::string& w) {
-                    auto it = word_cache.find(w);
-                    if (it == word_cache.end()) {
-                        if (miss[c].size() < 100000) miss[c].push_back(w);
-                        out.push_back(-1);
-                    } else {
-                        out.push_back(it->second < 0 ? -1 : it->second);
-                    }
+                    const int64_t v = word_cache.find(w);
+                    if (v == WordCache::kAbsent && ms.size() < 100000) ms.push_back(w);
+                    out.push_back(v < 0 ? -1 : v);
                 });
-                offsets[i + 1] = int64_t(out.size());  // local count, made global below
+                cnt.push_back(int64_t(out.size()));  // local count, made global below
             }
+            std::copy(cnt.begin(), cnt.end(), offsets.begin() + 1 + n * c / nt);
+            part[c] = std::move(out);
+            miss[c] = std::move(ms);
         }
     });
     size_t total = 0;
@@ -354,6 +359,57 @@ bool Index::cached_ids(const std::vector<std::string_view>& texts, int num_threa
     for (auto& v : part) ids.insert(ids.end(), v.begin(), v.end());
     return true;
 }
+
+// ---------------------------------------------------------------- word cache
+size_t WordCache::slot_of(std::string_view w, uint64_t h) const {
+    const size_t mask = slots_.size() - 1;
+    size_t pos = h & mask;
+    for (;; pos = (pos + 1) & mask) {
+        const uint32_t e = slots_[pos];
+        if (e == 0) return pos;
+        const uint32_t i = e - 1;
+        if (hashes_[i] == h && starts_[i + 1] - starts_[i] == w.size() &&
+            std::memcmp(arena_.data() + starts_[i], w.data(), w.size()) == 0)
+            return pos;
+    }
+}
+
+int64_t WordCache::find(std::string_view w) const {
+    const uint32_t e = slots_[slot_of(w, hash_bytes(w.data(), w.size()))];
+    return e ? values_[e - 1] : kAbsent;
+}
+
+void WordCache::set(std::string_view w, int64_t value) {
+    const uint64_t h = hash_bytes(w.data(), w.size());
+    const size_t pos = slot_of(w, h);
+    if (slots_[pos]) {
+        values_[slots_[pos] - 1] = value;
+        return;
+    }
+    if (hashes_.size() >= 0xFFFFFFF0ull) throw std::length_error("BM25 word cache exceeds 2^32 words");
+    arena_.insert(arena_.end(), w.begin(), w.end());
+    starts_.push_back(arena_.size());
+    hashes_.push_back(h);
+    values_.push_back(value);
+    slots_[pos] = uint32_t(hashes_.size());
+    if (hashes_.size() * 2 > slots_.size()) {  // grow: keep the load factor <= 1/2
+        std::vector<uint32_t> ns(slots_.size() * 2, 0);
+        const size_t mask = ns.size() - 1;
+        for (size_t i = 0; i < hashes_.size(); ++i) {
+            size_t p = hashes_[i] & mask;
+            while (ns[p]) p = (p + 1) & mask;
+            ns[p] = uint32_t(i + 1);
+        }
+        slots_.swap(ns);
+    }
+}
+
+void WordCache::forget(int64_t value) {
+    for (auto& v : values_)
+        if (v == value) v = kAbsent;
+}
+
+void WordCache::clear() { *this = WordCache(); }
 
 // --------------------------------------------------------------------- index
 int64_t Index::term_id(const std::string& term, bool create) {
@@ -388,6 +444,7 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
         std::vector<uint64_t> pos(V);
         for (size_t c = cb; c < ce; ++c) {
             cnt[c].assign(V, 0);
+            std::vector<uint32_t> lpt, lptf;  // moved out below: no false sharing on vector headers
             const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
             for (size_t d = b; d < e; ++d) {
                 uint64_t len = 0;
@@ -398,19 +455,21 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
                     ++len;
                     if (last[t] != uint32_t(d)) {
                         last[t] = uint32_t(d);
-                        pos[t] = pt[c].size();
-                        pt[c].push_back(t);
-                        ptf[c].push_back(1);
+                        pos[t] = lpt.size();
+                        lpt.push_back(t);
+                        lptf.push_back(1);
                         ++cnt[c][t];
                         ++np;
                     } else {
-                        ++ptf[c][pos[t]];
+                        ++lptf[pos[t]];
                     }
                 }
                 if (len > 0xFFFFFFFFull) throw std::length_error("document too long");
                 new_len[d] = uint32_t(len);
                 npairs[d] = np;
             }
+            pt[c] = std::move(lpt);
+            ptf[c] = std::move(lptf);
         }
     });
     // Per term: new postings count; cnt becomes each chunk's start within the term's new range.

@@ -49,6 +49,26 @@ struct TokenBatch {
 };
 TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_threads);
 
+// Surface word -> value (a term id, or Index::kStop / kUnknown): open addressing
+// over an arena of the words, looked up straight from the tokeniser's buffer.
+// Concurrent lookups are safe; writes need exclusive access.
+class WordCache {
+   public:
+    static constexpr int64_t kAbsent = INT64_MIN;
+    int64_t find(std::string_view w) const;  // kAbsent when not cached
+    void set(std::string_view w, int64_t value);
+    void forget(int64_t value);  // entries holding `value` become absent
+    void clear();
+
+   private:
+    size_t slot_of(std::string_view w, uint64_t h) const;
+    std::vector<char> arena_;
+    std::vector<uint64_t> starts_{0};
+    std::vector<uint64_t> hashes_;
+    std::vector<int64_t> values_;
+    std::vector<uint32_t> slots_ = std::vector<uint32_t>(1024, 0);  // entry + 1, 0 = empty
+};
+
 // Owned storage or a borrowed buffer (e.g. a memory-mapped numpy array).
 template <class T>
 struct Array {
@@ -84,7 +104,7 @@ class Index {
     // Surface word -> term id; kStop for dropped words (stopwords), kUnknown for
     // query words whose term is not in the vocabulary (forgotten on `add`).
     static constexpr int64_t kStop = -1, kUnknown = -2;
-    std::unordered_map<std::string, int64_t> word_cache;
+    WordCache word_cache;
 
     Array<int64_t> offsets;    // terms + 1
     Array<uint32_t> docs;      // postings: document ids

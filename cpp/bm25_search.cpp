@@ -321,7 +321,7 @@ struct Collector {
     }
 };
 
-struct Scratch {
+struct alignas(64) Scratch {  // one per thread, on its own cache lines
     std::vector<float> acc;         // dense accumulator (padded to whole blocks), 0 between queries
     std::vector<uint32_t> touched;  // documents touched by the short terms
     std::vector<uint32_t> ex;       // excluded ids of the query

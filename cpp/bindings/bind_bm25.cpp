@@ -95,8 +95,7 @@ py::array view(const hn::bm25::Array<T>& a, py::handle base) {
 
 // Drops cached "not in the vocabulary" query words once the vocabulary grew.
 void forget_unknown(Index& ix) {
-    for (auto it = ix.word_cache.begin(); it != ix.word_cache.end();)
-        it = it->second == Index::kUnknown ? ix.word_cache.erase(it) : std::next(it);
+    ix.word_cache.forget(Index::kUnknown);
 }
 
 hn::bm25::Queries queries_of(const py::array_t<int64_t>& off, const py::array_t<int64_t>& ids) {
@@ -172,8 +171,8 @@ void bind_bm25(py::module_& m) {
              [](const PyIndex& ix, const TokenBatch& b, bool documents) {
                  py::list out;
                  for (const auto& w : b.words) {
-                     auto it = ix.word_cache.find(w);
-                     if (it == ix.word_cache.end() || (documents && it->second == Index::kUnknown))
+                     const int64_t v = ix.word_cache.find(w);
+                     if (v == hn::bm25::WordCache::kAbsent || (documents && v == Index::kUnknown))
                          out.append(py::str(w));
                  }
                  return out;
@@ -192,7 +191,7 @@ void bind_bm25(py::module_& m) {
                          id = ix.term_id(utf8_of(terms[i], "stemmer output"), create);
                          if (id < 0) id = Index::kUnknown;
                      }
-                     ix.word_cache[w] = id;
+                     ix.word_cache.set(w, id);
                  }
                  if (ix.terms.size() != v0) forget_unknown(ix);
              })
@@ -218,9 +217,9 @@ void bind_bm25(py::module_& m) {
              [](const PyIndex& ix, const TokenBatch& b) {
                  std::vector<int64_t> wmap(b.words.size());
                  for (size_t i = 0; i < b.words.size(); ++i) {
-                     auto it = ix.word_cache.find(b.words[i]);
-                     if (it == ix.word_cache.end()) throw std::logic_error("word missing from the BM25 word cache");
-                     wmap[i] = it->second < 0 ? -1 : it->second;
+                     const int64_t v = ix.word_cache.find(b.words[i]);
+                     if (v == hn::bm25::WordCache::kAbsent) throw std::logic_error("word missing from the BM25 word cache");
+                     wmap[i] = v < 0 ? -1 : v;
                  }
                  std::vector<int64_t> ids(b.tokens.size());
                  std::vector<int64_t> off(b.offsets.begin(), b.offsets.end());
