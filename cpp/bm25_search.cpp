@@ -175,7 +175,7 @@ uint32_t kth_largest(const uint32_t* v, size_t m, size_t k, std::vector<uint32_t
             ++c1[(cur[i + 1] >> shift) & 255];
         }
         if (i < m) ++c0[(cur[i] >> shift) & 255];
-        uint32_t b = 256;
+        uint32_t b = ((all_or >> shift) & 255) + 1;  // no value's byte exceeds the OR of them all
         size_t c = 0;
         while (b-- > 0) {
             c = size_t(c0[b]) + c1[b];
