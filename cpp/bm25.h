@@ -209,7 +209,8 @@ class Index {
         std::vector<float> ub;    // upper bounds of the contributions: w * max_impact
         size_t n_short = 0;       // t[0 .. n_short) are short terms
         float base = 0;           // bm25l / bm25+: what every document gets (idf * tf_part(0))
-        std::vector<uint32_t> tmp, ord;
+        std::vector<uint32_t> tmp, ord, dt;  // scratch, reused from query to query
+        std::vector<float> dw, dub;
     };
     void query_terms(const Queries& q, size_t i, QueryTerms& out) const;
 };

@@ -52,8 +52,12 @@ void Index::query_terms(const Queries& q, size_t i, QueryTerms& out) const {
     }
     std::sort(tmp.begin(), tmp.end());
     // Distinct terms; a repeated query term counts repeatedly (weight = count * idf).
-    std::vector<uint32_t> t;
-    std::vector<float> w, ub;
+    auto& t = out.dt;
+    auto& w = out.dw;
+    auto& ub = out.dub;
+    t.clear();
+    w.clear();
+    ub.clear();
     for (size_t j = 0; j < tmp.size();) {
         size_t r = j + 1;
         while (r < tmp.size() && tmp[r] == tmp[j]) ++r;
