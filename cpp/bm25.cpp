@@ -656,27 +656,34 @@ void Index::build_blocks(int num_threads) {
             ids[t] = int32_t(longs.size());
             longs.push_back(uint32_t(t));
         }
-    std::vector<uint32_t> start(longs.size() * (NB + 1));
-    std::vector<uint8_t> qmax(longs.size() * NB, 0);
+    const bool fine = strategy == 2;  // block-max pruning: every block, with bounds
+    const size_t step = fine ? 1 : kRangeBlocks, NBS = (NB + step - 1) / step;
+    std::vector<uint32_t> start(longs.size() * (NBS + 1));
+    std::vector<uint8_t> qmax(fine ? longs.size() * NB : 0, 0);
     with_impacts([&](const auto imp) {
     parallel_for(longs.size(), num_threads, 4, [&](size_t lb, size_t le, int) {
         for (size_t li = lb; li < le; ++li) {
             const uint32_t t = longs[li];
-            uint32_t* st = start.data() + li * (NB + 1);
-            uint8_t* q = qmax.data() + li * NB;
+            uint32_t* st = start.data() + li * (NBS + 1);
             const float m = max_impact[t];
             int64_t j = o[t];
-            for (size_t b = 0; b < NB; ++b) {
-                st[b] = uint32_t(j - o[t]);
+            for (size_t sb = 0; sb < NBS; ++sb) {
+                st[sb] = uint32_t(j - o[t]);
+                const uint64_t end_doc = uint64_t(std::min(NB, (sb + 1) * step)) << kBlockShift;
+                if (!fine) {
+                    while (j < o[t + 1] && d[j] < end_doc) ++j;
+                    continue;
+                }
                 float bm = 0.f;
-                const uint64_t end_doc = uint64_t(b + 1) << kBlockShift;
                 for (; j < o[t + 1] && d[j] < end_doc; ++j) bm = std::max(bm, imp[j]);
-                if (bm > 0.f && m > 0.f) q[b] = uint8_t(std::min(255.0, std::floor(double(bm) / double(m) * 255.0) + 1.0));
+                if (bm > 0.f && m > 0.f)
+                    qmax[li * NB + sb] = uint8_t(std::min(255.0, std::floor(double(bm) / double(m) * 255.0) + 1.0));
             }
-            st[NB] = uint32_t(j - o[t]);
+            st[NBS] = uint32_t(j - o[t]);
         }
     });
     });
+    blk_step = step;
     long_id.swap(ids);
     long_terms.swap(longs);
     blk_start.swap(start);

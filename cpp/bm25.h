@@ -134,18 +134,23 @@ class Index {
             f(Impacts<uint16_t>{codes16.data(), code_imp.data()});
     }
 
-    // Block-max metadata for dynamic pruning (derived, rebuilt by compute_bounds).
-    // Documents form blocks of kBlock consecutive ids.  A "long" term (one with
-    // postings in a good share of the blocks) has, per block b, the offset of its
-    // first posting in b (blk_start, relative to offsets[t]; NB + 1 entries) and
-    // an upper bound of its impacts there quantised to a byte (blk_qmax: impact
-    // <= q * max_impact / 255).  Short terms have none: they are cheap to scan.
+    // Block metadata (derived, rebuilt by compute_bounds).  Documents form blocks
+    // of kBlock consecutive ids.  A "long" term (one with postings in a good share
+    // of the blocks) stores where its postings start in every run of blk_step
+    // blocks (blk_start, relative to offsets[t]; NBS + 1 entries, NBS = NB / blk_step
+    // rounded up).  The exhaustive search only needs the starts of its document
+    // ranges (blk_step = kRangeBlocks); block-max pruning (strategy 2) needs every
+    // block's start (blk_step = 1) and an upper bound of the term's impacts in it,
+    // quantised to a byte (blk_qmax: impact <= q * max_impact / 255), built only
+    // while that strategy is selected.  Short terms have none: they are cheap to scan.
     static constexpr size_t kBlockShift = 4, kBlock = size_t(1) << kBlockShift;
+    static constexpr size_t kRangeBlocks = 8192 / kBlock;  // 8,192 documents: 32 KiB of accumulator
     static constexpr int64_t kLongMinDf = 256;
     std::vector<int32_t> long_id;      // per term: index among the long terms, or -1
     std::vector<uint32_t> long_terms;  // term id of each long term
-    std::vector<uint32_t> blk_start;   // long terms x (NB + 1)
-    std::vector<uint8_t> blk_qmax;     // long terms x NB
+    size_t blk_step = kRangeBlocks;
+    std::vector<uint32_t> blk_start;   // long terms x (NBS + 1)
+    std::vector<uint8_t> blk_qmax;     // long terms x NB (strategy 2 only)
     // Very common terms (in more than a quarter of the documents) also get a dense
     // array of their impacts over all documents (0: absent): adding one is then a
     // vector loop without scatter (simd axpy), several times cheaper than its

@@ -379,9 +379,11 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
         throw std::logic_error("BM25 bounds are stale");
     const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), q.nq));
     const size_t NB = num_blocks();
+    const size_t NBS = (NB + blk_step - 1) / blk_step;
+    if (strategy == 2 && blk_step != 1) throw std::logic_error("BM25 pruning metadata is missing");
     constexpr size_t BS = kBlock;
     constexpr size_t kBuckets = 256;
-    constexpr size_t kChunkBlocks = 8192 / BS;    // 32 KiB of accumulator per range
+    constexpr size_t kChunkBlocks = kRangeBlocks;  // 32 KiB of accumulator per range
     const int64_t* off = offsets.data();
     const uint32_t* dd = docs.data();
     const Kernels& kern = kernels();
@@ -423,10 +425,11 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 }
             }
             // Long term a's postings in blocks [b0, b1), relative to offsets[t].
+            // (b0 and b1 are multiples of blk_step, or NB.)
             auto block_range = [&](size_t a, size_t b0, size_t b1, uint32_t& j0, uint32_t& j1) {
-                const uint32_t* st = blk_start.data() + size_t(long_id[qt.t[a]]) * (NB + 1);
-                j0 = st[b0];
-                j1 = st[b1];
+                const uint32_t* st = blk_start.data() + size_t(long_id[qt.t[a]]) * (NBS + 1);
+                j0 = st[b0 / blk_step];
+                j1 = st[b1 == NB ? NBS : b1 / blk_step];
             };
             // Long term a, all its postings in blocks [c0, c1) (exhaustive passes).
             auto add_long = [&](size_t a, size_t c0, size_t c1) {

@@ -163,7 +163,11 @@ void bind_bm25(py::module_& m) {
             "strategy", [](const PyIndex& ix) { return ix.strategy; },
             [](PyIndex& ix, int s) {
                 if (s < 0 || s > 2) throw std::invalid_argument("strategy must be 0, 1 or 2");
+                py::gil_scoped_release nogil;
+                std::unique_lock<std::shared_mutex> lk(ix.mu);
+                const bool rebuild = (s == 2) != (ix.strategy == 2);
                 ix.strategy = s;
+                if (rebuild && ix.num_docs() > 0) ix.build_blocks(1);  // strategy 2 needs per-block bounds
             })
         // Words of the batch that the word cache does not know yet (for documents,
         // also the words cached as "not in the vocabulary" by earlier queries).
