@@ -293,6 +293,18 @@ struct Collector {
         }
         if (buf->size() >= 2 * k + 256) cut();
     }
+    // The same for hits already filtered: values v[0 .. c) of documents
+    // first_id + idx[r], out of a span of n documents.
+    void offer_taken(const uint32_t* ix, const float* v, size_t c, uint32_t first_id, size_t n) {
+        id_order = id_order && first_id >= next_id;
+        next_id = first_id + uint32_t(n);
+        for (size_t i = 0; i < c; ++i) {
+            const float s = base + v[i];
+            if (s < theta) continue;
+            buf->push_back(pack(s, first_id + ix[i]));
+        }
+        if (buf->size() >= 2 * k + 256) cut();
+    }
     size_t size() const { return buf->size(); }
     // A single hit (s > 0, s >= theta).
     void push(float s, uint32_t d) {
@@ -335,12 +347,23 @@ struct alignas(64) Scratch {  // one per thread, on its own cache lines
     std::vector<uint32_t> bucket_end, fill, live;
     std::vector<uint8_t> done;
     std::vector<float> vals;
-    std::vector<uint32_t> idx;      // filter output
+    std::vector<uint32_t> idx;      // filter output: indices ...
+    std::vector<float> val;         // ... and values
     std::vector<uint64_t> cand, tmp;
     float local[Index::kBlock];
 };
 
 }  // namespace
+
+// The indices and values of x[0 .. n) >= tau, then x[0 .. n) = 0 (one pass
+// where the table has filter_take); idx and val hold n entries.
+size_t take_ge(const Kernels& K, float* x, size_t n, float tau, uint32_t* idx, float* val) {
+    if (K.filter_take) return K.filter_take(x, n, tau, idx, val);
+    const size_t c = K.filter_ge(x, n, tau, idx);
+    for (size_t i = 0; i < c; ++i) val[i] = x[idx[i]];
+    std::memset(x, 0, sizeof(float) * n);
+    return c;
+}
 
 // A lower bound of the k-th largest of x[0 .. n): the k-th largest maximum of
 // blocks of BL values (k blocks each hold a value that high); 0 when n is too
@@ -596,19 +619,19 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         if (below(f) > 0.f) {
                             top.raise_floor(f);
                             S.idx.resize(kChunkBlocks * BS);
+                            S.val.resize(kChunkBlocks * BS);
                             for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
                                 const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
                                 // top.tau rises as hits come in: a tighter filter for later ranges.
                                 const float tau = below(top.tau);
-                                const size_t c = kern.filter_ge(acc + c0, len, tau, S.idx.data());
+                                const size_t c = take_ge(kern, acc + c0, len, tau, S.idx.data(), S.val.data());
                                 for (size_t i = 0; i < c; ++i) {  // canonical order: the dense terms last
                                     const size_t d = c0 + S.idx[i];
-                                    float x = acc[d];
+                                    float x = S.val[i];
                                     for (size_t a = n_full; a < n; ++a)
                                         x += qt.w[a] * dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + d];
                                     top.consider(x, uint32_t(d));
                                 }
-                                std::memset(acc + c0, 0, sizeof(float) * len);
                             }
                             offered = true;
                         } else {
@@ -623,10 +646,12 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // accumulator first (few candidates to cut back), then the
                         // vectorised filter range by range.
                         top.raise_floor(kth_floor(acc, NB * BS, k, S.vals, top.sel));
+                        S.idx.resize(kChunkBlocks * BS);
+                        S.val.resize(kChunkBlocks * BS);
                         for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
                             const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
-                            top.offer(acc + c0, len, uint32_t(c0));
-                            std::memset(acc + c0, 0, sizeof(float) * len);
+                            const size_t c = take_ge(kern, acc + c0, len, top.tau, S.idx.data(), S.val.data());
+                            top.offer_taken(S.idx.data(), S.val.data(), c, uint32_t(c0), len);
                         }
                     }
                 }

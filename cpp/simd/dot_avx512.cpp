@@ -290,7 +290,49 @@ void sort_desc_small(const uint64_t* in, size_t n, uint64_t* out) {
     }
 }
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs, sort_desc_small};
+size_t filter_take(float* x, size_t n, float tau, uint32_t* idx, float* val) {
+    const __m512 t = _mm512_set1_ps(tau);
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    size_t c = 0, i = 0;
+    // As filter_ge (register compress, full 16-lane stores at c <= i), plus the values.
+    auto put = [&](__m512 v, __mmask16 m, size_t at) {
+        _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lane, _mm512_set1_epi32((int)at))));
+        _mm512_storeu_ps(val + c, _mm512_maskz_compress_ps(m, v));
+        c += (size_t)__builtin_popcount(m);
+    };
+    for (; i + 64 <= n; i += 64) {
+        const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
+        const __m512 v2 = _mm512_loadu_ps(x + i + 32), v3 = _mm512_loadu_ps(x + i + 48);
+        const __mmask16 m0 = _mm512_cmp_ps_mask(v0, t, _CMP_GE_OQ), m1 = _mm512_cmp_ps_mask(v1, t, _CMP_GE_OQ);
+        const __mmask16 m2 = _mm512_cmp_ps_mask(v2, t, _CMP_GE_OQ), m3 = _mm512_cmp_ps_mask(v3, t, _CMP_GE_OQ);
+        _mm512_storeu_ps(x + i, zero);
+        _mm512_storeu_ps(x + i + 16, zero);
+        _mm512_storeu_ps(x + i + 32, zero);
+        _mm512_storeu_ps(x + i + 48, zero);
+        if ((m0 | m1 | m2 | m3) == 0) continue;
+        put(v0, m0, i);
+        put(v1, m1, i + 16);
+        put(v2, m2, i + 32);
+        put(v3, m3, i + 48);
+    }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        _mm512_storeu_ps(x + i, zero);
+        put(v, _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), i);
+    }
+    for (; i < n; ++i) {
+        if (x[i] >= tau) {
+            idx[c] = (uint32_t)i;
+            val[c++] = x[i];
+        }
+        x[i] = 0.f;
+    }
+    return c;
+}
+
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs, sort_desc_small,
+                       filter_take};
 
 }  // namespace avx512
 }  // namespace hn

@@ -45,6 +45,10 @@ struct Kernels {
     // it), in O(n^2) vector compares: for a few hundred keys at most.  Null in
     // tables without one (callers then use a radix sort).
     void (*sort_desc_small)(const uint64_t* in, size_t n, uint64_t* out) = nullptr;
+    // filter_ge that also hands back the values (val[r] = x[idx[r]]) and clears
+    // x[0 .. n) to 0 in the same pass; idx and val must hold n entries.  Null in
+    // tables without one (callers then filter, copy and clear separately).
+    size_t (*filter_take)(float* x, size_t n, float tau, uint32_t* idx, float* val) = nullptr;
 };
 
 namespace scalar {

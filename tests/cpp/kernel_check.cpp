@@ -1,6 +1,7 @@
 // Checks every kernel table this CPU can run against the scalar table on random
 // inputs (all dtypes, odd sizes).  Built and run by tests/test_kernels_native.py,
 // natively and, where a cross compiler and qemu are installed, for arm64 (NEON).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -94,6 +95,28 @@ int main() {
             size_t b = scalar::table.filter_ge(s.data(), n, 0.5f, o2.data());
             if (a != b || std::memcmp(o1.data(), o2.data(), a * 4) != 0) {
                 if (failures++ < 10) std::printf("%s filter_ge n=%zu\n", K.name, n);
+            }
+        }
+        if (K.filter_take) {  // filter_ge plus the values, and x cleared
+            for (size_t n : {0, 1, 15, 16, 17, 63, 64, 65, 999, 1000}) {
+                std::vector<float> x(s.begin(), s.begin() + n), v(n);
+                std::vector<uint32_t> i1(n), i2(n);
+                const size_t a = K.filter_take(x.data(), n, 0.5f, i1.data(), v.data());
+                const size_t b = scalar::table.filter_ge(s.data(), n, 0.5f, i2.data());
+                bool ok = a == b && std::memcmp(i1.data(), i2.data(), a * 4) == 0;
+                for (size_t r = 0; ok && r < a; ++r) ok = v[r] == s[i2[r]];
+                for (size_t r = 0; ok && r < n; ++r) ok = x[r] == 0.f;
+                if (!ok && failures++ < 10) std::printf("%s filter_take n=%zu\n", K.name, n);
+            }
+        }
+        if (K.sort_desc_small) {  // distinct keys, descending
+            for (size_t n : {1, 3, 8, 9, 31, 32, 100, 192}) {
+                std::vector<uint64_t> in(n), out(n);
+                for (size_t r = 0; r < n; ++r) in[r] = (uint64_t(gen() % 50) << 32) | (0xFFFFFFFFu - uint32_t(r));
+                K.sort_desc_small(in.data(), n, out.data());
+                std::vector<uint64_t> ref = in;
+                std::sort(ref.begin(), ref.end(), [](uint64_t a, uint64_t b) { return a > b; });
+                if (out != ref && failures++ < 10) std::printf("%s sort_desc_small n=%zu\n", K.name, n);
             }
         }
         // block_max: integer maxima of float bits, negatives as 0.
