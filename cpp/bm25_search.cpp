@@ -368,11 +368,27 @@ size_t take_ge(const Kernels& K, float* x, size_t n, float tau, uint32_t* idx, f
 // A lower bound of the k-th largest of x[0 .. n): the k-th largest maximum of
 // blocks of BL values (k blocks each hold a value that high); 0 when n is too
 // small for 2k blocks.  Cheap, and it lets the filter skip most values at once.
-float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp, std::vector<uint32_t>& sel) {
+// The block length BL for n values: 64, halved down to 16 while that leaves
+// fewer than 4k blocks (a tighter bound, still cheap), then down to 2 while fewer
+// than 2k; 0 when n is too small for 2k blocks even so.
+size_t floor_block(size_t n, size_t k) {
     size_t bl = 64;
-    while (bl > 16 && n / bl < 4 * k) bl /= 2;  // 4k blocks: a tighter bound, still cheap
+    while (bl > 16 && n / bl < 4 * k) bl /= 2;
     while (bl > 1 && n / bl < 2 * k) bl /= 2;
-    if (n / bl < 2 * k || bl < 2) return 0.f;
+    return n / bl < 2 * k || bl < 2 ? 0 : bl;
+}
+
+// The floor from the nb block maxima (uint32 bits of floats >= 0).
+float floor_of_maxima(const uint32_t* bits, size_t nb, size_t k, std::vector<uint32_t>& sel) {
+    const uint32_t th = kth_largest(bits, nb, k, sel, k / 8 + 4);
+    float f;
+    std::memcpy(&f, &th, 4);
+    return f;
+}
+
+float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp, std::vector<uint32_t>& sel) {
+    const size_t bl = floor_block(n, k);
+    if (bl == 0) return 0.f;
     const size_t nb = n / bl;
     tmp.resize(nb);
     // Floats >= 0 order like their bits as int32, and -inf (excluded) is negative:
@@ -388,10 +404,7 @@ float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp, std
             bits[b] = uint32_t(m);
         }
     }
-    const uint32_t th = kth_largest(bits, nb, k, sel, k / 8 + 4);
-    float f;
-    std::memcpy(&f, &th, 4);
-    return f;
+    return floor_of_maxima(bits, nb, k, sel);
 }
 
 void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
@@ -564,6 +577,12 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                     size_t n_full = n;
                     if (!prune && N >= 256 * k)
                         while (n_full > ns && dense_id[qt.t[n_full - 1]] >= 0) --n_full;
+                    // With several ranges, each range's block maxima (for the floor below)
+                    // are taken as soon as its terms are in, while it is still in cache.
+                    const size_t fbl = floor_block(NB * BS, k), fnb = fbl ? NB * BS / fbl : 0;
+                    const bool early_max = !prune && NB > kChunkBlocks && fbl >= 16;
+                    if (early_max) S.vals.resize(fnb);
+                    uint32_t* fbits = reinterpret_cast<uint32_t*>(S.vals.data());
                     for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {
                         const size_t c1 = std::min(NB, c0 + kChunkBlocks);
                         S.live.clear();
@@ -593,7 +612,13 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                 }
                             }
                         }
-                        if (!prune) continue;  // exhaustive: offered below, once every range is complete
+                        if (!prune) {  // exhaustive: offered below, once every range is complete
+                            if (early_max) {
+                                const size_t b0 = c0 * BS / fbl, b1 = std::min(fnb, c1 * BS / fbl);
+                                if (b1 > b0) kern.block_max(acc + b0 * fbl, b1 - b0, fbl, fbits + b0);
+                            }
+                            continue;
+                        }
                         float* x = acc + c0 * BS;
                         const size_t len = (c1 - c0) * BS;
                         for (size_t b = c0; b < c1; ++b)
@@ -607,7 +632,8 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // The waiting dense terms add at most U to any score.  With F a lower
                         // bound of the k-th best score so far, a document below F - U (with
                         // margins for float rounding) cannot reach the top k.
-                        const float f = kth_floor(acc, NB * BS, k, S.vals, top.sel);
+                        const float f = early_max ? floor_of_maxima(fbits, fnb, k, top.sel)
+                                                  : kth_floor(acc, NB * BS, k, S.vals, top.sel);
                         double U = 0;
                         for (size_t a = n_full; a < n; ++a) U += double(qt.ub[a]);
                         auto below = [&](float fl) {  // documents with x < this cannot reach fl
@@ -626,6 +652,9 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                 const float tau = below(top.tau);
                                 const size_t c = take_ge(kern, acc + c0, len, tau, S.idx.data(), S.val.data());
                                 for (size_t i = 0; i < c; ++i) {  // canonical order: the dense terms last
+                                    if (i + 16 < c)  // the rows are far apart in memory: fetch ahead
+                                        for (size_t a = n_full; a < n; ++a)
+                                            __builtin_prefetch(&dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + c0 + S.idx[i + 16]]);
                                     const size_t d = c0 + S.idx[i];
                                     float x = S.val[i];
                                     for (size_t a = n_full; a < n; ++a)
@@ -645,7 +674,10 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // Exhaustive: one lower bound of the k-th score over the whole
                         // accumulator first (few candidates to cut back), then the
                         // vectorised filter range by range.
-                        top.raise_floor(kth_floor(acc, NB * BS, k, S.vals, top.sel));
+                        // (The maxima taken per range are current unless dense terms were
+                        // added everywhere just above.)
+                        top.raise_floor(early_max && n_full == n ? floor_of_maxima(fbits, fnb, k, top.sel)
+                                                                 : kth_floor(acc, NB * BS, k, S.vals, top.sel));
                         S.idx.resize(kChunkBlocks * BS);
                         S.val.resize(kChunkBlocks * BS);
                         for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
