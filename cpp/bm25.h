@@ -155,7 +155,7 @@ class Index {
     // array of their impacts over all documents (0: absent): adding one is then a
     // vector loop without scatter (simd axpy), several times cheaper than its
     // postings.  Derived, rebuilt with the bounds.
-    static constexpr double kDenseBudget = 0.10;
+    static constexpr double kDenseBudget = 0.20;
     std::vector<int32_t> dense_id;  // per term: index among the dense terms, or -1
     std::vector<float> dense_imp;   // dense terms x (NB * kBlock)
     size_t num_blocks() const { return (num_docs() + kBlock - 1) / kBlock; }
