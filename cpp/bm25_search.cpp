@@ -349,6 +349,8 @@ struct alignas(64) Scratch {  // one per thread, on its own cache lines
     std::vector<float> vals;
     std::vector<uint32_t> idx;      // filter output: indices ...
     std::vector<float> val;         // ... and values
+    std::vector<uint32_t> cid;      // candidates for the waiting dense terms: ids ...
+    std::vector<float> cval;        // ... and partial scores
     std::vector<uint64_t> cand, tmp;
     float local[Index::kBlock];
 };
@@ -644,23 +646,33 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         };
                         if (below(f) > 0.f) {
                             top.raise_floor(f);
+                            // Candidates of every range first (partial score >= below(F)), then
+                            // the dense terms for them in one pass: a long list lets the row
+                            // reads be fetched well ahead (the rows are far apart in memory).
+                            const float t0 = below(f);
                             S.idx.resize(kChunkBlocks * BS);
                             S.val.resize(kChunkBlocks * BS);
+                            S.cid.clear();
+                            S.cval.clear();
                             for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
                                 const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
-                                // top.tau rises as hits come in: a tighter filter for later ranges.
-                                const float tau = below(top.tau);
-                                const size_t c = take_ge(kern, acc + c0, len, tau, S.idx.data(), S.val.data());
-                                for (size_t i = 0; i < c; ++i) {  // canonical order: the dense terms last
-                                    if (i + 16 < c)  // the rows are far apart in memory: fetch ahead
-                                        for (size_t a = n_full; a < n; ++a)
-                                            __builtin_prefetch(&dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + c0 + S.idx[i + 16]]);
-                                    const size_t d = c0 + S.idx[i];
-                                    float x = S.val[i];
-                                    for (size_t a = n_full; a < n; ++a)
-                                        x += qt.w[a] * dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + d];
-                                    top.consider(x, uint32_t(d));
+                                const size_t c = take_ge(kern, acc + c0, len, t0, S.idx.data(), S.val.data());
+                                for (size_t i = 0; i < c; ++i) {
+                                    S.cid.push_back(uint32_t(c0 + S.idx[i]));
+                                    S.cval.push_back(S.val[i]);
                                 }
+                            }
+                            constexpr size_t kAhead = 32;
+                            const size_t nc = S.cid.size();
+                            for (size_t i = 0; i < nc; ++i) {  // canonical order: the dense terms last
+                                if (i + kAhead < nc)
+                                    for (size_t a = n_full; a < n; ++a)
+                                        __builtin_prefetch(&dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + S.cid[i + kAhead]]);
+                                const size_t d = S.cid[i];
+                                float x = S.cval[i];
+                                for (size_t a = n_full; a < n; ++a)
+                                    x += qt.w[a] * dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + d];
+                                top.consider(x, uint32_t(d));
                             }
                             offered = true;
                         } else {
