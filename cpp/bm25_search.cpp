@@ -2,17 +2,21 @@
 //
 // Two paths, exact and bit-identical to each other and to score():
 //
-// * exhaustive: term at a time into a dense per-thread accumulator, then the
-//   k best of the touched documents;
-// * block-max pruning (the default when the query has long terms): documents
-//   form blocks of 64 ids and every long term stores, per block, a byte upper
-//   bound of its impacts there (bm25.h).  Short terms (high IDF, short lists)
-//   are added in full first.  Each block then has an upper bound: its best
-//   short-term partial score plus the long terms' block bounds.  A few blocks
-//   with the highest bounds are scored exactly, which gives theta, a lower
-//   bound of the k-th best score; every block whose upper bound is below theta
-//   cannot hold a top-k document and its postings are never read.  The long
-//   terms are then added over the surviving ("live") blocks only.
+// * exhaustive (the default): term at a time into a dense per-thread
+//   accumulator, short terms first, then the long terms one range of 8,192
+//   documents at a time; a lower bound of the k-th score from block maxima and
+//   one filter pass pick the candidates.  On large corpora the dense (very
+//   common) terms wait and are added only for documents that can still reach
+//   the top k (MaxScore-style);
+// * block-max pruning (strategy 2, opt-in): documents form blocks of 16 ids and
+//   every long term stores, per block, a byte upper bound of its impacts there
+//   (bm25.h).  Short terms (high IDF, short lists) are added in full first.
+//   Each block then has an upper bound: its best short-term partial score plus
+//   the long terms' block bounds.  A few blocks with the highest bounds are
+//   scored exactly, which gives theta, a lower bound of the k-th best score;
+//   every block whose upper bound is below theta cannot hold a top-k document
+//   and its postings are never read.  The long terms are then added over the
+//   surviving ("live") blocks only.
 //
 // Every contribution w * impact is >= 0, so partial scores are lower bounds of
 // final scores and an accumulator of 0 means "not matched".  Contributions are
