@@ -405,8 +405,13 @@ void WordCache::set(std::string_view w, int64_t value) {
 }
 
 void WordCache::forget(int64_t value) {
-    for (auto& v : values_)
-        if (v == value) v = kAbsent;
+    if (std::find(values_.begin(), values_.end(), value) == values_.end()) return;
+    // Rebuilt without those entries (the arena would otherwise keep every word ever forgotten).
+    WordCache kept;
+    for (size_t i = 0; i < values_.size(); ++i)
+        if (values_[i] != value && values_[i] != kAbsent)
+            kept.set(std::string_view(arena_.data() + starts_[i], size_t(starts_[i + 1] - starts_[i])), values_[i]);
+    *this = std::move(kept);
 }
 
 void WordCache::clear() { *this = WordCache(); }

@@ -57,7 +57,7 @@ class WordCache {
     static constexpr int64_t kAbsent = INT64_MIN;
     int64_t find(std::string_view w) const;  // kAbsent when not cached
     void set(std::string_view w, int64_t value);
-    void forget(int64_t value);  // entries holding `value` become absent
+    void forget(int64_t value);  // entries holding `value` are dropped
     void clear();
 
    private:
