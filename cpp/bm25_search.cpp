@@ -266,7 +266,7 @@ void keep_best(std::vector<uint64_t>& cand, size_t k, std::vector<uint64_t>& tmp
 // Scores are base + x for accumulator values x > 0.
 struct Collector {
     std::vector<uint64_t>* buf;
-    std::vector<uint32_t> idx, hi, sel;
+    std::vector<uint32_t> hi, sel;
     std::vector<uint64_t> tmp;
     size_t k;
     float base = 0.f;
@@ -284,27 +284,14 @@ struct Collector {
         id_order = true;
         next_id = 0;
     }
-    // Offers the accumulator values x[0 .. n) of documents first_id, first_id + 1, ...
-    void offer(const float* x, size_t n, uint32_t first_id) {
-        id_order = id_order && first_id >= next_id;
-        next_id = first_id + uint32_t(n);
-        if (idx.size() < n) idx.resize(n);
-        const size_t c = kernels().filter_ge(x, n, tau, idx.data());  // vectorised
-        for (size_t i = 0; i < c; ++i) {
-            const float s = base + x[idx[i]];
-            if (s < theta) continue;  // x >= tau, but base + x rounds below theta
-            buf->push_back(pack(s, first_id + idx[i]));
-        }
-        if (buf->size() >= 2 * k + 256) cut();
-    }
-    // The same for hits already filtered: values v[0 .. c) of documents
-    // first_id + idx[r], out of a span of n documents.
+    // Offers the hits filtered out of a span of n documents first_id, first_id + 1, ...:
+    // accumulator values v[0 .. c) of documents first_id + ix[r] (take_ge's output).
     void offer_taken(const uint32_t* ix, const float* v, size_t c, uint32_t first_id, size_t n) {
         id_order = id_order && first_id >= next_id;
         next_id = first_id + uint32_t(n);
         for (size_t i = 0; i < c; ++i) {
             const float s = base + v[i];
-            if (s < theta) continue;
+            if (s < theta) continue;  // x >= tau, but base + x rounds below theta
             buf->push_back(pack(s, first_id + ix[i]));
         }
         if (buf->size() >= 2 * k + 256) cut();
@@ -355,6 +342,7 @@ struct alignas(64) Scratch {  // one per thread, on its own cache lines
     std::vector<float> val;         // ... and values
     std::vector<uint32_t> cid;      // candidates for the waiting dense terms: ids ...
     std::vector<float> cval;        // ... and partial scores
+    std::vector<const float*> rows; // the waiting dense terms' rows
     std::vector<uint64_t> cand, tmp;
     float local[Index::kBlock];
 };
@@ -433,7 +421,11 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
     with_impacts([&](const auto imp) {
     parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
         Scratch& S = scratch[tid];
-        if (S.acc.empty()) S.acc.assign(NB * BS, 0.f);
+        if (S.acc.empty()) {
+            S.acc.assign(NB * BS, 0.f);
+            S.idx.resize(kChunkBlocks * BS);  // take() output, one range at most
+            S.val.resize(kChunkBlocks * BS);
+        }
         float* acc = S.acc.data();
         QueryTerms qt;
         Collector top;
@@ -473,12 +465,17 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                 j0 = st[b0 / blk_step];
                 j1 = st[b1 == NB ? NBS : b1 / blk_step];
             };
+            // The documents of x[0 .. len) at or above tau into S.idx / S.val; clears x.
+            auto take = [&](float* x, size_t len, float tau) {
+                return take_ge(kern, x, len, tau, S.idx.data(), S.val.data());
+            };
+            // Dense term a's row of impacts over all documents.
+            auto dense_row = [&](size_t a) { return dense_imp.data() + size_t(dense_id[qt.t[a]]) * NB * BS; };
             // Long term a, all its postings in blocks [c0, c1) (exhaustive passes).
             auto add_long = [&](size_t a, size_t c0, size_t c1) {
-                const int32_t di = dense_id[qt.t[a]];
                 const float w = qt.w[a];
-                if (di >= 0) {  // a very common term: one vector pass over the range
-                    kern.axpy(acc + c0 * BS, dense_imp.data() + size_t(di) * NB * BS + c0 * BS, (c1 - c0) * BS, w);
+                if (dense_id[qt.t[a]] >= 0) {  // a very common term: one vector pass over the range
+                    kern.axpy(acc + c0 * BS, dense_row(a) + c0 * BS, (c1 - c0) * BS, w);
                     return;
                 }
                 uint32_t j0, j1;
@@ -557,7 +554,8 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                                 const float w = qt.w[a];
                                 for (uint32_t j = j0; j < j1; ++j) loc[dd[o + j] - b0] += w * imp[o + j];
                             }
-                            top.offer(loc, BS, b0);
+                            const size_t c = take(loc, BS, top.tau);  // (clears the scratch copy)
+                            top.offer_taken(S.idx.data(), S.val.data(), c, b0, BS);
                             S.done[b] = 1;
                             ++evaluated;
                         }
@@ -605,10 +603,9 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                             block_range(a, c0, c1, j0, j1);
                             const int64_t o = off[qt.t[a]];
                             const float w = qt.w[a];
-                            const int32_t di = dense_id[qt.t[a]];
-                            if (di >= 0 && S.live.size() * 16 > c1 - c0) {
+                            if (dense_id[qt.t[a]] >= 0 && S.live.size() * 16 > c1 - c0) {
                                 // A very common term: one vector pass over the range.
-                                kern.axpy(acc + c0 * BS, dense_imp.data() + size_t(di) * NB * BS + c0 * BS, (c1 - c0) * BS, w);
+                                kern.axpy(acc + c0 * BS, dense_row(a) + c0 * BS, (c1 - c0) * BS, w);
                             } else if (S.live.size() * 6 > j1 - j0) {  // a block visit costs ~6 postings
                                 for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
                             } else {
@@ -630,8 +627,8 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         for (size_t b = c0; b < c1; ++b)
                             if (S.done[b]) std::memset(acc + b * BS, 0, sizeof(float) * BS);
                         if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals, top.sel));
-                        top.offer(x, len, uint32_t(c0 * BS));
-                        std::memset(x, 0, sizeof(float) * len);
+                        const size_t c = take(x, len, top.tau);  // also clears the range
+                        top.offer_taken(S.idx.data(), S.val.data(), c, uint32_t(c0 * BS), len);
                     }
                     bool offered = prune;
                     if (!prune && n_full < n) {
@@ -654,28 +651,27 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                             // the dense terms for them in one pass: a long list lets the row
                             // reads be fetched well ahead (the rows are far apart in memory).
                             const float t0 = below(f);
-                            S.idx.resize(kChunkBlocks * BS);
-                            S.val.resize(kChunkBlocks * BS);
                             S.cid.clear();
                             S.cval.clear();
                             for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
-                                const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
-                                const size_t c = take_ge(kern, acc + c0, len, t0, S.idx.data(), S.val.data());
+                                const size_t c = take(acc + c0, std::min(NB * BS - c0, kChunkBlocks * BS), t0);
                                 for (size_t i = 0; i < c; ++i) {
                                     S.cid.push_back(uint32_t(c0 + S.idx[i]));
                                     S.cval.push_back(S.val[i]);
                                 }
                             }
+                            S.rows.clear();
+                            for (size_t a = n_full; a < n; ++a) S.rows.push_back(dense_row(a));
+                            const float* const* rows = S.rows.data();
+                            const float* w = qt.w.data() + n_full;
+                            const size_t nd = n - n_full, nc = S.cid.size();
                             constexpr size_t kAhead = 32;
-                            const size_t nc = S.cid.size();
                             for (size_t i = 0; i < nc; ++i) {  // canonical order: the dense terms last
                                 if (i + kAhead < nc)
-                                    for (size_t a = n_full; a < n; ++a)
-                                        __builtin_prefetch(&dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + S.cid[i + kAhead]]);
+                                    for (size_t r = 0; r < nd; ++r) __builtin_prefetch(rows[r] + S.cid[i + kAhead]);
                                 const size_t d = S.cid[i];
                                 float x = S.cval[i];
-                                for (size_t a = n_full; a < n; ++a)
-                                    x += qt.w[a] * dense_imp[size_t(dense_id[qt.t[a]]) * NB * BS + d];
+                                for (size_t r = 0; r < nd; ++r) x += w[r] * rows[r][d];
                                 top.consider(x, uint32_t(d));
                             }
                             offered = true;
@@ -694,11 +690,9 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // added everywhere just above.)
                         top.raise_floor(early_max && n_full == n ? floor_of_maxima(fbits, fnb, k, top.sel)
                                                                  : kth_floor(acc, NB * BS, k, S.vals, top.sel));
-                        S.idx.resize(kChunkBlocks * BS);
-                        S.val.resize(kChunkBlocks * BS);
                         for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
                             const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
-                            const size_t c = take_ge(kern, acc + c0, len, top.tau, S.idx.data(), S.val.data());
+                            const size_t c = take(acc + c0, len, top.tau);
                             top.offer_taken(S.idx.data(), S.val.data(), c, uint32_t(c0), len);
                         }
                     }
