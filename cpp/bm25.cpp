@@ -205,50 +205,6 @@ inline uint64_t hash_bytes(const char* p, size_t n) {
 // Open-addressing string -> id table with the strings in one arena.  A slot
 // holds the hash's high half next to id + 1 (0 = empty), so a probe touches
 // one slot and, on a hash match, the string itself.
-struct WordTable {
-    std::vector<char> arena;
-    std::vector<uint64_t> starts{0};
-    std::vector<uint64_t> hashes;
-    std::vector<uint64_t> slots = std::vector<uint64_t>(1024, 0);
-
-    size_t size() const { return hashes.size(); }
-    std::string_view word(size_t i) const { return {arena.data() + starts[i], size_t(starts[i + 1] - starts[i])}; }
-
-    uint32_t find_or_add(const std::string& w) {
-        const uint64_t h = hash_bytes(w.data(), w.size());
-        const uint64_t tag = h & 0xFFFFFFFF00000000ull;
-        size_t mask = slots.size() - 1, pos = h & mask;
-        for (;;) {
-            const uint64_t sl = slots[pos];
-            if (sl == 0) break;
-            if ((sl & 0xFFFFFFFF00000000ull) == tag) {
-                const uint32_t id = uint32_t(sl) - 1;
-                if (starts[id + 1] - starts[id] == w.size() &&
-                    std::memcmp(arena.data() + starts[id], w.data(), w.size()) == 0)
-                    return id;
-            }
-            pos = (pos + 1) & mask;
-        }
-        const uint32_t id = uint32_t(hashes.size());
-        arena.insert(arena.end(), w.begin(), w.end());
-        starts.push_back(arena.size());
-        hashes.push_back(h);
-        slots[pos] = tag | (uint64_t(id) + 1);
-        if (hashes.size() * 2 > slots.size()) grow();
-        return id;
-    }
-
-    void grow() {
-        std::vector<uint64_t> ns(slots.size() * 2, 0);
-        const size_t mask = ns.size() - 1;
-        for (uint32_t id = 0; id < hashes.size(); ++id) {
-            size_t pos = hashes[id] & mask;
-            while (ns[pos]) pos = (pos + 1) & mask;
-            ns[pos] = (hashes[id] & 0xFFFFFFFF00000000ull) | (uint64_t(id) + 1);
-        }
-        slots.swap(ns);
-    }
-};
 
 }  // namespace
 
@@ -265,17 +221,18 @@ TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_th
     // Chunks of texts, each with its own word table; merged afterwards.
     const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), n));
     const size_t nch = std::min(n, nt * 4);
-    std::vector<WordTable> tables(nch);
+    std::vector<WordCache> tables(nch);  // word -> its index in the chunk
     std::vector<std::vector<uint32_t>> toks(nch);
     parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
         std::string buf;
         for (size_t c = cb; c < ce; ++c) {
             const size_t b = n * c / nch, e = n * (c + 1) / nch;
             // Built in locals and moved out: threads never write neighbouring vector headers.
-            WordTable tab;
+            WordCache tab;
             std::vector<uint32_t> tk;
             for (size_t i = b; i < e; ++i) {
-                for_each_token(texts[i], buf, [&](const std::string& w) { tk.push_back(tab.find_or_add(w)); });
+                for_each_token(texts[i], buf,
+                               [&](const std::string& w) { tk.push_back(uint32_t(tab.find_or_add(w, int64_t(tab.size())))); });
                 out.offsets[i + 1] = tk.size();  // local count, made global below
             }
             tables[c] = std::move(tab);
@@ -283,16 +240,16 @@ TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_th
         }
     });
     // Merge the chunk vocabularies (serial over distinct words per chunk).
-    WordTable global;
+    WordCache global;
     std::vector<std::vector<uint32_t>> remap(nch);
     std::string tmp;
     for (size_t c = 0; c < nch; ++c) {
         remap[c].resize(tables[c].size());
         for (size_t w = 0; w < tables[c].size(); ++w) {
             tmp.assign(tables[c].word(w));
-            remap[c][w] = global.find_or_add(tmp);
+            remap[c][w] = uint32_t(global.find_or_add(tmp, int64_t(global.size())));
         }
-        std::vector<char>().swap(tables[c].arena);
+        tables[c].clear();
     }
     std::vector<uint64_t> chunk_start(nch + 1, 0);
     for (size_t c = 0; c < nch; ++c) chunk_start[c + 1] = chunk_start[c] + toks[c].size();
@@ -361,47 +318,55 @@ bool Index::cached_ids(const std::vector<std::string_view>& texts, int num_threa
 }
 
 // ---------------------------------------------------------------- word cache
+// A slot holds the top 32 bits of the word's hash (a tag compared before the
+// words) and the entry + 1 (0 = empty).
 size_t WordCache::slot_of(std::string_view w, uint64_t h) const {
+    const uint64_t tag = h & 0xFFFFFFFF00000000ull;
     const size_t mask = slots_.size() - 1;
-    size_t pos = h & mask;
-    for (;; pos = (pos + 1) & mask) {
-        const uint32_t e = slots_[pos];
-        if (e == 0) return pos;
-        const uint32_t i = e - 1;
-        if (hashes_[i] == h && starts_[i + 1] - starts_[i] == w.size() &&
+    for (size_t pos = h & mask;; pos = (pos + 1) & mask) {
+        const uint64_t sl = slots_[pos];
+        if (sl == 0) return pos;
+        const size_t i = size_t(uint32_t(sl)) - 1;
+        if ((sl & 0xFFFFFFFF00000000ull) == tag && starts_[i + 1] - starts_[i] == w.size() &&
             std::memcmp(arena_.data() + starts_[i], w.data(), w.size()) == 0)
             return pos;
     }
 }
 
 int64_t WordCache::find(std::string_view w) const {
-    const uint32_t e = slots_[slot_of(w, hash_bytes(w.data(), w.size()))];
-    return e ? values_[e - 1] : kAbsent;
+    const uint64_t sl = slots_[slot_of(w, hash_bytes(w.data(), w.size()))];
+    return sl ? values_[size_t(uint32_t(sl)) - 1] : kAbsent;
 }
 
-void WordCache::set(std::string_view w, int64_t value) {
+int64_t WordCache::find_or_add(std::string_view w, int64_t value) {
     const uint64_t h = hash_bytes(w.data(), w.size());
     const size_t pos = slot_of(w, h);
-    if (slots_[pos]) {
-        values_[slots_[pos] - 1] = value;
-        return;
-    }
-    if (hashes_.size() >= 0xFFFFFFF0ull) throw std::length_error("BM25 word cache exceeds 2^32 words");
+    if (slots_[pos]) return values_[size_t(uint32_t(slots_[pos])) - 1];
+    if (hashes_.size() >= 0xFFFFFFF0ull) throw std::length_error("BM25 word table exceeds 2^32 words");
     arena_.insert(arena_.end(), w.begin(), w.end());
     starts_.push_back(arena_.size());
     hashes_.push_back(h);
     values_.push_back(value);
-    slots_[pos] = uint32_t(hashes_.size());
+    slots_[pos] = (h & 0xFFFFFFFF00000000ull) | uint64_t(hashes_.size());
     if (hashes_.size() * 2 > slots_.size()) {  // grow: keep the load factor <= 1/2
-        std::vector<uint32_t> ns(slots_.size() * 2, 0);
+        std::vector<uint64_t> ns(slots_.size() * 2, 0);
         const size_t mask = ns.size() - 1;
         for (size_t i = 0; i < hashes_.size(); ++i) {
             size_t p = hashes_[i] & mask;
             while (ns[p]) p = (p + 1) & mask;
-            ns[p] = uint32_t(i + 1);
+            ns[p] = (hashes_[i] & 0xFFFFFFFF00000000ull) | uint64_t(i + 1);
         }
         slots_.swap(ns);
     }
+    return value;
+}
+
+void WordCache::set(std::string_view w, int64_t value) {
+    const uint64_t sl = slots_[slot_of(w, hash_bytes(w.data(), w.size()))];
+    if (sl)
+        values_[size_t(uint32_t(sl)) - 1] = value;
+    else
+        find_or_add(w, value);
 }
 
 void WordCache::forget(int64_t value) {
@@ -409,8 +374,7 @@ void WordCache::forget(int64_t value) {
     // Rebuilt without those entries (the arena would otherwise keep every word ever forgotten).
     WordCache kept;
     for (size_t i = 0; i < values_.size(); ++i)
-        if (values_[i] != value && values_[i] != kAbsent)
-            kept.set(std::string_view(arena_.data() + starts_[i], size_t(starts_[i + 1] - starts_[i])), values_[i]);
+        if (values_[i] != value) kept.find_or_add(word(i), values_[i]);
     *this = std::move(kept);
 }
 

@@ -49,16 +49,22 @@ struct TokenBatch {
 };
 TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_threads);
 
-// Surface word -> value (a term id, or Index::kStop / kUnknown): open addressing
-// over an arena of the words, looked up straight from the tokeniser's buffer.
+// Word -> int64 value, by open addressing over an arena of the words (looked
+// up straight from the tokeniser's buffer).  The index's word cache maps a
+// surface word to its term id, or Index::kStop / kUnknown; the tokeniser's batch
+// vocabularies map a word to its index, in order of first appearance (word(i)).
 // Concurrent lookups are safe; writes need exclusive access.
 class WordCache {
    public:
     static constexpr int64_t kAbsent = INT64_MIN;
     int64_t find(std::string_view w) const;  // kAbsent when not cached
+    // The value cached for w, after caching `value` for it if it was absent.
+    int64_t find_or_add(std::string_view w, int64_t value);
     void set(std::string_view w, int64_t value);
     void forget(int64_t value);  // entries holding `value` are dropped
     void clear();
+    size_t size() const { return hashes_.size(); }
+    std::string_view word(size_t i) const { return {arena_.data() + starts_[i], size_t(starts_[i + 1] - starts_[i])}; }
 
    private:
     size_t slot_of(std::string_view w, uint64_t h) const;
@@ -66,7 +72,7 @@ class WordCache {
     std::vector<uint64_t> starts_{0};
     std::vector<uint64_t> hashes_;
     std::vector<int64_t> values_;
-    std::vector<uint32_t> slots_ = std::vector<uint32_t>(1024, 0);  // entry + 1, 0 = empty
+    std::vector<uint64_t> slots_ = std::vector<uint64_t>(1024, 0);  // hash tag | entry + 1, 0 = empty
 };
 
 // Owned storage or a borrowed buffer (e.g. a memory-mapped numpy array).
