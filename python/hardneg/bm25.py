@@ -201,7 +201,7 @@ class BM25:
     @property
     def nbytes(self) -> int:
         """Bytes of memory held by the index arrays (postings, codes, per-document
-        lengths and the block-max metadata used for pruning; not the vocabulary)."""
+        lengths and the derived dense rows and block metadata; not the vocabulary)."""
         return int(self._core.memory_bytes)
 
     @property
