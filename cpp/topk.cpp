@@ -179,8 +179,18 @@ void load_query(const Kernels& K, const void* Q, DType qt, size_t ldq, size_t d,
 
 void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t* io) {
     const size_t m = std::min(k, c.size());
-    if (c.size() > m) std::nth_element(c.begin(), c.begin() + (m - 1), c.end(), std::greater<Cand>());
-    std::sort(c.begin(), c.begin() + m, std::greater<Cand>());
+    const Kernels& K = kernels();
+    if (K.sort_desc_small && c.size() <= 192 && c.size() > 1) {
+        // a few hundred at most (the screen's survivors): one vector rank sort (the
+        // candidates are distinct words: ids differ)
+        thread_local std::vector<Cand> sorted;
+        sorted.resize(c.size());
+        K.sort_desc_small(c.data(), c.size(), sorted.data());
+        std::copy(sorted.begin(), sorted.begin() + m, c.begin());
+    } else {
+        if (c.size() > m) std::nth_element(c.begin(), c.begin() + (m - 1), c.end(), std::greater<Cand>());
+        std::sort(c.begin(), c.begin() + m, std::greater<Cand>());
+    }
     for (size_t r = 0; r < m; ++r) {
         const float key = cand_key(c[r]);
         so[r] = metric == Metric::L2 ? 0.0f - key : key;  // 0 - key: a zero distance is +0
