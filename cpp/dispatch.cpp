@@ -60,15 +60,22 @@ std::atomic<const Kernels*>& current() {
 
 const Kernels& kernels() { return *current().load(std::memory_order_relaxed); }
 
-const Bf16Kernels* bf16_kernels() {
-#if (defined(__x86_64__) || defined(_M_X64)) && !defined(HN_NO_AVX512BF16)
-    static const bool ok = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512bf16");
-    }();
-    if (ok && &kernels() == &avx512::table) return &avx512bf16::table;
+const ScreenKernels* screen_kernels(ScreenType type) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (&kernels() != &avx512::table) return nullptr;
+    __builtin_cpu_init();
+    const bool base = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#if !defined(HN_NO_AVX512BF16)
+    static const bool bf16 = base && __builtin_cpu_supports("avx512bf16");
+    if (type == ScreenType::Bf16 && bf16) return &avx512bf16::table;
 #endif
+#if !defined(HN_NO_AVX512VNNI)
+    static const bool vnni = base && __builtin_cpu_supports("avx512vnni");
+    if (type == ScreenType::Int8 && vnni) return &avx512vnni::table;
+#endif
+    (void)base;
+#endif
+    (void)type;
     return nullptr;
 }
 

@@ -42,13 +42,21 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const Exclusions& excl, float* scores, int64_t* ids, int num_threads,
                  uint64_t reuse_token = 0);
 
-// The bf16 screen of topk_search for IP / cosine (topk_screen.cpp): 0 = off,
-// 1 = auto (large enough searches on CPUs with AVX-512 BF16, the default),
-// 2 = whenever the CPU and metric allow (tests).  The initial mode comes from
-// the environment variable HARDNEG_SCREEN ("0", "1", "2").  Results are the
-// same in every mode.
+// The low-precision screen of topk_search for IP / cosine (topk_screen.cpp):
+// 0 = off, 1 = auto (large enough searches on CPUs with AVX-512 VNNI or BF16,
+// the default), 2 = whenever the CPU and metric allow (tests).  The initial mode
+// comes from the environment variable HARDNEG_SCREEN ("0", "1", "2").  Results
+// are the same in every mode.
 void set_screen_mode(int mode);
 int screen_mode();
+// Its codes: 0 = auto (int8 with AVX-512 VNNI for small k, else bf16), 1 = bf16,
+// 2 = int8 (tests; HARDNEG_SCREEN_TYPE="bf16" / "int8" sets the initial one).
+// Results are the same with either.
+void set_screen_type(int type);
+int screen_type();
+// The codes a search of dimension d for the top k of n rows would screen with now
+// ("int8", "bf16"), or null when this CPU has neither.
+const char* screen_choice(size_t d, size_t k, size_t n);
 // Searches that took the screened path / that started it and fell back to the
 // plain one, since the process started.
 void screen_counts(uint64_t* screened, uint64_t* fallbacks);

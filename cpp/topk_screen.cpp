@@ -1,10 +1,12 @@
-// Exact top-k for IP / cosine with a bf16 screen: the same results as the
-// plain search (topk.cpp), bit for bit, for about half the fp32 flops.
+// Exact top-k for IP / cosine with a low-precision screen: the same results as
+// the plain search (topk.cpp), bit for bit, for a half (bf16) or a quarter
+// (int8) of the fp32 kernel's instructions.
 //
-// 1. Queries and corpus are rounded to bf16 (x~ = bf16(x)) and every key is
-//    first computed approximately, k~ = q~ . c~ (times 1/||c|| for cosine), with
-//    vdpbf16ps: two exact bf16 products per fp32 lane and instruction, about
-//    twice the fp32 FMA rate.
+// 1. Queries and corpus are rounded to codes (x~ = s * code, simd/kernels.h:
+//    ScreenKernels) and every key is first computed approximately, k~ = q~ . c~
+//    (times 1/||c|| for cosine): bf16 codes with vdpbf16ps (two exact products
+//    per fp32 lane and instruction), or int8 codes with vpdpbusd (four exact
+//    products per int32 lane, summed exactly), on AVX-512 BF16 / VNNI CPUs.
 // 2. A bound E (per query, valid for every corpus row) on |k - k~|, where k is
 //    the key the plain fp32 path computes, is derived below.  Per query, t = the
 //    k-th largest k~ among the non-excluded rows; at least k rows then have
@@ -18,19 +20,23 @@
 // query keeps too many survivors (near-ties), or a norm is huge or not finite
 // (the plain path's overflow / NaN handling then applies unchanged).
 //
-// The bound.  u = 2^-24 (fp32 unit roundoff); dq = q - q~, dc = c - c~ (exact
-// in fp32, measured per row: a rounding error, plus the values below 2^-126
-// that are flushed to 0 before vdpbf16ps could flush them).
+// The bound.  u = 2^-24 (fp32 unit roundoff); dq = q - q~, dc = c - c~ (measured
+// per row in fp32: exactly for bf16, to one rounding for int8; for bf16 they
+// include the values below 2^-126 that are flushed to 0 before vdpbf16ps could
+// flush them).
 //   q.c - q~.c~ = dq.c + q~.dc            -> |.| <= ||dq|| ||c|| + ||q~|| ||dc||
 //   bf16 pass: each term passes through at most hA = dp + 5 fp32 additions (one
 //     lane accumulates a score: dp/2 instructions of two additions each), products
 //     exact -> |k~ - q~.c~| <= gA ||q~|| ||c~||,  gA = hA u / (1 - hA u)
+//   int8 pass: the code products are summed exactly (int32; d <= 16384), then
+//     k~ = fl(fl(I) * fl(s_q * s_c)): hA = 3 roundings of the exact q~.c~
 //   fp32 kernel: ceil(d/16) FMAs per lane + a 4-level tree -> hB = ceil(d/16) + 5,
 //     |k - q.c| <= gB ||q|| ||c||
 //   cosine: both keys are multiplied by the same fp32 xn = 1/||c|| (rounded):
 //     all terms above scale by xn, plus u |k| + u |k~| for the two roundings
 //   underflow (flushed products / partial sums, DAZ): at most (2 dp + 8) 2^-126
 //     per key before scaling; covered by 2^-90 (1 + ||q||)(1 + max xn||c|| + max xn).
+//     (int8: scales are >= 2^-60, so no product of them underflows.)
 // With R_c = max xn||c||, R_d = max xn||dc||, R_t = max xn||c~|| over the corpus
 // (xn = 1 for IP):
 //   E = ||dq|| R_c + ||q~|| R_d + gA ||q~|| R_t + gB ||q|| R_c
@@ -38,7 +44,7 @@
 // evaluated in double from fp32-accumulated squared norms, each norm inflated
 // by (1 + 2^-7 + (d + 64) 2^-22) (covers the fp32 accumulation of the norms),
 // and the total by 2^-10 more.  Norms are capped at 2^50 (squared 2^100), so no
-// product, sum or bf16 rounding overflows.
+// product, sum or rounding overflows.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -61,12 +67,13 @@ using detail::Cand;
 
 constexpr double kU = 1.0 / 16777216.0;                      // 2^-24
 constexpr double kMaxSqnorm = 1.2676506002282294e30;          // 2^100
-constexpr size_t kMaxBf16Bytes = size_t(256) << 20;           // bf16 copy of the corpus, at most
-// Auto mode.  The bf16 copy is made on every call (a pass over the corpus); it pays for itself
-// with enough queries on a corpus that stays in cache.  Measured (2 threads, d = 384, k = 100):
-// 5k rows: 0.6x at 16 queries, 1.2x at 48, 1.5x at 96; 10k-40k rows: 0.8-0.9x at 64 queries,
-// 1.4x at 256; 100k rows (77 MB copy): 0.3x at 64, 0.8x at 256.
-constexpr size_t kAutoBf16Bytes = size_t(32) << 20;
+constexpr size_t kMaxCodeBytes = size_t(256) << 20;           // coded copy of the corpus, at most
+constexpr size_t kMaxInt8Dim = 16384;                          // int32 sums of int8 products stay exact
+// Auto mode.  The coded copy is made on every call (a pass over the corpus); it pays for itself
+// with enough queries on a corpus that stays in cache.  Measured with bf16 (2 threads, d = 384,
+// k = 100): 5k rows: 0.6x at 16 queries, 1.2x at 48, 1.5x at 96; 10k-40k rows: 0.8-0.9x at 64
+// queries, 1.4x at 256; 100k rows (77 MB copy): 0.3x at 64, 0.8x at 256.
+constexpr size_t kAutoCodeBytes = size_t(32) << 20;
 constexpr size_t kMinQueries = 96;
 constexpr size_t kMaxPanel = 256;                             // queries per panel
 
@@ -81,6 +88,34 @@ std::atomic<int>& mode_ref() {
 }
 std::atomic<uint64_t> g_screened{0}, g_fallbacks{0};
 
+// Which codes: 0 = the best this CPU has (int8, then bf16), else a ScreenType.
+int initial_type() {
+    const char* env = std::getenv("HARDNEG_SCREEN_TYPE");
+    if (env && std::strcmp(env, "bf16") == 0) return int(ScreenType::Bf16);
+    if (env && std::strcmp(env, "int8") == 0) return int(ScreenType::Int8);
+    return 0;
+}
+std::atomic<int>& type_ref() {
+    static std::atomic<int> t{initial_type()};
+    return t;
+}
+
+// The kernels a search of dimension d for the top k of n rows uses (null: no screen).
+// Auto: int8 halves the screening pass, but its bound is about 5x bf16's, so about
+// k more rows per query are rescored in fp32; it pays when the pass dominates.
+// Measured (SciFact, 5,183 x 384, 809 queries, 1-2 threads): int8 / bf16 time 0.64 at
+// k = 1, 0.8 at k = 10, 0.86 at k = 20, 0.96 at k = 42, 1.07 at k = 64, 1.25 at k = 105.
+// The pass grows with n and the extra rescoring with k: int8 when 128 k <= n.
+const ScreenKernels* pick_kernels(size_t d, size_t k, size_t n) {
+    const int t = type_ref().load();
+    const ScreenKernels* i8 = d <= kMaxInt8Dim ? screen_kernels(ScreenType::Int8) : nullptr;
+    const ScreenKernels* b16 = screen_kernels(ScreenType::Bf16);
+    if (t == int(ScreenType::Int8)) return i8;
+    if (t == int(ScreenType::Bf16)) return b16;
+    if (i8 && (!b16 || 128 * k <= n)) return i8;
+    return b16;
+}
+
 // Largest float <= v.
 float round_down(double v) {
     float f = (float)v;
@@ -88,27 +123,52 @@ float round_down(double v) {
     return f;
 }
 
-// Rows g0 .. g1 of the bf16 corpus; they come from segment `seg`, rows r0 ...
+// Rows g0 .. g1 of the coded corpus; they come from segment `seg`, rows r0 ...
 struct SBlock {
     size_t seg, g0, g1, r0;
 };
 
-// The corpus rounded to bf16 (built once per search, or reused: Reuse), with what the bound needs.
-struct Bf16Corpus {
-    size_t dp = 0;
-    std::vector<uint32_t> x;     // packed by Bf16Kernels::pack_rows, segments padded to 16 rows
-    std::vector<size_t> pstart;  // first packed row of each segment (multiples of 16)
-    std::vector<float> xn;       // cosine: the plain path's 1/||c|| per row (0 for a zero row)
-    std::vector<size_t> start;   // first bf16 row of each segment, then the total
+// Largest float >= v (v >= 0).
+float round_up(double v) {
+    float f = (float)v;
+    if ((double)f < v) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+    return f;
+}
+
+// The corpus as codes (built once per search, or reused: Reuse), with what the bound needs.
+// Everything per row is indexed by packed row (segments padded to 16 rows; padding rows
+// hold zeros).
+struct CodedCorpus {
+    size_t dp = 0, eb = 0;       // codes per row, bytes per code
+    std::vector<uint32_t> x;     // packed by ScreenKernels::pack_rows
+    std::vector<float> xs;       // code scale
+    std::vector<int32_t> xsum;   // sum of the codes (int8)
+    std::vector<float> xn;       // cosine: the plain path's 1/||c|| (0 for a zero row)
+    std::vector<float> rho, del;  // bound coefficients: xn ||c||, xn ||c - c~|| (rounded up)
+    std::vector<size_t> pstart;  // first packed row of each segment (multiples of 16), then the total
+    std::vector<size_t> start;   // first row of each segment in the plain numbering, then the total
+
+    // lanes (uint32) per packed row; where packed row r starts
+    size_t lanes() const { return dp * eb / 4; }
+    const uint32_t* packed(size_t r) const { return x.data() + r * lanes(); }
+    ScreenRows rows(Metric metric) const {
+        return {xs.data(), xsum.data(), metric == Metric::Cosine ? xn.data() : nullptr, rho.data(), del.data()};
+    }
     double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
+    float rho_max = 0, del_max = 0;
     bool ok = true;
 };
 
-void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segment>& segs, size_t d, Metric metric,
-                  const std::vector<SBlock>& blocks, int nt, Bf16Corpus& C) {
-    const size_t total = C.start.back();
-    C.x.resize(C.pstart.back() * C.dp / 2);
-    if (metric == Metric::Cosine) C.xn.resize(total);
+void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Segment>& segs, size_t d,
+                  Metric metric, const std::vector<SBlock>& blocks, int nt, CodedCorpus& C) {
+    const size_t np = C.pstart.back();
+    C.x.resize(np * C.lanes());
+    C.xs.assign(np, 0.0f);
+    C.xsum.assign(np, 0);
+    C.rho.assign(np, 0.0f);
+    C.del.assign(np, 0.0f);
+    if (metric == Metric::Cosine) C.xn.assign(np, 0.0f);
+    const double infl = 1.0 + std::ldexp(1.0, -7) + double(d + 64) * std::ldexp(1.0, -22);
     struct Acc {
         double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
         bool ok = true;
@@ -116,7 +176,7 @@ void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segm
     std::vector<Acc> acc(nt);
     parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
         std::vector<float> x2, e2, t2, sq, tmp(d);
-        std::vector<uint16_t> rm;
+        std::vector<uint8_t> rm;
         Acc& a = acc[tid];
         for (size_t b = b0; b < b1; ++b) {
             const SBlock& bl = blocks[b];
@@ -124,29 +184,35 @@ void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segm
             const size_t n = bl.g1 - bl.g0, es = dtype_size(sg.dtype);
             const char* X = static_cast<const char*>(sg.data) + bl.r0 * sg.ld * es;
             x2.resize(n), e2.resize(n), t2.resize(n), sq.resize(n);
-            rm.resize(n * C.dp);
-            uint16_t* out = rm.data();
+            rm.resize(n * C.dp * C.eb);
+            const size_t pr = C.pstart[bl.seg] + bl.r0;  // first packed row
+            float* xs = C.xs.data() + pr;
+            int32_t* xsum = C.xsum.data() + pr;
             if (sg.dtype == DType::F32) {
-                B.to_bf16_rows(reinterpret_cast<const float*>(X), sg.ld, n, d, out, C.dp, x2.data(), e2.data(),
-                               t2.data());
+                B.quantize_rows(reinterpret_cast<const float*>(X), sg.ld, n, d, C.dp, false, rm.data(), xs, xsum,
+                                x2.data(), e2.data(), t2.data());
             } else {
                 for (size_t j = 0; j < n; ++j) {
                     K.to_f32(X + j * sg.ld * es, sg.dtype, d, tmp.data());
-                    B.to_bf16_rows(tmp.data(), d, 1, d, out + j * C.dp, C.dp, &x2[j], &e2[j], &t2[j]);
+                    B.quantize_rows(tmp.data(), d, 1, d, C.dp, false, rm.data() + j * C.dp * C.eb, xs + j, xsum + j,
+                                    &x2[j], &e2[j], &t2[j]);
                 }
             }
-            B.pack_rows(rm.data(), C.dp, n, C.dp, C.x.data() + (C.pstart[bl.seg] + bl.r0) * C.dp / 2);
+            B.pack_rows(rm.data(), n, C.dp, C.x.data() + pr * C.lanes());
             if (metric == Metric::Cosine) {  // exactly the plain path's scale factors
                 if (sg.sqnorms) std::copy(sg.sqnorms + bl.r0, sg.sqnorms + bl.r0 + n, sq.begin());
                 else K.sqnorm_rows(X, sg.ld, n, d, sg.dtype, sq.data());
-                for (size_t j = 0; j < n; ++j) C.xn[bl.g0 + j] = sq[j] > 0 ? 1.0f / std::sqrt(sq[j]) : 0.0f;
+                for (size_t j = 0; j < n; ++j) C.xn[pr + j] = sq[j] > 0 ? 1.0f / std::sqrt(sq[j]) : 0.0f;
             }
             for (size_t j = 0; j < n; ++j) {
                 if (!(x2[j] <= kMaxSqnorm && e2[j] <= kMaxSqnorm && t2[j] <= 4 * kMaxSqnorm)) a.ok = false;
-                const double xn = metric == Metric::Cosine ? (double)C.xn[bl.g0 + j] : 1.0;
-                a.r_c = std::max(a.r_c, xn * std::sqrt((double)x2[j]));
-                a.r_d = std::max(a.r_d, xn * std::sqrt((double)e2[j]));
-                a.r_t = std::max(a.r_t, xn * std::sqrt((double)t2[j]));
+                const double xn = metric == Metric::Cosine ? (double)C.xn[pr + j] : 1.0;
+                const double rc = xn * std::sqrt((double)x2[j]) * infl, rd = xn * std::sqrt((double)e2[j]) * infl;
+                C.rho[pr + j] = round_up(rc);
+                C.del[pr + j] = round_up(rd);
+                a.r_c = std::max(a.r_c, rc);
+                a.r_d = std::max(a.r_d, rd);
+                a.r_t = std::max(a.r_t, xn * std::sqrt((double)t2[j]) * infl);
                 a.r_xn = std::max(a.r_xn, xn);
             }
         }
@@ -158,9 +224,8 @@ void build_corpus(const Kernels& K, const Bf16Kernels& B, const std::vector<Segm
         C.r_t = std::max(C.r_t, a.r_t);
         C.r_xn = std::max(C.r_xn, a.r_xn);
     }
-    const double infl = 1.0 + std::ldexp(1.0, -7) + double(d + 64) * std::ldexp(1.0, -22);
-    C.r_c *= infl, C.r_d *= infl, C.r_t *= infl;
     C.ok = C.ok && std::isfinite(C.r_c) && std::isfinite(C.r_d) && std::isfinite(C.r_t) && std::isfinite(C.r_xn);
+    C.rho_max = round_up(C.r_c), C.del_max = round_up(C.r_d);  // the maxima of rho and del
 }
 
 struct SPanel;
@@ -170,18 +235,19 @@ struct SPanel;
 constexpr size_t kKeepBytes = size_t(64) << 20;
 struct Reuse {
     std::vector<uint32_t> x;
-    std::vector<float> xn;
+    std::vector<float> xs, xn, rho, del;
+    std::vector<int32_t> xsum;
     std::vector<std::unique_ptr<SPanel>> panels;
-    // the bf16 corpus in x / xn is reusable by a call with this (non-zero) token and key
+    // the coded corpus in x / xs / xsum / xn is reusable by a call with this (non-zero) token and key
     uint64_t token = 0;
     std::vector<double> key;
     double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
     void trim();
 };
 
-// What the bf16 copy depends on: every segment's layout and the metric.
-std::vector<double> corpus_key(const std::vector<Segment>& segs, size_t d, Metric metric) {
-    std::vector<double> k{double(d), double(int(metric))};
+// What the coded copy depends on: every segment's layout, the metric and the codes.
+std::vector<double> corpus_key(const std::vector<Segment>& segs, size_t d, Metric metric, ScreenType type) {
+    std::vector<double> k{double(d), double(int(metric)), double(int(type))};
     for (const Segment& s : segs)
         for (double v : {double(reinterpret_cast<uintptr_t>(s.data)), double(int(s.dtype)), double(s.rows),
                          double(s.ld), double(reinterpret_cast<uintptr_t>(s.sqnorms)), double(s.id_offset)})
@@ -192,7 +258,7 @@ std::vector<double> corpus_key(const std::vector<Segment>& segs, size_t d, Metri
 // Everything one screened search shares read-only.
 struct Screen {
     const Kernels& K;
-    const Bf16Kernels& B;
+    const ScreenKernels& B;
     const void* Q;
     DType qt;
     size_t ldq, d, k, cap, nb;
@@ -201,99 +267,116 @@ struct Screen {
     const Exclusions& excl;
     const std::vector<int64_t>& ex_sorted;
     const std::vector<SBlock>& blocks;
-    const Bf16Corpus& C;
+    const CodedCorpus& C;
     std::atomic<bool>& failed;
 };
 
-// Per-thread scratch for a panel of queries.  Each query's buffer holds the
-// screened keys and their bf16 row indices (not ids) side by side.
+// Per-thread scratch for a panel of queries.  Each query's buffer holds, side by
+// side, the kept rows' upper bounds ub and packed row indices.
+//
+// Per query and row the screen has k~ and the bound E = a rho + b del + e0 on
+// |k - k~| (the formula above with the row's own xn ||c|| and xn ||c - c~|| in
+// place of the corpus maxima R_c, R_d; everything rounded up), at most Emax (the
+// same with the maxima).  The kernel writes ub = k~ + E >= k, and k >= ub - 2 Emax.
+// With t the k-th largest ub of the non-excluded rows, at least k rows have
+// k >= t - 2 Emax = T, so only rows with ub >= T can be in the top k; t only grows
+// as rows come in, so a running value of T filters safely.  (Per-row bounds
+// on the candidate side: about 10% fewer survivors than Emax on both sides.)
 struct SPanel {
-    std::vector<float> q, tile, err, thr, keys, out;
+    std::vector<float> q, tile, thr, ubs, out;
+    std::vector<float> qs, qa, qb, qe;  // per query: code scale, bound coefficients
+    std::vector<double> emax;           // per query: Emax
     std::vector<const float*> qptrs;
     std::vector<const void*> ptrs;
-    std::vector<uint64_t> pairs, sorted;  // (bf16 row << 32) | (query * cap + slot) of every survivor
+    std::vector<uint64_t> pairs, sorted;  // (packed row << 32) | (query * cap + slot) of every survivor
     std::vector<uint32_t> counts;
-    std::vector<uint16_t> qb;
+    std::vector<uint8_t> codes;
     std::vector<uint32_t> surv, rows;
     std::vector<Cand> merged;
     std::vector<size_t> n;
     size_t q0 = 0, P = 0;
 
     size_t bytes() const {
-        return (q.capacity() + tile.capacity() + keys.capacity() + out.capacity()) * 4 + qb.capacity() * 2 +
-               (surv.capacity() + rows.capacity()) * 4 + pairs.capacity() * 16 + counts.capacity() * 4 +
-               (qptrs.capacity() + ptrs.capacity()) * 8;
+        return (q.capacity() + tile.capacity() + ubs.capacity() + out.capacity() + 6 * qs.capacity()) * 4 +
+               codes.capacity() + (surv.capacity() + rows.capacity()) * 4 +
+               pairs.capacity() * 16 + counts.capacity() * 4 + (qptrs.capacity() + ptrs.capacity()) * 8;
     }
 
     // Sizes the buffers (kept from the previous search when large enough: no fresh
     // pages to fault in on every call).
     void setup(const Screen& S, size_t panel) {
-        q.resize(panel * S.d), tile.resize(panel * S.nb), err.resize(panel), thr.resize(panel);
-        keys.resize(panel * S.cap), qb.resize(panel * S.C.dp), surv.resize(S.nb), rows.resize(panel * S.cap);
+        q.resize(panel * S.d), tile.resize(panel * S.nb), thr.resize(panel);
+        qs.resize(panel), qa.resize(panel), qb.resize(panel), qe.resize(panel), emax.resize(panel);
+        ubs.resize(panel * S.cap), rows.resize(panel * S.cap);
+        codes.resize(panel * S.C.dp * S.C.eb), surv.resize(S.nb);
         n.resize(panel);
     }
 
-    // Queries q0 .. q0+P-1: fp32 as the plain path loads them, bf16, bound E.
-    // False when a norm is too large or not finite.
+    // Queries q0 .. q0+P-1: fp32 as the plain path loads them, codes, bound
+    // coefficients.  False when a norm is too large or not finite.
     bool load(const Screen& S, size_t q0_, size_t P_) {
         q0 = q0_, P = P_;
         const double u = kU, d = double(S.d);
-        const double hA = double(S.C.dp) + 5, hB = std::ceil(d / 16) + 5;
+        const double hA = S.B.type == ScreenType::Int8 ? 3.0 : double(S.C.dp) + 5, hB = std::ceil(d / 16) + 5;
         const double gA = hA * u / (1 - hA * u), gB = hB * u / (1 - hB * u);
         const double infl = 1.0 + std::ldexp(1.0, -7) + (d + 64) * std::ldexp(1.0, -22);
-        const Bf16Corpus& C = S.C;
+        const double slack = 1 + std::ldexp(1.0, -10);  // the total, and the float arithmetic of E, ub, lb
+        const CodedCorpus& C = S.C;
         for (size_t i = 0; i < P; ++i) {
             float* qi = q.data() + i * S.d;
             float qn = 0, x2, e2, t2;
             detail::load_query(S.K, S.Q, S.qt, S.ldq, S.d, S.metric, q0 + i, qi, &qn);
-            S.B.to_bf16_rows(qi, S.d, 1, S.d, qb.data() + i * C.dp, C.dp, &x2, &e2, &t2);
+            S.B.quantize_rows(qi, S.d, 1, S.d, C.dp, true, codes.data() + i * C.dp * C.eb, &qs[i], nullptr, &x2, &e2,
+                              &t2);
             if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm)) return false;
             const double nq = std::sqrt((double)x2) * infl, dq = std::sqrt((double)e2) * infl,
                          tq = std::sqrt((double)t2) * infl;
-            double e = dq * C.r_c + tq * C.r_d + gA * tq * C.r_t + gB * nq * C.r_c +
-                       2 * u * (nq * C.r_c + tq * C.r_t) * (1 + gA + gB) +
-                       std::ldexp(1.0, -90) * (1 + nq) * (1 + C.r_c + C.r_xn);
-            err[i] = (float)(e * (1 + std::ldexp(1.0, -10)));
-            if (!std::isfinite(err[i])) return false;
+            // E = a rho + b del + e0: rho, del the row's; the small terms with corpus maxima
+            const double a = dq + gB * nq + 2 * u * nq * (1 + gA + gB);
+            const double b = tq;
+            const double mag = 2 * (tq * C.r_t + nq * C.r_c + tq * C.r_d);  // >= |k~|, |ub|, |lb|
+            const double e0 = gA * tq * C.r_t + 2 * u * tq * C.r_t * (1 + gA + gB) +
+                              std::ldexp(1.0, -90) * (1 + nq) * (1 + C.r_c + C.r_xn) + 4 * u * mag;
+            qa[i] = round_up(a * slack), qb[i] = round_up(b * slack), qe[i] = round_up(e0 * slack);
+            if (!std::isfinite(qa[i]) || !std::isfinite(qb[i]) || !std::isfinite(qe[i])) return false;
+            // >= every row's E as the kernel computes it (float roundings: within the slack)
+            emax[i] = (double(qa[i]) * C.rho_max + double(qb[i]) * C.del_max + double(qe[i])) * slack;
             thr[i] = -std::numeric_limits<float>::infinity();
             n[i] = 0;
         }
         return true;
     }
 
-    // Keeps only the entries of query i's buffer with k~ >= t - 2E, t <= its k-th
-    // best k~.  Returns the new count.
+    // Raises query i's threshold to T from the k-th largest ub in its buffer and
+    // keeps only the entries with ub >= T.  Returns the new count.
     size_t prune(const Screen& S, size_t i, size_t m) {
-        float* kb = keys.data() + i * S.cap;
+        float* ub = ubs.data() + i * S.cap;
         uint32_t* rb = rows.data() + i * S.cap;
-        thr[i] = std::max(thr[i], round_down((double)S.B.lower_kth(kb, m, S.k) - 2.0 * (double)err[i]));
+        thr[i] = std::max(thr[i], round_down((double)S.B.lower_kth(ub, m, S.k) - 2.0 * emax[i]));
         size_t w = 0;
         const float t = thr[i];
-        for (size_t u = 0; u < m; ++u) {  // branch-free: about half the entries go
-            const float key = kb[u];
+        for (size_t u = 0; u < m; ++u) {  // branch-free: most entries go
+            const float key = ub[u];
             const uint32_t r = rb[u];
-            kb[w] = key;
+            ub[w] = key;
             rb[w] = r;
             w += key >= t;
         }
         return w;
     }
 
-    // THE SCREENING LOOP: bf16 scores of one corpus block against the panel; per
+    // THE SCREENING LOOP: upper bounds of one corpus block against the panel; per
     // query, rows at or above the running threshold enter the buffer.
     bool process(const Screen& S, const SBlock& bl, bool first) {
         const size_t nbk = bl.g1 - bl.g0;
         const Segment& sg = S.segs[bl.seg];
         float* T = tile.data();
-        S.B.dot_tile_bf16(qb.data(), S.C.dp, P, S.C.x.data() + (S.C.pstart[bl.seg] + bl.r0) * S.C.dp / 2, nbk, S.C.dp,
-                          T, S.nb);
+        const size_t pr = S.C.pstart[bl.seg] + bl.r0;
+        const ScreenQueries sq{codes.data(), qs.data(), qa.data(), qb.data(), qe.data()};
+        S.B.dot_tile(sq, P, S.C.packed(pr), nbk, S.C.dp, S.C.rows(S.metric).at(pr), T, S.nb);
         const int64_t base = sg.id_offset + (int64_t)bl.r0;
         for (size_t i = 0; i < P; ++i) {
-            float* s = T + i * S.nb;
-            if (S.metric == Metric::Cosine) {
-                const float* xn = S.C.xn.data() + bl.g0;
-                for (size_t j = 0; j < nbk; ++j) s[j] *= xn[j];
-            }
+            const float* s = T + i * S.nb;
             const int64_t* eb = nullptr;
             const int64_t* ee = nullptr;
             if (S.excl.indptr) {
@@ -301,13 +384,12 @@ struct SPanel {
                 ee = S.ex_sorted.data() + S.excl.indptr[q0 + i + 1];
             }
             if (first && nbk >= S.k + size_t(ee - eb)) {
-                // A starting threshold from the first block: at least k + m of its keys
-                // reach t0 (m = the query's exclusions), so at least k non-excluded rows do.
-                const float t0 = S.B.lower_kth(s, nbk, S.k + size_t(ee - eb));
-                thr[i] = round_down((double)t0 - 2.0 * (double)err[i]);
+                // A starting threshold from the first block: at least k + m of its rows
+                // have ub >= t0 (m = the query's exclusions), so at least k non-excluded ones do.
+                thr[i] = round_down((double)S.B.lower_kth(s, nbk, S.k + size_t(ee - eb)) - 2.0 * emax[i]);
             }
             const size_t c = S.K.filter_ge(s, nbk, thr[i], surv.data());
-            float* kb = keys.data() + i * S.cap;
+            float* ub = ubs.data() + i * S.cap;
             uint32_t* rb = rows.data() + i * S.cap;
             for (size_t u = 0; u < c; ++u) {
                 const float key = s[surv[u]];
@@ -318,9 +400,12 @@ struct SPanel {
                     if (n[i] > S.k + (S.cap - S.k) / 2) return false;  // near-ties: give up
                     if (key < thr[i]) continue;
                 }
-                kb[n[i]] = key;
-                rb[n[i]++] = uint32_t(bl.g0 + surv[u]);
+                ub[n[i]] = key;
+                rb[n[i]++] = uint32_t(pr + surv[u]);
             }
+            // raise the threshold early: the first block's is low (its k-th of a few
+            // hundred rows), and every row admitted below the final one costs a copy
+            if (n[i] >= 3 * S.k) n[i] = prune(S, i, n[i]);
         }
         return true;
     }
@@ -328,7 +413,7 @@ struct SPanel {
     // Sorts `pairs` by row: a counting sort over the rows when they are few compared
     // with the pairs (one pass), std::sort otherwise.
     void sort_pairs(const Screen& S) {
-        const size_t total = S.C.start.back();
+        const size_t total = S.C.pstart.back();
         if (total > 8 * pairs.size() + 4096) {
             std::sort(pairs.begin(), pairs.end());
             return;
@@ -357,30 +442,31 @@ struct SPanel {
         qptrs.resize(np);
         ptrs.resize(np);
         out.resize(np);
+        const std::vector<size_t>& ps = S.C.pstart;
         for (size_t a = 0, seg = 0; a < np; ++seg) {  // one dot_pairs call per segment (one element type)
             const Segment& sg = S.segs[seg];
             const char* base = static_cast<const char*>(sg.data);
             const size_t rb = sg.ld * dtype_size(sg.dtype);
             size_t b = a;
-            for (; b < np && size_t(pairs[b] >> 32) < S.C.start[seg + 1]; ++b) {
+            for (; b < np && size_t(pairs[b] >> 32) < ps[seg + 1]; ++b) {
                 qptrs[b] = q.data() + (uint32_t(pairs[b]) / S.cap) * S.d;
-                ptrs[b] = base + (size_t(pairs[b] >> 32) - S.C.start[seg]) * rb;
+                ptrs[b] = base + (size_t(pairs[b] >> 32) - ps[seg]) * rb;
             }
             if (b > a) S.K.dot_pairs(qptrs.data() + a, ptrs.data() + a, b - a, S.d, sg.dtype, out.data() + a);
             a = b;
         }
-        for (size_t t = 0; t < np; ++t) {  // the exact key replaces the screened one
-            const size_t g = size_t(pairs[t] >> 32);
-            keys[uint32_t(pairs[t])] = S.metric == Metric::Cosine ? out[t] * S.C.xn[g] : out[t];
+        for (size_t t = 0; t < np; ++t) {  // the exact key replaces the upper bound
+            const size_t r = size_t(pairs[t] >> 32);
+            ubs[uint32_t(pairs[t])] = S.metric == Metric::Cosine ? out[t] * S.C.xn[r] : out[t];
         }
         for (size_t i = 0; i < P; ++i) {
-            const float* kb = keys.data() + i * S.cap;
+            const float* kb = ubs.data() + i * S.cap;
             const uint32_t* rb = rows.data() + i * S.cap;
             merged.clear();
             for (size_t u = 0; u < n[i]; ++u) {
-                const size_t g = rb[u];
-                const size_t sgi = size_t(std::upper_bound(S.C.start.begin(), S.C.start.end(), g) - S.C.start.begin()) - 1;
-                merged.push_back(detail::make_cand(kb[u], S.segs[sgi].id_offset + int64_t(g - S.C.start[sgi])));
+                const size_t r = rb[u];
+                const size_t sgi = size_t(std::upper_bound(ps.begin(), ps.end(), r) - ps.begin()) - 1;
+                merged.push_back(detail::make_cand(kb[u], S.segs[sgi].id_offset + int64_t(r - ps[sgi])));
             }
             detail::write_row(merged, S.k, S.metric, scores + (q0 + i) * S.k, ids + (q0 + i) * S.k);
         }
@@ -388,7 +474,7 @@ struct SPanel {
 };
 
 void Reuse::trim() {
-    size_t bytes = x.capacity() * 4 + xn.capacity() * 4;
+    size_t bytes = (x.capacity() + xs.capacity() + xn.capacity() + xsum.capacity() + rho.capacity() + del.capacity()) * 4;
     for (const auto& p : panels)
         if (p) bytes += p->bytes();
     if (bytes > kKeepBytes) *this = Reuse();
@@ -401,6 +487,15 @@ void set_screen_mode(int mode) {
     mode_ref().store(mode);
 }
 int screen_mode() { return mode_ref().load(); }
+void set_screen_type(int type) {
+    if (type < 0 || type > 2) throw std::invalid_argument("screen type must be 0 (auto), 1 (bf16) or 2 (int8)");
+    type_ref().store(type);
+}
+int screen_type() { return type_ref().load(); }
+const char* screen_choice(size_t d, size_t k, size_t n) {
+    const ScreenKernels* B = pick_kernels(d, k, n);
+    return B ? B->name : nullptr;
+}
 void screen_counts(uint64_t* screened, uint64_t* fallbacks) {
     *screened = g_screened.load();
     *fallbacks = g_fallbacks.load();
@@ -413,32 +508,35 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
                           uint64_t reuse_token) {
     const int mode = screen_mode();
-    const Bf16Kernels* B = bf16_kernels();
+    size_t total = 0;
+    for (const Segment& s : segments) total += s.rows;
+    const ScreenKernels* B = pick_kernels(d, k, total);
     if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_pairs) return false;
     // Buffers kept by the calling thread between searches (up to kKeepBytes).
     thread_local Reuse keep;
-    Bf16Corpus C;
-    C.x.swap(keep.x);
-    C.xn.swap(keep.xn);
+    CodedCorpus C;
     struct GiveBack {  // hands the buffers back on every exit
         Reuse& r;
-        Bf16Corpus& c;
+        CodedCorpus& c;
+        void swap() {
+            c.x.swap(r.x), c.xs.swap(r.xs), c.xsum.swap(r.xsum), c.xn.swap(r.xn), c.rho.swap(r.rho), c.del.swap(r.del);
+        }
         ~GiveBack() {
-            c.x.swap(r.x);
-            c.xn.swap(r.xn);
+            swap();
             r.trim();
         }
     } give_back{keep, C};
-    C.dp = (d + 31) / 32 * 32;
+    give_back.swap();
+    C.dp = (d + B->align - 1) / B->align * B->align;
+    C.eb = B->elem_bytes;
     C.start.push_back(0);
     C.pstart.push_back(0);
     for (const Segment& s : segments) {
         C.start.push_back(C.start.back() + s.rows);
         C.pstart.push_back(C.pstart.back() + (s.rows + 15) / 16 * 16);
     }
-    const size_t total = C.start.back();
-    const double copy_bytes = double(C.pstart.back()) * double(C.dp) * 2;
-    if (total == 0 || copy_bytes > double(mode == 1 ? kAutoBf16Bytes : kMaxBf16Bytes)) return false;
+    const double copy_bytes = double(C.pstart.back()) * double(C.dp * C.eb);
+    if (total == 0 || copy_bytes > double(mode == 1 ? kAutoCodeBytes : kMaxCodeBytes)) return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
     if (mode == 1 && (nq < kMinQueries || total < 4 * k + 256 || double(nq) * double(total) * double(d) < 2e7))
@@ -457,10 +555,13 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
 
     g_screened.fetch_add(1);
     const Kernels& K = kernels();
-    std::vector<double> key = corpus_key(segments, d, metric);
-    if (reuse_token != 0 && keep.token == reuse_token && keep.key == key && C.x.size() >= C.pstart.back() * C.dp / 2 &&
-        (metric != Metric::Cosine || C.xn.size() >= total)) {
+    std::vector<double> key = corpus_key(segments, d, metric, B->type);
+    if (reuse_token != 0 && keep.token == reuse_token && keep.key == key &&
+        C.x.size() >= C.pstart.back() * C.lanes() && C.xs.size() >= C.pstart.back() &&
+        C.xsum.size() >= C.pstart.back() && C.rho.size() >= C.pstart.back() && C.del.size() >= C.pstart.back() &&
+        (metric != Metric::Cosine || C.xn.size() >= C.pstart.back())) {
         C.r_c = keep.r_c, C.r_d = keep.r_d, C.r_t = keep.r_t, C.r_xn = keep.r_xn;  // the copy made last call
+        C.rho_max = round_up(C.r_c), C.del_max = round_up(C.r_d);
     } else {
         keep.token = 0;
         build_corpus(K, *B, segments, d, metric, blocks, nt, C);
@@ -472,8 +573,10 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
         keep.key.swap(key);
         keep.r_c = C.r_c, keep.r_d = C.r_d, keep.r_t = C.r_t, keep.r_xn = C.r_xn;
     }
-    // buffer per query; a buffer that cannot fill (k near the corpus size) never prunes early
-    const size_t cap = std::min(4 * k + 256, total + 1);
+    // buffer per query; a buffer that cannot fill (k near the corpus size) never prunes early.
+    // int8's error bound is about 5x bf16's: twice the room for the rows it keeps
+    const size_t wide = B->type == ScreenType::Int8 ? 2 : 1;
+    const size_t cap = std::min(wide * (4 * k + 256), total + 1);
     if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
     std::atomic<bool> failed{false};
     Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, C, failed};

@@ -11,11 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["tests/cpp/kernel_check.cpp", "cpp/dispatch.cpp", "cpp/simd/dot_scalar.cpp",
-           "cpp/simd/dot_avx2.cpp", "cpp/simd/dot_avx512.cpp", "cpp/simd/dot_avx512bf16.cpp", "cpp/simd/dot_neon.cpp"]
+           "cpp/simd/dot_avx2.cpp", "cpp/simd/dot_avx512.cpp", "cpp/simd/screen_avx512bf16.cpp",
+           "cpp/simd/screen_avx512vnni.cpp", "cpp/simd/dot_neon.cpp"]
 X86_FLAGS = {"dot_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
              "dot_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
-             "dot_avx512bf16.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mavx2",
-                                    "-mfma"]}
+             "screen_avx512bf16.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
+                                       "-mavx2", "-mfma"],
+             "screen_avx512vnni.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
+                                       "-mavx2", "-mfma"]}
 
 
 def build(cxx, out, tmp, x86, extra=()):

@@ -432,12 +432,26 @@ def test_l2_zero_distance_is_positive_zero():
         assert s[0, 0] == 0 and not np.signbit(s[0, 0])
 
 
-# ---------------------------------------------------------------------------------------------- bf16 screen
-# The exact search may first screen with bf16 scores and rescore the survivors in fp32
+# ---------------------------------------------------------------------------------------------- the screen
+# The exact search may first screen with bf16 or int8 scores and rescore the survivors in fp32
 # (cpp/topk_screen.cpp).  It must return exactly what the plain fp32 path returns: same ids,
-# bit-identical scores.  Mode 2 forces the screen wherever the CPU allows it, mode 0 turns it off.
+# bit-identical scores.  Mode 2 forces the screen wherever the CPU allows it, mode 0 turns it off;
+# every screen test runs once per kind of codes the CPU has (int8: AVX-512 VNNI, bf16: AVX-512 BF16).
 
-needs_screen = pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 BF16")
+
+@pytest.fixture(params=["bf16", "int8"])
+def screen_kind(request):
+    if request.param not in _core.screen_types():
+        pytest.skip(f"CPU without the {request.param} screen")
+    start = _core.screen_type()
+    _core.set_screen_type(request.param)
+    yield request.param
+    _core.set_screen_type(start)
+
+
+def needs_screen(f):
+    skip = pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
+    return skip(pytest.mark.usefixtures("screen_kind")(f))
 
 
 def screened_vs_plain(Q, X, k, metric, exclude=None, expect="screen", **kw):
@@ -501,7 +515,7 @@ def test_screen_ties_and_duplicates(rng):
     near = np.repeat(base[:1], 500, axis=0)
     near[:, 0] += np.arange(500, dtype=np.float32) * 1e-6  # differences far below the bf16 resolution
     screened_vs_plain(Q, near, 10, "ip", expect="any")
-    screened_vs_plain(Q, np.ones((400, 48), np.float32), 5, "ip", expect="fallback")  # every row ties
+    screened_vs_plain(Q, np.ones((1200, 48), np.float32), 5, "ip", expect="fallback")  # every row ties
 
 
 @needs_screen
@@ -530,6 +544,26 @@ def test_screen_tiny_and_huge_values(rng):
     screened_vs_plain(Q * np.float32(1e15), X * np.float32(1e15), 20, "ip", expect="fallback")
     big = np.full((3, 4), 3e38, np.float32)
     screened_vs_plain(big, big, 2, "ip", expect="fallback")
+
+
+@needs_screen
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_screen_outlier_rows_and_scales(rng, metric):
+    # rows dominated by one element (int8 codes of the rest round to 0: a large, row-specific
+    # error bound), rows at very different scales, heavy tails; d not a multiple of 32 or 64
+    d = 77
+    X = rng.standard_normal((1500, d)).astype(np.float32)
+    X[::5, 3] *= 500
+    X[1::5] *= np.float32(1e-4)
+    X[2::5] = rng.standard_cauchy((300, d)).astype(np.float32)
+    Q = rng.standard_normal((40, d)).astype(np.float32)
+    Q[::4, 10] *= 300
+    Q[1::4] *= np.float32(1e5)
+    # (inner product: the huge rows' norms widen every query's window until the screen gives up)
+    expect = "screen" if metric == "cosine" else "any"
+    for k in (1, 17, 64):
+        screened_vs_plain(Q, X, k, metric, expect=expect)
+        screened_vs_plain(X[:60], X, k, metric, exclude=[[i] for i in range(60)], expect="any")
 
 
 @needs_screen
@@ -581,9 +615,30 @@ def test_screen_mode_setting():
         _core.set_screen_mode(start)
 
 
+def test_screen_type_setting():
+    start = _core.screen_type()
+    try:
+        for t in ("bf16", "int8", "auto"):
+            _core.set_screen_type(t)
+            assert _core.screen_type() == t
+        with pytest.raises(ValueError, match="screen type"):
+            _core.set_screen_type("fp8")
+    finally:
+        _core.set_screen_type(start)
+    kinds = _core.screen_types()
+    assert set(kinds) <= {"bf16", "int8"}
+    # auto: int8 (half the screening pass) while 128 k <= n, bf16 for deeper searches
+    if kinds:
+        assert _core.screen_choice(384, 10, 5183) == kinds[0]
+        assert _core.screen_choice(384, 105, 5183) == ("bf16" if "bf16" in kinds else "int8")
+        assert _core.screen_choice(20000, 1, 10 ** 6) == ("bf16" if "bf16" in kinds else None)  # int8 sums: d <= 16384
+    else:
+        assert _core.screen_choice(384, 10, 5183) is None
+
+
 @needs_screen
-def test_screen_reuse_token(rng):
-    # the miner's searches share the bf16 copy of the corpus through a token; any change of
+def test_screen_reuse_token(rng, screen_kind):
+    # the miner's searches share the coded copy of the corpus through a token; any change of
     # corpus (another array, another metric, other rows) must make a fresh copy
     from hardneg.topk import _topk_kernel
 
@@ -594,7 +649,14 @@ def test_screen_reuse_token(rng):
     start = _core.screen_mode()
     try:
         _core.set_screen_mode(2)
-        for corpus, metric in ((X, "ip"), (X, "ip"), (Y, "ip"), (Y, "cosine"), (X[:500], "cosine"), (X, "ip")):
+        kinds = [screen_kind, screen_kind, screen_kind, screen_kind, screen_kind, screen_kind]
+        others = [t for t in _core.screen_types() if t != screen_kind]
+        cases = ((X, "ip"), (X, "ip"), (Y, "ip"), (Y, "cosine"), (X[:500], "cosine"), (X, "ip"))
+        if others:  # the same corpus with the other codes, then back: a fresh copy each time
+            kinds += [others[0], screen_kind]
+            cases += ((X, "ip"), (X, "ip"))
+        for (corpus, metric), kind in zip(cases, kinds):
+            _core.set_screen_type(kind)
             got = _topk_kernel(Q, corpus, 30, metric, None, None, 12345)
             _core.set_screen_mode(0)
             ref = hn.topk(Q, corpus, k=30, metric=metric)

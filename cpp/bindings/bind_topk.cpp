@@ -143,10 +143,31 @@ void bind_topk(py::module_& m) {
     m.def("merge_topk", &merge_impl, py::arg("scores"), py::arg("ids"), py::arg("smallest_first"), py::arg("k"),
           py::arg("num_threads"));
     m.def("sqnorms", &sqnorms_impl, py::arg("vectors"), py::arg("bf16"));
-    // the bf16 screen of the exact search (see cpp/topk_screen.cpp): 0 off, 1 auto, 2 always
+    // the low-precision screen of the exact search (see cpp/topk_screen.cpp): 0 off, 1 auto, 2 always
     m.def("set_screen_mode", [](int mode) { hn::set_screen_mode(mode); }, py::arg("mode"));
     m.def("screen_mode", [] { return hn::screen_mode(); });
-    m.def("screen_available", [] { return hn::bf16_kernels() != nullptr; });
+    m.def("screen_available", [] { return hn::screen_choice(1, 1, 128) != nullptr; });
+    // its codes: "auto" (int8 with AVX-512 VNNI when 128 k <= n, else bf16), "bf16" or "int8"
+    m.def("set_screen_type", [](const std::string& t) {
+        if (t == "auto") hn::set_screen_type(0);
+        else if (t == "bf16") hn::set_screen_type(1);
+        else if (t == "int8") hn::set_screen_type(2);
+        else throw py::value_error("screen type must be 'auto', 'bf16' or 'int8', got '" + t + "'");
+    }, py::arg("type"));
+    m.def("screen_type", [] {
+        const int t = hn::screen_type();
+        return std::string(t == 1 ? "bf16" : t == 2 ? "int8" : "auto");
+    });
+    m.def("screen_types", [] {  // the codes this CPU can screen with
+        py::list out;
+        for (hn::ScreenType t : {hn::ScreenType::Int8, hn::ScreenType::Bf16})
+            if (const hn::ScreenKernels* B = hn::screen_kernels(t)) out.append(B->name);
+        return out;
+    });
+    m.def("screen_choice", [](size_t d, size_t k, size_t n) -> py::object {  // the codes a search would use
+        const char* name = hn::screen_choice(d, k, n);
+        return name ? py::object(py::str(name)) : py::object(py::none());
+    }, py::arg("d"), py::arg("k"), py::arg("n"));
     m.def("screen_counts", [] {
         uint64_t s = 0, f = 0;
         hn::screen_counts(&s, &f);

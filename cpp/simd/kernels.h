@@ -65,37 +65,74 @@ namespace avx512 { extern const Kernels table; }
 namespace neon { extern const Kernels table; }
 #endif
 
-// bf16 screening kernels (exact top-k with a bf16 pre-pass, see topk_screen.cpp).
-// Vectors are bf16 rows (uint16 bit patterns) zero-padded to a multiple of 32
-// elements.  Only an AVX-512 BF16 build exists; bf16_kernels() is null elsewhere.
-struct Bf16Kernels {
-    // Rounds rows of fp32 X (nx x d, stride ldx) to bf16 (round to nearest even;
-    // values below 2^-126 in magnitude become 0, so the dot instruction never sees
-    // a denormal) into out (stride ldo >= d rounded up to 32, padding zeroed), and
-    // writes per row x2 = sum x^2, e2 = sum (x - bf16(x))^2, t2 = sum bf16(x)^2,
-    // all accumulated in fp32.
-    void (*to_bf16_rows)(const float* X, size_t ldx, size_t nx, size_t d, uint16_t* out, size_t ldo,
-                         float* x2, float* e2, float* t2);
-    // Packs bf16 rows (stride ldx) into groups of 16 rows, pair-interleaved: group
-    // G is 16 * dp / 2 uint32 at out + G * 8 * dp, lane r of pair p = row 16G + r's
-    // elements 2p, 2p + 1.  A last partial group is zero-padded.
-    void (*pack_rows)(const uint16_t* X, size_t ldx, size_t nx, size_t dp, uint32_t* out);
-    // S[i * lds + j] = sum_p Q[i * ldq + p] * X_j[p] over p < dp, for i < nq and
-    // j < ceil(nx / 16) * 16, X packed by pack_rows: bf16 products accumulated in
-    // fp32 by vdpbf16ps, one chain of dp/2 instructions (dp additions) per score.
-    void (*dot_tile_bf16)(const uint16_t* Q, size_t ldq, size_t nq, const uint32_t* X, size_t nx, size_t dp,
-                          float* S, size_t lds);
+// Screening kernels for the exact top-k (topk_screen.cpp): a low-precision pass
+// whose error is bounded, then fp32 rescoring of the survivors.  A row x of d
+// floats becomes dp codes (d rounded up to `align`, zero padded) and a scale s,
+// standing for x~ = s * code:
+//   bf16 (AVX-512 BF16): code = bf16(x), s = 1; vdpbf16ps adds two exact bf16
+//        products per fp32 lane, one rounding per pair of elements.
+//   int8 (AVX-512 VNNI): code = round(x / s) in [-127, 127], s = max|x| / 127;
+//        vpdpbusd sums the code products exactly in int32 (d <= 16384), then
+//        float(I) * (s_q * s_x): three roundings per score.
+enum class ScreenType { Bf16 = 1, Int8 = 2 };
+// What dot_tile reads besides the codes, per packed corpus row / per query (see
+// topk_screen.cpp for the bound): it writes ub = k~ * xn + (a rho + b del + e0),
+// an upper bound of the row's exact key.  Null xn: no scaling; null rho: ub = k~ * xn.
+struct ScreenRows {
+    const float* scale;  // code scale (int8; may be null for bf16)
+    const int32_t* sum;  // code sum (int8; may be null for bf16)
+    const float* xn;     // cosine: 1 / ||x|| (else null)
+    const float* rho;    // bound coefficient of a: xn ||x||
+    const float* del;    // bound coefficient of b: xn ||x - x~||
+    ScreenRows at(size_t j) const {
+        auto off = [j](const auto* p) { return p ? p + j : p; };
+        return {off(scale), off(sum), off(xn), off(rho), off(del)};
+    }
+};
+struct ScreenQueries {
+    const void* codes;   // nq rows of dp codes, contiguous
+    const float* scale;  // code scale (int8; may be null for bf16)
+    const float* a;      // bound coefficients, per query
+    const float* b;
+    const float* e0;
+    ScreenQueries at(size_t i, size_t row_bytes) const {
+        auto off = [i](const float* p) { return p ? p + i : p; };
+        return {static_cast<const char*>(codes) + i * row_bytes, off(scale), off(a), off(b), off(e0)};
+    }
+};
+struct ScreenKernels {
+    ScreenType type;
+    const char* name;
+    size_t align;       // dp = d rounded up to a multiple of this
+    size_t elem_bytes;  // bytes per code
+    // Codes of the rows of fp32 X (nx x d, stride ldx) at out (row j at j * dp codes,
+    // padding zeroed), scale[j], sum[j] = the sum of row j's codes (int8 only; may
+    // be null), and, accumulated in fp32, x2 = sum x^2, e2 = sum (x - x~)^2, t2 =
+    // sum x~^2.  query: the rows are the dot's first operand (int8 stores code + 128).
+    void (*quantize_rows)(const float* X, size_t ldx, size_t nx, size_t d, size_t dp, bool query, void* out,
+                          float* scale, int32_t* sum, float* x2, float* e2, float* t2);
+    // Packs nx corpus code rows (contiguous, dp codes each) into groups of 16 rows:
+    // group G (at out + G * 4 * dp * elem_bytes uint32) holds, for each 32-bit lane
+    // p of a row, the 16 rows' lane p as one 64-byte vector.  Last group zero-padded.
+    void (*pack_rows)(const void* X, size_t nx, size_t dp, uint32_t* out);
+    // S[i * lds + j] = ub of query i and corpus row j (ScreenRows) for i < nq, j <
+    // ceil(nx / 16) * 16, from the screened score k~ = x~_i . y~_j: X the packed
+    // corpus, R its rows' data (ceil(nx / 16) * 16 entries each, zero for padding).
+    void (*dot_tile)(const ScreenQueries& Q, size_t nq, const uint32_t* X, size_t nx, size_t dp,
+                     const ScreenRows& R, float* S, size_t lds);
     // A value x such that at least r of v[0 .. n) are >= x (n >= r >= 1, v finite),
     // at most (max - min) / 4096 below the r-th largest: the screen's thresholds.
     float (*lower_kth)(const float* v, size_t n, size_t r);
 };
 #if defined(__x86_64__) || defined(_M_X64)
-namespace avx512bf16 { extern const Bf16Kernels table; }
+namespace avx512bf16 { extern const ScreenKernels table; }
+namespace avx512vnni { extern const ScreenKernels table; }
 #endif
 
-// The bf16 kernels when the CPU runs them and the fp32 table in use is AVX-512
-// (their screen is then rescored by that table); null otherwise.
-const Bf16Kernels* bf16_kernels();
+// The screening kernels of `type` when this build has them, the CPU runs them and
+// the fp32 table in use is AVX-512 (the survivors are rescored by that table);
+// null otherwise.
+const ScreenKernels* screen_kernels(ScreenType type);
 
 // The table chosen for this process (HARDNEG_SIMD or the best the CPU runs).
 const Kernels& kernels();

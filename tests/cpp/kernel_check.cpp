@@ -144,48 +144,79 @@ int main() {
                 if (failures++ < 10) std::printf("%s axpy n=%zu\n", K.name, n);
             }
         }
-        if (const Bf16Kernels* B = bf16_kernels()) {  // the screen's kernels: against exact bf16 products
+        // the screen's kernels: scores against the exact products of their codes, the
+        // codes against their rounding rules, the bound sums against double sums
+        for (ScreenType st : {ScreenType::Bf16, ScreenType::Int8}) {
+            const ScreenKernels* B = screen_kernels(st);
+            if (!B) continue;
+            const bool i8 = st == ScreenType::Int8;
             for (size_t d : {1, 17, 32, 100}) {
-                const size_t nq = 7, nx = 37, dp = (d + 31) / 32 * 32;
-                std::vector<float> Q(nq * d), X(nx * d), x2(nx), e2(nx), t2(nx);
+                const size_t nq = 7, nx = 37, dp = (d + B->align - 1) / B->align * B->align, eb = B->elem_bytes;
+                const size_t npad = (nx + 15) / 16 * 16;
+                std::vector<float> Q(nq * d), X(nx * d), x2(nx), e2(nx), t2(nx), qs(nq), xs(npad, 0.0f);
+                std::vector<int32_t> xsum(npad, 0);
                 for (auto& v : Q) v = U(gen);
                 for (auto& v : X) v = U(gen);
-                X[3] = 1e-39f;  // a denormal: flushed to 0
-                std::vector<uint16_t> qb(nq * dp), xb(nx * dp);
-                std::vector<uint32_t> packed((nx + 15) / 16 * 16 * dp / 2);
-                B->to_bf16_rows(Q.data(), d, nq, d, qb.data(), dp, x2.data(), e2.data(), t2.data());
-                B->to_bf16_rows(X.data(), d, nx, d, xb.data(), dp, x2.data(), e2.data(), t2.data());
-                B->pack_rows(xb.data(), dp, nx, dp, packed.data());
-                const size_t lds = (nx + 15) / 16 * 16;
-                std::vector<float> S(nq * lds);
-                B->dot_tile_bf16(qb.data(), dp, nq, packed.data(), nx, dp, S.data(), lds);
-                auto wide = [](uint16_t h) { uint32_t u = uint32_t(h) << 16; float f; std::memcpy(&f, &u, 4); return f; };
+                X[3] = 1e-39f;  // a denormal: flushed to 0 (bf16)
+                for (size_t p = 0; p < d; ++p) X[5 * d + p] *= 1e-3f;  // a small row, a zero row
+                for (size_t p = 0; p < d; ++p) X[6 * d + p] = 0;
+                std::vector<uint8_t> qc(nq * dp * eb), xc(nx * dp * eb);
+                std::vector<uint32_t> packed(npad * dp * eb / 4);
+                B->quantize_rows(Q.data(), d, nq, d, dp, true, qc.data(), qs.data(), nullptr, x2.data(), e2.data(),
+                                 t2.data());
+                B->quantize_rows(X.data(), d, nx, d, dp, false, xc.data(), xs.data(), xsum.data(), x2.data(),
+                                 e2.data(), t2.data());
+                B->pack_rows(xc.data(), nx, dp, packed.data());
+                std::vector<float> S(nq * npad);
+                const ScreenQueries sq{qc.data(), qs.data(), nullptr, nullptr, nullptr};
+                const ScreenRows sr{xs.data(), xsum.data(), nullptr, nullptr, nullptr};
+                B->dot_tile(sq, nq, packed.data(), nx, dp, sr, S.data(), npad);
+                // the value a code stands for (without its scale)
+                auto code = [&](const std::vector<uint8_t>& c, size_t row, size_t p, bool query) -> double {
+                    if (i8) return double(int(c[row * dp + p]) - (query ? 128 : (c[row * dp + p] > 127 ? 256 : 0)));
+                    uint16_t h;
+                    std::memcpy(&h, c.data() + (row * dp + p) * 2, 2);
+                    uint32_t u = uint32_t(h) << 16;
+                    float f;
+                    std::memcpy(&f, &u, 4);
+                    return f;
+                };
                 for (size_t i = 0; i < nq; ++i)
                     for (size_t j = 0; j < nx; ++j) {
                         double ref = 0, mag = 0;
                         for (size_t p = 0; p < dp; ++p) {
-                            double pr = double(wide(qb[i * dp + p])) * double(wide(xb[j * dp + p]));
+                            const double pr = code(qc, i, p, true) * code(xc, j, p, false);
                             ref += pr, mag += std::fabs(pr);
                         }
-                        if (std::fabs(S[i * lds + j] - ref) > 1e-5 * (mag + 1e-30)) {
-                            if (failures++ < 10) std::printf("bf16 dot d=%zu %g vs %g\n", d, S[i * lds + j], ref);
+                        if (i8) ref *= double(qs[i]) * double(xs[j]), mag *= double(qs[i]) * double(xs[j]);
+                        if (std::fabs(S[i * npad + j] - ref) > 1e-5 * (mag + 1e-30)) {
+                            if (failures++ < 10) std::printf("%s dot d=%zu %g vs %g\n", B->name, d, S[i * npad + j], ref);
                         }
                     }
-                for (size_t j = 0; j < nx; ++j) {  // rounding error within half a bf16 ulp per element
-                    double e = 0;
-                    for (size_t p = 0; p < d; ++p) {
-                        const double v = X[j * d + p], w = wide(xb[j * dp + p]);
-                        if (std::fabs(v - w) > std::ldexp(std::fabs(v), -8) + 1.2e-38) {
-                            if (failures++ < 10) std::printf("bf16 rounding %g -> %g\n", v, w);
+                for (size_t j = 0; j < nx; ++j) {  // codes: half a step of error per element at most
+                    double e = 0, sum = 0;
+                    for (size_t p = 0; p < dp; ++p) {
+                        const double c = code(xc, j, p, false);
+                        if (p >= d) {
+                            if (c != 0 && failures++ < 10) std::printf("%s padding not zero\n", B->name);
+                            continue;
                         }
-                        e += (v - w) * (v - w);
+                        const double v = X[j * d + p], w = i8 ? c * xs[j] : c;
+                        const double step = i8 ? 0.5 * xs[j] : std::ldexp(std::fabs(v), -8) + 1.2e-38;
+                        if (std::fabs(v - w) > step * (1 + 1e-6) || (i8 && std::fabs(c) > 127)) {
+                            if (failures++ < 10) std::printf("%s rounding %g -> %g\n", B->name, v, w);
+                        }
+                        e += (v - w) * (v - w), sum += c;
                     }
                     if (std::fabs(e2[j] - e) > 1e-4 * e + 1e-30) {
-                        if (failures++ < 10) std::printf("bf16 e2 %g vs %g\n", e2[j], e);
+                        if (failures++ < 10) std::printf("%s e2 %g vs %g\n", B->name, e2[j], e);
+                    }
+                    if (i8 && (double(xsum[j]) != sum || !(xs[j] >= 0x1p-60f))) {
+                        if (failures++ < 10) std::printf("int8 sum %d vs %g, scale %g\n", xsum[j], sum, xs[j]);
                     }
                 }
             }
-            std::printf("%s bf16 screen kernels checked\n", K.name);
+            std::printf("%s %s screen kernels checked\n", K.name, B->name);
         }
         std::printf("%s checked\n", K.name);
     }
