@@ -241,7 +241,7 @@ class _Dense:
         self.queries = queries
         self.metric = metric
         self.num_threads = num_threads
-        # one token per miner run: its searches may share the kernel's bf16 copy of the corpus
+        # one token per miner run: its searches may share the kernel's coded (bf16 / int8) copy of the corpus
         # (the corpus is not modified while mining)
         self.reuse_token = next(_REUSE_TOKENS)
 

@@ -302,7 +302,7 @@ def _topk_kernel(queries, corpus, k: int, metric: str, exclude, num_threads, reu
     """The in-memory kernel path of :func:`topk` (arguments already checked).
 
     ``reuse_token`` (internal, non-zero): the caller promises that ``corpus`` is unchanged since
-    its last call with the same token, so the bf16 screen may reuse its copy (the miner's two
+    its last call with the same token, so the low-precision screen may reuse its copy (the miner's two
     searches over one corpus).
     """
     c, cbf16 = vectors_for_kernel(corpus, "corpus")
