@@ -27,7 +27,6 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
-#include <cstdlib>
 
 #include "bm25.h"
 #include "simd/kernels.h"
@@ -158,10 +157,7 @@ void sort_desc(std::vector<uint64_t>& a, std::vector<uint64_t>& tmp, bool scores
 // after each byte only the values in the chosen bucket are kept (in `buf`), so
 // the passes after the first are short.  Two interleaved histograms halve the
 // store-to-load chains when many values fall into one bucket.
-// With loose > 0 it stops as soon as the bucket holding the k-th largest has at
-// most `loose` values and returns that bucket's lower edge: a lower bound of the
-// k-th largest that at most loose - 1 more values reach.
-uint32_t kth_largest(const uint32_t* v, size_t m, size_t k, std::vector<uint32_t>& buf, size_t loose = 0) {
+uint32_t kth_largest(const uint32_t* v, size_t m, size_t k, std::vector<uint32_t>& buf) {
     const uint32_t* cur = v;
     uint32_t prefix = 0;
     int shift = 24;
@@ -192,7 +188,7 @@ uint32_t kth_largest(const uint32_t* v, size_t m, size_t k, std::vector<uint32_t
         }
         const uint32_t above = shift == 24 ? 0u : ~0u << (shift + 8);  // bytes above: shared
         prefix = (all_and & above) | (b << shift);
-        if (shift == 0 || c <= loose) return prefix;
+        if (shift == 0) return prefix;
         // Keep the values of bucket b (in place once cur is buf: writes trail reads;
         // the branch-free copy writes one slot past the last kept value).
         if (cur != buf.data() && buf.size() < c + 1) buf.resize(c + 1);
@@ -372,15 +368,14 @@ size_t floor_block(size_t n, size_t k) {
     return n / bl < 2 * k || bl < 2 ? 0 : bl;
 }
 
-// The floor from the nb block maxima (uint32 bits of floats >= 0).
-float floor_of_maxima(const uint32_t* bits, size_t nb, size_t k, std::vector<uint32_t>& sel) {
-    const uint32_t th = kth_largest(bits, nb, k, sel, k / 8 + 4);
-    float f;
-    std::memcpy(&f, &th, 4);
-    return f;
+// The floor from the nb >= k block maxima (uint32 bits of floats >= 0): a value at
+// or below their k-th largest, by bisection (Kernels::lower_kth: vector counting
+// passes, cheaper than a radix select over a few hundred or thousand maxima).
+float floor_of_maxima(const uint32_t* bits, size_t nb, size_t k) {
+    return kernels().lower_kth(reinterpret_cast<const float*>(bits), nb, k);
 }
 
-float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp, std::vector<uint32_t>& sel) {
+float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
     const size_t bl = floor_block(n, k);
     if (bl == 0) return 0.f;
     const size_t nb = n / bl;
@@ -398,7 +393,7 @@ float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp, std
             bits[b] = uint32_t(m);
         }
     }
-    return floor_of_maxima(bits, nb, k, sel);
+    return floor_of_maxima(bits, nb, k);
 }
 
 void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
@@ -626,7 +621,7 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         const size_t len = (c1 - c0) * BS;
                         for (size_t b = c0; b < c1; ++b)
                             if (S.done[b]) std::memset(acc + b * BS, 0, sizeof(float) * BS);
-                        if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals, top.sel));
+                        if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals));
                         const size_t c = take(x, len, top.tau);  // also clears the range
                         top.offer_taken(S.idx.data(), S.val.data(), c, uint32_t(c0 * BS), len);
                     }
@@ -635,8 +630,8 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // The waiting dense terms add at most U to any score.  With F a lower
                         // bound of the k-th best score so far, a document below F - U (with
                         // margins for float rounding) cannot reach the top k.
-                        const float f = early_max ? floor_of_maxima(fbits, fnb, k, top.sel)
-                                                  : kth_floor(acc, NB * BS, k, S.vals, top.sel);
+                        const float f = early_max ? floor_of_maxima(fbits, fnb, k)
+                                                  : kth_floor(acc, NB * BS, k, S.vals);
                         double U = 0;
                         for (size_t a = n_full; a < n; ++a) U += double(qt.ub[a]);
                         auto below = [&](float fl) {  // documents with x < this cannot reach fl
@@ -688,8 +683,8 @@ void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const
                         // vectorised filter range by range.
                         // (The maxima taken per range are current unless dense terms were
                         // added everywhere just above.)
-                        top.raise_floor(early_max && n_full == n ? floor_of_maxima(fbits, fnb, k, top.sel)
-                                                                 : kth_floor(acc, NB * BS, k, S.vals, top.sel));
+                        top.raise_floor(early_max && n_full == n ? floor_of_maxima(fbits, fnb, k)
+                                                                 : kth_floor(acc, NB * BS, k, S.vals));
                         for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
                             const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
                             const size_t c = take(acc + c0, len, top.tau);

@@ -352,7 +352,7 @@ struct SPanel {
     size_t prune(const Screen& S, size_t i, size_t m) {
         float* ub = ubs.data() + i * S.cap;
         uint32_t* rb = rows.data() + i * S.cap;
-        thr[i] = std::max(thr[i], round_down((double)S.B.lower_kth(ub, m, S.k) - 2.0 * emax[i]));
+        thr[i] = std::max(thr[i], round_down((double)S.K.lower_kth(ub, m, S.k) - 2.0 * emax[i]));
         size_t w = 0;
         const float t = thr[i];
         for (size_t u = 0; u < m; ++u) {  // branch-free: most entries go
@@ -386,7 +386,7 @@ struct SPanel {
             if (first && nbk >= S.k + size_t(ee - eb)) {
                 // A starting threshold from the first block: at least k + m of its rows
                 // have ub >= t0 (m = the query's exclusions), so at least k non-excluded ones do.
-                thr[i] = round_down((double)S.B.lower_kth(s, nbk, S.k + size_t(ee - eb)) - 2.0 * emax[i]);
+                thr[i] = round_down((double)S.K.lower_kth(s, nbk, S.k + size_t(ee - eb)) - 2.0 * emax[i]);
             }
             const size_t c = S.K.filter_ge(s, nbk, thr[i], surv.data());
             float* ub = ubs.data() + i * S.cap;

@@ -161,7 +161,8 @@ void axpy(float* y, const float* x, size_t n, float w) {
 
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, scalar::block_max, "avx2"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, scalar::block_max, "avx2", nullptr, nullptr, nullptr,
+                       scalar::lower_kth};
 
 }  // namespace avx2
 }  // namespace hn

@@ -331,8 +331,40 @@ size_t filter_take(float* x, size_t n, float tau, uint32_t* idx, float* val) {
     return c;
 }
 
+// Kernels::lower_kth: bisection on [min, max], 12 counting passes of 16 lanes.
+float lower_kth(const float* v, size_t n, size_t r) {
+    __m512 lo16 = _mm512_set1_ps(v[0]), hi16 = lo16;
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 x = _mm512_loadu_ps(v + j);
+        lo16 = _mm512_min_ps(lo16, x);
+        hi16 = _mm512_max_ps(hi16, x);
+    }
+    float lo = _mm512_reduce_min_ps(lo16), hi = _mm512_reduce_max_ps(hi16);
+    for (size_t t = j; t < n; ++t) {
+        lo = v[t] < lo ? v[t] : lo;
+        hi = v[t] > hi ? v[t] : hi;
+    }
+    auto count_ge = [&](float th) {
+        const __m512 t16 = _mm512_set1_ps(th);
+        size_t c = 0, i = 0;
+        for (; i + 16 <= n; i += 16)
+            c += (size_t)__builtin_popcount(_mm512_cmp_ps_mask(_mm512_loadu_ps(v + i), t16, _CMP_GE_OQ));
+        for (; i < n; ++i) c += v[i] >= th;
+        return c;
+    };
+    if (count_ge(hi) >= r) return hi;
+    for (int it = 0; it < 12; ++it) {  // invariant: at least r values >= lo
+        const float mid = lo + (hi - lo) * 0.5f;
+        if (!(mid > lo && mid < hi)) break;
+        if (count_ge(mid) >= r) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs, sort_desc_small,
-                       filter_take};
+                       filter_take, lower_kth};
 
 }  // namespace avx512
 }  // namespace hn

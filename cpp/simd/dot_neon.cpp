@@ -147,7 +147,8 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
 
 }  // namespace
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, scalar::axpy, scalar::block_max, "neon"};
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, scalar::axpy, scalar::block_max, "neon", nullptr, nullptr,
+                       nullptr, scalar::lower_kth};
 
 }  // namespace neon
 }  // namespace hn

@@ -111,7 +111,29 @@ void block_max(const float* x, size_t nb, size_t bl, uint32_t* out) {
     }
 }
 
-const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "scalar"};
+float lower_kth(const float* v, size_t n, size_t r) {
+    float lo = v[0], hi = v[0];
+    for (size_t i = 1; i < n; ++i) {
+        lo = v[i] < lo ? v[i] : lo;
+        hi = v[i] > hi ? v[i] : hi;
+    }
+    auto count_ge = [&](float th) {
+        size_t c = 0;
+        for (size_t i = 0; i < n; ++i) c += v[i] >= th;
+        return c;
+    };
+    if (count_ge(hi) >= r) return hi;
+    for (int it = 0; it < 12; ++it) {  // invariant: at least r values >= lo
+        const float mid = lo + (hi - lo) * 0.5f;
+        if (!(mid > lo && mid < hi)) break;
+        if (count_ge(mid) >= r) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "scalar", nullptr, nullptr, nullptr,
+                       lower_kth};
 
 }  // namespace scalar
 }  // namespace hn

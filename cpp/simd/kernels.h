@@ -49,6 +49,11 @@ struct Kernels {
     // x[0 .. n) to 0 in the same pass; idx and val must hold n entries.  Null in
     // tables without one (callers then filter, copy and clear separately).
     size_t (*filter_take)(float* x, size_t n, float tau, uint32_t* idx, float* val) = nullptr;
+    // A value x such that at least r of v[0 .. n) are >= x (n >= r >= 1, v finite),
+    // at most (max - min) / 4096 below the r-th largest: bisection on [min, max]
+    // with a counting pass per step.  Thresholds that must not exceed a k-th
+    // largest (the screen's, BM25's floor) without selecting it exactly.
+    float (*lower_kth)(const float* v, size_t n, size_t r) = nullptr;
 };
 
 namespace scalar {
@@ -56,6 +61,7 @@ extern const Kernels table;
 // The plain loops, also used by tables without a faster version (baseline flags).
 void axpy(float* y, const float* x, size_t n, float w);
 void block_max(const float* x, size_t nb, size_t bl, uint32_t* out);
+float lower_kth(const float* v, size_t n, size_t r);
 }  // namespace scalar
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx2 { extern const Kernels table; }
@@ -120,9 +126,6 @@ struct ScreenKernels {
     // corpus, R its rows' data (ceil(nx / 16) * 16 entries each, zero for padding).
     void (*dot_tile)(const ScreenQueries& Q, size_t nq, const uint32_t* X, size_t nx, size_t dp,
                      const ScreenRows& R, float* S, size_t lds);
-    // A value x such that at least r of v[0 .. n) are >= x (n >= r >= 1, v finite),
-    // at most (max - min) / 4096 below the r-th largest: the screen's thresholds.
-    float (*lower_kth)(const float* v, size_t n, size_t r);
 };
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx512bf16 { extern const ScreenKernels table; }

@@ -75,7 +75,7 @@ void block(const uint32_t* Q, size_t lanes, const ScreenQueries& q, const uint32
 
 }  // namespace
 
-const ScreenKernels table = {ScreenType::Bf16, "bf16", 32, kElemBytes, quantize_rows, pack_rows, dot_tile, lower_kth};
+const ScreenKernels table = {ScreenType::Bf16, "bf16", 32, kElemBytes, quantize_rows, pack_rows, dot_tile};
 
 }  // namespace avx512bf16
 }  // namespace hn

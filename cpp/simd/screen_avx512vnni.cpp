@@ -109,7 +109,7 @@ void block(const uint32_t* Q, size_t lanes, const ScreenQueries& q, const uint32
 
 }  // namespace
 
-const ScreenKernels table = {ScreenType::Int8, "int8", 64, kElemBytes, quantize_rows, pack_rows, dot_tile, lower_kth};
+const ScreenKernels table = {ScreenType::Int8, "int8", 64, kElemBytes, quantize_rows, pack_rows, dot_tile};
 
 }  // namespace avx512vnni
 }  // namespace hn

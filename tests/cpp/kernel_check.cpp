@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
 #include <vector>
@@ -142,6 +143,23 @@ int main() {
             scalar::table.axpy(y2.data(), x.data(), n, 1.3f);
             if (std::memcmp(y1.data(), y2.data(), n * 4) != 0) {
                 if (failures++ < 10) std::printf("%s axpy n=%zu\n", K.name, n);
+            }
+        }
+        // lower_kth: at least r values at or above it, within (max - min) / 4096 of the r-th largest
+        for (size_t n : {1, 5, 16, 17, 100, 1000}) {
+            std::vector<float> v(n);
+            for (auto& x : v) x = U(gen) * 10.f;
+            if (n > 20) v[7] = v[8] = v[9];  // ties
+            std::vector<float> sorted(v);
+            std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+            const float span = sorted.front() - sorted.back();
+            for (size_t r : {size_t(1), (n + 1) / 2, n}) {
+                const float x = K.lower_kth(v.data(), n, r);
+                size_t c = 0;
+                for (float y : v) c += y >= x;
+                if (c < r || x > sorted[r - 1] || double(sorted[r - 1]) - x > span / 4096.0 * 1.001 + 1e-30) {
+                    if (failures++ < 10) std::printf("%s lower_kth n=%zu r=%zu: %g vs %g\n", K.name, n, r, x, sorted[r - 1]);
+                }
             }
         }
         // the screen's kernels: scores against the exact products of their codes, the
