@@ -104,7 +104,12 @@ def _make_stemmer(stemmer: Optional[str]):
     langs = Stemmer.algorithms()
     if stemmer not in langs:
         raise ValueError(f"stemmer must be one of PyStemmer's languages {sorted(langs)} or None, got {stemmer!r}")
-    return Stemmer.Stemmer(stemmer)
+    st = Stemmer.Stemmer(stemmer)
+    # Each distinct word is stemmed once (the word cache keeps the result), so PyStemmer's own
+    # cache would only be filled and evicted: with it, stemming SciFact's 35,899 words took 38 ms,
+    # without it 10 ms.
+    st.maxCacheSize = 0
+    return st
 
 
 def _as_list(texts: Any, name: str) -> list:
