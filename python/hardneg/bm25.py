@@ -231,12 +231,16 @@ class BM25:
         """Puts surface words in the word cache: stopword, stem, term id."""
         if not words:
             return
-        terms: List[Optional[str]] = [None if w in self._stop_set else w for w in words]
-        if self._stemmer is not None:
-            keep = [i for i, t in enumerate(terms) if t is not None]
-            stems = self._stemmer.stemWords([terms[i] for i in keep])
-            for i, s in zip(keep, stems):
-                terms[i] = s if s else None
+        stop = self._stop_set
+        terms: List[Optional[str]]
+        if self._stemmer is not None:  # (stopwords are stemmed too and then dropped: one pass)
+            stems = self._stemmer.stemWords(words)
+            if stop:
+                terms = [None if w in stop or not s else s for w, s in zip(words, stems)]
+            else:
+                terms = [s if s else None for s in stems]
+        else:
+            terms = [None if w in stop else w for w in words] if stop else list(words)
         self._core.learn_words(words, terms, create)
 
     def _ids(self, texts: list, create: bool, name: str, num_threads: int) -> Tuple[np.ndarray, np.ndarray]:
