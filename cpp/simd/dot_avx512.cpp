@@ -8,6 +8,8 @@ namespace hn {
 namespace avx512 {
 namespace {
 
+#include "simd/bisect_kth.inl"
+
 // Load 16 corpus elements starting at element `off`, widened to fp32.
 template <DType T>
 inline __m512 load16(const void* X, size_t off) {
@@ -345,22 +347,14 @@ float lower_kth(const float* v, size_t n, size_t r) {
         lo = v[t] < lo ? v[t] : lo;
         hi = v[t] > hi ? v[t] : hi;
     }
-    auto count_ge = [&](float th) {
+    return bisect_kth(lo, hi, r, [&](float th) {
         const __m512 t16 = _mm512_set1_ps(th);
         size_t c = 0, i = 0;
         for (; i + 16 <= n; i += 16)
             c += (size_t)__builtin_popcount(_mm512_cmp_ps_mask(_mm512_loadu_ps(v + i), t16, _CMP_GE_OQ));
         for (; i < n; ++i) c += v[i] >= th;
         return c;
-    };
-    if (count_ge(hi) >= r) return hi;
-    for (int it = 0; it < 12; ++it) {  // invariant: at least r values >= lo
-        const float mid = lo + (hi - lo) * 0.5f;
-        if (!(mid > lo && mid < hi)) break;
-        if (count_ge(mid) >= r) lo = mid;
-        else hi = mid;
-    }
-    return lo;
+    });
 }
 
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs, sort_desc_small,

@@ -7,6 +7,8 @@ namespace hn {
 namespace scalar {
 namespace {
 
+#include "simd/bisect_kth.inl"
+
 inline float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 
 // IEEE half -> float, exact for every input (subnormals, inf, nan included).
@@ -117,19 +119,11 @@ float lower_kth(const float* v, size_t n, size_t r) {
         lo = v[i] < lo ? v[i] : lo;
         hi = v[i] > hi ? v[i] : hi;
     }
-    auto count_ge = [&](float th) {
+    return bisect_kth(lo, hi, r, [&](float th) {
         size_t c = 0;
         for (size_t i = 0; i < n; ++i) c += v[i] >= th;
         return c;
-    };
-    if (count_ge(hi) >= r) return hi;
-    for (int it = 0; it < 12; ++it) {  // invariant: at least r values >= lo
-        const float mid = lo + (hi - lo) * 0.5f;
-        if (!(mid > lo && mid < hi)) break;
-        if (count_ge(mid) >= r) lo = mid;
-        else hi = mid;
-    }
-    return lo;
+    });
 }
 
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "scalar", nullptr, nullptr, nullptr,
