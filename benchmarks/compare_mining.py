@@ -18,6 +18,12 @@ How the comparison is made (same run, same process, same threads):
   sentence-transformers returns (same documents, same order).
 * "search only": hardneg's kernel with exclusion vs the search block inside
   sentence-transformers (``model.similarity`` in chunks + ``torch.topk(k=range_max + P)``).
+* Each timed run starts after a 20 ms pause, whichever side it is.  Without it, a run that
+  follows the peer's starts while torch's OpenMP workers are still spinning (they keep a core
+  busy for a few ms after each op): on this 2-core machine hardneg's 2 threads then share a core
+  with them and its time grows by 30-100%, which measures the order of the runs, not either
+  library.  (Longer pauses, 50 ms and up, let this VM park the idle core, and the next run
+  starts slow again.)
 
 Run:  python benchmarks/compare_mining.py [--data ../shared/data/scifact] [--repeat 5]
 """
@@ -51,6 +57,9 @@ def median_time(fn, repeat):
     return float(np.median(ts)), ts
 
 
+PAUSE = 0.02  # seconds of quiet before each timed run (see the module docstring)
+
+
 def interleaved(fns, repeat):
     """Median time of each function, running them in turn (A B C A B C ...) after a warm-up."""
     for f in fns:
@@ -58,6 +67,7 @@ def interleaved(fns, repeat):
     ts = [[] for _ in fns]
     for _ in range(repeat):
         for i, f in enumerate(fns):
+            time.sleep(PAUSE)
             t = time.perf_counter()
             f()
             ts[i].append(time.perf_counter() - t)

@@ -7,12 +7,13 @@
 //    (times 1/||c|| for cosine): bf16 codes with vdpbf16ps (two exact products
 //    per fp32 lane and instruction), or int8 codes with vpdpbusd (four exact
 //    products per int32 lane, summed exactly), on AVX-512 BF16 / VNNI CPUs.
-// 2. A bound E (per query, valid for every corpus row) on |k - k~|, where k is
-//    the key the plain fp32 path computes, is derived below.  Per query, t = the
-//    k-th largest k~ among the non-excluded rows; at least k rows then have
-//    k >= t - E, so a row can only be in the top k if k~ >= t - 2E.  The
+// 2. A bound E on |k - k~|, where k is the key the plain fp32 path computes, is
+//    derived below, per query and row (E <= Emax, the same with corpus maxima).
+//    The kernel writes ub = k~ + E >= k.  Per query, t = the k-th largest ub among
+//    the non-excluded rows; at least k rows then have k >= t - 2 Emax, so a row
+//    can only be in the top k if its ub >= t - 2 Emax (see SPanel).  The
 //    selection keeps those rows (a running lower bound of t, found by bisection
-//    when a buffer fills; a lower t only keeps more rows).
+//    when a buffer prunes; a lower t only keeps more rows).
 // 3. The survivors are rescored by Kernels::dot_pairs, the fp32 kernel's own
 //    arithmetic (same FMA chain and sums as dot_tile: bit-identical keys), and
 //    the top k taken with the usual rules (ties by ascending id, padding).
@@ -38,8 +39,8 @@
 //     per key before scaling; covered by 2^-90 (1 + ||q||)(1 + max xn||c|| + max xn).
 //     (int8: scales are >= 2^-60, so no product of them underflows.)
 // With R_c = max xn||c||, R_d = max xn||dc||, R_t = max xn||c~|| over the corpus
-// (xn = 1 for IP):
-//   E = ||dq|| R_c + ||q~|| R_d + gA ||q~|| R_t + gB ||q|| R_c
+// (xn = 1 for IP; a row's own xn||c||, xn||dc|| in place of R_c, R_d give its E):
+//   Emax = ||dq|| R_c + ||q~|| R_d + gA ||q~|| R_t + gB ||q|| R_c
 //       + 2u (||q|| R_c + ||q~|| R_t) (1 + gA + gB) + underflow,
 // evaluated in double from fp32-accumulated squared norms, each norm inflated
 // by (1 + 2^-7 + (d + 64) 2^-22) (covers the fp32 accumulation of the norms),
@@ -91,7 +92,7 @@ std::atomic<int>& mode_ref() {
 }
 std::atomic<uint64_t> g_screened{0}, g_fallbacks{0};
 
-// Which codes: 0 = the best this CPU has (int8, then bf16), else a ScreenType.
+// Which codes: 0 = auto (pick_kernels), else a ScreenType.
 int initial_type() {
     const char* env = std::getenv("HARDNEG_SCREEN_TYPE");
     if (env && std::strcmp(env, "bf16") == 0) return int(ScreenType::Bf16);
@@ -107,7 +108,7 @@ std::atomic<int>& type_ref() {
 // Auto: int8 halves the screening pass, but its bound is about 5x bf16's, so about
 // k more rows per query are rescored in fp32; it pays when the pass dominates.
 // Measured (SciFact, 5,183 x 384, 809 queries, 1-2 threads): int8 / bf16 time 0.64 at
-// k = 1, 0.8 at k = 10, 0.86 at k = 20, 0.96 at k = 42, 1.07 at k = 64, 1.25 at k = 105.
+// k = 1, 0.82 at k = 10, 0.86 at k = 20, 0.96 at k = 42, 1.07 at k = 64, 1.25 at k = 105.
 // The pass grows with n and the extra rescoring with k: int8 when 128 k <= n.
 const ScreenKernels* pick_kernels(size_t d, size_t k, size_t n) {
     const int t = type_ref().load();
