@@ -18,12 +18,12 @@ How the comparison is made (same run, same process, same threads):
   sentence-transformers returns (same documents, same order).
 * "search only": hardneg's kernel with exclusion vs the search block inside
   sentence-transformers (``model.similarity`` in chunks + ``torch.topk(k=range_max + P)``).
-* Each timed run starts after a 20 ms pause, whichever side it is.  Without it, a run that
-  follows the peer's starts while torch's OpenMP workers are still spinning (they keep a core
-  busy for a few ms after each op): on this 2-core machine hardneg's 2 threads then share a core
-  with them and its time grows by 30-100%, which measures the order of the runs, not either
-  library.  (Longer pauses, 50 ms and up, let this VM park the idle core, and the next run
-  starts slow again.)
+* Each timed run starts after a 20 ms pause (the main thread busy-waits), whichever side it is.
+  Without it, a run that follows the peer's starts while torch's OpenMP workers are still
+  spinning (they keep a core busy for a few ms after each op): on this 2-core machine hardneg's
+  2 threads then share a core with them, and the search-only row measured 13.5 ms instead of
+  9.7 ms, which measures the order of the runs, not either library.  (A sleeping pause lets this
+  VM park the idle cores, and the next run may start slow instead.)
 
 Run:  python benchmarks/compare_mining.py [--data ../shared/data/scifact] [--repeat 5]
 """
@@ -67,7 +67,9 @@ def interleaved(fns, repeat):
     ts = [[] for _ in fns]
     for _ in range(repeat):
         for i, f in enumerate(fns):
-            time.sleep(PAUSE)
+            pause = time.perf_counter()
+            while time.perf_counter() - pause < PAUSE:  # busy: see the module docstring
+                pass
             t = time.perf_counter()
             f()
             ts[i].append(time.perf_counter() - t)

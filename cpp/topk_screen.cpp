@@ -244,6 +244,7 @@ struct Reuse {
     std::vector<std::unique_ptr<SPanel>> panels;
     // the coded corpus in x / xs / xsum / xn is reusable by a call with this (non-zero) token and key
     uint64_t token = 0;
+    ScreenType type = ScreenType::Bf16;  // the codes of that copy
     std::vector<double> key;
     double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
     void trim();
@@ -514,10 +515,16 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const int mode = screen_mode();
     size_t total = 0;
     for (const Segment& s : segments) total += s.rows;
-    const ScreenKernels* B = pick_kernels(d, k, total);
-    if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_pairs) return false;
     // Buffers kept by the calling thread between searches (up to kKeepBytes).
     thread_local Reuse keep;
+    const ScreenKernels* B = pick_kernels(d, k, total);
+    if (B && reuse_token != 0 && keep.token == reuse_token && type_ref().load() == 0 && keep.type != B->type) {
+        // auto, and the caller's last search over this corpus kept a copy with the other codes:
+        // reusing it costs less than a new copy (the miner's second, deeper search)
+        if (const ScreenKernels* K2 = screen_kernels(keep.type))
+            if (K2->type != ScreenType::Int8 || d <= kMaxInt8Dim) B = K2;
+    }
+    if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_pairs) return false;
     CodedCorpus C;
     struct GiveBack {  // hands the buffers back on every exit
         Reuse& r;
@@ -543,7 +550,15 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     if (total == 0 || copy_bytes > double(mode == 1 ? kAutoCodeBytes : kMaxCodeBytes)) return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
-    if (mode == 1 && (nq < kMinQueries || total < 4 * k + 256 || double(nq) * double(total) * double(d) < 2e7))
+    // a coded copy kept from the caller's last search (same token, same corpus) costs nothing:
+    // then even a few queries are cheaper screened
+    const std::vector<double> key = corpus_key(segments, d, metric, B->type);
+    const bool reuse = reuse_token != 0 && keep.token == reuse_token && keep.key == key &&
+                       C.x.size() >= C.pstart.back() * C.lanes() && C.xs.size() >= C.pstart.back() &&
+                       C.xsum.size() >= C.pstart.back() && C.rho.size() >= C.pstart.back() &&
+                       C.del.size() >= C.pstart.back() && (metric != Metric::Cosine || C.xn.size() >= C.pstart.back());
+    if (mode == 1 && (total < 4 * k + 256 ||
+                      (!reuse && (nq < kMinQueries || double(nq) * double(total) * double(d) < 2e7))))
         return false;
 
     // panels: equal sizes, a multiple of the thread count; blocks: the score tile stays near 256 KiB
@@ -559,11 +574,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
 
     g_screened.fetch_add(1);
     const Kernels& K = kernels();
-    std::vector<double> key = corpus_key(segments, d, metric, B->type);
-    if (reuse_token != 0 && keep.token == reuse_token && keep.key == key &&
-        C.x.size() >= C.pstart.back() * C.lanes() && C.xs.size() >= C.pstart.back() &&
-        C.xsum.size() >= C.pstart.back() && C.rho.size() >= C.pstart.back() && C.del.size() >= C.pstart.back() &&
-        (metric != Metric::Cosine || C.xn.size() >= C.pstart.back())) {
+    if (reuse) {
         C.r_c = keep.r_c, C.r_d = keep.r_d, C.r_t = keep.r_t, C.r_xn = keep.r_xn;  // the copy made last call
         C.rho_max = round_up(C.r_c), C.del_max = round_up(C.r_d);
     } else {
@@ -574,7 +585,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
             return false;
         }
         keep.token = reuse_token;
-        keep.key.swap(key);
+        keep.type = B->type;
+        keep.key = key;
         keep.r_c = C.r_c, keep.r_d = C.r_d, keep.r_t = C.r_t, keep.r_xn = C.r_xn;
     }
     // buffer per query; a buffer that cannot fill (k near the corpus size) never prunes early.

@@ -615,6 +615,36 @@ def test_screen_mode_setting():
         _core.set_screen_mode(start)
 
 
+@pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
+def test_screen_reuse_keeps_codes_and_screens_few_queries(rng):
+    # auto mode, one token: a shallow search (int8 where the CPU has it), then a deep one over a
+    # few of the queries (bf16 alone, and too few to screen without a kept copy); the second
+    # reuses the first one's copy and codes, is screened, and equals the plain search
+    from hardneg.topk import _topk_kernel
+
+    X = unit_rows(rng.standard_normal((5000, 64)))
+    Q = unit_rows(rng.standard_normal((200, 64)))
+    start_mode, start_type = _core.screen_mode(), _core.screen_type()
+    try:
+        _core.set_screen_type("auto")
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q[:20], X, k=105, metric="ip")
+        _core.set_screen_mode(1)
+        _topk_kernel(Q, X, 30, "ip", None, None, 777)
+        before = _core.screen_counts()
+        got = _topk_kernel(Q[:20], X, 105, "ip", None, None, 777)
+        after = _core.screen_counts()
+        assert after[0] - before[0] == 1 and after[1] == before[1]
+        before = _core.screen_counts()
+        _topk_kernel(Q[:20], X, 105, "ip", None, None, 0)  # no kept copy: 20 queries search plain
+        assert _core.screen_counts()[0] == before[0]
+    finally:
+        _core.set_screen_mode(start_mode)
+        _core.set_screen_type(start_type)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+
+
 def test_screen_type_setting():
     start = _core.screen_type()
     try:
