@@ -405,6 +405,7 @@ def test_info():
     assert info["version"] == hn.__version__
     assert info["simd_level"] in ("avx512", "avx2", "neon", "scalar")
     assert info["num_threads"] >= 1
+    assert set(info["screen_codes"]) <= {"int8", "bf16"}
 
 
 def test_signed_zero_scores_tie_by_id():

@@ -25,6 +25,9 @@ def info() -> Dict[str, object]:
         "version": __version__,
         "simd_level": _core.simd_level(),
         "simd_levels_available": list(_core.available_simd_levels()),
+        # codes of the exact search's low-precision screen this CPU runs ("int8": AVX-512 VNNI,
+        # "bf16": AVX-512 BF16; docs/topk.md), best first
+        "screen_codes": list(_core.screen_types()),
         "num_threads": get_num_threads(),
         "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL},
     }
