@@ -242,7 +242,7 @@ struct Reuse {
     std::vector<float> xs, xn, rho, del;
     std::vector<int32_t> xsum;
     std::vector<std::unique_ptr<SPanel>> panels;
-    // the coded corpus in x / xs / xsum / xn is reusable by a call with this (non-zero) token and key
+    // the coded corpus (x, xs, xsum, xn, rho, del) is reusable by a call with this (non-zero) token and key
     uint64_t token = 0;
     ScreenType type = ScreenType::Bf16;  // the codes of that copy
     std::vector<double> key;
@@ -325,7 +325,7 @@ struct SPanel {
         const double hA = S.B.type == ScreenType::Int8 ? 3.0 : double(S.C.dp) + 5, hB = std::ceil(d / 16) + 5;
         const double gA = hA * u / (1 - hA * u), gB = hB * u / (1 - hB * u);
         const double infl = 1.0 + std::ldexp(1.0, -7) + (d + 64) * std::ldexp(1.0, -22);
-        const double slack = 1 + std::ldexp(1.0, -10);  // the total, and the float arithmetic of E, ub, lb
+        const double slack = 1 + std::ldexp(1.0, -10);  // the total, and the float arithmetic of E and ub
         const CodedCorpus& C = S.C;
         for (size_t i = 0; i < P; ++i) {
             float* qi = q.data() + i * S.d;
@@ -339,7 +339,7 @@ struct SPanel {
             // E = a rho + b del + e0: rho, del the row's; the small terms with corpus maxima
             const double a = dq + gB * nq + 2 * u * nq * (1 + gA + gB);
             const double b = tq;
-            const double mag = 2 * (tq * C.r_t + nq * C.r_c + tq * C.r_d);  // >= |k~|, |ub|, |lb|
+            const double mag = 2 * (tq * C.r_t + nq * C.r_c + tq * C.r_d);  // >= |k~|, |ub| (ub's rounding: 4 u mag)
             const double e0 = gA * tq * C.r_t + 2 * u * tq * C.r_t * (1 + gA + gB) +
                               std::ldexp(1.0, -90) * (1 + nq) * (1 + C.r_c + C.r_xn) + 4 * u * mag;
             qa[i] = round_up(a * slack), qb[i] = round_up(b * slack), qe[i] = round_up(e0 * slack);
