@@ -63,17 +63,20 @@ const Kernels& kernels() { return *current().load(std::memory_order_relaxed); }
 const ScreenKernels* screen_kernels(ScreenType type) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (&kernels() != &avx512::table) return nullptr;
-    __builtin_cpu_init();
-    const bool base = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-#if !defined(HN_NO_AVX512BF16)
+    // what the CPU runs, asked once (in this order: base initialises the CPU model)
+    static const bool base = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    }();
     static const bool bf16 = base && __builtin_cpu_supports("avx512bf16");
+    static const bool vnni = base && __builtin_cpu_supports("avx512vnni");
+#if !defined(HN_NO_AVX512BF16)
     if (type == ScreenType::Bf16 && bf16) return &avx512bf16::table;
 #endif
 #if !defined(HN_NO_AVX512VNNI)
-    static const bool vnni = base && __builtin_cpu_supports("avx512vnni");
     if (type == ScreenType::Int8 && vnni) return &avx512vnni::table;
 #endif
-    (void)base;
+    (void)bf16, (void)vnni;
 #endif
     (void)type;
     return nullptr;
