@@ -40,9 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "tests"))  # st_reference: the test oracle
+
 import hardneg as hn
 from hardneg import datasets as hd
-from hardneg._st_reference import st_mine
+from st_reference import st_mine  # tests/st_reference.py
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 

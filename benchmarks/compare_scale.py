@@ -1,4 +1,4 @@
-"""Scale-out benchmarks (issue 7), side by side in one run; prints markdown tables.
+"""Scale-out benchmarks, side by side in one run; prints markdown tables.
 
     python benchmarks/compare_scale.py ooc   --gib 2 --queries 1000 --dim 768 --k 100
     python benchmarks/compare_scale.py dist  --rows 200000 --queries 1000 --world 2
@@ -8,7 +8,7 @@
 ooc:   a generated float32 .npy corpus of --gib GiB searched (a) in memory (np.load, hn.topk),
        (b) streamed with DenseIndex.from_npy (warm page cache), (c) streamed after evicting the
        file from the page cache (posix_fadvise DONTNEED: cold disk reads).  Peak extra resident
-       memory of each run is measured in a fresh subprocess (VmHWM).  --gib 16 is the issue's
+       memory of each run is measured in a fresh subprocess (VmHWM).  --gib 16 is the target's
        target (needs 16 GiB of disk; the in-memory baseline is skipped when it does not fit RAM).
 dist:  --world gloo processes on this machine, each holding an uneven row shard; time of the
        local search, the all_gather and the merge (share of the total) vs one process.

@@ -1,4 +1,4 @@
-"""BM25 at scale: a generated Zipf corpus of 2,000,000 documents (issue #3's scale check).
+"""BM25 at scale: a generated Zipf corpus of 2,000,000 documents (the scale check).
 
 Indexes the corpus from raw text, searches top-100 / top-1000, saves the index and
 loads it back memory-mapped, printing times, the index size and the process's peak

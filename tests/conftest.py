@@ -1,12 +1,7 @@
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-# ../shared beside the repository (CI lays it there); absent in a user's fresh clone.
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SCIFACT = SHARED / "data" / "scifact"
+from paths import SCIFACT, SHARED  # noqa: F401  (re-exported for the test modules)
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import pytest
 import hardneg as hn
 from hardneg.bm25 import STOPWORDS_EN, tokenize
 
-SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
-if os.environ.get("HARDNEG_SCIFACT"):  # a local copy elsewhere
-    SCIFACT = Path(os.environ["HARDNEG_SCIFACT"])
+from paths import SCIFACT
 METHODS = ["robertson", "lucene", "atire", "bm25l", "bm25+"]
 WORD_RE = re.compile(r"(?u)\b\w\w+\b")
 

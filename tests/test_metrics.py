@@ -12,7 +12,7 @@ import hardneg as hn
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
-SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+from paths import SCIFACT
 
 # our name -> pytrec_eval measure
 PAIRS = {

@@ -15,9 +15,7 @@ import hardneg as hn
 from hardneg import datasets as hd
 from hardneg.mining import _fuse_rrf, load_negatives, mine_hard_negatives
 
-SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
-if not SCIFACT.is_dir() and os.environ.get("HARDNEG_SCIFACT"):  # a checkout elsewhere
-    SCIFACT = Path(os.environ["HARDNEG_SCIFACT"])
+from paths import SCIFACT
 
 
 def _have(mod: str) -> bool:
@@ -123,7 +121,7 @@ CONFIGS = [
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_top_equals_sentence_transformers_exact(cfg, tmp_path):
     """sampling="top" gives sentence-transformers' negatives, on embeddings where every score is exact."""
-    from hardneg._st_reference import st_mine
+    from st_reference import st_mine
 
     Q, C, S, pos = make_exact()
     ds = make_ds(Q.shape[0], C.shape[0], pos)
@@ -139,7 +137,7 @@ def test_top_equals_sentence_transformers_exact(cfg, tmp_path):
 def test_top_equals_sentence_transformers_cosine(tmp_path):
     """Real-valued embeddings with cosine similarity (rounding may differ in the last bit: allow
     a swap only between candidates whose scores agree to 1e-5)."""
-    from hardneg._st_reference import st_mine
+    from st_reference import st_mine
 
     rng = np.random.default_rng(3)
     n, nq, d = 400, 60, 24
@@ -170,7 +168,7 @@ def test_top_equals_sentence_transformers_cosine(tmp_path):
 @needs_st
 @pytest.mark.skipif(not SCIFACT.is_dir(), reason="SciFact not available")
 def test_scifact_equals_sentence_transformers(tmp_path):
-    from hardneg._st_reference import st_mine
+    from st_reference import st_mine
 
     ds = hd.load_beir(SCIFACT, "train")
     C = np.load(SCIFACT / "embeddings" / "minilm-corpus.npy", mmap_mode="r")

@@ -1,4 +1,4 @@
-"""The ``hardneg`` command: ``mine``, ``eval``, ``bench`` and ``info``.
+"""The ``hardneg`` command: ``mine``, ``eval`` and ``info``.
 
 Errors (bad arguments, missing files, bad data) print one line
 ``hardneg: error: ...`` to stderr and exit with status 2, never a traceback.
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="hardneg", description="Hard-negative mining for dense retrievers.")
     p.add_argument("--version", action="version", version=f"hardneg {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{mine,eval,bench,info}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{mine,eval,info}", parser_class=_Parser)
 
     m = sub.add_parser("mine", help="mine hard negatives for a BEIR dataset and write a training file",
                        description="Mine hard negatives (sentence-transformers' selection rule). Without --dataset "
@@ -104,11 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-run", help="write the retrieved run as a TREC file")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("-q", "--quiet", action="store_true")
-
-    b = sub.add_parser("bench", help="quick benchmark tables: hardneg against the installed peers")
-    b.add_argument("--quick", action="store_true", help="small sizes (seconds)")
-    b.add_argument("--only", default=None, help="comma-separated subset of: topk,mining,bm25")
-    b.add_argument("--threads", type=int, default=None)
 
     i = sub.add_parser("info", help="version, SIMD level, threads and optional backends")
     i.add_argument("--json", action="store_true")
@@ -376,17 +371,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from hardneg import _bench
-
-    only = None if args.only is None else {x.strip() for x in args.only.split(",") if x.strip()}
-    bad = (only or set()) - set(_bench.SECTIONS)
-    if bad:
-        raise CLIError(f"--only: unknown section(s) {', '.join(sorted(bad))}; choose from {', '.join(_bench.SECTIONS)}")
-    print(_bench.run(quick=args.quick, only=only, num_threads=args.threads))
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``hardneg`` command; returns the exit status (0 or 2)."""
     try:
@@ -395,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        cmd = {"mine": cmd_mine, "eval": cmd_eval, "bench": cmd_bench, "info": cmd_info}[args.command]
+        cmd = {"mine": cmd_mine, "eval": cmd_eval, "info": cmd_info}[args.command]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=DeprecationWarning)
             try:

@@ -1,4 +1,4 @@
-"""``hardneg bench``: small side-by-side timings against the peers installed here.
+"""Quick side-by-side timings against the peers installed here: ``python benchmarks/quick.py [--quick]``.
 
 Every number is the median of a few runs measured in the same process, so the
 ratios are meaningful even on a busy machine; absolute times are not.  The full
@@ -11,6 +11,11 @@ import time
 from typing import Callable, List, Optional, Set, Tuple
 
 import numpy as np
+
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "tests"))  # st_reference: the test oracle
 
 SECTIONS = ("topk", "mining", "bm25")
 
@@ -91,7 +96,7 @@ def bench_mining(quick: bool, threads: Optional[int]) -> str:
         import io
         import tempfile
 
-        from hardneg._st_reference import st_mine
+        from st_reference import st_mine  # tests/st_reference.py
 
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
             peer = _median_time(lambda: st_mine(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q,
@@ -143,3 +148,22 @@ def run(quick: bool = False, only: Optional[Set[str]] = None, num_threads: Optio
         if only is None or name in only:
             parts.append(fn(quick, num_threads))
     return "\n\n".join(parts)
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    p.add_argument("--only", default=None, help="comma-separated subset of: topk,mining,bm25")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    only = None if args.only is None else {x.strip() for x in args.only.split(",") if x.strip()}
+    bad = (only or set()) - set(SECTIONS)
+    if bad:
+        p.error(f"--only: unknown section(s) {', '.join(sorted(bad))}; choose from {', '.join(SECTIONS)}")
+    print(run(quick=args.quick, only=only, num_threads=args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 Its ``cache_folder`` loads ``query_embeddings_<hash>.npy`` / ``corpus_embeddings_<hash>.npy``
 instead of encoding, so a model stub that only provides ``similarity`` suffices; opaque id
-strings stand in for the texts.  Used by tests/test_mining.py, benchmarks/compare_mining.py and ``hardneg bench``
+strings stand in for the texts.  Used by tests/test_mining.py, benchmarks/compare_mining.py and benchmarks/quick.py
 (needs torch, sentence-transformers and datasets).
 """
 from __future__ import annotations
