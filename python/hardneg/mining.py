@@ -1,12 +1,14 @@
 """Hard-negative mining: from a retrieval dataset to training files with hard negatives.
 
-The selection rule is sentence-transformers' ``util.mine_hard_negatives`` (6.x),
-so users who switch get the same negatives (``sampling="top"``).  For each query:
+The selection rule is sentence-transformers' ``util.mine_hard_negatives`` (6.3, the
+current release; ``st_rule="6.2"`` for the previous one), so users who switch get the
+same negatives (``sampling="top"``).  For each query:
 
-1. take the top ``range_max + P`` of its ranking, P being the largest number of
+1. take the top ``range_max + P + 1`` of its ranking, P being the largest number of
    positives of any query;
-2. drop the query's positives (they are excluded inside the search kernel, so
-   the same candidates come back without wasting slots);
+2. drop the query's positives and the document whose text is the query's (they are
+   excluded inside the search kernel, and the slots they would have taken in that
+   ranking are accounted for);
 3. drop the candidates that fail a score filter, measured against the query's
    lowest-scoring positive (``positive_anchor="min"``):
    ``relative_margin``: kept only if ``score <= pos - |pos| * relative_margin``;
@@ -55,6 +57,7 @@ RETRIEVERS = ("dense", "bm25", "hybrid")
 SAMPLING = ("top", "random", "softmax")
 FORMATS = ("sentence-transformers", "triplet", "flagembedding", "tevatron", "ids")
 POSITIVE_ANCHORS = ("min", "max", "mean")
+ST_RULES = ("6.3", "6.2")  # sentence-transformers releases whose candidate rule can be followed
 METRICS = ("cosine", "ip")
 
 
@@ -418,16 +421,21 @@ class _TextDuplicates:
 
 
 def _exclusions(ds: RetrievalDataset, pos_q: np.ndarray, pos_rows: np.ndarray, exclude_self: bool,
-                exclude_same_text: bool) -> Tuple[np.ndarray, np.ndarray]:
+                exclude_same_text: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-query rows to exclude besides the positives: the query's own document (same id)
     and documents whose text equals the query or one of its positives.
 
     ``pos_q`` / ``pos_rows`` are the positives as flat (query index, corpus row) pairs.  Returns
     the extra exclusions the same way, sorted by query then row, without duplicates and without
-    the query's positives.  Only hash matches reach Python loops.
+    the query's positives; then, as (query index, row) pairs, the first corpus row whose text
+    equals each query's text when it is not one of its positives (sentence-transformers 6.3
+    drops that document but it still takes a candidate slot: see ``_SlotTakers``).  Only hash
+    matches reach Python loops.
     """
     qs: List[np.ndarray] = []
     rs: List[np.ndarray] = []
+    text_q: List[int] = []
+    text_r: List[int] = []
     if exclude_self:
         own = ds._own_rows()
         hit = np.flatnonzero(own >= 0)
@@ -447,6 +455,9 @@ def _exclusions(ds: RetrievalDataset, pos_q: np.ndarray, pos_rows: np.ndarray, e
             rows = dup.rows_with_text(ds.query_texts[j])
             pq.extend([j] * len(rows))
             pr.extend(rows)
+            if rows:
+                text_q.append(j)
+                text_r.append(min(rows))
         dup_rows = dup.duplicated_rows()
         if dup_rows and pos_rows.size:
             shared = np.flatnonzero(np.isin(pos_rows, np.fromiter(dup_rows, dtype=np.int64, count=len(dup_rows))))
@@ -459,12 +470,15 @@ def _exclusions(ds: RetrievalDataset, pos_q: np.ndarray, pos_rows: np.ndarray, e
         rs.append(np.array(pr, dtype=np.int64))
     eq = np.concatenate(qs) if qs else np.zeros(0, np.int64)
     er = np.concatenate(rs) if rs else np.zeros(0, np.int64)
+    tq, tr = np.array(text_q, dtype=np.int64), np.array(text_r, dtype=np.int64)
     if eq.size == 0:
-        return eq, er
+        return eq, er, tq, tr
     base = np.int64(ds.num_docs + 1)
+    pos_key = pos_q * base + pos_rows
     key = np.unique(eq * base + er)  # sorted, no duplicates
-    key = key[~np.isin(key, pos_q * base + pos_rows)]
-    return key // base, key % base
+    key = key[~np.isin(key, pos_key)]
+    not_pos = ~np.isin(tq * base + tr, pos_key)  # a positive whose text is the query's holds its slot already
+    return key // base, key % base, tq[not_pos], tr[not_pos]
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -759,6 +773,7 @@ def mine_hard_negatives(
     batch_size: int = 2048,
     encode_batch_size: int = 256,
     progress: bool = True,
+    st_rule: str = "6.3",
 ) -> MinedNegatives:
     """Mine hard negatives for every query of ``ds`` (see the module docstring for the rule).
 
@@ -820,6 +835,11 @@ def mine_hard_negatives(
         Queries searched per kernel call (bounds the working memory).
     progress : bool
         Show a progress bar (tqdm) with rate and ETA.
+    st_rule : {"6.3", "6.2"}
+        Which release of sentence-transformers' candidate rule to follow (``docs/mining.md``).
+        "6.3" (the default, the current release) searches ``range_max + P + 1`` deep and counts
+        the document whose text equals the query as taking a slot; "6.2" searches
+        ``range_max + P`` deep.
 
     Returns
     -------
@@ -837,6 +857,8 @@ def mine_hard_negatives(
         raise ValueError(f"positive_anchor must be one of {POSITIVE_ANCHORS}, got {positive_anchor!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if st_rule not in ST_RULES:
+        raise ValueError(f"st_rule must be one of {ST_RULES}, got {st_rule!r}")
     num_negatives = _check_int(num_negatives, "num_negatives", 1)
     range_min = _check_int(range_min, "range_min", 0)
     range_max = _check_int(range_max, "range_max", 1)
@@ -919,9 +941,15 @@ def mine_hard_negatives(
     pos_counts_all, pos_rows = ds._positives_flat()
     pos_indptr = _indptr_of(pos_counts_all)
     pos_q = np.repeat(np.arange(nq), pos_counts_all)
-    extra_q, extra_rows = _exclusions(ds, pos_q, pos_rows, exclude_self, exclude_same_text)
+    extra_q, extra_rows, text_q, text_rows = _exclusions(ds, pos_q, pos_rows, exclude_self, exclude_same_text)
     max_pos = int(pos_counts_all.max()) if nq else 0
-    depth = range_max + max_pos  # sentence-transformers searches range_max + P
+    # sentence-transformers searches range_max + P, and from 6.3 one more slot for the document
+    # whose text is the query (dropped, but it takes its slot when it ranks that high)
+    if st_rule == "6.3":
+        depth = range_max + max_pos + 1
+    else:
+        depth = range_max + max_pos
+        text_q = text_rows = np.zeros(0, np.int64)
     timings["prepare"] = time.perf_counter() - t0
 
     ids_out = np.full((nq, num_negatives), -1, np.int64)
@@ -1076,26 +1104,22 @@ def mine_hard_negatives(
             sps = ps[keep_pos] if fast else ret.pair_scores(rows, spq, spd).astype(np.float32)
             t_search += time.perf_counter() - t0
 
-            # sentence-transformers' pool: of its top `depth` (positives included), the non-positives.
-            # Positives ranked inside the top `depth` take slots, so the pool is depth - p_in deep.
+            # sentence-transformers' pool: of its top `depth`, the documents it may return.  The
+            # excluded ones (positives; with the 6.3 rule also the query's own text) ranked inside
+            # the top `depth` take slots, so the pool is depth - (slots taken) deep.
             valid = ci >= 0
-            if spd.size:
-                srow, irow, vrow = cs[spq], ci[spq], valid[spq]
-                nb_nonpos = (vrow & ((srow > sps[:, None]) | ((srow == sps[:, None]) & (irow < spd[:, None])))).sum(1)
-                # positives of the same query ranked above this one
-                P = max(1, int(scounts.max()))
-                pmat = np.full((S, P), -np.inf, np.float64)
-                imat = np.full((S, P), np.iinfo(np.int64).max, np.int64)
-                slot = np.arange(spd.size) - np.repeat(_indptr_of(scounts)[:-1], scounts)
-                pmat[spq, slot] = sps
-                imat[spq, slot] = spd
-                pm, im = pmat[spq], imat[spq]
-                nb_pos = ((pm > sps[:, None]) | ((pm == sps[:, None]) & (im < spd[:, None]))).sum(1)
-                in_top = (nb_nonpos + nb_pos) < depth
-                p_in = np.bincount(spq[in_top], minlength=S)
-            else:
-                p_in = np.zeros(S, np.int64)
-            pool = depth - p_in
+            tq, td, ts = spq, spd, sps
+            if text_q.size:
+                hit = np.isin(text_q, sub_glob)
+                if hit.any():
+                    xq = np.searchsorted(sub_glob, text_q[hit])
+                    xd = text_rows[hit]
+                    xs = ret.pair_scores(rows, xq, xd).astype(np.float32)
+                    order = np.argsort(np.concatenate([spq, xq]), kind="stable")
+                    tq = np.concatenate([spq, xq])[order]
+                    td = np.concatenate([spd, xd])[order]
+                    ts = np.concatenate([sps, xs])[order]
+            pool = depth - _slots_taken(cs, ci, valid, tq, td, ts, S, depth)
             valid &= np.arange(cs.shape[1])[None, :] < pool[:, None]
 
             if rescorer is not None:
@@ -1139,13 +1163,38 @@ def mine_hard_negatives(
                   relative_margin=relative_margin, absolute_margin=absolute_margin, max_score=max_score,
                   min_score=min_score, sampling=sampling, temperature=temperature, seed=seed,
                   positive_anchor=positive_anchor, metric=metric if dense is not None else None,
-                  rescorer=rescorer is not None, depth=depth)
+                  rescorer=rescorer is not None, depth=depth, st_rule=st_rule)
     stats = {"candidates": n_candidates, "filtered": {k: v for k, v in filtered.items() if v},
              "searched_again": searched_again if fast else None,
              "max_positives": max_pos}
     bounds = pos_indptr.tolist()
     positives = [pos_rows[bounds[j]:bounds[j + 1]] for j in range(nq)]  # read-only views
     return MinedNegatives(ids_out, scores_out, anchor_out, positives, pos_scores_all, ds, params, stats, timings)
+
+
+def _slots_taken(cs: np.ndarray, ci: np.ndarray, valid: np.ndarray, tq: np.ndarray, td: np.ndarray,
+                 ts: np.ndarray, S: int, depth: int) -> np.ndarray:
+    """Per query, how many of its excluded documents (query ``tq``, row ``td``, score ``ts``, sorted
+    by query) rank inside the top ``depth`` of the unexcluded ranking (ties by ascending row).
+
+    ``cs`` / ``ci`` / ``valid`` (S, >= depth) are the excluded search's candidates: an excluded
+    document's rank is the candidates above it plus the excluded documents above it.
+    """
+    if td.size == 0:
+        return np.zeros(S, np.int64)
+    srow, irow, vrow = cs[tq], ci[tq], valid[tq]
+    nb_cand = (vrow & ((srow > ts[:, None]) | ((srow == ts[:, None]) & (irow < td[:, None])))).sum(1)
+    counts = np.bincount(tq, minlength=S)
+    P = max(1, int(counts.max()))
+    pmat = np.full((S, P), -np.inf, np.float64)
+    imat = np.full((S, P), np.iinfo(np.int64).max, np.int64)
+    slot = np.arange(td.size) - np.repeat(_indptr_of(counts)[:-1], counts)
+    pmat[tq, slot] = ts
+    imat[tq, slot] = td
+    pm, im = pmat[tq], imat[tq]
+    nb_excl = ((pm > ts[:, None]) | ((pm == ts[:, None]) & (im < td[:, None]))).sum(1)
+    in_top = (nb_cand + nb_excl) < depth
+    return np.bincount(tq[in_top], minlength=S)
 
 
 def _indptr_of(counts: np.ndarray) -> np.ndarray:
