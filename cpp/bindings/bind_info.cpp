@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "simd/kernels.h"
+#include "thread_control.h"
 
 namespace py = pybind11;
 
@@ -19,4 +20,7 @@ void bind_info(py::module_& m) {
     });
     m.def("set_simd_level", [](const std::string& name) { hn::set_simd_level(name.c_str()); }, py::arg("name"));
     m.def("hardware_concurrency", [] { return (int)std::thread::hardware_concurrency(); });
+    // the library-wide default set by hn.set_num_threads or threadpoolctl (0: not set)
+    m.def("default_threads", [] { return hn::default_threads(); });
+    m.def("set_default_threads", [](int n) { hn::set_default_threads(n); }, py::arg("n"));
 }

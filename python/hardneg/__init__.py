@@ -5,7 +5,8 @@ retrieval metrics with trec_eval semantics and a mining pipeline, on a C++ core.
 """
 from hardneg._version import __version__
 from hardneg import _core
-from hardneg._threads import get_num_threads, set_num_threads
+from hardneg._log import check_simd_override as _check_simd_override
+from hardneg._threads import get_num_threads, register_threadpoolctl as _register_threadpoolctl, set_num_threads
 from hardneg.topk import DenseIndex, merge_topk, topk
 from hardneg.info import info, simd_level
 from hardneg.metrics import Qrels, evaluate, read_run
@@ -14,6 +15,9 @@ from hardneg import distributed, ooc
 from hardneg.bm25 import BM25
 from hardneg import datasets
 from hardneg.mining import MinedNegatives, load_negatives, mine_hard_negatives
+
+_check_simd_override(_core)
+_register_threadpoolctl()
 
 # The losses need torch: loaded on first attribute access, so `import hardneg` works without it.
 _LOSSES_NAMES = ("InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss")
