@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import hardneg as hn
@@ -81,3 +82,46 @@ def test_typed_and_one_version_source():
         assert version("hardneg") == hn.__version__
     except Exception:  # not installed (run from a source tree)
         pass
+
+
+class _DLPackOnly:
+    """An array type that only speaks DLPack (as JAX and CuPy do)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kw):
+        return self._a.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+class _ArrayOnly:
+    def __init__(self, a):
+        self._a = a
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+def test_dlpack_and_array_protocol_inputs():
+    from hardneg._arrays import vectors_for_kernel
+
+    rng = np.random.default_rng(0)
+    C = rng.standard_normal((50, 8)).astype(np.float32)
+    Q = rng.standard_normal((3, 8)).astype(np.float32)
+    v, _ = vectors_for_kernel(_DLPackOnly(C), "corpus")
+    assert np.shares_memory(v, C)  # zero-copy
+    want = hn.topk(Q, C, k=5)
+    for wrap in (_DLPackOnly, _ArrayOnly):
+        s, i = hn.topk(wrap(Q), wrap(C), k=5)
+        np.testing.assert_array_equal(i, want[1])
+        np.testing.assert_array_equal(s, want[0])
+    pd = pytest.importorskip("pandas")
+    s, i = hn.topk(Q, pd.DataFrame(C), k=5)
+    np.testing.assert_array_equal(i, want[1])
+    with pytest.raises(TypeError, match="corpus"):
+        hn.topk(Q, object(), k=5)
+    with pytest.raises(TypeError, match="corpus"):
+        hn.topk(Q, _ArrayOnly(np.array([[object()]])), k=5)

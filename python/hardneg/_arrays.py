@@ -9,6 +9,8 @@ What is zero-copy and what is copied (for float vectors):
 * float64 (and other real dtypes that numpy can cast exactly enough, e.g. ints):
   converted to float32 (a copy).
 * Fortran-ordered or otherwise strided inputs: copied to C order.
+* Other array types: through DLPack (zero-copy on the CPU: JAX, CuPy host arrays,
+  TensorFlow) or ``__array__`` (pandas, xarray); results come back as numpy.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def vectors_for_kernel(x: Any, name: str, allow_bf16: bool = True) -> Tuple[np.n
     elif isinstance(x, (list, tuple)):
         a = np.asarray(x)
     else:
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+        a = foreign_array(x, name)
     if a.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows, dim), got shape {a.shape}")
     if a.dtype in (np.float32, np.float16):
@@ -70,6 +72,26 @@ def vectors_for_kernel(x: Any, name: str, allow_bf16: bool = True) -> Tuple[np.n
     if a.dtype.name == "bfloat16":  # ml_dtypes
         return _rows_ok(a.view(np.uint16)), True
     raise TypeError(f"{name} must be {_SUPPORTED}, got {a.dtype}")
+
+
+def foreign_array(x: Any, name: str) -> np.ndarray:
+    """Any other array type as numpy: through DLPack when it offers it (JAX, CuPy on the host,
+    TensorFlow; zero-copy for CPU buffers), else through ``__array__`` (pandas, xarray; a copy
+    where the object has to build one).  TypeError naming ``name`` for anything else."""
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError) as e:
+            if not hasattr(x, "__array__"):
+                raise TypeError(f"{name}: numpy cannot read its DLPack buffer ({e}); pass a CPU array "
+                                "(a CUDA array as a torch tensor)") from None
+    if hasattr(x, "__array__"):
+        a = np.asarray(x)
+        if a.dtype == object:
+            raise TypeError(f"{name} must hold numbers, got {type(x).__name__} of Python objects")
+        return a
+    raise TypeError(f"{name} must be a numpy array, a torch tensor or an object with __dlpack__ or "
+                    f"__array__, got {type(x).__name__}")
 
 
 def check_uint_ids(a: np.ndarray, name: str) -> None:
