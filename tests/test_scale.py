@@ -309,6 +309,9 @@ def test_faiss_bad_input(monkeypatch):
 
 def test_default_backend_is_exact():
     X = np.eye(3, dtype=np.float32)
+    from hardneg.exact import ExactIndex
+
     idx = hn.DenseIndex(X)
-    assert type(idx) is hn.DenseIndex
-    assert type(hn.DenseIndex(X, "ip", backend="exact")) is hn.DenseIndex
+    # DenseIndex builds the exact index (a sibling of the others); isinstance holds for all of them
+    assert type(idx) is ExactIndex and isinstance(idx, hn.DenseIndex)
+    assert type(hn.DenseIndex(X, "ip", backend="exact")) is ExactIndex
