@@ -83,6 +83,16 @@ class ExactIndex(SearchIndex):
         return (f"ExactIndex(n={self._size}, dim={self._dim}, metric={self.metric!r}, "
                 f"segments={len(self._segments) or len(self._torch_parts)})")
 
+    def __getstate__(self) -> dict:
+        # pickled without the coded copy (rebuilt by the first screened search after unpickling)
+        state = dict(self.__dict__)
+        del state["_codes"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._codes = _core.ScreenCache()
+
     @property
     def nbytes(self) -> int:
         """Bytes of the corpus rows (read in place when zero-copy), their norms and the screen's coded copy."""
