@@ -19,7 +19,11 @@
 //    the top k taken with the usual rules (ties by ascending id, padding).
 // The search gives up and lets the plain path run (same results, slower) when a
 // query keeps too many survivors (near-ties), or a norm is huge or not finite
-// (the plain path's overflow / NaN handling then applies unchanged).
+// (the plain path's overflow / NaN handling then applies unchanged), or, for
+// cosine, a row's fp32 squared norm over- or underflowed (its 1/||c|| comes from
+// double then, and the bound's fp32 norms would not hold).
+// The coded copy belongs to the caller's ScreenCache (an index) when one is
+// passed: built by the first screened search, reused while the layout matches.
 //
 // The bound.  u = 2^-24 (fp32 unit roundoff); dq = q - q~, dc = c - c~ (measured
 // per row in fp32: exactly for bf16, to one rounding for int8; for bf16 they
