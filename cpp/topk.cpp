@@ -120,8 +120,8 @@ struct Panel {
         if (S.metric != Metric::IP) {
             if (sg.sqnorms) std::copy(sg.sqnorms + blk.r0, sg.sqnorms + blk.r1, xn.begin());
             else S.K.sqnorm_rows(X, sg.ld, nb, d, sg.dtype, xn.data());
-            if (S.metric == Metric::Cosine)
-                for (size_t j = 0; j < nb; ++j) xn[j] = xn[j] > 0 ? 1.0f / std::sqrt(xn[j]) : 0.0f;
+            if (S.metric == Metric::Cosine)  // 1/||c||, exact also for rows whose squares over/underflow
+                for (size_t j = 0; j < nb; ++j) xn[j] = inv_norm(S.K, xn[j], X + j * sg.ld * dtype_size(sg.dtype), sg.dtype, d);
         }
         const int64_t base = sg.id_offset + (int64_t)blk.r0;
         for (size_t i = 0; i < P; ++i) {
@@ -171,10 +171,19 @@ void load_query(const Kernels& K, const void* Q, DType qt, size_t ldq, size_t d,
     if (metric != Metric::IP) {
         K.sqnorm_rows(dst, d, 1, d, DType::F32, qn);
         if (metric == Metric::Cosine) {
-            float inv = *qn > 0 ? 1.0f / std::sqrt(*qn) : 0.0f;
+            const float inv = inv_norm(K, *qn, dst, DType::F32, d);
             for (size_t p = 0; p < d; ++p) dst[p] *= inv;
         }
     }
+}
+
+float inv_norm_slow(const Kernels& K, const void* x, DType t, size_t d) {
+    thread_local std::vector<float> tmp;
+    tmp.resize(d);
+    K.to_f32(x, t, d, tmp.data());
+    double ss = 0;
+    for (size_t p = 0; p < d; ++p) ss += double(tmp[p]) * double(tmp[p]);
+    return ss > 0 ? float(1.0 / std::sqrt(ss)) : 0.0f;
 }
 
 void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t* io) {
@@ -208,7 +217,7 @@ void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t
 
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
-                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads, uint64_t reuse_token) {
+                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads, ScreenCache* cache) {
     using namespace detail;
     if (k == 0) throw std::invalid_argument("k must be positive");
     if (d == 0) throw std::invalid_argument("d must be positive");
@@ -229,7 +238,7 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
     }
     // bf16 screen + exact fp32 rescoring where it applies (same results, fewer fp32 flops)
     if (topk_search_screened(Q, qt, nq, ldq, d, segments, metric, k, excl, ex_sorted, scores, ids, num_threads,
-                             reuse_token))
+                             cache))
         return;
 
     // Corpus blocks over all segments.

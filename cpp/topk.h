@@ -2,6 +2,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 #include "common.h"
 
@@ -29,18 +31,50 @@ struct Exclusions {
     const int64_t* indices = nullptr;
 };
 
+namespace detail {
+struct CodedCorpus;  // topk_screen.cpp
+}
+
+// The low-precision screen's coded copy of one corpus (int8 or bf16 codes and
+// the per-row bound coefficients, topk_screen.cpp), owned by whoever searches
+// that corpus again and again: hardneg's exact index holds one per index and
+// drops it when rows are added.  topk_search builds the copy on the first
+// screened search and reuses it on the next ones while the corpus layout
+// (segments, metric, codes) is the one it was built for; without a cache every
+// search builds a temporary copy.  Searches may share a cache from several
+// threads (a search holds its own reference to the copy it reads).
+class ScreenCache {
+  public:
+    ScreenCache();
+    ~ScreenCache();
+    ScreenCache(const ScreenCache&) = delete;
+    ScreenCache& operator=(const ScreenCache&) = delete;
+    // Bytes held by the copy (0 when none).
+    size_t nbytes() const;
+    // Drops the copy (e.g. the corpus changed).
+    void clear();
+    // The kept copy (or null) and a new one to keep (topk_screen.cpp).
+    std::shared_ptr<const detail::CodedCorpus> get() const;
+    void put(std::shared_ptr<const detail::CodedCorpus> codes);
+
+  private:
+    mutable std::mutex mu_;
+    std::shared_ptr<const detail::CodedCorpus> codes_;
+};
+
 // Writes the k best (score, id) of each query to scores[i*k ..] / ids[i*k ..],
 // best first: largest score for IP / Cosine, smallest squared distance for L2.
 // Ties are ordered by ascending id.  Missing results are id -1 with score -inf
 // (+inf for L2).  Q is nq x d (row stride ldq) of type qt.  Memory beyond the
 // outputs is O(threads x (tile + panel x k)); the score matrix is never built.
-// reuse_token (optional, non-zero): the caller promises the corpus (same segments,
-// same contents) is unchanged since its last call with this token, so the bf16
-// screen may reuse the copy it made then (hardneg's miner: its two searches).
+// cache (optional): where the low-precision screen keeps its coded copy of these
+// segments between calls (see ScreenCache); null: a temporary copy per call.
+// Cosine norms are exact for any finite row: squared norms that overflow or
+// underflow in fp32 are recomputed in double.
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
                  const Exclusions& excl, float* scores, int64_t* ids, int num_threads,
-                 uint64_t reuse_token = 0);
+                 ScreenCache* cache = nullptr);
 
 // The low-precision screen of topk_search for IP / cosine (topk_screen.cpp):
 // 0 = off, 1 = auto (large enough searches on CPUs with AVX-512 VNNI or BF16,

@@ -1,6 +1,7 @@
 // Pieces shared by the plain top-k (topk.cpp) and the bf16-screened one
 // (topk_screen.cpp).  Baseline code only: never include from an ISA file.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -37,6 +38,22 @@ inline Cand make_cand(float key, int64_t id) {
 inline float cand_key(Cand c) { return bits_key(uint32_t(c >> 32)); }
 inline int64_t cand_id(Cand c) { return int64_t(~uint32_t(c)); }
 
+// fp32 squared norms at least this large lost nothing to underflow (every flushed
+// square is below 2^-126, d of them below 2^-109: 2^-49 relative), and finite
+// ones did not overflow (the partial sums only grow).
+constexpr float kMinSafeSqnorm = 8.673617379884035e-19f;  // 2^-60
+inline bool safe_sqnorm(float sq) { return sq >= kMinSafeSqnorm && sq <= 3.4028234663852886e38f; }
+
+// 1 / ||x|| for cosine (0 for a zero row) from the fp32 squared norm sq of row x
+// (d elements of type t).  In the safe range: 1 / sqrt(sq) in fp32 as always;
+// otherwise (the squares overflowed or underflowed) the norm is recomputed in
+// double, where no square of a finite float over- or underflows.
+float inv_norm_slow(const Kernels& K, const void* x, DType t, size_t d);
+inline float inv_norm(const Kernels& K, float sq, const void* x, DType t, size_t d) {
+    if (safe_sqnorm(sq)) return 1.0f / std::sqrt(sq);
+    return inv_norm_slow(K, x, t, d);
+}
+
 // Query `row` of Q as fp32 into dst[0..d), normalised for cosine; *qn gets its
 // squared norm (before normalising) for L2 / cosine.
 void load_query(const Kernels& K, const void* Q, DType qt, size_t ldq, size_t d, Metric metric, size_t row,
@@ -53,7 +70,7 @@ void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t
 bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                           const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
-                          uint64_t reuse_token);
+                          ScreenCache* cache);
 
 }  // namespace detail
 }  // namespace hn

@@ -19,7 +19,11 @@
 //    the top k taken with the usual rules (ties by ascending id, padding).
 // The search gives up and lets the plain path run (same results, slower) when a
 // query keeps too many survivors (near-ties), or a norm is huge or not finite
-// (the plain path's overflow / NaN handling then applies unchanged).
+// (the plain path's overflow / NaN handling then applies unchanged), or, for
+// cosine, a row's fp32 squared norm over- or underflowed (its 1/||c|| comes from
+// double then, and the bound's fp32 norms would not hold).
+// The coded copy belongs to the caller's ScreenCache (an index) when one is
+// passed: built by the first screened search, reused while the layout matches.
 //
 // The bound.  u = 2^-24 (fp32 unit roundoff); dq = q - q~, dc = c - c~ (measured
 // per row in fp32: exactly for bf16, to one rounding for int8; for bf16 they
@@ -54,6 +58,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -62,15 +67,53 @@
 #include "topk_internal.h"
 
 namespace hn {
+namespace detail {
+
+// The corpus as codes (built by a search, kept by a ScreenCache or thrown away), with what the
+// bound needs.
+// Everything per row is indexed by packed row (segments padded to 16 rows; padding rows
+// hold zeros).
+struct CodedCorpus {
+    size_t dp = 0, eb = 0;       // codes per row, bytes per code
+    std::vector<uint32_t> x;     // packed by ScreenKernels::pack_rows
+    std::vector<float> xs;       // code scale
+    std::vector<int32_t> xsum;   // sum of the codes (int8)
+    std::vector<float> xn;       // cosine: the plain path's 1/||c|| (0 for a zero row)
+    std::vector<float> rho, del;  // bound coefficients: xn ||c||, xn ||c - c~|| (rounded up)
+    std::vector<size_t> pstart;  // first packed row of each segment (multiples of 16), then the total
+    std::vector<size_t> start;   // first row of each segment in the plain numbering, then the total
+
+    // lanes (uint32) per packed row; where packed row r starts
+    size_t lanes() const { return dp * eb / 4; }
+    const uint32_t* packed(size_t r) const { return x.data() + r * lanes(); }
+    ScreenRows rows(Metric metric) const {
+        return {xs.data(), xsum.data(), metric == Metric::Cosine ? xn.data() : nullptr, rho.data(), del.data()};
+    }
+    double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
+    float rho_max = 0, del_max = 0;
+    bool ok = true;
+    ScreenType type = ScreenType::Bf16;  // the codes
+    std::vector<double> key;            // the layout it was built for (corpus_key)
+
+    size_t bytes() const {
+        return (x.capacity() + xs.capacity() + xsum.capacity() + xn.capacity() + rho.capacity() + del.capacity()) * 4 +
+               (pstart.capacity() + start.capacity() + key.capacity()) * 8;
+    }
+};
+
+}  // namespace detail
+
 namespace {
 
 using detail::Cand;
+using detail::CodedCorpus;
 
 constexpr double kU = 1.0 / 16777216.0;                      // 2^-24
 constexpr double kMaxSqnorm = 1.2676506002282294e30;          // 2^100
 constexpr size_t kMaxCodeBytes = size_t(256) << 20;           // coded copy of the corpus, at most
 constexpr size_t kMaxInt8Dim = 16384;                          // int32 sums of int8 products stay exact
-// Auto mode.  The coded copy is made on every call (a pass over the corpus); it pays for itself
+// Auto mode.  A coded copy not kept from an earlier call (ScreenCache) is made by the call (a pass
+// over the corpus); it pays for itself
 // with enough queries on a corpus that stays in cache.  Measured with bf16 (2 threads, d = 384,
 // k = 100): 5k rows: 0.6x at 16 queries, 1.2x at 48, 1.5x at 96; 10k-40k rows: 0.8-0.9x at 64
 // queries, 1.4x at 256; 100k rows (77 MB copy): 0.3x at 64, 0.8x at 256.
@@ -139,30 +182,6 @@ float round_up(double v) {
     return f;
 }
 
-// The corpus as codes (built once per search, or reused: Reuse), with what the bound needs.
-// Everything per row is indexed by packed row (segments padded to 16 rows; padding rows
-// hold zeros).
-struct CodedCorpus {
-    size_t dp = 0, eb = 0;       // codes per row, bytes per code
-    std::vector<uint32_t> x;     // packed by ScreenKernels::pack_rows
-    std::vector<float> xs;       // code scale
-    std::vector<int32_t> xsum;   // sum of the codes (int8)
-    std::vector<float> xn;       // cosine: the plain path's 1/||c|| (0 for a zero row)
-    std::vector<float> rho, del;  // bound coefficients: xn ||c||, xn ||c - c~|| (rounded up)
-    std::vector<size_t> pstart;  // first packed row of each segment (multiples of 16), then the total
-    std::vector<size_t> start;   // first row of each segment in the plain numbering, then the total
-
-    // lanes (uint32) per packed row; where packed row r starts
-    size_t lanes() const { return dp * eb / 4; }
-    const uint32_t* packed(size_t r) const { return x.data() + r * lanes(); }
-    ScreenRows rows(Metric metric) const {
-        return {xs.data(), xsum.data(), metric == Metric::Cosine ? xn.data() : nullptr, rho.data(), del.data()};
-    }
-    double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
-    float rho_max = 0, del_max = 0;
-    bool ok = true;
-};
-
 void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Segment>& segs, size_t d,
                   Metric metric, const std::vector<SBlock>& blocks, int nt, CodedCorpus& C) {
     const size_t np = C.pstart.back();
@@ -206,7 +225,13 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
             if (metric == Metric::Cosine) {  // exactly the plain path's scale factors
                 if (sg.sqnorms) std::copy(sg.sqnorms + bl.r0, sg.sqnorms + bl.r0 + n, sq.begin());
                 else K.sqnorm_rows(X, sg.ld, n, d, sg.dtype, sq.data());
-                for (size_t j = 0; j < n; ++j) C.xn[pr + j] = sq[j] > 0 ? 1.0f / std::sqrt(sq[j]) : 0.0f;
+                for (size_t j = 0; j < n; ++j) {
+                    const char* xj = X + j * sg.ld * es;
+                    C.xn[pr + j] = detail::inv_norm(K, sq[j], xj, sg.dtype, d);
+                    // a row whose squares over/underflow in fp32: the bound below (from fp32
+                    // squared norms) does not hold for it; the plain path handles it exactly
+                    if (!detail::safe_sqnorm(sq[j]) && C.xn[pr + j] != 0.0f) a.ok = false;
+                }
             }
             for (size_t j = 0; j < n; ++j) {
                 if (!(x2[j] <= kMaxSqnorm && e2[j] <= kMaxSqnorm && t2[j] <= 4 * kMaxSqnorm)) a.ok = false;
@@ -235,22 +260,20 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
 struct SPanel;
 
 // Scratch a calling thread keeps between searches: large buffers allocated per
-// call would fault in fresh pages every time (measurable on small searches).
+// call would fault in fresh pages every time (measurable on small searches).  Only
+// capacity is kept (the panels, and the buffers of a temporary coded copy), never
+// contents a later search reads: a coded copy is reused only through a ScreenCache.
 constexpr size_t kKeepBytes = size_t(64) << 20;
-struct Reuse {
+struct Scratch {
     std::vector<uint32_t> x;
     std::vector<float> xs, xn, rho, del;
     std::vector<int32_t> xsum;
     std::vector<std::unique_ptr<SPanel>> panels;
-    // the coded corpus (x, xs, xsum, xn, rho, del) is reusable by a call with this (non-zero) token and key
-    uint64_t token = 0;
-    ScreenType type = ScreenType::Bf16;  // the codes of that copy
-    std::vector<double> key;
-    double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
     void trim();
 };
 
-// What the coded copy depends on: every segment's layout, the metric and the codes.
+// What the coded copy depends on: every segment's layout, the metric and the codes (a
+// ScreenCache checks it before handing its copy to a search).
 std::vector<double> corpus_key(const std::vector<Segment>& segs, size_t d, Metric metric, ScreenType type) {
     std::vector<double> k{double(d), double(int(metric)), double(int(type))};
     for (const Segment& s : segs)
@@ -478,14 +501,33 @@ struct SPanel {
     }
 };
 
-void Reuse::trim() {
+void Scratch::trim() {
     size_t bytes = (x.capacity() + xs.capacity() + xn.capacity() + xsum.capacity() + rho.capacity() + del.capacity()) * 4;
     for (const auto& p : panels)
         if (p) bytes += p->bytes();
-    if (bytes > kKeepBytes) *this = Reuse();
+    if (bytes > kKeepBytes) *this = Scratch();
 }
 
 }  // namespace
+
+ScreenCache::ScreenCache() = default;
+ScreenCache::~ScreenCache() = default;
+size_t ScreenCache::nbytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return codes_ ? codes_->bytes() : 0;
+}
+void ScreenCache::clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    codes_.reset();
+}
+std::shared_ptr<const detail::CodedCorpus> ScreenCache::get() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return codes_;
+}
+void ScreenCache::put(std::shared_ptr<const detail::CodedCorpus> codes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    codes_ = std::move(codes);
+}
 
 void set_screen_mode(int mode) {
     if (mode < 0 || mode > 2) throw std::invalid_argument("screen mode must be 0 (off), 1 (auto) or 2 (always)");
@@ -511,52 +553,61 @@ namespace detail {
 bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                           const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
-                          uint64_t reuse_token) {
+                          ScreenCache* cache) {
     const int mode = screen_mode();
     size_t total = 0;
     for (const Segment& s : segments) total += s.rows;
     // Buffers kept by the calling thread between searches (up to kKeepBytes).
-    thread_local Reuse keep;
+    thread_local Scratch keep;
+    // the copy the caller's cache kept (its own reference: another thread may replace it meanwhile)
+    const std::shared_ptr<const CodedCorpus> kept = cache ? cache->get() : nullptr;
     const ScreenKernels* B = pick_kernels(d, k, total);
-    if (B && reuse_token != 0 && keep.token == reuse_token && type_ref().load() == 0 && keep.type != B->type) {
-        // auto, and the caller's last search over this corpus kept a copy with the other codes:
-        // reusing it costs less than a new copy (the miner's second, deeper search)
-        if (const ScreenKernels* K2 = screen_kernels(keep.type))
+    if (B && kept && type_ref().load() == 0 && kept->type != B->type) {
+        // auto, and the cache holds a copy with the other codes: reusing it costs less than a
+        // new copy (the miner's second, deeper search)
+        if (const ScreenKernels* K2 = screen_kernels(kept->type))
             if (K2->type != ScreenType::Int8 || d <= kMaxInt8Dim) B = K2;
     }
     if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_pairs) return false;
-    CodedCorpus C;
-    struct GiveBack {  // hands the buffers back on every exit
-        Reuse& r;
+    // a kept copy of exactly this layout, metric and codes costs nothing: then even a few
+    // queries are cheaper screened
+    const std::vector<double> key = corpus_key(segments, d, metric, B->type);
+    const bool reuse = kept && kept->key == key;
+    // the copy this search builds: the cache's next one, or a temporary in this thread's buffers
+    std::shared_ptr<CodedCorpus> fresh;
+    CodedCorpus temp;
+    struct GiveBack {  // hands the temporary's buffers back on every exit
+        Scratch& r;
         CodedCorpus& c;
+        bool lent = false;
         void swap() {
             c.x.swap(r.x), c.xs.swap(r.xs), c.xsum.swap(r.xsum), c.xn.swap(r.xn), c.rho.swap(r.rho), c.del.swap(r.del);
+            lent = !lent;
         }
         ~GiveBack() {
-            swap();
+            if (lent) swap();
             r.trim();
         }
-    } give_back{keep, C};
-    give_back.swap();
-    C.dp = (d + B->align - 1) / B->align * B->align;
-    C.eb = B->elem_bytes;
-    C.start.push_back(0);
-    C.pstart.push_back(0);
-    for (const Segment& s : segments) {
-        C.start.push_back(C.start.back() + s.rows);
-        C.pstart.push_back(C.pstart.back() + (s.rows + 15) / 16 * 16);
+    } give_back{keep, temp};
+    CodedCorpus* C = &temp;
+    if (!reuse && cache) {
+        fresh = std::make_shared<CodedCorpus>();
+        C = fresh.get();
+    } else if (!reuse) {
+        give_back.swap();
     }
-    const double copy_bytes = double(C.pstart.back()) * double(C.dp * C.eb);
+    C->dp = (d + B->align - 1) / B->align * B->align;
+    C->eb = B->elem_bytes;
+    C->start.push_back(0);
+    C->pstart.push_back(0);
+    for (const Segment& s : segments) {
+        C->start.push_back(C->start.back() + s.rows);
+        C->pstart.push_back(C->pstart.back() + (s.rows + 15) / 16 * 16);
+    }
+    const double copy_bytes = double(C->pstart.back()) * double(C->dp * C->eb);
     if (total == 0 || copy_bytes > double(mode == 1 ? kAutoCodeBytes : kMaxCodeBytes)) return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
-    // a coded copy kept from the caller's last search (same token, same corpus) costs nothing:
-    // then even a few queries are cheaper screened
-    const std::vector<double> key = corpus_key(segments, d, metric, B->type);
-    const bool reuse = reuse_token != 0 && keep.token == reuse_token && keep.key == key &&
-                       C.x.size() >= C.pstart.back() * C.lanes() && C.xs.size() >= C.pstart.back() &&
-                       C.xsum.size() >= C.pstart.back() && C.rho.size() >= C.pstart.back() &&
-                       C.del.size() >= C.pstart.back() && (metric != Metric::Cosine || C.xn.size() >= C.pstart.back());
     if (mode == 1 && (total < 4 * k + 256 ||
                       (!reuse && (nq < kMinQueries || double(nq) * double(total) * double(d) < 2e7))))
         return false;
@@ -570,32 +621,28 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     std::vector<SBlock> blocks;
     for (size_t s = 0; s < segments.size(); ++s)
         for (size_t r = 0; r < segments[s].rows; r += nb)
-            blocks.push_back(SBlock{s, C.start[s] + r, C.start[s] + std::min(segments[s].rows, r + nb), r});
+            blocks.push_back(SBlock{s, C->start[s] + r, C->start[s] + std::min(segments[s].rows, r + nb), r});
 
     g_screened.fetch_add(1);
     const Kernels& K = kernels();
-    if (reuse) {
-        C.r_c = keep.r_c, C.r_d = keep.r_d, C.r_t = keep.r_t, C.r_xn = keep.r_xn;  // the copy made last call
-        C.rho_max = round_up(C.r_c), C.del_max = round_up(C.r_d);
-    } else {
-        keep.token = 0;
-        build_corpus(K, *B, segments, d, metric, blocks, nt, C);
-        if (!C.ok) {
+    if (!reuse) {
+        build_corpus(K, *B, segments, d, metric, blocks, nt, *C);
+        if (!C->ok) {
             g_fallbacks.fetch_add(1);
             return false;
         }
-        keep.token = reuse_token;
-        keep.type = B->type;
-        keep.key = key;
-        keep.r_c = C.r_c, keep.r_d = C.r_d, keep.r_t = C.r_t, keep.r_xn = C.r_xn;
+        C->type = B->type;
+        C->key = key;
+        if (fresh) cache->put(fresh);
     }
+    const CodedCorpus& CC = reuse ? *kept : *C;
     // buffer per query; a buffer that cannot fill (k near the corpus size) never prunes early.
     // int8's error bound is about 5x bf16's: twice the room for the rows it keeps
     const size_t wide = B->type == ScreenType::Int8 ? 2 : 1;
     const size_t cap = std::min(wide * (4 * k + 256), total + 1);
     if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
     std::atomic<bool> failed{false};
-    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, C, failed};
+    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC, failed};
     std::vector<std::unique_ptr<SPanel>>& state = keep.panels;
     if (state.size() < size_t(nt)) state.resize(nt);
     for (int t = 0; t < nt; ++t) {

@@ -309,6 +309,48 @@ def test_faiss_bad_input(monkeypatch):
 
 def test_default_backend_is_exact():
     X = np.eye(3, dtype=np.float32)
+    from hardneg.exact import ExactIndex
+
     idx = hn.DenseIndex(X)
-    assert type(idx) is hn.DenseIndex
-    assert type(hn.DenseIndex(X, "ip", backend="exact")) is hn.DenseIndex
+    # DenseIndex builds the exact index (a sibling of the others); isinstance holds for all of them
+    assert type(idx) is ExactIndex and isinstance(idx, hn.DenseIndex)
+    assert type(hn.DenseIndex(X, "ip", backend="exact")) is ExactIndex
+
+
+def test_index_classes_are_siblings_of_one_protocol(tmp_path):
+    import inspect
+    import pickle
+
+    from hardneg._faiss import FaissIndex
+    from hardneg.exact import ExactIndex
+    from hardneg.index_base import SearchIndex
+
+    X = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    np.save(tmp_path / "c.npy", X)
+    exact = hn.DenseIndex(X, "cosine")
+    ooc = hn.DenseIndex.from_npy(tmp_path / "c.npy", "cosine")
+    made = [exact, ooc]
+    try:
+        import faiss  # noqa: F401
+        made.append(hn.DenseIndex(X, "cosine", backend="faiss"))
+    except ImportError:
+        pass
+    for idx in made:
+        assert isinstance(idx, hn.DenseIndex) and isinstance(idx, SearchIndex)
+        assert type(idx).__mro__[1] is SearchIndex  # siblings: none derives from another index class
+        assert (len(idx), idx.dim, idx.metric, idx.ntotal) == (40, 6, "cosine", 40) and idx.nbytes >= 0
+        s, i = idx.search(X[:3], k=4)
+        np.testing.assert_array_equal(i, hn.topk(X[:3], X, k=4, metric="cosine")[1])
+    assert not issubclass(ExactIndex, FaissIndex) and not issubclass(FaissIndex, ExactIndex)
+    assert not isinstance(X, hn.DenseIndex)
+    assert list(inspect.signature(hn.DenseIndex).parameters)[:4] == ["corpus", "metric", "num_threads", "backend"]
+    with pytest.raises(TypeError, match="faiss options"):
+        hn.DenseIndex(X, nprobe=4)
+    # picklable (the coded copy is not pickled; it is rebuilt on demand)
+    exact.search(X, k=3)
+    back = pickle.loads(pickle.dumps(exact))
+    assert back.codes_nbytes == 0
+    np.testing.assert_array_equal(back.search(X, k=3)[1], exact.search(X, k=3)[1])
+    # nbytes: rows + norms, plus the coded copy once built
+    assert exact.nbytes == X.nbytes + 4 * 40 + exact.codes_nbytes
+    assert ooc.nbytes == 0 and ooc.add(X[:2]).nbytes == 2 * 6 * 4 + 2 * 4

@@ -617,12 +617,10 @@ def test_screen_mode_setting():
 
 
 @pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
-def test_screen_reuse_keeps_codes_and_screens_few_queries(rng):
-    # auto mode, one token: a shallow search (int8 where the CPU has it), then a deep one over a
-    # few of the queries (bf16 alone, and too few to screen without a kept copy); the second
-    # reuses the first one's copy and codes, is screened, and equals the plain search
-    from hardneg.topk import _topk_kernel
-
+def test_index_keeps_codes_and_screens_few_queries(rng):
+    # auto mode, one exact index: a shallow search (int8 where the CPU has it) builds the index's
+    # coded copy, a deep one over a few of the queries (bf16 alone, and too few to screen without a
+    # kept copy) reuses that copy and its codes, is screened, and equals the plain search
     X = unit_rows(rng.standard_normal((5000, 64)))
     Q = unit_rows(rng.standard_normal((200, 64)))
     start_mode, start_type = _core.screen_mode(), _core.screen_type()
@@ -631,13 +629,17 @@ def test_screen_reuse_keeps_codes_and_screens_few_queries(rng):
         _core.set_screen_mode(0)
         ref = hn.topk(Q[:20], X, k=105, metric="ip")
         _core.set_screen_mode(1)
-        _topk_kernel(Q, X, 30, "ip", None, None, 777)
+        index = hn.DenseIndex(X, metric="ip")
+        assert index.codes_nbytes == 0
+        plain_bytes = index.nbytes
+        index.search(Q, k=30)
+        assert index.codes_nbytes > 0 and index.nbytes == plain_bytes + index.codes_nbytes
         before = _core.screen_counts()
-        got = _topk_kernel(Q[:20], X, 105, "ip", None, None, 777)
+        got = index.search(Q[:20], k=105)
         after = _core.screen_counts()
         assert after[0] - before[0] == 1 and after[1] == before[1]
         before = _core.screen_counts()
-        _topk_kernel(Q[:20], X, 105, "ip", None, None, 0)  # no kept copy: 20 queries search plain
+        hn.topk(Q[:20], X, k=105, metric="ip")  # one-shot, no kept copy: 20 queries search plain
         assert _core.screen_counts()[0] == before[0]
     finally:
         _core.set_screen_mode(start_mode)
@@ -668,31 +670,245 @@ def test_screen_type_setting():
 
 
 @needs_screen
-def test_screen_reuse_token(rng, screen_kind):
-    # the miner's searches share the coded copy of the corpus through a token; any change of
-    # corpus (another array, another metric, other rows) must make a fresh copy
-    from hardneg.topk import _topk_kernel
-
+def test_index_codes_follow_the_corpus(rng, screen_kind):
+    # the index's coded copy is rebuilt whenever it no longer matches: other codes, and after add()
+    # (dropped, then rebuilt on the next screened search); results always equal the plain search
     X = rng.standard_normal((700, 40)).astype(np.float32)
-    Y = X.copy()
-    Y[::3] *= -1
     Q = rng.standard_normal((120, 40)).astype(np.float32)
     start = _core.screen_mode()
     try:
         _core.set_screen_mode(2)
-        kinds = [screen_kind, screen_kind, screen_kind, screen_kind, screen_kind, screen_kind]
-        others = [t for t in _core.screen_types() if t != screen_kind]
-        cases = ((X, "ip"), (X, "ip"), (Y, "ip"), (Y, "cosine"), (X[:500], "cosine"), (X, "ip"))
-        if others:  # the same corpus with the other codes, then back: a fresh copy each time
-            kinds += [others[0], screen_kind]
-            cases += ((X, "ip"), (X, "ip"))
-        for (corpus, metric), kind in zip(cases, kinds):
-            _core.set_screen_type(kind)
-            got = _topk_kernel(Q, corpus, 30, metric, None, None, 12345)
-            _core.set_screen_mode(0)
-            ref = hn.topk(Q, corpus, k=30, metric=metric)
-            _core.set_screen_mode(2)
-            np.testing.assert_array_equal(got[1], ref[1])
-            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+        for metric in ("ip", "cosine"):
+            index = hn.DenseIndex(X[:500], metric=metric)
+            others = [t for t in _core.screen_types() if t != screen_kind]
+            steps = [("search", screen_kind), ("search", screen_kind)]
+            steps += [("search", others[0]), ("search", screen_kind)] if others else []
+            steps += [("add", screen_kind), ("search", screen_kind), ("search", screen_kind)]
+            corpus = X[:500]
+            for what, kind in steps:
+                _core.set_screen_type(kind)
+                if what == "add":
+                    index.add(X[500:])
+                    corpus = X
+                    assert index.codes_nbytes == 0
+                    continue
+                before = _core.screen_counts()
+                got = index.search(Q, k=30)
+                assert _core.screen_counts()[0] == before[0] + 1 and index.codes_nbytes > 0
+                _core.set_screen_mode(0)
+                ref = hn.topk(Q, corpus, k=30, metric=metric)
+                _core.set_screen_mode(2)
+                np.testing.assert_array_equal(got[1], ref[1])
+                np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
     finally:
         _core.set_screen_mode(start)
+
+
+@needs_screen
+def test_index_codes_shared_by_threads(rng, screen_kind):
+    # searches from several Python threads on one index (the GIL is released) share one coded copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    X = rng.standard_normal((900, 48)).astype(np.float32)
+    Q = rng.standard_normal((96, 48)).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q, X, k=20, metric="cosine")
+        _core.set_screen_mode(2)
+        index = hn.DenseIndex(X, metric="cosine")
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda _: index.search(Q, k=20, num_threads=1), range(8)))
+    finally:
+        _core.set_screen_mode(start)
+    for s, i in outs:
+        np.testing.assert_array_equal(i, ref[1])
+        np.testing.assert_array_equal(s.view(np.uint32), ref[0].view(np.uint32))
+
+
+def test_topk_kernel_shim_for_mining(rng):
+    # hardneg.mining's former entry point: the token now selects a kept ExactIndex (same results)
+    from hardneg.topk import _topk_kernel
+
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    Q = rng.standard_normal((10, 16)).astype(np.float32)
+    ref = hn.topk(Q, X, k=7, metric="cosine")
+    for token in (0, 5, 5):
+        got = _topk_kernel(Q, X, 7, "cosine", None, None, token)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+
+
+# ------------------------------------------------------------ adversarial magnitudes, huge k, layouts
+def ref_cosine64(Q, X, k):
+    """float64 cosine top-k (norms in float64: no over/underflow for any finite float32)."""
+    q, x = np.asarray(Q, np.float64), np.asarray(X, np.float64)
+    qn, xn = np.linalg.norm(q, axis=1), np.linalg.norm(x, axis=1)
+    S = (q / np.where(qn > 0, qn, 1)[:, None]) @ (x / np.where(xn > 0, xn, 1)[:, None]).T
+    order = np.lexsort((np.broadcast_to(np.arange(X.shape[0]), S.shape), -S), axis=1)[:, :k]
+    return np.take_along_axis(S, order, axis=1), order
+
+
+@pytest.mark.parametrize("scale", [3e19, 1e30, 1e36, 1e-22, 1e-30, 1e-36])
+def test_cosine_norms_do_not_overflow_or_underflow(rng, scale):
+    # rows (and queries) whose squared norm over/underflows float32: every cosine path must still
+    # rank by the true cosine (before: scores 0 or above 1, ids in plain id order)
+    X = rng.standard_normal((400, 24)).astype(np.float32)
+    X[::3] *= np.float32(scale)
+    X[5] = 0
+    Q = (rng.standard_normal((9, 24)) * scale).astype(np.float32)
+    Q[1] = X[7]
+    rs, ri = ref_cosine64(Q, X, 12)
+    runs = {"topk": lambda: hn.topk(Q, X, k=12, metric="cosine"),
+            "index": lambda: hn.DenseIndex(X, metric="cosine").search(Q, k=12)}
+    if torch is not None:
+        runs["torch"] = lambda: hn.topk(Q, X, k=12, metric="cosine", backend="torch")
+    start = _core.screen_mode()
+    try:
+        for mode in (0, 2):  # plain path, and the screen forced (it must hand such rows to the plain path)
+            _core.set_screen_mode(mode)
+            for name, run in runs.items():
+                s, i = run()
+                s, i = np.asarray(s), np.asarray(i)
+                np.testing.assert_array_equal(i, ri, err_msg=f"{name}, screen mode {mode}")
+                np.testing.assert_allclose(s, rs, rtol=2e-6, atol=2e-6, err_msg=f"{name}, screen mode {mode}")
+    finally:
+        _core.set_screen_mode(start)
+
+
+def test_cosine_tiny_and_huge_half_precision_rows(rng):
+    # float16 rows near its limits: squares of 6e4 overflow nothing in fp32, but tiny subnormal
+    # halves square to below 2^-126; the norms must still be exact
+    X = rng.standard_normal((200, 16)).astype(np.float32)
+    X[::2] *= np.float32(1e-6)
+    Xh = X.astype(np.float16)
+    Q = rng.standard_normal((4, 16)).astype(np.float32)
+    rs, ri = ref_cosine64(Q, Xh.astype(np.float32), 10)
+    s, i = hn.topk(Q, Xh, k=10, metric="cosine")
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, rtol=2e-6, atol=2e-6)
+
+
+def test_huge_k_is_clamped_or_refused(rng, tmp_path):
+    X = rng.standard_normal((20, 8)).astype(np.float32)
+    Q = X[:3]
+    # internal buffers follow the corpus, not k: a padded (Q, k) that fits is returned
+    s, i = hn.topk(Q, X, k=100_000)
+    assert s.shape == (3, 100_000) and (i[:, 20:] == -1).all() and np.isneginf(s[:, 20:]).all()
+    assert (np.sort(i[:, :20], axis=1) == np.arange(20)).all()
+    # a padded output that cannot be allocated: a ValueError naming k and the bytes
+    for run in (lambda: hn.topk(X, X, k=2**31), lambda: hn.DenseIndex(X).search(X, k=2**31),
+                lambda: hn.ooc.topk_memmap(X, _memmap_of(X, tmp_path), k=2**31)):
+        with pytest.raises(ValueError, match=r"k=2147483648.*bytes"):
+            run()
+    with pytest.raises(ValueError, match="k must be"):
+        hn.topk(Q, X, k=2**32)
+
+
+def _memmap_of(X, folder):
+    np.save(folder / "x.npy", X)
+    return np.load(folder / "x.npy", mmap_mode="r")
+
+
+def test_unaligned_c_contiguous_inputs_are_copied(rng):
+    # a C-contiguous view at an odd byte offset: copied (aligned) before the kernel reads it
+    def unaligned(a):
+        buf = np.zeros(a.nbytes + 1, np.uint8)
+        out = buf[1:].view(a.dtype).reshape(a.shape)
+        out[...] = a
+        assert not out.flags.aligned and out.flags.c_contiguous
+        return out
+
+    X = rng.standard_normal((50, 12)).astype(np.float32)
+    Q = X[:4]
+    for metric in ("ip", "cosine", "l2"):
+        ref = hn.topk(Q, X, k=5, metric=metric)
+        for got in (hn.topk(unaligned(Q), unaligned(X), k=5, metric=metric),
+                    hn.DenseIndex(unaligned(X), metric=metric).search(unaligned(Q), k=5),
+                    hn.topk(unaligned(Q.astype(np.float16)), unaligned(X.astype(np.float16)), k=5, metric=metric)):
+            assert got[0].shape == (4, 5)
+        got = hn.topk(unaligned(Q), unaligned(X), k=5, metric=metric)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+
+
+# ------------------------------------------------------------ layering: no import cycles
+def _hardneg_imports(top_level_only):
+    """{module: set of hardneg modules it imports} from the source (ast), for python/hardneg/*.py."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(hn.__file__).parent
+    names = {p.stem for p in pkg.glob("*.py")} | {p.name for p in pkg.iterdir() if (p / "__init__.py").exists()}
+    graph = {}
+    for p in pkg.glob("*.py"):
+        tree = ast.parse(p.read_text())
+        nodes = tree.body if top_level_only else list(ast.walk(tree))
+        deps = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for m in mods:
+                parts = m.split(".")
+                if parts[0] == "hardneg" and len(parts) > 1 and parts[1] in names:
+                    deps.add(parts[1])
+        graph[p.stem] = deps - {p.stem}
+    return graph
+
+
+def _cycle(graph, nodes):
+    """A cycle among ``nodes`` in ``graph`` (a list of modules), or None."""
+    state = {}
+
+    def visit(n, path):
+        state[n] = 1
+        for m in sorted(graph.get(n, ())):
+            if m not in nodes:
+                continue
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m not in state:
+                found = visit(m, path + [m])
+                if found:
+                    return found
+        state[n] = 2
+        return None
+
+    for n in sorted(nodes):
+        if n not in state:
+            found = visit(n, [n])
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles():
+    graph = _hardneg_imports(top_level_only=True)
+    # module-level imports: a cycle anywhere in the package would make import order matter
+    assert _cycle(graph, set(graph) - {"__init__", "__main__"}) is None
+    # the retrieval layer: no cycle even through imports inside functions
+    retrieval = {"_arrays", "exclude", "index_base", "backends", "_torch_topk", "exact", "ooc", "_faiss", "topk",
+                 "distributed"}
+    assert _cycle(_hardneg_imports(top_level_only=False), retrieval) is None
+    # backends decides and imports no index module; index_base imports none either
+    assert not graph["backends"] & {"exact", "ooc", "_faiss", "topk", "distributed"}
+    assert not graph["index_base"] & {"exact", "ooc", "_faiss", "topk", "distributed", "backends"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["exact", "ooc", "_faiss", "distributed"])
+def test_each_module_imports_first_in_a_fresh_interpreter(first):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pkg = Path(hn.__file__).parent
+    mods = [first] + sorted(p.stem for p in pkg.glob("*.py") if p.stem not in ("__main__", first))
+    code = "import importlib\nfor m in %r: importlib.import_module('hardneg.' + m if m != '__init__' else 'hardneg')" % mods
+    env = dict(__import__("os").environ, PYTHONPATH=str(pkg.parent))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

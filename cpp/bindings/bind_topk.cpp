@@ -26,9 +26,10 @@ hn::Metric parse_metric(const std::string& m) {
 }
 
 // segments: list of (array (rows, d), is_bf16, sqnorms float32 (rows,) or None, id_offset)
+// cache: a ScreenCache owned by the caller's index for these segments, or None
 py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list& segments,
                     const std::string& metric, py::ssize_t k, const py::object& indptr,
-                    const py::object& indices, int num_threads, uint64_t reuse_token) {
+                    const py::object& indices, int num_threads, hn::ScreenCache* cache) {
     if (k <= 0) throw std::invalid_argument("k must be a positive integer, got " + std::to_string(k));
     const hn::Metric mt = parse_metric(metric);
     const size_t ldq = row_stride(queries, "queries");
@@ -80,7 +81,7 @@ py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list&
     int64_t* io = ids.mutable_data();
     {
         py::gil_scoped_release nogil;
-        hn::topk_search(queries.data(), qt, nq, ldq, d, segs, mt, (size_t)k, ex, so, io, num_threads, reuse_token);
+        hn::topk_search(queries.data(), qt, nq, ldq, d, segs, mt, (size_t)k, ex, so, io, num_threads, cache);
     }
     return py::make_tuple(scores, ids);
 }
@@ -137,9 +138,14 @@ py::array_t<float> sqnorms_impl(const py::array& x, bool bf16) {
 }  // namespace
 
 void bind_topk(py::module_& m) {
+    // the screen's coded copy of one corpus, owned by an index (hardneg.exact.ExactIndex)
+    py::class_<hn::ScreenCache>(m, "ScreenCache")
+        .def(py::init<>())
+        .def_property_readonly("nbytes", &hn::ScreenCache::nbytes, "bytes of the kept coded copy (0: none)")
+        .def("clear", &hn::ScreenCache::clear, "drop the kept coded copy");
     m.def("topk", &topk_impl, py::arg("queries"), py::arg("queries_bf16"), py::arg("segments"),
           py::arg("metric"), py::arg("k"), py::arg("indptr"), py::arg("indices"), py::arg("num_threads"),
-          py::arg("reuse_token") = 0);
+          py::arg("cache") = py::none());
     m.def("merge_topk", &merge_impl, py::arg("scores"), py::arg("ids"), py::arg("smallest_first"), py::arg("k"),
           py::arg("num_threads"));
     m.def("sqnorms", &sqnorms_impl, py::arg("vectors"), py::arg("bf16"));

@@ -8,7 +8,8 @@ What is zero-copy and what is copied (for float vectors):
   tensors travel as an int16 bit view.
 * float64 (and other real dtypes that numpy can cast exactly enough, e.g. ints):
   converted to float32 (a copy).
-* Fortran-ordered or otherwise strided inputs: copied to C order.
+* Fortran-ordered or otherwise strided inputs, and unaligned buffers (a view at
+  an odd byte offset): copied to aligned C order.
 * Other array types: through DLPack (zero-copy on the CPU: JAX, CuPy host arrays,
   TensorFlow) or ``__array__`` (pandas, xarray); results come back as numpy.
 """
@@ -125,12 +126,13 @@ def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def _rows_ok(a: np.ndarray) -> np.ndarray:
-    """C-contiguous rows (a row slice is fine); anything else is copied to C order."""
+    """C-contiguous rows (a row slice is fine); anything else, unaligned buffers included, is
+    copied to aligned C order (np.ascontiguousarray alone would return an unaligned C array as is)."""
     if a.ndim == 2 and a.flags.aligned and (a.shape[1] <= 1 or a.strides[1] == a.itemsize) and (
         a.shape[0] <= 1 or (a.strides[0] >= a.itemsize * a.shape[1] and a.strides[0] % a.itemsize == 0)
     ):
         return a
-    return np.ascontiguousarray(a)
+    return np.require(a, requirements=["C", "A"])
 
 
 def check_finite(a: np.ndarray, bf16: bool, name: str) -> None:

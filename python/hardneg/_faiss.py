@@ -20,7 +20,8 @@ import numpy as np
 from hardneg._arrays import check_finite, is_cuda, is_torch, to_caller, vectors_for_kernel
 from hardneg._threads import resolve_num_threads
 from hardneg.exclude import to_csr
-from hardneg.topk import DenseIndex, _check_k, _check_metric
+from hardneg._validate import check_int
+from hardneg.index_base import SearchIndex, check_k, check_output
 
 PIP_HINT = "pip install faiss-cpu  (or faiss-gpu / conda install -c pytorch faiss-gpu for GPUs)"
 
@@ -49,8 +50,8 @@ def _normalise(a: np.ndarray) -> np.ndarray:
     return a * inv[:, None]
 
 
-class FaissIndex(DenseIndex):
-    """A faiss-backed :class:`~hardneg.DenseIndex` (built by ``DenseIndex(..., backend="faiss")``).
+class FaissIndex(SearchIndex):
+    """A faiss-backed index (built by ``hn.DenseIndex(..., backend="faiss")``), a sibling of the exact one.
 
     Parameters
     ----------
@@ -72,23 +73,20 @@ class FaissIndex(DenseIndex):
     """
 
     def __init__(self, corpus: Any, metric: str = "ip", num_threads: Optional[int] = None,
-                 backend: str = "faiss", index: str = "Flat", nprobe: Optional[int] = None,
+                 index: str = "Flat", nprobe: Optional[int] = None,
                  ef_search: Optional[int] = None, train_size: Optional[int] = None, seed: int = 0):
         faiss = import_faiss()
-        self.metric = _check_metric(metric)
-        self.num_threads = None if num_threads is None else resolve_num_threads(num_threads)
+        super().__init__(metric, num_threads)
         if not isinstance(index, str) or not index.strip():
             raise ValueError(f"index must be a faiss factory string such as 'IVF4096,Flat' or 'HNSW32', got {index!r}")
         self.factory = index
-        self._segments, self._torch_parts = [], []
         self._device = corpus.device if is_torch(corpus) else None
-        self._cuda = False
         a = _f32(corpus, "corpus")
         if a.shape[1] == 0:
             raise ValueError("corpus must have at least one column")
         if a.shape[0] == 0:
             raise ValueError("corpus is empty: a DenseIndex needs at least one row")
-        self._dim, self._size = a.shape[1], 0
+        self._set_dim(a.shape[1], "corpus")
         fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         try:
             idx = faiss.index_factory(self._dim, index, fm)
@@ -108,9 +106,9 @@ class FaissIndex(DenseIndex):
                 a = _normalise(a)
             if not idx.is_trained:
                 t = a
+                if train_size is not None:
+                    train_size = check_int(train_size, "train_size", minimum=1)
                 if train_size is not None and train_size < a.shape[0]:
-                    if isinstance(train_size, bool) or not isinstance(train_size, (int, np.integer)) or train_size <= 0:
-                        raise ValueError(f"train_size must be a positive integer, got {train_size!r}")
                     sel = np.sort(np.random.default_rng(seed).choice(a.shape[0], int(train_size), replace=False))
                     t = a[sel]
                 try:
@@ -153,8 +151,17 @@ class FaissIndex(DenseIndex):
 
         return _Ctx()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the vectors faiss holds: its code size per row (4 d for flat indexes) times the rows."""
+        try:
+            per_row = int(self.index.sa_code_size())
+        except (AttributeError, RuntimeError):  # GPU indexes and older faiss
+            per_row = 4 * self.dim
+        return per_row * self._size
+
     def __repr__(self) -> str:
-        return f"DenseIndex(n={self._size}, dim={self._dim}, metric={self.metric!r}, backend='faiss', index={self.factory!r})"
+        return f"FaissIndex(n={self._size}, dim={self._dim}, metric={self.metric!r}, backend='faiss', index={self.factory!r})"
 
     def add(self, vectors: Any) -> "FaissIndex":
         """Append rows (ids continue); a trained index is not retrained."""
@@ -171,13 +178,14 @@ class FaissIndex(DenseIndex):
                backend: str = "auto", memory_budget: int = 0):
         """Approximate top-k; same arguments, conventions and exclusion semantics as
         :meth:`DenseIndex.search` (``backend``/``memory_budget`` are ignored)."""
-        k = _check_k(k)
+        k = check_k(k)
         q = _f32(queries, "queries")
         if q.shape[1] != self._dim:
             raise ValueError(f"queries have dimension {q.shape[1]} but the corpus has dimension {self._dim}")
         if self.metric == "cosine":
             q = _normalise(q)
         nq, n = q.shape[0], self._size
+        check_output(nq, k)
         ex = to_csr(exclude, nq, n)
         l2 = self.metric == "l2"
         pad = np.float32(np.inf if l2 else -np.inf)

@@ -37,6 +37,25 @@ def _unpack(words):
     return k.view(torch.float32), ids
 
 
+# fp32 norms in [2^-30, 2^63] lost nothing to over- or underflow of their squares (as in cpp/topk_internal.h)
+_SAFE_NORM = (2.0 ** -30, 2.0 ** 63)
+
+
+def _norms(x):
+    """L2 norms of the rows of a float32 tensor: torch's fp32 norm, with the rows whose squares
+    over- or underflow in fp32 (norm above ~1.8e19 or below ~1e-9, zero rows included)
+    recomputed in float64."""
+    import torch
+
+    n = x.norm(dim=1)
+    bad = ~((n >= _SAFE_NORM[0]) & (n <= _SAFE_NORM[1]))
+    if bool(bad.any()):
+        idx = bad.nonzero(as_tuple=True)[0]
+        n = n.clone()
+        n[idx] = x[idx].to(torch.float64).norm(dim=1).to(torch.float32)
+    return n
+
+
 def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR],
                memory_budget: int = 1 << 30):
     """queries (Q, d) tensor; corpus_parts: list of (tensor (n, d), id_offset), ids < 2^32.
@@ -51,7 +70,7 @@ def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR
     largest = metric != "l2"
     pad = float("-inf") if largest else float("inf")
     if metric == "cosine":
-        n = q.norm(dim=1, keepdim=True)
+        n = _norms(q)[:, None]
         q = torch.where(n > 0, q / n.clamp_min(1e-38), torch.zeros_like(q))
     qn = (q * q).sum(dim=1, keepdim=True) if metric == "l2" else None
     invalid = torch.iinfo(torch.int64).min
@@ -87,7 +106,7 @@ def topk_torch(queries, corpus_parts, k: int, metric: str, exclude: Optional[CSR
                 x = part[c0:c1].to(device=dev, dtype=torch.float32)
                 s = qb @ x.T
                 if metric == "cosine":
-                    xn = x.norm(dim=1)
+                    xn = _norms(x)
                     s = s * torch.where(xn > 0, 1.0 / xn.clamp_min(1e-38), torch.zeros_like(xn))
                 elif metric == "l2":
                     s = -(qn[q0:q1] + (x * x).sum(dim=1)[None, :] - 2.0 * s).clamp_min(0.0)

@@ -34,6 +34,9 @@ import numpy as np
 
 from hardneg._arrays import is_cuda, is_torch, torch_module
 from hardneg.exclude import to_csr
+from hardneg.index_base import SearchIndex, check_k, check_metric, check_output
+from hardneg.topk import merge_topk as _merge_topk
+from hardneg.topk import topk as _local_topk
 
 
 def _dist():
@@ -173,9 +176,6 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
         Padded with id -1 and score -inf (+inf for "l2") when fewer than k rows
         are eligible.
     """
-    import hardneg as hn
-    from hardneg.topk import _check_k, _check_metric
-
     torch, dist = _dist()
     t0 = time.perf_counter()
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -186,8 +186,8 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
     err: Optional[str] = None
     meta: Tuple = ()
     try:
-        _check_metric(metric)
-        k = _check_k(k)
+        check_metric(metric)
+        k = check_k(k)
         qshape, qdtype = _shape_dtype(queries, "queries")
         sshape, sdtype = _shape_dtype(local_shard, "local_shard")
         if len(qshape) != 2:
@@ -200,6 +200,7 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
                              f"got {offset!r}")
         if is_cuda(queries) != is_cuda(local_shard):
             raise ValueError("queries and local_shard must be on the same device (mixed devices)")
+        check_output(qshape[0], k)
         meta = (sshape[0], sshape[1], sdtype, qshape, None if offset is None else int(offset), k, metric)
     except (TypeError, ValueError) as e:
         err = f"rank {rank}: {e}"
@@ -256,7 +257,7 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
         ex = to_csr(exclude, nq, num_ids)
         if my_n:
             lex = _local_exclude(ex, my_off, my_n, nq)
-            s_loc, i_loc = hn.topk(queries, local_shard, k=kk, metric=metric, exclude=lex,
+            s_loc, i_loc = _local_topk(queries, local_shard, k=kk, metric=metric, exclude=lex,
                                    num_threads=num_threads, backend=backend)
     except Exception as e:  # shared below, so that the other ranks raise too instead of hanging
         err = f"rank {rank}: {type(e).__name__}: {e}"
@@ -306,7 +307,7 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
         a = b.numpy()
         ps.append(a[:ns].view(np.float32).reshape(nq, kk))
         pi.append(a[ns:].view(np.int64).reshape(nq, kk))
-    scores, ids = hn.merge_topk(ps, pi, k, metric, num_threads=num_threads)
+    scores, ids = _merge_topk(ps, pi, k, metric, num_threads=num_threads)
     if timings is not None:
         timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t3
     if is_torch(queries):
@@ -320,10 +321,8 @@ def merge_topk_torch(scores: List[Any], ids: List[Any], k: int, metric: str = "i
     Parts are (Q, k_i) tensors with global ids (< 0 is padding); returns the best k
     by score (ascending for "l2"), ties by ascending id, padded with -1 / -inf (+inf).
     """
-    from hardneg.topk import _check_k, _check_metric
-
-    _check_metric(metric)
-    k = _check_k(k)
+    check_metric(metric)
+    k = check_k(k)
     torch = torch_module()
     if torch is None:
         raise ImportError("merge_topk_torch needs torch")
@@ -353,19 +352,21 @@ def merge_topk_torch(scores: List[Any], ids: List[Any], k: int, metric: str = "i
     return torch.where(valid, s, torch.full_like(s, pad)), i
 
 
-class DistributedIndex:
-    """A DenseIndex-like view of a sharded corpus: ``search`` is the collective :func:`topk`.
+class DistributedIndex(SearchIndex):
+    """A sharded corpus (a :class:`~hardneg.index_base.SearchIndex`): ``search`` is the collective :func:`topk`.
 
     Anything that accepts an index object with ``search(queries, k, exclude=...)``,
     ``len()``, ``dim`` and ``metric`` (e.g. a mining loop) can use it unchanged.
     Construction and ``search`` are collective: every rank calls them, with the
-    same arguments (except its own shard and offset).
+    same arguments (except its own shard and offset).  ``add`` is not supported
+    (the shard layout is fixed at construction).
     """
 
     def __init__(self, local_shard: Any, metric: str = "ip", offset: Optional[int] = None, group: Any = None,
                  num_threads: Optional[int] = None):
+        super().__init__(metric, num_threads)
         torch, dist = _dist()
-        self.local_shard, self.metric, self.group, self.num_threads = local_shard, metric, group, num_threads
+        self.local_shard, self.group = local_shard, group
         shape, _ = _shape_dtype(local_shard, "local_shard")
         if len(shape) != 2:
             raise ValueError(f"local_shard must be 2-D (rows, dim), got shape {shape}")
@@ -381,16 +382,14 @@ class DistributedIndex:
             else sum(sizes)
         self._dim = shape[1]
 
-    def __len__(self) -> int:
-        return self._size
-
     @property
-    def dim(self) -> int:
-        return self._dim
+    def nbytes(self) -> int:
+        """Bytes of this rank's shard."""
+        x = self.local_shard
+        return int(x.numel()) * int(x.element_size()) if is_torch(x) else int(np.asarray(x).nbytes)
 
-    @property
-    def ntotal(self) -> int:
-        return self._size
+    def add(self, vectors: Any) -> "DistributedIndex":
+        raise NotImplementedError("a DistributedIndex cannot grow: build a new one over the enlarged shards")
 
     def search(self, queries: Any, k: int = 10, exclude: Any = None, num_threads: Optional[int] = None, **_: Any):
         return topk(queries, self.local_shard, k=k, offset=self.offset, metric=self.metric, exclude=exclude,

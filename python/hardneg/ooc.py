@@ -14,7 +14,8 @@ the corpus.
 Entry points
 ------------
 * :meth:`hardneg.DenseIndex.from_npy` ``(path, metric, mmap=True)`` returns an
-  :class:`OutOfCoreIndex` (a :class:`~hardneg.DenseIndex`).
+  :class:`OutOfCoreIndex` (a :class:`~hardneg.index_base.SearchIndex`, so also
+  ``isinstance(index, hn.DenseIndex)``).
 * :func:`hardneg.topk` on an ``np.memmap`` streams automatically.
 * :func:`as_index` gives a mining loop the right index for its corpus (path or
   np.memmap -> streamed, array -> in memory).
@@ -30,9 +31,12 @@ from typing import Any, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from hardneg import _core
-from hardneg._arrays import check_finite, to_caller, vectors_for_kernel
+from hardneg._arrays import check_finite, is_cuda, to_caller, vectors_for_kernel
 from hardneg._threads import resolve_num_threads
+from hardneg.backends import index_kind
+from hardneg.exact import ExactIndex, kernel_segment
 from hardneg.exclude import to_csr
+from hardneg.index_base import SearchIndex, check_k, check_metric, check_output, check_search_backend
 
 DEFAULT_BLOCK_BYTES = 256 << 20
 _PAGE = _mmap.PAGESIZE
@@ -303,13 +307,14 @@ def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int
     -------
     (scores float32 (Q, k), ids int64 (Q, k)) in the caller's type.
     """
-    from hardneg.topk import _check_k, _check_metric
-
-    _check_metric(metric)
-    k = _check_k(k)
+    check_metric(metric)
+    k = check_k(k)
     q, qbf16 = vectors_for_kernel(queries, "queries")
     check_finite(q, qbf16, "queries")
+    check_output(q.shape[0], k)
     ex = to_csr(exclude, q.shape[0], num_rows)
+    # the running top-k needs no more than the corpus rows; padded to k at the end
+    kk = max(1, min(k, int(num_rows)))
     nt = resolve_num_threads(num_threads)
     ip, ix = (None, None) if ex is None else ex
     run: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -317,8 +322,8 @@ def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int
 
     def step(segs):
         nonlocal run
-        s, i = _core.topk(q, qbf16, segs, metric, k, ip, ix, nt)
-        run = (s, i) if run is None else _core.merge_topk([run[0], s], [run[1], i], metric == "l2", k, nt)
+        s, i = _core.topk(q, qbf16, segs, metric, kk, ip, ix, nt)
+        run = (s, i) if run is None else _core.merge_topk([run[0], s], [run[1], i], metric == "l2", kk, nt)
 
     for blk, r0 in blocks:
         a, bf16 = vectors_for_kernel(blk, "corpus")
@@ -331,6 +336,8 @@ def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int
         step(list(extra_segments))
     if run is None:
         raise ValueError("corpus is empty: need at least one row")
+    if kk < k:
+        run = _core.merge_topk([run[0]], [run[1]], metric == "l2", k, nt)  # pads with id -1
     return to_caller(run[0], queries), to_caller(run[1], queries)
 
 
@@ -351,12 +358,7 @@ def topk_memmap(queries: Any, corpus: np.memmap, k: int, metric: str = "ip", exc
                          num_threads)
 
 
-def _index_base():
-    from hardneg.topk import DenseIndex
-    return DenseIndex
-
-
-class OutOfCoreIndex(_index_base()):
+class OutOfCoreIndex(SearchIndex):
     """An exact index whose corpus stays in a ``.npy`` file (see :meth:`DenseIndex.from_npy`).
 
     Parameters
@@ -378,10 +380,7 @@ class OutOfCoreIndex(_index_base()):
 
     def __init__(self, path: Any, metric: str = "ip", num_threads: Optional[int] = None,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
-        from hardneg.topk import _check_metric
-
-        self.metric = _check_metric(metric)
-        self.num_threads = None if num_threads is None else resolve_num_threads(num_threads)
+        super().__init__(metric, num_threads)
         self.block_bytes = _check_block_bytes(block_bytes)
         self._memmap = None
         if isinstance(path, np.memmap):
@@ -391,13 +390,8 @@ class OutOfCoreIndex(_index_base()):
             self._file = _MemmapInfo(path)
         else:
             self._file = NpyFile(path)
-        self._segments = []
-        self._torch_parts = []
-        self._cuda = False
-        self._device = None
-        self._dim = None
-        self._size = 0
-        self._check_dim(self._file.shape[1], "corpus")
+        self._segments: List[Tuple[Any, bool, Optional[np.ndarray], int]] = []  # rows added in memory
+        self._set_dim(self._file.shape[1], "corpus")
         self._file_rows = self._file.shape[0]
         self._size = self._file_rows
         if self._size == 0:
@@ -407,23 +401,34 @@ class OutOfCoreIndex(_index_base()):
     def path(self) -> str:
         return self._file.path
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: the rows added with :meth:`add` and their norms (the file is streamed)."""
+        return sum(a.nbytes + (0 if nr is None else nr.nbytes) for a, _, nr, _ in self._segments)
+
     def __repr__(self) -> str:
         return (f"OutOfCoreIndex(path={self.path!r}, n={self._size}, dim={self._dim}, metric={self.metric!r}, "
                 f"block_bytes={self.block_bytes})")
 
+    def add(self, vectors: Any) -> "OutOfCoreIndex":
+        """Append rows (M, d), kept in memory; ids continue after the current size. Returns self."""
+        seg = kernel_segment(vectors, "vectors", self.metric, self._size)
+        if seg is None:
+            self._set_dim(vectors_for_kernel(vectors, "vectors")[0].shape[1], "vectors")
+            return self
+        self._set_dim(seg[0].shape[1], "vectors")
+        self._segments.append(seg)
+        self._size += seg[0].shape[0]
+        return self
+
     def search(self, queries: Any, k: int = 10, exclude: Any = None, num_threads: Optional[int] = None,
                backend: str = "auto", memory_budget: int = 0):
-        """Top-k corpus rows for each query, streaming the file; see :meth:`DenseIndex.search`."""
-        from hardneg._arrays import is_cuda
-        from hardneg.topk import _check_backend
-
-        _check_backend(backend)
+        """Top-k corpus rows for each query, streaming the file; see :meth:`ExactIndex.search`."""
+        check_search_backend(backend)
         if backend == "torch" or is_cuda(queries):
             raise ValueError("backend: an out-of-core index searches on the CPU (backend='auto' or 'cpp', "
                              "CPU queries)")
-        qd = queries.shape[1] if hasattr(queries, "shape") and len(queries.shape) == 2 else None
-        if qd is not None and qd != self._dim:
-            raise ValueError(f"queries have dimension {qd} but the corpus has dimension {self._dim}")
+        self._check_query_dim(queries)
         nt = num_threads if num_threads is not None else self.num_threads
         if self._memmap is not None:
             return search_blocks(queries, memmap_blocks(self._memmap, self.block_bytes), self._size, k,
@@ -452,6 +457,6 @@ def as_index(corpus: Any, metric: str = "ip", num_threads: Optional[int] = None,
     """
     if hasattr(corpus, "search") and callable(corpus.search):
         return corpus
-    if isinstance(corpus, (str, os.PathLike, np.memmap)):
+    if index_kind(corpus, "exact", stream_files=True) == "out_of_core":
         return OutOfCoreIndex(corpus, metric, num_threads, block_bytes)
-    return _index_base()(corpus, metric, num_threads)
+    return ExactIndex(corpus, metric, num_threads)
