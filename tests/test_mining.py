@@ -676,25 +676,30 @@ def test_progress_bar_goes_to_stderr(capsys):
 
 
 @pytest.mark.parametrize("retriever", ["dense", "bm25"])
-def test_shallow_first_pass_equals_full_search(monkeypatch, retriever):
+def test_shallow_first_pass_equals_full_search(retriever):
     """sampling="top" first searches range_min + num_negatives + slack deep and searches again only
     the queries whose survivors fall short: the result must equal the full-depth search."""
-    import hardneg.mining as mining
+    from hardneg.mining._config import build_config
+    from hardneg.mining._pipeline import run_pipeline
+    from hardneg.retrievers import make_retriever
 
     Q, C, S, pos = make_exact(nq=60, n=400, seed=43)
     B = make_bm25_scores(60, 400, 3)
     ds = make_ds(60, 400, pos)
-    kw = dict(num_negatives=4, range_min=3, range_max=120, relative_margin=0.0005, metric="ip", progress=False,
-              corpus_embeddings=C, query_embeddings=Q, batch_size=17)
+    sel = dict(num_negatives=4, range_min=3, range_max=120, relative_margin=0.0005, metric="ip", progress=False,
+               batch_size=17)
+    src = dict(corpus_embeddings=C, query_embeddings=Q)
     if retriever == "bm25":
-        kw.update(bm25=FakeBM25(B), relative_margin=None, max_score=9.0)
-    fast = mine_hard_negatives(ds, retriever, **kw)
-    monkeypatch.setattr(mining, "_FAST_PATH", False)
-    full = mine_hard_negatives(ds, retriever, **kw)
+        sel.update(relative_margin=None, max_score=9.0)
+        src = dict(bm25=FakeBM25(B))
+    fast = mine_hard_negatives(ds, retriever, **sel, **src)
+    cfg = build_config(retriever, shallow_first=False, **sel)
+    full = run_pipeline(ds, make_retriever(retriever, ds, metric="ip", **src), cfg)
     np.testing.assert_array_equal(fast.ids, full.ids)
     np.testing.assert_array_equal(fast.scores, full.scores)
     np.testing.assert_array_equal(fast.anchor_scores, full.anchor_scores)
     assert 0 < fast.stats["searched_again"] < 60  # both paths were taken
+    assert full.stats["searched_again"] is None
 
 
 def test_index_hook_faiss_flat_equals_exact():

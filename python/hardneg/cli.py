@@ -330,28 +330,13 @@ def cmd_eval(args) -> int:
 
 
 def _retrieve(ds, folder, args, retriever):
-    import numpy as np
+    from hardneg.retrievers import make_retriever
 
-    import hardneg as hn
-    from hardneg.mining import _BM25, _Dense, _Hybrid, _build_bm25, _to_numpy_rows
-    from hardneg._threads import resolve_num_threads
-
-    threads = resolve_num_threads(args.threads)
-    dense = bm = None
+    ce = qe = None
     if retriever in ("dense", "hybrid"):
         ce, qe = _resolve_dense(args, folder, need=True)
-        C = _to_numpy_rows(ce, "corpus_embeddings")
-        Q = _to_numpy_rows(qe, "query_embeddings")
-        if C.shape[0] != ds.num_docs:
-            raise CLIError(f"corpus embeddings have {C.shape[0]} rows but the corpus has {ds.num_docs} documents")
-        if Q.shape[0] == len(ds.all_query_ids) and Q.shape[0] != ds.num_queries:
-            Q = np.ascontiguousarray(Q[ds.query_rows])
-        elif Q.shape[0] != ds.num_queries:
-            raise CLIError(f"query embeddings have {Q.shape[0]} rows; expected {ds.num_queries} or {len(ds.all_query_ids)}")
-        dense = _Dense(C, Q, args.metric, threads)
-    if retriever in ("bm25", "hybrid"):
-        bm = _BM25(_build_bm25(None, ds), ds.query_texts, threads)
-    r = dense if retriever == "dense" else bm if retriever == "bm25" else _Hybrid(dense, bm, 60)
+    r = make_retriever(retriever, ds, corpus_embeddings=ce, query_embeddings=qe, metric=args.metric,
+                       num_threads=args.threads)
     return r.search(slice(0, ds.num_queries), args.depth, None)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from hardneg._io import open_text
 from hardneg.metrics import read_qrels_rows
 
-__all__ = ["RetrievalDataset", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
+__all__ = ["RetrievalDataset", "CorpusTextIndex", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -72,6 +72,8 @@ class RetrievalDataset:
     def __post_init__(self) -> None:
         self._doc_index: Optional[Dict[str, int]] = None
         self._corpus_texts: Optional[List[str]] = None
+        self._text_index: Optional[CorpusTextIndex] = None
+        self._split_rows_cache: Optional[Tuple[Any, np.ndarray, np.ndarray]] = None
         if not self.all_query_ids:
             self.all_query_ids = list(self.query_ids)
             self.query_rows = np.arange(len(self.query_ids), dtype=np.int64)
@@ -135,6 +137,46 @@ class RetrievalDataset:
             cache[key] = (counts, rows)
         return cache[key]
 
+    def split_query_embeddings(self, embeddings: np.ndarray, name: str = "query_embeddings",
+                               cache_key: Any = None) -> np.ndarray:
+        """The rows of ``embeddings`` for the split's queries, in ``query_ids`` order.
+
+        Parameters
+        ----------
+        embeddings : array (Q, d) or (len(all_query_ids), d)
+            One row per split query (returned as is) or one per line of the queries file
+            (rows ``query_rows`` are picked: a contiguous copy).
+        name : str
+            The argument named in the error message.
+        cache_key : hashable, optional
+            The identity of the source (e.g. a file's device, inode, size and mtime): the picked
+            copy is kept on the dataset, read-only, and reused while the key and ``query_rows`` stay.
+
+        Returns
+        -------
+        array (Q, d)
+        """
+        n = embeddings.shape[0]
+        if n == self.num_queries:
+            return embeddings
+        if n != len(self.all_query_ids):
+            raise ValueError(f"{name} has {n} rows; expected {self.num_queries} (the split's queries) or "
+                             f"{len(self.all_query_ids)} (every query of the queries file)")
+        cached = self._split_rows_cache
+        if cache_key is not None and cached is not None and cached[0] == cache_key and cached[1] is self.query_rows:
+            return cached[2]
+        picked = np.ascontiguousarray(embeddings[self.query_rows])
+        if cache_key is not None:
+            picked.flags.writeable = False
+            self._split_rows_cache = (cache_key, self.query_rows, picked)
+        return picked
+
+    def text_index(self) -> "CorpusTextIndex":
+        """Lookup of documents by text (:class:`CorpusTextIndex`), built once per dataset."""
+        if self._text_index is None:
+            self._text_index = CorpusTextIndex(self.corpus_texts)
+        return self._text_index
+
     def _own_rows(self) -> np.ndarray:
         """Per query, the corpus row whose id equals the query id (-1: none); read-only, cached."""
         cache = self.__dict__.setdefault("_own_rows_cache", {})
@@ -146,6 +188,38 @@ class RetrievalDataset:
             cache.clear()
             cache[key] = own
         return cache[key]
+
+
+class CorpusTextIndex:
+    """Corpus rows by text: hashes sorted once, then lookups compare only the texts whose hash matches."""
+
+    def __init__(self, texts: List[str]):
+        self.texts = texts
+        h = np.fromiter((hash(t) for t in texts), dtype=np.int64, count=len(texts))
+        self.order = np.argsort(h, kind="stable")
+        self.sorted = h[self.order]
+
+    def may_contain(self, texts: List[str]) -> np.ndarray:
+        """bool (len(texts),): whether a corpus text has the same hash (True for every text that is there)."""
+        qh = np.fromiter((hash(t) for t in texts), dtype=np.int64, count=len(texts))
+        return np.searchsorted(self.sorted, qh, "right") > np.searchsorted(self.sorted, qh, "left")
+
+    def rows_with_text(self, text: str) -> List[int]:
+        """Rows whose text equals ``text``, ascending."""
+        hv = hash(text)
+        lo = int(np.searchsorted(self.sorted, hv, "left"))
+        hi = int(np.searchsorted(self.sorted, hv, "right"))
+        return [int(r) for r in self.order[lo:hi] if self.texts[r] == text]
+
+    def duplicated_rows(self) -> set:
+        """Rows whose hash is shared with another row (candidates for identical texts)."""
+        if self.sorted.size < 2:
+            return set()
+        same = self.sorted[1:] == self.sorted[:-1]
+        if not same.any():
+            return set()
+        idx = np.flatnonzero(same)
+        return set(self.order[idx].tolist()) | set(self.order[idx + 1].tolist())
 
 
 # ---------------------------------------------------------------------------------------------- reading
