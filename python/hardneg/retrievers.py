@@ -50,8 +50,10 @@ def load_npy(path: Union[str, "os.PathLike[str]"], name: str) -> np.ndarray:
     try:
         return np.load(p, mmap_mode="r", allow_pickle=False)  # never read into RAM as a whole
     except (ValueError, OSError, EOFError) as e:  # garbage, pickled objects, truncated header
-        raise ValueError(f"{name} file {p} is not a numpy array file (.npy written by np.save): "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickle" in why:  # numpy's advice to allow pickles: not for data files from elsewhere
+            why = "no array header (pickled Python objects are never loaded)"
+        raise ValueError(f"{name} file {p} is not a numpy array file (.npy written by np.save): {why}") from None
 
 
 def as_rows(x: Any, name: str) -> np.ndarray:
