@@ -295,7 +295,7 @@ def _build_retriever(args, ds, folder: Path, kind: str, cfg=None, index=None, C=
 
 
 def cmd_mine(args) -> int:
-    from hardneg.mining._pipeline import run_pipeline
+    from hardneg.mining import run_pipeline
 
     if args.output and args.output != "-":
         parent = Path(args.output).parent

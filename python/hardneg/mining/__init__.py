@@ -18,7 +18,10 @@ same negatives (``sampling="top"``).  For each query:
 5. sample ``num_negatives`` of them: the first ones (``"top"``), uniformly
    (``"random"``) or in proportion to ``exp(score / temperature)`` (``"softmax"``).
 
-See ``docs/mining.md`` for a worked example.
+See ``docs/mining.md`` for a worked example.  The package, one stage per module:
+``_config`` (settings checked into a frozen :class:`MiningConfig`), :mod:`hardneg.retrievers`
+(the search), ``_exclusions`` (positives, exclusions, slots), ``_select`` (anchor, filters,
+window, sampling), ``_pipeline`` (the batches) and ``_result`` (:class:`MinedNegatives`, files).
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ from hardneg.mining._result import MinedNegatives, load_negatives
 from hardneg.retrievers import RETRIEVERS, make_retriever
 from hardneg.retrievers import fuse_rrf as _fuse_rrf
 
-__all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "MiningConfig",
-           "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
+__all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "MiningConfig", "build_config",
+           "run_pipeline", "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
 
 
 def mine_hard_negatives(

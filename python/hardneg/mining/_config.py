@@ -106,9 +106,20 @@ def build_config(retriever: str = "dense", *, num_negatives: int = 8, range_min:
                  shallow_first: bool = True) -> MiningConfig:
     """Check every setting (TypeError / ValueError naming the argument) and freeze them.
 
-    ``sampling_strategy`` and ``cross_encoder`` are sentence-transformers' names for ``sampling``
-    and ``rescorer`` (a ``CrossEncoder``, or anything with ``.predict(pairs)``); giving both names
-    of one setting is a TypeError.
+    Parameters
+    ----------
+    retriever, num_negatives, range_min, range_max, ... : as :func:`hardneg.mine_hard_negatives`
+    sampling_strategy : str, optional
+        sentence-transformers' name for ``sampling``.
+    cross_encoder : optional
+        sentence-transformers' name for the rescorer: a ``CrossEncoder``, or anything with
+        ``.predict(list of (query, document) pairs)``.  Giving both names of one setting is a TypeError.
+    shallow_first : bool
+        Allow the shallow first search (``sampling="top"``; same result, faster).
+
+    Returns
+    -------
+    MiningConfig
     """
     sampling = _alias(sampling, "top", sampling_strategy, "sampling", "sampling_strategy")
     if cross_encoder is not None:

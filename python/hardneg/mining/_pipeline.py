@@ -273,7 +273,24 @@ def _mine_batch(ds: RetrievalDataset, ret: Any, cfg: MiningConfig, plan: SearchP
 
 def run_pipeline(ds: RetrievalDataset, ret: Any, cfg: MiningConfig, timings: Optional[Dict[str, float]] = None,
                  t_start: Optional[float] = None) -> MinedNegatives:
-    """Mine every query of ``ds`` with the retriever ``ret`` (from :func:`hardneg.retrievers.make_retriever`)."""
+    """Mine every query of ``ds`` with a built retriever and checked settings.
+
+    Parameters
+    ----------
+    ds : RetrievalDataset
+    ret : retriever
+        From :func:`hardneg.retrievers.make_retriever` for ``ds`` (``search`` / ``pair_scores``).
+    cfg : MiningConfig
+        From :func:`build_config`.
+    timings : dict, optional
+        Stage timings measured before (e.g. ``{"index": seconds}``); the pipeline's are added.
+    t_start : float, optional
+        ``time.perf_counter()`` at the start of the run, for ``timings["total"]``.
+
+    Returns
+    -------
+    MinedNegatives
+    """
     t_start = time.perf_counter() if t_start is None else t_start
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
