@@ -1,4 +1,4 @@
-"""The ``hardneg`` command: subcommands, output files, and one-line errors with exit status 2."""
+"""The ``hardneg`` command: subcommands, output files, and one-line errors (status 2: usage, 1: runtime)."""
 from __future__ import annotations
 
 import json
@@ -24,8 +24,8 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def assert_one_line_error(code, err, *words):
-    assert code == 2
+def assert_one_line_error(code, err, *words, status=2):
+    assert code == status, (code, err)
     lines = [x for x in err.splitlines() if x.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("hardneg: error: ")
@@ -230,3 +230,102 @@ def test_torchrun_mine_equals_single_process(tmp_path):
                         "--retriever", "dense", "-o", str(b)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert a.read_text() == b.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- statuses and options
+
+
+def _copy_sample(tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(hd.sample_path(), dst)
+    return dst
+
+
+def test_runtime_failures_exit_1_and_debug_shows_the_traceback(capsys, tmp_path):
+    dst = _copy_sample(tmp_path)
+    corpus = dst / "corpus.jsonl"
+    lines = corpus.read_bytes().split(b"\n")
+    lines[4] = lines[4][:-2] + b"\xff" + lines[4][-2:]  # a byte that is not UTF-8 on line 5
+    corpus.write_bytes(b"\n".join(lines))
+    code, _, err = run(capsys, "mine", "-q", "--dataset", str(dst))
+    assert_one_line_error(code, err, "corpus.jsonl:5", "UTF-8", status=1)
+    for argv in (("--debug", "mine", "-q", "--dataset", str(dst)), ("mine", "-q", "--dataset", str(dst), "--debug")):
+        code, _, err = run(capsys, *argv)
+        assert code == 1 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("hardneg: error: ")
+    code, _, err = run(capsys, "mine", "--range", "9:3", "--debug")  # usage errors keep their status
+    assert code == 2 and "range_min" in err
+
+
+def test_garbage_npy_names_the_file_and_the_option(capsys, tmp_path):
+    bad = tmp_path / "c.npy"
+    bad.write_bytes(b"this is not an array" * 20)
+    np.save(tmp_path / "q.npy", np.zeros((40, 384), np.float32))
+    code, _, err = run(capsys, "mine", "-q", "--corpus-embeddings", str(bad), "--query-embeddings",
+                       str(tmp_path / "q.npy"))
+    assert_one_line_error(code, err, "--corpus-embeddings", str(bad))
+    assert "allow_pickle" not in err
+
+
+@pytest.mark.parametrize("qrels", ["", "query-id\tcorpus-id\tscore\n", "nobody\td001\t1\n"])
+def test_split_without_queries_is_a_usage_error(capsys, tmp_path, qrels):
+    dst = _copy_sample(tmp_path)
+    (dst / "qrels" / "empty.tsv").write_text(qrels)
+    out = tmp_path / "o.jsonl"
+    code, _, err = run(capsys, "mine", "-q", "--dataset", str(dst), "--split", "empty", "-o", str(out))
+    lines = [x for x in err.splitlines() if x.startswith("hardneg: error:")]
+    assert code == 2 and len(lines) == 1 and "no query" in lines[0] and "empty" in lines[0], err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(getattr(hn, "BM25", None) is None, reason="this build has no hn.BM25")
+def test_bm25_stemmer_and_stopwords_reach_the_index(capsys, tmp_path):
+    ds = hd.load_sample("train")
+    for stem, stop in (("none", "none"), ("english", "en"), ("none", "en_plus")):
+        out = tmp_path / f"{stem}-{stop}.jsonl"
+        code, _, err = run(capsys, "mine", "-q", "--retriever", "bm25", "--bm25-stemmer", stem,
+                           "--bm25-stopwords", stop, "--format", "ids", "-o", str(out), "--range", "0:20")
+        assert code == 0, err
+        ref = hn.mine_hard_negatives(ds, "bm25", bm25={"stemmer": None if stem == "none" else stem,
+                                                       "stopwords": None if stop == "none" else stop},
+                                     range_min=0, range_max=20, progress=False)
+        np.testing.assert_array_equal(hn.load_negatives(out, ds).ids, ref.ids)
+    a = hn.load_negatives(tmp_path / "none-none.jsonl", ds).ids
+    b = hn.load_negatives(tmp_path / "english-en.jsonl", ds).ids
+    assert not np.array_equal(a, b)
+    code, _, err = run(capsys, "mine", "-q", "--retriever", "bm25", "--bm25-stemmer", "klingon")
+    assert_one_line_error(code, err, "klingon")
+    code, _, err = run(capsys, "mine", "-q", "--retriever", "bm25", "--bm25-stopwords", "fr")
+    assert_one_line_error(code, err, "--bm25-stopwords")
+
+
+def test_st_rule_option(capsys, tmp_path):
+    ds = hd.load_sample("train")
+    ce, qe = hd.find_embeddings(hd.sample_path())
+    for rule in ("6.2", "6.3"):
+        out = tmp_path / f"{rule}.jsonl"
+        code, _, err = run(capsys, "mine", "-q", "--st-rule", rule, "--format", "ids", "-o", str(out))
+        assert code == 0, err
+        ref = hn.mine_hard_negatives(ds, corpus_embeddings=ce, query_embeddings=qe, st_rule=rule, progress=False)
+        np.testing.assert_array_equal(hn.load_negatives(out, ds).ids, ref.ids)
+    code, _, err = run(capsys, "mine", "--st-rule", "7.0")
+    assert_one_line_error(code, err, "--st-rule")
+
+
+def test_output_is_replaced_only_when_complete(capsys, tmp_path, monkeypatch):
+    import hardneg.mining._result as result
+
+    out = tmp_path / "neg.jsonl"
+    out.write_text("previous\n")
+    real = json.dumps
+    calls = []
+
+    def failing(obj, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("No space left on device")
+        return real(obj, **kw)
+
+    monkeypatch.setattr(result.json, "dumps", failing)
+    code, _, err = run(capsys, "mine", "-q", "-o", str(out))
+    assert_one_line_error(code, err, "No space left", status=1)
+    assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["neg.jsonl"]

@@ -676,25 +676,30 @@ def test_progress_bar_goes_to_stderr(capsys):
 
 
 @pytest.mark.parametrize("retriever", ["dense", "bm25"])
-def test_shallow_first_pass_equals_full_search(monkeypatch, retriever):
+def test_shallow_first_pass_equals_full_search(retriever):
     """sampling="top" first searches range_min + num_negatives + slack deep and searches again only
     the queries whose survivors fall short: the result must equal the full-depth search."""
-    import hardneg.mining as mining
+    from hardneg.mining._config import build_config
+    from hardneg.mining._pipeline import run_pipeline
+    from hardneg.retrievers import make_retriever
 
     Q, C, S, pos = make_exact(nq=60, n=400, seed=43)
     B = make_bm25_scores(60, 400, 3)
     ds = make_ds(60, 400, pos)
-    kw = dict(num_negatives=4, range_min=3, range_max=120, relative_margin=0.0005, metric="ip", progress=False,
-              corpus_embeddings=C, query_embeddings=Q, batch_size=17)
+    sel = dict(num_negatives=4, range_min=3, range_max=120, relative_margin=0.0005, metric="ip", progress=False,
+               batch_size=17)
+    src = dict(corpus_embeddings=C, query_embeddings=Q)
     if retriever == "bm25":
-        kw.update(bm25=FakeBM25(B), relative_margin=None, max_score=9.0)
-    fast = mine_hard_negatives(ds, retriever, **kw)
-    monkeypatch.setattr(mining, "_FAST_PATH", False)
-    full = mine_hard_negatives(ds, retriever, **kw)
+        sel.update(relative_margin=None, max_score=9.0)
+        src = dict(bm25=FakeBM25(B))
+    fast = mine_hard_negatives(ds, retriever, **sel, **src)
+    cfg = build_config(retriever, shallow_first=False, **sel)
+    full = run_pipeline(ds, make_retriever(retriever, ds, metric="ip", **src), cfg)
     np.testing.assert_array_equal(fast.ids, full.ids)
     np.testing.assert_array_equal(fast.scores, full.scores)
     np.testing.assert_array_equal(fast.anchor_scores, full.anchor_scores)
     assert 0 < fast.stats["searched_again"] < 60  # both paths were taken
+    assert full.stats["searched_again"] is None
 
 
 def test_index_hook_faiss_flat_equals_exact():
@@ -712,3 +717,141 @@ def test_index_hook_faiss_flat_equals_exact():
                             index=hn.DenseIndex(C[:10]), **kw)
     with pytest.raises(TypeError, match="index must be"):
         mine_hard_negatives(ds, "dense", corpus_embeddings=C, query_embeddings=Q, index=object(), **kw)
+
+
+# ---------------------------------------------------------------------------------------------- safety
+
+
+def test_load_negatives_for_another_dataset_is_an_error(tmp_path, sample_mined):
+    path = tmp_path / "neg.jsonl"
+    sample_mined.save(path, format="ids")
+    other = make_ds(3, 10, [[0], [1], [2]])  # query ids q0..q2, none in the sample
+    with pytest.raises(ValueError, match="none of its 30 query ids"):
+        load_negatives(path, other)
+    # partial overlap: a warning that counts the unknown ids
+    ds = sample_mined.dataset
+    keep = set(ds.query_ids[:10])
+    sub = hd.from_dict({d: t for d, t in zip(ds.corpus_ids, ds.corpus_texts)},
+                       {q: t for q, t in zip(ds.query_ids, ds.query_texts) if q in keep},
+                       {q: r for q, r in ds.qrels.items() if q in keep})
+    with pytest.warns(UserWarning, match="20 of its 30 query ids"):
+        back = load_negatives(path, sub)
+    np.testing.assert_array_equal(back.ids, sample_mined.ids[:10])
+
+
+def test_save_is_atomic(tmp_path, sample_mined, monkeypatch):
+    """A failure half-way leaves the previous file as it was, and no temporary file behind."""
+    import hardneg.mining._result as result
+
+    for name in ("neg.jsonl", "neg.jsonl.gz"):
+        path = tmp_path / name
+        sample_mined.save(path, format="ids")
+        before = path.read_bytes()
+        calls = []
+        real = json.dumps
+
+        def failing(obj, **kw):
+            calls.append(1)
+            if len(calls) == 10:
+                raise RuntimeError("disk on fire")
+            return real(obj, **kw)
+
+        monkeypatch.setattr(result.json, "dumps", failing)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            sample_mined.save(path, format="triplet")
+        monkeypatch.setattr(result.json, "dumps", real)
+        assert path.read_bytes() == before
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+        n = sample_mined.save(path, format="triplet")
+        assert len(_read_jsonl(path)) == n
+
+
+def test_huge_range_on_a_small_corpus_stays_small():
+    """Depths and buffers follow the corpus, not the range (range_min=50M on 60 documents)."""
+    import resource
+    import subprocess
+    import sys
+
+    code = """
+import resource, numpy as np, sys
+from hardneg import datasets as hd
+from hardneg.mining import mine_hard_negatives
+rng = np.random.default_rng(0)
+C = rng.standard_normal((60, 8)).astype(np.float32); Q = rng.standard_normal((5, 8)).astype(np.float32)
+ds = hd.from_dict({f"d{i}": f"t{i}" for i in range(60)}, {f"q{j}": f"x{j}" for j in range(5)},
+                  {f"q{j}": {f"d{j}": 1} for j in range(5)})
+for lo in (50_000_000, 10**9):
+    for sampling in ("top", "random"):
+        m = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, range_min=lo, range_max=lo + 8,
+                                sampling=sampling, progress=False)
+        assert (m.ids == -1).all() and m.ids.shape == (5, 8)
+m = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, range_min=0, range_max=10**9,
+                        num_negatives=3, relative_margin=None, progress=False)
+assert (m.counts == 3).all() and m.params["depth"] == 10**9 + 2
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.split()[-1]) < 1 << 20  # KiB: under 1 GiB (it asked for 16 GB and more)
+    Q, C, S, pos = make_exact(nq=5, seed=3)
+    ds = make_ds(5, C.shape[0], pos)
+    with pytest.raises(ValueError, match=r"num_negatives asks for an output of [\d,]+ bytes"):
+        mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, num_negatives=10**15, range_min=0,
+                            range_max=10**15, progress=False)
+
+
+def test_sentence_transformers_argument_names():
+    Q, C, S, pos = make_exact(nq=20, seed=47)
+    ds = make_ds(20, C.shape[0], pos)
+    base = dict(corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False, num_negatives=3,
+                range_min=1, range_max=30, seed=5)
+    a = mine_hard_negatives(ds, sampling="random", **base)
+    b = mine_hard_negatives(ds, sampling_strategy="random", **base)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    with pytest.raises(TypeError, match="sampling_strategy"):
+        mine_hard_negatives(ds, sampling="softmax", sampling_strategy="random", **base)
+    with pytest.raises(ValueError, match="sampling"):
+        mine_hard_negatives(ds, sampling_strategy="best", **base)
+
+    rng = np.random.default_rng(1)
+    R = rng.standard_normal(S.shape).astype(np.float32)
+
+    class FakeCrossEncoder:  # sentence-transformers' CrossEncoder.predict(pairs, show_progress_bar=...)
+        def __init__(self):
+            self.calls = 0
+
+        def predict(self, pairs, batch_size=32, show_progress_bar=None):
+            self.calls += 1
+            assert show_progress_bar is False
+            return np.array([R[int(q[1:]), int(d[1:])] for q, d in pairs], np.float32)
+
+    ce = FakeCrossEncoder()
+    via_ce = mine_hard_negatives(ds, cross_encoder=ce, **base)
+    via_fn = mine_hard_negatives(ds, rescorer=lambda qs, ds_: [R[int(q[1:]), int(d[1:])] for q, d in zip(qs, ds_)],
+                                 **base)
+    np.testing.assert_array_equal(via_ce.ids, via_fn.ids)
+    assert ce.calls == 1 and via_ce.params["rescorer"] is True
+    assert rows(via_ce) == oracle(S, pos, rescore=lambda j, d: R[j, d], num_negatives=3, range_min=1, range_max=30,
+                                  relative_margin=0.05)
+    with pytest.raises(TypeError, match="cross_encoder"):
+        mine_hard_negatives(ds, cross_encoder=ce, rescorer=lambda q, d: 0, **base)
+    with pytest.raises(TypeError, match="predict"):
+        mine_hard_negatives(ds, cross_encoder=object(), **base)
+
+
+def test_prebuilt_retriever_equals_the_named_one():
+    from hardneg.retrievers import make_retriever
+
+    Q, C, S, pos = make_exact(nq=30, seed=53)
+    ds = make_ds(30, C.shape[0], pos)
+    kw = dict(num_negatives=4, range_min=2, range_max=25, progress=False)
+    a = mine_hard_negatives(ds, "dense", corpus_embeddings=C, query_embeddings=Q, metric="ip", **kw)
+    ret = make_retriever("dense", ds, corpus_embeddings=C, query_embeddings=Q, metric="ip")
+    b = mine_hard_negatives(ds, ret, **kw)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert b.params["retriever"] == "dense"
+    with pytest.raises(TypeError, match="brings its own"):
+        mine_hard_negatives(ds, ret, corpus_embeddings=C, **kw)
+    with pytest.raises(TypeError, match="retriever must be"):
+        mine_hard_negatives(ds, object(), **kw)

@@ -1,11 +1,13 @@
-"""Small file helpers shared by the dataset and metrics readers."""
+"""Small file helpers shared by the dataset and metrics readers and the writers of output files."""
 from __future__ import annotations
 
 import gzip
 import io
 import os
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO, Union
+from typing import Iterator, TextIO, Union
 
 
 def open_text(path: Union[str, os.PathLike]) -> TextIO:
@@ -14,3 +16,41 @@ def open_text(path: Union[str, os.PathLike]) -> TextIO:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
     return open(path, encoding="utf-8")
+
+
+def _not_regular(path: Path) -> bool:
+    try:
+        return path.exists() and not path.is_file()
+    except OSError:
+        return False
+
+
+@contextmanager
+def atomic_text_output(path: Union[str, os.PathLike]) -> Iterator[TextIO]:
+    """Write a UTF-8 text file (``.gz``: compressed) to a temporary file beside ``path``, renamed
+    into place when the block ends without an error: a failure half-way leaves the previous
+    file intact (and no temporary file behind).  Targets that are not regular files (``/dev/stdout``)
+    are written directly.
+    """
+    path = Path(path)
+    if _not_regular(path):
+        with open(path, "w", encoding="utf-8") as f:
+            yield f
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        raw = os.fdopen(fd, "wb")
+        if path.suffix == ".gz":
+            f = io.TextIOWrapper(gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw), encoding="utf-8")
+        else:
+            f = io.TextIOWrapper(raw, encoding="utf-8")
+        with raw, f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -13,9 +13,12 @@ shipped inside the package.
 """
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -25,7 +28,7 @@ import numpy as np
 from hardneg._io import open_text
 from hardneg.metrics import read_qrels_rows
 
-__all__ = ["RetrievalDataset", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
+__all__ = ["RetrievalDataset", "CorpusTextIndex", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -72,6 +75,8 @@ class RetrievalDataset:
     def __post_init__(self) -> None:
         self._doc_index: Optional[Dict[str, int]] = None
         self._corpus_texts: Optional[List[str]] = None
+        self._text_index: Optional[CorpusTextIndex] = None
+        self._split_rows_cache: Optional[Tuple[Any, np.ndarray, np.ndarray]] = None
         if not self.all_query_ids:
             self.all_query_ids = list(self.query_ids)
             self.query_rows = np.arange(len(self.query_ids), dtype=np.int64)
@@ -135,6 +140,46 @@ class RetrievalDataset:
             cache[key] = (counts, rows)
         return cache[key]
 
+    def split_query_embeddings(self, embeddings: np.ndarray, name: str = "query_embeddings",
+                               cache_key: Any = None) -> np.ndarray:
+        """The rows of ``embeddings`` for the split's queries, in ``query_ids`` order.
+
+        Parameters
+        ----------
+        embeddings : array (Q, d) or (len(all_query_ids), d)
+            One row per split query (returned as is) or one per line of the queries file
+            (rows ``query_rows`` are picked: a contiguous copy).
+        name : str
+            The argument named in the error message.
+        cache_key : hashable, optional
+            The identity of the source (e.g. a file's device, inode, size and mtime): the picked
+            copy is kept on the dataset, read-only, and reused while the key and ``query_rows`` stay.
+
+        Returns
+        -------
+        array (Q, d)
+        """
+        n = embeddings.shape[0]
+        if n == self.num_queries:
+            return embeddings
+        if n != len(self.all_query_ids):
+            raise ValueError(f"{name} has {n} rows; expected {self.num_queries} (the split's queries) or "
+                             f"{len(self.all_query_ids)} (every query of the queries file)")
+        cached = self._split_rows_cache
+        if cache_key is not None and cached is not None and cached[0] == cache_key and cached[1] is self.query_rows:
+            return cached[2]
+        picked = np.ascontiguousarray(embeddings[self.query_rows])
+        if cache_key is not None:
+            picked.flags.writeable = False
+            self._split_rows_cache = (cache_key, self.query_rows, picked)
+        return picked
+
+    def text_index(self) -> "CorpusTextIndex":
+        """Lookup of documents by text (:class:`CorpusTextIndex`), built once per dataset."""
+        if self._text_index is None:
+            self._text_index = CorpusTextIndex(self.corpus_texts)
+        return self._text_index
+
     def _own_rows(self) -> np.ndarray:
         """Per query, the corpus row whose id equals the query id (-1: none); read-only, cached."""
         cache = self.__dict__.setdefault("_own_rows_cache", {})
@@ -148,6 +193,38 @@ class RetrievalDataset:
         return cache[key]
 
 
+class CorpusTextIndex:
+    """Corpus rows by text: hashes sorted once, then lookups compare only the texts whose hash matches."""
+
+    def __init__(self, texts: List[str]):
+        self.texts = texts
+        h = np.fromiter((hash(t) for t in texts), dtype=np.int64, count=len(texts))
+        self.order = np.argsort(h, kind="stable")
+        self.sorted = h[self.order]
+
+    def may_contain(self, texts: List[str]) -> np.ndarray:
+        """bool (len(texts),): whether a corpus text has the same hash (True for every text that is there)."""
+        qh = np.fromiter((hash(t) for t in texts), dtype=np.int64, count=len(texts))
+        return np.searchsorted(self.sorted, qh, "right") > np.searchsorted(self.sorted, qh, "left")
+
+    def rows_with_text(self, text: str) -> List[int]:
+        """Rows whose text equals ``text``, ascending."""
+        hv = hash(text)
+        lo = int(np.searchsorted(self.sorted, hv, "left"))
+        hi = int(np.searchsorted(self.sorted, hv, "right"))
+        return [int(r) for r in self.order[lo:hi] if self.texts[r] == text]
+
+    def duplicated_rows(self) -> set:
+        """Rows whose hash is shared with another row (candidates for identical texts)."""
+        if self.sorted.size < 2:
+            return set()
+        same = self.sorted[1:] == self.sorted[:-1]
+        if not same.any():
+            return set()
+        idx = np.flatnonzero(same)
+        return set(self.order[idx].tolist()) | set(self.order[idx + 1].tolist())
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 
@@ -158,19 +235,55 @@ def _find(folder: Path, name: str) -> Path:
     raise FileNotFoundError(f"{folder / name} not found (expected the BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
 
 
+def _lines(path: Path) -> Iterable[Tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file (``.gz``: decompressed); undecodable bytes and
+    corrupt compressed data are ValueErrors naming the file and the line."""
+    try:
+        with open_text(path) as f:
+            yield from enumerate(f, 1)
+    except (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(_locate_bad_bytes(path, e)) from None
+
+
+def _locate_bad_bytes(path: Path, err: BaseException) -> str:
+    """The message for a file that failed to decode: the first line at fault, found by reading it
+    again as bytes, line by line (the text reader decodes in chunks, so it cannot tell)."""
+    lineno = 0
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return (f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                            "save the file as UTF-8")
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+        return f"{path}:{lineno + 1}: corrupt or truncated gzip data ({str(e) or type(e).__name__})"
+    return f"{path}: cannot be read as UTF-8 text ({str(err) or type(err).__name__})"
+
+
 def _read_jsonl(path: Path, what: str) -> Iterable[Tuple[int, dict]]:
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON in {what} ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: {what} lines must be JSON objects")
-            yield lineno, obj
+    for lineno, line in _lines(path):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: invalid JSON in {what} ({e.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{lineno}: JSON nested too deeply in {what}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: {what} lines must be JSON objects")
+        yield lineno, obj
+
+
+def _read_qrels(path: Path) -> List[Tuple[str, str, int]]:
+    """The qrels rows (:func:`hardneg.metrics.read_qrels_rows`); unreadable bytes name the file and line."""
+    try:
+        return read_qrels_rows(path)
+    except (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(_locate_bad_bytes(path, e)) from None
 
 
 def _get_id(obj: dict, path: Path, lineno: int) -> str:
@@ -238,7 +351,7 @@ def load_beir(path: PathLike, split: str = "test", qrels_path: Optional[PathLike
             all_qids.append(qid)
         qtexts[qid] = str(obj.get("text") or "")
 
-    return _assemble(ids, titles, bodies, all_qids, qtexts, read_qrels_rows(qrels_file), str(folder), split, seen)
+    return _assemble(ids, titles, bodies, all_qids, qtexts, _read_qrels(qrels_file), str(folder), split, seen)
 
 
 def _assemble(ids, titles, bodies, all_qids, qtexts, qrel_rows, path, split, doc_set=None) -> RetrievalDataset:
@@ -277,8 +390,16 @@ def from_dict(corpus: Mapping[str, Any], queries: Mapping[str, str],
     Parameters
     ----------
     corpus : ``{doc_id: text}`` or ``{doc_id: {"title": ..., "text": ...}}``
+        Texts are str; a None document is refused (a None or missing title / text field is empty).
     queries : ``{query_id: text}``
     qrels : ``{query_id: {doc_id: relevance}}``
+        Integer relevances (``1.0`` is accepted; ``1.7``, NaN and inf are refused, as by
+        :func:`load_beir` and ``hn.Qrels.from_dict``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the id of the offending document, query or judgement.
     """
     for name, m in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
         if not isinstance(m, Mapping):
@@ -287,14 +408,42 @@ def from_dict(corpus: Mapping[str, Any], queries: Mapping[str, str],
     for did, doc in corpus.items():
         ids.append(str(did))
         if isinstance(doc, Mapping):
-            titles.append(str(doc.get("title") or ""))
-            bodies.append(str(doc.get("text") or ""))
+            titles.append(_text_field(doc.get("title"), f"corpus[{did!r}]['title']"))
+            bodies.append(_text_field(doc.get("text"), f"corpus[{did!r}]['text']"))
         else:
             titles.append("")
-            bodies.append(str(doc))
-    qtexts = {str(q): str(t) for q, t in queries.items()}
-    rows = [(str(q), str(d), int(r)) for q, rel in qrels.items() for d, r in rel.items()]
+            bodies.append(_text(doc, f"corpus[{did!r}]"))
+    qtexts = {str(q): _text(t, f"queries[{q!r}]") for q, t in queries.items()}
+    rows = []
+    for q, rel in qrels.items():
+        if not isinstance(rel, Mapping):
+            raise TypeError(f"qrels[{q!r}] must be a dict {{doc_id: relevance}}, got {type(rel).__name__}")
+        rows.extend((str(q), str(d), _relevance(r, q, d)) for d, r in rel.items())
     return _assemble(ids, titles, bodies, list(qtexts), qtexts, rows, None, None)
+
+
+def _text(value: Any, where: str) -> str:
+    """A document or query text: a str (None and other objects are refused, not indexed as ``"None"``)."""
+    if value is None:
+        raise ValueError(f"{where} is None: give its text (a str)")
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a str (or a {{'title', 'text'}} dict for documents), "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def _text_field(value: Any, where: str) -> str:
+    """A title / text field: a str, or None / missing for empty (as BEIR's files allow)."""
+    return "" if value is None else _text(value, where)
+
+
+def _relevance(value: Any, q: Any, d: Any) -> int:
+    """An integer relevance (``1.0`` is accepted, ``1.7``, NaN, inf and bools are refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"qrels[{q!r}][{d!r}] must be an integer relevance, got {value!r}")
+    if isinstance(value, (float, np.floating)) and (not math.isfinite(value) or value != int(value)):
+        raise ValueError(f"qrels[{q!r}][{d!r}] = {value!r} is not an integer relevance")
+    return int(value)
 
 
 # ---------------------------------------------------------------------------------------------- sample

@@ -245,7 +245,7 @@ def read_qrels_rows(path: Union[str, os.PathLike]) -> List[Tuple[str, str, int]]
                 if ln == 1:
                     continue  # header
                 raise ValueError(f"{path}:{ln}: relevance {r!r} is not an integer") from None
-            if rel != int(rel):
+            if not math.isfinite(rel) or rel != int(rel):
                 raise ValueError(f"{path}:{ln}: relevance {r!r} is not an integer")
             rows.append((q.strip(), d.strip(), int(rel)))
     return rows

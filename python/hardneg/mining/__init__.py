@@ -1,0 +1,194 @@
+"""Hard-negative mining: from a retrieval dataset to training files with hard negatives.
+
+The selection rule is sentence-transformers' ``util.mine_hard_negatives`` (6.3, the
+current release; ``st_rule="6.2"`` for the previous one), so users who switch get the
+same negatives (``sampling="top"``).  For each query:
+
+1. take the top ``range_max + P + 1`` of its ranking, P being the largest number of
+   positives of any query;
+2. drop the query's positives and the document whose text is the query's (they are
+   excluded inside the search kernel, and the slots they would have taken in that
+   ranking are accounted for);
+3. drop the candidates that fail a score filter, measured against the query's
+   lowest-scoring positive (``positive_anchor="min"``):
+   ``relative_margin``: kept only if ``score <= pos - |pos| * relative_margin``;
+   ``absolute_margin``: kept only if ``score + absolute_margin <= pos``;
+   ``max_score``: kept only if ``score <= max_score``; ``min_score``: only if ``score >= min_score``;
+4. order what is left by score and keep positions ``range_min .. range_max - 1``;
+5. sample ``num_negatives`` of them: the first ones (``"top"``), uniformly
+   (``"random"``) or in proportion to ``exp(score / temperature)`` (``"softmax"``).
+
+See ``docs/mining.md`` for a worked example.  The package, one stage per module:
+``_config`` (settings checked into a frozen :class:`MiningConfig`), :mod:`hardneg.retrievers`
+(the search), ``_exclusions`` (positives, exclusions, slots), ``_select`` (anchor, filters,
+window, sampling), ``_pipeline`` (the batches) and ``_result`` (:class:`MinedNegatives`, files).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, List, Optional
+
+from hardneg.datasets import RetrievalDataset
+from hardneg.mining._config import (FORMATS, METRICS, POSITIVE_ANCHORS, SAMPLING, ST_RULES, MiningConfig,
+                                    build_config)
+from hardneg.mining._exclusions import _exclusions, _slots_taken
+from hardneg.mining._pipeline import run_pipeline
+from hardneg.mining._result import MinedNegatives, load_negatives
+from hardneg.retrievers import RETRIEVERS, make_retriever
+from hardneg.retrievers import fuse_rrf as _fuse_rrf
+
+__all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "MiningConfig", "build_config",
+           "run_pipeline", "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
+
+
+def mine_hard_negatives(
+    ds: RetrievalDataset,
+    retriever: str = "dense",
+    *,
+    corpus_embeddings: Any = None,
+    query_embeddings: Any = None,
+    encoder: Optional[Callable[[List[str]], Any]] = None,
+    num_negatives: int = 8,
+    range_min: int = 10,
+    range_max: int = 100,
+    relative_margin: Optional[float] = 0.05,
+    absolute_margin: Optional[float] = None,
+    max_score: Optional[float] = None,
+    min_score: Optional[float] = None,
+    sampling: str = "top",
+    temperature: float = 0.05,
+    rescorer: Optional[Callable[[List[str], List[str]], Any]] = None,
+    seed: int = 0,
+    num_threads: Optional[int] = None,
+    positive_anchor: str = "min",
+    metric: str = "cosine",
+    bm25: Any = None,
+    rrf_k: int = 60,
+    exclude_self: bool = True,
+    exclude_same_text: bool = True,
+    index: Any = None,
+    batch_size: int = 2048,
+    encode_batch_size: int = 256,
+    progress: bool = True,
+    st_rule: str = "6.3",
+    sampling_strategy: Optional[str] = None,
+    cross_encoder: Any = None,
+) -> MinedNegatives:
+    """Mine hard negatives for every query of ``ds`` (see the module docstring for the rule).
+
+    Parameters
+    ----------
+    ds : RetrievalDataset
+        From :func:`hardneg.datasets.load_beir` / :func:`hardneg.datasets.from_dict`.
+    retriever : {"dense", "bm25", "hybrid"} or a retriever
+        "hybrid" ranks by reciprocal rank fusion (``rrf_k``) of the dense and BM25 rankings;
+        its scores (and so its filters) are the fused RRF scores.  A retriever built with
+        :func:`hardneg.retrievers.make_retriever` for ``ds`` is used as it is (then leave
+        ``corpus_embeddings``, ``query_embeddings``, ``encoder``, ``index`` and ``bm25`` out).
+    corpus_embeddings : array (N, d) or path to a ``.npy`` file, optional
+        Row i embeds ``ds.corpus_ids[i]``.  A ``.npy`` path (or an ``np.memmap``) is
+        memory-mapped and read in place, never copied.
+    query_embeddings : array (Q, d) or (all queries, d) or ``.npy`` path, optional
+        Either one row per ``ds.query_ids`` or one per line of ``queries.jsonl``
+        (``ds.all_query_ids``; rows are picked with ``ds.query_rows``).
+    encoder : callable(list[str]) -> array (n, d), optional
+        Embeds what was not given (corpus texts ``title + " " + text``, query texts).
+    num_negatives : int
+        Negatives per query (> 0).
+    range_min, range_max : int
+        Keep positions ``range_min .. range_max - 1`` of the filtered candidates.
+    relative_margin, absolute_margin, max_score, min_score : float or None
+        Positive-aware and absolute score filters (None: off).
+    sampling : {"top", "random", "softmax"}
+        "top" = the first ``num_negatives`` of the window (equal to sentence-transformers);
+        "random" = uniform without replacement; "softmax" = without replacement with weights
+        ``exp(score / temperature)``.  Sampled negatives are returned by descending score.
+    temperature : float
+        For "softmax" (> 0), in score units.
+    rescorer : callable(queries: list[str], docs: list[str]) -> scores, optional
+        Rescores every candidate pair and the positives (e.g. a cross-encoder); ordering,
+        ranges and filters then use its scores.
+    seed : int
+        Sampling seed; results depend only on it, never on ``num_threads`` or ``batch_size``.
+    num_threads : int, optional
+        Threads for the search kernels.
+    positive_anchor : {"min", "max", "mean"}
+        Which of a query's positive scores the margins are measured against.  "min"
+        (sentence-transformers' choice) is the most conservative: a candidate must score
+        below every positive.
+    metric : {"cosine", "ip"}
+        Dense similarity ("cosine", as sentence-transformers, equals "ip" on normalised vectors).
+    bm25 : hn.BM25 instance or dict, optional
+        A BM25 index already built over ``ds.corpus_texts``, or keyword arguments for ``hn.BM25``.
+    exclude_self, exclude_same_text : bool
+        Also exclude the document whose id equals the query id, and documents whose text equals
+        the query's text or one of its positives' texts.
+    index : optional
+        A prebuilt search index for the dense stage, used instead of the exact in-memory kernel:
+        ``hn.DenseIndex(C, backend="faiss", index="IVF4096,Flat")`` (approximate),
+        ``hn.DenseIndex.from_npy(path)`` (out of core) or
+        ``hn.distributed.DistributedIndex(local_shard)`` (sharded; see
+        :func:`hardneg.distributed.mine_hard_negatives`).  Anything with
+        ``.search(queries, k, exclude=)``, ``.metric`` and ``len()`` works.  Its metric wins over
+        ``metric``; ``corpus_embeddings`` (a memory-mapped ``.npy`` path is enough) still supplies
+        the positives' scores.
+    batch_size : int
+        Queries searched per kernel call (bounds the working memory).
+    progress : bool
+        Show a progress bar (tqdm) with rate and ETA.
+    st_rule : {"6.3", "6.2"}
+        Which release of sentence-transformers' candidate rule to follow (``docs/mining.md``).
+        "6.3" (the default, the current release) searches ``range_max + P + 1`` deep and counts
+        the document whose text equals the query as taking a slot; "6.2" searches
+        ``range_max + P`` deep.
+    sampling_strategy : {"top", "random", "softmax"}, optional
+        sentence-transformers' name for ``sampling`` (give one of the two).
+    cross_encoder : optional
+        A sentence-transformers ``CrossEncoder`` (or anything with ``.predict(list of (query,
+        document) pairs)``) used as the ``rescorer`` (give one of the two).
+
+    Returns
+    -------
+    MinedNegatives
+
+    Notes
+    -----
+    The stages (``docs/mining.md``): settings checked into a :class:`MiningConfig`; the retriever;
+    positives and exclusions; then per batch of queries: search, positive scores, pool, optional
+    rescoring, score filters, window and sampling.
+    """
+    t_all = time.perf_counter()
+    if not isinstance(ds, RetrievalDataset):
+        raise TypeError(f"ds must be a RetrievalDataset (hn.datasets.load_beir / from_dict), got {type(ds).__name__}")
+    prebuilt = None if isinstance(retriever, str) else retriever
+    if prebuilt is not None:
+        retriever = _check_prebuilt(prebuilt, ds, corpus_embeddings, query_embeddings, encoder, index, bm25)
+    cfg = build_config(
+        retriever, num_negatives=num_negatives, range_min=range_min, range_max=range_max,
+        relative_margin=relative_margin, absolute_margin=absolute_margin, max_score=max_score, min_score=min_score,
+        sampling=sampling, temperature=temperature, rescorer=rescorer, seed=seed, num_threads=num_threads,
+        positive_anchor=positive_anchor, metric=metric, rrf_k=rrf_k, exclude_self=exclude_self,
+        exclude_same_text=exclude_same_text, batch_size=batch_size, encode_batch_size=encode_batch_size,
+        progress=progress, st_rule=st_rule, sampling_strategy=sampling_strategy, cross_encoder=cross_encoder)
+    if ds.num_docs == 0:
+        raise ValueError("the dataset's corpus is empty")
+    t0 = time.perf_counter()
+    ret = prebuilt if prebuilt is not None else make_retriever(
+        cfg.retriever, ds, corpus_embeddings=corpus_embeddings, query_embeddings=query_embeddings, encoder=encoder,
+        index=index, bm25=bm25, metric=cfg.metric, rrf_k=cfg.rrf_k, num_threads=cfg.num_threads,
+        encode_batch_size=cfg.encode_batch_size, progress=cfg.progress)
+    timings = {"index": time.perf_counter() - t0}
+    return run_pipeline(ds, ret, cfg, timings, t_all)
+
+
+def _check_prebuilt(ret: Any, ds: RetrievalDataset, *sources: Any) -> str:
+    """The kind of a retriever passed as ``retriever=``; it brings its own embeddings and indexes."""
+    kind = getattr(ret, "name", None)
+    if kind not in RETRIEVERS or not callable(getattr(ret, "search", None)) \
+            or not callable(getattr(ret, "pair_scores", None)):
+        raise TypeError(f"retriever must be one of {RETRIEVERS} or a retriever from "
+                        f"hardneg.retrievers.make_retriever, got {type(ret).__name__}")
+    if any(s is not None for s in sources):
+        raise TypeError("a built retriever brings its own embeddings and indexes: leave corpus_embeddings, "
+                        "query_embeddings, encoder, index and bm25 out")
+    return kind
