@@ -117,3 +117,21 @@ def test_factory_errors_name_the_argument(tmp_path):
         make_retriever("dense", ds, corpus_embeddings=tmp_path / "obj.npy", query_embeddings=Q)
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         make_retriever("dense", ds, corpus_embeddings=tmp_path / "missing.npy", query_embeddings=Q)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e-22, 1e-30])
+def test_dense_pair_scores_exact_at_any_scale(scale):
+    from hardneg.retrievers import DenseRetriever
+
+    rng = np.random.default_rng(4)
+    C = (rng.standard_normal((30, 6)) * scale).astype(np.float32)
+    Q = (rng.standard_normal((4, 6)) * scale).astype(np.float32)
+    r = DenseRetriever(C, Q, metric="cosine", num_threads=1, unit=lambda: False)
+    qidx = np.repeat(np.arange(4), 30)
+    docs = np.tile(np.arange(30), 4)
+    got = r.pair_scores(slice(0, 4), qidx, docs)
+    q64, c64 = Q.astype(np.float64) / scale, C.astype(np.float64) / scale
+    want = (q64[qidx] * c64[docs]).sum(1) / (np.linalg.norm(q64[qidx], axis=1) * np.linalg.norm(c64[docs], axis=1))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    s, i = r.search(slice(0, 4), 5, None)
+    assert np.all(np.abs(s) <= 1 + 1e-6)

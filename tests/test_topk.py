@@ -726,19 +726,6 @@ def test_index_codes_shared_by_threads(rng, screen_kind):
         np.testing.assert_array_equal(s.view(np.uint32), ref[0].view(np.uint32))
 
 
-def test_topk_kernel_shim_for_mining(rng):
-    # hardneg.mining's former entry point: the token now selects a kept ExactIndex (same results)
-    from hardneg.topk import _topk_kernel
-
-    X = rng.standard_normal((300, 16)).astype(np.float32)
-    Q = rng.standard_normal((10, 16)).astype(np.float32)
-    ref = hn.topk(Q, X, k=7, metric="cosine")
-    for token in (0, 5, 5):
-        got = _topk_kernel(Q, X, 7, "cosine", None, None, token)
-        np.testing.assert_array_equal(got[1], ref[1])
-        np.testing.assert_array_equal(got[0], ref[0])
-
-
 # ------------------------------------------------------------ adversarial magnitudes, huge k, layouts
 def ref_cosine64(Q, X, k):
     """float64 cosine top-k (norms in float64: no over/underflow for any finite float32)."""

@@ -13,7 +13,6 @@ padded with ``-inf`` / ``-1``; ``exclude`` is any form :mod:`hardneg.exclude` ac
 """
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -25,6 +24,7 @@ from hardneg._progress import progress_bar
 from hardneg._threads import resolve_num_threads
 from hardneg._validate import check_choice, check_int
 from hardneg.datasets import RetrievalDataset
+from hardneg.exact import ExactIndex
 from hardneg.topk import topk
 
 __all__ = ["make_retriever", "DenseRetriever", "BM25Retriever", "HybridRetriever", "RETRIEVERS", "Rows"]
@@ -34,7 +34,6 @@ METRICS = ("cosine", "ip")
 Rows = Union[slice, np.ndarray]  # query rows: a slice (a view) or an int64 array (a copy)
 
 _IN_PLACE_BYTES = 256 << 20  # memory-mapped corpora up to this size are searched in place (ooc's block size)
-_REUSE_TOKENS = itertools.count(1)
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
@@ -171,9 +170,9 @@ class DenseRetriever:
         self.queries = queries
         self.metric = metric
         self.num_threads = num_threads
-        # one token per retriever: its searches may share the kernel's coded (bf16 / int8) copy of
-        # the corpus (the corpus is not modified while the retriever is used)
-        self.reuse_token = next(_REUSE_TOKENS)
+        # the exact index over an in-memory corpus, built on the first search: it owns the screen's
+        # coded (int8 / bf16) copy of the corpus, shared by every search of this retriever
+        self._exact: Optional[ExactIndex] = None
 
     def search(self, query_rows: Rows, k: int, exclude: Any) -> Tuple[np.ndarray, np.ndarray]:
         """Top ``k`` of the queries ``query_rows``: (scores float32 (B, k), ids int64 (B, k))."""
@@ -183,10 +182,9 @@ class DenseRetriever:
             return np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)
         # the corpus is checked for NaN/Inf inside the kernel, in the same pass as the search
         if type(self.corpus) is np.ndarray:
-            from hardneg.topk import _topk_kernel
-
-            # index-owned codes: see DenseIndex
-            return _topk_kernel(q, self.corpus, k, self.metric, exclude, self.num_threads, self.reuse_token)
+            if self._exact is None:
+                self._exact = ExactIndex(self.corpus, self.metric, self.num_threads)
+            return self._exact.search(q, k=k, exclude=exclude)
         return topk(q, self.corpus, k=k, metric=self.metric, exclude=exclude, num_threads=self.num_threads)
 
     def pair_scores(self, query_rows: Rows, qidx: np.ndarray, docs: np.ndarray) -> np.ndarray:
@@ -210,13 +208,25 @@ class DenseRetriever:
         return out
 
     def _pair_dots(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
-        s = np.einsum("ij,ij->i", q, d, dtype=np.float32)
-        if self.metric == "cosine":
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            s = np.einsum("ij,ij->i", q, d, dtype=np.float32)
+            if self.metric != "cosine":
+                return s
             qn = np.linalg.norm(q, axis=1)
             dn = np.linalg.norm(d, axis=1)
             den = qn * dn
-            s = np.where(den > 0, s / np.where(den > 0, den, 1), 0).astype(np.float32)
-        return s
+            out = np.where(den > 0, s / np.where(den > 0, den, 1), 0).astype(np.float32)
+            # rows whose float32 norms or dot over- or underflow (|x| beyond ~1e19 or below ~1e-19):
+            # again in float64 on rows scaled by their largest entry, exact for any finite input
+            bad = ~np.isfinite(den) | ~np.isfinite(s) | ((den < 1e-30) & (den >= 0) & (np.abs(q).max(1) > 0)
+                                                          & (np.abs(d).max(1) > 0))
+            if bad.any():
+                q64, d64 = q[bad].astype(np.float64), d[bad].astype(np.float64)
+                q64 /= np.abs(q64).max(1, keepdims=True)
+                d64 /= np.abs(d64).max(1, keepdims=True)
+                out[bad] = (np.einsum("ij,ij->i", q64, d64)
+                            / (np.linalg.norm(q64, axis=1) * np.linalg.norm(d64, axis=1))).astype(np.float32)
+        return out
 
 
 class BM25Retriever:

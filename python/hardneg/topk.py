@@ -164,27 +164,6 @@ def topk(queries: Any, corpus: Any, k: int = 10, metric: str = "ip", exclude: An
     return search_once(queries, corpus, k, metric, exclude, num_threads)
 
 
-def _topk_kernel(queries, corpus, k: int, metric: str, exclude, num_threads, reuse_token: int = 0):
-    """Backward-compatible shim for callers of the former private kernel entry (hardneg.mining).
-
-    ``reuse_token`` no longer reaches the kernel: a non-zero token keeps one
-    :class:`~hardneg.exact.ExactIndex` over ``corpus`` (the last token's only), so the
-    caller's searches over an unchanged corpus share that index's coded copy, as
-    before.  New code should build a ``DenseIndex`` and search it instead.
-    """
-    if not reuse_token:
-        return search_once(queries, corpus, k, metric, exclude, num_threads)
-    key = (reuse_token, metric, id(corpus), getattr(corpus, "shape", None))
-    kept = _SHIM_INDEX.get("key")
-    if kept != key or _SHIM_INDEX.get("corpus") is not corpus:
-        _SHIM_INDEX.clear()
-        _SHIM_INDEX.update(key=key, corpus=corpus, index=ExactIndex(corpus, metric))
-    return _SHIM_INDEX["index"].search(queries, k, exclude=exclude, num_threads=num_threads)
-
-
-_SHIM_INDEX: dict = {}
-
-
 def merge_topk(scores: List[np.ndarray], ids: List[np.ndarray], k: int, metric: str = "ip",
                num_threads: Optional[int] = None):
     """Merge per-shard results (each (Q, k_i), best first, global ids) into the global top k.
