@@ -201,7 +201,7 @@ CONFIGS = {
 @pytest.mark.parametrize("output_scores", [False, True])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_synthetic_equals_sentence_transformers(fmt, output_scores, cfg):
-    ds, model, docs, _ = synthetic()
+    ds, model, docs, _ = synthetic(self_positive=True)
     kw = dict(corpus=docs, output_format=fmt, output_scores=output_scores)
     kw.update(CONFIGS[cfg])
     assert_same(ours(ds, model, **kw), st_mine_reference(ds, model, **kw))
@@ -218,7 +218,8 @@ def test_repeated_pairs_and_self_positive_equal_sentence_transformers(fmt):
         assert_same(ours(ds, model, **kw), st_mine_reference(ds, model, **kw))
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(num_negatives=6, range_max=12), dict(relative_margin=0.0, range_max=20)])
+@pytest.mark.parametrize("extra", [dict(), dict(num_negatives=6, range_max=12),
+                                   dict(relative_margin=0.0, range_max=20)])
 @pytest.mark.parametrize("output_scores", [False, True])
 def test_include_positives_equals_sentence_transformers(output_scores, extra):
     ds, model, docs, _ = synthetic(seed=4, self_positive=True)
@@ -347,11 +348,34 @@ def test_similarity_name_and_probe():
         ours(ds, StubModel(dict(zip(qs, Q)), dict(zip(docs, C)), similarity="manhattan"), corpus=docs)
 
 
-def test_deprecated_arguments_and_use_faiss():
+def test_deprecated_arguments_and_use_faiss(caplog):
+    """Same results and the same warnings (hardneg.st's logger instead of sentence-transformers')."""
+    import logging
+
     ds, model, docs, _ = synthetic(seed=15)
     for kw in (dict(as_triplets=False), dict(margin=30000.0), dict(output_format="n-tuple-scores"),
-               dict(use_faiss=True, faiss_batch_size=7)):
-        assert_same(ours(ds, model, corpus=docs, **kw), st_mine_reference(ds, model, corpus=docs, **kw))
+               dict(use_faiss=True, faiss_batch_size=7), dict(include_positives=True, range_min=1)):
+        warned = []
+        for fn in (ours, st_mine_reference):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                out = fn(ds, model, corpus=docs, **kw)
+            warned.append([r.getMessage() for r in caplog.records if r.name.endswith(("hardneg.st", "hard_negatives"))])
+            if fn is ours:
+                mine = out
+        assert_same(mine, out)
+        assert warned[0] == warned[1] and (warned[0] or "use_faiss" in kw), kw
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_small_corpus_and_nothing_found_equal_sentence_transformers(fmt):
+    """A corpus shallower than the search (padding), and filters that leave nothing (empty columns)."""
+    ds, model, docs, _ = synthetic(seed=18, nq=4)
+    for kw in (dict(corpus=None, range_max=20, num_negatives=6), dict(corpus=None, num_negatives=1),
+               dict(corpus=docs, max_score=-1e9), dict(corpus=docs, min_score=1e9, range_max=10)):
+        for output_scores in (False, True):
+            kw.update(output_format=fmt, output_scores=output_scores)
+            assert_same(ours(ds, model, **kw), st_mine_reference(ds, model, **kw))
 
 
 # ---------------------------------------------------------------------------------------------- errors

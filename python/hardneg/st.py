@@ -71,61 +71,38 @@ def mine_hard_negatives(
     as_triplets: bool | None = None,
     margin: float | None = None,
 ) -> Dataset:
-    """Add hard negatives to a dataset of (anchor, positive) pairs, as sentence-transformers 6.3 does.
+    """Add hard negatives to (anchor, positive) pairs exactly as sentence-transformers 6.3 does.
 
-    Every parameter means what it means in ``sentence_transformers.util.mine_hard_negatives``
-    (its docstring has the long form); the result is the same ``datasets.Dataset``.
+    Every parameter means what it means in ``sentence_transformers.util.mine_hard_negatives`` (see
+    its docstring); only what differs or matters here is listed.
 
     Parameters
     ----------
     dataset : datasets.Dataset
         (anchor, positive) rows; a repeated anchor is one query with several positives.
     model : SentenceTransformer
-        Embeds with ``encode_document(corpus, ...)`` and ``encode_query(queries, ...)``
-        (``normalize_embeddings=True``, the prompts, ``batch_size``), unless ``cache_folder``
-        already holds both.  Its ``similarity_fn_name`` must be "cosine" or "dot"; a model with
-        "euclidean" or "manhattan" is handed to sentence-transformers' own function.
-    anchor_column_name, positive_column_name : str, optional
-        Default: the first and second column.
-    corpus : list, optional
-        More candidate documents (the positives are always candidates); deduplicated by text.
+        ``encode_document`` / ``encode_query`` embed what ``cache_folder`` does not hold.  Its
+        ``similarity_fn_name`` must be "cosine" or "dot" ("euclidean" / "manhattan" models are handed
+        to sentence-transformers' function); without one, ``model.similarity`` is probed.
     cross_encoder : CrossEncoder, optional
-        Rescores the candidates and positives with ``.predict(pairs, batch_size=, convert_to_tensor=True,
-        pool=)``; its scores then order and filter the candidates.
-    range_min, range_max, max_score, min_score, absolute_margin, relative_margin, num_negatives
-        The candidate window and score filters (``range_max=None``: derived as sentence-transformers does).
+        ``.predict(pairs, batch_size=, convert_to_tensor=True, pool=)`` rescores candidates and positives.
     sampling_strategy : {"top", "random"}
-        "random" makes sentence-transformers' own ``random.sample`` calls: a seeded ``random``
-        gives its draws.
-    query_prompt_name, query_prompt, corpus_prompt_name, corpus_prompt : str, optional
-        Passed to the encode calls; part of the cache hashes.
-    include_positives : bool
-        Keep the positives among the candidates (forces ``output_format="n-tuple"``).
-    output_format : {"triplet", "n-tuple", "labeled-pair", "labeled-list"}
-    output_scores : bool
-        Add the scores (float64 lists in the dataset, float32 values).
-    batch_size : int
-        Encoding (and cross-encoder) batch size.
+        "random" makes sentence-transformers' ``random.sample`` calls: a seeded ``random``, its draws.
     faiss_batch_size : int
-        Must be positive; queries searched per batch by the miner (at most 2048).
+        Positive; the miner's query batch (at most 2048).
     use_faiss : bool
-        Accepted; the search is hardneg's exact one either way, so the result equals the exact
-        (``use_faiss=False``) result of sentence-transformers, and ``faiss`` need not be installed.
-    use_multi_process : bool or list of str
-        Multi-process encoding (and cross-encoder) pool, as sentence-transformers starts it.
-    verbose : bool
-        Print sentence-transformers' log lines and statistics table.
+        Accepted, faiss not needed: the search is exact, the result that of ``use_faiss=False``.
     cache_folder : str, optional
-        ``query_embeddings_<sha256>.npy`` / ``corpus_embeddings_<sha256>.npy`` with
-        sentence-transformers' names and hashes: files either library wrote are reused.
-    as_triplets, margin : deprecated, as in sentence-transformers.
+        ``query_embeddings_<sha256>.npy`` / ``corpus_embeddings_<sha256>.npy``, sentence-transformers'
+        names and hashes: either library reads what the other wrote.
 
     Returns
     -------
     datasets.Dataset
         "triplet": (anchor, positive, negative[, scores]); "n-tuple": (anchor, positive,
         negative_1 .. negative_n[, scores]); "labeled-pair": (anchor, document, label | score);
-        "labeled-list": (anchor, [documents], labels | scores).
+        "labeled-list": (anchor, [documents], labels | scores).  Scores are the model's (or the
+        cross-encoder's) float32 similarities, stored as float64.
     """
     args = dict(locals())
     try:
@@ -183,25 +160,14 @@ def mine_hard_negatives(
     pairs, positive_indices, own_rows = _pairs(queries_all, positives_all, queries, corpus_list, corpus_idx,
                                                include_positives)
 
-    pool = None
-    if cross_encoder is not None and use_multi_process:
-        pool = cross_encoder.start_multi_process_pool(
-            target_devices=None if isinstance(use_multi_process, bool) else use_multi_process)
-    try:
-        problem = Problem(
-            query_emb, corpus_emb, metric, positive_indices, own_rows, range_max + max_positives + 1,
-            range_min, range_max, num_negatives, sampling_strategy, absolute_margin, relative_margin,
-            max_score, min_score, bool(include_positives),
-            None if cross_encoder is None else _rescorer(cross_encoder, queries, corpus_list, batch_size, pool),
-            min(faiss_batch_size, 2048), bool(verbose))
-        # the miner's depth is range_max + (most distinct positives) + 1: equal to sentence-transformers'
-        # unless an (anchor, positive) row repeats, which it counts twice
-        use_miner = (sampling_strategy == "top" and not include_positives
-                     and int(pairs.n_positives.max()) == max_positives)
-        sel = select_with_miner(problem) if use_miner else select_exact(problem)
-    finally:
-        if pool is not None:
-            cross_encoder.stop_multi_process_pool(pool)
+    problem = Problem(query_emb, corpus_emb, metric, positive_indices, own_rows, range_max + max_positives + 1,
+                      range_min, range_max, num_negatives, sampling_strategy, absolute_margin, relative_margin,
+                      max_score, min_score, bool(include_positives), None, min(faiss_batch_size, 2048), bool(verbose))
+    # the miner searches range_max + (most distinct positives) + 1 deep: sentence-transformers' depth
+    # unless an (anchor, positive) row repeats, which it counts twice
+    use_miner = (sampling_strategy == "top" and not include_positives
+                 and int(pairs.n_positives.max()) == max_positives)
+    sel = _select(problem, use_miner, cross_encoder, use_multi_process, queries, corpus_list, batch_size)
 
     if verbose:
         print("Negative candidates mined, preparing dataset...")
@@ -213,6 +179,22 @@ def mine_hard_negatives(
                       min_score=min_score)
         print_report(cols, len(output_dataset), log_counters(sel.skipped, sel.num_candidates), params, range_min)
     return output_dataset
+
+
+def _select(problem: Problem, use_miner: bool, cross_encoder: Any, use_multi_process: Any, queries: list,
+            corpus: list, batch_size: int):
+    """The selection (miner or exact path), with the cross-encoder's pool open around it."""
+    pool = None
+    if cross_encoder is not None and use_multi_process:
+        pool = cross_encoder.start_multi_process_pool(
+            target_devices=None if isinstance(use_multi_process, bool) else use_multi_process)
+    try:
+        if cross_encoder is not None:
+            problem.rescore = _rescorer(cross_encoder, queries, corpus, batch_size, pool)
+        return select_with_miner(problem) if use_miner else select_exact(problem)
+    finally:
+        if pool is not None:
+            cross_encoder.stop_multi_process_pool(pool)
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -332,7 +314,8 @@ def _cache_files(model: Any, cache_folder: str, queries: list, corpus: list, que
 
 
 def _embeddings(model: Any, queries: list, corpus: list, *, cache_folder, query_prompt, query_prompt_name,
-                corpus_prompt, corpus_prompt_name, batch_size: int, use_multi_process, verbose) -> Tuple[np.ndarray, np.ndarray]:
+                corpus_prompt, corpus_prompt_name, batch_size: int, use_multi_process,
+                verbose) -> Tuple[np.ndarray, np.ndarray]:
     """(query float32 (Q, d), corpus float32 (N, d)): from the cache, else encoded as sentence-transformers does."""
     query_emb = corpus_emb = None
     if cache_folder:
