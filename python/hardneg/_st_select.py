@@ -118,16 +118,26 @@ def select_with_miner(p: Problem) -> Selection:
         max_score=p.max_score, min_score=p.min_score, sampling="top", rescorer=rescorer,
         metric=p.metric, exclude_self=False, exclude_same_text=True, batch_size=p.batch_size,
         progress=p.progress, st_rule="6.3")
-    if mined.params.get("depth") != p.candidate_count:  # pragma: no cover - guarded by the caller
-        raise RuntimeError(f"internal error: miner depth {mined.params.get('depth')} != {p.candidate_count}")
-    # the positives' scores, in sentence-transformers' order of each query's positives
+    depth = mined.params.get("depth")
+    if depth is not None and depth != p.candidate_count:  # pragma: no cover - guarded by the caller
+        raise RuntimeError(f"internal error: miner depth {depth} != {p.candidate_count}")
+    return Selection(np.asarray(mined.ids, np.int64), np.asarray(mined.scores, np.float32),
+                     _miner_positive_scores(p, mined), dict(mined.stats.get("filtered", {})),
+                     nq * p.candidate_count)
+
+
+def _miner_positive_scores(p: Problem, mined) -> np.ndarray:
+    """float32 (P,): the scores the miner measured its filters against, in sentence-transformers' order
+    of each query's positives (computed again only if the result does not carry them)."""
+    ids, scores = getattr(mined, "positive_ids", None), getattr(mined, "all_positive_scores", None)
+    if ids is None or scores is None:  # pragma: no cover - older / newer MinedNegatives
+        _, pq, pd = _flat_positives(p)
+        return np.asarray(p.rescore(pq, pd) if p.rescore is not None else pair_scores(p, pq, pd), np.float32)
     pos = []
     for j, rows in enumerate(p.positive_indices):
-        by_row = dict(zip(mined.positive_ids[j].tolist(), mined.all_positive_scores[j].tolist()))
+        by_row = dict(zip(np.asarray(ids[j]).tolist(), np.asarray(scores[j]).tolist()))
         pos.extend(by_row[d] for d in rows)
-    return Selection(np.asarray(mined.ids, np.int64), np.asarray(mined.scores, np.float32),
-                     np.asarray(pos, np.float32), dict(mined.stats.get("filtered", {})),
-                     nq * p.candidate_count)
+    return np.asarray(pos, np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- exact path
