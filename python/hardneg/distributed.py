@@ -28,7 +28,7 @@ Example (``torchrun --nproc_per_node 2 script.py``)::
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -181,27 +181,71 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     if src is not None:
         queries = _broadcast_queries(torch, dist, group, queries, local_shard, src, rank, world)
+    lay = _agree(dist, group, rank, world, queries, local_shard, k, offset, metric)
+    k = lay.k
+    _add_time(timings, "check", t0)
 
-    # ---- local checks, then one metadata exchange so every rank agrees or all raise
+    t1 = time.perf_counter()
+    s_t, i_t, dev = _search_shard(torch, dist, group, rank, world, queries, local_shard, exclude, metric,
+                                  num_threads, backend, lay)
+    _add_time(timings, "local", t1)
+
+    t2 = time.perf_counter()
+    bufs = _gather(torch, dist, group, world, s_t, i_t)
+    if timings is not None and dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    _add_time(timings, "comm", t2)
+
+    t3 = time.perf_counter()
+    scores, ids = _merge(torch, bufs, lay, k, metric, dev, num_threads)
+    if timings is not None and dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    _add_time(timings, "merge", t3)
+    return _to_queries_type(torch, queries, scores, ids)
+
+
+class _Layout(NamedTuple):
+    """What the ranks agreed on: global k, queries, and where each shard sits in the id space."""
+
+    k: int
+    nq: int
+    kk: int          # per-shard depth: k capped by the largest shard
+    num_ids: int     # size of the global id space (gaps between shards allowed)
+    my_off: int
+    my_n: int
+
+
+def _add_time(timings: Optional[Dict[str, float]], key: str, since: float) -> None:
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - since
+
+
+def _local_meta(queries: Any, local_shard: Any, k: Any, offset: Any, metric: str) -> Tuple:
+    """This rank's checked inputs as a tuple every rank can compare (raises TypeError / ValueError)."""
+    check_metric(metric)
+    k = check_k(k)
+    qshape, _ = _shape_dtype(queries, "queries")
+    sshape, sdtype = _shape_dtype(local_shard, "local_shard")
+    if len(qshape) != 2:
+        raise ValueError(f"queries must be 2-D (rows, dim), got shape {qshape}")
+    if len(sshape) != 2:
+        raise ValueError(f"local_shard must be 2-D (rows, dim), got shape {sshape}")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, np.integer))
+                               or offset < 0):
+        raise ValueError(f"offset must be a non-negative integer (global id of the shard's first row), "
+                         f"got {offset!r}")
+    if is_cuda(queries) != is_cuda(local_shard):
+        raise ValueError("queries and local_shard must be on the same device (mixed devices)")
+    check_output(qshape[0], k)
+    return (sshape[0], sshape[1], sdtype, qshape, None if offset is None else int(offset), k, metric)
+
+
+def _agree(dist, group, rank: int, world: int, queries, local_shard, k, offset, metric: str) -> _Layout:
+    """Check the inputs locally, then one metadata exchange so every rank agrees or all raise."""
     err: Optional[str] = None
     meta: Tuple = ()
     try:
-        check_metric(metric)
-        k = check_k(k)
-        qshape, qdtype = _shape_dtype(queries, "queries")
-        sshape, sdtype = _shape_dtype(local_shard, "local_shard")
-        if len(qshape) != 2:
-            raise ValueError(f"queries must be 2-D (rows, dim), got shape {qshape}")
-        if len(sshape) != 2:
-            raise ValueError(f"local_shard must be 2-D (rows, dim), got shape {sshape}")
-        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, np.integer))
-                                   or offset < 0):
-            raise ValueError(f"offset must be a non-negative integer (global id of the shard's first row), "
-                             f"got {offset!r}")
-        if is_cuda(queries) != is_cuda(local_shard):
-            raise ValueError("queries and local_shard must be on the same device (mixed devices)")
-        check_output(qshape[0], k)
-        meta = (sshape[0], sshape[1], sdtype, qshape, None if offset is None else int(offset), k, metric)
+        meta = _local_meta(queries, local_shard, k, offset, metric)
     except (TypeError, ValueError) as e:
         err = f"rank {rank}: {e}"
     metas: List[Any] = [None] * world
@@ -209,57 +253,61 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
     for e, _ in metas:
         if e is not None:
             raise ValueError(e)
-    sizes = [m[0] for _, m in metas]
-    dims = {m[1] for _, m in metas}
-    if len(dims) > 1:
-        raise ValueError(f"local_shard: shards have different dimensions {[m[1] for _, m in metas]} (by rank)")
-    dtypes = {m[2] for _, m in metas}
-    if len(dtypes) > 1:
-        raise ValueError(f"local_shard: shards have different dtypes {[m[2] for _, m in metas]} (by rank)")
-    if len({m[3] for _, m in metas}) > 1:
-        raise ValueError(f"queries: ranks passed different query shapes {[m[3] for _, m in metas]}; "
+    metas = [m for _, m in metas]
+    sizes = [m[0] for m in metas]
+    if len({m[1] for m in metas}) > 1:
+        raise ValueError(f"local_shard: shards have different dimensions {[m[1] for m in metas]} (by rank)")
+    if len({m[2] for m in metas}) > 1:
+        raise ValueError(f"local_shard: shards have different dtypes {[m[2] for m in metas]} (by rank)")
+    if len({m[3] for m in metas}) > 1:
+        raise ValueError(f"queries: ranks passed different query shapes {[m[3] for m in metas]}; "
                          "every rank must pass the same queries")
-    if len({(m[5], m[6]) for _, m in metas}) > 1:
+    if len({(m[5], m[6]) for m in metas}) > 1:
         raise ValueError("k and metric must be the same on every rank")
-    qd = metas[0][1][3][1]
-    if qd != metas[0][1][1]:
-        raise ValueError(f"queries have dimension {qd} but the shards have dimension {metas[0][1][1]}")
+    if metas[0][3][1] != metas[0][1]:
+        raise ValueError(f"queries have dimension {metas[0][3][1]} but the shards have dimension {metas[0][1]}")
     total = sum(sizes)
     if total == 0:
         raise ValueError("corpus is empty: every shard has 0 rows")
     if world > total:
         raise ValueError(f"world size {world} is larger than the corpus ({total} rows): "
                          "use fewer ranks or a larger corpus")
-    offs = [m[4] for _, m in metas]
-    if all(o is None for o in offs):
-        offs = [int(x) for x in np.concatenate([[0], np.cumsum(sizes)[:-1]])]
-    elif any(o is None for o in offs):
-        raise ValueError("offset must be given on every rank or on none")
-    order = sorted(range(world), key=lambda r: (offs[r], sizes[r]))
-    end = 0
-    for r in order:
-        if sizes[r] and offs[r] < end:
-            raise ValueError(f"offset: shard of rank {r} (rows {offs[r]}..{offs[r] + sizes[r] - 1}) overlaps "
-                             "another shard")
-        end = max(end, offs[r] + sizes[r])
-    num_ids = end  # global id space (gaps allowed)
-    my_off, my_n = offs[rank], sizes[rank]
-    nq = metas[0][1][3][0]
-    kk = max(1, min(k, max(sizes)))
-    if timings is not None:
-        timings["check"] = timings.get("check", 0.0) + time.perf_counter() - t0
+    offs = _offsets(sizes, [m[4] for m in metas])
+    k = metas[0][5]
+    return _Layout(k=k, nq=metas[0][3][0], kk=max(1, min(k, max(sizes))),
+                   num_ids=max(o + n for o, n in zip(offs, sizes)), my_off=offs[rank], my_n=sizes[rank])
 
-    # ---- local search (errors are shared so that no rank hangs)
-    t1 = time.perf_counter()
+
+def _offsets(sizes: List[int], given: List[Optional[int]]) -> List[int]:
+    """Each shard's first global id: the given ones (checked for overlap) or rank order."""
+    if all(o is None for o in given):
+        return [int(x) for x in np.concatenate([[0], np.cumsum(sizes)[:-1]])]
+    if any(o is None for o in given):
+        raise ValueError("offset must be given on every rank or on none")
+    end = 0
+    for r in sorted(range(len(sizes)), key=lambda r: (given[r], sizes[r])):
+        if sizes[r] and given[r] < end:
+            raise ValueError(f"offset: shard of rank {r} (rows {given[r]}..{given[r] + sizes[r] - 1}) overlaps "
+                             "another shard")
+        end = max(end, given[r] + sizes[r])
+    return [int(o) for o in given]
+
+
+def _search_shard(torch, dist, group, rank: int, world: int, queries, local_shard, exclude, metric: str,
+                  num_threads, backend, lay: _Layout):
+    """This shard's top ``lay.kk`` in global ids, as torch tensors on the communication device.
+
+    Errors are shared, so that the other ranks raise too instead of hanging in the gather.
+    """
     s_loc = i_loc = None
     err = None
     try:
-        ex = to_csr(exclude, nq, num_ids)
-        if my_n:
-            lex = _local_exclude(ex, my_off, my_n, nq)
-            s_loc, i_loc = _local_topk(queries, local_shard, k=kk, metric=metric, exclude=lex,
-                                   num_threads=num_threads, backend=backend)
-    except Exception as e:  # shared below, so that the other ranks raise too instead of hanging
+        ex = to_csr(exclude, lay.nq, lay.num_ids)
+        if lay.my_n:
+            lex = _local_exclude(ex, lay.my_off, lay.my_n, lay.nq)
+            s_loc, i_loc = _local_topk(queries, local_shard, k=lay.kk, metric=metric, exclude=lex,
+                                       num_threads=num_threads, backend=backend)
+    except Exception as e:  # shared below
         err = f"rank {rank}: {type(e).__name__}: {e}"
     dev = _comm_device(torch, dist, group)
     flag = torch.tensor([0 if err is None else 1], dtype=torch.int32, device=dev)
@@ -268,48 +316,46 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
         _raise_if_any(dist, group, err, world)
     if s_loc is None:
         pad = float("inf") if metric == "l2" else float("-inf")
-        s_t = torch.full((nq, kk), pad, dtype=torch.float32, device=dev)
-        i_t = torch.full((nq, kk), -1, dtype=torch.int64, device=dev)
-    else:
-        s_t = s_loc if is_torch(s_loc) else torch.from_numpy(s_loc)
-        i_t = i_loc if is_torch(i_loc) else torch.from_numpy(i_loc)
-        s_t = s_t.to(device=dev, dtype=torch.float32)
-        i_t = i_t.to(device=dev, dtype=torch.int64)
-        i_t = torch.where(i_t >= 0, i_t + my_off, i_t)
-    if timings is not None:
-        timings["local"] = timings.get("local", 0.0) + time.perf_counter() - t1
+        s_t = torch.full((lay.nq, lay.kk), pad, dtype=torch.float32, device=dev)
+        i_t = torch.full((lay.nq, lay.kk), -1, dtype=torch.int64, device=dev)
+        return s_t, i_t, dev
+    s_t = s_loc if is_torch(s_loc) else torch.from_numpy(s_loc)
+    i_t = i_loc if is_torch(i_loc) else torch.from_numpy(i_loc)
+    s_t = s_t.to(device=dev, dtype=torch.float32)
+    i_t = i_t.to(device=dev, dtype=torch.int64)
+    return s_t, torch.where(i_t >= 0, i_t + lay.my_off, i_t), dev
 
-    # ---- one all_gather of packed (scores, ids) bytes
-    t2 = time.perf_counter()
-    packed = torch.cat([s_t.contiguous().view(torch.uint8).reshape(-1), i_t.contiguous().view(torch.uint8).reshape(-1)])
+
+def _gather(torch, dist, group, world: int, s_t, i_t) -> List[Any]:
+    """One all_gather of packed (scores, ids) bytes: one buffer per rank."""
+    packed = torch.cat([s_t.contiguous().view(torch.uint8).reshape(-1),
+                        i_t.contiguous().view(torch.uint8).reshape(-1)])
     bufs = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(bufs, packed, group=group)
-    if timings is not None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        timings["comm"] = timings.get("comm", 0.0) + time.perf_counter() - t2
+    return bufs
 
-    # ---- merge: C++ merge_topk on the CPU, a torch merge with the same rules on the GPU
-    t3 = time.perf_counter()
-    ns = nq * kk * 4
+
+def _merge(torch, bufs: List[Any], lay: _Layout, k: int, metric: str, dev, num_threads):
+    """The global top k from the gathered parts: C++ merge_topk on the CPU, torch on a GPU."""
+    ns = lay.nq * lay.kk * 4
     if dev.type == "cuda":
-        ps = [b[:ns].view(torch.float32).reshape(nq, kk) for b in bufs]
-        pi = [b[ns:].view(torch.int64).reshape(nq, kk) for b in bufs]
-        scores, ids = merge_topk_torch(ps, pi, k, metric)
-        if timings is not None:
-            torch.cuda.synchronize(dev)
-            timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t3
-        if is_torch(queries):
-            return scores.to(queries.device), ids.to(queries.device)
-        return scores.cpu().numpy(), ids.cpu().numpy()
+        ps = [b[:ns].view(torch.float32).reshape(lay.nq, lay.kk) for b in bufs]
+        pi = [b[ns:].view(torch.int64).reshape(lay.nq, lay.kk) for b in bufs]
+        return merge_topk_torch(ps, pi, k, metric)
     ps, pi = [], []
     for b in bufs:
         a = b.numpy()
-        ps.append(a[:ns].view(np.float32).reshape(nq, kk))
-        pi.append(a[ns:].view(np.int64).reshape(nq, kk))
-    scores, ids = _merge_topk(ps, pi, k, metric, num_threads=num_threads)
-    if timings is not None:
-        timings["merge"] = timings.get("merge", 0.0) + time.perf_counter() - t3
+        ps.append(a[:ns].view(np.float32).reshape(lay.nq, lay.kk))
+        pi.append(a[ns:].view(np.int64).reshape(lay.nq, lay.kk))
+    return _merge_topk(ps, pi, k, metric, num_threads=num_threads)
+
+
+def _to_queries_type(torch, queries, scores, ids):
+    """Results in the queries' type and device (numpy when the queries were numpy or None)."""
+    if is_torch(scores):
+        if is_torch(queries):
+            return scores.to(queries.device), ids.to(queries.device)
+        return scores.cpu().numpy(), ids.cpu().numpy()
     if is_torch(queries):
         return torch.from_numpy(scores).to(queries.device), torch.from_numpy(ids).to(queries.device)
     return scores, ids
