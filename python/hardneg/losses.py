@@ -900,53 +900,5 @@ def contrastive_scores(q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] 
 
 
 # --------------------------------------------------------- sentence-transformers
-class SentenceTransformersLoss(nn.Module):
-    """Makes :class:`InfoNCELoss` a sentence-transformers loss (``forward(sentence_features, labels)``).
-
-    Swap ``losses.MultipleNegativesRankingLoss(model, scale=20)`` for
-    ``SentenceTransformersLoss(model, temperature=0.05, memory=CrossBatchMemory(65536, dim))``
-    in a ``SentenceTransformerTrainer`` run.  Columns: (anchor, positive, negative_1, ...,
-    negative_n), as MultipleNegativesRankingLoss expects.  With a memory, the positives
-    (and hard negatives) of each training step are enqueued after the loss is computed
-    (only while gradients are enabled, i.e. not during evaluation).
-
-    Parameters
-    ----------
-    model : SentenceTransformer
-    enqueue_negatives : bool, default True
-        Also enqueue the hard-negative columns into the memory.
-    **loss_options
-        Any :class:`InfoNCELoss` argument.
-    """
-
-    def __init__(self, model: nn.Module, enqueue_negatives: bool = True, **loss_options: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = InfoNCELoss(**loss_options)
-        self.enqueue_negatives = bool(enqueue_negatives)
-
-    def compute_loss_from_embeddings(self, embeddings: Sequence[Tensor], labels: Optional[Tensor] = None) -> Tensor:
-        if len(embeddings) < 2:
-            raise ValueError(f"expected at least 2 embedding columns (anchor, positive), got {len(embeddings)}")
-        q, pos, negs = embeddings[0], embeddings[1], list(embeddings[2:])
-        hard = torch.stack(negs, dim=1) if negs else None
-        loss = self.loss(q, pos, hard_negatives=hard)
-        mem = self.loss.memory
-        if mem is not None and torch.is_grad_enabled():
-            mem.enqueue(pos.detach().to(mem.dtype))
-            if self.enqueue_negatives:
-                for x in negs:
-                    mem.enqueue(x.detach().to(mem.dtype))
-        return loss
-
-    def forward(self, sentence_features, labels: Optional[Tensor] = None) -> Tensor:
-        try:
-            from sentence_transformers.base.losses.merged_forward import embed_columns
-
-            embeddings = embed_columns(self.model, sentence_features)
-        except ImportError:  # older sentence-transformers
-            embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]
-        return self.compute_loss_from_embeddings(embeddings, labels)
-
-    def get_config_dict(self) -> Dict[str, Any]:
-        return self.loss.get_config_dict()
+# (defined in their own modules; imported last because they build on InfoNCELoss)
+from hardneg._st_adapter import SentenceTransformersLoss  # noqa: E402
