@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from hardneg._arrays import vectors_for_kernel
 from hardneg._threads import resolve_num_threads
 
-__all__ = ["InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss"]
+__all__ = ["InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss", "CachedInfoNCELoss"]
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 _DIRECTION_WHAT = {"query_to_doc": "q against pos / hard_negatives", "query_to_query": "q against q",
@@ -902,3 +902,4 @@ def contrastive_scores(q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] 
 # --------------------------------------------------------- sentence-transformers
 # (defined in their own modules; imported last because they build on InfoNCELoss)
 from hardneg._st_adapter import SentenceTransformersLoss  # noqa: E402
+from hardneg.cached_loss import CachedInfoNCELoss  # noqa: E402
