@@ -14,12 +14,14 @@ import torch.nn.functional as F  # noqa: E402
 
 from hardneg.losses import CrossBatchMemory, InfoNCELoss  # noqa: E402
 
-BACKENDS = ("fused", "hybrid", "torch")
+BACKENDS = ("auto", "fused", "hybrid", "torch")
 
 
 def make_loss(backend, **kw):
-    f = InfoNCELoss(backend="torch" if backend == "torch" else "fused", memory_chunk=3, **kw)
-    f._full_kernel = backend == "fused"  # hybrid: torch in-batch part + the C++ memory kernel
+    """auto: dense torch ops for small batches without memory, else the kernel; fused: the C++ kernel;
+    hybrid: torch in-batch part + the C++ memory kernel; torch: the chunked torch algorithm."""
+    f = InfoNCELoss(backend={"auto": "auto", "torch": "torch"}.get(backend, "fused"), memory_chunk=3, **kw)
+    f._full_kernel = backend in ("fused", "auto")
     return f
 
 
@@ -162,7 +164,7 @@ def test_paths_agree_with_float64_reference(case, dtype):
                          kw.get("query_ids"), scale, simf, margin, in_batch, hm, alpha)
     for be in BACKENDS:
         # float64 runs in float64 except the memory term of the C++ kernel (float32)
-        exact64 = dtype == torch.float64 and (be == "torch" or m_emb is None)
+        exact64 = dtype == torch.float64 and (be in ("torch", "auto") or m_emb is None)
         tol = 1e-10 if exact64 else 2e-5
         f = make_loss(be, scale=scale, similarity=simf, false_negative_margin=margin, in_batch_negatives=in_batch,
                       hardness_mode=hm, hardness_strength=alpha, memory=mem)
@@ -244,3 +246,16 @@ def test_dot_large_but_representable_is_exact():
     for be in BACKENDS:
         loss = make_loss(be, scale=1e-18, similarity="dot")(*ts)
         assert abs(loss.item() - ref.item()) <= 1e-4 * max(ref.item(), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_dense_and_fused_agree(dtype):
+    q, pos, hard, pos_ids, neg_ids, query_ids = batch(6, 2, 10, seed=12, dup=True)
+    ts = [t.to(dtype).requires_grad_(True) for t in (q, pos, hard)]
+    kw = dict(pos_ids=pos_ids, neg_ids=neg_ids, query_ids=query_ids)
+    la, ga = run(lambda: make_loss("auto", hardness_mode="all_negatives", hardness_strength=2.0)(*ts, **kw), ts)
+    lf, gf = run(lambda: make_loss("fused", hardness_mode="all_negatives", hardness_strength=2.0)(*ts, **kw), ts)
+    assert la.dtype == lf.dtype == torch.float32
+    assert abs(la.item() - lf.item()) <= 1e-5 * max(1.0, lf.item())
+    for a, b in zip(ga, gf):
+        assert a.dtype == dtype and rel_err(a.float(), b.float()) < 2e-2  # half-precision gradients round at 2^-8

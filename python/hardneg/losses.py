@@ -411,7 +411,7 @@ def _resolve_scale(temperature: Optional[float], scale: Optional[float]) -> floa
 class _Batch:
     """Validated inputs: q, pos (B, d), hard (B, n, d) or None, ids (B,), (B, n)."""
 
-    def __init__(self, q, pos, hard_negatives, pos_ids, neg_ids, query_ids=None):
+    def __init__(self, q, pos, hard_negatives, pos_ids, neg_ids, query_ids=None, check_finite=True):
         q = _check_emb(q, "q")
         pos = _check_emb(pos, "pos")
         if q.dim() != 2:
@@ -462,10 +462,15 @@ class _Batch:
             if qid.shape[0] != B:
                 raise ValueError(f"query_ids must have B={B} entries, got {qid.shape[0]}")
             self.query_ids = qid
-        for x, name in ((q, "q"), (pos, "pos"), (hard, "hard_negatives")):
+        self.q, self.pos, self.hard, self.B, self.d, self.n = q, pos, hard, B, d, n
+        if check_finite:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """ValueError naming the first input with a NaN or Inf (a pass over each input)."""
+        for x, name in ((self.q, "q"), (self.pos, "pos"), (self.hard, "hard_negatives")):
             if x is not None:
                 _check_finite(x, name)
-        self.q, self.pos, self.hard, self.B, self.d, self.n = q, pos, hard, B, d, n
 
 
 def _gather(t: Tensor, with_grad: bool) -> Tensor:
@@ -538,7 +543,10 @@ class InfoNCELoss(nn.Module):
         as in-batch negatives of the query_to_doc direction (they get the hardness penalty
         for "in_batch_negatives" and "all_negatives").
     backend : {"auto", "fused", "torch"}
-        Memory term: "auto" = fused C++ kernel for CPU float32/16/bf16, torch otherwise.
+        "auto": on CPU without a memory and with at most 2**25 query->passage logits, a few
+        dense torch operations (faster than the kernel there); otherwise the fused C++ kernel
+        for CPU float32/16/bf16 and torch for the rest.  "fused": always the C++ kernel on
+        CPU; "torch": the chunked torch algorithm.
     num_threads : int, optional
         Threads of the fused kernel (default: hardneg's default).
     memory_chunk : int, optional
@@ -667,11 +675,29 @@ class InfoNCELoss(nn.Module):
             raise _overflow_error("the batch (the mean loss)", torch.float32)
         return loss.to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
 
+    def _dense_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory], gathering: bool) -> bool:
+        """Small query->passage problems on CPU without a memory: dense torch ops beat the kernel."""
+        from hardneg._loss_dense import DENSE_MAX_LOGITS
+
+        return (self.backend == "auto" and self._full_kernel and self.directions == ("query_to_doc",)
+                and not gathering and b.q.device.type == "cpu" and (mem is None or len(mem) == 0)
+                and b.B * b.B * (1 + b.n) <= DENSE_MAX_LOGITS)
+
+    def _dense(self, b: "_Batch") -> Tensor:
+        from hardneg._loss_dense import DenseInfoNCE
+
+        a = self.hardness_strength if self.hardness_mode is not None else 0.0
+        opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode, "cosine": self.similarity == "cosine",
+                "in_batch": self.in_batch_negatives, "margin": self.false_negative_margin,
+                "check_inputs": b.check_finite}
+        return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids)
+
     # ------------------------------------------------------------------ forward
     def forward(self, q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] = None,
                 pos_ids: Optional[Any] = None, neg_ids: Optional[Any] = None,
                 query_ids: Optional[Any] = None) -> Tensor:
-        b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids, query_ids)
+        # the dense path detects NaN / Inf on the way (norms, logits) and only then names the input
+        b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids, query_ids, check_finite=False)
         mem = self.memory
         if mem is not None:
             if mem.dim != b.d:
@@ -682,6 +708,9 @@ class InfoNCELoss(nn.Module):
                 raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
         rank, world = _dist_info()
         gathering = self.gather_across_devices and world > 1
+        if self._dense_ok(b, mem, gathering):
+            return self._dense(b)
+        b.check_finite()
         if (self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
