@@ -157,11 +157,12 @@ def model32(tmp_path_factory):
 
 
 @pytest.mark.parametrize("opts", MNRL_OPTIONS[:3], ids=["defaults", "dot", "hardness"])
-def test_equals_mnrl_float32_fused_kernel(model32, opts):
-    # float32 on the CPU runs the fused C++ kernel; MNRL evaluated on the same model
+@pytest.mark.parametrize("backend", ["auto", "fused"])
+def test_equals_mnrl_float32(model32, opts, backend):
+    # float32 on the CPU: the dense path (auto, no memory) or the fused C++ kernel
     feats = features(model32, batch_texts(8, 1, seed=5))
     ref = loss_and_grads(MultipleNegativesRankingLoss(model32, **opts), model32, feats)
-    got = loss_and_grads(SentenceTransformersLoss(model32, **opts), model32, feats)
+    got = loss_and_grads(SentenceTransformersLoss(model32, backend=backend, **opts), model32, feats)
     assert_same(got, ref, 2e-4)
 
 

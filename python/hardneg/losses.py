@@ -33,7 +33,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._arrays import vectors_for_kernel
@@ -622,6 +621,8 @@ class InfoNCELoss(nn.Module):
         if backend not in ("auto", "fused", "torch"):
             raise ValueError(f"backend must be 'auto', 'fused' or 'torch', got {backend!r}")
         self.backend = backend
+        if num_threads is not None:
+            resolve_num_threads(num_threads)  # refuse a bad value now, whichever path runs later
         self.num_threads = num_threads
         if memory_chunk is not None and (isinstance(memory_chunk, bool) or not isinstance(memory_chunk, (int, np.integer))
                                          or memory_chunk <= 0):
@@ -687,8 +688,8 @@ class InfoNCELoss(nn.Module):
         from hardneg._loss_dense import DenseInfoNCE
 
         a = self.hardness_strength if self.hardness_mode is not None else 0.0
-        opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode, "cosine": self.similarity == "cosine",
-                "in_batch": self.in_batch_negatives, "margin": self.false_negative_margin,
+        opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
+                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives, "margin": self.false_negative_margin,
                 "check_inputs": b.check_finite}
         return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids)
 
