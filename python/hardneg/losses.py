@@ -689,8 +689,8 @@ class InfoNCELoss(nn.Module):
 
         a = self.hardness_strength if self.hardness_mode is not None else 0.0
         opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
-                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives, "margin": self.false_negative_margin,
-                "check_inputs": b.check_finite}
+                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
+                "margin": self.false_negative_margin, "check_inputs": b.check_finite}
         return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids)
 
     # ------------------------------------------------------------------ forward
