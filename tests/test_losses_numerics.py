@@ -259,3 +259,27 @@ def test_half_inputs_dense_and_fused_agree(dtype):
     assert abs(la.item() - lf.item()) <= 1e-5 * max(1.0, lf.item())
     for a, b in zip(ga, gf):
         assert a.dtype == dtype and rel_err(a.float(), b.float()) < 2e-2  # half-precision gradients round at 2^-8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("factor", [1.0, 1e19, 1e-20])
+def test_cuda_path_matches_reference_and_refuses_overflow(factor):
+    q, pos, hard, pos_ids, neg_ids, query_ids = batch(6, 2, 16, seed=21, dup=True)
+    g = torch.Generator().manual_seed(2)
+    mem_rows = torch.randn(9, 16, generator=g, dtype=torch.float64)
+    mids = torch.randint(0, 12, (9,), generator=g)
+    mem = CrossBatchMemory(9, 16, device="cuda")
+    mem.enqueue((mem_rows * factor).float().cuda(), mids.cuda())
+    ts = [(t * factor).float().cuda().requires_grad_(True) for t in (q, pos, hard)]
+    kw = dict(pos_ids=pos_ids.cuda(), neg_ids=neg_ids.cuda(), query_ids=query_ids.cuda())
+    f = InfoNCELoss(memory=mem, hardness_mode="all_negatives", hardness_strength=2.0, false_negative_margin=0.2)
+    loss, grads = run(lambda: f(*ts, **kw), ts)
+    r = [t.detach().cpu().double().requires_grad_(True) for t in ts]
+    ref_loss, ref = run(lambda: reference(r[0], r[1], r[2], mem_rows * factor, mids, pos_ids, neg_ids, query_ids, 20.0,
+                                          "cosine", 0.2, True, "all_negatives", 2.0), r)
+    assert abs(loss.item() - ref_loss.item()) <= 1e-4 * max(1.0, ref_loss.item())
+    for a, b in zip(grads, ref):
+        assert rel_err(a.cpu(), b) < 1e-3
+    big = (q * 1e20).float().cuda()
+    with pytest.raises(ValueError, match="overflow"):
+        InfoNCELoss(scale=1.0, similarity="dot")(big, big.clone())
