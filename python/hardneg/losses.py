@@ -7,7 +7,10 @@ positives, every hard negative in the batch (as sentence-transformers'
 ``MultipleNegativesRankingLoss`` does), every entry of a :class:`CrossBatchMemory`
 and, with ``gather_across_devices=True``, the passages of the other ranks.
 
-The memory term is the expensive one (B x memory_size scores).  On CPU tensors
+Without a memory, small CPU batches (at most 2**25 logits) run as a few dense torch
+operations with a hand-written backward (``hardneg._loss_dense``), at least as fast as a
+plain ``cross_entropy(q @ cand.T * scale)``.  The memory term is the expensive one
+(B x memory_size scores).  On CPU tensors
 it runs in a fused C++ kernel (``hardneg._core.memory_lse``): score tiles, a
 streaming log-sum-exp and the gradient w.r.t. the queries in the same pass, so
 neither the B x memory logits nor a concatenated copy of the memory are ever
@@ -18,8 +21,9 @@ torch autograd code that follows sentence-transformers line by line.
 Masking (candidates removed from a query's softmax, see docs/losses.md):
 
 * ids: with ``pos_ids`` given, every candidate (other positive, hard negative,
-  memory entry) whose id equals the query's positive id, except the query's own
-  positive column.  Ids < 0 mean "unknown" and never match.
+  memory entry) whose id equals the query's positive id (or its ``query_ids`` entry:
+  the query's own text as a passage), except the query's own positive column.  Ids < 0
+  mean "unknown" and never match.
 * ``false_negative_margin=m``: every candidate of the query->passage direction
   (in-batch passages and memory) whose raw similarity exceeds
   ``s(q_i, pos_i) - m`` (the positive-aware filter of NV-Retriever, on the fly).
