@@ -23,10 +23,12 @@
 #include "losses.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "simd/kernels.h"
@@ -65,33 +67,52 @@ size_t block_rows(size_t d) {
     return rows / 16 * 16;
 }
 
+// Logits float32 cannot hold (|z| > FLT_MAX, or NaN from an overflowed dot product)
+// would turn the loss into NaN or a silent 0: the kernels record the first segment
+// where one appeared (-1 memory, k >= 0 batch segment) and the caller throws.
+constexpr int kNoOverflow = -1000;
+inline bool logit_ok(float z) { return std::fabs(z) <= std::numeric_limits<float>::max(); }
+inline void note_overflow(std::atomic<int>& flag, int seg) {
+    int none = kNoOverflow;
+    flag.compare_exchange_strong(none, seg, std::memory_order_relaxed);
+}
+std::string segment_name(int seg) {
+    return seg < 0 ? "memory" : seg == 0 ? "pos" : "hard_negatives";
+}
+
 struct RowCtx {
     float ls;         // logit multiplier of the block: scale + alpha (other / memory)
     float ls_own;     // scale + alpha_own_neg (the query's own hard negative)
     float zpos;       // z_ip
     float thr;        // mask sim > thr (+inf: no margin)
     int64_t pid;      // < 0: no id masking
+    int64_t qid;      // a second id masked for this query (its own text); == pid when absent
     bool only_own;    // in_batch == false on an in-batch segment
     long own;         // column of this query's own passage inside the block, or -1
     bool own_is_pos;  // segment 0: the positive itself (left out: it is the "1")
 };
 
 // Shifted logits of one row of a tile: s[j] (raw dot product) -> z_ij - z_ip, or -inf.
-inline void shifted_row(float* s, size_t nb, const float* inv, const int64_t* ids, size_t id_stride,
+// Returns false when a logit (masked or not) is not representable in float32.
+inline bool shifted_row(float* s, size_t nb, const float* inv, const int64_t* ids, size_t id_stride,
                         const RowCtx& c) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     const float raw_own = c.own >= 0 ? s[c.own] : 0.0f;
+    int bad = 0;
     if (c.only_own) {
         std::fill(s, s + nb, neg_inf);
     } else if (ids && c.pid >= 0) {
         for (size_t j = 0; j < nb; ++j) {
             const float sim = s[j] * inv[j];
-            const bool msk = sim > c.thr || ids[j * id_stride] == c.pid;
+            const int64_t id = ids[j * id_stride];
+            const bool msk = sim > c.thr || id == c.pid || id == c.qid;
+            bad |= !logit_ok(sim * c.ls);
             s[j] = msk ? neg_inf : sim * c.ls - c.zpos;
         }
     } else {
         for (size_t j = 0; j < nb; ++j) {
             const float sim = s[j] * inv[j];
+            bad |= !logit_ok(sim * c.ls);
             s[j] = sim > c.thr ? neg_inf : sim * c.ls - c.zpos;
         }
     }
@@ -101,10 +122,13 @@ inline void shifted_row(float* s, size_t nb, const float* inv, const int64_t* id
             s[j] = neg_inf;
         } else {
             const float sim = raw_own * inv[j];
-            const bool msk = sim > c.thr || (ids && c.pid >= 0 && ids[j * id_stride] == c.pid);
+            const int64_t id = ids ? ids[j * id_stride] : -1;
+            const bool msk = sim > c.thr || (ids && c.pid >= 0 && (id == c.pid || id == c.qid));
+            bad |= !logit_ok(sim * c.ls_own);
             s[j] = msk ? neg_inf : sim * c.ls_own - c.zpos;
         }
     }
+    return !bad;
 }
 
 struct CBlock {
@@ -112,15 +136,33 @@ struct CBlock {
     size_t r0, nb;
 };
 
+// 1 / |x| of a row from its fp32 sum of squares sq, without overflow or underflow:
+// the fast fp32 sum is only trusted inside [1e-30, 1e30]; outside it (entries above
+// ~1e15 square towards inf, entries below ~1e-15 lose bits to subnormals) the row is
+// summed again in double, whose range holds every float32 square.  So the cosine is
+// scale invariant over float32's whole range.  A zero row gets 0 (it scores 0);
+// a subnormal-norm row gets at most FLT_MAX.
+inline float safe_inv_norm(float sq, const Kernels& K, const void* row, DType t, size_t d) {
+    if (sq >= 1e-30f && sq <= 1e30f) return 1.0f / std::sqrt(sq);
+    std::vector<float> xr(d);
+    K.to_f32(row, t, d, xr.data());
+    double acc = 0.0;
+    for (size_t c = 0; c < d; ++c) acc += double(xr[c]) * double(xr[c]);
+    if (acc == 0.0) return 0.0f;
+    return (float)std::min(1.0 / std::sqrt(acc), (double)std::numeric_limits<float>::max());
+}
+
 void inv_norms(const Kernels& K, const CandSegment& sg, size_t r0, size_t nb, size_t d, bool cosine, float* inv) {
     if (!cosine) {
         std::fill(inv, inv + nb, 1.0f);
         return;
     }
-    K.sqnorm_rows(static_cast<const char*>(sg.data) + r0 * sg.ld * dtype_size(sg.dtype), sg.ld, nb, d, sg.dtype,
-                  inv);
-    for (size_t j = 0; j < nb; ++j) inv[j] = 1.0f / std::max(std::sqrt(inv[j]), 1e-12f);
+    const size_t es = dtype_size(sg.dtype);
+    const char* X = static_cast<const char*>(sg.data) + r0 * sg.ld * es;
+    K.sqnorm_rows(X, sg.ld, nb, d, sg.dtype, inv);
+    for (size_t j = 0; j < nb; ++j) inv[j] = safe_inv_norm(inv[j], K, X + j * sg.ld * es, sg.dtype, d);
 }
+
 
 // Context of row i of a block.
 inline RowCtx row_ctx(const InfoNceProblem& p, const InfoNceState& st, const CBlock& b, size_t i) {
@@ -131,6 +173,9 @@ inline RowCtx row_ctx(const InfoNceProblem& p, const InfoNceState& st, const CBl
     c.zpos = p.scale * st.sim_pos[i];
     c.thr = p.use_margin ? st.sim_pos[i] - p.margin : std::numeric_limits<float>::infinity();
     c.pid = p.pos_ids ? p.pos_ids[i] : -1;
+    c.qid = p.query_ids ? p.query_ids[i] : -1;
+    if (c.pid < 0) c.pid = c.qid;  // one known id is enough to mask
+    if (c.qid < 0) c.qid = c.pid;
     c.only_own = !mem && !p.in_batch;
     c.own = (!mem && i >= b.r0 && i < b.r0 + b.nb) ? long(i - b.r0) : -1;
     c.own_is_pos = b.seg == 0;
@@ -325,26 +370,37 @@ void memory_lse(const MemoryLseProblem& p, float* lse, float* grad, int num_thre
     const size_t NB = block_rows(d);
     std::vector<CBlock> blocks;
     for (size_t r = 0; r < m; r += NB) blocks.push_back({-1, r, std::min(NB, m - r)});
+    std::atomic<int> overflow{kNoOverflow};
     auto row_fn = [&](const CBlock& blk, size_t gi, float* s, const float* inv) {
         const size_t nb = blk.nb;
         const float thr = p.thresholds ? p.thresholds[gi] : std::numeric_limits<float>::infinity();
-        const int64_t pid = p.pos_ids ? p.pos_ids[gi] : -1;
+        int64_t pid = p.pos_ids ? p.pos_ids[gi] : -1;
+        int64_t qid = p.query_ids ? p.query_ids[gi] : -1;
+        if (pid < 0) pid = qid;
+        if (qid < 0) qid = pid;
         const float ls = p.logit_scale;
         const int64_t* bid = p.mem_ids ? p.mem_ids + blk.r0 : nullptr;
+        int bad = 0;
         if (bid && pid >= 0) {
             for (size_t j = 0; j < nb; ++j) {
                 const float sim = s[j] * inv[j];
-                s[j] = (sim > thr || bid[j] == pid) ? kNegInf : sim * ls;
+                bad |= !logit_ok(sim * ls);
+                s[j] = (sim > thr || bid[j] == pid || bid[j] == qid) ? kNegInf : sim * ls;
             }
         } else {
             for (size_t j = 0; j < nb; ++j) {
                 const float sim = s[j] * inv[j];
+                bad |= !logit_ok(sim * ls);
                 s[j] = sim > thr ? kNegInf : sim * ls;
             }
         }
+        if (bad) note_overflow(overflow, -1);
     };
     std::vector<Item> items = stream_pass(K, qf.data(), nq, d, blocks, NB, p.cosine, want_grad, num_threads,
                                           [&](const CBlock&) -> const CandSegment& { return mem; }, row_fn);
+    if (overflow.load() != kNoOverflow)
+        throw std::range_error("the logits of q against the memory overflow float32 (|similarity * scale| > "
+                               "3.4e38): scale the embeddings down or use similarity='cosine'");
     // Merge the items of each query (exact: the same algebra as the streaming update).
     for (size_t i = 0; i < nq; ++i) {
         size_t f, G;
@@ -390,7 +446,7 @@ void infonce_forward(const InfoNceProblem& p, bool want_grad, float* loss, InfoN
         if (p.cosine) {
             float sq;
             K.sqnorm_rows(r, d, 1, d, DType::F32, &sq);
-            const float inv = 1.0f / std::max(std::sqrt(sq), 1e-12f);
+            const float inv = safe_inv_norm(sq, K, r, DType::F32, d);
             st.qinv[i] = inv;
             for (size_t c = 0; c < d; ++c) r[c] *= inv;
         }
@@ -409,6 +465,9 @@ void infonce_forward(const InfoNceProblem& p, bool want_grad, float* loss, InfoN
             K.dot_tile(st.qhat.data() + i * d, d, 1, r, d, 1, d, DType::F32, &dot, 1);
             st.sim_pos[i] = dot * pos_inv[i];
             for (size_t c = 0; c < d; ++c) r[c] *= pos_inv[i];
+            if (!logit_ok(p.scale * st.sim_pos[i]))
+                throw std::range_error("the logits of q against pos overflow float32 (|similarity * scale| > "
+                                       "3.4e38): scale the embeddings down or use similarity='cosine'");
         }
     }
 
@@ -419,13 +478,18 @@ void infonce_forward(const InfoNceProblem& p, bool want_grad, float* loss, InfoN
         for (size_t r = 0; r < p.batch[k].rows; r += NB) blocks.push_back({(int)k, r, std::min(NB, p.batch[k].rows - r)});
     for (size_t r = 0; r < p.memory.rows; r += NB) blocks.push_back({-1, r, std::min(NB, p.memory.rows - r)});
     auto seg = [&](const CBlock& b) -> const CandSegment& { return seg_of(p, b); };
+    std::atomic<int> overflow{kNoOverflow};
     auto row_fn = [&](const CBlock& blk, size_t gi, float* s, const float* inv) {
         const CandSegment& sg = seg_of(p, blk);
         const int64_t* ids = sg.ids ? sg.ids + blk.r0 * sg.id_stride : nullptr;
-        shifted_row(s, blk.nb, inv, ids, sg.id_stride, row_ctx(p, st, blk, gi));
+        if (!shifted_row(s, blk.nb, inv, ids, sg.id_stride, row_ctx(p, st, blk, gi))) note_overflow(overflow, blk.seg);
     };
     std::vector<Item> items = stream_pass(K, st.qhat.data(), B, d, blocks, NB, p.cosine, want_grad, num_threads,
                                           seg, row_fn);
+    if (overflow.load() != kNoOverflow)
+        throw std::range_error("the logits of q against " + segment_name(overflow.load()) +
+                               " overflow float32 (|similarity * scale| > 3.4e38): scale the embeddings down "
+                               "or use similarity='cosine'");
 
     // Merge: the positive contributes exp(0) = 1 in the shifted space.
     st.lnorm.assign(B, 0.0f);
@@ -465,6 +529,11 @@ void infonce_forward(const InfoNceProblem& p, bool want_grad, float* loss, InfoN
         } else {
             for (size_t c = 0; c < d; ++c) gq[c] = p.scale * gh[c];
         }
+        int bad = 0;
+        for (size_t c = 0; c < d; ++c) bad |= !logit_ok(gq[c]);
+        if (bad)
+            throw std::range_error("the gradient of the loss w.r.t. q overflows float32 (cosine of a q row with a "
+                                   "norm near float32's smallest normal number)");
     }
 }
 

@@ -10,14 +10,15 @@
 namespace hn {
 
 // One query-by-memory log-sum-exp problem.  For query i and memory row j:
-//   sim_ij   = <q_i, m_j>            (cosine: <q_i, m_j> / max(|m_j|, 1e-12); q is
+//   sim_ij   = <q_i, m_j>            (cosine: <q_i, m_j> / |m_j| (0 for a zero row); q is
 //                                     expected already normalised by the caller)
-//   masked   = (pos_ids && mem_ids && pos_ids[i] >= 0 && mem_ids[j] == pos_ids[i])
+//   masked   = (mem_ids && mem_ids[j] is a known (>= 0) pos_ids[i] or query_ids[i])
 //              || (thresholds && sim_ij > thresholds[i])
 //   z_ij     = masked ? -inf : logit_scale * sim_ij
 //   lse[i]   = log sum_j exp(z_ij)                     (-inf when every entry is masked)
 //   grad[i]  = grad_scale * sum_j softmax_j(z_i.) * d sim_ij / d q_i
-//            = grad_scale * sum_j p_ij * m_j / max(|m_j|, 1e-12)   (cosine)
+//            = grad_scale * sum_j p_ij * m_j / |m_j|   (cosine)
+// A logit float32 cannot represent throws std::range_error naming the input.
 // grad (nq x d, row-major) is only written when it is not null.  Neither the nq x m
 // logits nor a copy of the memory are ever materialised: tiles of at most
 // kQueryPanel x block rows live in per-thread scratch.
@@ -29,6 +30,7 @@ struct MemoryLseProblem {
     size_t ldm = 0, m = 0;
     const int64_t* mem_ids = nullptr;   // m, or null
     const int64_t* pos_ids = nullptr;   // nq, or null
+    const int64_t* query_ids = nullptr; // nq, or null: memory rows with this id are masked too
     const float* thresholds = nullptr;  // nq, or null
     float logit_scale = 1.0f;
     float grad_scale = 1.0f;
@@ -44,9 +46,10 @@ void memory_lse(const MemoryLseProblem& p, float* lse, float* grad, int num_thre
 // positives, segment k = 1..n = hard negative k-1 of every query (row j of a
 // segment belongs to query j), then the memory rows.  With the positive p = i of
 // segment 0:
-//   sim_ic = <q_i, x_c> (cosine: both normalised, norms clamped at 1e-12)
+//   sim_ic = <q_i, x_c> (cosine: both normalised; norms summed in double when the
+//            fp32 sum of squares over- or underflows; a zero row scores 0)
 //   masked = c != p and ((!in_batch and c is another query's passage)
-//                        or (pos_ids[i] >= 0 and id(c) == pos_ids[i])
+//                        or id(c) is a known (>= 0) pos_ids[i] or query_ids[i]
 //                        or (use_margin and sim_ic > sim_ip - margin))
 //   z_ic   = (scale + alpha_c) * sim_ic, alpha_c = alpha_own_neg (own hard
 //            negatives), alpha_other (other queries' passages), alpha_mem (memory);
@@ -72,6 +75,7 @@ struct InfoNceProblem {
     std::vector<CandSegment> batch;   // 1 + n segments of B rows
     CandSegment memory;               // rows == 0: none
     const int64_t* pos_ids = nullptr; // B, or null
+    const int64_t* query_ids = nullptr; // B, or null: a second id masked for query i (its own text)
     bool use_margin = false;
     float margin = 0.0f;
     float scale = 1.0f;
@@ -83,7 +87,7 @@ struct InfoNceProblem {
 // What the forward pass leaves for the backward pass (all fp32, row-major).
 struct InfoNceState {
     std::vector<float> qhat;     // B x d: normalised (cosine) or widened queries
-    std::vector<float> qinv;     // B: 1 / max(|q_i|, 1e-12) (1 for dot)
+    std::vector<float> qinv;     // B: 1 / |q_i| (0 for a zero row; 1 for dot)
     std::vector<float> sim_pos;  // B: sim_ip
     std::vector<float> lnorm;    // B: loss_i = log of the shifted normaliser
     std::vector<float> gq;       // B x d: dloss_i / dq_i (raw q), or empty

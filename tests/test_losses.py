@@ -123,7 +123,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["fused", "hybrid", "torch"])
+@pytest.mark.parametrize("backend", ["auto", "fused", "hybrid", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_naive_reference(case, backend, dtype):
@@ -132,10 +132,11 @@ def test_matches_naive_reference(case, backend, dtype):
     mem = fill_memory(msize, d, mfill, dtype, seed=d, pos_ids=pos_ids) if msize else None
     kw = dict(pos_ids=pos_ids, neg_ids=neg_ids) if use_ids else {}
     loss_fn = InfoNCELoss(temperature=temp, memory=mem, similarity=simf, false_negative_margin=margin,
-                          in_batch_negatives=in_batch, backend="torch" if backend == "torch" else "fused",
+                          in_batch_negatives=in_batch, backend={"auto": "auto", "torch": "torch"}.get(backend, "fused"),
                           memory_chunk=4)
-    # fused: the whole term in C++; hybrid: torch in-batch part + the C++ memory kernel
-    loss_fn._full_kernel = backend == "fused"
+    # auto: dense torch ops without a memory, else as fused; fused: the whole term in C++;
+    # hybrid: torch in-batch part + the C++ memory kernel
+    loss_fn._full_kernel = backend in ("fused", "auto")
     tensors = [t for t in (q, pos, hard) if t is not None]
     got, g_got = grads_of(lambda: loss_fn(q, pos, hard_negatives=hard, **kw), tensors)
     # reference in float64 on the same values

@@ -21,7 +21,8 @@ namespace {
 // thresholds (nq,) float32 or None.  Returns (lse (nq,) float32, grad (nq, d) float32 or None).
 py::tuple memory_lse_impl(const py::array& q, const py::array& mem, bool mem_bf16, const py::object& mem_ids,
                           const py::object& pos_ids, const py::object& thresholds, double logit_scale,
-                          double grad_scale, bool cosine, bool want_grad, int num_threads) {
+                          double grad_scale, bool cosine, bool want_grad, int num_threads,
+                          const py::object& query_ids) {
     hn::MemoryLseProblem p;
     if (q.dtype().kind() != 'f' || q.itemsize() != 4) throw std::invalid_argument("q must be float32");
     p.ldq = row_stride(q, "q");
@@ -47,6 +48,12 @@ py::tuple memory_lse_impl(const py::array& q, const py::array& mem, bool mem_bf1
         pi = checked<int64_t>(pos_ids, "pos_ids", 1);
         if ((size_t)pi.shape(0) != p.nq) throw std::invalid_argument("pos_ids must have one entry per query");
         p.pos_ids = pi.data();
+    }
+    py::array_t<int64_t> qi;
+    if (!query_ids.is_none()) {
+        qi = checked<int64_t>(query_ids, "query_ids", 1);
+        if ((size_t)qi.shape(0) != p.nq) throw std::invalid_argument("query_ids must have one entry per query");
+        p.query_ids = qi.data();
     }
     if (!thresholds.is_none()) {
         th = checked<float>(thresholds, "thresholds", 1);
@@ -110,7 +117,7 @@ struct InfoNceArgs {
 
 void build_problem(InfoNceArgs& A, const py::array& q, bool q_bf16, const py::list& batch, const py::object& memory,
                    const py::object& pos_ids, const py::object& margin, double scale, double alpha_own_neg,
-                   double alpha_other, double alpha_mem, bool cosine, bool in_batch) {
+                   double alpha_other, double alpha_mem, bool cosine, bool in_batch, const py::object& query_ids) {
     hn::InfoNceProblem& p = A.p;
     p.ldq = row_stride(q, "q");
     p.q_type = vec_dtype(q, q_bf16, "q");
@@ -131,6 +138,12 @@ void build_problem(InfoNceArgs& A, const py::array& q, bool q_bf16, const py::li
         if ((size_t)pi.shape(0) != p.B) throw std::invalid_argument("pos_ids must have one entry per query");
         p.pos_ids = pi.data();
         A.keep.push_back(pi);
+    }
+    if (!query_ids.is_none()) {
+        auto qi = checked<int64_t>(query_ids, "query_ids", 1);
+        if ((size_t)qi.shape(0) != p.B) throw std::invalid_argument("query_ids must have one entry per query");
+        p.query_ids = qi.data();
+        A.keep.push_back(qi);
     }
     if (!margin.is_none()) {
         p.use_margin = true;
@@ -165,11 +178,11 @@ void array_to_vec(const py::object& o, std::vector<T>& v, size_t n, const char* 
 py::tuple infonce_forward_impl(const py::array& q, bool q_bf16, const py::list& batch, const py::object& memory,
                                const py::object& pos_ids, const py::object& margin, double scale,
                                double alpha_own_neg, double alpha_other, double alpha_mem, bool cosine,
-                               bool in_batch, bool want_grad, int num_threads) {
+                               bool in_batch, bool want_grad, int num_threads, const py::object& query_ids) {
     if (num_threads < 1) throw std::invalid_argument("num_threads must be positive");
     InfoNceArgs A;
     build_problem(A, q, q_bf16, batch, memory, pos_ids, margin, scale, alpha_own_neg, alpha_other, alpha_mem,
-                  cosine, in_batch);
+                  cosine, in_batch, query_ids);
     const auto B = (py::ssize_t)A.p.B, d = (py::ssize_t)A.p.d;
     py::array_t<float> loss({B});
     float* lp = loss.mutable_data();
@@ -188,11 +201,11 @@ py::tuple infonce_backward_impl(const py::array& q, bool q_bf16, const py::list&
                                 const py::object& pos_ids, const py::object& margin, double scale,
                                 double alpha_own_neg, double alpha_other, double alpha_mem, bool cosine,
                                 bool in_batch, const py::tuple& state, const py::object& g,
-                                const py::list& want_batch_grad, int num_threads) {
+                                const py::list& want_batch_grad, int num_threads, const py::object& query_ids) {
     if (num_threads < 1) throw std::invalid_argument("num_threads must be positive");
     InfoNceArgs A;
     build_problem(A, q, q_bf16, batch, memory, pos_ids, margin, scale, alpha_own_neg, alpha_other, alpha_mem,
-                  cosine, in_batch);
+                  cosine, in_batch, query_ids);
     const size_t B = A.p.B, d = A.p.d;
     if (state.size() != 5 || state[4].is_none()) throw std::invalid_argument("forward state is incomplete");
     hn::InfoNceState st;
@@ -232,15 +245,17 @@ void bind_losses(py::module_& m) {
     m.def("memory_lse", &memory_lse_impl, py::arg("q"), py::arg("mem"), py::arg("mem_bf16"), py::arg("mem_ids"),
           py::arg("pos_ids"), py::arg("thresholds"), py::arg("logit_scale"), py::arg("grad_scale"),
           py::arg("cosine"), py::arg("want_grad"), py::arg("num_threads"),
+          py::arg("query_ids") = py::none(),
           "Fused streaming log-sum-exp of q x memory scores and its gradient w.r.t. q (private)");
     m.def("infonce_forward", &infonce_forward_impl, py::arg("q"), py::arg("q_bf16"), py::arg("batch"),
           py::arg("memory"), py::arg("pos_ids"), py::arg("margin"), py::arg("scale"), py::arg("alpha_own_neg"),
           py::arg("alpha_other"), py::arg("alpha_mem"), py::arg("cosine"), py::arg("in_batch"),
-          py::arg("want_grad"), py::arg("num_threads"),
+          py::arg("want_grad"), py::arg("num_threads"), py::arg("query_ids") = py::none(),
           "Fused query->passage InfoNCE: per-row losses and the state for the backward (private)");
     m.def("infonce_backward", &infonce_backward_impl, py::arg("q"), py::arg("q_bf16"), py::arg("batch"),
           py::arg("memory"), py::arg("pos_ids"), py::arg("margin"), py::arg("scale"), py::arg("alpha_own_neg"),
           py::arg("alpha_other"), py::arg("alpha_mem"), py::arg("cosine"), py::arg("in_batch"), py::arg("state"),
           py::arg("grad_output"), py::arg("want_batch_grad"), py::arg("num_threads"),
+          py::arg("query_ids") = py::none(),
           "Gradients of the fused InfoNCE w.r.t. q and the in-batch passages (private)");
 }

@@ -7,7 +7,10 @@ positives, every hard negative in the batch (as sentence-transformers'
 ``MultipleNegativesRankingLoss`` does), every entry of a :class:`CrossBatchMemory`
 and, with ``gather_across_devices=True``, the passages of the other ranks.
 
-The memory term is the expensive one (B x memory_size scores).  On CPU tensors
+Without a memory, small CPU batches (at most 2**25 logits) run as a few dense torch
+operations with a hand-written backward (``hardneg._loss_dense``), at least as fast as a
+plain ``cross_entropy(q @ cand.T * scale)``.  The memory term is the expensive one
+(B x memory_size scores).  On CPU tensors
 it runs in a fused C++ kernel (``hardneg._core.memory_lse``): score tiles, a
 streaming log-sum-exp and the gradient w.r.t. the queries in the same pass, so
 neither the B x memory logits nor a concatenated copy of the memory are ever
@@ -18,8 +21,9 @@ torch autograd code that follows sentence-transformers line by line.
 Masking (candidates removed from a query's softmax, see docs/losses.md):
 
 * ids: with ``pos_ids`` given, every candidate (other positive, hard negative,
-  memory entry) whose id equals the query's positive id, except the query's own
-  positive column.  Ids < 0 mean "unknown" and never match.
+  memory entry) whose id equals the query's positive id (or its ``query_ids`` entry:
+  the query's own text as a passage), except the query's own positive column.  Ids < 0
+  mean "unknown" and never match.
 * ``false_negative_margin=m``: every candidate of the query->passage direction
   (in-batch passages and memory) whose raw similarity exceeds
   ``s(q_i, pos_i) - m`` (the positive-aware filter of NV-Retriever, on the fly).
@@ -33,17 +37,52 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._arrays import vectors_for_kernel
 from hardneg._threads import resolve_num_threads
 
-__all__ = ["InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss"]
+__all__ = ["InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss", "CachedInfoNCELoss"]
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+_DIRECTION_WHAT = {"query_to_doc": "q against pos / hard_negatives", "query_to_query": "q against q",
+                   "doc_to_query": "pos against q", "doc_to_doc": "pos against pos / hard_negatives"}
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# ------------------------------------------------------------- numerics helpers
+def _l2_normalize(x: Tensor) -> Tensor:
+    """Rows of ``x`` divided by their L2 norm, scale invariant over the dtype's whole range.
+
+    The norm is taken of ``x / max|x|`` (the scaling of BLAS nrm2), so neither
+    ``|x|**2`` overflowing (entries ~1e19 in float32) nor underflowing (~1e-20)
+    changes the result; a zero row stays zero.  The max is detached: the gradient is
+    exactly that of ``x / |x|`` (zero for a zero row, as in the C++ kernel).
+    (sentence-transformers' ``cos_sim`` clamps norms
+    below 1e-12 instead, so it disagrees for such tiny rows.)
+    """
+    m = x.detach().abs().amax(dim=-1, keepdim=True)
+    nz = m > 0
+    y = x / torch.where(nz, m, torch.ones_like(m))
+    n = torch.where(nz, y, torch.ones_like(y)).norm(dim=-1, keepdim=True)  # no 0/0 in the backward
+    return torch.where(nz, y / n, torch.zeros_like(y))
+
+
+def _overflow_error(what: str, dtype: torch.dtype) -> ValueError:
+    return ValueError(f"the logits of {what} overflow {str(dtype).replace('torch.', '')} "
+                      f"(|similarity * scale| > {torch.finfo(dtype).max:.3g}): scale the embeddings "
+                      "down or use similarity='cosine'")
+
+
+def _raise_overflow(flags: Sequence[Tuple[str, Tensor]], dtype: torch.dtype) -> None:
+    """One host sync for all the overflow flags (bool tensors) of a loss evaluation."""
+    if not flags:
+        return
+    bad = torch.stack([f for _, f in flags]).cpu().tolist()
+    for (what, _), b in zip(flags, bad):
+        if b:
+            raise _overflow_error(what, dtype)
 
 
 # --------------------------------------------------------------------------- memory
@@ -153,7 +192,8 @@ class CrossBatchMemory(nn.Module):
 # ------------------------------------------------------------- memory log-sum-exp
 def _fused_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_ids: Optional[Tensor],
                       thresholds: Optional[Tensor], logit_scale: float, grad_scale: float, cosine: bool,
-                      want_grad: bool, num_threads: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+                      want_grad: bool, num_threads: Optional[int],
+                      query_ids: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """C++ kernel on CPU tensors; everything is passed zero-copy as numpy views."""
     from hardneg import _core
 
@@ -165,13 +205,14 @@ def _fused_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
         None if pos_ids is None else pos_ids.contiguous().numpy(),
         None if thresholds is None else thresholds.detach().to(torch.float32).contiguous().numpy(),
         float(logit_scale), float(grad_scale), bool(cosine), bool(want_grad),
-        resolve_num_threads(num_threads))
+        resolve_num_threads(num_threads), None if query_ids is None else query_ids.contiguous().numpy())
     return torch.from_numpy(lse), (torch.from_numpy(grad) if grad is not None else None)
 
 
 def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_ids: Optional[Tensor],
                       thresholds: Optional[Tensor], logit_scale: float, grad_scale: float, cosine: bool,
-                      want_grad: bool, chunk: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+                      want_grad: bool, chunk: Optional[int],
+                      query_ids: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """Same algorithm as the C++ kernel in torch (any device), chunked over the memory."""
     q = qn.detach()
     B, d = q.shape
@@ -183,18 +224,20 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     run_sum = torch.zeros(B, dtype=dt, device=q.device)
     acc = torch.zeros(B, d, dtype=dt, device=q.device) if want_grad else None
     id_rows = pos_ids is not None and mem_ids is not None
+    overflow = torch.zeros((), dtype=torch.bool, device=q.device)
     for c0 in range(0, mem.shape[0], chunk):
         x = mem[c0:c0 + chunk].to(dt)
         if cosine:
-            x = F.normalize(x, p=2, dim=1)
+            x = _l2_normalize(x)
         sim = q @ x.T
         mask = None
         if thresholds is not None:
             mask = sim > thresholds.to(dt)[:, None]
         if id_rows:
-            m2 = (mem_ids[c0:c0 + chunk][None, :] == pos_ids[:, None]) & (pos_ids[:, None] >= 0)
+            m2 = _id_match(mem_ids[c0:c0 + chunk], pos_ids, query_ids)
             mask = m2 if mask is None else mask | m2
         z = sim * logit_scale
+        overflow |= ~torch.isfinite(z).all()
         if mask is not None:
             z = torch.where(mask, neg_inf, z)
         new_max = torch.maximum(run_max, z.max(dim=1).values)
@@ -211,6 +254,7 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     if want_grad:
         denom = torch.where(live, run_sum, torch.ones_like(run_sum))
         grad = torch.where(live[:, None], acc * (grad_scale / denom)[:, None], torch.zeros_like(acc))
+    _raise_overflow([("q against the memory", overflow)], dt)
     return lse, grad
 
 
@@ -220,16 +264,16 @@ class _MemoryLSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale, cosine, backend,
-                num_threads, chunk):
+                num_threads, chunk, query_ids=None):
         want = bool(ctx.needs_input_grad[0])
         if backend == "fused":
             lse, grad = _fused_memory_lse(qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale,
-                                          cosine, want, num_threads)
+                                          cosine, want, num_threads, query_ids)
             lse = lse.to(qn.dtype)
             grad = grad.to(qn.dtype) if grad is not None else None
         else:
             lse, grad = _torch_memory_lse(qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale,
-                                          cosine, want, chunk)
+                                          cosine, want, chunk, query_ids)
         if want:
             ctx.save_for_backward(grad)
         return lse
@@ -237,7 +281,7 @@ class _MemoryLSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
-        return (g[:, None] * grad,) + (None,) * 10
+        return (g[:, None] * grad,) + (None,) * 11
 
 
 def _np_ids(t: Optional[Tensor]):
@@ -277,7 +321,7 @@ class _FusedInfoNCE(torch.autograd.Function):
         args = _FusedInfoNCE._args(q, pos, hard, mem_emb, pos_ids, neg_ids, mem_ids, opts)
         want = any(ctx.needs_input_grad[:3])
         nt = resolve_num_threads(opts["num_threads"])
-        loss, state = _core.infonce_forward(*args, want, nt)
+        loss, state = _core.infonce_forward(*args, want, nt, query_ids=opts.get("query_ids"))
         if want:
             # the memory is not needed by the backward (it has no gradient), and it may be
             # enqueued into (modified in place) before backward runs
@@ -294,7 +338,8 @@ class _FusedInfoNCE(torch.autograd.Function):
         args = _FusedInfoNCE._args(q, pos, hard, None, pos_ids, neg_ids, None, opts)
         n = 0 if hard is None else hard.shape[1]
         want = [bool(ctx.needs_input_grad[1])] + [bool(ctx.needs_input_grad[2])] * n
-        gq, outs = _core.infonce_backward(*args, state, g.detach().to(torch.float32).contiguous().numpy(), want, nt)
+        gq, outs = _core.infonce_backward(*args, state, g.detach().to(torch.float32).contiguous().numpy(), want, nt,
+                                          query_ids=opts.get("query_ids"))
         grad_q = torch.from_numpy(gq).to(q.dtype) if ctx.needs_input_grad[0] else None
         grad_pos = torch.from_numpy(outs[0]).to(pos.dtype) if outs[0] is not None else None
         grad_hard = None
@@ -304,6 +349,14 @@ class _FusedInfoNCE(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------- helpers
+def _id_match(cand_ids: Tensor, pos_ids: Tensor, query_ids: Optional[Tensor]) -> Tensor:
+    """(B, C) bool: candidate j carries query i's known (>= 0) positive id or query id."""
+    m = (cand_ids[None, :] == pos_ids[:, None]) & (pos_ids[:, None] >= 0)
+    if query_ids is not None:
+        m |= (cand_ids[None, :] == query_ids[:, None]) & (query_ids[:, None] >= 0)
+    return m
+
+
 def _as_ids(x: Any, name: str, device) -> Tensor:
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
@@ -361,7 +414,7 @@ def _resolve_scale(temperature: Optional[float], scale: Optional[float]) -> floa
 class _Batch:
     """Validated inputs: q, pos (B, d), hard (B, n, d) or None, ids (B,), (B, n)."""
 
-    def __init__(self, q, pos, hard_negatives, pos_ids, neg_ids):
+    def __init__(self, q, pos, hard_negatives, pos_ids, neg_ids, query_ids=None, check_finite=True):
         q = _check_emb(q, "q")
         pos = _check_emb(pos, "pos")
         if q.dim() != 2:
@@ -404,10 +457,23 @@ class _Batch:
             if nid.numel() != B * n:
                 raise ValueError(f"neg_ids must have B*n={B * n} entries (shape (B, n)), got shape {tuple(nid.shape)}")
             self.neg_ids = nid.reshape(B, n)
-        for x, name in ((q, "q"), (pos, "pos"), (hard, "hard_negatives")):
+        self.query_ids = None
+        if query_ids is not None:
+            if pos_ids is None:
+                raise ValueError("query_ids needs pos_ids (candidates are matched by their ids)")
+            qid = _as_ids(query_ids, "query_ids", q.device).reshape(-1)
+            if qid.shape[0] != B:
+                raise ValueError(f"query_ids must have B={B} entries, got {qid.shape[0]}")
+            self.query_ids = qid
+        self.q, self.pos, self.hard, self.B, self.d, self.n = q, pos, hard, B, d, n
+        if check_finite:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """ValueError naming the first input with a NaN or Inf (a pass over each input)."""
+        for x, name in ((self.q, "q"), (self.pos, "pos"), (self.hard, "hard_negatives")):
             if x is not None:
                 _check_finite(x, name)
-        self.q, self.pos, self.hard, self.B, self.d, self.n = q, pos, hard, B, d, n
 
 
 def _gather(t: Tensor, with_grad: bool) -> Tensor:
@@ -480,15 +546,22 @@ class InfoNCELoss(nn.Module):
         as in-batch negatives of the query_to_doc direction (they get the hardness penalty
         for "in_batch_negatives" and "all_negatives").
     backend : {"auto", "fused", "torch"}
-        Memory term: "auto" = fused C++ kernel for CPU float32/16/bf16, torch otherwise.
+        "auto": on CPU without a memory and with at most 2**25 query->passage logits, a few
+        dense torch operations (faster than the kernel there); otherwise the fused C++ kernel
+        for CPU float32/16/bf16 and torch for the rest.  "fused": always the C++ kernel on
+        CPU; "torch": the chunked torch algorithm.
     num_threads : int, optional
         Threads of the fused kernel (default: hardneg's default).
     memory_chunk : int, optional
         Memory rows per chunk of the torch path (default: 4 M scores per chunk).
 
-    forward(q, pos, hard_negatives=None, pos_ids=None, neg_ids=None) -> scalar Tensor
+    forward(q, pos, hard_negatives=None, pos_ids=None, neg_ids=None, query_ids=None) -> scalar Tensor
         q, pos: (B, d); hard_negatives: (B, n, d) or (B*n, d) (query i's negatives are
-        rows i*n..i*n+n-1); pos_ids: (B,) int; neg_ids: (B, n) or (B*n,) int.
+        rows i*n..i*n+n-1); pos_ids: (B,) int; neg_ids: (B, n) or (B*n,) int;
+        query_ids: (B,) int in the same id space as the passages (needs pos_ids): a
+        candidate carrying query i's id (its own text as a passage) is masked too.
+        Logits the compute dtype cannot represent (huge embeddings with
+        ``similarity="dot"``) raise ValueError naming the inputs.
     """
 
     def __init__(self, temperature: Optional[float] = None, *, scale: Optional[float] = None,
@@ -552,6 +625,8 @@ class InfoNCELoss(nn.Module):
         if backend not in ("auto", "fused", "torch"):
             raise ValueError(f"backend must be 'auto', 'fused' or 'torch', got {backend!r}")
         self.backend = backend
+        if num_threads is not None:
+            resolve_num_threads(num_threads)  # refuse a bad value now, whichever path runs later
         self.num_threads = num_threads
         if memory_chunk is not None and (isinstance(memory_chunk, bool) or not isinstance(memory_chunk, (int, np.integer))
                                          or memory_chunk <= 0):
@@ -595,15 +670,39 @@ class InfoNCELoss(nn.Module):
         mem_emb = mem_ids = None
         if mem is not None and len(mem) > 0:
             mem_emb, mem_ids = mem.get()
+        opts["query_ids"] = _np_ids(b.query_ids)
+        # the kernel raises ValueError for logits float32 cannot represent
         per_row = _FusedInfoNCE.apply(b.q, b.pos, b.hard, mem_emb, _np_ids(b.pos_ids),
                                       None if b.neg_ids is None else _np_ids(b.neg_ids.reshape(-1)),
                                       _np_ids(mem_ids), opts)
-        return per_row.mean().to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
+        loss = per_row.mean()
+        if not bool(torch.isfinite(loss.detach())):
+            raise _overflow_error("the batch (the mean loss)", torch.float32)
+        return loss.to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
+
+    def _dense_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory], gathering: bool) -> bool:
+        """Small query->passage problems on CPU without a memory: dense torch ops beat the kernel."""
+        from hardneg._loss_dense import DENSE_MAX_LOGITS
+
+        return (self.backend == "auto" and self._full_kernel and self.directions == ("query_to_doc",)
+                and not gathering and b.q.device.type == "cpu" and (mem is None or len(mem) == 0)
+                and b.B * b.B * (1 + b.n) <= DENSE_MAX_LOGITS)
+
+    def _dense(self, b: "_Batch") -> Tensor:
+        from hardneg._loss_dense import DenseInfoNCE
+
+        a = self.hardness_strength if self.hardness_mode is not None else 0.0
+        opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
+                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
+                "margin": self.false_negative_margin, "check_inputs": b.check_finite}
+        return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids)
 
     # ------------------------------------------------------------------ forward
     def forward(self, q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] = None,
-                pos_ids: Optional[Any] = None, neg_ids: Optional[Any] = None) -> Tensor:
-        b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids)
+                pos_ids: Optional[Any] = None, neg_ids: Optional[Any] = None,
+                query_ids: Optional[Any] = None) -> Tensor:
+        # the dense path detects NaN / Inf on the way (norms, logits) and only then names the input
+        b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids, query_ids, check_finite=False)
         mem = self.memory
         if mem is not None:
             if mem.dim != b.d:
@@ -614,6 +713,9 @@ class InfoNCELoss(nn.Module):
                 raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
         rank, world = _dist_info()
         gathering = self.gather_across_devices and world > 1
+        if self._dense_ok(b, mem, gathering):
+            return self._dense(b)
+        b.check_finite()
         if (self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
@@ -621,7 +723,7 @@ class InfoNCELoss(nn.Module):
         B, n = b.B, b.n
         queries = b.q.to(cdt)
         docs = [b.pos.to(cdt)] + ([b.hard[:, k].to(cdt) for k in range(n)] if n else [])
-        pid = b.pos_ids
+        pid, qid = b.pos_ids, b.query_ids
         did = None
         if pid is not None:
             did = [pid] + [(b.neg_ids[:, k] if b.neg_ids is not None else torch.full_like(pid, -1))
@@ -633,20 +735,22 @@ class InfoNCELoss(nn.Module):
             if pid is not None:
                 pid = _gather(pid, False)
                 did = [_gather(x, False) for x in did]
+                if qid is not None:
+                    qid = _gather(qid, False)
             offset = rank * B
         WB = queries.shape[0]
         dev = queries.device
         cos = self.similarity == "cosine"
         if cos:
-            queries = F.normalize(queries, p=2, dim=1)
-            docs = [F.normalize(x, p=2, dim=1) for x in docs]
+            queries = _l2_normalize(queries)
+            docs = [_l2_normalize(x) for x in docs]
         docs_all = torch.cat(docs, dim=0)
         local = torch.arange(offset, offset + B, device=dev)
         rows = torch.arange(B, device=dev)
         local_q = queries[local]
         local_d = docs[0][local]
         lpid = pid[local] if pid is not None else None
-        known = (lpid >= 0) if lpid is not None else None
+        lqid = qid[local] if qid is not None else None
         doc_ids_all = torch.cat(did) if did is not None else None
         ncol = WB * (1 + n)
         own = torch.eye(WB, device=dev, dtype=torch.bool)[local].repeat(1, 1 + n)  # own positive + own negatives
@@ -661,7 +765,7 @@ class InfoNCELoss(nn.Module):
         if not self.in_batch_negatives:
             m |= ~own
         if lpid is not None:
-            m |= (doc_ids_all[None, :] == lpid[:, None]) & known[:, None] & ~own_pos
+            m |= _id_match(doc_ids_all, lpid, lqid) & ~own_pos
         if self.false_negative_margin is not None:
             m |= (sims["query_to_doc"].detach() > (raw_pos - self.false_negative_margin)[:, None]) & ~own_pos
         masks["query_to_doc"] = m
@@ -669,24 +773,29 @@ class InfoNCELoss(nn.Module):
             sims["query_to_query"] = local_q @ queries.T
             mq = torch.zeros(B, WB, device=dev, dtype=torch.bool)
             mq[rows, local] = True  # q_i -> q_i
-            if lpid is not None:
-                mq |= (pid[None, :] == lpid[:, None]) & known[:, None]
+            if lpid is not None:  # queries of the same passage, and copies of the query
+                mq |= _id_match(pid, lpid, None)
+                if qid is not None:
+                    mq |= _id_match(qid, lpid, lqid)
             masks["query_to_query"] = mq
         if "doc_to_query" in self.directions:
             sims["doc_to_query"] = (queries @ local_d.T).T
             if lpid is not None:
-                md = (pid[None, :] == lpid[:, None]) & known[:, None]
+                md = _id_match(pid, lpid, None)
+                if qid is not None:
+                    md |= _id_match(qid, lpid, lqid)
                 md[rows, local] = False
                 masks["doc_to_query"] = md
         if "doc_to_doc" in self.directions:
             sims["doc_to_doc"] = (docs_all @ local_d.T).T
             mdd = own.clone()  # documents of the same query
             if lpid is not None:
-                mdd |= (doc_ids_all[None, :] == lpid[:, None]) & known[:, None]
+                mdd |= _id_match(doc_ids_all, lpid, lqid)
             masks["doc_to_doc"] = mdd
 
         alpha = self.hardness_strength if self.hardness_mode is not None else 0.0
         logits: Dict[str, Tensor] = {}
+        overflow = []
         for key, s in sims.items():
             z = s * self.scale
             if key == "query_to_doc" and alpha > 0.0:
@@ -699,6 +808,7 @@ class InfoNCELoss(nn.Module):
                     excl = own.clone()
                     excl[:, WB:] = False
                 z = z + torch.where(excl, torch.zeros_like(s), alpha * s.detach())
+            overflow.append((_DIRECTION_WHAT[key], ~torch.isfinite(z.detach()).all()))
             if key in masks:
                 z = z.masked_fill(masks[key], float("-inf"))
             logits[key] = z
@@ -716,7 +826,7 @@ class InfoNCELoss(nn.Module):
                 backend = "fused" if dev.type == "cpu" and cdt == torch.float32 else "torch"
             lse_mem = _MemoryLSE.apply(local_q, mem_emb, mem_ids if lpid is not None else None, lpid, thr,
                                        self.scale + memory_alpha, self.scale, cos, backend, self.num_threads,
-                                       self.memory_chunk)
+                                       self.memory_chunk, lqid)
             lse_mem = lse_mem.to(cdt)
 
         # Per-row loss log Z - z_pos = log(1 + sum_{j != pos} exp(z_j - z_pos)), evaluated with
@@ -736,7 +846,10 @@ class InfoNCELoss(nn.Module):
                 if key != "query_to_doc":
                     per_row = per_row + torch.logsumexp(z - shift, dim=1)
             per_row = per_row / len(logits)
-        return per_row.mean()
+        loss = per_row.mean()
+        overflow.append(("the batch (the mean loss)", ~torch.isfinite(loss.detach())))
+        _raise_overflow(overflow, cdt)
+        return loss
 
 
 # ------------------------------------------------------------- scores for users
@@ -793,8 +906,8 @@ def contrastive_scores(q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] 
             raise ValueError(f"memory has dim {mem_emb.shape[1]} but the embeddings have d={b.d}")
         docs.append(mem_emb.to(device=dev, dtype=cdt))
     if similarity == "cosine":
-        qs = F.normalize(qs, p=2, dim=1)
-        docs = [F.normalize(x, p=2, dim=1) for x in docs]
+        qs = _l2_normalize(qs)
+        docs = [_l2_normalize(x) for x in docs]
     cand = torch.cat(docs, dim=0)
     sim = qs @ cand.T
     rows = torch.arange(B, device=dev)
@@ -821,53 +934,6 @@ def contrastive_scores(q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] 
 
 
 # --------------------------------------------------------- sentence-transformers
-class SentenceTransformersLoss(nn.Module):
-    """Makes :class:`InfoNCELoss` a sentence-transformers loss (``forward(sentence_features, labels)``).
-
-    Swap ``losses.MultipleNegativesRankingLoss(model, scale=20)`` for
-    ``SentenceTransformersLoss(model, temperature=0.05, memory=CrossBatchMemory(65536, dim))``
-    in a ``SentenceTransformerTrainer`` run.  Columns: (anchor, positive, negative_1, ...,
-    negative_n), as MultipleNegativesRankingLoss expects.  With a memory, the positives
-    (and hard negatives) of each training step are enqueued after the loss is computed
-    (only while gradients are enabled, i.e. not during evaluation).
-
-    Parameters
-    ----------
-    model : SentenceTransformer
-    enqueue_negatives : bool, default True
-        Also enqueue the hard-negative columns into the memory.
-    **loss_options
-        Any :class:`InfoNCELoss` argument.
-    """
-
-    def __init__(self, model: nn.Module, enqueue_negatives: bool = True, **loss_options: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = InfoNCELoss(**loss_options)
-        self.enqueue_negatives = bool(enqueue_negatives)
-
-    def compute_loss_from_embeddings(self, embeddings: Sequence[Tensor], labels: Optional[Tensor] = None) -> Tensor:
-        if len(embeddings) < 2:
-            raise ValueError(f"expected at least 2 embedding columns (anchor, positive), got {len(embeddings)}")
-        q, pos, negs = embeddings[0], embeddings[1], list(embeddings[2:])
-        hard = torch.stack(negs, dim=1) if negs else None
-        loss = self.loss(q, pos, hard_negatives=hard)
-        mem = self.loss.memory
-        if mem is not None and torch.is_grad_enabled():
-            mem.enqueue(pos.detach().to(mem.dtype))
-            if self.enqueue_negatives:
-                for x in negs:
-                    mem.enqueue(x.detach().to(mem.dtype))
-        return loss
-
-    def forward(self, sentence_features, labels: Optional[Tensor] = None) -> Tensor:
-        try:
-            from sentence_transformers.base.losses.merged_forward import embed_columns
-
-            embeddings = embed_columns(self.model, sentence_features)
-        except ImportError:  # older sentence-transformers
-            embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]
-        return self.compute_loss_from_embeddings(embeddings, labels)
-
-    def get_config_dict(self) -> Dict[str, Any]:
-        return self.loss.get_config_dict()
+# (defined in their own modules; imported last because they build on InfoNCELoss)
+from hardneg._st_adapter import SentenceTransformersLoss  # noqa: E402
+from hardneg.cached_loss import CachedInfoNCELoss  # noqa: E402
