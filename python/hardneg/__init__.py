@@ -7,6 +7,7 @@ from hardneg._version import __version__
 from hardneg import _core
 from hardneg._log import check_simd_override as _check_simd_override
 from hardneg._threads import get_num_threads, register_threadpoolctl as _register_threadpoolctl, set_num_threads
+from hardneg.index_base import SearchIndex
 from hardneg.topk import DenseIndex, merge_topk, topk
 from hardneg.info import info, simd_level
 from hardneg.metrics import Qrels, evaluate, read_run
@@ -20,7 +21,8 @@ _check_simd_override(_core)
 _register_threadpoolctl()
 
 # The losses need torch: loaded on first attribute access, so `import hardneg` works without it.
-_LOSSES_NAMES = ("InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss")
+_LOSSES_NAMES = ("InfoNCELoss", "CachedInfoNCELoss", "CrossBatchMemory", "contrastive_scores",
+                 "SentenceTransformersLoss")
 
 
 def __getattr__(name):
@@ -35,6 +37,7 @@ __all__ = [
     "__version__",
     # search
     "DenseIndex",
+    "SearchIndex",
     "topk",
     "merge_topk",
     "distributed",
@@ -52,6 +55,7 @@ __all__ = [
     "fuse",
     # losses (lazy, need torch)
     "InfoNCELoss",
+    "CachedInfoNCELoss",
     "CrossBatchMemory",
     "contrastive_scores",
     "SentenceTransformersLoss",
