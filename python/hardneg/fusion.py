@@ -13,8 +13,6 @@ from hardneg._threads import resolve_num_threads
 
 METHODS = ("rrf", "combsum", "combmnz")
 NORMS = ("minmax", "zscore", "none")
-_METHOD_CODE = {"rrf": 0, "combsum": 1, "combmnz": 2}
-_NORM_CODE = {"none": 0, "minmax": 1, "zscore": 2}
 
 
 def _normalise(scores: List[float], norm: str) -> List[float]:
@@ -161,6 +159,6 @@ def fuse(
         sc_l.append(s if method != "rrf" else None)
     if depth is None:
         depth = max(1, sum(a.shape[1] for a in ids_l))
-    so, io = _core.fuse_ids(ids_l, sc_l, weights, _METHOD_CODE[method], _NORM_CODE[norm], float(k), depth,
+    so, io = _core.fuse_ids(ids_l, sc_l, weights, method, norm, float(k), depth,
                             resolve_num_threads(num_threads))
     return to_caller(so, like), to_caller(io, like)

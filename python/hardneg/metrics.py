@@ -19,8 +19,9 @@ from hardneg._arrays import id_rows, is_torch
 from hardneg._io import open_text
 from hardneg._threads import resolve_num_threads
 
-# metric kinds, as in cpp/metrics.h
+# metric kinds, as in cpp/metrics.h; they cross into C++ by their trec_eval names
 _NDCG, _RR, _RECALL, _P, _AP, _RPREC, _HITS = range(7)
+_KIND_NAMES = ("ndcg", "recip_rank", "recall", "P", "map", "Rprec", "success")
 
 VALID_METRICS = (
     "ndcg@k", "ndcg", "mrr@k", "recip_rank", "recall@k", "p@k", "map", "map@k", "r-precision", "hits@k",
@@ -345,7 +346,7 @@ def evaluate(
     if not names:
         raise ValueError("metrics must name at least one metric")
     specs = [parse_metric(n) for n in names]
-    kinds = [s[0] for s in specs]
+    kinds = [_KIND_NAMES[s[0]] for s in specs]
     ks = [s[1] for s in specs]
     if isinstance(relevance_level, (bool, np.bool_)) or not isinstance(relevance_level, (int, np.integer)):
         raise TypeError(f"relevance_level must be an integer, got {relevance_level!r}")
