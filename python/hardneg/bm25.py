@@ -189,7 +189,7 @@ class BM25:
         self._new_core()
 
     def _new_core(self) -> None:
-        self._core = _core._BM25Index(METHODS.index(self.method), self.k1, self.b, self.delta)
+        self._core = _core._BM25Index(self.method, self.k1, self.b, self.delta)
         self._vocab_cache: Optional[Dict[str, int]] = None
 
     # ------------------------------------------------------------ introspection
