@@ -249,7 +249,7 @@ def test_array_dict_agree_on_topk_output():
 
 def test_corpus_id_mapping_forms():
     qrels = {"q": {"é": 2, "b": 1, "zz": 1}, "r": {"b": 3, "x": 1}}
-    corpus = ["a", "b", "é", "b", "c", "x"]  # "b" twice: the first row wins; "zz" absent
+    corpus = ["a", "b", "é", "b#3", "c", "x"]  # "zz" absent
     ids = np.array([[3, 1, 2, 5], [0, 1, 3, -1]])
     want = None
     for form in (corpus, tuple(corpus), np.array(corpus), np.array(corpus, dtype=object)):
@@ -259,12 +259,17 @@ def test_corpus_id_mapping_forms():
             want = got
         for n in got:
             np.testing.assert_array_equal(got[n], want[n])
-    # row 3 is a copy of "b" but a different corpus row: unjudged; "zz" never retrieved
+    # row 3 is unjudged; "zz" never retrieved
     ref = pytrec({"q": qrels["q"], "r": qrels["r"]},
                  {"q": {"b#3": 4.0, "b": 3.0, "é": 2.0, "x": 1.0}, "r": {"a": 3.0, "b": 2.0, "b#3": 1.0}})
     check_close(want, ref, ["q", "r"], ["map", "recall@5", "ndcg@10"])
     with pytest.raises(TypeError, match="corpus_ids"):
         hn.evaluate(qrels, ids, ["map"], query_ids=["q", "r"], corpus_ids=["a", 1, "é", "b", "c", "x"])
+    # a name on two rows: the second could never be matched, so it is refused in every form
+    dup = ["a", "b", "é", "b", "c", "x"]
+    for form in (dup, tuple(dup), np.array(dup), np.array(dup, dtype=object)):
+        with pytest.raises(ValueError, match="corpus_ids holds 'b' more than once"):
+            hn.evaluate(qrels, ids, ["map"], query_ids=["q", "r"], corpus_ids=form)
     # integer corpus ids are compared as decimal strings
     res = hn.evaluate({"q": {"7": 1}}, np.array([[1, 0]]), ["recip_rank"], query_ids=["q"],
                       corpus_ids=np.array([5, 7]))

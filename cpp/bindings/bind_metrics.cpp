@@ -134,9 +134,10 @@ inline double score_of(PyObject* v, PyObject* qid, PyObject* doc) {
                                  std::string(py::repr(qid)));
         }
     }
-    if (std::isnan(d))
-        throw std::invalid_argument("run score is NaN for query " + std::string(py::repr(qid)) + ", document " +
-                                    std::string(py::repr(doc)));
+    if (!std::isfinite(d))
+        throw std::invalid_argument("run score is " + std::string(std::isnan(d) ? "NaN" : "infinite") + " for query " +
+                                    std::string(py::repr(qid)) + ", document " + std::string(py::repr(doc)) +
+                                    " (scores must be finite numbers)");
     return d;
 }
 
@@ -250,7 +251,7 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
                     py::object hold_v = py::reinterpret_steal<py::object>(v);
                     if (c >= n) throw std::invalid_argument("run changed during evaluation");
                     double dv;
-                    if (!PyFloat_CheckExact(v) || std::isnan(dv = PyFloat_AS_DOUBLE(v)))
+                    if (!PyFloat_CheckExact(v) || !std::isfinite(dv = PyFloat_AS_DOUBLE(v)))
                         dv = score_of(v, qid, key_at(c));  // other number types, or the error message
                     scores[size_t(c)] = float(dv);  // trec_eval keeps scores as float
                     ++c;

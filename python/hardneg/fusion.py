@@ -32,7 +32,26 @@ def _normalise(scores: List[float], norm: str) -> List[float]:
     return [0.0] * n
 
 
+def _check_dict_scores(runs, method) -> None:
+    """NaN scores (anywhere) and, for CombSUM / CombMNZ, infinite ones have no rank or sum:
+    ValueError naming the run, query and document."""
+    for i, r in enumerate(runs):
+        for q, inner in r.items():
+            if not isinstance(inner, Mapping):
+                raise TypeError(f"runs[{i}][{q!r}] must be a dict {{doc_id: score}}, got {type(inner).__name__}")
+            for d, v in inner.items():
+                try:
+                    f = float(v)
+                except (TypeError, ValueError):
+                    raise TypeError(f"runs[{i}] score of query {q!r}, document {d!r} must be a number, "
+                                    f"got {v!r}") from None
+                if math.isnan(f) or (method != "rrf" and math.isinf(f)):
+                    raise ValueError(f"runs[{i}] holds score {f} for query {q!r}, document {d!r}: scores must be "
+                                     f"{'non-NaN' if method == 'rrf' else 'finite'}")
+
+
 def _fuse_dicts(runs, method, k, norm, weights, depth):
+    _check_dict_scores(runs, method)
     out: Dict[str, Dict[str, float]] = {}
     qids: Dict[str, None] = {}
     for r in runs:
@@ -147,8 +166,10 @@ def fuse(
             s = np.require(s, dtype=np.float32, requirements=["C", "A"])
             if s.shape != ids.shape:
                 raise ValueError(f"runs[{i}] scores {s.shape} and ids {ids.shape} differ in shape")
-            if method != "rrf" and not np.isfinite(s[ids >= 0]).all():
-                raise ValueError(f"runs[{i}] scores of retrieved ids must be finite")
+            retrieved = s[ids >= 0]
+            if np.isnan(retrieved).any() or (method != "rrf" and not np.isfinite(retrieved).all()):
+                raise ValueError(f"runs[{i}] scores of retrieved ids must be "
+                                 f"{'non-NaN' if method == 'rrf' else 'finite'}")
         elif method != "rrf":
             raise ValueError(f"method {method!r} needs (scores, ids) tuples, runs[{i}] has ids only")
         if (ids < -1).any():

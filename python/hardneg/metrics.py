@@ -51,8 +51,8 @@ def parse_metric(name: str) -> Tuple[int, int]:
     m = _CUT.match(low)
     if m and m.group("name") in _CUT_NAMES:
         k = int(m.group("k"))
-        if k <= 0:
-            raise ValueError(f"metric {name!r}: k must be a positive integer, got {k}")
+        if not 0 < k < 2**63:
+            raise ValueError(f"metric {name!r}: k must be a positive integer below 2**63, got {k}")
         return _CUT_NAMES[m.group("name")], k
     raise ValueError(
         f"unknown metric {name!r}; valid metrics are {', '.join(VALID_METRICS)} "
@@ -168,6 +168,7 @@ class Qrels:
             self._qid_sorted = (arr[order], order.astype(np.int64))
         srt, order = self._qid_sorted
         qa = _id_array(query_ids, "query_ids")
+        _check_unique(qa, "query_ids")
         out = np.full(len(qa), -1, dtype=np.int64)
         if len(srt) and len(qa):
             pos = np.searchsorted(srt, qa)
@@ -183,12 +184,15 @@ class Qrels:
         c = self._code_cache
         if c is not None and c[0] is corpus_ids and c[1] == len(corpus_ids):
             return c[2]
-        if isinstance(corpus_ids, (list, tuple)):
+        if isinstance(corpus_ids, (list, tuple)) and all(isinstance(x, str) for x in corpus_ids[:1]):
             # a sequence of str: one C++ pass with a hash table over the judged ids
             n = len(corpus_ids)
             codes = _core.metrics_map_ids(corpus_ids, self._docs)
+            if len(set(corpus_ids)) != n:
+                _check_unique(np.asarray(corpus_ids, dtype=str), "corpus_ids")
         else:
             ca = _id_array(corpus_ids, "corpus_ids")
+            _check_unique(ca, "corpus_ids")
             n = len(ca)
             docs = np.asarray(self._docs, dtype=str) if self._docs else np.zeros(0, dtype="<U1")
             udocs, inv = np.unique(docs, return_inverse=True)
@@ -209,15 +213,42 @@ class Qrels:
 
 
 def _id_array(ids: Any, name: str) -> np.ndarray:
-    """1-D numpy str array from a list / array of ids (integers become their decimal string)."""
+    """1-D numpy str array from a list / array of ids (integers become their decimal string).
+
+    Ids must be all str or all integers: a mix (``[1, "1"]``) raises TypeError naming ``name``.
+    """
     if is_torch(ids):
         ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (list, tuple)):
+        _check_id_types(ids, name)
     a = np.asarray(ids)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.dtype.kind not in "UiuO" or (a.dtype.kind == "O" and len(a)):
+        if a.dtype.kind == "O":
+            _check_id_types(a.tolist(), name)
+        else:
+            raise ValueError(f"{name} must hold str or integer ids, got dtype {a.dtype}")
     if a.dtype.kind not in "U":
         a = a.astype(str)
     return a
+
+
+def _check_id_types(ids: Sequence, name: str) -> None:
+    kinds = {"str" if isinstance(x, str) else "int" if isinstance(x, (int, np.integer))
+             and not isinstance(x, (bool, np.bool_)) else type(x).__name__ for x in ids}
+    if len(kinds) > 1 or (kinds and kinds != {"str"} and kinds != {"int"}):
+        raise TypeError(f"{name} must be all str or all integer ids, got a mix of {', '.join(sorted(kinds))}")
+
+
+def _check_unique(a: np.ndarray, name: str) -> None:
+    """ValueError naming ``name`` and one repeated id if the str array ``a`` has one."""
+    if len(a) < 2:
+        return
+    srt = np.sort(a, kind="stable")
+    dup = np.nonzero(srt[1:] == srt[:-1])[0]
+    if len(dup):
+        raise ValueError(f"{name} holds {str(srt[dup[0]])!r} more than once: each id must name one row")
 
 
 def read_qrels_rows(path: Union[str, os.PathLike]) -> List[Tuple[str, str, int]]:
@@ -286,7 +317,25 @@ def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
 
 
 def _ids_of(run: Any) -> np.ndarray:
-    return id_rows(run[1] if isinstance(run, tuple) else run, "ids")
+    """The ids (Q, k) of an array run; the scores of a ``(scores, ids)`` tuple must be finite
+    where an id is retrieved (they do not order anything, but NaN / inf there is a broken run)."""
+    if not isinstance(run, tuple):
+        return id_rows(run, "ids")
+    if len(run) != 2:
+        raise ValueError(f"run as a tuple must be (scores, ids), got {len(run)} items")
+    ids = id_rows(run[1], "ids")
+    s = run[0]
+    if s is not None:
+        s = np.asarray(s.detach().cpu().numpy() if is_torch(s) else s)
+        if s.shape != ids.shape:
+            raise ValueError(f"run scores {s.shape} and ids {ids.shape} differ in shape")
+        if s.dtype.kind not in "fiu":
+            raise TypeError(f"run scores must be numbers, got dtype {s.dtype}")
+        bad = ~np.isfinite(s) & (ids >= 0)
+        if bad.any():
+            i, j = (int(x[0]) for x in np.nonzero(bad))
+            raise ValueError(f"run scores must be finite: row {i}, column {j} holds {s[i, j]}")
+    return ids
 
 
 def evaluate(
