@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -604,3 +605,79 @@ def test_heavy_ties_many_judged(seed):
         ours = hn.evaluate(qrels, ids, list(PAIRS), per_query=True, relevance_level=lvl, query_ids=list(run),
                            corpus_ids=docs)
         check_close(ours, ref, list(run), list(PAIRS))
+
+
+# ------------------------------------------------------------------ nothing silently wrong
+def test_array_form_refuses_duplicate_query_ids():
+    qrels = {"q": {"a": 1}, "r": {"b": 1}}
+    ids = np.array([[0, 1], [1, 0], [0, 1]])
+    for form in (["q", "r", "q"], np.array(["q", "r", "q"]), ("q", "r", "q")):
+        with pytest.raises(ValueError, match="query_ids holds 'q' more than once"):
+            hn.evaluate(qrels, ids, ["map"], query_ids=form, corpus_ids=["a", "b"])
+
+
+def test_array_form_refuses_mixed_id_types():
+    qrels = {"1": {"a": 1}}
+    ids = np.array([[0, 1], [1, 0]])
+    with pytest.raises(TypeError, match="query_ids.*mix"):
+        hn.evaluate(qrels, ids, ["map"], query_ids=[1, "1"], corpus_ids=["a", "b"])
+    with pytest.raises(TypeError, match="corpus_ids.*mix"):
+        hn.evaluate(qrels, ids[:1], ["map"], query_ids=["1"], corpus_ids=[1, "a"])
+    with pytest.raises(ValueError, match="query_ids holds '1' more than once"):
+        hn.evaluate(qrels, ids, ["map"], query_ids=np.array([1, 1]), corpus_ids=["a", "b"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_scores_refused(bad):
+    qrels = {"q": {"a": 1}}
+    with pytest.raises(ValueError, match="query 'q', document 'b'"):
+        hn.evaluate(qrels, {"q": {"a": 1.0, "b": bad}}, ["map"])
+    with pytest.raises(ValueError, match="query 'q', document 'b'"):
+        hn.evaluate(qrels, {"q": {"a": 1.0, "b": np.float32(bad)}}, ["map"])
+    s = np.array([[1.0, bad]], np.float32)
+    with pytest.raises(ValueError, match="finite"):
+        hn.evaluate(qrels, (s, np.array([[0, 1]])), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
+    # a non-finite score in a padded slot is not a retrieved document: fine
+    out = hn.evaluate(qrels, (s, np.array([[0, -1]])), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
+    assert out["map"] == 1.0
+
+
+@pytest.mark.parametrize("grade", [1.5, 0.5, np.float64(2.0), "1", True])
+def test_fractional_or_non_integer_grades_refused(grade):
+    with pytest.raises(ValueError, match="integer"):
+        hn.evaluate({"q": {"a": grade}}, {"q": {"a": 1.0}}, ["map"])
+
+
+@pytest.mark.parametrize("name", ["ndcg@99999999999999999999", "P_9223372036854775808", "recall.10000000000000000000000"])
+def test_huge_metric_cutoff_is_a_clear_error(name):
+    with pytest.raises(ValueError, match=re.escape(repr(name))):
+        hn.evaluate({"q": {"a": 1}}, {"q": {"a": 1.0}}, [name])
+    assert hn.evaluate({"q": {"a": 1}}, {"q": {"a": 1.0}}, ["ndcg@9223372036854775807"])[
+        "ndcg@9223372036854775807"] == 1.0
+
+
+def test_fuse_refuses_nan_scores():
+    good = {"q": {"a": 3.0, "b": 2.0}}
+    for method in ("rrf", "combsum", "combmnz"):
+        with pytest.raises(ValueError, match=r"runs\[1\].*'q'.*'c'"):
+            hn.fuse([good, {"q": {"a": 1.0, "c": float("nan")}}], method=method)
+    with pytest.raises(ValueError, match=r"runs\[0\].*finite"):
+        hn.fuse([{"q": {"a": float("inf")}}], method="combsum")
+    assert list(hn.fuse([{"q": {"a": float("inf"), "b": 1.0}}], method="rrf")["q"]) == ["a", "b"]
+    ids = np.array([[0, 1, 2]])
+    s = np.array([[3.0, np.nan, 1.0]], np.float32)
+    for method in ("rrf", "combsum"):
+        with pytest.raises(ValueError, match=r"runs\[1\]"):
+            hn.fuse([(np.ones((1, 3), np.float32), ids), (s, ids)], method=method)
+    # NaN in a padding slot is ignored
+    hn.fuse([(s, np.array([[0, -1, 2]]))], method="combsum")
+
+
+def test_unknown_kind_names_are_clear_errors():
+    from hardneg import _core
+    with pytest.raises(ValueError, match="unknown fusion method 'borda'"):
+        _core.fuse_ids([np.zeros((1, 2), np.int64)], [None], [1.0], "borda", "none", 60.0, 2, 1)
+    with pytest.raises(ValueError, match="unknown fusion norm"):
+        _core.fuse_ids([np.zeros((1, 2), np.int64)], [None], [1.0], "rrf", "l2", 60.0, 2, 1)
+    with pytest.raises(ValueError, match="unknown metric kind 'ndcgx'"):
+        _core.metrics_eval_dict({}, {}, np.zeros(1, np.int64), [], np.zeros(0, np.int32), 1, ["ndcgx"], [10], 1)
