@@ -65,6 +65,7 @@ void score_query(const JudgedHit* hits, size_t n_hits, const int32_t* rels, size
             case MetricKind::Recall:
             case MetricKind::Precision:
             case MetricKind::Hits:
+            case MetricKind::HitCount:
             case MetricKind::RPrec: {
                 const int64_t cut = specs[m].kind == MetricKind::RPrec ? num_rel : k;
                 if (specs[m].kind == MetricKind::RPrec && num_rel == 0) break;
@@ -72,6 +73,7 @@ void score_query(const JudgedHit* hits, size_t n_hits, const int32_t* rels, size
                 for (size_t h = 0; h < n_hits && within(hits[h].rank, cut); ++h) c += hits[h].rel >= level;
                 if (specs[m].kind == MetricKind::Recall) v = num_rel ? double(c) / double(num_rel) : 0.0;
                 else if (specs[m].kind == MetricKind::Hits) v = c > 0 ? 1.0 : 0.0;
+                else if (specs[m].kind == MetricKind::HitCount) v = double(c);
                 else v = double(c) / double(cut);
                 break;
             }

@@ -28,6 +28,7 @@ enum class MetricKind : int32_t {
     AP = 4,         // map (k <= 0) or map_cut_k
     RPrec = 5,      // Rprec
     Hits = 6,       // success_k: 1 if a relevant document is in the top k
+    HitCount = 7,   // ranx hits@k: the number of relevant documents in the top k
 };
 
 struct MetricSpec {

@@ -34,7 +34,7 @@ E enum_of(const std::string& name, const std::pair<const char*, E> (&table)[N], 
 const std::pair<const char*, hn::MetricKind> kMetricKinds[] = {
     {"ndcg", hn::MetricKind::NDCG},   {"recip_rank", hn::MetricKind::RecipRank}, {"recall", hn::MetricKind::Recall},
     {"P", hn::MetricKind::Precision}, {"map", hn::MetricKind::AP},               {"Rprec", hn::MetricKind::RPrec},
-    {"success", hn::MetricKind::Hits},
+    {"success", hn::MetricKind::Hits}, {"hits", hn::MetricKind::HitCount},
 };
 const std::pair<const char*, hn::FuseMethod> kFuseMethods[] = {
     {"rrf", hn::FuseMethod::RRF}, {"combsum", hn::FuseMethod::CombSUM}, {"combmnz", hn::FuseMethod::CombMNZ}};

@@ -18,26 +18,31 @@ from hardneg import _core
 from hardneg._arrays import id_rows, is_torch
 from hardneg._io import open_text
 from hardneg._threads import resolve_num_threads
+from hardneg._validate import check_bool
 
 # metric kinds, as in cpp/metrics.h; they cross into C++ by their trec_eval names
-_NDCG, _RR, _RECALL, _P, _AP, _RPREC, _HITS = range(7)
-_KIND_NAMES = ("ndcg", "recip_rank", "recall", "P", "map", "Rprec", "success")
+_NDCG, _RR, _RECALL, _P, _AP, _RPREC, _SUCCESS, _HITS = range(8)
+_KIND_NAMES = ("ndcg", "recip_rank", "recall", "P", "map", "Rprec", "success", "hits")
 
 VALID_METRICS = (
-    "ndcg@k", "ndcg", "mrr@k", "recip_rank", "recall@k", "p@k", "map", "map@k", "r-precision", "hits@k",
+    "ndcg@k", "ndcg", "mrr@k", "recip_rank", "recall@k", "p@k", "map", "map@k", "r-precision", "success@k",
+    "hit_rate@k", "hits@k",
     # trec_eval / pytrec_eval spellings
     "ndcg_cut_k", "recall_k", "P_k", "map_cut_k", "Rprec", "success_k",
+    # ir_measures spellings
+    "nDCG@k", "RR", "RR@k", "R@k", "P@k", "AP", "AP@k", "Success@k",
 )
 CONVENTIONS = ("trec_eval", "ranx")
 
 _CUT = re.compile(r"^(?P<name>[a-z_\-]+?)(?:@|_|\.)(?P<k>[+-]?\d+)$")
 _CUT_NAMES = {
-    "ndcg": _NDCG, "ndcg_cut": _NDCG, "mrr": _RR, "recip_rank": _RR, "recall": _RECALL, "p": _P,
-    "precision": _P, "map": _AP, "map_cut": _AP, "hits": _HITS, "success": _HITS,
+    "ndcg": _NDCG, "ndcg_cut": _NDCG, "mrr": _RR, "recip_rank": _RR, "rr": _RR, "recall": _RECALL, "r": _RECALL,
+    "p": _P, "precision": _P, "map": _AP, "map_cut": _AP, "ap": _AP, "success": _SUCCESS, "hit_rate": _SUCCESS,
+    "hits": _HITS,
 }
 _PLAIN_NAMES = {
-    "ndcg": (_NDCG, 0), "recip_rank": (_RR, 0), "mrr": (_RR, 0), "map": (_AP, 0), "r-precision": (_RPREC, 0),
-    "rprec": (_RPREC, 0), "r_precision": (_RPREC, 0),
+    "ndcg": (_NDCG, 0), "recip_rank": (_RR, 0), "mrr": (_RR, 0), "rr": (_RR, 0), "map": (_AP, 0), "ap": (_AP, 0),
+    "r-precision": (_RPREC, 0), "rprec": (_RPREC, 0), "r_precision": (_RPREC, 0),
 }
 
 
@@ -251,6 +256,24 @@ def _check_unique(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} holds {str(srt[dup[0]])!r} more than once: each id must name one row")
 
 
+def _drop_identical(ids: np.ndarray, query_ids: Any, corpus_ids: Any) -> np.ndarray:
+    """ids with every entry naming the row's own query id set to -1 (BEIR's rule)."""
+    qa = _id_array(query_ids, "query_ids")
+    ca = _id_array(list(corpus_ids) if isinstance(corpus_ids, tuple) else corpus_ids, "corpus_ids")
+    if not len(ca) or not len(qa):
+        return ids
+    order = np.argsort(ca, kind="stable")
+    srt = ca[order]
+    pos = np.searchsorted(srt, qa).clip(0, len(srt) - 1)
+    own = np.where(srt[pos] == qa, order[pos], -1)  # corpus row of each query id, or -1
+    hit = (ids == own[:, None]) & (own[:, None] >= 0)
+    if not hit.any():
+        return ids
+    out = np.array(ids, dtype=np.int64, copy=True)
+    out[hit] = -1
+    return out
+
+
 def read_qrels_rows(path: Union[str, os.PathLike]) -> List[Tuple[str, str, int]]:
     """The (query id, document id, relevance) rows of a qrels file, in file order.
 
@@ -287,9 +310,10 @@ def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
     """Read a run file into ``{qid: {docid: score}}``.
 
     TREC lines (``qid Q0 docid rank score tag``) or 3-column lines (``qid docid score``, a
-    header line allowed first).  A repeated (qid, docid) pair raises ValueError, as in trec_eval."""
+    header line allowed first); ``.gz`` files are read as well.  A repeated (qid, docid) pair
+    raises ValueError, as in trec_eval."""
     run: Dict[str, Dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for ln, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -348,6 +372,7 @@ def evaluate(
     query_ids: Optional[Sequence] = None,
     corpus_ids: Optional[Sequence] = None,
     convention: str = "trec_eval",
+    ignore_identical_ids: bool = False,
     num_threads: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Evaluate a run against relevance judgements, with trec_eval semantics.
@@ -367,13 +392,17 @@ def evaluate(
     metrics : str or list of str
         ``ndcg@k``, ``ndcg``, ``mrr@k`` (recip_rank with the run cut at k),
         ``recip_rank``, ``recall@k``, ``p@k``, ``map``, ``map@k`` (trec map_cut),
-        ``r-precision``, ``hits@k`` (trec success_k); trec_eval names
-        ``ndcg_cut_10``, ``P_10``, ``recall_100``, ``map_cut_100``, ``Rprec``,
-        ``success_1`` are accepted too.
-    per_query : bool
+        ``r-precision``, ``success@k`` / ``hit_rate@k`` (trec success_k: 1 if a
+        relevant document is in the top k), ``hits@k`` (ranx: the number of relevant
+        documents in the top k); trec_eval names ``ndcg_cut_10``, ``P_10``,
+        ``recall_100``, ``map_cut_100``, ``Rprec``, ``success_1`` and ir_measures names
+        ``nDCG@10``, ``RR``, ``RR@10``, ``R@100``, ``P@10``, ``AP``, ``AP@100``,
+        ``Success@10`` are accepted too (case-insensitive).
+    per_query : bool or "dict"
         False: ``{metric: mean}``.  True: ``{metric: float64 array}`` aligned with the
         run's queries (the rows of ids, or the run dict's query order), NaN for a
-        query that is not evaluated.
+        query that is not evaluated.  ``"dict"``: pytrec_eval's form ``{query_id:
+        {metric: value}}`` over the evaluated queries.
     relevance_level : int
         Judgements >= this are relevant for the binary metrics; nDCG uses the raw
         judgements as gains (negative ones count 0), as trec_eval does.
@@ -382,6 +411,9 @@ def evaluate(
         a judged query with no relevant document scores 0.  "ranx": every qrels query
         with at least one relevant document counts, a query missing from the run
         scoring 0; run queries without a relevant document are ignored.
+    ignore_identical_ids : bool
+        BEIR's rule: a retrieved document whose id equals the query id is dropped from
+        that query's ranking before evaluation (for corpora that hold the queries).
     num_threads : int, optional
 
     Returns
@@ -404,13 +436,21 @@ def evaluate(
         raise ValueError(f"relevance_level out of range: {level}")
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if not (isinstance(per_query, str) and per_query == "dict"):
+        per_query = check_bool(per_query, "per_query (True, False or \"dict\")")
+    ignore_identical_ids = check_bool(ignore_identical_ids, "ignore_identical_ids")
     nt = resolve_num_threads(num_threads)
 
+    run_qids: Optional[Sequence] = None
     if isinstance(run, (str, os.PathLike)):
         run = read_run(run)
     if isinstance(run, Mapping):
         if not isinstance(run, dict):
             run = dict(run)
+        if ignore_identical_ids:
+            run = {q: ({d: v for d, v in inner.items() if d != q} if isinstance(inner, Mapping) and q in inner
+                       else inner) for q, inner in run.items()}
+        run_qids = list(run)
         out = _core.metrics_eval_dict(run, qrels._index, qrels._indptr, qrels._docs, qrels._rels, level, kinds,
                                       ks, nt)
         row_query = None
@@ -430,6 +470,10 @@ def evaluate(
         if len(row_query) != ids.shape[0]:
             raise ValueError(f"query_ids has {len(row_query)} entries but ids has {ids.shape[0]} rows")
         n, codes, rels = qrels._codes(corpus_ids)
+        if ignore_identical_ids:
+            ids = _drop_identical(ids, query_ids, corpus_ids)
+        if per_query == "dict":
+            run_qids = [str(q) for q in _id_array(query_ids, "query_ids")]
         out = _core.metrics_eval_ids(ids, n, row_query, qrels._indptr, codes, rels, level, kinds, ks, nt)
 
     n_missing = 0
@@ -442,6 +486,10 @@ def evaluate(
         seen[row_query[row_query >= 0]] = True
         n_missing = int(np.count_nonzero(has_rel & ~seen))
 
+    if per_query == "dict":
+        evaluated = ~np.isnan(out[0]) if out.shape[1] else np.zeros(0, dtype=bool)
+        return {q: {name: float(out[m][i]) for m, name in enumerate(names)}
+                for i, q in enumerate(run_qids) if evaluated[i]}
     if per_query:
         return {name: out[m] for m, name in enumerate(names)}
     res: Dict[str, Any] = {}
