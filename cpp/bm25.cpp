@@ -220,6 +220,8 @@ inline uint64_t hash_bytes(const char* p, size_t n) {
 
 }  // namespace
 
+const char* unicode_version() { return unicode::kUnicodeVersion; }
+
 void tokenize_text(std::string_view text, std::vector<std::string>& out) {
     std::string buf;
     for_each_token(text, buf, [&](const std::string& w) { out.push_back(w); });

@@ -41,6 +41,8 @@ double tf_part(const Params& p, double tf, double B);
 double tf_part_zero(const Params& p);
 
 // ---------------------------------------------------------------- tokeniser
+// The Unicode version of the tokeniser's frozen tables (cpp/unicode_tables.h).
+const char* unicode_version();
 // Lowercased tokens of 2+ word characters (Unicode letters, digits, '_',
 // combining marks); invalid UTF-8 bytes are separators.
 void tokenize_text(std::string_view text, std::vector<std::string>& out);

@@ -107,6 +107,8 @@ void bind_bm25(py::module_& m) {
         .def_property_readonly("num_tokens", [](const TokenBatch& b) { return b.tokens.size(); })
         .def_property_readonly("words", [](const TokenBatch& b) { return b.words; });
 
+    m.def("bm25_unicode_version", [] { return std::string(hn::bm25::unicode_version()); },
+          "Unicode version of the BM25 tokeniser's frozen tables.");
     m.def(
         "bm25_tokenize_text",
         [](const py::handle& text) {

@@ -21,6 +21,7 @@ import numpy as np
 from hardneg import _core
 from hardneg._arrays import check_uint_ids
 from hardneg._threads import resolve_num_threads
+from hardneg._tokenize import TOKENIZERS, bm25s_tokens, stemmer_version, tokenizer_version
 from hardneg._validate import check_bytes, check_choice, check_float
 from hardneg.exclude import to_csr
 from hardneg.topk import _check_k
@@ -66,17 +67,22 @@ STOPWORDS_EN_PLUS: Tuple[str, ...] = (
 _STOPWORD_LISTS = {"en": STOPWORDS_EN, "english": STOPWORDS_EN, "en_plus": STOPWORDS_EN_PLUS}
 
 
-def tokenize(text: Union[str, bytes]) -> List[str]:
-    """The BM25 tokeniser on one text: lowercased runs of 2+ word characters.
+def tokenize(text: Union[str, bytes], tokenizer: str = "unicode") -> List[str]:
+    """A BM25 tokeniser on one text: lowercased runs of 2+ word characters.
 
-    Word characters are Unicode letters and digits of every script, ``_`` and
-    combining marks; everything else (and any invalid UTF-8 byte in ``bytes``
-    input) separates tokens.  No stopword removal or stemming.  Scripts written
-    without spaces (Chinese, Japanese, Thai) come out as whole runs: pass your
-    own tokens to :meth:`BM25.index` for them.
+    ``tokenizer="unicode"`` (the default, C++): word characters are Unicode letters and
+    digits of every script, ``_`` and combining marks (so Indic words with vowel signs stay
+    whole); everything else (and any invalid UTF-8 byte in ``bytes`` input) separates tokens.
+    ``tokenizer="bm25s"``: exactly bm25s's ``re.findall(r"(?u)\\b\\w\\w+\\b", text.lower())``,
+    where combining marks are separators.  No stopword removal or stemming.  Scripts written
+    without spaces (Chinese, Japanese, Thai) come out as whole runs: pass your own tokens to
+    :meth:`BM25.index` for them.
     """
+    check_choice(tokenizer, "tokenizer", TOKENIZERS)
     if not isinstance(text, (str, bytes)):
         raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+    if tokenizer == "bm25s":
+        return bm25s_tokens(text)
     return _core.bm25_tokenize_text(text)
 
 
@@ -152,6 +158,11 @@ class BM25:
         A Snowball language of PyStemmer (``"english"``, ``"german"``,
         ``"russian"``, ``"arabic"``, ...), applied once per distinct word, or
         None.  Needs ``pip install PyStemmer``.
+    tokenizer : {"unicode", "bm25s"}
+        ``"unicode"`` (default): the C++ tokeniser below.  ``"bm25s"``: exactly
+        bm25s's tokens (Python's ``re`` ``(?u)\\b\\w\\w+\\b`` on the lowercased
+        text: combining marks separate tokens, so ``"नमस्ते"`` gives ``"नमस"``), for
+        scores equal to bm25s on any script; tokenised in Python, so slower.
 
     Notes
     -----
@@ -179,9 +190,12 @@ class BM25:
         method: str = "lucene",
         stopwords: Any = "en",
         stemmer: Optional[str] = "english",
+        tokenizer: str = "unicode",
     ):
         self.k1, self.b, self.delta = _check_params(method, k1, b, delta)
         self.method = method
+        self.tokenizer = check_choice(tokenizer, "tokenizer", TOKENIZERS)
+        self._bm25s_terms: Dict[str, Optional[str]] = {}  # tokenizer="bm25s": word -> term (None: dropped)
         self._stopwords_name, self._stopwords = _resolve_stopwords(stopwords)
         self._stop_set = frozenset(self._stopwords)
         self.stemmer = stemmer
@@ -225,7 +239,8 @@ class BM25:
 
     def __repr__(self) -> str:
         return (f"BM25(method={self.method!r}, k1={self.k1}, b={self.b}, delta={self.delta}, "
-                f"stopwords={self._stopwords_name!r}, stemmer={self.stemmer!r}, num_docs={self.num_docs})")
+                f"stopwords={self._stopwords_name!r}, stemmer={self.stemmer!r}, tokenizer={self.tokenizer!r}, "
+                f"num_docs={self.num_docs})")
 
     # ---------------------------------------------------------------- tokens
     def _learn(self, core, batch, create: bool) -> None:
@@ -254,9 +269,28 @@ class BM25:
         core = self._core if core is None else core
         if texts and isinstance(texts[0], (list, tuple)):
             return core.pretokenized_ids(texts, create, name)
+        if self.tokenizer == "bm25s":
+            return core.pretokenized_ids(self._bm25s_term_lists(texts, name), create, name)
         batch = _core.bm25_tokenize(texts, num_threads, name)
         self._learn(core, batch, create)
         return core.batch_ids(batch)
+
+    def _bm25s_term_lists(self, texts: list, name: str) -> List[List[str]]:
+        """tokenizer="bm25s": each text's terms (bm25s's tokens, stopwords dropped, stemmed
+        once per distinct word)."""
+        toks = []
+        for i, t in enumerate(texts):
+            if isinstance(t, (list, tuple)):
+                raise TypeError(f"{name}[{i}] must be str or bytes (all items pre-tokenised or none)")
+            toks.append(bm25s_tokens(t, f"{name}[{i}]"))
+        cache = self._bm25s_terms
+        new = list(dict.fromkeys(w for ts in toks for w in ts if w not in cache))
+        if new:
+            stop = self._stop_set
+            stems = self._stemmer.stemWords(new) if self._stemmer is not None else new
+            for w, st in zip(new, stems):
+                cache[w] = None if w in stop or not st else st
+        return [[cache[w] for w in ts if cache[w] is not None] for ts in toks]
 
     # ---------------------------------------------------------------- building
     def index(self, texts: Iterable[Union[str, Sequence[str]]], num_threads: Optional[int] = None) -> "BM25":
@@ -322,7 +356,7 @@ class BM25:
         if not queries:
             return np.zeros(1, np.int64), np.zeros(0, np.int64)
         core = self._core
-        if not isinstance(queries[0], (list, tuple)):
+        if not isinstance(queries[0], (list, tuple)) and self.tokenizer == "unicode":
             # Fast path: look every word up in the word cache (no batch vocabulary);
             # new words are stemmed and cached first.
             for _ in range(3):
@@ -449,6 +483,8 @@ class BM25:
             "format": _FORMAT, "version": _FORMAT_VERSION, "method": self.method, "k1": self.k1, "b": self.b,
             "delta": self.delta, "stopwords_name": self._stopwords_name, "stopwords": list(self._stopwords),
             "stemmer": self.stemmer, "num_docs": self.num_docs, "total_len": self._core.total_len,
+            "tokenizer": self.tokenizer, "tokenizer_version": tokenizer_version(self.tokenizer),
+            "stemmer_version": stemmer_version(self.stemmer),
         }
         with open(p / "vocabulary.json", "w", encoding="utf-8") as f:
             json.dump(self._core.terms, f, ensure_ascii=False)
@@ -483,10 +519,12 @@ class BM25:
         try:
             stop = meta["stopwords_name"]
             bm = cls(k1=meta["k1"], b=meta["b"], delta=meta["delta"], method=meta["method"],
-                     stopwords=meta["stopwords"] if stop == "custom" else stop, stemmer=meta["stemmer"])
+                     stopwords=meta["stopwords"] if stop == "custom" else stop, stemmer=meta["stemmer"],
+                     tokenizer=meta.get("tokenizer", "unicode"))
             total_len = float(meta["total_len"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"corrupt BM25 index metadata: {e!r}") from None
+        _check_versions(path, meta, bm)
         arrays = {}
         for name, dts in (_ARRAYS if version == _FORMAT_VERSION else _ARRAYS_V1).items():
             try:
@@ -534,6 +572,19 @@ def _check_params(method: Any, k1: Any, b: Any, delta: Any) -> Tuple[float, floa
         raise ValueError("bm25l needs k1 > 0 or delta > 0: its tf = 0 part (k1 + 1)·delta / (k1 + delta) "
                          "divides by k1 + delta (got k1=0, delta=0)")
     return k1, b, delta
+
+
+def _check_versions(path: Any, meta: dict, bm: "BM25") -> None:
+    """Refuse an index saved with another tokeniser or stemmer version: its documents were
+    tokenised differently from how queries (and added documents) would be now.  Indexes saved
+    before versions were recorded carry none and load as they are."""
+    for key, now in (("tokenizer_version", tokenizer_version(bm.tokenizer)),
+                     ("stemmer_version", stemmer_version(bm.stemmer))):
+        if key in meta and meta[key] != now:
+            what = key.split("_")[0]
+            raise ValueError(f"{str(path)!r} was saved with {what} version {meta[key]!r}, but this installation has "
+                             f"{now!r}: its tokens would not match new queries or documents; re-index the corpus "
+                             "(or load it where the versions match)")
 
 
 def _write_array(path: Path, a: np.ndarray) -> None:
