@@ -779,3 +779,11 @@ def test_read_run_gz(tmp_path):
     assert hn.metrics.read_run(tmp_path / "run.txt.gz") == hn.metrics.read_run(tmp_path / "run.txt")
     qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}
     assert hn.evaluate(qrels, tmp_path / "run.txt.gz", ["recip_rank"]) == {"recip_rank": 0.75}
+
+
+def test_fuse_huge_depth_is_padding_or_a_clear_error():
+    ids = np.array([[0, 1, 2], [2, 1, -1]])
+    s, i = hn.fuse([ids, ids[:, ::-1].copy()], depth=100_000)
+    assert i.shape == (2, 100_000) and (i[:, 3:] == -1).all() and np.isneginf(s[:, 3:]).all()
+    with pytest.raises(ValueError, match=r"depth asks for an output of [\d,]+ bytes"):
+        hn.fuse([ids], depth=2**50)

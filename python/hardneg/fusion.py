@@ -10,6 +10,7 @@ import numpy as np
 from hardneg import _core
 from hardneg._arrays import id_rows, is_torch, to_caller
 from hardneg._threads import resolve_num_threads
+from hardneg._validate import check_bytes
 
 METHODS = ("rrf", "combsum", "combmnz")
 NORMS = ("minmax", "zscore", "none")
@@ -180,6 +181,9 @@ def fuse(
         sc_l.append(s if method != "rrf" else None)
     if depth is None:
         depth = max(1, sum(a.shape[1] for a in ids_l))
+    # (Q, depth) padded outputs, float32 + int64; the kernel's own buffers grow with the
+    # runs' widths only, never with depth.
+    check_bytes(ids_l[0].shape[0] * depth * 12, "depth")
     so, io = _core.fuse_ids(ids_l, sc_l, weights, method, norm, float(k), depth,
                             resolve_num_threads(num_threads))
     return to_caller(so, like), to_caller(io, like)
