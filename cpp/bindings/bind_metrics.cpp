@@ -148,6 +148,65 @@ inline std::pair<const char*, Py_ssize_t> utf8(PyObject* s) {
     return {p, n};
 }
 
+py::type_error not_str(PyObject* doc, PyObject* qid) {
+    return py::type_error("run document ids must be str, got " + std::string(py::repr(doc)) + " for query " +
+                          std::string(py::repr(qid)));
+}
+
+// One query's dict {doc_id: score} of a run: its scores, and its keys on demand.
+struct QueryRun {
+    PyObject* qid;
+    PyObject* inner;
+    py::object keys;  // the keys as a list, fetched only when a docno is needed
+    Py_ssize_t n = 0;  // entries whose scores were read
+
+    PyObject* key_at(Py_ssize_t j) {
+        if (!keys) {
+            keys = py::reinterpret_steal<py::object>(PyDict_Keys(inner));
+            if (!keys) throw_py();
+            if (PyList_GET_SIZE(keys.ptr()) != n) throw std::invalid_argument("run changed during evaluation");
+        }
+        return PyList_GET_ITEM(keys.ptr(), j);
+    }
+    // The UTF-8 docno of entry j (valid while `keys` holds it).
+    std::string_view docno(Py_ssize_t j) {
+        PyObject* doc = key_at(j);
+        if (!PyUnicode_Check(doc)) throw not_str(doc, qid);
+        auto u = utf8(doc);
+        return {u.first, size_t(u.second)};
+    }
+    // Every score as float32 (trec_eval keeps float), checked (numbers, finite).
+    // The values are read with the dict's values iterator: unlike PyDict_Next and
+    // PyDict_Values (which read every key's hash) it never visits the key objects,
+    // scattered in memory, so the str objects stay untouched.  The key type is
+    // checked on the first key, and wherever docnos are compared.
+    void read_scores(std::vector<float>& scores) {
+        {
+            Py_ssize_t j0 = 0;
+            PyObject *k0, *v0;
+            if (PyDict_Next(inner, &j0, &k0, &v0) && !PyUnicode_Check(k0)) throw not_str(k0, qid);
+        }
+        n = PyDict_GET_SIZE(inner);
+        scores.resize(size_t(n));
+        py::object view = py::reinterpret_steal<py::object>(PyObject_CallMethod(inner, "values", nullptr));
+        if (!view) throw_py();
+        py::object iter = py::reinterpret_steal<py::object>(PyObject_GetIter(view.ptr()));
+        if (!iter) throw_py();
+        Py_ssize_t c = 0;
+        while (PyObject* v = PyIter_Next(iter.ptr())) {
+            py::object hold_v = py::reinterpret_steal<py::object>(v);
+            if (c >= n) throw std::invalid_argument("run changed during evaluation");
+            double dv;
+            if (!PyFloat_CheckExact(v) || !std::isfinite(dv = PyFloat_AS_DOUBLE(v)))
+                dv = score_of(v, qid, key_at(c));  // other number types, or the error message
+            scores[size_t(c)] = float(dv);
+            ++c;
+        }
+        if (PyErr_Occurred()) throw_py();
+        if (c != n) throw std::invalid_argument("run changed during evaluation");
+    }
+};
+
 // Returns out (n_specs, n_run) float64 for the run's queries in its iteration order.
 // q_index: {qid: qrels query}; docs / rels: the qrels entries (CSR by indptr).
 //
@@ -178,11 +237,6 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
     std::vector<hn::FoundDoc> found;
     std::vector<py::object> found_hold;  // keeps the docnos alive even if a score's __float__ mutates the qrels
     std::vector<float> scores;
-
-    auto not_str = [](PyObject* doc, PyObject* qid) {
-        return py::type_error("run document ids must be str, got " + std::string(py::repr(doc)) + " for query " +
-                              std::string(py::repr(qid)));
-    };
 
     Py_ssize_t it = 0;
     PyObject *qid, *inner;
@@ -222,49 +276,9 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
                 found.push_back({sc, rel, std::string_view(u.first, size_t(u.second))});
                 found_hold.push_back(d);
             }
-            {  // key type: checked on the first key, and wherever docnos are compared
-                Py_ssize_t j0 = 0;
-                PyObject *k0, *v0;
-                if (PyDict_Next(inner, &j0, &k0, &v0) && !PyUnicode_Check(k0)) throw not_str(k0, qid);
-            }
-            // The values, read with the dict's values iterator: unlike PyDict_Next and
-            // PyDict_Values (which read every key's hash) it never visits the key
-            // objects, scattered in memory, so the str objects stay untouched.
-            const Py_ssize_t n = PyDict_GET_SIZE(inner);
-            scores.resize(size_t(n));
-            py::object keys;
-            auto key_at = [&](Py_ssize_t j) {
-                if (!keys) {
-                    keys = py::reinterpret_steal<py::object>(PyDict_Keys(inner));
-                    if (!keys) throw_py();
-                    if (PyList_GET_SIZE(keys.ptr()) != n) throw std::invalid_argument("run changed during evaluation");
-                }
-                return PyList_GET_ITEM(keys.ptr(), j);
-            };
-            {
-                py::object view = py::reinterpret_steal<py::object>(PyObject_CallMethod(inner, "values", nullptr));
-                if (!view) throw_py();
-                py::object iter = py::reinterpret_steal<py::object>(PyObject_GetIter(view.ptr()));
-                if (!iter) throw_py();
-                Py_ssize_t c = 0;
-                while (PyObject* v = PyIter_Next(iter.ptr())) {
-                    py::object hold_v = py::reinterpret_steal<py::object>(v);
-                    if (c >= n) throw std::invalid_argument("run changed during evaluation");
-                    double dv;
-                    if (!PyFloat_CheckExact(v) || !std::isfinite(dv = PyFloat_AS_DOUBLE(v)))
-                        dv = score_of(v, qid, key_at(c));  // other number types, or the error message
-                    scores[size_t(c)] = float(dv);  // trec_eval keeps scores as float
-                    ++c;
-                }
-                if (PyErr_Occurred()) throw_py();
-                if (c != n) throw std::invalid_argument("run changed during evaluation");
-            }
-            auto docno_at = [&](size_t j) -> std::string_view {
-                PyObject* doc = key_at(Py_ssize_t(j));
-                if (!PyUnicode_Check(doc)) throw not_str(doc, qid);
-                auto u = utf8(doc);
-                return {u.first, size_t(u.second)};
-            };
+            QueryRun qr_run{qid, inner};
+            qr_run.read_scores(scores);
+            auto docno_at = [&](size_t j) { return qr_run.docno(Py_ssize_t(j)); };
             hn::trec_ranks(found, scores.data(), scores.size(), docno_at, hits);
         }
         hit_indptr[++qi] = int64_t(hits.size());
