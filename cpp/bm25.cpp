@@ -396,6 +396,135 @@ void WordCache::forget(int64_t value) {
 
 void WordCache::clear() { *this = WordCache(); }
 
+namespace {
+
+// The new documents of an add, tallied per chunk of documents (chunk c: documents
+// [ndocs * c / nch, ndocs * (c + 1) / nch)): the (term, tf) pairs of each document
+// in pt / ptf, each document's length and pair count, the per-term posting count
+// of the batch (new_cnt), and cnt[c][t]: where chunk c's postings of t start among
+// the term's new ones.
+struct DocTally {
+    std::vector<std::vector<uint32_t>> pt, ptf, cnt;
+    std::vector<uint32_t> npairs, new_len;
+    std::vector<int64_t> new_cnt;
+};
+
+DocTally tally_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs, size_t V, size_t nch, size_t nt) {
+    DocTally out;
+    auto& pt = out.pt;
+    auto& ptf = out.ptf;
+    auto& cnt = out.cnt;
+    auto& npairs = out.npairs;
+    auto& new_len = out.new_len;
+    pt.resize(nch);
+    ptf.resize(nch);
+    cnt.resize(nch);
+    npairs.resize(ndocs);
+    new_len.resize(ndocs);
+    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        // Term counts without sorting: last[t] = the document that last saw t,
+        // pos[t] = where its pair sits in this chunk's output.
+        std::vector<uint32_t> last(V, UINT32_MAX);
+        std::vector<uint64_t> pos(V);
+        for (size_t c = cb; c < ce; ++c) {
+            cnt[c].assign(V, 0);
+            std::vector<uint32_t> lpt, lptf;  // moved out below: no false sharing on vector headers
+            const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
+            for (size_t d = b; d < e; ++d) {
+                uint64_t len = 0;
+                uint32_t np = 0;
+                for (uint64_t j = toffs[d]; j < toffs[d + 1]; ++j) {
+                    if (tokens[j] < 0) continue;
+                    const uint32_t t = uint32_t(tokens[j]);
+                    ++len;
+                    if (last[t] != uint32_t(d)) {
+                        last[t] = uint32_t(d);
+                        pos[t] = lpt.size();
+                        lpt.push_back(t);
+                        lptf.push_back(1);
+                        ++cnt[c][t];
+                        ++np;
+                    } else {
+                        ++lptf[pos[t]];
+                    }
+                }
+                if (len > 0xFFFFFFFFull) throw std::length_error("document too long");
+                new_len[d] = uint32_t(len);
+                npairs[d] = np;
+            }
+            pt[c] = std::move(lpt);
+            ptf[c] = std::move(lptf);
+        }
+    });
+    // Per term: new postings count; cnt becomes each chunk's start within the term's new range.
+    std::vector<int64_t>& new_cnt = out.new_cnt;
+    new_cnt.assign(V, 0);
+    parallel_ranges(V, int(nt), [&](size_t b, size_t e, int) {
+        for (size_t t = b; t < e; ++t) {
+            uint32_t run = 0;
+            for (size_t c = 0; c < nch; ++c) {
+                const uint32_t x = cnt[c][t];
+                cnt[c][t] = run;
+                run += x;
+            }
+            new_cnt[t] = run;
+        }
+    });
+    return out;
+}
+
+// Codes of the tallied (tf, length) pairs: the table ctf / clen grows by the pairs
+// it lacks; dt.ptf[c][j] becomes a local code of chunk c, and the result maps
+// chunk c's local codes to table codes.  Per chunk, a local code per distinct
+// pair (one hash lookup per document, a dense lookup by tf per posting), then one
+// global code per local one (few).
+std::vector<std::vector<uint32_t>> code_pairs(DocTally& dt, size_t ndocs, size_t nch, size_t nt,
+                                              std::vector<uint32_t>& ctf, std::vector<uint32_t>& clen) {
+    auto& ptf = dt.ptf;
+    const auto& npairs = dt.npairs;
+    const auto& new_len = dt.new_len;
+    std::vector<std::vector<uint64_t>> local_pairs(nch);
+    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
+        for (size_t c = cb; c < ce; ++c) {
+            std::unordered_map<uint32_t, std::vector<uint32_t>> by_len;  // length -> local id + 1 by tf
+            const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
+            size_t j = 0;
+            for (size_t d = b; d < e; ++d) {
+                if (npairs[d] == 0) continue;
+                std::vector<uint32_t>& by_tf = by_len[new_len[d]];
+                for (uint32_t r = 0; r < npairs[d]; ++r, ++j) {
+                    const uint32_t tf = ptf[c][j];
+                    if (tf >= by_tf.size()) by_tf.resize(size_t(tf) + 1, 0);
+                    if (by_tf[tf] == 0) {
+                        local_pairs[c].push_back((uint64_t(tf) << 32) | new_len[d]);
+                        by_tf[tf] = uint32_t(local_pairs[c].size());
+                    }
+                    ptf[c][j] = by_tf[tf] - 1;
+                }
+            }
+        }
+    });
+    std::unordered_map<uint64_t, uint32_t> global;
+    global.reserve(ctf.size() * 2 + 16);
+    for (size_t i = 0; i < ctf.size(); ++i) global.emplace((uint64_t(ctf[i]) << 32) | clen[i], uint32_t(i));
+    std::vector<std::vector<uint32_t>> to_global(nch);
+    for (size_t c = 0; c < nch; ++c) {
+        for (uint64_t pr : local_pairs[c]) {
+            auto it = global.find(pr);
+            if (it == global.end()) {
+                if (ctf.size() >= 0xFFFFFFF0ull) throw std::length_error("too many distinct (tf, length) pairs");
+                it = global.emplace(pr, uint32_t(ctf.size())).first;
+                ctf.push_back(uint32_t(pr >> 32));
+                clen.push_back(uint32_t(pr));
+            }
+            to_global[c].push_back(it->second);
+        }
+    }
+    return to_global;
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------- vocabulary
 int64_t Vocabulary::term_id(const std::string& term, bool create) {
     auto it = ids_.find(term);
@@ -538,58 +667,13 @@ void Index::add_docs_locked(const int64_t* tokens, const uint64_t* toffs, size_t
     for (size_t i = 0; i < toffs[ndocs]; ++i)
         if (tokens[i] >= int64_t(V)) throw std::invalid_argument("token id outside the vocabulary");
 
-    // Pass 1, per chunk of documents: (term, tf) pairs of each document, its
-    // length, and per-term posting counts of the chunk.
-    std::vector<std::vector<uint32_t>> pt(nch), ptf(nch), cnt(nch);
-    std::vector<uint32_t> npairs(ndocs), new_len(ndocs);
-    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
-        // Term counts without sorting: last[t] = the document that last saw t,
-        // pos[t] = where its pair sits in this chunk's output.
-        std::vector<uint32_t> last(V, UINT32_MAX);
-        std::vector<uint64_t> pos(V);
-        for (size_t c = cb; c < ce; ++c) {
-            cnt[c].assign(V, 0);
-            std::vector<uint32_t> lpt, lptf;  // moved out below: no false sharing on vector headers
-            const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
-            for (size_t d = b; d < e; ++d) {
-                uint64_t len = 0;
-                uint32_t np = 0;
-                for (uint64_t j = toffs[d]; j < toffs[d + 1]; ++j) {
-                    if (tokens[j] < 0) continue;
-                    const uint32_t t = uint32_t(tokens[j]);
-                    ++len;
-                    if (last[t] != uint32_t(d)) {
-                        last[t] = uint32_t(d);
-                        pos[t] = lpt.size();
-                        lpt.push_back(t);
-                        lptf.push_back(1);
-                        ++cnt[c][t];
-                        ++np;
-                    } else {
-                        ++lptf[pos[t]];
-                    }
-                }
-                if (len > 0xFFFFFFFFull) throw std::length_error("document too long");
-                new_len[d] = uint32_t(len);
-                npairs[d] = np;
-            }
-            pt[c] = std::move(lpt);
-            ptf[c] = std::move(lptf);
-        }
-    });
-    // Per term: new postings count; cnt becomes each chunk's start within the term's new range.
-    std::vector<int64_t> new_cnt(V, 0);
-    parallel_ranges(V, int(nt), [&](size_t b, size_t e, int) {
-        for (size_t t = b; t < e; ++t) {
-            uint32_t run = 0;
-            for (size_t c = 0; c < nch; ++c) {
-                const uint32_t x = cnt[c][t];
-                cnt[c][t] = run;
-                run += x;
-            }
-            new_cnt[t] = run;
-        }
-    });
+    // Pass 1: (term, tf) pairs, lengths and per-term posting counts of the new documents.
+    DocTally dt = tally_docs(tokens, toffs, ndocs, V, nch, nt);
+    auto& pt = dt.pt;
+    auto& cnt = dt.cnt;
+    const auto& npairs = dt.npairs;
+    const auto& new_len = dt.new_len;
+    const auto& new_cnt = dt.new_cnt;
     // Merged offsets: old postings of each term, then the new ones (higher ids).
     std::vector<int64_t> off(V + 1, 0);
     const int64_t* old_off = offsets.data();
@@ -599,48 +683,11 @@ void Index::add_docs_locked(const int64_t* tokens, const uint64_t* toffs, size_t
     }
     const size_t P = size_t(off[V]);
 
-    // Codes of the new (tf, length) pairs.  Per chunk, a local code per distinct
-    // pair (one hash lookup per document, a dense lookup by tf per posting), then
-    // one global code per local one (few), which replaces the tf in ptf.
-    std::vector<std::vector<uint64_t>> local_pairs(nch);
-    parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
-        for (size_t c = cb; c < ce; ++c) {
-            std::unordered_map<uint32_t, std::vector<uint32_t>> by_len;  // length -> local id + 1 by tf
-            const size_t b = ndocs * c / nch, e = ndocs * (c + 1) / nch;
-            size_t j = 0;
-            for (size_t d = b; d < e; ++d) {
-                if (npairs[d] == 0) continue;
-                std::vector<uint32_t>& by_tf = by_len[new_len[d]];
-                for (uint32_t r = 0; r < npairs[d]; ++r, ++j) {
-                    const uint32_t tf = ptf[c][j];
-                    if (tf >= by_tf.size()) by_tf.resize(size_t(tf) + 1, 0);
-                    if (by_tf[tf] == 0) {
-                        local_pairs[c].push_back((uint64_t(tf) << 32) | new_len[d]);
-                        by_tf[tf] = uint32_t(local_pairs[c].size());
-                    }
-                    ptf[c][j] = by_tf[tf] - 1;
-                }
-            }
-        }
-    });
+    // Codes of the new (tf, length) pairs (the table grows by the new pairs).
     std::vector<uint32_t> ctf(code_tf.data(), code_tf.data() + code_tf.size());
     std::vector<uint32_t> clen(code_len.data(), code_len.data() + code_len.size());
-    std::unordered_map<uint64_t, uint32_t> global;
-    global.reserve(ctf.size() * 2 + 16);
-    for (size_t i = 0; i < ctf.size(); ++i) global.emplace((uint64_t(ctf[i]) << 32) | clen[i], uint32_t(i));
-    std::vector<std::vector<uint32_t>> to_global(nch);
-    for (size_t c = 0; c < nch; ++c) {
-        for (uint64_t pr : local_pairs[c]) {
-            auto it = global.find(pr);
-            if (it == global.end()) {
-                if (ctf.size() >= 0xFFFFFFF0ull) throw std::length_error("too many distinct (tf, length) pairs");
-                it = global.emplace(pr, uint32_t(ctf.size())).first;
-                ctf.push_back(uint32_t(pr >> 32));
-                clen.push_back(uint32_t(pr));
-            }
-            to_global[c].push_back(it->second);
-        }
-    }
+    const std::vector<std::vector<uint32_t>> to_global = code_pairs(dt, ndocs, nch, nt, ctf, clen);
+    auto& ptf = dt.ptf;
     const bool to_wide = wide() || ctf.size() > 65536;
 
     // Merged postings: old ones of each term, then the new ones (higher ids).
