@@ -99,62 +99,9 @@ hn::bm25::Queries queries_of(const py::array_t<int64_t>& off, const py::array_t<
     return {o, ids.data(), nq};
 }
 
-}  // namespace
-
-void bind_bm25(py::module_& m) {
-    py::class_<TokenBatch>(m, "_BM25TokenBatch")
-        .def_property_readonly("num_texts", [](const TokenBatch& b) { return b.offsets.size() - 1; })
-        .def_property_readonly("num_tokens", [](const TokenBatch& b) { return b.tokens.size(); })
-        .def_property_readonly("words", [](const TokenBatch& b) { return b.words; });
-
-    m.def("bm25_unicode_version", [] { return std::string(hn::bm25::unicode_version()); },
-          "Unicode version of the BM25 tokeniser's frozen tables.");
-    m.def(
-        "bm25_tokenize_text",
-        [](const py::handle& text) {
-            std::vector<py::object> keep;
-            py::list l;
-            l.append(text);
-            auto v = text_views(l, keep, "text");
-            std::vector<std::string> out;
-            hn::bm25::tokenize_text(v[0], out);
-            return out;
-        },
-        "Lowercased 2+ character word tokens of one text (the BM25 tokeniser).");
-
-    m.def(
-        "bm25_tokenize",
-        [](const py::list& texts, int num_threads, const std::string& name) {
-            std::vector<py::object> keep;
-            auto views = text_views(texts, keep, name.c_str());
-            py::gil_scoped_release nogil;
-            return hn::bm25::tokenize_batch(views, num_threads);
-        },
-        py::arg("texts"), py::arg("num_threads"), py::arg("name") = "texts");
-
-    py::class_<PyIndex>(m, "_BM25Index")
-        .def(py::init([](const std::string& method, double k1, double b, double delta) {
-            auto ix = std::make_unique<PyIndex>();
-            ix->params.method = hn::bm25::method_of(method);
-            ix->params.k1 = k1;
-            ix->params.b = b;
-            ix->params.delta = delta;
-            std::vector<int64_t> z{0};
-            ix->offsets.set(std::move(z));
-            return ix;
-        }))
-        .def_property_readonly("num_docs", [](const PyIndex& ix) { return ix.num_docs(); })
-        .def_property_readonly("num_terms", [](const PyIndex& ix) { return ix.num_terms(); })
-        .def_property_readonly("vocab_size", [](const PyIndex& ix) { return ix.vocab.size(); })
-        .def_property_readonly("num_postings", [](const PyIndex& ix) { return ix.num_postings(); })
-        .def_property_readonly("avg_doc_len", [](const PyIndex& ix) { return ix.avg_doc_len(); })
-        .def_property_readonly("total_len", [](const PyIndex& ix) { return ix.total_len; })
-        .def_property_readonly("terms", [](const PyIndex& ix) { return ix.vocab.terms(); })
-        .def_property_readonly("memory_bytes", [](const PyIndex& ix) { return ix.memory_bytes(); })
-        // 0 = automatic, 1 = exhaustive, 2 = block-max pruning: accepted, all the same search (bm25.h).
-        .def_property(
-            "strategy", [](const PyIndex& ix) { return ix.strategy(); },
-            [](PyIndex& ix, int s) { ix.set_strategy(s); })
+// Words and term ids: the vocabulary and word cache (Vocabulary, bm25.h).
+void def_vocabulary(py::class_<PyIndex>& c) {
+    c
         // Words of the batch that the word cache does not know yet (for documents,
         // also the words cached as "not in the vocabulary" by earlier queries).
         .def("unknown_words",
@@ -229,7 +176,12 @@ void bind_bm25(py::module_& m) {
                      ++i;
                  }
                  return py::make_tuple(to_numpy(std::move(off)), to_numpy(ix.vocab.token_ids(tokens, create)));
-             })
+             });
+}
+
+// Adding documents, search and pair scores.
+void def_search(py::class_<PyIndex>& c) {
+    c
         .def("add_docs",
              [](PyIndex& ix, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& off,
                 const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& ids, int num_threads) {
@@ -289,7 +241,12 @@ void bind_bm25(py::module_& m) {
                      ix.score(q, dp, mm, num_threads, sp);
                  }
                  return s;
-             })
+             });
+}
+
+// The arrays of save() and load().
+void def_storage(py::class_<PyIndex>& c) {
+    c
         .def("arrays",
              [](py::object self) {
                  const PyIndex& ix = self.cast<const PyIndex&>();
@@ -351,4 +308,66 @@ void bind_bm25(py::module_& m) {
              py::arg("terms"), py::arg("offsets"), py::arg("docs"), py::arg("codes"), py::arg("code_tf"),
              py::arg("code_len"),
              py::arg("doc_len"), py::arg("total_len"), py::arg("num_threads") = 1);
+}
+
+}  // namespace
+
+void bind_bm25(py::module_& m) {
+    py::class_<TokenBatch>(m, "_BM25TokenBatch")
+        .def_property_readonly("num_texts", [](const TokenBatch& b) { return b.offsets.size() - 1; })
+        .def_property_readonly("num_tokens", [](const TokenBatch& b) { return b.tokens.size(); })
+        .def_property_readonly("words", [](const TokenBatch& b) { return b.words; });
+
+    m.def("bm25_unicode_version", [] { return std::string(hn::bm25::unicode_version()); },
+          "Unicode version of the BM25 tokeniser's frozen tables.");
+    m.def(
+        "bm25_tokenize_text",
+        [](const py::handle& text) {
+            std::vector<py::object> keep;
+            py::list l;
+            l.append(text);
+            auto v = text_views(l, keep, "text");
+            std::vector<std::string> out;
+            hn::bm25::tokenize_text(v[0], out);
+            return out;
+        },
+        "Lowercased 2+ character word tokens of one text (the BM25 tokeniser).");
+
+    m.def(
+        "bm25_tokenize",
+        [](const py::list& texts, int num_threads, const std::string& name) {
+            std::vector<py::object> keep;
+            auto views = text_views(texts, keep, name.c_str());
+            py::gil_scoped_release nogil;
+            return hn::bm25::tokenize_batch(views, num_threads);
+        },
+        py::arg("texts"), py::arg("num_threads"), py::arg("name") = "texts");
+
+    py::class_<PyIndex> index(m, "_BM25Index");
+    index
+        .def(py::init([](const std::string& method, double k1, double b, double delta) {
+            auto ix = std::make_unique<PyIndex>();
+            ix->params.method = hn::bm25::method_of(method);
+            ix->params.k1 = k1;
+            ix->params.b = b;
+            ix->params.delta = delta;
+            std::vector<int64_t> z{0};
+            ix->offsets.set(std::move(z));
+            return ix;
+        }))
+        .def_property_readonly("num_docs", [](const PyIndex& ix) { return ix.num_docs(); })
+        .def_property_readonly("num_terms", [](const PyIndex& ix) { return ix.num_terms(); })
+        .def_property_readonly("vocab_size", [](const PyIndex& ix) { return ix.vocab.size(); })
+        .def_property_readonly("num_postings", [](const PyIndex& ix) { return ix.num_postings(); })
+        .def_property_readonly("avg_doc_len", [](const PyIndex& ix) { return ix.avg_doc_len(); })
+        .def_property_readonly("total_len", [](const PyIndex& ix) { return ix.total_len; })
+        .def_property_readonly("terms", [](const PyIndex& ix) { return ix.vocab.terms(); })
+        .def_property_readonly("memory_bytes", [](const PyIndex& ix) { return ix.memory_bytes(); })
+        // 0 = automatic, 1 = exhaustive, 2 = block-max pruning: accepted, all the same search (bm25.h).
+        .def_property(
+            "strategy", [](const PyIndex& ix) { return ix.strategy(); },
+            [](PyIndex& ix, int s) { ix.set_strategy(s); });
+    def_vocabulary(index);
+    def_search(index);
+    def_storage(index);
 }
