@@ -428,6 +428,9 @@ struct Index::Searcher {
         for (size_t a = 0; a < ns; ++a) {
             const float w = qt.w[a];
             const int64_t j0 = off[qt.t[a]], j1 = off[qt.t[a] + 1];
+            float* const acc = this->acc;
+            const uint32_t* const dd = this->dd;
+            const Imp imp = this->imp;
             if (track) {
                 for (int64_t j = j0; j < j1; ++j) {
                     const uint32_t d = dd[j];
@@ -452,9 +455,12 @@ struct Index::Searcher {
         const uint32_t* st = ix.blk_start.data() + size_t(ix.long_id[qt.t[a]]) * (NR + 1);
         const uint32_t j0 = st[c0 / kChunk], j1 = st[c1 == NB ? NR : c1 / kChunk];
         const int64_t o = off[qt.t[a]];
+        float* const x = acc;           // locals: nothing reloaded through `this` per posting
+        const uint32_t* const d = dd;
+        const Imp im = imp;
         // THE hot loop of BM25 search: a scatter-add of one term's postings into the
         // accumulator range (in cache).  Most of a query's time is spent here.
-        for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
+        for (uint32_t j = j0; j < j1; ++j) x[d[o + j]] += w * im[o + j];
     }
 
     // Long terms [ns, n_full), range by range.  With fbits, each range's block
