@@ -244,3 +244,30 @@ def test_huge_k_on_a_small_corpus():
         bm.search(QUERIES, k=2**32 - 1)  # 4 queries x 48 GiB: refused before any allocation
     with pytest.raises(ValueError, match="k"):
         bm.search(["w1"], k=2**32)
+
+
+@pytest.mark.parametrize("where", ["_ids", "add_docs"])
+def test_failed_index_fault_half_way_keeps_the_previous_index(monkeypatch, where):
+    """A fault injected after the new corpus's words were learnt, or at the postings step,
+    leaves the previous index (documents, vocabulary, results) untouched."""
+    bm = BM25(stemmer=None).index(corpus(50))
+    snap = snapshot(bm)
+    if where == "_ids":
+        real = BM25._ids
+
+        def failing(self, *a, **kw):
+            real(self, *a, **kw)
+            raise RuntimeError("injected")
+
+        monkeypatch.setattr(BM25, "_ids", failing)
+    else:
+        def failing(self, core, texts, num_threads):
+            self._ids(texts, True, "texts", 1, core)  # learning done in the new core
+            raise RuntimeError("injected")
+
+        monkeypatch.setattr(BM25, "_add", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        bm.index(corpus(80, seed=5) + ["entirely novel words"])
+    monkeypatch.undo()
+    assert_snapshot(bm, snap)
+    assert "entirely" not in bm.vocabulary
