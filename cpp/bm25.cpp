@@ -7,6 +7,7 @@
 #include <utility>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -16,6 +17,17 @@
 
 namespace hn {
 namespace bm25 {
+
+Method method_of(const std::string& name) {
+    static const std::pair<const char*, Method> kMethods[] = {{"robertson", Method::Robertson},
+                                                              {"lucene", Method::Lucene},
+                                                              {"atire", Method::Atire},
+                                                              {"bm25l", Method::BM25L},
+                                                              {"bm25+", Method::BM25Plus}};
+    for (const auto& m : kMethods)
+        if (name == m.first) return m.second;
+    throw std::invalid_argument("unknown BM25 method '" + name + "' (expected robertson, lucene, atire, bm25l or bm25+)");
+}
 
 // ------------------------------------------------------------------ formulas
 // The five variants exactly as bm25s 0.3 defines them (shared/reference/bm25.md).
@@ -208,6 +220,8 @@ inline uint64_t hash_bytes(const char* p, size_t n) {
 
 }  // namespace
 
+const char* unicode_version() { return unicode::kUnicodeVersion; }
+
 void tokenize_text(std::string_view text, std::vector<std::string>& out) {
     std::string buf;
     for_each_token(text, buf, [&](const std::string& w) { out.push_back(w); });
@@ -271,8 +285,10 @@ TokenBatch tokenize_batch(const std::vector<std::string_view>& texts, int num_th
 
 // Term ids of texts through the word cache alone, without building a batch
 // vocabulary (the common case for queries: every word was seen before).
-bool Index::cached_ids(const std::vector<std::string_view>& texts, int num_threads, std::vector<int64_t>& offsets,
-                       std::vector<int64_t>& ids, std::vector<std::string>& missing) const {
+bool Vocabulary::cached_ids(const std::vector<std::string_view>& texts, int num_threads,
+                            std::vector<int64_t>& offsets, std::vector<int64_t>& ids,
+                            std::vector<std::string>& missing) const {
+    std::shared_lock<std::shared_mutex> lk(mu_);
     const size_t n = texts.size();
     offsets.assign(n + 1, 0);
     ids.clear();
@@ -290,7 +306,7 @@ bool Index::cached_ids(const std::vector<std::string_view>& texts, int num_threa
             std::vector<int64_t> cnt;
             for (size_t i = n * c / nt; i < n * (c + 1) / nt; ++i) {
                 for_each_token(texts[i], buf, [&](const std::string& w) {
-                    const int64_t v = word_cache.find(w);
+                    const int64_t v = cache_.find(w);
                     if (v == WordCache::kAbsent && ms.size() < 100000) ms.push_back(w);
                     out.push_back(v < 0 ? -1 : v);
                 });
@@ -380,32 +396,31 @@ void WordCache::forget(int64_t value) {
 
 void WordCache::clear() { *this = WordCache(); }
 
-// --------------------------------------------------------------------- index
-int64_t Index::term_id(const std::string& term, bool create) {
-    auto it = term_ids.find(term);
-    if (it != term_ids.end()) return it->second;
-    if (!create) return -1;
-    if (terms.size() >= 0xFFFFFFFEull) throw std::length_error("BM25 vocabulary exceeds 2^32 terms");
-    const uint32_t id = uint32_t(terms.size());
-    terms.push_back(term);
-    term_ids.emplace(term, id);
-    return id;
-}
+namespace {
 
-void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs, int num_threads) {
-    if (ndocs == 0) return;
-    const size_t n_old = num_docs();
-    if (n_old + ndocs > 0xFFFFFFF0ull) throw std::length_error("BM25 supports at most 2^32 - 16 documents");
-    const size_t V = terms.size(), V_old = num_terms();
-    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), ndocs));
-    const size_t nch = nt;
-    for (size_t i = 0; i < toffs[ndocs]; ++i)
-        if (tokens[i] >= int64_t(V)) throw std::invalid_argument("token id outside the vocabulary");
+// The new documents of an add, tallied per chunk of documents (chunk c: documents
+// [ndocs * c / nch, ndocs * (c + 1) / nch)): the (term, tf) pairs of each document
+// in pt / ptf, each document's length and pair count, the per-term posting count
+// of the batch (new_cnt), and cnt[c][t]: where chunk c's postings of t start among
+// the term's new ones.
+struct DocTally {
+    std::vector<std::vector<uint32_t>> pt, ptf, cnt;
+    std::vector<uint32_t> npairs, new_len;
+    std::vector<int64_t> new_cnt;
+};
 
-    // Pass 1, per chunk of documents: (term, tf) pairs of each document, its
-    // length, and per-term posting counts of the chunk.
-    std::vector<std::vector<uint32_t>> pt(nch), ptf(nch), cnt(nch);
-    std::vector<uint32_t> npairs(ndocs), new_len(ndocs);
+DocTally tally_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs, size_t V, size_t nch, size_t nt) {
+    DocTally out;
+    auto& pt = out.pt;
+    auto& ptf = out.ptf;
+    auto& cnt = out.cnt;
+    auto& npairs = out.npairs;
+    auto& new_len = out.new_len;
+    pt.resize(nch);
+    ptf.resize(nch);
+    cnt.resize(nch);
+    npairs.resize(ndocs);
+    new_len.resize(ndocs);
     parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
         // Term counts without sorting: last[t] = the document that last saw t,
         // pos[t] = where its pair sits in this chunk's output.
@@ -442,7 +457,8 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
         }
     });
     // Per term: new postings count; cnt becomes each chunk's start within the term's new range.
-    std::vector<int64_t> new_cnt(V, 0);
+    std::vector<int64_t>& new_cnt = out.new_cnt;
+    new_cnt.assign(V, 0);
     parallel_ranges(V, int(nt), [&](size_t b, size_t e, int) {
         for (size_t t = b; t < e; ++t) {
             uint32_t run = 0;
@@ -454,18 +470,19 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
             new_cnt[t] = run;
         }
     });
-    // Merged offsets: old postings of each term, then the new ones (higher ids).
-    std::vector<int64_t> off(V + 1, 0);
-    const int64_t* old_off = offsets.data();
-    for (size_t t = 0; t < V; ++t) {
-        const int64_t old_n = t < V_old ? old_off[t + 1] - old_off[t] : 0;
-        off[t + 1] = off[t] + old_n + new_cnt[t];
-    }
-    const size_t P = size_t(off[V]);
+    return out;
+}
 
-    // Codes of the new (tf, length) pairs.  Per chunk, a local code per distinct
-    // pair (one hash lookup per document, a dense lookup by tf per posting), then
-    // one global code per local one (few), which replaces the tf in ptf.
+// Codes of the tallied (tf, length) pairs: the table ctf / clen grows by the pairs
+// it lacks; dt.ptf[c][j] becomes a local code of chunk c, and the result maps
+// chunk c's local codes to table codes.  Per chunk, a local code per distinct
+// pair (one hash lookup per document, a dense lookup by tf per posting), then one
+// global code per local one (few).
+std::vector<std::vector<uint32_t>> code_pairs(DocTally& dt, size_t ndocs, size_t nch, size_t nt,
+                                              std::vector<uint32_t>& ctf, std::vector<uint32_t>& clen) {
+    auto& ptf = dt.ptf;
+    const auto& npairs = dt.npairs;
+    const auto& new_len = dt.new_len;
     std::vector<std::vector<uint64_t>> local_pairs(nch);
     parallel_for(nch, int(nt), 1, [&](size_t cb, size_t ce, int) {
         for (size_t c = cb; c < ce; ++c) {
@@ -487,8 +504,6 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
             }
         }
     });
-    std::vector<uint32_t> ctf(code_tf.data(), code_tf.data() + code_tf.size());
-    std::vector<uint32_t> clen(code_len.data(), code_len.data() + code_len.size());
     std::unordered_map<uint64_t, uint32_t> global;
     global.reserve(ctf.size() * 2 + 16);
     for (size_t i = 0; i < ctf.size(); ++i) global.emplace((uint64_t(ctf[i]) << 32) | clen[i], uint32_t(i));
@@ -505,6 +520,174 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
             to_global[c].push_back(it->second);
         }
     }
+    return to_global;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- vocabulary
+int64_t Vocabulary::term_id(const std::string& term, bool create) {
+    auto it = ids_.find(term);
+    if (it != ids_.end()) return it->second;
+    if (!create) return -1;
+    if (terms_.size() >= 0xFFFFFFFEull) throw std::length_error("BM25 vocabulary exceeds 2^32 terms");
+    const uint32_t id = uint32_t(terms_.size());
+    terms_.push_back(term);
+    ids_.emplace(term, id);
+    return id;
+}
+
+size_t Vocabulary::size() const {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    return terms_.size();
+}
+
+std::vector<std::string> Vocabulary::terms() const {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    return terms_;
+}
+
+std::vector<std::string> Vocabulary::unknown_words(const std::vector<std::string>& words, bool documents) const {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    std::vector<std::string> out;
+    for (const auto& w : words) {
+        const int64_t v = cache_.find(w);
+        if (v == WordCache::kAbsent || (documents && v == kUnknown)) out.push_back(w);
+    }
+    return out;
+}
+
+void Vocabulary::learn(const std::vector<std::string>& words, const std::vector<std::optional<std::string>>& terms,
+                       bool create) {
+    if (words.size() != terms.size()) throw std::invalid_argument("words and terms differ in length");
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    const size_t v0 = terms_.size();
+    for (size_t i = 0; i < words.size(); ++i) {
+        int64_t id = kStop;
+        if (terms[i]) {
+            id = term_id(*terms[i], create);
+            if (id < 0) id = kUnknown;
+        }
+        cache_.set(words[i], id);
+    }
+    if (terms_.size() != v0) cache_.forget(kUnknown);  // query words that may now be known
+}
+
+std::vector<int64_t> Vocabulary::word_ids(const std::vector<std::string>& words) const {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    std::vector<int64_t> out(words.size());
+    for (size_t i = 0; i < words.size(); ++i) {
+        const int64_t v = cache_.find(words[i]);
+        if (v == WordCache::kAbsent) throw std::logic_error("word missing from the BM25 word cache");
+        out[i] = v < 0 ? -1 : v;
+    }
+    return out;
+}
+
+std::vector<int64_t> Vocabulary::token_ids(const std::vector<std::string>& tokens, bool create) {
+    std::unique_lock<std::shared_mutex> lk(mu_, std::defer_lock);
+    std::shared_lock<std::shared_mutex> slk(mu_, std::defer_lock);
+    if (create) lk.lock(); else slk.lock();
+    const size_t v0 = terms_.size();
+    std::vector<int64_t> out(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        if (create) out[i] = term_id(tokens[i], true);
+        else {
+            auto it = ids_.find(tokens[i]);
+            out[i] = it == ids_.end() ? -1 : int64_t(it->second);
+        }
+    }
+    if (terms_.size() != v0) cache_.forget(kUnknown);
+    return out;
+}
+
+void Vocabulary::truncate(size_t n) {
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    if (n >= terms_.size()) return;
+    for (size_t t = n; t < terms_.size(); ++t) ids_.erase(terms_[t]);
+    terms_.resize(n);
+    // Cached words of the dropped terms are forgotten (learnt again on their next use).
+    WordCache kept;
+    for (size_t i = 0; i < cache_.size(); ++i) {
+        const int64_t v = cache_.value(i);
+        if (v < int64_t(n) && v != kUnknown) kept.find_or_add(cache_.word(i), v);
+    }
+    cache_ = std::move(kept);
+}
+
+void Vocabulary::assign(const std::vector<std::string>& terms) {
+    std::unordered_map<std::string, uint32_t> ids;
+    ids.reserve(terms.size());
+    for (size_t i = 0; i < terms.size(); ++i)
+        if (!ids.emplace(terms[i], uint32_t(i)).second) throw std::invalid_argument("vocabulary holds a duplicate term");
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    terms_ = terms;
+    ids_ = std::move(ids);
+    cache_.clear();
+}
+
+// --------------------------------------------------------------------- index
+void Index::set_strategy(int s) {
+    if (s < 0 || s > 2) throw std::invalid_argument("strategy must be 0, 1 or 2");
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    strategy_ = s;  // every strategy runs the exhaustive search (bm25.h)
+}
+
+void Index::borrow(const Borrowed& a, int num_threads) {
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    offsets.borrow(a.offsets, a.n_offsets);
+    docs.borrow(a.docs, a.n_docs);
+    if (a.codes32) {
+        codes32.borrow(a.codes32, a.n_codes);
+        codes16.set({});
+    } else {
+        codes16.borrow(a.codes16, a.n_codes);
+        codes32.set({});
+    }
+    code_tf.borrow(a.code_tf, a.n_table);
+    code_len.borrow(a.code_len, a.n_table);
+    doc_len.borrow(a.doc_len, a.n_doc_len);
+    total_len = a.total_len;
+    validate_structure();
+    recompute_impacts(num_threads);
+}
+
+void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs, int num_threads) {
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    add_docs_locked(tokens, toffs, ndocs, num_threads);
+}
+
+void Index::add_docs_locked(const int64_t* tokens, const uint64_t* toffs, size_t ndocs, int num_threads) {
+    if (ndocs == 0) return;
+    const size_t n_old = num_docs();
+    if (n_old + ndocs > 0xFFFFFFF0ull) throw std::length_error("BM25 supports at most 2^32 - 16 documents");
+    const size_t V = vocab.size(), V_old = num_terms();
+    const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), ndocs));
+    const size_t nch = nt;
+    for (size_t i = 0; i < toffs[ndocs]; ++i)
+        if (tokens[i] >= int64_t(V)) throw std::invalid_argument("token id outside the vocabulary");
+
+    // Pass 1: (term, tf) pairs, lengths and per-term posting counts of the new documents.
+    DocTally dt = tally_docs(tokens, toffs, ndocs, V, nch, nt);
+    auto& pt = dt.pt;
+    auto& cnt = dt.cnt;
+    const auto& npairs = dt.npairs;
+    const auto& new_len = dt.new_len;
+    const auto& new_cnt = dt.new_cnt;
+    // Merged offsets: old postings of each term, then the new ones (higher ids).
+    std::vector<int64_t> off(V + 1, 0);
+    const int64_t* old_off = offsets.data();
+    for (size_t t = 0; t < V; ++t) {
+        const int64_t old_n = t < V_old ? old_off[t + 1] - old_off[t] : 0;
+        off[t + 1] = off[t] + old_n + new_cnt[t];
+    }
+    const size_t P = size_t(off[V]);
+
+    // Codes of the new (tf, length) pairs (the table grows by the new pairs).
+    std::vector<uint32_t> ctf(code_tf.data(), code_tf.data() + code_tf.size());
+    std::vector<uint32_t> clen(code_len.data(), code_len.data() + code_len.size());
+    const std::vector<std::vector<uint32_t>> to_global = code_pairs(dt, ndocs, nch, nt, ctf, clen);
+    auto& ptf = dt.ptf;
     const bool to_wide = wide() || ctf.size() > 65536;
 
     // Merged postings: old ones of each term, then the new ones (higher ids).
@@ -548,6 +731,8 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
         lens[n_old + d] = new_len[d];
         added += new_len[d];
     }
+    // The new impact table (it throws on a non-finite impact) before anything changes.
+    std::vector<float> imp = impact_table(ctf.data(), clen.data(), ctf.size(), (total_len + added) / double(n_old + ndocs));
     offsets.set(std::move(off));
     docs.set(std::move(nd));
     if (to_wide) {
@@ -560,22 +745,23 @@ void Index::add_docs(const int64_t* tokens, const uint64_t* toffs, size_t ndocs,
     code_len.set(std::move(clen));
     doc_len.set(std::move(lens));
     total_len += added;
-    recompute_impacts(num_threads);
+    code_imp.swap(imp);
+    compute_bounds(num_threads);
 }
 
-void Index::recompute_impacts(int num_threads) {
-    const size_t C = num_codes();
-    std::vector<float> imp(C);
-    const double lavg = avg_doc_len();
+std::vector<float> Index::impact_table(const uint32_t* tf, const uint32_t* len, size_t n, double lavg) const {
+    std::vector<float> imp(n);
     const double b = params.b, z = tf_part_zero(params);
-    const uint32_t* tf = code_tf.data();
-    const uint32_t* len = code_len.data();
-    for (size_t c = 0; c < C; ++c) {
+    for (size_t c = 0; c < n; ++c) {
         const double B = lavg > 0 ? (1.0 - b) + b * double(len[c]) / lavg : 1.0;
         imp[c] = float(tf_part(params, double(tf[c]), B) - z);
         if (!(imp[c] >= 0.f && imp[c] <= 1e30f)) throw std::invalid_argument("a (tf, length) pair gives a non-finite impact");
     }
-    code_imp.swap(imp);
+    return imp;
+}
+
+void Index::recompute_impacts(int num_threads) {
+    code_imp = impact_table(code_tf.data(), code_len.data(), num_codes(), avg_doc_len());
     compute_bounds(num_threads);
 }
 
@@ -609,12 +795,11 @@ void Index::compute_bounds(int num_threads) {
     build_blocks(num_threads);
 }
 
-// Block-max metadata of the long terms (see bm25.h): for each document block,
-// where the term's postings in it start and a quantised upper bound of their
-// impacts, rounded up so that q * max_impact / 255 >= every impact in the block.
+// Range metadata of the long terms (see bm25.h): where each long term's
+// postings start in every range of kRangeBlocks document blocks.
 void Index::build_blocks(int num_threads) {
     const size_t V = num_terms(), N = num_docs();
-    const size_t NB = num_blocks();
+    const size_t NB = num_blocks(), NR = num_ranges();
     const int64_t* o = offsets.data();
     const uint32_t* d = docs.data();
     std::vector<int32_t> ids(V, -1);
@@ -625,38 +810,23 @@ void Index::build_blocks(int num_threads) {
             ids[t] = int32_t(longs.size());
             longs.push_back(uint32_t(t));
         }
-    const bool fine = strategy == 2;  // block-max pruning: every block, with bounds
-    const size_t step = fine ? 1 : kRangeBlocks, NBS = (NB + step - 1) / step;
-    std::vector<uint32_t> start(longs.size() * (NBS + 1));
-    std::vector<uint8_t> qmax(fine ? longs.size() * NB : 0, 0);
-    with_impacts([&](const auto imp) {
+    std::vector<uint32_t> start(longs.size() * (NR + 1));
     parallel_for(longs.size(), num_threads, 4, [&](size_t lb, size_t le, int) {
         for (size_t li = lb; li < le; ++li) {
             const uint32_t t = longs[li];
-            uint32_t* st = start.data() + li * (NBS + 1);
-            const float m = max_impact[t];
+            uint32_t* st = start.data() + li * (NR + 1);
             int64_t j = o[t];
-            for (size_t sb = 0; sb < NBS; ++sb) {
-                st[sb] = uint32_t(j - o[t]);
-                const uint64_t end_doc = uint64_t(std::min(NB, (sb + 1) * step)) << kBlockShift;
-                if (!fine) {
-                    while (j < o[t + 1] && d[j] < end_doc) ++j;
-                    continue;
-                }
-                float bm = 0.f;
-                for (; j < o[t + 1] && d[j] < end_doc; ++j) bm = std::max(bm, imp[j]);
-                if (bm > 0.f && m > 0.f)
-                    qmax[li * NB + sb] = uint8_t(std::min(255.0, std::floor(double(bm) / double(m) * 255.0) + 1.0));
+            for (size_t r = 0; r < NR; ++r) {
+                st[r] = uint32_t(j - o[t]);
+                const uint64_t end_doc = uint64_t(std::min(NB, (r + 1) * kRangeBlocks)) << kBlockShift;
+                while (j < o[t + 1] && d[j] < end_doc) ++j;
             }
-            st[NBS] = uint32_t(j - o[t]);
+            st[NR] = uint32_t(j - o[t]);
         }
     });
-    });
-    blk_step = step;
     long_id.swap(ids);
     long_terms.swap(longs);
     blk_start.swap(start);
-    blk_qmax.swap(qmax);
 
     // Dense impact arrays of the most common terms: those in more than a quarter of the
     // documents, most common first, while the arrays stay within kDenseBudget of the
@@ -692,14 +862,14 @@ void Index::build_blocks(int num_threads) {
 size_t Index::memory_bytes() const {
     size_t b = offsets.size() * 8 + docs.size() * 4 + codes16.size() * 2 + codes32.size() * 4;
     b += (code_tf.size() + code_len.size() + code_imp.size()) * 4 + doc_len.size() * 4;
-    b += max_impact.size() * 4 + long_id.size() * 4 + long_terms.size() * 4 + blk_start.size() * 4 + blk_qmax.size();
+    b += max_impact.size() * 4 + long_id.size() * 4 + long_terms.size() * 4 + blk_start.size() * 4;
     b += dense_id.size() * 4 + dense_imp.size() * 4;
     return b;
 }
 
 void Index::validate_structure() const {
     const size_t V = num_terms(), P = num_postings();
-    if (offsets.size() != terms.size() + 1) throw std::invalid_argument("offsets length does not match the vocabulary");
+    if (offsets.size() != vocab.size() + 1) throw std::invalid_argument("offsets length does not match the vocabulary");
     if ((wide() ? codes32.size() : codes16.size()) != P) throw std::invalid_argument("posting arrays differ in length");
     if (code_len.size() != code_tf.size()) throw std::invalid_argument("code tables differ in length");
     const int64_t* o = offsets.data();

@@ -1,22 +1,17 @@
 // BM25 top-k search and pair scoring over the index of bm25.h.
 //
-// Two paths, exact and bit-identical to each other and to score():
+// One exact path (Index::Searcher below), one query at a time per thread:
 //
-// * exhaustive (the default): term at a time into a dense per-thread
-//   accumulator, short terms first, then the long terms one range of 8,192
-//   documents at a time; a lower bound of the k-th score from block maxima and
-//   one filter pass pick the candidates.  On large corpora the dense (very
-//   common) terms wait and are added only for documents that can still reach
-//   the top k (MaxScore-style);
-// * block-max pruning (strategy 2, opt-in): documents form blocks of 16 ids and
-//   every long term stores, per block, a byte upper bound of its impacts there
-//   (bm25.h).  Short terms (high IDF, short lists) are added in full first.
-//   Each block then has an upper bound: its best short-term partial score plus
-//   the long terms' block bounds.  A few blocks with the highest bounds are
-//   scored exactly, which gives theta, a lower bound of the k-th best score;
-//   every block whose upper bound is below theta cannot hold a top-k document
-//   and its postings are never read.  The long terms are then added over the
-//   surviving ("live") blocks only.
+// * short terms (few postings) are added in full into a dense per-thread
+//   accumulator; when there are only short terms, the documents they touched
+//   are all the matches;
+// * long terms are added one range of 8,192 documents at a time (the range of
+//   the accumulator stays in cache) -- add_long() holds the hot loop;
+// * a lower bound of the k-th score from block maxima and one vectorised filter
+//   pass pick the candidates (offer_all);
+// * on large corpora the dense (very common) terms wait and are added only for
+//   the documents that can still reach the top k (MaxScore-style,
+//   add_waiting_dense).
 //
 // Every contribution w * impact is >= 0, so partial scores are lower bounds of
 // final scores and an accumulator of 0 means "not matched".  Contributions are
@@ -26,7 +21,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
+#include <type_traits>
 
 #include "bm25.h"
 #include "simd/kernels.h"
@@ -328,19 +325,13 @@ struct alignas(64) Scratch {  // one per thread, on its own cache lines
     std::vector<float> acc;         // dense accumulator (padded to whole blocks), 0 between queries
     std::vector<uint32_t> touched;  // documents touched by the short terms
     std::vector<uint32_t> ex;       // excluded ids of the query
-    std::vector<float> bound;       // per block: upper bound of the scores in it
-    std::vector<float> pmax;        // per block: best short-term partial score
-    std::vector<uint32_t> order;    // blocks by descending bound (bucketed)
-    std::vector<uint32_t> bucket_end, fill, live;
-    std::vector<uint8_t> done;
-    std::vector<float> vals;
+    std::vector<float> vals;        // block maxima (lower bounds of the k-th score)
     std::vector<uint32_t> idx;      // filter output: indices ...
     std::vector<float> val;         // ... and values
     std::vector<uint32_t> cid;      // candidates for the waiting dense terms: ids ...
     std::vector<float> cval;        // ... and partial scores
     std::vector<const float*> rows; // the waiting dense terms' rows
     std::vector<uint64_t> cand, tmp;
-    float local[Index::kBlock];
 };
 
 }  // namespace
@@ -396,342 +387,259 @@ float kth_floor(const float* x, size_t n, size_t k, std::vector<float>& tmp) {
     return floor_of_maxima(bits, nb, k);
 }
 
+// One thread's search of one query at a time.  Imp: the impact lookup of
+// Index::with_impacts (16- or 32-bit codes).
+template <class Imp>
+struct Index::Searcher {
+    static constexpr size_t BS = kBlock;
+    static constexpr size_t kChunk = kRangeBlocks;  // blocks per accumulator range (32 KiB)
+
+    const Index& ix;
+    const Imp imp;
+    Scratch& S;
+    const Kernels& kern = kernels();
+    const int64_t* off = ix.offsets.data();
+    const uint32_t* dd = ix.docs.data();
+    const size_t N = ix.num_docs(), NB = ix.num_blocks(), NR = ix.num_ranges();
+    float* acc = nullptr;
+    QueryTerms qt;
+    Collector top;
+    size_t k = 0;
+
+    Searcher(const Index& index, Imp impacts, Scratch& scratch) : ix(index), imp(impacts), S(scratch) {
+        if (S.acc.empty()) {
+            S.acc.assign(NB * BS, 0.f);
+            S.idx.resize(kChunk * BS);  // take() output, one range at most
+            S.val.resize(kChunk * BS);
+        }
+        acc = S.acc.data();
+    }
+
+    // The documents of x[0 .. len) at or above tau into S.idx / S.val; clears x.
+    size_t take(float* x, size_t len, float tau) { return take_ge(kern, x, len, tau, S.idx.data(), S.val.data()); }
+    // Dense term a's row of impacts over all documents.
+    const float* dense_row(size_t a) const {
+        return ix.dense_imp.data() + size_t(ix.dense_id[qt.t[a]]) * NB * BS;
+    }
+
+    // Short terms 0 .. ns: all their postings.  track: remember the documents they
+    // touch (when no range scan follows to find and clear them).
+    void add_short_terms(size_t ns, bool track) {
+        for (size_t a = 0; a < ns; ++a) {
+            const float w = qt.w[a];
+            const int64_t j0 = off[qt.t[a]], j1 = off[qt.t[a] + 1];
+            float* const acc = this->acc;
+            const uint32_t* const dd = this->dd;
+            const Imp imp = this->imp;
+            if (track) {
+                for (int64_t j = j0; j < j1; ++j) {
+                    const uint32_t d = dd[j];
+                    const float x = acc[d];
+                    if (x == 0.f) S.touched.push_back(d);
+                    acc[d] = x + w * imp[j];
+                }
+            } else {
+                for (int64_t j = j0; j < j1; ++j) acc[dd[j]] += w * imp[j];
+            }
+        }
+    }
+
+    // Long term a: all its postings in the document blocks [c0, c1) (c0 a multiple
+    // of kChunk, c1 the next one or NB).
+    void add_long(size_t a, size_t c0, size_t c1) {
+        const float w = qt.w[a];
+        if (ix.dense_id[qt.t[a]] >= 0) {  // a very common term: one vector pass over the range
+            kern.axpy(acc + c0 * BS, dense_row(a) + c0 * BS, (c1 - c0) * BS, w);
+            return;
+        }
+        const uint32_t* st = ix.blk_start.data() + size_t(ix.long_id[qt.t[a]]) * (NR + 1);
+        const uint32_t j0 = st[c0 / kChunk], j1 = st[c1 == NB ? NR : c1 / kChunk];
+        const int64_t o = off[qt.t[a]];
+        float* const x = acc;           // locals: nothing reloaded through `this` per posting
+        const uint32_t* const d = dd;
+        const Imp im = imp;
+        // THE hot loop of BM25 search: a scatter-add of one term's postings into the
+        // accumulator range (in cache).  Most of a query's time is spent here.
+        for (uint32_t j = j0; j < j1; ++j) x[d[o + j]] += w * im[o + j];
+    }
+
+    // Long terms [ns, n_full), range by range.  With fbits, each range's block
+    // maxima (blocks of fbl values) are taken as soon as its terms are in, while it
+    // is still in cache.
+    void add_long_terms(size_t ns, size_t n_full, uint32_t* fbits, size_t fbl, size_t fnb) {
+        for (size_t c0 = 0; c0 < NB; c0 += kChunk) {
+            const size_t c1 = std::min(NB, c0 + kChunk);
+            for (size_t a = ns; a < n_full; ++a) add_long(a, c0, c1);
+            if (fbits) {
+                const size_t b0 = c0 * BS / fbl, b1 = std::min(fnb, c1 * BS / fbl);
+                if (b1 > b0) kern.block_max(acc + b0 * fbl, b1 - b0, fbl, fbits + b0);
+            }
+        }
+    }
+
+    // Waiting dense terms [n_full, n): they add at most U to any score.  With F a
+    // lower bound of the k-th best score so far, a document below F - U (with
+    // margins for float rounding) cannot reach the top k: only the others get the
+    // dense terms, read from their rows with a long prefetch distance.  Returns
+    // false (nothing offered, the dense terms added everywhere) when F - U <= 0.
+    bool add_waiting_dense(size_t n_full, size_t n, float f) {
+        double U = 0;
+        for (size_t a = n_full; a < n; ++a) U += double(qt.ub[a]);
+        const double lim = double(f) * (1 - 1e-5) - U * (1 + 1e-5);
+        float t0 = float(lim);  // documents with x < t0 cannot reach f
+        if (double(t0) > lim) t0 = std::nextafter(t0, 0.f);
+        if (!(t0 > 0.f)) {
+            for (size_t c0 = 0; c0 < NB; c0 += kChunk) {
+                const size_t c1 = std::min(NB, c0 + kChunk);
+                for (size_t a = n_full; a < n; ++a) add_long(a, c0, c1);
+            }
+            return false;
+        }
+        top.raise_floor(f);
+        // Candidates of every range first (partial score >= t0), then the dense terms
+        // for them in one pass: a long list lets the row reads be fetched well ahead
+        // (the rows are far apart in memory).
+        S.cid.clear();
+        S.cval.clear();
+        for (size_t c0 = 0; c0 < NB * BS; c0 += kChunk * BS) {
+            const size_t c = take(acc + c0, std::min(NB * BS - c0, kChunk * BS), t0);
+            for (size_t i = 0; i < c; ++i) {
+                S.cid.push_back(uint32_t(c0 + S.idx[i]));
+                S.cval.push_back(S.val[i]);
+            }
+        }
+        S.rows.clear();
+        for (size_t a = n_full; a < n; ++a) S.rows.push_back(dense_row(a));
+        const float* const* rows = S.rows.data();
+        const float* w = qt.w.data() + n_full;
+        const size_t nd = n - n_full, nc = S.cid.size();
+        constexpr size_t kAhead = 32;
+        for (size_t i = 0; i < nc; ++i) {  // canonical order: the dense terms last
+            if (i + kAhead < nc)
+                for (size_t r = 0; r < nd; ++r) __builtin_prefetch(rows[r] + S.cid[i + kAhead]);
+            const size_t d = S.cid[i];
+            float x = S.cval[i];
+            for (size_t r = 0; r < nd; ++r) x += w[r] * rows[r][d];
+            top.consider(x, uint32_t(d));
+        }
+        return true;
+    }
+
+    // Every document of the accumulator at or above the collector's floor is
+    // offered (the vectorised filter, range by range; clears the accumulator).
+    void offer_all(float floor) {
+        top.raise_floor(floor);
+        for (size_t c0 = 0; c0 < NB * BS; c0 += kChunk * BS) {
+            const size_t len = std::min(NB * BS - c0, kChunk * BS);
+            const size_t c = take(acc + c0, len, top.tau);
+            top.offer_taken(S.idx.data(), S.val.data(), c, uint32_t(c0), len);
+        }
+    }
+
+    // Query terms with long ones: ranges, then the floor and the filter.
+    void search_ranges(size_t ns, size_t n) {
+        add_short_terms(ns, false);
+        // The very common terms at the end of the canonical order (the dense ones,
+        // lowest IDF) wait, when the corpus is large next to k: a vector pass costs
+        // ~N/16, the documents near the k-th score number a few k, each a cache miss.
+        size_t n_full = n;
+        if (N >= 256 * k)
+            while (n_full > ns && ix.dense_id[qt.t[n_full - 1]] >= 0) --n_full;
+        const size_t fbl = floor_block(NB * BS, k), fnb = fbl ? NB * BS / fbl : 0;
+        const bool early_max = NB > kChunk && fbl >= 16;  // several ranges: maxima per range
+        if (early_max) S.vals.resize(fnb);
+        uint32_t* fbits = early_max ? reinterpret_cast<uint32_t*>(S.vals.data()) : nullptr;
+        add_long_terms(ns, n_full, fbits, fbl, fnb);
+        if (n_full < n) {
+            const float f = early_max ? floor_of_maxima(fbits, fnb, k) : kth_floor(acc, NB * BS, k, S.vals);
+            if (add_waiting_dense(n_full, n, f)) return;
+        }
+        // One lower bound of the k-th score over the whole accumulator first (few
+        // candidates to cut back); the maxima taken per range are current unless
+        // dense terms were added everywhere just above.
+        offer_all(early_max && n_full == n ? floor_of_maxima(fbits, fnb, k) : kth_floor(acc, NB * BS, k, S.vals));
+    }
+
+    // bm25l / bm25+: documents without any query term still score `base`; when
+    // fewer than k matched, the first unmatched ids fill the rest.
+    void fill_with_base(float base) {
+        if (!(base > 0.f) || S.cand.size() >= k) return;
+        std::vector<uint32_t> have;
+        for (uint64_t c : S.cand) have.push_back(key_id(c));
+        for (uint32_t d : S.ex) have.push_back(d);
+        std::sort(have.begin(), have.end());
+        size_t hi = 0;
+        const size_t need = k - S.cand.size();
+        size_t added = 0;
+        for (uint32_t d = 0; d < N && added < need; ++d) {
+            while (hi < have.size() && have[hi] < d) ++hi;
+            if (hi < have.size() && have[hi] == d) continue;
+            S.cand.push_back(pack(base, d));
+            ++added;
+        }
+        std::sort(S.cand.begin(), S.cand.end(), std::greater<uint64_t>());
+    }
+
+    // Query qi: its best min(k_out, N) hits into out_scores / out_ids (k_out
+    // columns), the rest padded with -inf / -1.
+    void run(const Queries& q, size_t qi, size_t k_out, const int64_t* excl_indptr, const int64_t* excl_indices,
+             float* os, int64_t* oi) {
+        k = std::min(k_out, N);  // buffers never grow with a k beyond the corpus
+        ix.query_terms(q, qi, qt);
+        S.ex.clear();
+        if (excl_indptr)
+            for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) S.ex.push_back(uint32_t(excl_indices[j]));
+        for (uint32_t d : S.ex) acc[d] = kNegInf;  // never > 0: never a candidate
+        const size_t n = qt.t.size(), ns = qt.n_short;
+        const float base = qt.base;
+        top.reset(S.cand, k, base);
+        S.touched.clear();
+        if (n == ns) {
+            // Only short terms: the documents they touched are all the matches.
+            add_short_terms(ns, true);
+            for (uint32_t d : S.touched) {
+                const float x = acc[d];
+                if (x > 0.f && base + x >= top.theta) top.push(base + x, d);
+            }
+        } else {
+            search_ranges(ns, n);
+        }
+        for (uint32_t d : S.touched) acc[d] = 0.f;
+        for (uint32_t d : S.ex) acc[d] = 0.f;
+        keep_best(S.cand, k, S.tmp, top.hi, top.sel, top.id_order);
+        fill_with_base(base);
+        for (size_t r = 0; r < k_out; ++r) {
+            if (r < S.cand.size()) {
+                os[r] = key_score(S.cand[r]);
+                oi[r] = int64_t(key_id(S.cand[r]));
+            } else {
+                os[r] = kNegInf;
+                oi[r] = -1;
+            }
+        }
+    }
+};
+
 void Index::search(const Queries& q, size_t k, const int64_t* excl_indptr, const int64_t* excl_indices,
                    int num_threads, float* out_scores, int64_t* out_ids) const {
-    const size_t N = num_docs();
-    if (N == 0) throw std::invalid_argument("the index is empty");
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    if (num_docs() == 0) throw std::invalid_argument("the index is empty");
     if (max_impact.size() != num_terms() || long_id.size() != num_terms() || dense_id.size() != num_terms())
         throw std::logic_error("BM25 bounds are stale");
     const size_t nt = std::max<size_t>(1, std::min<size_t>(std::max(1, num_threads), q.nq));
-    const size_t NB = num_blocks();
-    const size_t NBS = (NB + blk_step - 1) / blk_step;
-    if (strategy == 2 && blk_step != 1) throw std::logic_error("BM25 pruning metadata is missing");
-    constexpr size_t BS = kBlock;
-    constexpr size_t kBuckets = 256;
-    constexpr size_t kChunkBlocks = kRangeBlocks;  // 32 KiB of accumulator per range
-    const int64_t* off = offsets.data();
-    const uint32_t* dd = docs.data();
-    const Kernels& kern = kernels();
     std::vector<Scratch> scratch(nt);
     with_impacts([&](const auto imp) {
-    parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
-        Scratch& S = scratch[tid];
-        if (S.acc.empty()) {
-            S.acc.assign(NB * BS, 0.f);
-            S.idx.resize(kChunkBlocks * BS);  // take() output, one range at most
-            S.val.resize(kChunkBlocks * BS);
-        }
-        float* acc = S.acc.data();
-        QueryTerms qt;
-        Collector top;
-        for (size_t qi = qb; qi < qe; ++qi) {
-            query_terms(q, qi, qt);
-            S.ex.clear();
-            if (excl_indptr)
-                for (int64_t j = excl_indptr[qi]; j < excl_indptr[qi + 1]; ++j) S.ex.push_back(uint32_t(excl_indices[j]));
-            for (uint32_t d : S.ex) acc[d] = kNegInf;  // never > 0: never a candidate
-            const size_t n = qt.t.size(), ns = qt.n_short;
-            const float base = qt.base;
-            top.reset(S.cand, k, base);
-            S.touched.clear();
-
-            // Block-max pruning only on request: on the corpora measured it was slower than the
-            // exhaustive pass (docs/bm25.md), so strategy 0 (automatic) is exhaustive.
-            const bool prune = n > ns && strategy == 2;
-            // Short terms: all postings, remembering the documents they touch
-            // (unless every range of the accumulator is scanned and reset below).
-            for (size_t a = 0; a < ns; ++a) {
-                const float w = qt.w[a];
-                if (prune || n == ns) {
-                    for (int64_t j = off[qt.t[a]]; j < off[qt.t[a] + 1]; ++j) {
-                        const uint32_t d = dd[j];
-                        const float x = acc[d];
-                        if (x == 0.f) S.touched.push_back(d);
-                        acc[d] = x + w * imp[j];
-                    }
-                } else {
-                    for (int64_t j = off[qt.t[a]]; j < off[qt.t[a] + 1]; ++j) acc[dd[j]] += w * imp[j];
-                }
-            }
-            // Long term a's postings in blocks [b0, b1), relative to offsets[t].
-            // (b0 and b1 are multiples of blk_step, or NB.)
-            auto block_range = [&](size_t a, size_t b0, size_t b1, uint32_t& j0, uint32_t& j1) {
-                const uint32_t* st = blk_start.data() + size_t(long_id[qt.t[a]]) * (NBS + 1);
-                j0 = st[b0 / blk_step];
-                j1 = st[b1 == NB ? NBS : b1 / blk_step];
-            };
-            // The documents of x[0 .. len) at or above tau into S.idx / S.val; clears x.
-            auto take = [&](float* x, size_t len, float tau) {
-                return take_ge(kern, x, len, tau, S.idx.data(), S.val.data());
-            };
-            // Dense term a's row of impacts over all documents.
-            auto dense_row = [&](size_t a) { return dense_imp.data() + size_t(dense_id[qt.t[a]]) * NB * BS; };
-            // Long term a, all its postings in blocks [c0, c1) (exhaustive passes).
-            auto add_long = [&](size_t a, size_t c0, size_t c1) {
-                const float w = qt.w[a];
-                if (dense_id[qt.t[a]] >= 0) {  // a very common term: one vector pass over the range
-                    kern.axpy(acc + c0 * BS, dense_row(a) + c0 * BS, (c1 - c0) * BS, w);
-                    return;
-                }
-                uint32_t j0, j1;
-                block_range(a, c0, c1, j0, j1);
-                const int64_t o = off[qt.t[a]];
-                for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];  // the hot loop
-            };
-            if (n == ns) {
-                // ---- Only short terms: the touched documents are all the matches.
-                for (uint32_t d : S.touched) {
-                    const float x = acc[d];
-                    if (x > 0.f && base + x >= top.theta) top.push(base + x, d);
-                }
-            } else {
-                bool finished = false;
-                float* bound = nullptr;
-                if (prune) {
-                    // ---- Block-max pruning.
-                    // Slack so that float rounding of a sum never exceeds a bound.
-                    const float slack = float(1.0 + 1e-6 + 2.4e-7 * double(n));
-                    // 1. Block bounds: the long terms' quantised block maxima plus the
-                    // best short-term partial score in the block.
-                    S.bound.assign(NB, 0.f);
-                    bound = S.bound.data();
-                    for (size_t a = ns; a < n; ++a) {
-                        const uint8_t* qm = blk_qmax.data() + size_t(long_id[qt.t[a]]) * NB;
-                        const float scale = qt.w[a] * max_impact[qt.t[a]] * (1.f / 255.f);
-                        for (size_t b = 0; b < NB; ++b) bound[b] += scale * float(qm[b]);
-                    }
-                    S.pmax.assign(NB, 0.f);
-                    for (uint32_t d : S.touched) S.pmax[d / BS] = std::max(S.pmax[d / BS], acc[d]);
-                    float hi = 0.f;
-                    for (size_t b = 0; b < NB; ++b) {
-                        bound[b] = (bound[b] + S.pmax[b]) * slack;
-                        hi = std::max(hi, bound[b]);
-                    }
-                    // 2. Blocks by descending bound: a counting sort into buckets.
-                    const float to_bucket = hi > 0.f ? float(kBuckets) / hi : 0.f;
-                    auto bucket_of = [&](float x) {  // 0 = highest
-                        return kBuckets - 1 - std::min<size_t>(kBuckets - 1, size_t(x * to_bucket));
-                    };
-                    S.bucket_end.assign(kBuckets + 1, 0);
-                    for (size_t b = 0; b < NB; ++b)
-                        if (bound[b] > 0.f) ++S.bucket_end[bucket_of(bound[b]) + 1];
-                    for (size_t r = 0; r < kBuckets; ++r) S.bucket_end[r + 1] += S.bucket_end[r];
-                    S.order.resize(S.bucket_end[kBuckets]);
-                    S.fill.assign(S.bucket_end.begin(), S.bucket_end.end() - 1);
-                    for (size_t b = 0; b < NB; ++b)
-                        if (bound[b] > 0.f) S.order[S.fill[bucket_of(bound[b])]++] = uint32_t(b);
-                    // 3. Score the blocks in that order, each in a local accumulator (the
-                    // short-term partial scores, then the long terms in canonical order),
-                    // until no remaining block can reach the k-th score, or until a
-                    // budget of blocks is spent (the bounds are loose for this query).
-                    const size_t budget = std::max<size_t>(256, (4 * k) / BS + NB / 64);
-                    S.done.assign(NB, 0);
-                    size_t evaluated = 0;
-                    finished = true;
-                    for (size_t r = 0; r < kBuckets && finished; ++r) {
-                        // Bounds in bucket r are below this edge (with a margin for rounding).
-                        const float edge = float(double(kBuckets - r) / double(to_bucket) * (1.0 + 1e-5));
-                        if (top.size() >= k && base + edge < top.theta) break;
-                        for (uint32_t i = S.bucket_end[r]; i < S.bucket_end[r + 1]; ++i) {
-                            const size_t b = S.order[i];
-                            if (base + bound[b] < top.theta) continue;
-                            if (evaluated == budget) {
-                                finished = false;
-                                break;
-                            }
-                            float* loc = S.local;
-                            std::memcpy(loc, acc + b * BS, sizeof(S.local));
-                            const uint32_t b0 = uint32_t(b * BS);
-                            for (size_t a = ns; a < n; ++a) {  // the hot loop of this path
-                                uint32_t j0, j1;
-                                block_range(a, b, b + 1, j0, j1);
-                                const int64_t o = off[qt.t[a]];
-                                const float w = qt.w[a];
-                                for (uint32_t j = j0; j < j1; ++j) loc[dd[o + j] - b0] += w * imp[o + j];
-                            }
-                            const size_t c = take(loc, BS, top.tau);  // (clears the scratch copy)
-                            top.offer_taken(S.idx.data(), S.val.data(), c, b0, BS);
-                            S.done[b] = 1;
-                            ++evaluated;
-                        }
-                    }
-                }
-                if (!finished) {
-                    // ---- Term at a time, one range of 8192 documents at a time (the
-                    // accumulator range stays in L1/L2).  With pruning, only blocks whose
-                    // bound reaches the k-th score so far are live: a long term adds its
-                    // postings in those blocks, or all its postings in the range when
-                    // that is cheaper.  Every document of the range is then offered:
-                    // the partial sums of dead blocks are below their bound, hence below
-                    // the threshold, and blocks already scored above are zeroed first.
-                    // Exhaustive: the very common terms at the end of the canonical order
-                    // (the dense ones, lowest IDF) wait.  Once the others are in, a lower
-                    // bound F of the k-th score usually shows that only documents near it
-                    // can still reach it, and the dense terms are added for those alone
-                    // (below).  (Sparse long terms waiting the same way, MaxScore-style, cost
-                    // more than they save here: thousands of documents stay near F, and
-                    // finding each in a posting list costs more than a posting.)
-                    // Only worth it when the corpus is large next to k: a vector pass costs
-                    // ~N/16, the documents near F number a few k, each a cache miss.
-                    size_t n_full = n;
-                    if (!prune && N >= 256 * k)
-                        while (n_full > ns && dense_id[qt.t[n_full - 1]] >= 0) --n_full;
-                    // With several ranges, each range's block maxima (for the floor below)
-                    // are taken as soon as its terms are in, while it is still in cache.
-                    const size_t fbl = floor_block(NB * BS, k), fnb = fbl ? NB * BS / fbl : 0;
-                    const bool early_max = !prune && NB > kChunkBlocks && fbl >= 16;
-                    if (early_max) S.vals.resize(fnb);
-                    uint32_t* fbits = reinterpret_cast<uint32_t*>(S.vals.data());
-                    for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {
-                        const size_t c1 = std::min(NB, c0 + kChunkBlocks);
-                        S.live.clear();
-                        if (prune)
-                            for (size_t b = c0; b < c1; ++b)
-                                if (!S.done[b] && bound[b] > 0.f && base + bound[b] >= top.theta) S.live.push_back(uint32_t(b));
-                        if (prune && S.live.empty()) continue;
-                        for (size_t a = ns; a < n_full; ++a) {
-                            if (!prune) {
-                                add_long(a, c0, c1);
-                                continue;
-                            }
-                            uint32_t j0, j1;
-                            block_range(a, c0, c1, j0, j1);
-                            const int64_t o = off[qt.t[a]];
-                            const float w = qt.w[a];
-                            if (dense_id[qt.t[a]] >= 0 && S.live.size() * 16 > c1 - c0) {
-                                // A very common term: one vector pass over the range.
-                                kern.axpy(acc + c0 * BS, dense_row(a) + c0 * BS, (c1 - c0) * BS, w);
-                            } else if (S.live.size() * 6 > j1 - j0) {  // a block visit costs ~6 postings
-                                for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
-                            } else {
-                                for (uint32_t b : S.live) {
-                                    block_range(a, b, b + 1, j0, j1);
-                                    for (uint32_t j = j0; j < j1; ++j) acc[dd[o + j]] += w * imp[o + j];
-                                }
-                            }
-                        }
-                        if (!prune) {  // exhaustive: offered below, once every range is complete
-                            if (early_max) {
-                                const size_t b0 = c0 * BS / fbl, b1 = std::min(fnb, c1 * BS / fbl);
-                                if (b1 > b0) kern.block_max(acc + b0 * fbl, b1 - b0, fbl, fbits + b0);
-                            }
-                            continue;
-                        }
-                        float* x = acc + c0 * BS;
-                        const size_t len = (c1 - c0) * BS;
-                        for (size_t b = c0; b < c1; ++b)
-                            if (S.done[b]) std::memset(acc + b * BS, 0, sizeof(float) * BS);
-                        if (top.size() < k) top.raise_floor(kth_floor(x, len, k, S.vals));
-                        const size_t c = take(x, len, top.tau);  // also clears the range
-                        top.offer_taken(S.idx.data(), S.val.data(), c, uint32_t(c0 * BS), len);
-                    }
-                    bool offered = prune;
-                    if (!prune && n_full < n) {
-                        // The waiting dense terms add at most U to any score.  With F a lower
-                        // bound of the k-th best score so far, a document below F - U (with
-                        // margins for float rounding) cannot reach the top k.
-                        const float f = early_max ? floor_of_maxima(fbits, fnb, k)
-                                                  : kth_floor(acc, NB * BS, k, S.vals);
-                        double U = 0;
-                        for (size_t a = n_full; a < n; ++a) U += double(qt.ub[a]);
-                        auto below = [&](float fl) {  // documents with x < this cannot reach fl
-                            const double lim = double(fl) * (1 - 1e-5) - U * (1 + 1e-5);
-                            float t = float(lim);
-                            if (double(t) > lim) t = std::nextafter(t, 0.f);
-                            return t;
-                        };
-                        if (below(f) > 0.f) {
-                            top.raise_floor(f);
-                            // Candidates of every range first (partial score >= below(F)), then
-                            // the dense terms for them in one pass: a long list lets the row
-                            // reads be fetched well ahead (the rows are far apart in memory).
-                            const float t0 = below(f);
-                            S.cid.clear();
-                            S.cval.clear();
-                            for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
-                                const size_t c = take(acc + c0, std::min(NB * BS - c0, kChunkBlocks * BS), t0);
-                                for (size_t i = 0; i < c; ++i) {
-                                    S.cid.push_back(uint32_t(c0 + S.idx[i]));
-                                    S.cval.push_back(S.val[i]);
-                                }
-                            }
-                            S.rows.clear();
-                            for (size_t a = n_full; a < n; ++a) S.rows.push_back(dense_row(a));
-                            const float* const* rows = S.rows.data();
-                            const float* w = qt.w.data() + n_full;
-                            const size_t nd = n - n_full, nc = S.cid.size();
-                            constexpr size_t kAhead = 32;
-                            for (size_t i = 0; i < nc; ++i) {  // canonical order: the dense terms last
-                                if (i + kAhead < nc)
-                                    for (size_t r = 0; r < nd; ++r) __builtin_prefetch(rows[r] + S.cid[i + kAhead]);
-                                const size_t d = S.cid[i];
-                                float x = S.cval[i];
-                                for (size_t r = 0; r < nd; ++r) x += w[r] * rows[r][d];
-                                top.consider(x, uint32_t(d));
-                            }
-                            offered = true;
-                        } else {
-                            for (size_t c0 = 0; c0 < NB; c0 += kChunkBlocks) {  // no: add them everywhere
-                                const size_t c1 = std::min(NB, c0 + kChunkBlocks);
-                                for (size_t a = n_full; a < n; ++a) add_long(a, c0, c1);
-                            }
-                        }
-                    }
-                    if (!offered) {
-                        // Exhaustive: one lower bound of the k-th score over the whole
-                        // accumulator first (few candidates to cut back), then the
-                        // vectorised filter range by range.
-                        // (The maxima taken per range are current unless dense terms were
-                        // added everywhere just above.)
-                        top.raise_floor(early_max && n_full == n ? floor_of_maxima(fbits, fnb, k)
-                                                                 : kth_floor(acc, NB * BS, k, S.vals));
-                        for (size_t c0 = 0; c0 < NB * BS; c0 += kChunkBlocks * BS) {
-                            const size_t len = std::min(NB * BS - c0, kChunkBlocks * BS);
-                            const size_t c = take(acc + c0, len, top.tau);
-                            top.offer_taken(S.idx.data(), S.val.data(), c, uint32_t(c0), len);
-                        }
-                    }
-                }
-            }
-            for (uint32_t d : S.touched) acc[d] = 0.f;
-            for (uint32_t d : S.ex) acc[d] = 0.f;
-            keep_best(S.cand, k, S.tmp, top.hi, top.sel, top.id_order);
-
-            // bm25l / bm25+: documents without any query term still score `base`;
-            // when fewer than k matched, the first unmatched ids fill the rest.
-            if (base > 0.f && S.cand.size() < k) {
-                std::vector<uint32_t> have;
-                for (uint64_t c : S.cand) have.push_back(key_id(c));
-                for (uint32_t d : S.ex) have.push_back(d);
-                std::sort(have.begin(), have.end());
-                size_t hi = 0;
-                const size_t need = k - S.cand.size();
-                size_t added = 0;
-                for (uint32_t d = 0; d < N && added < need; ++d) {
-                    while (hi < have.size() && have[hi] < d) ++hi;
-                    if (hi < have.size() && have[hi] == d) continue;
-                    S.cand.push_back(pack(base, d));
-                    ++added;
-                }
-                std::sort(S.cand.begin(), S.cand.end(), std::greater<uint64_t>());
-            }
-            float* os = out_scores + qi * k;
-            int64_t* oi = out_ids + qi * k;
-            for (size_t r = 0; r < k; ++r) {
-                if (r < S.cand.size()) {
-                    os[r] = key_score(S.cand[r]);
-                    oi[r] = int64_t(key_id(S.cand[r]));
-                } else {
-                    os[r] = kNegInf;
-                    oi[r] = -1;
-                }
-            }
-        }
-    });
+        using Imp = std::decay_t<decltype(imp)>;
+        parallel_for(q.nq, int(nt), 4, [&](size_t qb, size_t qe, int tid) {
+            Searcher<Imp> s(*this, imp, scratch[tid]);
+            for (size_t qi = qb; qi < qe; ++qi)
+                s.run(q, qi, k, excl_indptr, excl_indices, out_scores + qi * k, out_ids + qi * k);
+        });
     });
 }
 
 void Index::score(const Queries& q, const int64_t* doc_ids, size_t m, int num_threads, float* out) const {
+    std::shared_lock<std::shared_mutex> lk(mu_);
     const size_t N = num_docs();
     if (max_impact.size() != num_terms() || long_id.size() != num_terms()) throw std::logic_error("BM25 bounds are stale");
     const int64_t* off = offsets.data();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -64,6 +65,7 @@ void score_query(const JudgedHit* hits, size_t n_hits, const int32_t* rels, size
             case MetricKind::Recall:
             case MetricKind::Precision:
             case MetricKind::Hits:
+            case MetricKind::HitCount:
             case MetricKind::RPrec: {
                 const int64_t cut = specs[m].kind == MetricKind::RPrec ? num_rel : k;
                 if (specs[m].kind == MetricKind::RPrec && num_rel == 0) break;
@@ -71,6 +73,7 @@ void score_query(const JudgedHit* hits, size_t n_hits, const int32_t* rels, size
                 for (size_t h = 0; h < n_hits && within(hits[h].rank, cut); ++h) c += hits[h].rel >= level;
                 if (specs[m].kind == MetricKind::Recall) v = num_rel ? double(c) / double(num_rel) : 0.0;
                 else if (specs[m].kind == MetricKind::Hits) v = c > 0 ? 1.0 : 0.0;
+                else if (specs[m].kind == MetricKind::HitCount) v = double(c);
                 else v = double(c) / double(cut);
                 break;
             }
@@ -85,6 +88,55 @@ void score_query(const JudgedHit* hits, size_t n_hits, const int32_t* rels, size
             }
         }
         out[m] = v;
+    }
+}
+
+bool docno_greater(std::string_view a, std::string_view b) {
+    const int c = std::memcmp(a.data(), b.data(), std::min(a.size(), b.size()));
+    return c != 0 ? c > 0 : a.size() > b.size();
+}
+
+// One pass over the scores.  An entry with a higher score than found[p] is
+// ordered before found[p..] (a suffix): counted in diff[p].  Entries whose score
+// equals a found score are counted per group of equal found scores; only when
+// some entry other than the found documents themselves ties are docnos compared.
+void trec_ranks(std::vector<FoundDoc>& found, const float* scores, size_t n,
+                const std::function<std::string_view(size_t)>& docno_at, std::vector<JudgedHit>& out) {
+    // trec_eval order among the found documents (score desc, docno desc)
+    std::sort(found.begin(), found.end(), [](const FoundDoc& a, const FoundDoc& c) {
+        return a.score != c.score ? a.score > c.score : docno_greater(a.docno, c.docno);
+    });
+    const size_t nf = found.size();
+    if (nf == 0) return;
+    std::vector<int64_t> diff(nf + 1, 0), ties(nf, 0);
+    std::vector<size_t> group(nf);  // first found document with the same score
+    for (size_t p = 0; p < nf; ++p) group[p] = (p > 0 && found[p - 1].score == found[p].score) ? group[p - 1] : p;
+    for (size_t j = 0; j < n; ++j) {  // the hot loop: one binary search per run entry
+        const float s = scores[j];
+        size_t lo = 0, hi = nf;  // first p with found[p].score < s
+        while (lo < hi) {
+            const size_t mid = (lo + hi) / 2;
+            if (found[mid].score < s) hi = mid;
+            else lo = mid + 1;
+        }
+        diff[lo]++;
+        if (lo > 0 && found[lo - 1].score == s) ties[group[lo - 1]]++;
+    }
+    int64_t acc = 0;
+    for (size_t p = 0; p < nf; ++p) {
+        acc += diff[p];
+        const size_t g = group[p];
+        size_t ge = g;
+        while (ge < nf && group[ge] == g) ++ge;
+        int64_t within;
+        if (ties[g] == int64_t(ge - g)) {
+            within = int64_t(p - g);  // only the found documents tie: docno order among them
+        } else {
+            within = 0;  // other entries tie too: compare docnos (rare)
+            for (size_t j = 0; j < n; ++j)
+                if (scores[j] == found[p].score) within += docno_greater(docno_at(j), found[p].docno);
+        }
+        out.push_back({1 + acc + within, found[p].rel});
     }
 }
 

@@ -7,12 +7,16 @@
 // and scored by the same score_query():
 //   * arrays (ids (Q, k) of corpus row numbers, column order = ranking): the
 //     row is scanned once, -1 and repeated ids skipped (evaluate_ids below);
-//   * run dicts ({qid: {docid: score}}): the binding computes the trec_eval rank
-//     of each judged document (score as float32 descending, ties by docno in
-//     descending byte order) and calls evaluate_hits.
+//   * run dicts ({qid: {docid: score}}): the binding reads each query's scores
+//     and its judged documents, trec_ranks() gives the trec_eval rank of each
+//     judged document (score as float32 descending, ties by docno in descending
+//     byte order), and evaluate_hits scores them.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <string_view>
+#include <vector>
 
 namespace hn {
 
@@ -24,6 +28,7 @@ enum class MetricKind : int32_t {
     AP = 4,         // map (k <= 0) or map_cut_k
     RPrec = 5,      // Rprec
     Hits = 6,       // success_k: 1 if a relevant document is in the top k
+    HitCount = 7,   // ranx hits@k: the number of relevant documents in the top k
 };
 
 struct MetricSpec {
@@ -36,6 +41,27 @@ struct JudgedHit {
     int64_t rank;
     int32_t rel;
 };
+
+// A judged document that a run dict holds for the query: its score (rounded to
+// float32, as trec_eval keeps it), its judgement and its docno (UTF-8 bytes).
+struct FoundDoc {
+    float score;
+    int32_t rel;
+    std::string_view docno;
+};
+
+// trec_eval's docno tie-break: a ranks before b on equal scores iff strcmp(a, b) > 0.
+bool docno_greater(std::string_view a, std::string_view b);
+
+// trec_eval ranks of the judged documents `found` of one query whose run holds
+// the n scores `scores` (every entry, found ones included, any order): the rank
+// of found[p] is 1 + the entries with a higher score + the entries with an equal
+// score and a greater docno.  Sorts `found` into rank order and appends one
+// JudgedHit per found document to `out`.  docno_at(j) gives entry j's docno; it
+// is called only when some entry other than the found documents ties a found
+// score (rare), and may throw.
+void trec_ranks(std::vector<FoundDoc>& found, const float* scores, size_t n,
+                const std::function<std::string_view(size_t)>& docno_at, std::vector<JudgedHit>& out);
 
 // Judgements of the qrels queries as CSR: query t owns entries
 // [indptr[t], indptr[t+1]).  For evaluate_ids the entries of a query are sorted

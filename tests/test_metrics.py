@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,9 @@ PAIRS = {
     "map@5": "map_cut_5",
     "map@100": "map_cut_100",
     "r-precision": "Rprec",
-    "hits@1": "success_1",
-    "hits@5": "success_5",
-    "hits@10": "success_10",
+    "success@1": "success_1",
+    "hit_rate@5": "success_5",
+    "Success@10": "success_10",
 }
 TREC_NAMES = ["ndcg_cut_10", "P_5", "recall_100", "map_cut_5", "Rprec", "success_10", "map", "recip_rank"]
 MEASURES = {"ndcg_cut", "ndcg", "recip_rank", "recall", "P", "map", "map_cut", "Rprec", "success"}
@@ -249,7 +250,7 @@ def test_array_dict_agree_on_topk_output():
 
 def test_corpus_id_mapping_forms():
     qrels = {"q": {"é": 2, "b": 1, "zz": 1}, "r": {"b": 3, "x": 1}}
-    corpus = ["a", "b", "é", "b", "c", "x"]  # "b" twice: the first row wins; "zz" absent
+    corpus = ["a", "b", "é", "b#3", "c", "x"]  # "zz" absent
     ids = np.array([[3, 1, 2, 5], [0, 1, 3, -1]])
     want = None
     for form in (corpus, tuple(corpus), np.array(corpus), np.array(corpus, dtype=object)):
@@ -259,12 +260,17 @@ def test_corpus_id_mapping_forms():
             want = got
         for n in got:
             np.testing.assert_array_equal(got[n], want[n])
-    # row 3 is a copy of "b" but a different corpus row: unjudged; "zz" never retrieved
+    # row 3 is unjudged; "zz" never retrieved
     ref = pytrec({"q": qrels["q"], "r": qrels["r"]},
                  {"q": {"b#3": 4.0, "b": 3.0, "é": 2.0, "x": 1.0}, "r": {"a": 3.0, "b": 2.0, "b#3": 1.0}})
     check_close(want, ref, ["q", "r"], ["map", "recall@5", "ndcg@10"])
     with pytest.raises(TypeError, match="corpus_ids"):
         hn.evaluate(qrels, ids, ["map"], query_ids=["q", "r"], corpus_ids=["a", 1, "é", "b", "c", "x"])
+    # a name on two rows: the second could never be matched, so it is refused in every form
+    dup = ["a", "b", "é", "b", "c", "x"]
+    for form in (dup, tuple(dup), np.array(dup), np.array(dup, dtype=object)):
+        with pytest.raises(ValueError, match="corpus_ids holds 'b' more than once"):
+            hn.evaluate(qrels, ids, ["map"], query_ids=["q", "r"], corpus_ids=form)
     # integer corpus ids are compared as decimal strings
     res = hn.evaluate({"q": {"7": 1}}, np.array([[1, 0]]), ["recip_rank"], query_ids=["q"],
                       corpus_ids=np.array([5, 7]))
@@ -599,3 +605,185 @@ def test_heavy_ties_many_judged(seed):
         ours = hn.evaluate(qrels, ids, list(PAIRS), per_query=True, relevance_level=lvl, query_ids=list(run),
                            corpus_ids=docs)
         check_close(ours, ref, list(run), list(PAIRS))
+
+
+# ------------------------------------------------------------------ nothing silently wrong
+def test_array_form_refuses_duplicate_query_ids():
+    qrels = {"q": {"a": 1}, "r": {"b": 1}}
+    ids = np.array([[0, 1], [1, 0], [0, 1]])
+    for form in (["q", "r", "q"], np.array(["q", "r", "q"]), ("q", "r", "q")):
+        with pytest.raises(ValueError, match="query_ids holds 'q' more than once"):
+            hn.evaluate(qrels, ids, ["map"], query_ids=form, corpus_ids=["a", "b"])
+
+
+def test_array_form_refuses_mixed_id_types():
+    qrels = {"1": {"a": 1}}
+    ids = np.array([[0, 1], [1, 0]])
+    with pytest.raises(TypeError, match="query_ids.*mix"):
+        hn.evaluate(qrels, ids, ["map"], query_ids=[1, "1"], corpus_ids=["a", "b"])
+    with pytest.raises(TypeError, match="corpus_ids.*mix"):
+        hn.evaluate(qrels, ids[:1], ["map"], query_ids=["1"], corpus_ids=[1, "a"])
+    with pytest.raises(ValueError, match="query_ids holds '1' more than once"):
+        hn.evaluate(qrels, ids, ["map"], query_ids=np.array([1, 1]), corpus_ids=["a", "b"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_scores_refused(bad):
+    qrels = {"q": {"a": 1}}
+    with pytest.raises(ValueError, match="query 'q', document 'b'"):
+        hn.evaluate(qrels, {"q": {"a": 1.0, "b": bad}}, ["map"])
+    with pytest.raises(ValueError, match="query 'q', document 'b'"):
+        hn.evaluate(qrels, {"q": {"a": 1.0, "b": np.float32(bad)}}, ["map"])
+    s = np.array([[1.0, bad]], np.float32)
+    with pytest.raises(ValueError, match="finite"):
+        hn.evaluate(qrels, (s, np.array([[0, 1]])), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
+    # a non-finite score in a padded slot is not a retrieved document: fine
+    out = hn.evaluate(qrels, (s, np.array([[0, -1]])), ["map"], query_ids=["q"], corpus_ids=["a", "b"])
+    assert out["map"] == 1.0
+
+
+@pytest.mark.parametrize("grade", [1.5, 0.5, np.float64(2.0), "1", True])
+def test_fractional_or_non_integer_grades_refused(grade):
+    with pytest.raises(ValueError, match="integer"):
+        hn.evaluate({"q": {"a": grade}}, {"q": {"a": 1.0}}, ["map"])
+
+
+@pytest.mark.parametrize("name", ["ndcg@99999999999999999999", "P_9223372036854775808", "recall.10000000000000000000000"])
+def test_huge_metric_cutoff_is_a_clear_error(name):
+    with pytest.raises(ValueError, match=re.escape(repr(name))):
+        hn.evaluate({"q": {"a": 1}}, {"q": {"a": 1.0}}, [name])
+    assert hn.evaluate({"q": {"a": 1}}, {"q": {"a": 1.0}}, ["ndcg@9223372036854775807"])[
+        "ndcg@9223372036854775807"] == 1.0
+
+
+def test_fuse_refuses_nan_scores():
+    good = {"q": {"a": 3.0, "b": 2.0}}
+    for method in ("rrf", "combsum", "combmnz"):
+        with pytest.raises(ValueError, match=r"runs\[1\].*'q'.*'c'"):
+            hn.fuse([good, {"q": {"a": 1.0, "c": float("nan")}}], method=method)
+    with pytest.raises(ValueError, match=r"runs\[0\].*finite"):
+        hn.fuse([{"q": {"a": float("inf")}}], method="combsum")
+    assert list(hn.fuse([{"q": {"a": float("inf"), "b": 1.0}}], method="rrf")["q"]) == ["a", "b"]
+    ids = np.array([[0, 1, 2]])
+    s = np.array([[3.0, np.nan, 1.0]], np.float32)
+    for method in ("rrf", "combsum"):
+        with pytest.raises(ValueError, match=r"runs\[1\]"):
+            hn.fuse([(np.ones((1, 3), np.float32), ids), (s, ids)], method=method)
+    # NaN in a padding slot is ignored
+    hn.fuse([(s, np.array([[0, -1, 2]]))], method="combsum")
+
+
+def test_unknown_kind_names_are_clear_errors():
+    from hardneg import _core
+    with pytest.raises(ValueError, match="unknown fusion method 'borda'"):
+        _core.fuse_ids([np.zeros((1, 2), np.int64)], [None], [1.0], "borda", "none", 60.0, 2, 1)
+    with pytest.raises(ValueError, match="unknown fusion norm"):
+        _core.fuse_ids([np.zeros((1, 2), np.int64)], [None], [1.0], "rrf", "l2", 60.0, 2, 1)
+    with pytest.raises(ValueError, match="unknown metric kind 'ndcgx'"):
+        _core.metrics_eval_dict({}, {}, np.zeros(1, np.int64), [], np.zeros(0, np.int32), 1, ["ndcgx"], [10], 1)
+
+
+# ------------------------------------------------------------------ names as their owners mean them
+def brute_hits(qrels, run, k, level=1):
+    """ranx's hits@k: relevant documents among the top k (trec_eval's order)."""
+    out = {}
+    for q, inner in run.items():
+        if q not in qrels:
+            continue
+        ranked = sorted(inner.items(), key=lambda x: x[0], reverse=True)
+        ranked.sort(key=lambda x: np.float32(x[1]), reverse=True)
+        out[q] = sum(1 for d, _ in ranked[:k] if qrels[q].get(d, -(10**9)) >= level)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hits_is_ranx_count_and_success_is_binary(seed):
+    rng = random.Random(300 + seed)
+    qrels, run = random_case(rng)
+    ours = hn.evaluate(qrels, run, ["hits@1", "hits@5", "hits@10", "success@5", "hit_rate@5"], per_query="dict")
+    ref = pytrec(qrels, run)
+    for k in (1, 5, 10):
+        want = brute_hits(qrels, run, k)
+        assert {q: v[f"hits@{k}"] for q, v in ours.items()} == want
+    for q, v in ours.items():
+        assert v["success@5"] == v["hit_rate@5"] == ref[q]["success_5"]
+        assert v["success@5"] == float(v["hits@5"] > 0)
+
+
+def test_ir_measures_names_equal_pytrec_eval():
+    rng = random.Random(77)
+    qrels, run = random_case(rng)
+    ref = pytrec(qrels, run)
+    names = {"nDCG@10": "ndcg_cut_10", "R@100": "recall_100", "P@10": "P_10", "AP": "map", "AP@5": "map_cut_5",
+             "Success@10": "success_10", "RR": "recip_rank"}
+    ours = hn.evaluate(qrels, run, list(names) + ["RR@10", "mrr@10"], per_query="dict")
+    assert set(ours) == set(ref)
+    for q in ref:
+        for n, t in names.items():
+            assert ours[q][n] == pytest.approx(ref[q][t], abs=1e-9), (q, n)
+        assert ours[q]["RR@10"] == ours[q]["mrr@10"]
+    # RR@10 is recip_rank of the run cut at 10 (trec_eval order)
+    cut = {}
+    for q, inner in run.items():
+        ranked = sorted(inner.items(), key=lambda x: x[0], reverse=True)
+        ranked.sort(key=lambda x: np.float32(x[1]), reverse=True)
+        cut[q] = dict(ranked[:10])
+    ref10 = pytrec(qrels, cut)
+    for q in ref10:
+        assert ours[q]["RR@10"] == pytest.approx(ref10[q]["recip_rank"], abs=1e-9)
+
+
+def test_per_query_dict_is_pytrec_eval_form():
+    rng = random.Random(12)
+    qrels, run = random_case(rng)
+    ref = pytrec(qrels, run)
+    ours = hn.evaluate(qrels, run, TREC_NAMES, per_query="dict")
+    assert set(ours) == set(ref)
+    for q in ref:
+        for n in TREC_NAMES:
+            assert ours[q][n] == pytest.approx(ref[q][n], abs=1e-9)
+    # array form: keyed by query_ids
+    res = hn.evaluate({"q": {"a": 1}, "r": {"b": 1}}, np.array([[0, 1], [0, 1], [1, 0]]), ["recip_rank"],
+                      per_query="dict", query_ids=["q", "r", "x"], corpus_ids=["a", "b"])
+    assert res == {"q": {"recip_rank": 1.0}, "r": {"recip_rank": 0.5}}
+    with pytest.raises(TypeError, match="per_query"):
+        hn.evaluate(qrels, run, ["map"], per_query="yes")
+
+
+def test_ignore_identical_ids_beir_rule():
+    qrels = {"q1": {"d1": 1}, "q2": {"q2": 1, "d2": 1}}
+    run = {"q1": {"q1": 9.0, "d0": 5.0, "d1": 4.0}, "q2": {"q2": 3.0, "d2": 2.0}}
+    plain = hn.evaluate(qrels, run, ["recip_rank", "recall@1"], per_query="dict")
+    assert plain["q1"]["recip_rank"] == 1 / 3
+    ign = hn.evaluate(qrels, run, ["recip_rank", "recall@1"], per_query="dict", ignore_identical_ids=True)
+    # BEIR: drop the query's own id from its ranking, even when it is judged relevant
+    beir = {q: {d: s for d, s in inner.items() if d != q} for q, inner in run.items()}
+    assert ign == hn.evaluate(qrels, beir, ["recip_rank", "recall@1"], per_query="dict")
+    assert ign["q1"]["recip_rank"] == 0.5 and ign["q2"]["recall@1"] == 0.5
+    # array form
+    corpus = ["q1", "d0", "d1", "q2", "d2"]
+    ids = np.array([[0, 1, 2], [3, 4, -1]])
+    arr = hn.evaluate(qrels, ids, ["recip_rank", "recall@1"], per_query="dict", query_ids=["q1", "q2"],
+                      corpus_ids=corpus, ignore_identical_ids=True)
+    assert arr == ign
+    assert hn.evaluate(qrels, ids, ["recip_rank"], per_query="dict", query_ids=["q1", "q2"],
+                       corpus_ids=corpus)["q1"]["recip_rank"] == 1 / 3
+
+
+def test_read_run_gz(tmp_path):
+    import gzip
+    text = "q1 Q0 d1 1 2.5 tag\nq1 Q0 d2 2 1.5 tag\nq2 Q0 d3 1 0.5 tag\n"
+    (tmp_path / "run.txt").write_text(text)
+    with gzip.open(tmp_path / "run.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    assert hn.metrics.read_run(tmp_path / "run.txt.gz") == hn.metrics.read_run(tmp_path / "run.txt")
+    qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}
+    assert hn.evaluate(qrels, tmp_path / "run.txt.gz", ["recip_rank"]) == {"recip_rank": 0.75}
+
+
+def test_fuse_huge_depth_is_padding_or_a_clear_error():
+    ids = np.array([[0, 1, 2], [2, 1, -1]])
+    s, i = hn.fuse([ids, ids[:, ::-1].copy()], depth=100_000)
+    assert i.shape == (2, 100_000) and (i[:, 3:] == -1).all() and np.isneginf(s[:, 3:]).all()
+    with pytest.raises(ValueError, match=r"depth asks for an output of [\d,]+ bytes"):
+        hn.fuse([ids], depth=2**50)

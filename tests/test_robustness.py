@@ -780,7 +780,7 @@ def test_private_kernels_survive_non_positive_thread_counts(nt):
     ref = hn.topk(x[:5], x, k=3)
     for call in (lambda: _core.topk(x[:5], False, [(x, False, None, 0)], "ip", 3, None, None, nt),
                  lambda: _core.merge_topk([ref[0]], [ref[1]], False, 3, nt),
-                 lambda: _core.fuse_ids([ref[1]], [None], [1.0], 0, 0, 60.0, 3, nt)):
+                 lambda: _core.fuse_ids([ref[1]], [None], [1.0], "rrf", "none", 60.0, 3, nt)):
         try:
             out = call()
         except ValueError:

@@ -5,8 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -23,11 +22,8 @@ using hn::bm25::TokenBatch;
 namespace {
 
 // Index plus the Python objects whose buffers it borrows (memory-mapped arrays).
-// Searches share `mu`, add_docs takes it exclusively: a search running in one
-// Python thread never sees arrays that an add in another thread is replacing.
 struct PyIndex : Index {
     std::vector<py::object> keep;
-    mutable std::shared_mutex mu;
 };
 
 // UTF-8 views of a list of str / bytes; `keep` holds temporary encodings.
@@ -93,11 +89,6 @@ py::array view(const hn::bm25::Array<T>& a, py::handle base) {
     return r;
 }
 
-// Drops cached "not in the vocabulary" query words once the vocabulary grew.
-void forget_unknown(Index& ix) {
-    ix.word_cache.forget(Index::kUnknown);
-}
-
 hn::bm25::Queries queries_of(const py::array_t<int64_t>& off, const py::array_t<int64_t>& ids) {
     if (off.ndim() != 1 || off.shape(0) < 1) throw std::invalid_argument("query offsets must be 1-D and non-empty");
     const int64_t* o = off.data();
@@ -108,97 +99,34 @@ hn::bm25::Queries queries_of(const py::array_t<int64_t>& off, const py::array_t<
     return {o, ids.data(), nq};
 }
 
-}  // namespace
-
-void bind_bm25(py::module_& m) {
-    py::class_<TokenBatch>(m, "_BM25TokenBatch")
-        .def_property_readonly("num_texts", [](const TokenBatch& b) { return b.offsets.size() - 1; })
-        .def_property_readonly("num_tokens", [](const TokenBatch& b) { return b.tokens.size(); })
-        .def_property_readonly("words", [](const TokenBatch& b) { return b.words; });
-
-    m.def(
-        "bm25_tokenize_text",
-        [](const py::handle& text) {
-            std::vector<py::object> keep;
-            py::list l;
-            l.append(text);
-            auto v = text_views(l, keep, "text");
-            std::vector<std::string> out;
-            hn::bm25::tokenize_text(v[0], out);
-            return out;
-        },
-        "Lowercased 2+ character word tokens of one text (the BM25 tokeniser).");
-
-    m.def(
-        "bm25_tokenize",
-        [](const py::list& texts, int num_threads, const std::string& name) {
-            std::vector<py::object> keep;
-            auto views = text_views(texts, keep, name.c_str());
-            py::gil_scoped_release nogil;
-            return hn::bm25::tokenize_batch(views, num_threads);
-        },
-        py::arg("texts"), py::arg("num_threads"), py::arg("name") = "texts");
-
-    py::class_<PyIndex>(m, "_BM25Index")
-        .def(py::init([](int method, double k1, double b, double delta) {
-            if (method < 0 || method > 4) throw std::invalid_argument("unknown BM25 method");
-            auto ix = std::make_unique<PyIndex>();
-            ix->params.method = hn::bm25::Method(method);
-            ix->params.k1 = k1;
-            ix->params.b = b;
-            ix->params.delta = delta;
-            std::vector<int64_t> z{0};
-            ix->offsets.set(std::move(z));
-            return ix;
-        }))
-        .def_property_readonly("num_docs", [](const PyIndex& ix) { return ix.num_docs(); })
-        .def_property_readonly("num_terms", [](const PyIndex& ix) { return ix.num_terms(); })
-        .def_property_readonly("num_postings", [](const PyIndex& ix) { return ix.num_postings(); })
-        .def_property_readonly("avg_doc_len", [](const PyIndex& ix) { return ix.avg_doc_len(); })
-        .def_property_readonly("total_len", [](const PyIndex& ix) { return ix.total_len; })
-        .def_property_readonly("terms", [](const PyIndex& ix) { return ix.terms; })
-        .def_property_readonly("memory_bytes", [](const PyIndex& ix) { return ix.memory_bytes(); })
-        // 0 = automatic, 1 = exhaustive, 2 = block-max pruning (tests, benchmarks).
-        .def_property(
-            "strategy", [](const PyIndex& ix) { return ix.strategy; },
-            [](PyIndex& ix, int s) {
-                if (s < 0 || s > 2) throw std::invalid_argument("strategy must be 0, 1 or 2");
-                py::gil_scoped_release nogil;
-                std::unique_lock<std::shared_mutex> lk(ix.mu);
-                const bool rebuild = (s == 2) != (ix.strategy == 2);
-                ix.strategy = s;
-                if (rebuild && ix.num_docs() > 0) ix.build_blocks(1);  // strategy 2 needs per-block bounds
-            })
+// Words and term ids: the vocabulary and word cache (Vocabulary, bm25.h).
+void def_vocabulary(py::class_<PyIndex>& c) {
+    c
         // Words of the batch that the word cache does not know yet (for documents,
         // also the words cached as "not in the vocabulary" by earlier queries).
         .def("unknown_words",
              [](const PyIndex& ix, const TokenBatch& b, bool documents) {
-                 py::list out;
-                 for (const auto& w : b.words) {
-                     const int64_t v = ix.word_cache.find(w);
-                     if (v == hn::bm25::WordCache::kAbsent || (documents && v == Index::kUnknown))
-                         out.append(py::str(w));
-                 }
-                 return out;
+                 return ix.vocab.unknown_words(b.words, documents);
              })
         // words[i] -> terms[i] (None: a stopword).  create: add new terms (documents);
         // otherwise a term outside the vocabulary is remembered as unknown (queries).
         .def("learn_words",
              [](PyIndex& ix, const py::list& words, const py::list& terms, bool create) {
                  if (words.size() != terms.size()) throw std::invalid_argument("words and terms differ in length");
-                 std::unique_lock<std::shared_mutex> lk(ix.mu);  // cached_ids reads the cache without the GIL
-                 const size_t v0 = ix.terms.size();
+                 std::vector<std::string> w;
+                 std::vector<std::optional<std::string>> t;
                  for (size_t i = 0; i < words.size(); ++i) {
-                     const std::string w = utf8_of(words[i], "word");
-                     int64_t id = Index::kStop;
-                     if (!terms[i].is_none()) {
-                         id = ix.term_id(utf8_of(terms[i], "stemmer output"), create);
-                         if (id < 0) id = Index::kUnknown;
-                     }
-                     ix.word_cache.set(w, id);
+                     w.push_back(utf8_of(words[i], "word"));
+                     if (terms[i].is_none()) t.emplace_back();
+                     else t.emplace_back(utf8_of(terms[i], "stemmer output"));
                  }
-                 if (ix.terms.size() != v0) forget_unknown(ix);
+                 ix.vocab.learn(w, t, create);
              })
+        // Forgets the terms with id >= n: undoes the learning of a failed add.
+        .def("truncate_vocabulary", [](PyIndex& ix, size_t n) {
+            if (n < ix.num_terms()) throw std::invalid_argument("cannot drop terms that have postings");
+            ix.vocab.truncate(n);
+        })
         // (offsets, term ids) of raw texts when the word cache knows all their
         // words; otherwise the list of the words it lacks (learn them, call again).
         .def("cached_ids",
@@ -210,8 +138,7 @@ void bind_bm25(py::module_& m) {
                  bool ok;
                  {
                      py::gil_scoped_release nogil;
-                     std::shared_lock<std::shared_mutex> lk(ix.mu);  // learn_words writes the cache
-                     ok = ix.cached_ids(views, num_threads, off, ids, missing);
+                     ok = ix.vocab.cached_ids(views, num_threads, off, ids, missing);
                  }
                  if (!ok) return py::cast(missing);
                  return py::make_tuple(to_numpy(std::move(off)), to_numpy(std::move(ids)));
@@ -219,12 +146,7 @@ void bind_bm25(py::module_& m) {
         // Term ids of a tokenised batch (every word must be learnt); -1 = dropped.
         .def("batch_ids",
              [](const PyIndex& ix, const TokenBatch& b) {
-                 std::vector<int64_t> wmap(b.words.size());
-                 for (size_t i = 0; i < b.words.size(); ++i) {
-                     const int64_t v = ix.word_cache.find(b.words[i]);
-                     if (v == hn::bm25::WordCache::kAbsent) throw std::logic_error("word missing from the BM25 word cache");
-                     wmap[i] = v < 0 ? -1 : v;
-                 }
+                 const std::vector<int64_t> wmap = ix.vocab.word_ids(b.words);
                  std::vector<int64_t> ids(b.tokens.size());
                  std::vector<int64_t> off(b.offsets.begin(), b.offsets.end());
                  {
@@ -236,12 +158,9 @@ void bind_bm25(py::module_& m) {
         // Term ids of pre-tokenised texts (tokens taken verbatim); create: add new terms.
         .def("pretokenized_ids",
              [](PyIndex& ix, const py::list& docs, bool create, const std::string& name) {
-                 std::vector<int64_t> off{0}, ids;
-                 const size_t v0 = ix.terms.size();
+                 std::vector<int64_t> off{0};
+                 std::vector<std::string> tokens;
                  size_t i = 0;
-                 std::string key;
-                 std::unique_lock<std::shared_mutex> lk(ix.mu, std::defer_lock);
-                 if (create) lk.lock();  // the vocabulary and word cache change (cached_ids reads them)
                  for (const py::handle& d : docs) {
                      if (!py::isinstance<py::list>(d) && !py::isinstance<py::tuple>(d))
                          throw py::type_error(name + "[" + std::to_string(i) +
@@ -250,23 +169,25 @@ void bind_bm25(py::module_& m) {
                          if (!PyUnicode_Check(t.ptr()))
                              throw py::type_error(name + "[" + std::to_string(i) + "] holds a non-str token of type " +
                                                   std::string(py::str(py::type::of(t).attr("__name__"))));
-                         key = utf8_of(t, "token");
-                         if (key.empty()) continue;
-                         ids.push_back(ix.term_id(key, create));
+                         std::string key = utf8_of(t, "token");
+                         if (!key.empty()) tokens.push_back(std::move(key));
                      }
-                     off.push_back(int64_t(ids.size()));
+                     off.push_back(int64_t(tokens.size()));
                      ++i;
                  }
-                 if (ix.terms.size() != v0) forget_unknown(ix);
-                 return py::make_tuple(to_numpy(std::move(off)), to_numpy(std::move(ids)));
-             })
+                 return py::make_tuple(to_numpy(std::move(off)), to_numpy(ix.vocab.token_ids(tokens, create)));
+             });
+}
+
+// Adding documents, search and pair scores.
+void def_search(py::class_<PyIndex>& c) {
+    c
         .def("add_docs",
              [](PyIndex& ix, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& off,
                 const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& ids, int num_threads) {
                  auto q = queries_of(off, ids);
                  std::vector<uint64_t> uoff(q.offsets, q.offsets + q.nq + 1);
                  py::gil_scoped_release nogil;
-                 std::unique_lock<std::shared_mutex> lk(ix.mu);
                  ix.add_docs(q.terms, uoff.data(), q.nq, num_threads);
              })
         .def("search",
@@ -299,7 +220,6 @@ void bind_bm25(py::module_& m) {
                  int64_t* rp = r.mutable_data();
                  {
                      py::gil_scoped_release nogil;
-                     std::shared_lock<std::shared_mutex> lk(ix.mu);
                      ix.search(q, size_t(k), ip, ii, num_threads, sp, rp);
                  }
                  return py::make_tuple(s, r);
@@ -318,11 +238,15 @@ void bind_bm25(py::module_& m) {
                  const int64_t* dp = doc_ids.data();
                  {
                      py::gil_scoped_release nogil;
-                     std::shared_lock<std::shared_mutex> lk(ix.mu);
                      ix.score(q, dp, mm, num_threads, sp);
                  }
                  return s;
-             })
+             });
+}
+
+// The arrays of save() and load().
+void def_storage(py::class_<PyIndex>& c) {
+    c
         .def("arrays",
              [](py::object self) {
                  const PyIndex& ix = self.cast<const PyIndex&>();
@@ -348,41 +272,102 @@ void bind_bm25(py::module_& m) {
                  auto ct = checked<uint32_t>(code_tf, "code_tf", 1);
                  auto cl = checked<uint32_t>(code_len, "code_len", 1);
                  auto dl = checked<uint32_t>(doc_len, "doc_len", 1);
+                 if (ct.shape(0) != cl.shape(0)) throw std::invalid_argument("code tables differ in length");
+                 std::vector<std::string> vocab;
+                 for (const py::handle& h : terms) vocab.push_back(utf8_of(h, "vocabulary entry"));
+                 Index::Borrowed a{};
                  // codes: uint16, or uint32 once the (tf, length) table outgrew 16 bits.
                  const py::array carr = py::array::ensure(codes);
-                 const bool wide = carr && carr.dtype().is(py::dtype::of<uint32_t>());
-                 ix.terms.clear();
-                 ix.term_ids.clear();
-                 ix.word_cache.clear();
-                 for (const py::handle& h : terms) {
-                     std::string s = utf8_of(h, "vocabulary entry");
-                     if (ix.term_ids.count(s)) throw std::invalid_argument("vocabulary holds a duplicate term");
-                     ix.term_id(s, true);
-                 }
-                 ix.offsets.borrow(o.data(), size_t(o.shape(0)));
-                 ix.docs.borrow(d.data(), size_t(d.shape(0)));
                  py::object kc;
-                 if (wide) {
+                 if (carr && carr.dtype().is(py::dtype::of<uint32_t>())) {
                      auto c = checked<uint32_t>(codes, "codes", 1);
-                     ix.codes32.borrow(c.data(), size_t(c.shape(0)));
-                     ix.codes16.set({});
+                     a.codes32 = c.data();
+                     a.n_codes = size_t(c.shape(0));
                      kc = c;
                  } else {
                      auto c = checked<uint16_t>(codes, "codes", 1);
-                     ix.codes16.borrow(c.data(), size_t(c.shape(0)));
-                     ix.codes32.set({});
+                     a.codes16 = c.data();
+                     a.n_codes = size_t(c.shape(0));
                      kc = c;
                  }
-                 ix.code_tf.borrow(ct.data(), size_t(ct.shape(0)));
-                 ix.code_len.borrow(cl.data(), size_t(cl.shape(0)));
-                 ix.doc_len.borrow(dl.data(), size_t(dl.shape(0)));
-                 ix.total_len = total_len;
+                 a.offsets = o.data();
+                 a.n_offsets = size_t(o.shape(0));
+                 a.docs = d.data();
+                 a.n_docs = size_t(d.shape(0));
+                 a.code_tf = ct.data();
+                 a.code_len = cl.data();
+                 a.n_table = size_t(ct.shape(0));
+                 a.doc_len = dl.data();
+                 a.n_doc_len = size_t(dl.shape(0));
+                 a.total_len = total_len;
+                 ix.vocab.assign(vocab);
                  ix.keep = {o, d, kc, ct, cl, dl};
-                 ix.validate_structure();
                  py::gil_scoped_release nogil;
-                 ix.recompute_impacts(num_threads);
+                 ix.borrow(a, num_threads);
              },
              py::arg("terms"), py::arg("offsets"), py::arg("docs"), py::arg("codes"), py::arg("code_tf"),
              py::arg("code_len"),
              py::arg("doc_len"), py::arg("total_len"), py::arg("num_threads") = 1);
+}
+
+}  // namespace
+
+void bind_bm25(py::module_& m) {
+    py::class_<TokenBatch>(m, "_BM25TokenBatch")
+        .def_property_readonly("num_texts", [](const TokenBatch& b) { return b.offsets.size() - 1; })
+        .def_property_readonly("num_tokens", [](const TokenBatch& b) { return b.tokens.size(); })
+        .def_property_readonly("words", [](const TokenBatch& b) { return b.words; });
+
+    m.def("bm25_unicode_version", [] { return std::string(hn::bm25::unicode_version()); },
+          "Unicode version of the BM25 tokeniser's frozen tables.");
+    m.def(
+        "bm25_tokenize_text",
+        [](const py::handle& text) {
+            std::vector<py::object> keep;
+            py::list l;
+            l.append(text);
+            auto v = text_views(l, keep, "text");
+            std::vector<std::string> out;
+            hn::bm25::tokenize_text(v[0], out);
+            return out;
+        },
+        "Lowercased 2+ character word tokens of one text (the BM25 tokeniser).");
+
+    m.def(
+        "bm25_tokenize",
+        [](const py::list& texts, int num_threads, const std::string& name) {
+            std::vector<py::object> keep;
+            auto views = text_views(texts, keep, name.c_str());
+            py::gil_scoped_release nogil;
+            return hn::bm25::tokenize_batch(views, num_threads);
+        },
+        py::arg("texts"), py::arg("num_threads"), py::arg("name") = "texts");
+
+    py::class_<PyIndex> index(m, "_BM25Index");
+    index
+        .def(py::init([](const std::string& method, double k1, double b, double delta) {
+            auto ix = std::make_unique<PyIndex>();
+            ix->params.method = hn::bm25::method_of(method);
+            ix->params.k1 = k1;
+            ix->params.b = b;
+            ix->params.delta = delta;
+            std::vector<int64_t> z{0};
+            ix->offsets.set(std::move(z));
+            return ix;
+        }))
+        .def_property_readonly("num_docs", [](const PyIndex& ix) { return ix.num_docs(); })
+        .def_property_readonly("num_terms", [](const PyIndex& ix) { return ix.num_terms(); })
+        .def_property_readonly("vocab_size", [](const PyIndex& ix) { return ix.vocab.size(); })
+        .def_property_readonly("num_postings", [](const PyIndex& ix) { return ix.num_postings(); })
+        .def_property_readonly("avg_doc_len", [](const PyIndex& ix) { return ix.avg_doc_len(); })
+        .def_property_readonly("total_len", [](const PyIndex& ix) { return ix.total_len; })
+        .def_property_readonly("terms", [](const PyIndex& ix) { return ix.vocab.terms(); })
+        .def_property_readonly("memory_bytes", [](const PyIndex& ix) { return ix.memory_bytes(); })
+        // 0 = automatic, 1 = exhaustive, 2 = block-max pruning: accepted, all the same search (bm25.h).
+        .def_property(
+            "strategy", [](const PyIndex& ix) { return ix.strategy(); },
+            [](PyIndex& ix, int s) { ix.set_strategy(s); });
+    def_vocabulary(index);
+    def_search(index);
+    def_storage(index);
 }

@@ -20,14 +20,34 @@ using namespace hn_py;
 
 namespace {
 
-std::vector<hn::MetricSpec> make_specs(const std::vector<int>& kinds, const std::vector<int64_t>& ks) {
+// Kinds cross the boundary as names, mapped here once: an unknown one is a clear error.
+template <class E, size_t N>
+E enum_of(const std::string& name, const std::pair<const char*, E> (&table)[N], const char* what) {
+    std::string valid;
+    for (const auto& e : table) {
+        if (name == e.first) return e.second;
+        valid += (valid.empty() ? "" : ", ") + std::string(e.first);
+    }
+    throw std::invalid_argument("unknown " + std::string(what) + " '" + name + "' (expected one of " + valid + ")");
+}
+
+const std::pair<const char*, hn::MetricKind> kMetricKinds[] = {
+    {"ndcg", hn::MetricKind::NDCG},   {"recip_rank", hn::MetricKind::RecipRank}, {"recall", hn::MetricKind::Recall},
+    {"P", hn::MetricKind::Precision}, {"map", hn::MetricKind::AP},               {"Rprec", hn::MetricKind::RPrec},
+    {"success", hn::MetricKind::Hits}, {"hits", hn::MetricKind::HitCount},
+};
+const std::pair<const char*, hn::FuseMethod> kFuseMethods[] = {
+    {"rrf", hn::FuseMethod::RRF}, {"combsum", hn::FuseMethod::CombSUM}, {"combmnz", hn::FuseMethod::CombMNZ}};
+const std::pair<const char*, hn::FuseNorm> kFuseNorms[] = {
+    {"none", hn::FuseNorm::None}, {"minmax", hn::FuseNorm::MinMax}, {"zscore", hn::FuseNorm::ZScore}};
+
+std::vector<hn::MetricSpec> make_specs(const std::vector<std::string>& kinds, const std::vector<int64_t>& ks) {
     if (kinds.size() != ks.size()) throw std::invalid_argument("kinds and ks differ in length");
     std::vector<hn::MetricSpec> s;
     for (size_t i = 0; i < kinds.size(); ++i) {
-        if (kinds[i] < 0 || kinds[i] > 6) throw std::invalid_argument("unknown metric kind");
-        if (kinds[i] == int(hn::MetricKind::Precision) && ks[i] <= 0)
-            throw std::invalid_argument("P@k needs k > 0");
-        s.push_back({hn::MetricKind(kinds[i]), ks[i]});
+        const hn::MetricKind kind = enum_of(kinds[i], kMetricKinds, "metric kind");
+        if (kind == hn::MetricKind::Precision && ks[i] <= 0) throw std::invalid_argument("P@k needs k > 0");
+        s.push_back({kind, ks[i]});
     }
     return s;
 }
@@ -72,7 +92,7 @@ void check_row_query(const int64_t* rq, size_t n, int64_t nq) {
 
 py::array_t<double> eval_ids(const py::object& ids_o, int64_t n_codes, const py::object& row_query_o,
                              const py::object& indptr, const py::object& codes, const py::object& rels,
-                             int32_t level, const std::vector<int>& kinds, const std::vector<int64_t>& ks,
+                             int32_t level, const std::vector<std::string>& kinds, const std::vector<int64_t>& ks,
                              int num_threads) {
     auto specs = make_specs(kinds, ks);
     if (!py::isinstance<py::array_t<int64_t>>(ids_o)) throw std::invalid_argument("ids must be int64");
@@ -114,9 +134,10 @@ inline double score_of(PyObject* v, PyObject* qid, PyObject* doc) {
                                  std::string(py::repr(qid)));
         }
     }
-    if (std::isnan(d))
-        throw std::invalid_argument("run score is NaN for query " + std::string(py::repr(qid)) + ", document " +
-                                    std::string(py::repr(doc)));
+    if (!std::isfinite(d))
+        throw std::invalid_argument("run score is " + std::string(std::isnan(d) ? "NaN" : "infinite") + " for query " +
+                                    std::string(py::repr(qid)) + ", document " + std::string(py::repr(doc)) +
+                                    " (scores must be finite numbers)");
     return d;
 }
 
@@ -127,24 +148,75 @@ inline std::pair<const char*, Py_ssize_t> utf8(PyObject* s) {
     return {p, n};
 }
 
-// trec_eval: docno a ranks before b on equal float scores iff strcmp(a, b) > 0
-inline bool docno_greater(PyObject* a, PyObject* b) {
-    auto x = utf8(a), y = utf8(b);
-    const int c = std::memcmp(x.first, y.first, size_t(std::min(x.second, y.second)));
-    return c != 0 ? c > 0 : x.second > y.second;
+py::type_error not_str(PyObject* doc, PyObject* qid) {
+    return py::type_error("run document ids must be str, got " + std::string(py::repr(doc)) + " for query " +
+                          std::string(py::repr(qid)));
 }
+
+// One query's dict {doc_id: score} of a run: its scores, and its keys on demand.
+struct QueryRun {
+    PyObject* qid;
+    PyObject* inner;
+    py::object keys;  // the keys as a list, fetched only when a docno is needed
+    Py_ssize_t n = 0;  // entries whose scores were read
+
+    PyObject* key_at(Py_ssize_t j) {
+        if (!keys) {
+            keys = py::reinterpret_steal<py::object>(PyDict_Keys(inner));
+            if (!keys) throw_py();
+            if (PyList_GET_SIZE(keys.ptr()) != n) throw std::invalid_argument("run changed during evaluation");
+        }
+        return PyList_GET_ITEM(keys.ptr(), j);
+    }
+    // The UTF-8 docno of entry j (valid while `keys` holds it).
+    std::string_view docno(Py_ssize_t j) {
+        PyObject* doc = key_at(j);
+        if (!PyUnicode_Check(doc)) throw not_str(doc, qid);
+        auto u = utf8(doc);
+        return {u.first, size_t(u.second)};
+    }
+    // Every score as float32 (trec_eval keeps float), checked (numbers, finite).
+    // The values are read with the dict's values iterator: unlike PyDict_Next and
+    // PyDict_Values (which read every key's hash) it never visits the key objects,
+    // scattered in memory, so the str objects stay untouched.  The key type is
+    // checked on the first key, and wherever docnos are compared.
+    void read_scores(std::vector<float>& scores) {
+        {
+            Py_ssize_t j0 = 0;
+            PyObject *k0, *v0;
+            if (PyDict_Next(inner, &j0, &k0, &v0) && !PyUnicode_Check(k0)) throw not_str(k0, qid);
+        }
+        n = PyDict_GET_SIZE(inner);
+        scores.resize(size_t(n));
+        py::object view = py::reinterpret_steal<py::object>(PyObject_CallMethod(inner, "values", nullptr));
+        if (!view) throw_py();
+        py::object iter = py::reinterpret_steal<py::object>(PyObject_GetIter(view.ptr()));
+        if (!iter) throw_py();
+        Py_ssize_t c = 0;
+        while (PyObject* v = PyIter_Next(iter.ptr())) {
+            py::object hold_v = py::reinterpret_steal<py::object>(v);
+            if (c >= n) throw std::invalid_argument("run changed during evaluation");
+            double dv;
+            if (!PyFloat_CheckExact(v) || !std::isfinite(dv = PyFloat_AS_DOUBLE(v)))
+                dv = score_of(v, qid, key_at(c));  // other number types, or the error message
+            scores[size_t(c)] = float(dv);
+            ++c;
+        }
+        if (PyErr_Occurred()) throw_py();
+        if (c != n) throw std::invalid_argument("run changed during evaluation");
+    }
+};
 
 // Returns out (n_specs, n_run) float64 for the run's queries in its iteration order.
 // q_index: {qid: qrels query}; docs / rels: the qrels entries (CSR by indptr).
 //
 // Only the judged documents are looked up in a query's run dict; the other keys
 // are never touched (visiting 10M str objects scattered in memory is what makes
-// dict conversion slow).  One pass over the values then gives each judged
-// document its trec_eval rank: 1 + the number of entries ordered before it
-// (higher float32 score, or an equal score and a greater docno).
+// dict conversion slow).  The values are read once into float32 scores, and
+// hn::trec_ranks (metrics.cpp) gives each judged document its trec_eval rank.
 py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index_o, const py::object& indptr,
                               const py::object& docs_o, const py::object& rels, int32_t level,
-                              const std::vector<int>& kinds, const std::vector<int64_t>& ks, int num_threads) {
+                              const std::vector<std::string>& kinds, const std::vector<int64_t>& ks, int num_threads) {
     auto specs = make_specs(kinds, ks);
     if (!PyDict_Check(run_o.ptr())) throw py::type_error("run must be a dict {query_id: {doc_id: score}}");
     if (!PyDict_Check(q_index_o.ptr())) throw std::invalid_argument("q_index must be a dict");
@@ -162,18 +234,9 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
     const size_t n_run = size_t(PyDict_Size(run));
     std::vector<int64_t> row_query(n_run, -1), hit_indptr(n_run + 1, 0);
     std::vector<hn::JudgedHit> hits;
-    struct Found {
-        float score;
-        int32_t rel;
-        PyObject* doc;
-        py::object hold;  // keeps doc alive even if a score's __float__ mutates the qrels
-    };
-    std::vector<Found> found;
-
-    auto not_str = [](PyObject* doc, PyObject* qid) {
-        return py::type_error("run document ids must be str, got " + std::string(py::repr(doc)) + " for query " +
-                              std::string(py::repr(qid)));
-    };
+    std::vector<hn::FoundDoc> found;
+    std::vector<py::object> found_hold;  // keeps the docnos alive even if a score's __float__ mutates the qrels
+    std::vector<float> scores;
 
     Py_ssize_t it = 0;
     PyObject *qid, *inner;
@@ -197,6 +260,7 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
         if (t >= 0) {
             // judged documents that can change a metric, looked up in the run
             found.clear();
+            found_hold.clear();
             for (int64_t x = qp[t]; x < qp[t + 1]; ++x) {
                 const int32_t rel = qr[x];
                 if (!(rel > 0 || rel >= level)) continue;
@@ -208,105 +272,14 @@ py::array_t<double> eval_dict(const py::object& run_o, const py::object& q_index
                     continue;
                 }
                 const float sc = float(score_of(v.ptr(), qid, d.ptr()));  // trec_eval keeps float
-                found.push_back({sc, rel, d.ptr(), d});
+                auto u = utf8(d.ptr());
+                found.push_back({sc, rel, std::string_view(u.first, size_t(u.second))});
+                found_hold.push_back(d);
             }
-            // trec_eval order among the found documents (score desc, docno desc)
-            std::sort(found.begin(), found.end(), [](const Found& a, const Found& c) {
-                return a.score != c.score ? a.score > c.score : docno_greater(a.doc, c.doc);
-            });
-            // ---- one pass over the run's scores (NaN / type checks for every entry) ----
-            // An entry with a higher score than found[p] is ordered before found[p..]
-            // (a suffix): counted in diff[p].  Entries whose score equals a found score
-            // are counted per group of equal found scores; only when some entry other
-            // than the found documents themselves ties are docnos compared.
-            const size_t nf = found.size();
-            thread_local std::vector<int64_t> diff, ties;
-            thread_local std::vector<size_t> group;
-            diff.assign(nf + 1, 0);
-            ties.assign(nf, 0);
-            group.resize(nf);
-            for (size_t p = 0; p < nf; ++p) group[p] = (p > 0 && found[p - 1].score == found[p].score) ? group[p - 1] : p;
-            {  // key type: checked on the first key, and wherever docnos are compared
-                Py_ssize_t j0 = 0;
-                PyObject *k0, *v0;
-                if (PyDict_Next(inner, &j0, &k0, &v0) && !PyUnicode_Check(k0)) throw not_str(k0, qid);
-            }
-            // The values, read with the dict's values iterator: unlike PyDict_Next and
-            // PyDict_Values (which read every key's hash) it never visits the key
-            // objects, scattered in memory, so the str objects stay untouched.
-            const Py_ssize_t n = PyDict_GET_SIZE(inner);
-            thread_local std::vector<PyObject*> vbuf;
-            vbuf.resize(size_t(n));
-            struct Refs {  // strong references: a score's __float__ could mutate the run
-                std::vector<PyObject*>& v;
-                size_t count = 0;
-                ~Refs() {
-                    for (size_t i = 0; i < count; ++i) Py_DECREF(v[i]);
-                }
-            } vrefs{vbuf};
-            {
-                py::object view = py::reinterpret_steal<py::object>(PyObject_CallMethod(inner, "values", nullptr));
-                if (!view) throw_py();
-                py::object iter = py::reinterpret_steal<py::object>(PyObject_GetIter(view.ptr()));
-                if (!iter) throw_py();
-                Py_ssize_t c = 0;
-                while (PyObject* v = PyIter_Next(iter.ptr())) {
-                    if (c < n) vbuf[size_t(c)] = v;  // owned until vrefs goes out of scope
-                    else Py_DECREF(v);
-                    ++c;
-                }
-                vrefs.count = size_t(std::min(c, n));
-                if (PyErr_Occurred()) throw_py();
-                if (c != n) throw std::invalid_argument("run changed during evaluation");
-            }
-            py::object keys;
-            auto key_at = [&](Py_ssize_t j) {
-                if (!keys) {
-                    keys = py::reinterpret_steal<py::object>(PyDict_Keys(inner));
-                    if (!keys) throw_py();
-                    if (PyList_GET_SIZE(keys.ptr()) != n) throw std::invalid_argument("run changed during evaluation");
-                }
-                return PyList_GET_ITEM(keys.ptr(), j);
-            };
-            auto score_at = [&](Py_ssize_t j) {
-                PyObject* v = vbuf[size_t(j)];
-                double dv;
-                if (!PyFloat_CheckExact(v) || std::isnan(dv = PyFloat_AS_DOUBLE(v)))
-                    dv = score_of(v, qid, key_at(j));  // other number types, or the error message
-                return float(dv);  // trec_eval keeps scores as float
-            };
-            for (Py_ssize_t j = 0; j < n; ++j) {
-                const float s = score_at(j);
-                if (nf == 0) continue;
-                size_t lo = 0, hi = nf;  // first p with found[p].score < s
-                while (lo < hi) {
-                    const size_t mid = (lo + hi) / 2;
-                    if (found[mid].score < s) hi = mid;
-                    else lo = mid + 1;
-                }
-                diff[lo]++;
-                if (lo > 0 && found[lo - 1].score == s) ties[group[lo - 1]]++;
-            }
-            int64_t acc = 0;
-            for (size_t p = 0; p < nf; ++p) {
-                acc += diff[p];
-                const size_t g = group[p];
-                size_t ge = g;
-                while (ge < nf && group[ge] == g) ++ge;
-                int64_t within;
-                if (ties[g] == int64_t(ge - g)) {
-                    within = int64_t(p - g);  // only the found documents tie: docno order among them
-                } else {
-                    within = 0;  // other entries tie too: compare docnos (rare)
-                    for (Py_ssize_t j = 0; j < n; ++j)
-                        if (score_at(j) == found[p].score) {
-                            PyObject* doc = key_at(j);
-                            if (!PyUnicode_Check(doc)) throw not_str(doc, qid);
-                            within += docno_greater(doc, found[p].doc);
-                        }
-                }
-                hits.push_back({1 + acc + within, found[p].rel});
-            }
+            QueryRun qr_run{qid, inner};
+            qr_run.read_scores(scores);
+            auto docno_at = [&](size_t j) { return qr_run.docno(Py_ssize_t(j)); };
+            hn::trec_ranks(found, scores.data(), scores.size(), docno_at, hits);
         }
         hit_indptr[++qi] = int64_t(hits.size());
     }
@@ -391,11 +364,13 @@ py::array_t<int64_t> map_ids(const py::object& corpus_o, const py::list& targets
 
 // ---- fusion ------------------------------------------------------------------
 py::tuple fuse(const py::list& ids_list, const py::list& scores_list, const std::vector<double>& weights,
-               int method, int norm, double rrf_k, int64_t depth, int num_threads) {
+               const std::string& method_name, const std::string& norm_name, double rrf_k, int64_t depth,
+               int num_threads) {
+    const hn::FuseMethod method = enum_of(method_name, kFuseMethods, "fusion method");
+    const hn::FuseNorm norm = enum_of(norm_name, kFuseNorms, "fusion norm");
     const size_t nr = ids_list.size();
     if (nr == 0) throw std::invalid_argument("runs must not be empty");
     if (scores_list.size() != nr || weights.size() != nr) throw std::invalid_argument("runs lists differ in length");
-    if (method < 0 || method > 2 || norm < 0 || norm > 2) throw std::invalid_argument("bad fusion method");
     if (depth <= 0) throw std::invalid_argument("depth must be positive");
     std::vector<hn::FuseRun> runs;
     std::vector<py::object> keep;
@@ -411,7 +386,7 @@ py::tuple fuse(const py::list& ids_list, const py::list& scores_list, const std:
                 throw std::invalid_argument("scores and ids of a run differ in shape");
             s = sa.data();
             keep.push_back(sa);
-        } else if (method != 0) {
+        } else if (method != hn::FuseMethod::RRF) {
             throw std::invalid_argument("combsum/combmnz need scores");
         }
         const int64_t* p = ids.data();
@@ -427,7 +402,7 @@ py::tuple fuse(const py::list& ids_list, const py::list& scores_list, const std:
     int64_t* ip = io.mutable_data();
     {
         py::gil_scoped_release nogil;
-        hn::fuse_ids(runs.data(), nr, nq, hn::FuseMethod(method), hn::FuseNorm(norm), rrf_k, size_t(depth), sp, ip,
+        hn::fuse_ids(runs.data(), nr, nq, method, norm, rrf_k, size_t(depth), sp, ip,
                      num_threads);
     }
     return py::make_tuple(so, io);

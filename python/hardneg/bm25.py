@@ -7,9 +7,11 @@ conventions as :func:`hardneg.topk`.
 """
 from __future__ import annotations
 
+import ctypes
 import json
-import math
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -19,6 +21,8 @@ import numpy as np
 from hardneg import _core
 from hardneg._arrays import check_uint_ids
 from hardneg._threads import resolve_num_threads
+from hardneg._tokenize import TOKENIZERS, bm25s_tokens, stemmer_version, tokenizer_version
+from hardneg._validate import check_bytes, check_choice, check_float
 from hardneg.exclude import to_csr
 from hardneg.topk import _check_k
 
@@ -28,6 +32,10 @@ _FORMAT_VERSION = 2
 # name -> allowed dtypes of the saved arrays (codes: uint32 once there are > 65,536 (tf, length) pairs)
 _ARRAYS = {"offsets": (np.int64,), "docs": (np.uint32,), "codes": (np.uint16, np.uint32),
            "code_tf": (np.uint32,), "code_len": (np.uint32,), "doc_len": (np.uint32,)}
+# Largest k1 and delta accepted (see _check_params): every score stays finite and every
+# positive term contribution a normal float32.
+_MAX_K1 = 1e18
+_MAX_DELTA = 1e30
 _ARRAYS_V1 = {"offsets": (np.int64,), "docs": (np.uint32,), "tfs": (np.uint32,), "impacts": (np.float32,),
               "doc_len": (np.uint32,)}
 
@@ -59,17 +67,22 @@ STOPWORDS_EN_PLUS: Tuple[str, ...] = (
 _STOPWORD_LISTS = {"en": STOPWORDS_EN, "english": STOPWORDS_EN, "en_plus": STOPWORDS_EN_PLUS}
 
 
-def tokenize(text: Union[str, bytes]) -> List[str]:
-    """The BM25 tokeniser on one text: lowercased runs of 2+ word characters.
+def tokenize(text: Union[str, bytes], tokenizer: str = "unicode") -> List[str]:
+    """A BM25 tokeniser on one text: lowercased runs of 2+ word characters.
 
-    Word characters are Unicode letters and digits of every script, ``_`` and
-    combining marks; everything else (and any invalid UTF-8 byte in ``bytes``
-    input) separates tokens.  No stopword removal or stemming.  Scripts written
-    without spaces (Chinese, Japanese, Thai) come out as whole runs: pass your
-    own tokens to :meth:`BM25.index` for them.
+    ``tokenizer="unicode"`` (the default, C++): word characters are Unicode letters and
+    digits of every script, ``_`` and combining marks (so Indic words with vowel signs stay
+    whole); everything else (and any invalid UTF-8 byte in ``bytes`` input) separates tokens.
+    ``tokenizer="bm25s"``: exactly bm25s's ``re.findall(r"(?u)\\b\\w\\w+\\b", text.lower())``,
+    where combining marks are separators.  No stopword removal or stemming.  Scripts written
+    without spaces (Chinese, Japanese, Thai) come out as whole runs: pass your own tokens to
+    :meth:`BM25.index` for them.
     """
+    check_choice(tokenizer, "tokenizer", TOKENIZERS)
     if not isinstance(text, (str, bytes)):
         raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+    if tokenizer == "bm25s":
+        return bm25s_tokens(text)
     return _core.bm25_tokenize_text(text)
 
 
@@ -129,9 +142,11 @@ class BM25:
     Parameters
     ----------
     k1, b : float
-        Term-frequency saturation (k1 >= 0) and length normalisation (0 <= b <= 1).
+        Term-frequency saturation (0 <= k1 <= 1e18) and length normalisation (0 <= b <= 1).
     delta : float
-        The δ of ``bm25l`` and ``bm25+`` (ignored by the other methods).
+        The δ of ``bm25l`` and ``bm25+`` (0 <= delta <= 1e30; ignored by the other
+        methods).  ``bm25l`` needs k1 > 0 or delta > 0 (its tf = 0 part divides by
+        k1 + delta).  Values outside these bounds raise ValueError naming the parameter.
     method : {"robertson", "lucene", "atire", "bm25l", "bm25+"}
         IDF and TF formulas exactly as bm25s 0.3 defines them.  For ``bm25l``
         and ``bm25+`` a query term absent from a document still adds
@@ -143,6 +158,11 @@ class BM25:
         A Snowball language of PyStemmer (``"english"``, ``"german"``,
         ``"russian"``, ``"arabic"``, ...), applied once per distinct word, or
         None.  Needs ``pip install PyStemmer``.
+    tokenizer : {"unicode", "bm25s"}
+        ``"unicode"`` (default): the C++ tokeniser below.  ``"bm25s"``: exactly
+        bm25s's tokens (Python's ``re`` ``(?u)\\b\\w\\w+\\b`` on the lowercased
+        text: combining marks separate tokens, so ``"नमस्ते"`` gives ``"नमस"``), for
+        scores equal to bm25s on any script; tokenised in Python, so slower.
 
     Notes
     -----
@@ -170,17 +190,12 @@ class BM25:
         method: str = "lucene",
         stopwords: Any = "en",
         stemmer: Optional[str] = "english",
+        tokenizer: str = "unicode",
     ):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        for name, v in (("k1", k1), ("b", b), ("delta", delta)):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise TypeError(f"{name} must be a number, got {v!r}")
-            if not math.isfinite(float(v)) or float(v) < 0:
-                raise ValueError(f"{name} must be finite and >= 0, got {v}")
-        if float(b) > 1:
-            raise ValueError(f"b must lie in [0, 1], got {b}")
-        self.k1, self.b, self.delta, self.method = float(k1), float(b), float(delta), method
+        self.k1, self.b, self.delta = _check_params(method, k1, b, delta)
+        self.method = method
+        self.tokenizer = check_choice(tokenizer, "tokenizer", TOKENIZERS)
+        self._bm25s_terms: Dict[str, Optional[str]] = {}  # tokenizer="bm25s": word -> term (None: dropped)
         self._stopwords_name, self._stopwords = _resolve_stopwords(stopwords)
         self._stop_set = frozenset(self._stopwords)
         self.stemmer = stemmer
@@ -188,8 +203,11 @@ class BM25:
         self._lock = threading.RLock()  # index / add / save against each other
         self._new_core()
 
+    def _make_core(self):
+        return _core._BM25Index(self.method, self.k1, self.b, self.delta)
+
     def _new_core(self) -> None:
-        self._core = _core._BM25Index(METHODS.index(self.method), self.k1, self.b, self.delta)
+        self._core = self._make_core()
         self._vocab_cache: Optional[Dict[str, int]] = None
 
     # ------------------------------------------------------------ introspection
@@ -221,13 +239,14 @@ class BM25:
 
     def __repr__(self) -> str:
         return (f"BM25(method={self.method!r}, k1={self.k1}, b={self.b}, delta={self.delta}, "
-                f"stopwords={self._stopwords_name!r}, stemmer={self.stemmer!r}, num_docs={self.num_docs})")
+                f"stopwords={self._stopwords_name!r}, stemmer={self.stemmer!r}, tokenizer={self.tokenizer!r}, "
+                f"num_docs={self.num_docs})")
 
     # ---------------------------------------------------------------- tokens
-    def _learn(self, batch, create: bool) -> None:
-        self._learn_words(self._core.unknown_words(batch, create), create)
+    def _learn(self, core, batch, create: bool) -> None:
+        self._learn_words(core, core.unknown_words(batch, create), create)
 
-    def _learn_words(self, words: List[str], create: bool) -> None:
+    def _learn_words(self, core, words: List[str], create: bool) -> None:
         """Puts surface words in the word cache: stopword, stem, term id."""
         if not words:
             return
@@ -241,15 +260,37 @@ class BM25:
                 terms = [s if s else None for s in stems]
         else:
             terms = [None if w in stop else w for w in words] if stop else list(words)
-        self._core.learn_words(words, terms, create)
+        core.learn_words(words, terms, create)
 
-    def _ids(self, texts: list, create: bool, name: str, num_threads: int) -> Tuple[np.ndarray, np.ndarray]:
-        """CSR (offsets, term ids) of texts; -1 marks dropped or unknown tokens."""
+    def _ids(self, texts: list, create: bool, name: str, num_threads: int,
+             core: Any = None) -> Tuple[np.ndarray, np.ndarray]:
+        """CSR (offsets, term ids) of texts in ``core`` (default: the index's); -1 marks dropped
+        or unknown tokens."""
+        core = self._core if core is None else core
         if texts and isinstance(texts[0], (list, tuple)):
-            return self._core.pretokenized_ids(texts, create, name)
+            return core.pretokenized_ids(texts, create, name)
+        if self.tokenizer == "bm25s":
+            return core.pretokenized_ids(self._bm25s_term_lists(texts, name), create, name)
         batch = _core.bm25_tokenize(texts, num_threads, name)
-        self._learn(batch, create)
-        return self._core.batch_ids(batch)
+        self._learn(core, batch, create)
+        return core.batch_ids(batch)
+
+    def _bm25s_term_lists(self, texts: list, name: str) -> List[List[str]]:
+        """tokenizer="bm25s": each text's terms (bm25s's tokens, stopwords dropped, stemmed
+        once per distinct word)."""
+        toks = []
+        for i, t in enumerate(texts):
+            if isinstance(t, (list, tuple)):
+                raise TypeError(f"{name}[{i}] must be str or bytes (all items pre-tokenised or none)")
+            toks.append(bm25s_tokens(t, f"{name}[{i}]"))
+        cache = self._bm25s_terms
+        new = list(dict.fromkeys(w for ts in toks for w in ts if w not in cache))
+        if new:
+            stop = self._stop_set
+            stems = self._stemmer.stemWords(new) if self._stemmer is not None else new
+            for w, st in zip(new, stems):
+                cache[w] = None if w in stop or not st else st
+        return [[cache[w] for w in ts if cache[w] is not None] for ts in toks]
 
     # ---------------------------------------------------------------- building
     def index(self, texts: Iterable[Union[str, Sequence[str]]], num_threads: Optional[int] = None) -> "BM25":
@@ -268,12 +309,12 @@ class BM25:
         if not texts:
             raise ValueError("texts is empty: a BM25 index needs at least one document")
         with self._lock:
-            self._new_core()
-            try:
-                self._add(texts, num_threads)
-            except Exception:
-                self._new_core()
-                raise
+            # Built on a fresh core, swapped in only once complete: a failure leaves the
+            # previous index as it was.
+            core = self._make_core()
+            self._add(core, texts, num_threads)
+            self._core = core
+            self._vocab_cache = None
         return self
 
     def add(self, texts: Iterable[Union[str, Sequence[str]]], num_threads: Optional[int] = None) -> "BM25":
@@ -289,31 +330,41 @@ class BM25:
         with self._lock:
             if self.num_docs == 0:
                 return self.index(texts, num_threads)
-            self._add(texts, num_threads)
+            core = self._core
+            n_terms = core.vocab_size
+            try:
+                self._add(core, texts, num_threads)
+            except BaseException:
+                # All or nothing: the postings are unchanged (add_docs swaps them in
+                # last), so only the terms learnt from the new texts are forgotten.
+                core.truncate_vocabulary(n_terms)
+                raise
+            finally:
+                self._vocab_cache = None
         return self
 
-    def _add(self, texts: list, num_threads: Optional[int]) -> None:
+    def _add(self, core, texts: list, num_threads: Optional[int]) -> None:
         nt = resolve_num_threads(num_threads)
-        offsets, ids = self._ids(texts, True, "texts", nt)
-        self._vocab_cache = None
-        if self._core.total_len == 0 and not np.any(ids >= 0):
+        offsets, ids = self._ids(texts, True, "texts", nt, core)
+        if core.total_len == 0 and not np.any(ids >= 0):
             raise ValueError("the corpus has no tokens: every document is empty or holds only stopwords")
-        self._core.add_docs(offsets, ids, nt)
+        core.add_docs(offsets, ids, nt)
 
     # ---------------------------------------------------------------- queries
     def _query_ids(self, queries: Any, num_threads: int) -> Tuple[np.ndarray, np.ndarray]:
         queries = _as_list(queries, "queries")
         if not queries:
             return np.zeros(1, np.int64), np.zeros(0, np.int64)
-        if not isinstance(queries[0], (list, tuple)):
+        core = self._core
+        if not isinstance(queries[0], (list, tuple)) and self.tokenizer == "unicode":
             # Fast path: look every word up in the word cache (no batch vocabulary);
             # new words are stemmed and cached first.
             for _ in range(3):
-                res = self._core.cached_ids(queries, num_threads, "queries")
+                res = core.cached_ids(queries, num_threads, "queries")
                 if isinstance(res, tuple):
                     return res
-                self._learn_words(res, False)
-        return self._ids(queries, False, "queries", num_threads)
+                self._learn_words(core, res, False)
+        return self._ids(queries, False, "queries", num_threads, core)
 
     def _check_ready(self) -> None:
         if self.num_docs == 0:
@@ -356,6 +407,9 @@ class BM25:
         ip, ii = (None, None) if csr is None else csr
         if nq == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        # (Q, k) padded outputs: float32 scores + int64 ids.  The search itself never
+        # holds more than min(k, num_docs) hits per query.
+        check_bytes(nq * k * 12, "k")
         return self._core.search(offsets, ids, k, ip, ii, nt)
 
     def score(self, queries: Iterable[Union[str, Sequence[str]]], doc_ids: Any,
@@ -396,19 +450,41 @@ class BM25:
 
     # ------------------------------------------------------------ persistence
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the index to directory ``path`` (``.npy`` arrays + ``bm25.json``)."""
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
+        """Write the index to directory ``path`` (``.npy`` arrays + ``bm25.json``).
+
+        The files are written into a new directory beside ``path``, flushed to disk,
+        and only then swapped in for the old one (atomically where the system offers
+        it), so a failure or crash half-way leaves the previous index at ``path``
+        intact, and saving an index loaded (memory-mapped) from ``path`` back into
+        ``path`` is safe: no file in use is ever truncated.  A ``path`` that is an
+        existing directory holding other files than an index gets the index files
+        replaced one by one (each atomically), and its other files kept.
+        """
+        target = Path(path)
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"path {str(path)!r} exists and is not a directory")
+        parent = target.absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
         with self._lock:  # the arrays are views of the index: no add meanwhile
-            self._save(p)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+            try:
+                self._save(tmp)
+                _fsync_tree(tmp)
+                _swap_into(tmp, target.absolute())
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     def _save(self, p: Path) -> None:
+        """Writes the index files into the empty directory ``p`` (bm25.json last)."""
         for name, a in self._core.arrays().items():
-            np.save(p / f"{name}.npy", np.asarray(a), allow_pickle=False)
+            _write_array(p / f"{name}.npy", np.asarray(a))
         meta = {
             "format": _FORMAT, "version": _FORMAT_VERSION, "method": self.method, "k1": self.k1, "b": self.b,
             "delta": self.delta, "stopwords_name": self._stopwords_name, "stopwords": list(self._stopwords),
             "stemmer": self.stemmer, "num_docs": self.num_docs, "total_len": self._core.total_len,
+            "tokenizer": self.tokenizer, "tokenizer_version": tokenizer_version(self.tokenizer),
+            "stemmer_version": stemmer_version(self.stemmer),
         }
         with open(p / "vocabulary.json", "w", encoding="utf-8") as f:
             json.dump(self._core.terms, f, ensure_ascii=False)
@@ -443,10 +519,12 @@ class BM25:
         try:
             stop = meta["stopwords_name"]
             bm = cls(k1=meta["k1"], b=meta["b"], delta=meta["delta"], method=meta["method"],
-                     stopwords=meta["stopwords"] if stop == "custom" else stop, stemmer=meta["stemmer"])
+                     stopwords=meta["stopwords"] if stop == "custom" else stop, stemmer=meta["stemmer"],
+                     tokenizer=meta.get("tokenizer", "unicode"))
             total_len = float(meta["total_len"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"corrupt BM25 index metadata: {e!r}") from None
+        _check_versions(path, meta, bm)
         arrays = {}
         for name, dts in (_ARRAYS if version == _FORMAT_VERSION else _ARRAYS_V1).items():
             try:
@@ -472,6 +550,112 @@ class BM25:
         if mmap:
             _release_pages(arrays.values())
         return bm
+
+
+def _check_params(method: Any, k1: Any, b: Any, delta: Any) -> Tuple[float, float, float]:
+    """k1, b, delta as floats, refusing every value for which the formulas of ``method``
+    (docs/bm25.md) give non-finite scores or divide by zero.
+
+    * k1 <= 1e18: the smallest TF part, tf / (k1·B + tf) with B = 1 - b + b·L/Lavg < 2**32,
+      times the smallest IDF (about 2**-32) must stay a normal float32 (2**-126): k1 < 2**62.
+      Larger k1 rounds every contribution to 0 (only padding comes back).
+    * delta <= 1e30: bm25+ adds idf·delta for every query term to every score; with idf <
+      ln(2**32 + 1) < 23 and delta <= 1e30, sums of up to 10**7 query terms stay finite in
+      float32 (max 3.4e38).  1e30 is also the bound the index puts on any one impact.
+    * bm25l's tf = 0 part (k1 + 1)·delta / (k1 + delta) divides by k1 + delta: one of them > 0.
+    """
+    check_choice(method, "method", METHODS)
+    k1 = check_float(k1, "k1", nonnegative=True, optional=False, maximum=_MAX_K1)
+    b = check_float(b, "b", nonnegative=True, optional=False, maximum=1.0)
+    delta = check_float(delta, "delta", nonnegative=True, optional=False, maximum=_MAX_DELTA)
+    if method == "bm25l" and k1 == 0 and delta == 0:
+        raise ValueError("bm25l needs k1 > 0 or delta > 0: its tf = 0 part (k1 + 1)·delta / (k1 + delta) "
+                         "divides by k1 + delta (got k1=0, delta=0)")
+    return k1, b, delta
+
+
+def _check_versions(path: Any, meta: dict, bm: "BM25") -> None:
+    """Refuse an index saved with another tokeniser or stemmer version: its documents were
+    tokenised differently from how queries (and added documents) would be now.  Indexes saved
+    before versions were recorded carry none and load as they are."""
+    for key, now in (("tokenizer_version", tokenizer_version(bm.tokenizer)),
+                     ("stemmer_version", stemmer_version(bm.stemmer))):
+        if key in meta and meta[key] != now:
+            what = key.split("_")[0]
+            raise ValueError(f"{str(path)!r} was saved with {what} version {meta[key]!r}, but this installation has "
+                             f"{now!r}: its tokens would not match new queries or documents; re-index the corpus "
+                             "(or load it where the versions match)")
+
+
+def _write_array(path: Path, a: np.ndarray) -> None:
+    """One array of a saved index (a seam of its own, so tests can inject a failure)."""
+    np.save(path, a, allow_pickle=False)
+
+
+def _fsync_tree(d: Path) -> None:
+    """Flush the files of directory ``d`` and ``d`` itself to disk."""
+    for f in d.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(d)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - systems without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _is_index_dir(d: Path) -> bool:
+    """An empty directory, or one holding only files a saved index has."""
+    known = {"bm25.json", "vocabulary.json"} | {f"{n}.npy" for n in (*_ARRAYS, *_ARRAYS_V1)}
+    return all(f.name in known for f in d.iterdir())
+
+
+def _swap_into(tmp: Path, target: Path) -> None:
+    """Put the complete directory ``tmp`` at ``target``; the old contents are removed only
+    after the new ones are in place (files already mapped stay valid: they are unlinked,
+    never truncated)."""
+    if not target.exists():
+        os.rename(tmp, target)
+    elif _is_index_dir(target):
+        if _exchange(tmp, target):  # tmp now holds the old index
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, old / "ix")
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        # A directory with other files: replace the index files one by one (bm25.json,
+        # which load reads first, last) and keep the rest.
+        names = sorted((f.name for f in tmp.iterdir()), key=lambda n: n == "bm25.json")
+        for n in names:
+            os.replace(tmp / n, target / n)
+        tmp.rmdir()
+    _fsync_dir(target.parent)
 
 
 def _codes_from_tfs(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

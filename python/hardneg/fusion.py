@@ -10,11 +10,10 @@ import numpy as np
 from hardneg import _core
 from hardneg._arrays import id_rows, is_torch, to_caller
 from hardneg._threads import resolve_num_threads
+from hardneg._validate import check_bytes
 
 METHODS = ("rrf", "combsum", "combmnz")
 NORMS = ("minmax", "zscore", "none")
-_METHOD_CODE = {"rrf": 0, "combsum": 1, "combmnz": 2}
-_NORM_CODE = {"none": 0, "minmax": 1, "zscore": 2}
 
 
 def _normalise(scores: List[float], norm: str) -> List[float]:
@@ -34,7 +33,26 @@ def _normalise(scores: List[float], norm: str) -> List[float]:
     return [0.0] * n
 
 
+def _check_dict_scores(runs, method) -> None:
+    """NaN scores (anywhere) and, for CombSUM / CombMNZ, infinite ones have no rank or sum:
+    ValueError naming the run, query and document."""
+    for i, r in enumerate(runs):
+        for q, inner in r.items():
+            if not isinstance(inner, Mapping):
+                raise TypeError(f"runs[{i}][{q!r}] must be a dict {{doc_id: score}}, got {type(inner).__name__}")
+            for d, v in inner.items():
+                try:
+                    f = float(v)
+                except (TypeError, ValueError):
+                    raise TypeError(f"runs[{i}] score of query {q!r}, document {d!r} must be a number, "
+                                    f"got {v!r}") from None
+                if math.isnan(f) or (method != "rrf" and math.isinf(f)):
+                    raise ValueError(f"runs[{i}] holds score {f} for query {q!r}, document {d!r}: scores must be "
+                                     f"{'non-NaN' if method == 'rrf' else 'finite'}")
+
+
 def _fuse_dicts(runs, method, k, norm, weights, depth):
+    _check_dict_scores(runs, method)
     out: Dict[str, Dict[str, float]] = {}
     qids: Dict[str, None] = {}
     for r in runs:
@@ -149,8 +167,10 @@ def fuse(
             s = np.require(s, dtype=np.float32, requirements=["C", "A"])
             if s.shape != ids.shape:
                 raise ValueError(f"runs[{i}] scores {s.shape} and ids {ids.shape} differ in shape")
-            if method != "rrf" and not np.isfinite(s[ids >= 0]).all():
-                raise ValueError(f"runs[{i}] scores of retrieved ids must be finite")
+            retrieved = s[ids >= 0]
+            if np.isnan(retrieved).any() or (method != "rrf" and not np.isfinite(retrieved).all()):
+                raise ValueError(f"runs[{i}] scores of retrieved ids must be "
+                                 f"{'non-NaN' if method == 'rrf' else 'finite'}")
         elif method != "rrf":
             raise ValueError(f"method {method!r} needs (scores, ids) tuples, runs[{i}] has ids only")
         if (ids < -1).any():
@@ -161,6 +181,9 @@ def fuse(
         sc_l.append(s if method != "rrf" else None)
     if depth is None:
         depth = max(1, sum(a.shape[1] for a in ids_l))
-    so, io = _core.fuse_ids(ids_l, sc_l, weights, _METHOD_CODE[method], _NORM_CODE[norm], float(k), depth,
+    # (Q, depth) padded outputs, float32 + int64; the kernel's own buffers grow with the
+    # runs' widths only, never with depth.
+    check_bytes(ids_l[0].shape[0] * depth * 12, "depth")
+    so, io = _core.fuse_ids(ids_l, sc_l, weights, method, norm, float(k), depth,
                             resolve_num_threads(num_threads))
     return to_caller(so, like), to_caller(io, like)

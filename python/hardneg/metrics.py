@@ -18,25 +18,31 @@ from hardneg import _core
 from hardneg._arrays import id_rows, is_torch
 from hardneg._io import open_text
 from hardneg._threads import resolve_num_threads
+from hardneg._validate import check_bool
 
-# metric kinds, as in cpp/metrics.h
-_NDCG, _RR, _RECALL, _P, _AP, _RPREC, _HITS = range(7)
+# metric kinds, as in cpp/metrics.h; they cross into C++ by their trec_eval names
+_NDCG, _RR, _RECALL, _P, _AP, _RPREC, _SUCCESS, _HITS = range(8)
+_KIND_NAMES = ("ndcg", "recip_rank", "recall", "P", "map", "Rprec", "success", "hits")
 
 VALID_METRICS = (
-    "ndcg@k", "ndcg", "mrr@k", "recip_rank", "recall@k", "p@k", "map", "map@k", "r-precision", "hits@k",
+    "ndcg@k", "ndcg", "mrr@k", "recip_rank", "recall@k", "p@k", "map", "map@k", "r-precision", "success@k",
+    "hit_rate@k", "hits@k",
     # trec_eval / pytrec_eval spellings
     "ndcg_cut_k", "recall_k", "P_k", "map_cut_k", "Rprec", "success_k",
+    # ir_measures spellings
+    "nDCG@k", "RR", "RR@k", "R@k", "P@k", "AP", "AP@k", "Success@k",
 )
 CONVENTIONS = ("trec_eval", "ranx")
 
 _CUT = re.compile(r"^(?P<name>[a-z_\-]+?)(?:@|_|\.)(?P<k>[+-]?\d+)$")
 _CUT_NAMES = {
-    "ndcg": _NDCG, "ndcg_cut": _NDCG, "mrr": _RR, "recip_rank": _RR, "recall": _RECALL, "p": _P,
-    "precision": _P, "map": _AP, "map_cut": _AP, "hits": _HITS, "success": _HITS,
+    "ndcg": _NDCG, "ndcg_cut": _NDCG, "mrr": _RR, "recip_rank": _RR, "rr": _RR, "recall": _RECALL, "r": _RECALL,
+    "p": _P, "precision": _P, "map": _AP, "map_cut": _AP, "ap": _AP, "success": _SUCCESS, "hit_rate": _SUCCESS,
+    "hits": _HITS,
 }
 _PLAIN_NAMES = {
-    "ndcg": (_NDCG, 0), "recip_rank": (_RR, 0), "mrr": (_RR, 0), "map": (_AP, 0), "r-precision": (_RPREC, 0),
-    "rprec": (_RPREC, 0), "r_precision": (_RPREC, 0),
+    "ndcg": (_NDCG, 0), "recip_rank": (_RR, 0), "mrr": (_RR, 0), "rr": (_RR, 0), "map": (_AP, 0), "ap": (_AP, 0),
+    "r-precision": (_RPREC, 0), "rprec": (_RPREC, 0), "r_precision": (_RPREC, 0),
 }
 
 
@@ -50,8 +56,8 @@ def parse_metric(name: str) -> Tuple[int, int]:
     m = _CUT.match(low)
     if m and m.group("name") in _CUT_NAMES:
         k = int(m.group("k"))
-        if k <= 0:
-            raise ValueError(f"metric {name!r}: k must be a positive integer, got {k}")
+        if not 0 < k < 2**63:
+            raise ValueError(f"metric {name!r}: k must be a positive integer below 2**63, got {k}")
         return _CUT_NAMES[m.group("name")], k
     raise ValueError(
         f"unknown metric {name!r}; valid metrics are {', '.join(VALID_METRICS)} "
@@ -167,6 +173,7 @@ class Qrels:
             self._qid_sorted = (arr[order], order.astype(np.int64))
         srt, order = self._qid_sorted
         qa = _id_array(query_ids, "query_ids")
+        _check_unique(qa, "query_ids")
         out = np.full(len(qa), -1, dtype=np.int64)
         if len(srt) and len(qa):
             pos = np.searchsorted(srt, qa)
@@ -182,12 +189,15 @@ class Qrels:
         c = self._code_cache
         if c is not None and c[0] is corpus_ids and c[1] == len(corpus_ids):
             return c[2]
-        if isinstance(corpus_ids, (list, tuple)):
+        if isinstance(corpus_ids, (list, tuple)) and all(isinstance(x, str) for x in corpus_ids[:1]):
             # a sequence of str: one C++ pass with a hash table over the judged ids
             n = len(corpus_ids)
             codes = _core.metrics_map_ids(corpus_ids, self._docs)
+            if len(set(corpus_ids)) != n:
+                _check_unique(np.asarray(corpus_ids, dtype=str), "corpus_ids")
         else:
             ca = _id_array(corpus_ids, "corpus_ids")
+            _check_unique(ca, "corpus_ids")
             n = len(ca)
             docs = np.asarray(self._docs, dtype=str) if self._docs else np.zeros(0, dtype="<U1")
             udocs, inv = np.unique(docs, return_inverse=True)
@@ -208,15 +218,60 @@ class Qrels:
 
 
 def _id_array(ids: Any, name: str) -> np.ndarray:
-    """1-D numpy str array from a list / array of ids (integers become their decimal string)."""
+    """1-D numpy str array from a list / array of ids (integers become their decimal string).
+
+    Ids must be all str or all integers: a mix (``[1, "1"]``) raises TypeError naming ``name``.
+    """
     if is_torch(ids):
         ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (list, tuple)):
+        _check_id_types(ids, name)
     a = np.asarray(ids)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.dtype.kind not in "UiuO" or (a.dtype.kind == "O" and len(a)):
+        if a.dtype.kind == "O":
+            _check_id_types(a.tolist(), name)
+        else:
+            raise ValueError(f"{name} must hold str or integer ids, got dtype {a.dtype}")
     if a.dtype.kind not in "U":
         a = a.astype(str)
     return a
+
+
+def _check_id_types(ids: Sequence, name: str) -> None:
+    kinds = {"str" if isinstance(x, str) else "int" if isinstance(x, (int, np.integer))
+             and not isinstance(x, (bool, np.bool_)) else type(x).__name__ for x in ids}
+    if len(kinds) > 1 or (kinds and kinds != {"str"} and kinds != {"int"}):
+        raise TypeError(f"{name} must be all str or all integer ids, got a mix of {', '.join(sorted(kinds))}")
+
+
+def _check_unique(a: np.ndarray, name: str) -> None:
+    """ValueError naming ``name`` and one repeated id if the str array ``a`` has one."""
+    if len(a) < 2:
+        return
+    srt = np.sort(a, kind="stable")
+    dup = np.nonzero(srt[1:] == srt[:-1])[0]
+    if len(dup):
+        raise ValueError(f"{name} holds {str(srt[dup[0]])!r} more than once: each id must name one row")
+
+
+def _drop_identical(ids: np.ndarray, query_ids: Any, corpus_ids: Any) -> np.ndarray:
+    """ids with every entry naming the row's own query id set to -1 (BEIR's rule)."""
+    qa = _id_array(query_ids, "query_ids")
+    ca = _id_array(list(corpus_ids) if isinstance(corpus_ids, tuple) else corpus_ids, "corpus_ids")
+    if not len(ca) or not len(qa):
+        return ids
+    order = np.argsort(ca, kind="stable")
+    srt = ca[order]
+    pos = np.searchsorted(srt, qa).clip(0, len(srt) - 1)
+    own = np.where(srt[pos] == qa, order[pos], -1)  # corpus row of each query id, or -1
+    hit = (ids == own[:, None]) & (own[:, None] >= 0)
+    if not hit.any():
+        return ids
+    out = np.array(ids, dtype=np.int64, copy=True)
+    out[hit] = -1
+    return out
 
 
 def read_qrels_rows(path: Union[str, os.PathLike]) -> List[Tuple[str, str, int]]:
@@ -255,9 +310,10 @@ def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
     """Read a run file into ``{qid: {docid: score}}``.
 
     TREC lines (``qid Q0 docid rank score tag``) or 3-column lines (``qid docid score``, a
-    header line allowed first).  A repeated (qid, docid) pair raises ValueError, as in trec_eval."""
+    header line allowed first); ``.gz`` files are read as well.  A repeated (qid, docid) pair
+    raises ValueError, as in trec_eval."""
     run: Dict[str, Dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for ln, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -285,7 +341,25 @@ def read_run(path: Union[str, os.PathLike]) -> Dict[str, Dict[str, float]]:
 
 
 def _ids_of(run: Any) -> np.ndarray:
-    return id_rows(run[1] if isinstance(run, tuple) else run, "ids")
+    """The ids (Q, k) of an array run; the scores of a ``(scores, ids)`` tuple must be finite
+    where an id is retrieved (they do not order anything, but NaN / inf there is a broken run)."""
+    if not isinstance(run, tuple):
+        return id_rows(run, "ids")
+    if len(run) != 2:
+        raise ValueError(f"run as a tuple must be (scores, ids), got {len(run)} items")
+    ids = id_rows(run[1], "ids")
+    s = run[0]
+    if s is not None:
+        s = np.asarray(s.detach().cpu().numpy() if is_torch(s) else s)
+        if s.shape != ids.shape:
+            raise ValueError(f"run scores {s.shape} and ids {ids.shape} differ in shape")
+        if s.dtype.kind not in "fiu":
+            raise TypeError(f"run scores must be numbers, got dtype {s.dtype}")
+        bad = ~np.isfinite(s) & (ids >= 0)
+        if bad.any():
+            i, j = (int(x[0]) for x in np.nonzero(bad))
+            raise ValueError(f"run scores must be finite: row {i}, column {j} holds {s[i, j]}")
+    return ids
 
 
 def evaluate(
@@ -298,6 +372,7 @@ def evaluate(
     query_ids: Optional[Sequence] = None,
     corpus_ids: Optional[Sequence] = None,
     convention: str = "trec_eval",
+    ignore_identical_ids: bool = False,
     num_threads: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Evaluate a run against relevance judgements, with trec_eval semantics.
@@ -317,13 +392,17 @@ def evaluate(
     metrics : str or list of str
         ``ndcg@k``, ``ndcg``, ``mrr@k`` (recip_rank with the run cut at k),
         ``recip_rank``, ``recall@k``, ``p@k``, ``map``, ``map@k`` (trec map_cut),
-        ``r-precision``, ``hits@k`` (trec success_k); trec_eval names
-        ``ndcg_cut_10``, ``P_10``, ``recall_100``, ``map_cut_100``, ``Rprec``,
-        ``success_1`` are accepted too.
-    per_query : bool
+        ``r-precision``, ``success@k`` / ``hit_rate@k`` (trec success_k: 1 if a
+        relevant document is in the top k), ``hits@k`` (ranx: the number of relevant
+        documents in the top k); trec_eval names ``ndcg_cut_10``, ``P_10``,
+        ``recall_100``, ``map_cut_100``, ``Rprec``, ``success_1`` and ir_measures names
+        ``nDCG@10``, ``RR``, ``RR@10``, ``R@100``, ``P@10``, ``AP``, ``AP@100``,
+        ``Success@10`` are accepted too (case-insensitive).
+    per_query : bool or "dict"
         False: ``{metric: mean}``.  True: ``{metric: float64 array}`` aligned with the
         run's queries (the rows of ids, or the run dict's query order), NaN for a
-        query that is not evaluated.
+        query that is not evaluated.  ``"dict"``: pytrec_eval's form ``{query_id:
+        {metric: value}}`` over the evaluated queries.
     relevance_level : int
         Judgements >= this are relevant for the binary metrics; nDCG uses the raw
         judgements as gains (negative ones count 0), as trec_eval does.
@@ -332,6 +411,9 @@ def evaluate(
         a judged query with no relevant document scores 0.  "ranx": every qrels query
         with at least one relevant document counts, a query missing from the run
         scoring 0; run queries without a relevant document are ignored.
+    ignore_identical_ids : bool
+        BEIR's rule: a retrieved document whose id equals the query id is dropped from
+        that query's ranking before evaluation (for corpora that hold the queries).
     num_threads : int, optional
 
     Returns
@@ -345,7 +427,7 @@ def evaluate(
     if not names:
         raise ValueError("metrics must name at least one metric")
     specs = [parse_metric(n) for n in names]
-    kinds = [s[0] for s in specs]
+    kinds = [_KIND_NAMES[s[0]] for s in specs]
     ks = [s[1] for s in specs]
     if isinstance(relevance_level, (bool, np.bool_)) or not isinstance(relevance_level, (int, np.integer)):
         raise TypeError(f"relevance_level must be an integer, got {relevance_level!r}")
@@ -354,13 +436,21 @@ def evaluate(
         raise ValueError(f"relevance_level out of range: {level}")
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if not (isinstance(per_query, str) and per_query == "dict"):
+        per_query = check_bool(per_query, "per_query (True, False or \"dict\")")
+    ignore_identical_ids = check_bool(ignore_identical_ids, "ignore_identical_ids")
     nt = resolve_num_threads(num_threads)
 
+    run_qids: Optional[Sequence] = None
     if isinstance(run, (str, os.PathLike)):
         run = read_run(run)
     if isinstance(run, Mapping):
         if not isinstance(run, dict):
             run = dict(run)
+        if ignore_identical_ids:
+            run = {q: ({d: v for d, v in inner.items() if d != q} if isinstance(inner, Mapping) and q in inner
+                       else inner) for q, inner in run.items()}
+        run_qids = list(run)
         out = _core.metrics_eval_dict(run, qrels._index, qrels._indptr, qrels._docs, qrels._rels, level, kinds,
                                       ks, nt)
         row_query = None
@@ -380,6 +470,10 @@ def evaluate(
         if len(row_query) != ids.shape[0]:
             raise ValueError(f"query_ids has {len(row_query)} entries but ids has {ids.shape[0]} rows")
         n, codes, rels = qrels._codes(corpus_ids)
+        if ignore_identical_ids:
+            ids = _drop_identical(ids, query_ids, corpus_ids)
+        if per_query == "dict":
+            run_qids = [str(q) for q in _id_array(query_ids, "query_ids")]
         out = _core.metrics_eval_ids(ids, n, row_query, qrels._indptr, codes, rels, level, kinds, ks, nt)
 
     n_missing = 0
@@ -392,6 +486,10 @@ def evaluate(
         seen[row_query[row_query >= 0]] = True
         n_missing = int(np.count_nonzero(has_rel & ~seen))
 
+    if per_query == "dict":
+        evaluated = ~np.isnan(out[0]) if out.shape[1] else np.zeros(0, dtype=bool)
+        return {q: {name: float(out[m][i]) for m, name in enumerate(names)}
+                for i, q in enumerate(run_qids) if evaluated[i]}
     if per_query:
         return {name: out[m] for m, name in enumerate(names)}
     res: Dict[str, Any] = {}
