@@ -195,11 +195,11 @@ class MinedNegatives:
             verb = "dropped" if pit["action"] == "drop" else "kept and flagged"
             lines.append(f"positive not in the top {pit['k']}: {pit['queries']:,} queries ({verb})")
         if self.sources is not None:
-            found = self.stats.get("sources", {})
             dup = self.stats.get("duplicates", {})
+            quotas = self.params.get("negatives_from") or {}
             lines.append("negatives per source: " + ", ".join(
-                f"{k} {found.get(k, 0):,} (quota {q}, {dup.get(k, 0):,} duplicates skipped)"
-                for k, q in self.params.get("negatives_from", {}).items()))
+                f"{k} {int((self.sources == s).sum()):,} (quota {quotas.get(k, '-')}, "
+                f"{dup.get(k, 0):,} duplicates skipped)" for s, k in enumerate(self.source_names)))
         return lines
 
     def __str__(self) -> str:
