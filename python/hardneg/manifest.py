@@ -22,7 +22,8 @@ from hardneg._io import atomic_text_output
 from hardneg.datasets import RetrievalDataset
 
 __all__ = ["MANIFEST_SUFFIX", "MANIFEST_VERSION", "manifest_path", "build_manifest", "write_manifest",
-           "read_manifest", "dataset_fingerprint", "changed_input", "digest_array", "peer_versions"]
+           "read_manifest", "dataset_fingerprint", "changed_input", "changed_embeddings", "digest_array",
+           "digest_file", "embeddings_provenance", "peer_versions"]
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
@@ -167,7 +168,7 @@ def changed_input(manifest: Dict[str, Any], ds: RetrievalDataset) -> Optional[st
     new = dataset_fingerprint(ds)
     where = Path(ds.path) if ds.path else None
     files = {"corpus": "corpus.jsonl", "queries": "queries.jsonl", "qrels": f"qrels/{ds.split}.tsv"}
-    for key in ("corpus", "queries", "qrels"):
+    for key in ("corpus", "qrels", "queries"):  # qrels first: they pick the split's queries
         if old.get(f"{key}_sha256") != new[f"{key}_sha256"]:
             return f"the {key}" + (f" ({where / files[key]})" if where is not None else "")
     return None
