@@ -283,7 +283,8 @@ def test_bm25_stemmer_and_stopwords_reach_the_index(capsys, tmp_path):
     for stem, stop in (("none", "none"), ("english", "en"), ("none", "en_plus")):
         out = tmp_path / f"{stem}-{stop}.jsonl"
         code, _, err = run(capsys, "mine", "-q", "--retriever", "bm25", "--bm25-stemmer", stem,
-                           "--bm25-stopwords", stop, "--format", "ids", "-o", str(out), "--range", "0:20")
+                           "--bm25-stopwords", stop, "--format", "ids", "-o", str(out), "--range", "0:20",
+                           "--num-negatives", "8")
         assert code == 0, err
         ref = hn.mine_hard_negatives(ds, "bm25", bm25={"stemmer": None if stem == "none" else stem,
                                                        "stopwords": None if stop == "none" else stop},
@@ -303,7 +304,8 @@ def test_st_rule_option(capsys, tmp_path):
     ce, qe = hd.find_embeddings(hd.sample_path())
     for rule in ("6.2", "6.3"):
         out = tmp_path / f"{rule}.jsonl"
-        code, _, err = run(capsys, "mine", "-q", "--st-rule", rule, "--format", "ids", "-o", str(out))
+        code, _, err = run(capsys, "mine", "-q", "--st-rule", rule, "--format", "ids", "-o", str(out),
+                           "--range", "10:100", "--num-negatives", "8")
         assert code == 0, err
         ref = hn.mine_hard_negatives(ds, corpus_embeddings=ce, query_embeddings=qe, st_rule=rule, progress=False)
         np.testing.assert_array_equal(hn.load_negatives(out, ds).ids, ref.ids)

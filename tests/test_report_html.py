@@ -82,7 +82,11 @@ def test_sample_report_parses_with_plots_and_suspects(tmp_path):
     assert margins == sorted(margins)
     # the smallest margin anywhere: a brute-force scan
     valid = mined.ids >= 0
-    assert margins[0] == pytest.approx(float(np.min((mined.positive_scores - mined.scores)[valid])), abs=1e-6)
+    m = np.where(valid, (mined.positive_scores - mined.scores).astype(np.float64), np.inf)
+    assert margins[0] == pytest.approx(float(m.min()), abs=1e-6)
+    # one per query: the queries whose closest negative is closest, in that order
+    per_query = m.min(axis=1)
+    assert [q for q, *_ in ref] == np.argsort(per_query, kind="stable")[:30].tolist()
     j, neg, pos, _, _ = ref[0]
     assert body[0][0] == ds.query_ids[j] and body[0][1] == ds.query_texts[j]
     assert body[0][3].startswith(ds.corpus_ids[neg] + ": ") and body[0][2].startswith(ds.corpus_ids[pos] + ": ")

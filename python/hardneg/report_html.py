@@ -105,19 +105,24 @@ def _axes(x0: float, y0: float, w: float, h: float, xlo: str, xhi: str, ytop: st
             f'<text x="{x0 - 4}" y="{y0}" font-size="10" text-anchor="end">{_e(ybot)}</text>')
 
 
-def false_negative_suspects(mined: Any, limit: int = 30) -> List[Tuple[int, int, int, float, float]]:
-    """The ``limit`` negatives with the smallest margin to their positive (closest to or above it):
-    ``(query row, negative row, best positive row, negative score, positive anchor score)``, the
-    smallest margin first (ties by query, then rank)."""
+def false_negative_suspects(mined: Any, limit: int = 30,
+                            per_query: int = 1) -> List[Tuple[int, int, int, float, float]]:
+    """The ``limit`` negatives with the smallest margin to their positive (closest to or above it),
+    at most ``per_query`` of one query: ``(query row, negative row, best positive row, negative
+    score, positive anchor score)``, the smallest margin first (ties by query, then rank)."""
     valid = mined.ids >= 0
     anchor = mined.positive_scores
     margin = np.where(valid & np.isfinite(anchor), anchor.astype(np.float64) - mined.scores, np.inf)
-    flat = np.argsort(margin, axis=None, kind="stable")[:limit]
+    flat = np.argsort(margin, axis=None, kind="stable")
     out = []
+    seen: dict = {}
     for f in flat.tolist():
         j, r = divmod(f, mined.ids.shape[1])
-        if not np.isfinite(margin[j, r]):
+        if not np.isfinite(margin[j, r]) or len(out) == limit:
             break
+        if seen.get(j, 0) >= per_query:
+            continue
+        seen[j] = seen.get(j, 0) + 1
         pos, ps = mined.positive_ids[j], mined.all_positive_scores[j]
         best = int(pos[int(np.nanargmax(ps))]) if pos.size and ps.size == pos.size and np.isfinite(ps).any() \
             else (int(pos[0]) if pos.size else -1)
@@ -214,7 +219,7 @@ def render_html_report(mined: Any, suspects: int = 30, title: Optional[str] = No
         f'<h2>Scores</h2><div class="plots">{plots}</div>',
         _counts_section(mined),
         f"<h2>Strongest false-negative suspects</h2><p>The {suspects} negatives scoring closest to (or above) "
-        "their query's positive anchor: check that they do not answer the query.</p>",
+        "their query's positive anchor, one per query: check that they do not answer the query.</p>",
         _suspects_table(mined, suspects),
         f"<h2>Text report</h2><pre>{_e(mined.report())}</pre>",
         "</body></html>\n"])
