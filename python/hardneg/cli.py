@@ -423,7 +423,7 @@ def _provenance(args, cfg, rets: dict, quotas) -> dict:
 
         found = hd.find_embeddings(Path(args.dataset) if args.dataset else hd.sample_path())
         if found is not None:
-            emb["corpus"]["path"], emb["queries"]["path"] = str(found[0]), str(found[1])
+            emb.paths = [str(found[0]), str(found[1])]
     cli = {k: getattr(args, k) for k in _RECORDED}
     cli["range"] = list(args.range)
     cli["retriever"] = cfg.retriever if not quotas else args.retriever

@@ -23,7 +23,7 @@ from hardneg.datasets import RetrievalDataset
 
 __all__ = ["MANIFEST_SUFFIX", "MANIFEST_VERSION", "manifest_path", "build_manifest", "write_manifest",
            "read_manifest", "dataset_fingerprint", "changed_input", "changed_embeddings", "digest_array",
-           "digest_file", "embeddings_provenance", "peer_versions"]
+           "digest_file", "embeddings_provenance", "EmbeddingsRecord", "peer_versions"]
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
@@ -119,7 +119,7 @@ def build_manifest(mined: Any, output: Union[str, os.PathLike], format: str, rec
         "negatives_from": p.get("negatives_from"),
         "model": prov.get("model"),
         "prompts": prov.get("prompts") or {},
-        "embeddings": prov.get("embeddings"),
+        "embeddings": resolve_embeddings(prov.get("embeddings")),
         "bm25": prov.get("bm25"),
         "seed": p.get("seed"),
         "knobs": knobs,
@@ -177,6 +177,7 @@ def changed_input(manifest: Dict[str, Any], ds: RetrievalDataset) -> Optional[st
 def changed_embeddings(manifest: Dict[str, Any], embeddings: Optional[Dict[str, Any]]) -> Optional[str]:
     """The embeddings (corpus / queries) whose hash differs from the manifest's, or None."""
     old = manifest.get("embeddings") or {}
+    embeddings = resolve_embeddings(embeddings)
     for key in ("corpus", "queries"):
         a, b = (old.get(key) or {}).get("sha256"), ((embeddings or {}).get(key) or {}).get("sha256")
         if a is not None and a != b:
@@ -185,14 +186,54 @@ def changed_embeddings(manifest: Dict[str, Any], embeddings: Optional[Dict[str, 
     return None
 
 
-def embeddings_provenance(ret: Any, corpus_source: Any = None, query_source: Any = None) -> Optional[Dict[str, Any]]:
-    """Hashes (and file paths) of the corpus and split-query embeddings a dense or hybrid retriever uses."""
+class EmbeddingsRecord:
+    """The corpus and split-query embeddings of a run, hashed only when a manifest needs them
+    (mining itself never pays for the hash).  :meth:`resolve` gives
+    ``{"corpus": {"path", "shape", "sha256"}, "queries": {...}}``."""
+
+    def __init__(self, corpus: Any, queries: Any, corpus_source: Any = None, query_source: Any = None):
+        self._arrays = (corpus, queries)
+        self.paths = [str(x) if isinstance(x, (str, os.PathLike)) else None for x in (corpus_source, query_source)]
+        self._resolved: Optional[Dict[str, Any]] = None
+
+    def resolve(self) -> Dict[str, Any]:
+        if self._resolved is None:
+            self._resolved = {key: {"path": path, "shape": list(np.shape(a)), "sha256": _cached_digest(a, path)}
+                              for key, a, path in zip(("corpus", "queries"), self._arrays, self.paths)}
+            self._arrays = (None, None)
+        return self._resolved
+
+
+# (path, device, inode, size, mtime, shape) -> sha256 of an unchanged embeddings file's rows
+_DIGESTS: Dict[tuple, str] = {}
+
+
+def _cached_digest(a: Any, path: Optional[str]) -> str:
+    key = None
+    if path is not None:
+        try:
+            st = os.stat(path)
+            key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, tuple(np.shape(a)))
+        except OSError:
+            key = None
+    if key is not None and key in _DIGESTS:
+        return _DIGESTS[key]
+    d = digest_array(a)
+    if key is not None:
+        if len(_DIGESTS) > 64:
+            _DIGESTS.clear()
+        _DIGESTS[key] = d
+    return d
+
+
+def resolve_embeddings(record: Any) -> Optional[Dict[str, Any]]:
+    """An :class:`EmbeddingsRecord` resolved (a dict or None passes through)."""
+    return record.resolve() if isinstance(record, EmbeddingsRecord) else record
+
+
+def embeddings_provenance(ret: Any, corpus_source: Any = None, query_source: Any = None) -> Optional[EmbeddingsRecord]:
+    """The corpus and split-query embeddings a dense or hybrid retriever uses (hashed lazily)."""
     dense = ret if getattr(ret, "name", None) == "dense" else getattr(ret, "dense", None)
     if dense is None:
         return None
-
-    def one(a: Any, src: Any) -> Dict[str, Any]:
-        return {"path": str(src) if isinstance(src, (str, os.PathLike)) else None, "shape": list(np.shape(a)),
-                "sha256": digest_array(a)}
-
-    return {"corpus": one(dense.corpus, corpus_source), "queries": one(dense.queries, query_source)}
+    return EmbeddingsRecord(dense.corpus, dense.queries, corpus_source, query_source)
