@@ -34,7 +34,7 @@ from hardneg.mining._config import (FORMATS, METRICS, POSITIVE_ANCHORS, SAMPLING
 from hardneg.mining._exclusions import _exclusions, _slots_taken
 from hardneg.mining._pipeline import run_pipeline
 from hardneg.mining._result import MinedNegatives, load_negatives
-from hardneg.mining._sources import merge_sources, mine_sources, parse_negatives_from
+from hardneg.mining._sources import mine_sources, parse_negatives_from
 from hardneg.retrievers import RETRIEVERS, HybridRetriever, make_retriever
 from hardneg.retrievers import fuse_rrf as _fuse_rrf
 
