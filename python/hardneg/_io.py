@@ -30,7 +30,7 @@ def atomic_text_output(path: Union[str, os.PathLike]) -> Iterator[TextIO]:
     """Write a UTF-8 text file (``.gz``: compressed) to a temporary file beside ``path``, renamed
     into place when the block ends without an error: a failure half-way leaves the previous
     file intact (and no temporary file behind).  Targets that are not regular files (``/dev/stdout``)
-    are written directly.
+    are written directly.  ``.gz`` headers carry no time stamp: equal texts give equal bytes.
     """
     path = Path(path)
     if _not_regular(path):
@@ -42,7 +42,7 @@ def atomic_text_output(path: Union[str, os.PathLike]) -> Iterator[TextIO]:
     try:
         raw = os.fdopen(fd, "wb")
         if path.suffix == ".gz":
-            f = io.TextIOWrapper(gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw), encoding="utf-8")
+            f = io.TextIOWrapper(gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, mtime=0), encoding="utf-8")
         else:
             f = io.TextIOWrapper(raw, encoding="utf-8")
         with raw, f:

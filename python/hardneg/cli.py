@@ -1,4 +1,4 @@
-"""The ``hardneg`` command: ``mine``, ``eval`` and ``info``.
+"""The ``hardneg`` command: ``mine``, ``report``, ``eval`` and ``info``.
 
 Errors print one line ``hardneg: error: ...`` to stderr, never a traceback (``--debug`` adds
 it).  Exit status: 0 success, 2 usage errors (bad arguments, files given that do not exist or
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -22,6 +23,17 @@ __all__ = ["main", "build_parser"]
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+
+# defaults of --range / --num-negatives; the sample's topics have 5 documents (1-2 answers and
+# their distractors), so on it the window starts at rank 0 and asks for 3
+_DEFAULT_RANGE, _DEFAULT_NUM = (10, 100), 8
+_SAMPLE_RANGE, _SAMPLE_NUM = (0, 100), 3
+# the options a manifest records and `--manifest` restores
+_RECORDED = ("dataset", "split", "retriever", "corpus_embeddings", "query_embeddings", "model", "metric", "backend",
+             "faiss_index", "nprobe", "num_negatives", "range", "relative_margin", "absolute_margin", "max_score",
+             "min_score", "positive_anchor", "sampling", "temperature", "seed", "bm25_method", "bm25_k1", "bm25_b",
+             "bm25_stemmer", "bm25_stopwords", "rrf_k", "st_rule", "format", "negatives_from",
+             "require_positive_in_top", "positive_not_in_top", "query_prompt", "corpus_prompt", "save_embeddings")
 
 
 class CLIError(Exception):
@@ -68,12 +80,12 @@ def _opt_float(text: str) -> Optional[float]:
 def build_parser() -> argparse.ArgumentParser:
     from hardneg._version import __version__
     from hardneg.mining import FORMATS, POSITIVE_ANCHORS, SAMPLING
-    from hardneg.mining._config import ST_RULES
+    from hardneg.mining._config import POSITIVE_NOT_IN_TOP, ST_RULES
 
     p = _Parser(prog="hardneg", description="Hard-negative mining for dense retrievers.")
     p.add_argument("--version", action="version", version=f"hardneg {__version__}")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = p.add_subparsers(dest="command", metavar="{mine,eval,info}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{mine,report,eval,info}", parser_class=_Parser)
 
     m = sub.add_parser("mine", help="mine hard negatives for a BEIR dataset and write a training file",
                        description="Mine hard negatives (sentence-transformers' selection rule). Without --dataset "
@@ -91,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--faiss-index", default="HNSW32", metavar="FACTORY",
                    help="faiss factory string for --backend faiss (default HNSW32; e.g. IVF4096,Flat)")
     m.add_argument("--nprobe", type=int, default=None, help="faiss IVF nprobe")
-    m.add_argument("--num-negatives", type=int, default=8)
-    m.add_argument("--range", type=_range, default=(10, 100), metavar="MIN:MAX",
-                   help="keep positions MIN..MAX-1 of the filtered candidates (default 10:100)")
+    m.add_argument("--num-negatives", type=int, default=None,
+                   help=f"negatives per query (default {_DEFAULT_NUM}; {_SAMPLE_NUM} on the sample)")
+    m.add_argument("--range", type=_range, default=None, metavar="MIN:MAX",
+                   help="keep positions MIN..MAX-1 of the filtered candidates (default 10:100; 0:100 on the "
+                        "sample, whose topics have 4 distractors each)")
     m.add_argument("--relative-margin", type=_opt_float, default=0.05, metavar="R",
                    help="keep a candidate only if score <= pos - |pos|*R (default 0.05; 'none' turns it off)")
     m.add_argument("--absolute-margin", type=_opt_float, default=None, metavar="M")
@@ -115,10 +129,33 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rrf-k", type=int, default=60)
     m.add_argument("--st-rule", default="6.3", choices=list(ST_RULES),
                    help="sentence-transformers release whose candidate rule to follow (default 6.3)")
+    m.add_argument("--negatives-from", default=None, metavar="SOURCE:N,...",
+                   help="negatives from several retrievers with quotas, e.g. bm25:4,dense:4 (the union without "
+                        "duplicates; a document found twice counts for the first source)")
+    m.add_argument("--require-positive-in-top", type=int, default=None, metavar="K",
+                   help="only queries whose best positive is in the retriever's top K")
+    m.add_argument("--positive-not-in-top", default="drop", choices=list(POSITIVE_NOT_IN_TOP),
+                   help="what to do with the other queries (default drop; flag keeps and marks them)")
+    m.add_argument("--query-prompt", default=None, help="prompt given to --model for queries")
+    m.add_argument("--corpus-prompt", default=None, help="prompt given to --model for documents")
+    m.add_argument("--save-embeddings", default=None, metavar="DIR",
+                   help="cache what --model embeds in DIR (.npy keyed by model, prompt and a hash of the "
+                        "texts); the next run reads them instead of encoding")
+    m.add_argument("--manifest", default=None, metavar="OUT.manifest.json",
+                   help="run again what a manifest records (every setting from it; -o names the new output); "
+                        "a changed input is an error")
     m.add_argument("--format", default="sentence-transformers", choices=list(FORMATS))
     m.add_argument("-o", "--output", help="output file (.jsonl, or .jsonl.gz); '-' for stdout; "
                                           "without it nothing is written and a preview is shown")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no report")
+
+    r = sub.add_parser("report", help="report on a mined file (text, or a self-contained HTML page)",
+                       description="Read OUT and OUT.manifest.json (written by 'hardneg mine -o OUT') and print "
+                                   "the report; --html also writes a self-contained HTML page.")
+    r.add_argument("output", metavar="OUT", help="a file written by 'hardneg mine -o OUT'")
+    r.add_argument("--html", default=None, metavar="PATH", help="write the HTML report there")
+    r.add_argument("--suspects", type=int, default=30, help="rows of the false-negative suspects table")
+    r.add_argument("-q", "--quiet", action="store_true", help="no text report")
 
     e = sub.add_parser("eval", help="evaluate a run file (or a retriever) against a dataset's qrels")
     e.add_argument("--dataset", help="BEIR folder; default: the sample")
@@ -137,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="version, SIMD level, threads and optional backends")
     i.add_argument("--json", action="store_true")
-    for parser in (m, e, i):  # also accepted after the subcommand
+    for parser in (m, r, e, i):  # also accepted after the subcommand
         parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
@@ -172,8 +209,9 @@ def _st_encoder(name: str):
         raise CLIError("--model needs sentence-transformers (pip install sentence-transformers)") from None
     model = SentenceTransformer(name)
 
-    def encode(texts: List[str]):
-        return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    def encode(texts: List[str], prompt: Optional[str] = None):
+        return model.encode(texts, prompt=prompt, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False)
 
     return encode
 
@@ -254,18 +292,19 @@ def _bm25_kwargs(args) -> Optional[dict]:
     return kw or None
 
 
-def _mining_config(args, retriever: str, rank: int):
+def _mining_config(args, retriever: str, rank: int, num_negatives: int):
     """The miner's settings from the options (a bad value is a usage error)."""
     from hardneg.mining import build_config
 
     lo, hi = args.range
     with _usage_errors():
         return build_config(
-            retriever, num_negatives=args.num_negatives, range_min=lo, range_max=hi,
+            retriever, num_negatives=num_negatives, range_min=lo, range_max=hi,
             relative_margin=args.relative_margin, absolute_margin=args.absolute_margin, max_score=args.max_score,
             min_score=args.min_score, sampling=args.sampling, temperature=args.temperature, seed=args.seed,
             num_threads=args.threads, positive_anchor=args.positive_anchor, metric=args.metric, rrf_k=args.rrf_k,
-            batch_size=args.batch_size, progress=not args.quiet and rank == 0, st_rule=args.st_rule)
+            batch_size=args.batch_size, progress=not args.quiet and rank == 0, st_rule=args.st_rule,
+            require_positive_in_top=args.require_positive_in_top, positive_not_in_top=args.positive_not_in_top)
 
 
 def _pick_retriever(args, folder: Path) -> str:
@@ -295,30 +334,168 @@ def _build_retriever(args, ds, folder: Path, kind: str, cfg=None, index=None, C=
 
 
 def cmd_mine(args) -> int:
-    from hardneg.mining import run_pipeline
-
-    if args.output and args.output != "-":
-        parent = Path(args.output).parent
-        if not parent.is_dir():  # fail before the work, not after it
-            raise CLIError(f"output folder {parent} does not exist")
-    t0 = time.perf_counter()
-    ds, folder = _load_dataset(args.dataset, args.split)
-    t_load = time.perf_counter() - t0
-    kind = _pick_retriever(args, folder)
-    C = Q = None
-    if kind in ("dense", "hybrid"):
-        C, Q = _resolve_dense(args, folder, need=True)
-    index, rank = _dense_index(args, C, kind)
-    cfg = _mining_config(args, kind, rank)
-    t0 = time.perf_counter()
-    ret = _build_retriever(args, ds, folder, kind, cfg, index, C, Q)
-    timings = {"load": t_load, "index": time.perf_counter() - t0}
-    mined = run_pipeline(ds, ret, cfg, timings)
+    mined, ds, folder, rank = _mine(args)
     if rank != 0:  # under torchrun every rank mined the same result; rank 0 writes it
         return 0
     _write_mined(args, mined)
     _print_summary(args, ds, folder, mined)
     return 0
+
+
+def _mine(args):
+    """Mine as the options (or ``--manifest``) say: (mined, dataset, its folder, torchrun rank)."""
+    from hardneg.mining import mine_sources, parse_negatives_from, run_pipeline
+
+    manifest = _apply_manifest(args) if args.manifest else None
+    _apply_defaults(args)
+    if args.output and args.output != "-":
+        parent = Path(args.output).parent
+        if not parent.is_dir():  # fail before the work, not after it
+            raise CLIError(f"output folder {parent} does not exist")
+    quotas = None
+    if args.negatives_from is not None:
+        try:
+            quotas = parse_negatives_from(args.negatives_from)
+        except (ValueError, TypeError) as e:  # named as the option
+            raise CLIError(str(e).splitlines()[0].replace("negatives_from", "--negatives-from")) from None
+    t0 = time.perf_counter()
+    ds, folder = _load_dataset(args.dataset, args.split)
+    if manifest is not None:
+        _check_unchanged(args.manifest, manifest, ds)
+    t_load = time.perf_counter() - t0
+    kinds = [k for k, _ in quotas] if quotas else [_pick_retriever(args, folder)]
+    dense = any(k in ("dense", "hybrid") for k in kinds)
+    C = Q = None
+    if dense:
+        C, Q = _resolve_dense(args, folder, need=True)
+    index, rank = _dense_index(args, C, "dense" if dense else kinds[0])
+    cfg = _mining_config(args, kinds[0], rank, sum(q for _, q in quotas) if quotas else args.num_negatives)
+    t0 = time.perf_counter()
+    rets = _build_retrievers(args, ds, kinds, cfg, index, C, Q)
+    prov = _provenance(args, cfg, rets, quotas)
+    if manifest is not None:
+        _check_embeddings(args.manifest, manifest, prov)
+    timings = {"load": t_load, "index": time.perf_counter() - t0}
+    if quotas:
+        mined = mine_sources(ds, rets, cfg, quotas, timings, time.perf_counter())
+    else:
+        mined = run_pipeline(ds, rets[kinds[0]], cfg, timings)
+    mined.provenance = prov
+    return mined, ds, folder, rank
+
+
+def _apply_defaults(args) -> None:
+    """--range / --num-negatives not given: the defaults (the sample's own without --dataset)."""
+    sample = args.dataset is None
+    if args.range is None:
+        args.range = _SAMPLE_RANGE if sample else _DEFAULT_RANGE
+    if args.num_negatives is None:
+        args.num_negatives = _SAMPLE_NUM if sample else _DEFAULT_NUM
+
+
+def _build_retrievers(args, ds, kinds: List[str], cfg, index, C, Q) -> dict:
+    """One retriever per kind (usage errors for bad embeddings or BM25 options)."""
+    from hardneg.mining import make_source_retrievers
+
+    dense = any(k in ("dense", "hybrid") for k in kinds)
+    encoder = _st_encoder(args.model) if dense and args.model else None
+    prompts = {k: v for k, v in (("query", args.query_prompt), ("corpus", args.corpus_prompt)) if v is not None}
+    if args.save_embeddings is not None and not Path(args.save_embeddings).is_dir():
+        raise CLIError(f"--save-embeddings folder {args.save_embeddings} does not exist")
+    with _usage_errors():
+        return make_source_retrievers(
+            kinds, ds, corpus_embeddings=C, query_embeddings=Q, encoder=encoder, index=index,
+            bm25=_bm25_kwargs(args), metric=args.metric, rrf_k=args.rrf_k, num_threads=args.threads,
+            progress=cfg.progress, prompts=prompts or None,
+            save_embeddings=args.save_embeddings if encoder is not None else None, encoder_name=args.model)
+
+
+def _provenance(args, cfg, rets: dict, quotas) -> dict:
+    """The manifest's record of this run: the miner's and the command's settings."""
+    from hardneg.mining import run_provenance
+
+    prompts = {k: v for k, v in (("query", args.query_prompt), ("corpus", args.corpus_prompt)) if v is not None}
+    prov = run_provenance(cfg, rets, quotas, args.corpus_embeddings, args.query_embeddings, args.model, prompts,
+                          _bm25_kwargs(args))
+    emb = prov.get("embeddings")
+    if emb is not None and args.corpus_embeddings is None and args.model is None:  # found in DATASET/embeddings
+        from hardneg import datasets as hd
+
+        found = hd.find_embeddings(Path(args.dataset) if args.dataset else hd.sample_path())
+        if found is not None:
+            emb.paths = [str(found[0]), str(found[1])]
+    cli = {k: getattr(args, k) for k in _RECORDED}
+    cli["range"] = list(args.range)
+    cli["retriever"] = cfg.retriever if not quotas else args.retriever
+    prov["cli"] = cli
+    return prov
+
+
+def _apply_manifest(args) -> dict:
+    """Read ``--manifest`` and take every recorded setting from it (a missing, foreign or
+    other-version manifest is a usage error)."""
+    from hardneg._version import __version__
+    from hardneg.manifest import read_manifest
+
+    try:
+        m = read_manifest(args.manifest)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+    except ValueError as e:
+        raise CLIError(str(e).splitlines()[0]) from None
+    if m.get("hardneg_version") != __version__:
+        raise CLIError(f"{args.manifest} was written by hardneg {m.get('hardneg_version')}, this is hardneg "
+                       f"{__version__}: rebuild it with that version")
+    cli = m.get("cli") or _cli_from_knobs(args.manifest, m)
+    for k in _RECORDED:
+        if k in cli:
+            setattr(args, k, cli[k])
+    args.range = tuple(args.range) if args.range is not None else None
+    if args.dataset is None and (m.get("dataset") or {}).get("path") and m.get("cli") is None:
+        args.dataset = m["dataset"]["path"]
+    return m
+
+
+def _cli_from_knobs(path: str, m: dict) -> dict:
+    """The command's settings from a manifest written by ``MinedNegatives.save`` in Python."""
+    k = m["knobs"]
+    if k.get("rescorer") or not k.get("exclude_self", True) or not k.get("exclude_same_text", True):
+        raise CLIError(f"{path} records settings the command has no option for (a rescorer or exclusions off): "
+                       "run it again from Python")
+    emb = m.get("embeddings") or {}
+    paths = [(emb.get(x) or {}).get("path") for x in ("corpus", "queries")]
+    if emb and m.get("model") is None and None in paths:
+        raise CLIError(f"{path} records embeddings given in memory (no file): run it again from Python")
+    nf = k.get("negatives_from")
+    bm = m.get("bm25") or {}
+    return dict(dataset=(m.get("dataset") or {}).get("path"), split=(m.get("dataset") or {}).get("split"),
+                retriever=k.get("retriever") or "auto", corpus_embeddings=paths[0], query_embeddings=paths[1],
+                model=m.get("model"), format=(m.get("output") or {}).get("format", "sentence-transformers"),
+                range=[k["range_min"], k["range_max"]],
+                negatives_from=",".join(f"{a}:{b}" for a, b in nf.items()) if nf else None,
+                query_prompt=(m.get("prompts") or {}).get("query"),
+                corpus_prompt=(m.get("prompts") or {}).get("corpus"),
+                bm25_method=bm.get("method"), bm25_k1=bm.get("k1"), bm25_b=bm.get("b"),
+                **{x: k.get(x) for x in ("num_negatives", "relative_margin", "absolute_margin", "max_score",
+                                          "min_score", "positive_anchor", "sampling", "temperature", "seed",
+                                          "metric", "rrf_k", "st_rule", "require_positive_in_top",
+                                          "positive_not_in_top") if x in k})
+
+
+def _check_unchanged(path: str, manifest: dict, ds) -> None:
+    from hardneg.manifest import changed_input
+
+    what = changed_input(manifest, ds)
+    if what is not None:
+        raise CLIError(f"{what} changed since {path} was written: the run would not be the same")
+
+
+def _check_embeddings(path: str, manifest: dict, prov: dict) -> None:
+    from hardneg.manifest import changed_embeddings
+
+    what = changed_embeddings(manifest, prov.get("embeddings"))
+    if what is not None:
+        raise CLIError(f"{what} changed since {path} was written: the run would not be the same")
 
 
 def _write_mined(args, mined) -> None:
@@ -329,24 +506,27 @@ def _write_mined(args, mined) -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "out.jsonl")
-            n = mined.save(path, format=args.format)
+            n = mined.save(path, format=args.format, manifest=False)
             with open(path, encoding="utf-8") as f:
                 sys.stdout.write(f.read())
         if not args.quiet:
             print(f"wrote {n} {args.format} records to stdout", file=sys.stderr)
     elif args.output:
         t1 = time.perf_counter()
-        n = mined.save(args.output, format=args.format)
+        n = mined.save(args.output, format=args.format, manifest=False)
         mined.timings["write"] = time.perf_counter() - t1
+        from hardneg.manifest import write_manifest
+
+        mpath = write_manifest(mined, args.output, args.format, n)
         if not args.quiet:
-            print(f"wrote {n} {args.format} records to {args.output}", file=sys.stderr)
+            print(f"wrote {n} {args.format} records to {args.output} (how to rebuild it: {mpath})", file=sys.stderr)
 
 
 def _print_summary(args, ds, folder: Path, mined) -> None:
     if args.quiet:
         return
     where = "the sample dataset" if args.dataset is None else str(folder)
-    print(f"# {where}, split {args.split}", file=sys.stderr)
+    print(f"# {where}, split {args.split}, ranks {args.range[0]}:{args.range[1]}", file=sys.stderr)
     print(mined.report(), file=sys.stderr)
     if not args.output:
         print("", file=sys.stderr)
@@ -356,6 +536,62 @@ def _print_summary(args, ds, folder: Path, mined) -> None:
             pos = [cid[x] for x in mined.positive_ids[j]]
             print(f"{ds.query_ids[j]}: {ds.query_texts[j][:60]!r} positives {pos} negatives {negs}")
         print("(no -o given: nothing written; e.g. -o negatives.jsonl --format flagembedding)", file=sys.stderr)
+
+
+def cmd_report(args) -> int:
+    """The report of a mined file: its manifest names the dataset; an "ids" file is read back,
+    any other format is mined again from the manifest (same inputs: same negatives)."""
+    from hardneg._validate import check_int
+    from hardneg.manifest import manifest_path, read_manifest
+
+    out = Path(args.output)
+    if not out.is_file():
+        raise CLIError(f"mined file {out} not found")
+    mpath = manifest_path(out)
+    try:
+        m = read_manifest(mpath)
+    except FileNotFoundError:
+        raise CLIError(f"{out} has no manifest ({mpath.name}): mine it with 'hardneg mine -o {out}'") from None
+    except ValueError as e:
+        raise CLIError(str(e).splitlines()[0]) from None
+    if args.html is not None and not Path(args.html).parent.is_dir():
+        raise CLIError(f"--html folder {Path(args.html).parent} does not exist")
+    with _usage_errors():
+        suspects = check_int(args.suspects, "--suspects", 1)
+    mined = _mined_of(out, mpath, m)
+    if args.html:
+        from hardneg.report_html import write_html_report
+
+        write_html_report(mined, args.html, suspects)
+    text = mined.report()
+    if not args.quiet:
+        print(text)
+        if args.html:
+            print(f"wrote the HTML report to {args.html}", file=sys.stderr)
+    return 0
+
+
+def _mined_of(out: Path, mpath: Path, m: dict):
+    """The negatives of ``out``: read back ("ids") or mined again from its manifest."""
+    from hardneg import datasets as hd
+    from hardneg.mining import load_negatives
+
+    d = m.get("dataset") or {}
+    if (m.get("output") or {}).get("format") == "ids":
+        ds, _ = _load_dataset(d.get("path") or str(hd.sample_path()), d.get("split") or "train")
+        _check_unchanged(str(mpath), m, ds)
+        try:
+            mined = load_negatives(out, ds)
+        except ValueError as e:
+            raise CLIError(str(e).splitlines()[0], EXIT_RUNTIME) from None
+        mined.params = dict(m.get("knobs") or {}, retriever=m.get("retriever"),
+                            negatives_from=m.get("negatives_from"))
+        mined.stats = {k: v for k, v in (m.get("counts") or {}).items()
+                       if k in ("candidates", "filtered", "duplicates", "positive_not_in_top")}
+        mined.timings = {k: float(v) for k, v in (m.get("timings") or {}).items()}
+        return mined
+    args = build_parser().parse_args(["mine", "-q", "--manifest", str(mpath)])
+    return _mine(args)[0]
 
 
 def _read_run(path: str) -> Dict[str, Dict[str, float]]:
@@ -464,7 +700,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        cmd = {"mine": cmd_mine, "eval": cmd_eval, "info": cmd_info}[args.command]
+        cmd = {"mine": cmd_mine, "report": cmd_report, "eval": cmd_eval, "info": cmd_info}[args.command]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=DeprecationWarning)
             try:

@@ -334,20 +334,37 @@ def build_bm25(bm25: Any, dataset: RetrievalDataset) -> Any:
 # ---------------------------------------------------------------------------------------------- factory
 
 
+def _encoded(encoder: Any, texts: List[str], kind: str, prompts: Dict[str, str], cache: Tuple[Any, Any],
+             batch: int, progress: bool) -> Any:
+    """``texts`` embedded with the ``kind`` prompt ("corpus" / "queries"), through the cache folder
+    ``cache = (folder or None, model name)``."""
+    from hardneg.embed_cache import encode_cached, with_prompt
+
+    prompt = prompts.get("corpus" if kind == "corpus" else "query")
+    enc = with_prompt(encoder, prompt)
+    return encode_cached(lambda: encode_texts(enc, texts, batch, f"encode {kind}", progress), cache[0], cache[1],
+                         kind, prompt, texts)
+
+
 def _dense(kind: str, dataset: RetrievalDataset, corpus_embeddings: Any, query_embeddings: Any, encoder: Any,
-           index: Any, metric: str, threads: int, encode_batch_size: int, progress: bool) -> DenseRetriever:
-    """The dense retriever: embeddings given, loaded or encoded, checked against the dataset."""
+           index: Any, metric: str, threads: int, encode_batch_size: int, progress: bool,
+           prompts: Optional[Dict[str, str]] = None, cache: Tuple[Any, Any] = (None, None)) -> DenseRetriever:
+    """The dense retriever: embeddings given, loaded or encoded (with ``prompts``, through the
+    ``cache`` folder), checked against the dataset."""
+    prompts = prompts or {}
     if corpus_embeddings is None:
         if encoder is None:
             raise ValueError(f"retriever {kind!r} needs corpus_embeddings or an encoder")
-        corpus_embeddings = encode_texts(encoder, dataset.corpus_texts, encode_batch_size, "encode corpus", progress)
+        corpus_embeddings = _encoded(encoder, dataset.corpus_texts, "corpus", prompts, cache, encode_batch_size,
+                                     progress)
     C = as_rows(corpus_embeddings, "corpus_embeddings")
     if C.shape[0] != dataset.num_docs:
         raise ValueError(f"corpus_embeddings has {C.shape[0]} rows but the corpus has {dataset.num_docs} documents")
     if query_embeddings is None:
         if encoder is None:
             raise ValueError(f"retriever {kind!r} needs query_embeddings or an encoder")
-        query_embeddings = encode_texts(encoder, dataset.query_texts, encode_batch_size, "encode queries", progress)
+        query_embeddings = _encoded(encoder, dataset.query_texts, "queries", prompts, cache, encode_batch_size,
+                                    progress)
     Q_file = as_rows(query_embeddings, "query_embeddings")
     Qe = dataset.split_query_embeddings(Q_file, "query_embeddings", cache_key=_file_key(query_embeddings))
     if Qe.shape[1] != C.shape[1]:
@@ -381,6 +398,9 @@ def make_retriever(
     num_threads: Optional[int] = None,
     encode_batch_size: int = 256,
     progress: bool = False,
+    prompts: Optional[Dict[str, str]] = None,
+    save_embeddings: Optional[Union[str, "os.PathLike[str]"]] = None,
+    encoder_name: Optional[str] = None,
 ) -> Union[DenseRetriever, BM25Retriever, HybridRetriever]:
     """Build the retriever ``kind`` for the split queries of ``dataset``.
 
@@ -407,6 +427,14 @@ def make_retriever(
         Texts per encoder call.
     progress : bool
         Progress bars while encoding.
+    prompts : dict, optional
+        ``{"query": ..., "corpus": ...}``: given to ``encoder`` as ``prompt=`` when it takes that
+        argument (``SentenceTransformer.encode``), else written in front of each text.
+    save_embeddings : folder, optional
+        Cache what ``encoder`` embeds there as ``.npy`` files keyed by ``encoder_name``, the prompt
+        and a hash of the texts; an unchanged run reads them back instead of encoding.
+    encoder_name : str, optional
+        The encoder's model name or path (keys the cached files; needed with ``save_embeddings``).
 
     Returns
     -------
@@ -423,10 +451,13 @@ def make_retriever(
     if encoder is not None and not callable(encoder):
         raise TypeError("encoder must be callable(list[str]) -> array")
     threads = resolve_num_threads(num_threads)
+    from hardneg.embed_cache import check_prompts
+
+    prompts = check_prompts(prompts)
     dense = bm = None
     if kind in ("dense", "hybrid"):
         dense = _dense(kind, dataset, corpus_embeddings, query_embeddings, encoder, index, metric, threads,
-                       encode_batch_size, progress)
+                       encode_batch_size, progress, prompts, (save_embeddings, encoder_name))
     if kind in ("bm25", "hybrid"):
         bm = BM25Retriever(build_bm25(bm25, dataset), dataset.query_texts, threads)
     if kind == "dense":

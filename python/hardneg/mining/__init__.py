@@ -26,7 +26,7 @@ window, sampling), ``_pipeline`` (the batches) and ``_result`` (:class:`MinedNeg
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hardneg.datasets import RetrievalDataset
 from hardneg.mining._config import (FORMATS, METRICS, POSITIVE_ANCHORS, SAMPLING, ST_RULES, MiningConfig,
@@ -34,11 +34,13 @@ from hardneg.mining._config import (FORMATS, METRICS, POSITIVE_ANCHORS, SAMPLING
 from hardneg.mining._exclusions import _exclusions, _slots_taken
 from hardneg.mining._pipeline import run_pipeline
 from hardneg.mining._result import MinedNegatives, load_negatives
-from hardneg.retrievers import RETRIEVERS, make_retriever
+from hardneg.mining._sources import mine_sources, parse_negatives_from
+from hardneg.retrievers import RETRIEVERS, HybridRetriever, make_retriever
 from hardneg.retrievers import fuse_rrf as _fuse_rrf
 
 __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "MiningConfig", "build_config",
-           "run_pipeline", "RETRIEVERS", "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
+           "run_pipeline", "mine_sources", "parse_negatives_from", "make_source_retrievers", "RETRIEVERS",
+           "SAMPLING", "FORMATS", "POSITIVE_ANCHORS"]
 
 
 def mine_hard_negatives(
@@ -73,6 +75,12 @@ def mine_hard_negatives(
     st_rule: str = "6.3",
     sampling_strategy: Optional[str] = None,
     cross_encoder: Any = None,
+    negatives_from: Any = None,
+    require_positive_in_top: Optional[int] = None,
+    positive_not_in_top: str = "drop",
+    prompts: Optional[Dict[str, str]] = None,
+    save_embeddings: Any = None,
+    encoder_name: Optional[str] = None,
 ) -> MinedNegatives:
     """Mine hard negatives for every query of ``ds`` (see the module docstring for the rule).
 
@@ -146,6 +154,25 @@ def mine_hard_negatives(
     cross_encoder : optional
         A sentence-transformers ``CrossEncoder`` (or anything with ``.predict(list of (query,
         document) pairs)``) used as the ``rescorer`` (give one of the two).
+    negatives_from : dict {source: count} or str, optional
+        Negatives from several retrievers with quotas, e.g. ``{"bm25": 4, "dense": 4}`` or
+        ``"bm25:4,dense:4"`` (replaces ``retriever`` and ``num_negatives``).  Each source is mined
+        with the other settings; the union is taken in the order given without duplicates (a
+        document found by two sources counts for the first, and the next negative of the other
+        fills its place).  ``result.sources`` / ``negative_sources()`` tell where each came from.
+    require_positive_in_top : int, optional
+        Only queries whose best positive is in the retriever's top K (nothing excluded; with
+        ``negatives_from``, the first source's) are kept; the others are dropped
+        (``positive_not_in_top="drop"``: no negatives, left out of every file) or kept and flagged
+        (``"flag"``: ``result.positive_in_top``).  Counted in the report.
+    prompts : dict, optional
+        ``{"query": ..., "corpus": ...}`` given to ``encoder`` (as ``prompt=`` when it takes it,
+        else written in front of each text).
+    save_embeddings : folder, optional
+        Cache what ``encoder`` embeds there (``.npy`` keyed by ``encoder_name``, prompt and a hash
+        of the texts); the next run with the same texts reads them instead of encoding.
+    encoder_name : str, optional
+        The encoder's model name or path (recorded in the manifest; keys the cache).
 
     Returns
     -------
@@ -163,22 +190,69 @@ def mine_hard_negatives(
     prebuilt = None if isinstance(retriever, str) else retriever
     if prebuilt is not None:
         retriever = _check_prebuilt(prebuilt, ds, corpus_embeddings, query_embeddings, encoder, index, bm25)
+    quotas = None
+    if negatives_from is not None:
+        if prebuilt is not None:
+            raise TypeError("negatives_from builds its own retrievers: pass retriever= as a name")
+        quotas = parse_negatives_from(negatives_from)
+        retriever = quotas[0][0]
+        num_negatives = sum(q for _, q in quotas)
     cfg = build_config(
         retriever, num_negatives=num_negatives, range_min=range_min, range_max=range_max,
         relative_margin=relative_margin, absolute_margin=absolute_margin, max_score=max_score, min_score=min_score,
         sampling=sampling, temperature=temperature, rescorer=rescorer, seed=seed, num_threads=num_threads,
         positive_anchor=positive_anchor, metric=metric, rrf_k=rrf_k, exclude_self=exclude_self,
         exclude_same_text=exclude_same_text, batch_size=batch_size, encode_batch_size=encode_batch_size,
-        progress=progress, st_rule=st_rule, sampling_strategy=sampling_strategy, cross_encoder=cross_encoder)
+        progress=progress, st_rule=st_rule, sampling_strategy=sampling_strategy, cross_encoder=cross_encoder,
+        require_positive_in_top=require_positive_in_top, positive_not_in_top=positive_not_in_top)
     if ds.num_docs == 0:
         raise ValueError("the dataset's corpus is empty")
     t0 = time.perf_counter()
-    ret = prebuilt if prebuilt is not None else make_retriever(
-        cfg.retriever, ds, corpus_embeddings=corpus_embeddings, query_embeddings=query_embeddings, encoder=encoder,
+    kinds = [k for k, _ in quotas] if quotas else [cfg.retriever]
+    rets = {cfg.retriever: prebuilt} if prebuilt is not None else make_source_retrievers(
+        kinds, ds, corpus_embeddings=corpus_embeddings, query_embeddings=query_embeddings, encoder=encoder,
         index=index, bm25=bm25, metric=cfg.metric, rrf_k=cfg.rrf_k, num_threads=cfg.num_threads,
-        encode_batch_size=cfg.encode_batch_size, progress=cfg.progress)
+        encode_batch_size=cfg.encode_batch_size, progress=cfg.progress, prompts=prompts,
+        save_embeddings=save_embeddings, encoder_name=encoder_name)
     timings = {"index": time.perf_counter() - t0}
-    return run_pipeline(ds, ret, cfg, timings, t_all)
+    if quotas:
+        mined = mine_sources(ds, rets, cfg, quotas, timings, t_all)
+    else:
+        mined = run_pipeline(ds, rets[cfg.retriever], cfg, timings, t_all)
+    mined.provenance = run_provenance(cfg, rets, quotas, corpus_embeddings, query_embeddings, encoder_name,
+                                      prompts, bm25)
+    return mined
+
+
+def make_source_retrievers(kinds: List[str], ds: RetrievalDataset, **kw: Any) -> Dict[str, Any]:
+    """One retriever per kind in ``kinds`` (``make_retriever``'s keyword arguments); a dense and a
+    BM25 retriever built once serve "dense", "bm25" and "hybrid" alike."""
+    base: Dict[str, Any] = {}
+    for k in ("dense", "bm25"):
+        if k in kinds or "hybrid" in kinds:
+            base[k] = make_retriever(k, ds, **kw)
+    out = {k: base[k] for k in kinds if k in base}
+    if "hybrid" in kinds:
+        out["hybrid"] = HybridRetriever(base["dense"], base["bm25"], kw.get("rrf_k", 60))
+    return out
+
+
+def run_provenance(cfg: MiningConfig, rets: Dict[str, Any], quotas: Any, corpus_embeddings: Any = None,
+                   query_embeddings: Any = None, model: Optional[str] = None, prompts: Any = None,
+                   bm25: Any = None) -> Dict[str, Any]:
+    """What the run's manifest records beside the result: settings, model, prompts, embedding hashes."""
+    from hardneg.manifest import embeddings_provenance
+
+    knobs = cfg.knobs()
+    knobs["retriever"] = cfg.retriever if not quotas else None
+    knobs["negatives_from"] = dict(quotas) if quotas else None
+    emb = None
+    for r in rets.values():
+        emb = embeddings_provenance(r, corpus_embeddings, query_embeddings)
+        if emb is not None:
+            break
+    return {"knobs": knobs, "model": model, "prompts": dict(prompts or {}), "embeddings": emb,
+            "bm25": bm25 if isinstance(bm25, dict) else None}
 
 
 def _check_prebuilt(ret: Any, ds: RetrievalDataset, *sources: Any) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from hardneg._threads import resolve_num_threads
-from hardneg._validate import check_bool, check_choice, check_float, check_int
+from hardneg._validate import check_bool, check_choice, check_float, check_int, check_optional_int
 from hardneg.retrievers import RETRIEVERS
 
 SAMPLING = ("top", "random", "softmax")
@@ -14,6 +14,7 @@ FORMATS = ("sentence-transformers", "triplet", "flagembedding", "tevatron", "ids
 POSITIVE_ANCHORS = ("min", "max", "mean")
 ST_RULES = ("6.3", "6.2")  # sentence-transformers releases whose candidate rule can be followed
 METRICS = ("cosine", "ip")
+POSITIVE_NOT_IN_TOP = ("drop", "flag")  # what becomes of a query whose best positive is not retrieved
 
 Rescorer = Callable[[List[str], List[str]], Any]
 
@@ -24,6 +25,7 @@ class MiningConfig:
 
     ``shallow_first`` (internal): with ``sampling="top"``, search ``range_min + num_negatives + slack``
     deep first and search again only the queries whose survivors fall short (same result, faster).
+    ``require_positive_in_top`` / ``positive_not_in_top``: the positive-in-top filter (None: off).
     """
 
     retriever: str
@@ -49,6 +51,8 @@ class MiningConfig:
     progress: bool
     st_rule: str
     shallow_first: bool = True
+    require_positive_in_top: Optional[int] = None
+    positive_not_in_top: str = "drop"
 
     def params(self, metric_used: bool, depth: int) -> dict:
         """The settings recorded in ``MinedNegatives.params``."""
@@ -57,7 +61,20 @@ class MiningConfig:
                     absolute_margin=self.absolute_margin, max_score=self.max_score, min_score=self.min_score,
                     sampling=self.sampling, temperature=self.temperature, seed=self.seed,
                     positive_anchor=self.positive_anchor, metric=self.metric if metric_used else None,
-                    rescorer=self.rescorer is not None, depth=depth, st_rule=self.st_rule)
+                    rescorer=self.rescorer is not None, depth=depth, st_rule=self.st_rule,
+                    require_positive_in_top=self.require_positive_in_top,
+                    positive_not_in_top=self.positive_not_in_top if self.require_positive_in_top else None)
+
+    def knobs(self) -> dict:
+        """Every setting that decides the result, as JSON values (for the run's manifest)."""
+        return dict(num_negatives=self.num_negatives, range_min=self.range_min, range_max=self.range_max,
+                    relative_margin=self.relative_margin, absolute_margin=self.absolute_margin,
+                    max_score=self.max_score, min_score=self.min_score, sampling=self.sampling,
+                    temperature=self.temperature, seed=self.seed, positive_anchor=self.positive_anchor,
+                    metric=self.metric, rrf_k=self.rrf_k, exclude_self=self.exclude_self,
+                    exclude_same_text=self.exclude_same_text, st_rule=self.st_rule,
+                    rescorer=self.rescorer is not None, require_positive_in_top=self.require_positive_in_top,
+                    positive_not_in_top=self.positive_not_in_top)
 
 
 def cross_encoder_rescorer(model: Any) -> Rescorer:
@@ -103,7 +120,8 @@ def build_config(retriever: str = "dense", *, num_negatives: int = 8, range_min:
                  rrf_k: int = 60, exclude_self: bool = True, exclude_same_text: bool = True,
                  batch_size: int = 2048, encode_batch_size: int = 256, progress: bool = True,
                  st_rule: str = "6.3", sampling_strategy: Optional[str] = None, cross_encoder: Any = None,
-                 shallow_first: bool = True) -> MiningConfig:
+                 shallow_first: bool = True, require_positive_in_top: Optional[int] = None,
+                 positive_not_in_top: str = "drop") -> MiningConfig:
     """Check every setting (TypeError / ValueError naming the argument) and freeze them.
 
     Parameters
@@ -116,6 +134,9 @@ def build_config(retriever: str = "dense", *, num_negatives: int = 8, range_min:
         ``.predict(list of (query, document) pairs)``.  Giving both names of one setting is a TypeError.
     shallow_first : bool
         Allow the shallow first search (``sampling="top"``; same result, faster).
+    require_positive_in_top : int, optional
+        Keep only queries whose best positive is in the retriever's top K (``positive_not_in_top``:
+        "drop" removes the others from the output, "flag" keeps and marks them).
 
     Returns
     -------
@@ -129,6 +150,7 @@ def build_config(retriever: str = "dense", *, num_negatives: int = 8, range_min:
     check_choice(positive_anchor, "positive_anchor", POSITIVE_ANCHORS)
     check_choice(metric, "metric", METRICS)
     check_choice(st_rule, "st_rule", ST_RULES)
+    check_choice(positive_not_in_top, "positive_not_in_top", POSITIVE_NOT_IN_TOP)
     num_negatives = check_int(num_negatives, "num_negatives", 1)
     range_min = check_int(range_min, "range_min", 0)
     range_max = check_int(range_max, "range_max", 1)
@@ -151,4 +173,6 @@ def build_config(retriever: str = "dense", *, num_negatives: int = 8, range_min:
         exclude_same_text=check_bool(exclude_same_text, "exclude_same_text"),
         batch_size=check_int(batch_size, "batch_size", 1),
         encode_batch_size=check_int(encode_batch_size, "encode_batch_size", 1),
-        progress=bool(progress), st_rule=st_rule, shallow_first=bool(shallow_first))
+        progress=bool(progress), st_rule=st_rule, shallow_first=bool(shallow_first),
+        require_positive_in_top=check_optional_int(require_positive_in_top, "require_positive_in_top", 1),
+        positive_not_in_top=positive_not_in_top)

@@ -92,14 +92,16 @@ class _Accumulator:
     candidates: int = 0
     filtered: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILTERS, 0))
     searched_again: int = 0
+    positive_in_top: Optional[np.ndarray] = None  # bool (Q,) with the positive-in-top filter
     t_search: float = 0.0
     t_select: float = 0.0
     t_rescore: float = 0.0
 
     @classmethod
-    def empty(cls, nq: int, num_negatives: int) -> "_Accumulator":
+    def empty(cls, nq: int, num_negatives: int, positive_filter: bool = False) -> "_Accumulator":
         return cls(np.full((nq, num_negatives), -1, np.int64), np.full((nq, num_negatives), -np.inf, np.float32),
-                   np.full(nq, np.nan, np.float32), [np.zeros(0, np.float32)] * nq)
+                   np.full(nq, np.nan, np.float32), [np.zeros(0, np.float32)] * nq,
+                   positive_in_top=np.zeros(nq, bool) if positive_filter else None)
 
     def count(self, valid: np.ndarray, drops: Dict[str, np.ndarray], sel: np.ndarray) -> None:
         """Add the candidates of rows ``sel`` and what each filter removed from them."""
@@ -246,9 +248,26 @@ def _full_pass(ds: RetrievalDataset, ret: Any, cfg: MiningConfig, plan: SearchPl
     return sps
 
 
+def _positive_in_top(ret: Any, cfg: MiningConfig, n_docs: int, batch: _Batch, acc: _Accumulator) -> None:
+    """The positive-in-top filter: whether any positive of each query of the batch is among the
+    retriever's top ``require_positive_in_top`` (nothing excluded; ties by ascending row)."""
+    t0 = time.perf_counter()
+    k = min(cfg.require_positive_in_top, n_docs)
+    _, ti = _search(ret, batch.rows, k, None)
+    hit = np.zeros(batch.size, bool)
+    if batch.pq.size:
+        found = (ti[batch.pq] == batch.pd[:, None]).any(axis=1)
+        np.logical_or.at(hit, batch.pq, found)
+    acc.positive_in_top[batch.b0:batch.b1] = hit
+    acc.t_search += time.perf_counter() - t0
+
+
 def _mine_batch(ds: RetrievalDataset, ret: Any, cfg: MiningConfig, plan: SearchPlan, batch: _Batch,
                 acc: _Accumulator) -> None:
-    """One batch of queries: [shallow pass], full pass of the rest, then its anchors and positive scores."""
+    """One batch of queries: [positive-in-top], [shallow pass], full pass of the rest, then its
+    anchors and positive scores."""
+    if cfg.require_positive_in_top is not None:  # first: a hybrid's pair scores follow its last search
+        _positive_in_top(ret, cfg, ds.num_docs, batch, acc)
     todo = np.arange(batch.size)
     shallow = None
     if plan.shallow:
@@ -297,7 +316,7 @@ def run_pipeline(ds: RetrievalDataset, ret: Any, cfg: MiningConfig, timings: Opt
     plan = plan_search(ds, cfg)
     timings["prepare"] = time.perf_counter() - t0
     nq = ds.num_queries
-    acc = _Accumulator.empty(nq, cfg.num_negatives)
+    acc = _Accumulator.empty(nq, cfg.num_negatives, cfg.require_positive_in_top is not None)
     bar = progress_bar(nq, f"mining ({cfg.retriever})", cfg.progress)
     for b0 in range(0, nq, cfg.batch_size):
         batch = _Batch.of(plan, b0, min(nq, b0 + cfg.batch_size))
@@ -313,12 +332,24 @@ def run_pipeline(ds: RetrievalDataset, ret: Any, cfg: MiningConfig, timings: Opt
     stats = {"candidates": acc.candidates, "filtered": {k: v for k, v in acc.filtered.items() if v},
              "searched_again": acc.searched_again if plan.shallow else None,
              "max_positives": plan.positives.max_count}
+    if acc.positive_in_top is not None:
+        _apply_positive_filter(cfg, acc, stats)
     pos = plan.positives
     bounds = pos.indptr.tolist()
     positives = [pos.rows[bounds[j]:bounds[j + 1]] for j in range(nq)]  # read-only views
     params = cfg.params(metric_used=cfg.retriever in ("dense", "hybrid"), depth=plan.depth)
     return MinedNegatives(acc.ids, acc.scores, acc.anchors, positives, acc.positive_scores, ds, params, stats,
-                          timings)
+                          timings, positive_in_top=acc.positive_in_top)
+
+
+def _apply_positive_filter(cfg: MiningConfig, acc: _Accumulator, stats: Dict[str, Any]) -> None:
+    """Count the queries whose best positive is not in the top K; with "drop", clear their negatives."""
+    miss = ~acc.positive_in_top
+    stats["positive_not_in_top"] = {"k": cfg.require_positive_in_top, "action": cfg.positive_not_in_top,
+                                    "queries": int(miss.sum())}
+    if cfg.positive_not_in_top == "drop":
+        acc.ids[miss] = -1
+        acc.scores[miss] = -np.inf
 
 
 def _to_flat(x: Any, n: int) -> np.ndarray:

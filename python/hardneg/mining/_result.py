@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -38,6 +38,19 @@ class MinedNegatives:
         Corpus rows of each query's positives.
     all_positive_scores : list of float32 arrays
         The scores of those positives.
+    positive_in_top : bool (Q,) or None
+        With ``require_positive_in_top=K``: whether a positive of the query is in the retriever's
+        top K.  With ``positive_not_in_top="drop"`` the other queries have no negatives and are
+        left out of every file (:attr:`dropped`).
+    sources : int8 (Q, num_negatives) or None
+        With ``negatives_from``: the index into ``source_names`` of the source each negative came
+        from; -1 where ids is -1.
+    source_names : list of str
+        The sources in the order given (``["bm25", "dense"]``).
+    source_anchor_scores : float32 (S, Q) or None
+        Each source's anchor score per query (scores of different sources are not comparable).
+    provenance : dict
+        Model, prompts, input paths and hashes of the embeddings used (for the run's manifest).
     """
 
     ids: np.ndarray
@@ -49,6 +62,11 @@ class MinedNegatives:
     params: Dict[str, Any] = field(default_factory=dict)
     stats: Dict[str, Any] = field(default_factory=dict)
     timings: Dict[str, float] = field(default_factory=dict)
+    positive_in_top: Optional[np.ndarray] = None
+    sources: Optional[np.ndarray] = None
+    source_names: List[str] = field(default_factory=list)
+    source_anchor_scores: Optional[np.ndarray] = None
+    provenance: Dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -60,8 +78,26 @@ class MinedNegatives:
     @property
     def positive_scores(self) -> np.ndarray:
         """float32 (Q, num_negatives): the anchor positive score of each (query, negative) pair, NaN padded."""
-        a = np.asarray(self.anchor_scores, dtype=np.float32)[:, None]
+        if self.sources is not None and self.source_anchor_scores is not None:  # each source's own anchor
+            src = np.maximum(self.sources, 0).astype(np.int64)
+            a = np.asarray(self.source_anchor_scores, dtype=np.float32)[src, np.arange(len(self))[:, None]]
+        else:
+            a = np.asarray(self.anchor_scores, dtype=np.float32)[:, None]
         return np.where(self.ids >= 0, a, np.float32(np.nan)).astype(np.float32)
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """bool (Q,): queries the positive-in-top filter dropped (left out of every file)."""
+        if self.positive_in_top is None or self.params.get("positive_not_in_top") != "drop":
+            return np.zeros(len(self), bool)
+        return ~np.asarray(self.positive_in_top, bool)
+
+    def negative_sources(self) -> Optional[List[List[str]]]:
+        """The source of each negative, per query (None without ``negatives_from``)."""
+        if self.sources is None:
+            return None
+        names = self.source_names
+        return [[names[s] for s in row if s >= 0] for row in self.sources.tolist()]
 
     @property
     def counts(self) -> np.ndarray:
@@ -79,16 +115,24 @@ class MinedNegatives:
 
     # ------------------------------------------------------------------------------------- report
 
-    def report(self, print_it: bool = False) -> str:
-        """A text summary: counts, score distributions, filters, suspected false negatives, timings."""
+    def report(self, print_it: bool = False, html: Optional[Union[str, os.PathLike]] = None) -> str:
+        """A text summary: counts, score distributions, filters, suspected false negatives, timings.
+
+        ``html``: also write a self-contained HTML report there (histograms, negatives by rank,
+        counts per filter and source, the strongest false-negative suspects side by side; see
+        :func:`hardneg.report_html.write_html_report`).
+        """
+        if html is not None:
+            from hardneg.report_html import write_html_report
+
+            write_html_report(self, html)
         n = self.ids.shape[1]
         cnt = self.counts
         valid = self.ids >= 0
         neg = self.scores[valid].astype(np.float64)
         has_pos = np.array([p.size > 0 for p in self.positive_ids], dtype=bool)
         pos = self.anchor_scores[has_pos].astype(np.float64)
-        anchor = np.broadcast_to(self.anchor_scores[:, None], self.ids.shape)
-        diff = (anchor[valid] - self.scores[valid]).astype(np.float64)
+        diff = (self.positive_scores[valid] - self.scores[valid]).astype(np.float64)
         diff = diff[np.isfinite(diff)]
         lines = []
         p = self.params
@@ -118,6 +162,7 @@ class MinedNegatives:
         for name, value in self.stats.get("filtered", {}).items():
             total = max(1, self.stats.get("candidates", 1))
             lines.append(f"skipped {value:,} candidates ({value / total:.2%}) due to {name}={p.get(name)}")
+        lines.extend(self._extra_report_lines())
         # suspected false negatives: negatives scoring above a positive of their query
         above_low = above_high = 0
         examples = []
@@ -142,16 +187,38 @@ class MinedNegatives:
             print(text)
         return text
 
+    def _extra_report_lines(self) -> List[str]:
+        """Report lines of the positive-in-top filter and of the sources (none when unused)."""
+        lines = []
+        pit = self.stats.get("positive_not_in_top")
+        if pit:
+            verb = "dropped" if pit["action"] == "drop" else "kept and flagged"
+            lines.append(f"positive not in the top {pit['k']}: {pit['queries']:,} queries ({verb})")
+        if self.sources is not None:
+            dup = self.stats.get("duplicates", {})
+            quotas = self.params.get("negatives_from") or {}
+            lines.append("negatives per source: " + ", ".join(
+                f"{k} {int((self.sources == s).sum()):,} (quota {quotas.get(k, '-')}, "
+                f"{dup.get(k, 0):,} duplicates skipped)" for s, k in enumerate(self.source_names)))
+        return lines
+
     def __str__(self) -> str:
         return self.report()
 
     # ------------------------------------------------------------------------------------- output
 
-    def save(self, path: Union[str, os.PathLike], format: str = "sentence-transformers") -> int:
+    def save(self, path: Union[str, os.PathLike], format: str = "sentence-transformers",
+             manifest: bool = True) -> int:
         """Write a training file (JSON lines; ``.gz`` paths are compressed). Returns the records written.
 
         The file is written beside ``path`` under a temporary name and renamed into place at the
-        end: an error half-way leaves an existing file at ``path`` as it was.
+        end: an error half-way leaves an existing file at ``path`` as it was.  With ``manifest``,
+        ``path + ".manifest.json"`` records how to rebuild it (:mod:`hardneg.manifest`: version,
+        retrievers, model and embedding hashes, every setting, dataset fingerprint, peers'
+        versions, counts and timings).  Queries the positive-in-top filter dropped are left out.
+        With ``negatives_from``, the "sentence-transformers" and "ids" records carry a
+        ``negative_sources`` list; with the filter in "flag" mode, "ids" records carry
+        ``positive_in_top``.
 
         Formats
         -------
@@ -182,6 +249,10 @@ class MinedNegatives:
         written = 0
         need_text = format != "ids"
         texts = ds.corpus_texts if need_text else None
+        dropped = self.dropped
+        src = self.negative_sources()
+        flag = self.positive_in_top is not None and not dropped.any() \
+            and self.params.get("positive_not_in_top") == "flag"
         with atomic_text_output(out) as f:  # a temporary file beside ``path``, renamed into place
             def emit(obj):
                 nonlocal written
@@ -190,6 +261,8 @@ class MinedNegatives:
                 written += 1
 
             for j, qid in enumerate(ds.query_ids):
+                if dropped[j]:
+                    continue
                 row = self.ids[j]
                 k = int((row >= 0).sum())
                 negs = row[:k].tolist()
@@ -198,8 +271,13 @@ class MinedNegatives:
                 pscores = [float(x) for x in self.all_positive_scores[j]]
                 qtext = ds.query_texts[j]
                 if format == "ids":
-                    emit({"query_id": qid, "positive_ids": [cid[p] for p in pos], "positive_scores": pscores,
-                          "negative_ids": [cid[x] for x in negs], "negative_scores": nscores})
+                    rec = {"query_id": qid, "positive_ids": [cid[p] for p in pos], "positive_scores": pscores,
+                           "negative_ids": [cid[x] for x in negs], "negative_scores": nscores}
+                    if src is not None:
+                        rec["negative_sources"] = src[j]
+                    if flag:
+                        rec["positive_in_top"] = bool(self.positive_in_top[j])
+                    emit(rec)
                 elif format == "sentence-transformers":
                     if k < n:
                         continue
@@ -207,6 +285,8 @@ class MinedNegatives:
                         rec = {"anchor": qtext, "positive": texts[p]}
                         for t, x in enumerate(negs, 1):
                             rec[f"negative_{t}"] = texts[x]
+                        if src is not None:
+                            rec["negative_sources"] = src[j]
                         emit(rec)
                 elif format == "triplet":
                     for p in pos:
@@ -226,6 +306,10 @@ class MinedNegatives:
 
                     emit({"query_id": qid, "query": qtext, "positive_passages": [passage(p) for p in pos],
                           "negative_passages": [passage(x) for x in negs]})
+        if manifest:
+            from hardneg.manifest import write_manifest
+
+            write_manifest(self, out, format, written)
         return written
 
 
@@ -261,6 +345,12 @@ def load_negatives(path: Union[str, os.PathLike], dataset: RetrievalDataset) -> 
     ids = np.full((q, width), -1, np.int64)
     scores = np.full((q, width), -np.inf, np.float32)
     pos_ids, pos_scores = [], []
+    names: List[str] = []
+    for r in recs.values():
+        for name in r.get("negative_sources", []):
+            if name not in names:
+                names.append(name)
+    sources = np.full((q, width), -1, np.int8) if names else None
     for j, qid in enumerate(dataset.query_ids):
         r = recs.get(qid)
         if r is None:
@@ -273,11 +363,15 @@ def load_negatives(path: Union[str, os.PathLike], dataset: RetrievalDataset) -> 
         except KeyError as e:
             raise ValueError(f"{p}: document id {e.args[0]!r} is not in the dataset's corpus") from None
         ids[j, :len(negs)] = negs
+        if sources is not None:
+            got = [names.index(x) for x in r.get("negative_sources", [])]
+            sources[j, :len(got)] = got
         scores[j, :len(negs)] = r.get("negative_scores", [np.nan] * len(negs))
         pos_ids.append(np.array(pos, np.int64))
         pos_scores.append(np.array(r.get("positive_scores", [np.nan] * len(pos)), np.float32))
     anchor = np.array([np.min(s) if s.size else np.nan for s in pos_scores], np.float32)
-    return MinedNegatives(ids, scores, anchor, pos_ids, pos_scores, dataset, params={"loaded_from": str(p)})
+    return MinedNegatives(ids, scores, anchor, pos_ids, pos_scores, dataset, params={"loaded_from": str(p)},
+                          sources=sources, source_names=names)
 
 
 def _check_query_overlap(path: Path, recs: Dict[str, Any], dataset: RetrievalDataset) -> None:
