@@ -353,7 +353,8 @@ class RefreshNegatives(_CallbackBase):
                                 encode_batch_size=self.encode_batch_size, progress=self.progress,
                                 index_factory=self.index_factory, **self.mine_kwargs)
         self._fingerprint = fp
-        self.corpus_embeddings, self.query_embeddings, self.mined = res.corpus_embeddings, res.query_embeddings, res.mined
+        self.corpus_embeddings, self.query_embeddings = res.corpus_embeddings, res.query_embeddings
+        self.mined = res.mined
         entry = {"step": step, "epoch": epoch, **res.stats, "reused": unchanged}
         self.history.append(entry)
         s, m = entry["seconds"], entry["memory_mib"]
