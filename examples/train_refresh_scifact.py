@@ -105,7 +105,7 @@ def run_recipe(name: str, args, train_ds, test_ds, base, guide) -> dict:
     model = copy.deepcopy(base)
     t0 = time.perf_counter()
     mine = dict(num_negatives=args.negatives, range_min=args.range_min, range_max=args.range_max,
-                relative_margin=0.05, seed=args.seed, progress=not args.quiet)
+                relative_margin=0.05, seed=args.seed)
     extra = {}
     if name in ("guide", "refresh"):
         mine.update(GuideRescorer(guide, batch_size=args.encode_batch, progress=not args.quiet).mining_kwargs())
@@ -119,7 +119,7 @@ def run_recipe(name: str, args, train_ds, test_ds, base, guide) -> dict:
         extra = {"rows": len(table)}
     elif name == "refresh":
         cb = RefreshNegatives(train_ds, model, every_n_steps=args.refresh_every, corpus_sample=args.corpus_sample,
-                              encode_batch_size=args.encode_batch, progress=not args.quiet, seed=args.seed, **mine)
+                              encode_batch_size=args.encode_batch, progress=not args.quiet, **mine)
         train(model, cb.train_dataset, args, callbacks=[cb])
         extra = {"rows": len(cb.table), "refreshes": len(cb.history) - 1,
                  "refresh_s": round(sum(h["seconds"]["total"] for h in cb.history[1:]), 1)}

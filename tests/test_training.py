@@ -88,6 +88,13 @@ def test_refresh_changed_model_equals_mining_with_new_embeddings(ds, model, capl
     assert any("refresh at step 5" in r.getMessage() for r in caplog.records)
 
 
+def test_seed_reaches_the_miner(ds, model):
+    kw = {**KW, "sampling": "random", "range_max": 12}
+    cb = RefreshNegatives(ds, model, seed=3, **kw)
+    C, Q = embeddings(model, ds)
+    assert_same(cb.mined, hn.mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, seed=3, **kw))
+
+
 def test_corpus_sample_keeps_other_rows(ds, model):
     cb = RefreshNegatives(ds, model, every_n_steps=1, corpus_sample=5, refresh_positives=False, seed=3, **KW)
     old = cb.corpus_embeddings.copy()

@@ -249,7 +249,8 @@ class RefreshNegatives(_CallbackBase):
     encode_batch_size : int
     progress : bool
     seed : int
-        Corpus samples and random fills.
+        The miner's ``seed`` (for ``sampling="random"`` / ``"softmax"``), and the corpus samples
+        and random fills.
     index_factory : callable(float32 (N, d)) -> index, optional
         See :func:`refresh_negatives`.
     **mine_kwargs
@@ -284,7 +285,7 @@ class RefreshNegatives(_CallbackBase):
         self.seed = check_int(seed, "seed", 0)
         self.dataset = dataset
         self.index_factory = index_factory
-        self.mine_kwargs = dict(mine_kwargs)
+        self.mine_kwargs = {**mine_kwargs, "seed": self.seed}
         self.history: List[Dict[str, Any]] = []
         self._fingerprint = None
         self.query_embeddings = query_embeddings
