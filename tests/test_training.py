@@ -268,3 +268,29 @@ def test_trainer_epoch_refresh_is_exact(ds, model, tmp_path):
         for f in feats:
             j = text_to_query[f["anchor"]]
             assert [f["negative_1"], f["negative_2"]] == [texts[r] for r in table[j]]
+
+
+def test_table_updates_reach_loader_workers(ds):
+    """The shared-memory table: a persistent worker process reads the negatives of the latest update."""
+    rng = np.random.default_rng(1)
+    C = rng.standard_normal((ds.num_docs, 8)).astype(np.float32)
+    Q = rng.standard_normal((ds.num_queries, 8)).astype(np.float32)
+    mined = hn.mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, **KW)
+    table = NegativesTable(ds, mined)
+    loader = torch.utils.data.DataLoader(table.dataset(), batch_size=len(table), num_workers=1,
+                                         persistent_workers=True, collate_fn=lambda rows: rows)
+    texts = ds.corpus_texts
+
+    def seen():
+        (rows,) = list(loader)
+        return [[r["negative_1"], r["negative_2"]] for r in rows]
+
+    def expected():
+        cur = table.current()
+        return [[texts[x] for x in cur[j]] for j in table.query_index.tolist()]
+
+    before = seen()
+    assert before == expected()
+    table.update(_mined_like(mined, mined.ids[:, ::-1].copy()))  # a different order of the same negatives
+    after = seen()
+    assert after == expected() and after == [[b, a] for a, b in before] != before
