@@ -237,7 +237,8 @@ class CorpusTextIndex:
             hv = hash(t)
             lo = int(np.searchsorted(self.sorted, hv, "left"))
             hi = int(np.searchsorted(self.sorted, hv, "right"))
-            for r in self.order[lo:hi].tolist():
+            for p in range(lo, hi):  # usually the first one: not the whole run of a large group
+                r = int(self.order[p])
                 if self.texts[r] == t:
                     out[j] = group[r]
                     break

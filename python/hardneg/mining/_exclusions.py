@@ -141,6 +141,9 @@ class Exclusions:
                     ex = self._merged(glob_rows, pending, fq, fr)
             s2, i2, ids2 = search(pending, k, ex)
             hq, hr = self._hits(glob_rows, pending, ids2)
+            if np.isin(hq * np.int64(self.group.size) + hr, fq * np.int64(self.group.size) + fr).any():
+                raise RuntimeError("the retriever returned a row it was asked to exclude (its search must honour "
+                                   "exclude=); duplicate-text exclusion cannot converge")
             ok = ~np.isin(pending, hq)
             cs[pending[ok]] = s2[ok]
             ci[pending[ok]] = i2[ok]

@@ -32,6 +32,7 @@ from hardneg.mining._select import FILTERS, anchors, apply_filters, select_sampl
 # first search is also cheap enough for the int8 screen (docs/topk.md).
 _SHALLOW_SLACK = 12
 _CANDIDATE_BYTES = 4 + 8 + 1  # float32 score, int64 id and a mask byte per searched candidate
+_PROBE_CANDIDATES = 1 << 22  # a deeper probe for duplicate-text rows may hold this many (~50 MB)
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -157,7 +158,8 @@ def _search_excluded(ret: Any, rows: Any, glob: np.ndarray, k: int, plan: Search
             return cs, ci, ci_runs
         return cs, ci, ci
 
-    cs, ci, final = plan.exclusions.search(run, glob, k, plan.num_docs, glob.size * plan.k_full)
+    budget = max(4 * glob.size * plan.k_full, _PROBE_CANDIDATES)  # deeper probes: candidates in all
+    cs, ci, final = plan.exclusions.search(run, glob, k, plan.num_docs, budget)
     if final is not None and getattr(ret, "name", None) not in ("dense", "bm25"):
         cs, ci = _search(ret, rows, k, final)  # the same result; the retriever's state is this batch's again
     return cs, ci
