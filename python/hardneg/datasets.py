@@ -272,6 +272,7 @@ class TextGroups:
 
     @classmethod
     def of(cls, index: CorpusTextIndex) -> "TextGroups":
+        """The groups of ``index``'s texts: runs of equal hashes, split by text where hashes collide."""
         n = index.sorted.size
         s, order, texts = index.sorted, index.order, index.texts
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if n else np.zeros(0, np.int64)

@@ -112,9 +112,9 @@ class Exclusions:
                budget: int) -> Tuple[np.ndarray, np.ndarray, Optional[CSR]]:
         """The top ``k`` of the queries ``glob_rows`` (ascending) with every exclusion removed.
 
-        Searches with the CSR, then drops nothing but checks: a retrieved row whose text group
-        the query excludes lazily is added to that query's exclusions and the query is searched
-        again, until no searched run holds such a row.  Excluding rows that were not retrieved
+        Searches with the CSR, then checks the retrieved rows: one whose text group the query
+        excludes lazily is added to that query's exclusions and the query is searched again,
+        until no searched ranking (``search``'s third output) holds such a row.  Excluding rows that were not retrieved
         changes no top-``k``, so this is the search with every group excluded up front.  From
         the third search of a query on, a deeper probe (``k * 4**round``, at most ``budget``
         candidates in all) first collects more of the group's rows, so a group of m rows ranked
