@@ -898,3 +898,285 @@ def test_prompts_and_saved_embeddings_in_python(tmp_path):
         mine_hard_negatives(ds, encoder=plain, prompts={"doc": "x"}, **kw)
     with pytest.raises(TypeError, match="prompts"):
         mine_hard_negatives(ds, encoder=plain, prompts={"query": 3}, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- duplicate texts
+
+
+def _old_exclusions(ds, pos_q, pos_rows, exclude_self, exclude_same_text):
+    """The previous implementation (every duplicate group expanded per query, Python lists), kept as
+    the oracle of the lazy group exclusion."""
+    from typing import List
+
+    qs: List[np.ndarray] = []
+    rs: List[np.ndarray] = []
+    text_q: List[int] = []
+    text_r: List[int] = []
+    if exclude_self:
+        own = ds._own_rows()
+        hit = np.flatnonzero(own >= 0)
+        qs.append(hit)
+        rs.append(own[hit])
+    if exclude_same_text and ds.num_docs:
+        texts = ds.corpus_texts
+        lookup = ds.text_index()
+        pq: List[int] = []
+        pr: List[int] = []
+        for j in np.flatnonzero(lookup.may_contain(ds.query_texts)).tolist():
+            rows_ = lookup.rows_with_text(ds.query_texts[j])
+            pq.extend([j] * len(rows_))
+            pr.extend(rows_)
+            if rows_:
+                text_q.append(j)
+                text_r.append(min(rows_))
+        dup_rows = lookup.duplicated_rows()
+        if dup_rows and pos_rows.size:
+            shared = np.flatnonzero(np.isin(pos_rows, np.fromiter(dup_rows, dtype=np.int64, count=len(dup_rows))))
+            for t in shared.tolist():
+                j, r = int(pos_q[t]), int(pos_rows[t])
+                others = [x for x in lookup.rows_with_text(texts[r]) if x != r]
+                pq.extend([j] * len(others))
+                pr.extend(others)
+        qs.append(np.array(pq, dtype=np.int64))
+        rs.append(np.array(pr, dtype=np.int64))
+    eq = np.concatenate(qs) if qs else np.zeros(0, np.int64)
+    er = np.concatenate(rs) if rs else np.zeros(0, np.int64)
+    tq, tr = np.array(text_q, dtype=np.int64), np.array(text_r, dtype=np.int64)
+    if eq.size == 0:
+        return eq, er, tq, tr
+    base = np.int64(ds.num_docs + 1)
+    pos_key = pos_q * base + pos_rows
+    key = np.unique(eq * base + er)
+    key = key[~np.isin(key, pos_key)]
+    not_pos = ~np.isin(tq * base + tr, pos_key)
+    return key // base, key % base, tq[not_pos], tr[not_pos]
+
+
+def _excl_module():
+    import importlib
+
+    return importlib.import_module("hardneg.mining._exclusions")  # the package re-exports a function of this name
+
+
+def _use_old_exclusions(monkeypatch):
+    """Mine with the previous up-front exclusions (no lazy group)."""
+    ex = _excl_module()
+
+    def old(ds, pos_q, pos_rows, exclude_self, exclude_same_text, expand_max):
+        z = np.zeros(0, np.int64)
+        return (*_old_exclusions(ds, pos_q, pos_rows, exclude_self, exclude_same_text), z, z)
+
+    monkeypatch.setattr(ex, "_split_exclusions", old)
+
+
+def make_groups(seed, nq=30, n=400, d=6, tie=True):
+    """A corpus where many documents share a text: 120 empty ones (identical embeddings when ``tie``,
+    built to rank first), 60 boilerplate ones, four groups of 5 and unique texts; positives inside
+    the groups and queries whose text is a group's.  Integer embeddings: exact inner products."""
+    rng = np.random.default_rng(seed)
+    texts = [f"doc {i} word{i % 17} term{i % 5}" for i in range(n)]
+    empty = rng.choice(n, size=120, replace=False)
+    rest = np.setdiff1d(np.arange(n), empty)
+    boiler = rng.choice(rest, size=60, replace=False)
+    rest = np.setdiff1d(rest, boiler)
+    small = rng.choice(rest, size=20, replace=False)
+    for i in empty:
+        texts[i] = ""
+    for i in boiler:
+        texts[i] = "boiler plate word3 term1"
+    for g, i in enumerate(small):
+        texts[i] = f"small group {g % 4} word{g % 4}"
+    C = rng.integers(-8, 9, size=(n, d)).astype(np.float32)
+    if tie:
+        C[empty] = 8.0
+    C[boiler[: 30]] = rng.integers(4, 9, size=(30, d))
+    Q = rng.integers(-2, 9, size=(nq, d)).astype(np.float32)
+    qtexts = [f"query {j} word{j % 17} term{j % 5}" for j in range(nq)]
+    pos = []
+    for j in range(nq):
+        p = set(rng.choice(n, size=int(rng.integers(1, 4)), replace=False).tolist())
+        if j % 3 == 0:
+            p.add(int(empty[j % 120]))
+        if j % 4 == 1:
+            p.add(int(boiler[j % 60]))
+        if j % 5 == 2:
+            p.add(int(small[j % 20]))
+        pos.append(np.array(sorted(p)))
+        if j % 7 == 3:
+            qtexts[j] = ""
+        elif j % 7 == 5:
+            qtexts[j] = "boiler plate word3 term1"
+        elif j % 7 == 6:
+            qtexts[j] = texts[int(rest[j])]
+    return make_ds(nq, n, pos, qtexts, texts), C, Q
+
+
+DUP_CONFIGS = [
+    dict(num_negatives=5, range_min=0, range_max=20, relative_margin=None),
+    dict(num_negatives=4, range_min=3, range_max=60, relative_margin=None, max_score=60.0, st_rule="6.2"),
+    dict(num_negatives=6, range_min=0, range_max=150, relative_margin=None, batch_size=7),
+    dict(num_negatives=3, range_min=1, range_max=30, relative_margin=None, sampling="random", seed=3),
+    dict(num_negatives=5, range_min=0, range_max=15, relative_margin=None, exclude_self=False,
+         rescorer=lambda qs, ds: [float(3 * len(a) - len(b) + (b[-1:] == "1")) for a, b in zip(qs, ds)]),
+]
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.anchor_scores, b.anchor_scores)
+    for x, y in zip(a.all_positive_scores, b.all_positive_scores):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_duplicate_groups_exclusions_match_previous(seed):
+    from hardneg.mining._exclusions import Positives, _exclusions
+
+    ds, _, _ = make_groups(seed)
+    pos = Positives.of(ds)
+    for self_, same in [(True, True), (False, True), (True, False)]:
+        got = _exclusions(ds, pos.query, pos.rows, self_, same)
+        want = _old_exclusions(ds, pos.query, pos.rows, self_, same)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("expand_max", [0, 16, 10 ** 9])
+@pytest.mark.parametrize("cfg", range(len(DUP_CONFIGS)))
+@pytest.mark.parametrize("tie", [True, False])
+def test_duplicate_groups_mining_identical_to_up_front(monkeypatch, expand_max, cfg, tie):
+    """Lazy group exclusion (every group lazy, only large ones, none) against the previous
+    implementation that expands every group for every query up front."""
+    ex = _excl_module()
+
+    ds, C, Q = make_groups(cfg + 10 * tie, tie=tie)
+    kw = dict(corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False, **DUP_CONFIGS[cfg])
+    monkeypatch.setattr(ex, "EXPAND_MAX", expand_max)
+    got = mine_hard_negatives(ds, **kw)
+    with monkeypatch.context() as m:
+        _use_old_exclusions(m)
+        want = mine_hard_negatives(ds, **kw)
+    _same(got, want)
+    assert got.counts.sum() >= got.counts.size
+    texts = ds.corpus_texts
+    for j, r in enumerate(rows(got)):  # no negative shares a text with the query or a positive
+        banned = {ds.query_texts[j]} | {texts[p] for p in got.positive_ids[j]}
+        assert not {texts[x] for x in r} & banned
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "hybrid"])
+@pytest.mark.parametrize("expand_max", [0, 16])
+def test_duplicate_groups_bm25_hybrid_identical(monkeypatch, retriever, expand_max):
+    ex = _excl_module()
+
+    ds, C, Q = make_groups(5)
+    kw = dict(corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False, num_negatives=5, range_min=0,
+              range_max=40, relative_margin=None, batch_size=11)
+    monkeypatch.setattr(ex, "EXPAND_MAX", expand_max)
+    got = mine_hard_negatives(ds, retriever, **kw)
+    with monkeypatch.context() as m:
+        _use_old_exclusions(m)
+        want = mine_hard_negatives(ds, retriever, **kw)
+    _same(got, want)
+
+
+def test_duplicate_groups_ranked_first_few_searches(monkeypatch):
+    """A group of 3,000 identical rows ranked first for every query: the deeper probe finds it in
+    O(log) searches, and the result equals the up-front exclusion."""
+    from hardneg.mining import _pipeline
+
+    rng = np.random.default_rng(7)
+    n, nq = 4000, 6
+    texts = [f"t{i}" for i in range(n)]
+    grp = rng.choice(n, size=3000, replace=False)
+    for i in grp:
+        texts[i] = "same"
+    C = rng.integers(-5, 6, size=(n, 4)).astype(np.float32)
+    C[grp] = 6.0
+    Q = np.ones((nq, 4), np.float32)
+    pos = [np.array([int(grp[j])]) for j in range(nq)]
+    ds = make_ds(nq, n, pos, None, texts)
+    calls = []
+    search = _pipeline._search
+    monkeypatch.setattr(_pipeline, "_search", lambda *a: calls.append(a[2]) or search(*a))
+    kw = dict(corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False, num_negatives=5, range_min=0,
+              range_max=10, relative_margin=None)
+    got = mine_hard_negatives(ds, **kw)
+    assert len(calls) <= 12
+    with monkeypatch.context() as m:
+        _use_old_exclusions(m)
+        want = mine_hard_negatives(ds, **kw)
+    _same(got, want)
+    assert not set(np.concatenate(rows(got)).tolist()) & set(grp.tolist())
+
+
+def test_text_groups_split_hash_collisions():
+    ti = hd.CorpusTextIndex(["a", "b", "a", "c", "b", "a"])
+    g = ti.groups()
+    assert g.group[0] == g.group[2] == g.group[5] and g.group[1] == g.group[4] and len(set(g.group.tolist())) == 3
+    assert ti.group_of(["c", "b", "zz", "a"]).tolist() == [g.group[3], g.group[1], -1, g.group[0]]
+    ti.sorted = np.zeros(6, np.int64)  # every hash equal: groups must still split by text
+    ti.order = np.arange(6)
+    ti._groups = None
+    g = ti.groups()
+    assert g.group.tolist() == [0, 1, 0, 2, 1, 0]
+    assert g.first.tolist() == [0, 1, 3] and g.size.tolist() == [3, 2, 1]
+    assert g.members[g.indptr[0]:g.indptr[1]].tolist() == [0, 2, 5]
+
+
+_BIG_GROUP = r"""
+import resource, sys, time, tracemalloc
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from hardneg import datasets as hd
+from hardneg.mining import mine_hard_negatives
+rng = np.random.default_rng(0)
+n, nq, d = 110_000, 500, 8
+texts = [f"doc {i}" for i in range(n)]
+for i in range(100_000):
+    texts[i] = ""
+C = rng.standard_normal((n, d)).astype(np.float32)
+Q = rng.standard_normal((nq, d)).astype(np.float32)
+pos = {f"q{j}": {f"d{int(rng.integers(0, 100_000))}": 1} for j in range(nq)}  # each has an empty positive
+qt = {f"q{j}": ("" if j % 2 else f"query {j}") for j in range(nq)}  # half the queries are the empty text
+ds = hd.from_dict({f"d{i}": texts[i] for i in range(n)}, qt, pos)
+ds.text_index().groups()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tracemalloc.start()
+m = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, num_negatives=8, range_min=0,
+                        range_max=50, relative_margin=None, progress=False)
+peak = tracemalloc.get_traced_memory()[1]
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ids = m.ids[m.ids >= 0]
+assert ids.size == nq * 8 and (ids >= 100_000).all()
+print(peak, (after - before) * 1024)
+"""
+
+
+def test_group_of_100k_identical_texts(tmp_path):
+    """100,000 identical (empty) texts, every query with one of them as a positive and half the
+    queries empty: no group expansion; peak extra memory stays far below the 100,000 x 500 pairs
+    (400 MB) an up-front expansion would hold."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "big_group.py"
+    script.write_text(_BIG_GROUP)
+    out = subprocess.run([sys.executable, str(script), str(Path(hn.__file__).parents[1])], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    peak, rss = (int(x) for x in out.stdout.split())
+    assert peak < 100 << 20, peak
+
+
+def test_duplicate_groups_retriever_ignoring_exclude_raises(monkeypatch):
+    """A search that returns excluded rows cannot converge: a clear error, not a hang."""
+    from hardneg.mining import _pipeline
+
+    ds, C, Q = make_groups(3)
+    search = _pipeline._search
+    monkeypatch.setattr(_pipeline, "_search", lambda ret, rows, k, exclude: search(ret, rows, k, None))
+    with pytest.raises(RuntimeError, match="honour"):
+        mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False,
+                            num_negatives=5, range_min=0, range_max=20, relative_margin=None)

@@ -28,7 +28,7 @@ import numpy as np
 from hardneg._io import open_text
 from hardneg.metrics import read_qrels_rows
 
-__all__ = ["RetrievalDataset", "CorpusTextIndex", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
+__all__ = ["RetrievalDataset", "CorpusTextIndex", "TextGroups", "load_beir", "from_dict", "load_sample", "sample_path", "find_embeddings"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -201,6 +201,7 @@ class CorpusTextIndex:
         h = np.fromiter((hash(t) for t in texts), dtype=np.int64, count=len(texts))
         self.order = np.argsort(h, kind="stable")
         self.sorted = h[self.order]
+        self._groups: Optional[TextGroups] = None
 
     def may_contain(self, texts: List[str]) -> np.ndarray:
         """bool (len(texts),): whether a corpus text has the same hash (True for every text that is there)."""
@@ -214,6 +215,35 @@ class CorpusTextIndex:
         hi = int(np.searchsorted(self.sorted, hv, "right"))
         return [int(r) for r in self.order[lo:hi] if self.texts[r] == text]
 
+    def groups(self) -> "TextGroups":
+        """Every row's text group (rows with identical texts share one), built once: O(N) after the
+        hash sort; only rows whose hash is shared with another row reach a Python loop."""
+        if self._groups is None:
+            self._groups = TextGroups.of(self)
+        return self._groups
+
+    def group_of(self, texts: List[str]) -> np.ndarray:
+        """int64 (len(texts),): the text group of each text, -1 where no corpus row has that text.
+
+        Compares texts only within a hash match, stopping at the first equal one (O(1) per text
+        even when a large group shares it)."""
+        out = np.full(len(texts), -1, np.int64)
+        hit = np.flatnonzero(self.may_contain(texts))
+        if hit.size == 0:
+            return out
+        group = self.groups().group
+        for j in hit.tolist():
+            t = texts[j]
+            hv = hash(t)
+            lo = int(np.searchsorted(self.sorted, hv, "left"))
+            hi = int(np.searchsorted(self.sorted, hv, "right"))
+            for p in range(lo, hi):  # usually the first one: not the whole run of a large group
+                r = int(self.order[p])
+                if self.texts[r] == t:
+                    out[j] = group[r]
+                    break
+        return out
+
     def duplicated_rows(self) -> set:
         """Rows whose hash is shared with another row (candidates for identical texts)."""
         if self.sorted.size < 2:
@@ -223,6 +253,56 @@ class CorpusTextIndex:
             return set()
         idx = np.flatnonzero(same)
         return set(self.order[idx].tolist()) | set(self.order[idx + 1].tolist())
+
+
+@dataclass(frozen=True)
+class TextGroups:
+    """Corpus rows grouped by identical text (every row is in exactly one group; G groups).
+
+    ``group`` int64 (N,): each row's group id; ``first`` int64 (G,): the smallest row of each group;
+    ``size`` int64 (G,); ``indptr`` int64 (G + 1,) / ``members`` int64 (N,): each group's rows,
+    ascending, as a CSR.
+    """
+
+    group: np.ndarray
+    first: np.ndarray
+    size: np.ndarray
+    indptr: np.ndarray
+    members: np.ndarray
+
+    @classmethod
+    def of(cls, index: CorpusTextIndex) -> "TextGroups":
+        """The groups of ``index``'s texts: runs of equal hashes, split by text where hashes collide."""
+        n = index.sorted.size
+        s, order, texts = index.sorted, index.order, index.texts
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if n else np.zeros(0, np.int64)
+        run = np.zeros(n, np.int64)  # per sorted position: its hash run
+        if n:
+            run[starts[1:]] = 1
+            np.cumsum(run, out=run)
+        ends = np.r_[starts[1:], n]
+        num = int(starts.size)
+        for a, b in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist()):
+            t0 = texts[order[a]]
+            rows = order[a:b].tolist()
+            if all(texts[r] == t0 for r in rows):
+                continue
+            ids: Dict[str, int] = {t0: int(run[a])}  # a hash collision: split the run by text
+            for p, r in enumerate(rows, a):
+                t = texts[r]
+                if t not in ids:
+                    ids[t] = num
+                    num += 1
+                run[p] = ids[t]
+        group = np.empty(n, np.int64)
+        group[order] = run
+        group.flags.writeable = False
+        members = np.argsort(group, kind="stable")
+        size = np.bincount(group, minlength=num).astype(np.int64)
+        indptr = np.zeros(num + 1, np.int64)
+        np.cumsum(size, out=indptr[1:])
+        first = members[indptr[:-1]] if num else np.zeros(0, np.int64)
+        return cls(group, first, size, indptr, members)
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -32,6 +32,7 @@ from hardneg.mining._select import FILTERS, anchors, apply_filters, select_sampl
 # first search is also cheap enough for the int8 screen (docs/topk.md).
 _SHALLOW_SLACK = 12
 _CANDIDATE_BYTES = 4 + 8 + 1  # float32 score, int64 id and a mask byte per searched candidate
+_PROBE_CANDIDATES = 1 << 22  # a deeper probe for duplicate-text rows may hold this many (~50 MB)
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -54,6 +55,7 @@ class SearchPlan:
     k_shallow: int
     shallow: bool
     need: int
+    num_docs: int = 0
 
 
 def plan_search(ds: RetrievalDataset, cfg: MiningConfig) -> SearchPlan:
@@ -75,7 +77,7 @@ def plan_search(ds: RetrievalDataset, cfg: MiningConfig) -> SearchPlan:
     k_shallow = min(cfg.range_max, need + max(_SHALLOW_SLACK, need // 2), n)
     shallow = (cfg.shallow_first and cfg.sampling == "top" and cfg.rescorer is None
                and cfg.retriever != "hybrid" and k_shallow < k_full)
-    return SearchPlan(pos, excl, depth, k_full, k_shallow, shallow, need)
+    return SearchPlan(pos, excl, depth, k_full, k_shallow, shallow, need, n)
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -146,6 +148,25 @@ def _search(ret: Any, rows: Any, k: int, exclude: Tuple[np.ndarray, np.ndarray])
     return np.asarray(cs, dtype=np.float32), np.asarray(ci, dtype=np.int64)
 
 
+def _search_excluded(ret: Any, rows: Any, glob: np.ndarray, k: int, plan: SearchPlan) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`_search` of the queries ``glob`` (addressed as ``rows``) with every exclusion of the plan,
+    large duplicate-text groups removed as they are retrieved (:meth:`Exclusions.search`)."""
+    fused = getattr(ret, "name", None) == "hybrid"
+
+    def run(sub: Optional[np.ndarray], depth: int, exclude: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, ...]:
+        cs, ci = _search(ret, rows if sub is None else glob[sub], depth, exclude)
+        if fused:  # RRF depends on every row of both input rankings, retrieved or not
+            ci_runs = np.concatenate([ret._last["dense"][1], ret._last["bm25"][1]], 1)
+            return cs, ci, ci_runs
+        return cs, ci, ci
+
+    budget = max(4 * glob.size * plan.k_full, _PROBE_CANDIDATES)  # deeper probes: candidates in all
+    cs, ci, final = plan.exclusions.search(run, glob, k, plan.num_docs, budget)
+    if final is not None and getattr(ret, "name", None) not in ("dense", "bm25"):
+        cs, ci = _search(ret, rows, k, final)  # the same result; the retriever's state is this batch's again
+    return cs, ci
+
+
 def _select(cfg: MiningConfig, cs: np.ndarray, ci: np.ndarray, keep: np.ndarray, glob_rows: np.ndarray,
             acc: _Accumulator) -> None:
     """Window and sampling of the filtered candidates, written to the result rows ``glob_rows``."""
@@ -159,7 +180,7 @@ def _shallow_pass(ret: Any, cfg: MiningConfig, plan: SearchPlan, batch: _Batch,
     candidates than asked: the whole corpus was seen).  Returns the batch's positive scores, its
     anchors and the batch indices still to search in full."""
     t0 = time.perf_counter()
-    cs, ci = _search(ret, batch.rows, plan.k_shallow, plan.exclusions.csr(batch.glob))
+    cs, ci = _search_excluded(ret, batch.rows, batch.glob, plan.k_shallow, plan)
     ps = ret.pair_scores(batch.rows, batch.pq, batch.pd).astype(np.float32)
     acc.t_search += time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -226,7 +247,7 @@ def _full_pass(ds: RetrievalDataset, ret: Any, cfg: MiningConfig, plan: SearchPl
     spq = np.searchsorted(todo, batch.pq[keep_pos])
     spd = batch.pd[keep_pos]
     t0 = time.perf_counter()
-    cs, ci = _search(ret, rows, plan.k_full, plan.exclusions.csr(sub_glob))
+    cs, ci = _search_excluded(ret, rows, sub_glob, plan.k_full, plan)
     sps = shallow[0][keep_pos] if shallow is not None else ret.pair_scores(rows, spq, spd).astype(np.float32)
     acc.t_search += time.perf_counter() - t0
 
