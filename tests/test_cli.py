@@ -468,3 +468,43 @@ def test_real_model_with_prompts_and_saved_embeddings(capsys, tmp_path, monkeypa
     np.testing.assert_allclose(got, want, atol=1e-5)
     m = json.loads((tmp_path / "a.jsonl.manifest.json").read_text())
     assert m["model"] == path and m["prompts"] == {"query": "query: "}
+
+
+def test_cross_encoder_and_guide_options(capsys, tmp_path):
+    """--cross-encoder / --guide mine what the Python rescorers (hardneg.rescore) mine."""
+    pytest.importorskip("sentence_transformers")
+    from hardneg.mining import load_negatives
+    from hardneg.rescore import CrossEncoderRescorer, GuideRescorer
+    from tiny_models import tiny_cross_encoder, tiny_sentence_transformer
+
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    tiny_cross_encoder(tmp_path / "ce")
+    tiny_sentence_transformer(tmp_path / "guide")
+    ce = CrossEncoder(str(tmp_path / "ce"))  # loaded as the command loads them
+    guide = SentenceTransformer(str(tmp_path / "guide"))
+    ds = hd.load_sample("train")
+    common = dict(num_negatives=3, range_min=0, range_max=20, progress=False)
+    cases = [
+        (["--cross-encoder", str(tmp_path / "ce"), "--cross-encoder-threshold", "0.5"],
+         CrossEncoderRescorer(ce, threshold=0.5, progress=False).mining_kwargs()),
+        (["--guide", str(tmp_path / "guide"), "--guide-margin", "0.01"],
+         GuideRescorer(guide, margin=0.01, progress=False).mining_kwargs()),
+    ]
+    for flags, kw in cases:
+        out = tmp_path / f"{flags[0][2:]}.jsonl"
+        code, _, err = run(capsys, "mine", "--retriever", "bm25", "--range", "0:20", "--num-negatives", "3",
+                           "--format", "ids", "-q", *flags, "-o", str(out))
+        assert code == 0, err
+        want = hn.mine_hard_negatives(ds, "bm25", **common, **kw)
+        got = load_negatives(out, ds)
+        np.testing.assert_array_equal(got.ids, want.ids)
+    for argv, words in [
+        (("mine", "--cross-encoder", "x", "--guide", "y"), ["--guide"]),
+        (("mine", "--cross-encoder-threshold", "0.3"), ["--cross-encoder"]),
+        (("mine", "--retriever", "bm25", "--cross-encoder", str(tmp_path / "nowhere")), ["--cross-encoder"]),
+        (("mine", "--retriever", "bm25", "--cross-encoder", str(tmp_path / "ce"), "--cross-encoder-threshold", "hi"),
+         ["--cross-encoder-threshold"]),
+    ]:
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, *words)

@@ -33,7 +33,8 @@ _RECORDED = ("dataset", "split", "retriever", "corpus_embeddings", "query_embedd
              "faiss_index", "nprobe", "num_negatives", "range", "relative_margin", "absolute_margin", "max_score",
              "min_score", "positive_anchor", "sampling", "temperature", "seed", "bm25_method", "bm25_k1", "bm25_b",
              "bm25_stemmer", "bm25_stopwords", "rrf_k", "st_rule", "format", "negatives_from",
-             "require_positive_in_top", "positive_not_in_top", "query_prompt", "corpus_prompt", "save_embeddings")
+             "require_positive_in_top", "positive_not_in_top", "query_prompt", "corpus_prompt", "save_embeddings",
+             "cross_encoder", "cross_encoder_threshold", "guide", "guide_margin")
 
 
 class CLIError(Exception):
@@ -136,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only queries whose best positive is in the retriever's top K")
     m.add_argument("--positive-not-in-top", default="drop", choices=list(POSITIVE_NOT_IN_TOP),
                    help="what to do with the other queries (default drop; flag keeps and marks them)")
+    m.add_argument("--cross-encoder", default=None, metavar="NAME",
+                   help="denoise with a sentence-transformers CrossEncoder (name or path): candidates it scores "
+                        "above --cross-encoder-threshold or above the positive are dropped (RocketQA)")
+    m.add_argument("--cross-encoder-threshold", default=None, metavar="T|auto",
+                   help="the cross-encoder's threshold; 'auto' calibrates it on the split's qrels")
+    m.add_argument("--guide", default=None, metavar="NAME",
+                   help="denoise with a guide SentenceTransformer (name or path): candidates it scores above "
+                        "the positive minus --guide-margin are dropped (GIST)")
+    m.add_argument("--guide-margin", type=float, default=0.0, metavar="M")
     m.add_argument("--query-prompt", default=None, help="prompt given to --model for queries")
     m.add_argument("--corpus-prompt", default=None, help="prompt given to --model for documents")
     m.add_argument("--save-embeddings", default=None, metavar="DIR",
@@ -292,16 +302,58 @@ def _bm25_kwargs(args) -> Optional[dict]:
     return kw or None
 
 
-def _mining_config(args, retriever: str, rank: int, num_negatives: int):
-    """The miner's settings from the options (a bad value is a usage error)."""
+def _denoise_kwargs(args, ds, progress: bool) -> dict:
+    """--cross-encoder / --guide as the miner's rescorer and the filters of its rule (hardneg.rescore)."""
+    if args.cross_encoder and args.guide:
+        raise CLIError("--cross-encoder and --guide: give one of them")
+    if args.cross_encoder_threshold is not None and not args.cross_encoder:
+        raise CLIError("--cross-encoder-threshold needs --cross-encoder")
+    if not (args.cross_encoder or args.guide):
+        return {}
+    thr = args.cross_encoder_threshold
+    if thr is not None and thr != "auto":
+        try:
+            thr = float(thr)
+        except ValueError:
+            raise CLIError(f"--cross-encoder-threshold must be a number or 'auto', got {thr!r}") from None
+    try:
+        import sentence_transformers
+    except ImportError:
+        raise CLIError("--cross-encoder / --guide need sentence-transformers (pip install sentence-transformers)") \
+            from None
+    from hardneg.rescore import CrossEncoderRescorer, GuideRescorer, calibrate_threshold
+
+    name = args.cross_encoder or args.guide
+    try:
+        model = (sentence_transformers.CrossEncoder(name) if args.cross_encoder
+                 else sentence_transformers.SentenceTransformer(name))
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{'--cross-encoder' if args.cross_encoder else '--guide'} {name}: cannot load it "
+                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if args.guide:
+        with _usage_errors():
+            return GuideRescorer(model, margin=args.guide_margin, progress=progress).mining_kwargs()
+    if thr == "auto":
+        thr = calibrate_threshold(model, ds)
+        if progress:
+            print(f"cross-encoder threshold (calibrated on the qrels): {thr}", file=sys.stderr)
+    with _usage_errors():
+        return CrossEncoderRescorer(model, threshold=thr, progress=progress).mining_kwargs()
+
+
+def _mining_config(args, retriever: str, rank: int, num_negatives: int, **denoise):
+    """The miner's settings from the options (a bad value is a usage error); ``denoise`` (a
+    rescorer and its filters) replaces the score filters of the options."""
     from hardneg.mining import build_config
 
     lo, hi = args.range
+    filters = dict(relative_margin=args.relative_margin, absolute_margin=args.absolute_margin,
+                   max_score=args.max_score, min_score=args.min_score)
+    filters.update(denoise)
     with _usage_errors():
         return build_config(
-            retriever, num_negatives=num_negatives, range_min=lo, range_max=hi,
-            relative_margin=args.relative_margin, absolute_margin=args.absolute_margin, max_score=args.max_score,
-            min_score=args.min_score, sampling=args.sampling, temperature=args.temperature, seed=args.seed,
+            retriever, num_negatives=num_negatives, range_min=lo, range_max=hi, **filters,
+            sampling=args.sampling, temperature=args.temperature, seed=args.seed,
             num_threads=args.threads, positive_anchor=args.positive_anchor, metric=args.metric, rrf_k=args.rrf_k,
             batch_size=args.batch_size, progress=not args.quiet and rank == 0, st_rule=args.st_rule,
             require_positive_in_top=args.require_positive_in_top, positive_not_in_top=args.positive_not_in_top)
@@ -369,7 +421,9 @@ def _mine(args):
     if dense:
         C, Q = _resolve_dense(args, folder, need=True)
     index, rank = _dense_index(args, C, "dense" if dense else kinds[0])
-    cfg = _mining_config(args, kinds[0], rank, sum(q for _, q in quotas) if quotas else args.num_negatives)
+    denoise = _denoise_kwargs(args, ds, progress=not args.quiet and rank == 0)
+    cfg = _mining_config(args, kinds[0], rank, sum(q for _, q in quotas) if quotas else args.num_negatives,
+                         **denoise)
     t0 = time.perf_counter()
     rets = _build_retrievers(args, ds, kinds, cfg, index, C, Q)
     prov = _provenance(args, cfg, rets, quotas)
