@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from hardneg._arrays import is_torch
+from hardneg._log import logger
 from hardneg._progress import progress_bar
 from hardneg._threads import resolve_num_threads
 from hardneg._validate import check_choice, check_int
@@ -166,6 +167,7 @@ class DenseRetriever:
             # Already L2-normalised (as sentence-transformers' embeddings are): cosine = inner
             # product up to the last bit, and the inner-product kernel skips the norms.
             metric = "ip"
+            logger.info("dense retriever: the embeddings are unit-norm, so cosine is searched as inner product")
         self.corpus = corpus
         self.queries = queries
         self.metric = metric
