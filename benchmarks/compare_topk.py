@@ -73,8 +73,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="N=50,000, Q in 1,64,256, k in 10,1000, 1 call per run")
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.n, args.queries, args.ks, args.calls = 50_000, "1,64,256", "10,1000", 1
+    if args.quick:  # small sizes; a --queries / --ks given explicitly is kept
+        args.n, args.calls = 50_000, 1
+        args.queries = "1,64,256" if args.queries == ap.get_default("queries") else args.queries
+        args.ks = "10,1000" if args.ks == ap.get_default("ks") else args.ks
     harness.set_threads(args.threads)
 
     import hardneg as hn

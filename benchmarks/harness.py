@@ -33,6 +33,10 @@ PAUSE = 0.02
 # env: set by run_all.py for the scripts it runs
 FORCED_ENV = "HARDNEG_BENCH_FORCED"
 
+# the load average when the script started (the header is printed after the run, whose own threads
+# would otherwise count)
+START_LOAD = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+
 
 def _busy_pause(seconds: float = PAUSE) -> None:
     t = time.perf_counter()
@@ -218,7 +222,7 @@ def header(title: str, threads: int) -> str:
 
     info = hn.info()
     flags = sorted(x for x in cpu_flags() if x.startswith(("avx", "fma", "sse4_2", "amx", "f16c")))
-    la = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    la = START_LOAD
     lines = [f"## {title}", "",
              f"- commit `{commit()}`, hardneg {info.get('version')}, Python {sys.version.split()[0]}",
              f"- CPU: {cpu_model()}, {num_cores()} cores; hardneg SIMD `{info.get('simd_level')}` "
@@ -229,13 +233,26 @@ def header(title: str, threads: int) -> str:
         arch = i.get("architecture") or i.get("corename") or "-"
         lines.append(f"- kernel: {i.get('internal_api')} {i.get('version') or ''} `{Path(i['filepath']).name}` "
                      f"architecture {arch}, num_threads {i.get('num_threads')}")
+    if "torch" in sys.modules:  # torch's BLAS (MKL, linked statically) is invisible to threadpoolctl
+        torch = sys.modules["torch"]
+        blas = next((x.split("=", 1)[1] for x in torch.__config__.show().replace(",", "\n").split("\n")
+                     if "BLAS_INFO=" in x), "?")
+        cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
+        lines.append(f"- kernel: torch {torch.__version__} BLAS {blas}, CPU capability {cap}, "
+                     f"num_threads {torch.get_num_threads()}")
+    if "faiss" in sys.modules:
+        faiss = sys.modules["faiss"]
+        opts = getattr(faiss, "get_compile_options", lambda: "?")()
+        lines.append(f"- kernel: faiss {getattr(faiss, '__version__', '?')} compiled with `{opts}`, "
+                     f"omp_get_max_threads {faiss.omp_get_max_threads()}")
     for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if os.environ.get(v):
             lines.append(f"- environment: {v}={os.environ[v]}")
     if os.environ.get("HARDNEG_BENCH_CORETYPE_NOTE"):
         lines.append(f"- {os.environ['HARDNEG_BENCH_CORETYPE_NOTE']}")
     if os.environ.get(FORCED_ENV) or la[0] > num_cores():
-        lines.append(f"- **FORCED under load** (1-minute load average {la[0]:.2f} > {num_cores()} cores): "
+        what = "FORCED under load" if os.environ.get(FORCED_ENV) else "measured under load"
+        lines.append(f"- **{what}** (1-minute load average {la[0]:.2f}, {num_cores()} cores): "
                      "absolute times and ratios are not reliable")
     return "\n".join(lines) + "\n"
 
