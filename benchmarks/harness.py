@@ -66,7 +66,12 @@ class Result:
 
     def ratio(self, fast: str, slow: str) -> str:
         """time(slow) / time(fast): median over runs, with the min-max; '2.1x (1.9-2.3)'."""
-        r = [b / a for a, b in zip(self.run_medians(fast), self.run_medians(slow))]
+        return self.ratio_best(fast, [slow])
+
+    def ratio_best(self, fast: str, slows: Sequence[str]) -> str:
+        """Like ``ratio`` against the fastest of ``slows`` in each run (a peer's best form)."""
+        best = [min(ts) for ts in zip(*(self.run_medians(s) for s in slows))]
+        r = [b / a for a, b in zip(self.run_medians(fast), best)]
         return f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
 
 
