@@ -81,6 +81,10 @@ def main(argv=None) -> int:
         args.n, args.calls = 50_000, 1
         args.queries = "1,64,256" if args.queries == ap.get_default("queries") else args.queries
         args.ks = "10,1000" if args.ks == ap.get_default("ks") else args.ks
+    emb = harness.SCIFACT / "embeddings"
+    if args.data == "scifact-tiled" and not (emb / "minilm-corpus.npy").exists():
+        print(f"compare_topk: --data scifact-tiled skipped: {emb / 'minilm-corpus.npy'} not found")
+        return 0
     harness.set_threads(args.threads)
 
     import hardneg as hn

@@ -55,7 +55,26 @@ print(json.dumps([i for i in threadpool_info() if i.get("internal_api") == "open
 """
 
 
+# the name OpenBLAS has accepted longest for each kernel rank (OPENBLAS_CORETYPE must be understood by
+# the oldest OpenBLAS in the process; the SIMD width is what matters for the fp32 GEMM)
+_CANONICAL = {4: "SkylakeX", 3: "Haswell", 2: "Sandybridge"}
+
+
+def _probe(env: dict) -> list:
+    """(threadpoolctl info, kernel rank) of every OpenBLAS that numpy, faiss, torch and scipy load."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        libs = json.loads(out.strip().splitlines()[-1])
+    except (subprocess.CalledProcessError, ValueError, IndexError):
+        return []
+    ranked = [(i, harness._RANK.get(str(i.get("architecture")).lower())) for i in libs]
+    return [(i, r) for i, r in ranked if r is not None]
+
+
 def child_env(force: bool) -> dict:
+    """The scripts' environment: no OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE from outside, hardneg importable,
+    and every OpenBLAS on its best kernel (see the module docstring)."""
     env = dict(os.environ)
     removed = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if env.pop(v, None) is not None]
     py = str(HERE.parent / "python")
@@ -66,24 +85,20 @@ def child_env(force: bool) -> dict:
     notes = []
     if removed:
         notes.append(f"run_all removed {', '.join(removed)} from the environment")
-    try:
-        out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
-                             check=True).stdout
-        libs = json.loads(out.strip().splitlines()[-1])
-    except (subprocess.CalledProcessError, ValueError, IndexError):
-        libs = []
-    ranked = [(i, harness._RANK.get(str(i.get("architecture")).lower())) for i in libs]
-    ranked = [(i, r) for i, r in ranked if r is not None]
+    ranked = _probe(env)
     if ranked:
-        best_lib, best = max(ranked, key=lambda x: x[1])
+        best = max(r for _, r in ranked)
         low = [i for i, r in ranked if r < best]
-        if low:
-            env["OPENBLAS_CORETYPE"] = best_lib["architecture"]
-            notes.append(
-                "run_all set OPENBLAS_CORETYPE=" + best_lib["architecture"] + ": "
-                + ", ".join(f"{Path(i['filepath']).name} {i.get('version')} detects only {i.get('architecture')} "
-                            "on this CPU" for i in low)
-                + f" (the newest OpenBLAS here detects {best_lib['architecture']}); peers run their best kernel")
+        name = _CANONICAL.get(best)
+        if low and name:
+            trial = dict(env, OPENBLAS_CORETYPE=name)
+            if all(r >= best for _, r in _probe(trial)):  # every OpenBLAS understood it
+                env = trial
+                notes.append(
+                    f"run_all set OPENBLAS_CORETYPE={name}: "
+                    + ", ".join(f"{Path(i['filepath']).name} {i.get('version')} detects only {i.get('architecture')} "
+                                "on this CPU" for i in low)
+                    + "; with it every OpenBLAS here runs its best kernel for this CPU")
     if notes:
         env["HARDNEG_BENCH_CORETYPE_NOTE"] = "; ".join(notes)
     return env
