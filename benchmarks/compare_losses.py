@@ -32,7 +32,6 @@ import sys
 import torch
 import torch.nn.functional as F
 
-import hardneg
 from hardneg.losses import CrossBatchMemory, InfoNCELoss
 
 import harness
