@@ -6,7 +6,9 @@
   (``cache_folder``: ``query_embeddings_<hash>.npy``, no encoding; a model stub provides only
   ``similarity``), its default exact search (``model.similarity`` + ``torch.topk``).  Its
   ``datasets.Dataset`` and cache files are built before timing and its output is converted after:
-  only its ``mine_hard_negatives`` call is timed (benchmarks/_st_peer.py).
+  only its ``mine_hard_negatives`` call is timed (benchmarks/_st_peer.py).  Its other ordinary
+  form, ``use_faiss=True`` (exact faiss search), is timed too when faiss is installed; the
+  speed-ups divide by the faster of its two forms in each run.
 * hardneg one-shot: ``load_beir`` (parsing the JSONL files) + ``mine_hard_negatives`` with the
   embeddings as ``.npy`` paths, inside the timed call: a fresh dataset every call, so none of its
   caches (positives, split rows, unit-norm check) are warm.  This is the headline column.
@@ -54,6 +56,11 @@ def main() -> int:
     import hardneg as hn
     from hardneg import datasets as hd
 
+    try:
+        import faiss  # noqa: F401  (sentence-transformers' use_faiss=True form)
+        use_faiss = True
+    except ImportError:
+        use_faiss = False
     harness.set_threads(args.threads)
     ds = hd.load_beir(data, args.split)
     C, Qall = np.load(ce), np.load(qe)
@@ -80,6 +87,10 @@ def main() -> int:
                 st_kw["sampling_strategy"] = "random"
             peer_call, peer_convert = _st_peer.prepare(ds.query_ids, ds.corpus_ids, positives, C, Q,
                                                       cache_folder=tmp, **st_kw)
+            sides_st = {"st": peer_call}
+            if use_faiss:  # its other ordinary form: faiss IndexFlatIP search (exact)
+                sides_st["st faiss"] = _st_peer.prepare(ds.query_ids, ds.corpus_ids, positives, C, Q,
+                                                       cache_folder=tmp, use_faiss=True, **st_kw)[0]
 
             def oneshot():  # a user's first call: from the files on disk
                 d = hd.load_beir(data, args.split)
@@ -88,7 +99,7 @@ def main() -> int:
             def warm():  # dataset and embeddings in memory, built once
                 return hn.mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Qall, progress=False, **kw)
 
-            res = harness.compare({"hardneg one-shot": oneshot, "hardneg warm": warm, "st": peer_call},
+            res = harness.compare({"hardneg one-shot": oneshot, "hardneg warm": warm, **sides_st},
                                   runs=args.runs, calls=args.calls)
             m, ref = res.outputs["hardneg one-shot"], peer_convert(res.outputs["st"])
             mw = res.outputs["hardneg warm"]
@@ -100,6 +111,9 @@ def main() -> int:
                 equal = f"{sum(g == ref[q] for g, q in zip(got, ds.query_ids))}/{ds.num_queries}"
             if not same_warm and kw.get("sampling") != "random":
                 equal += " (one-shot and warm differ!)"
+            if "st faiss" in res.outputs and kw.get("sampling") != "random":
+                ref_f = peer_convert(res.outputs["st faiss"])
+                equal += f"; use_faiss=True: {sum(g == ref_f[q] for g, q in zip(got, ds.query_ids))}/{ds.num_queries}"
             rows.append((name, res, equal))
 
         k = 100 + max(p.size for p in positives)
@@ -114,17 +128,19 @@ def main() -> int:
                          f"d={C.shape[1]}), hardneg vs sentence-transformers", args.threads))
     print(harness.fmt_rules(max(3, args.runs), args.calls, 1) + "\n")
     print("| mining (dense, MiniLM embeddings) | hardneg one-shot (ms) | hardneg warm (ms) | sentence-transformers "
-          "(ms) | speed-up vs one-shot | speed-up vs warm | first call in process: hardneg / st (ms) "
-          "| equal output |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "(ms) | sentence-transformers use_faiss=True (ms) | speed-up vs one-shot | speed-up vs warm "
+          "| first call in process: hardneg / st (ms) | equal output |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, r, eq in rows:
+        st_sides = [x for x in ("st", "st faiss") if x in r.times]
         print(f"| {name} | {r.ms('hardneg one-shot')} | {r.ms('hardneg warm')} | {r.ms('st')} "
-              f"| {r.ratio('hardneg one-shot', 'st')} | {r.ratio('hardneg warm', 'st')} "
+              f"| {r.ms('st faiss') if 'st faiss' in r.times else '-'} "
+              f"| {r.ratio_best('hardneg one-shot', st_sides)} | {r.ratio_best('hardneg warm', st_sides)} "
               f"| {r.first['hardneg one-shot'] * 1e3:.1f} / {r.first['st'] * 1e3:.1f} | {eq} |")
     s = search
     print(f"| search stage only: top-{k} of {ds.num_queries} x {ds.num_docs:,}, positives excluded (hardneg; "
           f"one-shot builds the DenseIndex) / cos_sim + torch.topk (peer) | {s.ms('hardneg one-shot')} "
-          f"| {s.ms('hardneg warm')} | {s.ms('st')} | {s.ratio('hardneg one-shot', 'st')} "
+          f"| {s.ms('hardneg warm')} | {s.ms('st')} | | {s.ratio('hardneg one-shot', 'st')} "
           f"| {s.ratio('hardneg warm', 'st')} | | |")
     print("\nsentence-transformers: only its mine_hard_negatives call is timed (its Dataset and embedding cache "
           "files are built before, its output converted after); it loads the cached embeddings inside the call, "
