@@ -1,15 +1,21 @@
 """InfoNCE with in-batch, hard and cross-batch-memory negatives: hardneg vs peers.
 
-Forward + backward of one loss evaluation, side by side in the same run:
+Forward + backward of one loss evaluation, side by side in the same run, under harness.py's rules:
 
-* torch reference: cat([pos, hard, memory]) + matmul + cross_entropy (the naive loss)
+* torch (as users write it, the reference of the ratios): logits against [pos, hard] in autograd,
+  logits against the memory with the memory out of autograd (``memory.detach()``), one cat of the
+  logits, cross_entropy: no gradient is computed for the detached memory rows
+* torch, naive: cat([pos, hard, memory]) + matmul + cross_entropy: autograd also computes a
+  gradient for every memory row (shown for reference; nobody needs it)
 * sentence-transformers MultipleNegativesRankingLoss.compute_loss_from_embeddings with the
-  memory passed as extra negative columns (MNRL has no memory: this is what users do)
+  memory passed as extra negative columns (MNRL has no memory: this is what its users do; it
+  concatenates them, so it also pays for the memory rows' gradient)
 * hardneg InfoNCELoss, fused C++ kernel (CPU) and the chunked torch path
 
-Time: median of --repeat runs (interleaved).  Peak extra memory: each method runs once in a
-fresh subprocess; peak RSS during the call minus RSS just before it (inputs excluded).  On
-CUDA (--device cuda) torch.cuda.max_memory_allocated is used instead.
+Each method is timed one-shot (its loss object built inside the timed call) and warm (built once).
+Peak extra memory: each method runs once in a fresh subprocess; peak RSS during the call minus
+RSS just before it (inputs excluded).  On CUDA (--device cuda) torch.cuda.max_memory_allocated
+is used instead.
 
     python benchmarks/compare_losses.py                # B=256 d=768 n=7 memory=65536, 2 threads
     python benchmarks/compare_losses.py --quick        # small sizes, seconds
@@ -20,18 +26,19 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-import hardneg
 from hardneg.losses import CrossBatchMemory, InfoNCELoss
 
-METHODS = ["torch reference", "sentence-transformers MNRL", "hardneg fused (C++)", "hardneg torch path"]
+import harness
+
+REF = "torch (memory out of autograd)"
+METHODS = [REF, "torch naive (memory in autograd)", "sentence-transformers MNRL", "hardneg fused (C++)",
+           "hardneg torch path"]
 
 
 def setup(B, d, n, M, device, seed=0):
@@ -47,11 +54,26 @@ def setup(B, d, n, M, device, seed=0):
     return q, pos, hard, mem
 
 
-def make_fn(method, q, pos, hard, mem, similarity, temperature, threads):
+def make_fn(method, q, pos, hard, mem, similarity, temperature, threads, oneshot=False):
+    """A step (forward + backward) of one method; oneshot: its loss object is built inside the step."""
+    if oneshot:
+        def step_oneshot():
+            return make_fn(method, q, pos, hard, mem, similarity, temperature, threads)()
+        return step_oneshot if make_fn(method, q, pos, hard, mem, similarity, temperature, threads) else None
     B, n, d = hard.shape
     memory, _ = mem.get()
     scale = 1.0 / temperature
-    if method == "torch reference":
+    if method == REF:
+        mem_d = memory.detach()
+
+        def fn():
+            cand = torch.cat([pos, hard.reshape(B * n, d)])
+            qq, mm = q, mem_d
+            if similarity == "cosine":
+                qq, cand, mm = F.normalize(q, dim=1), F.normalize(cand, dim=1), F.normalize(mem_d, dim=1)
+            logits = torch.cat([qq @ cand.T, qq @ mm.T], dim=1) * scale
+            return F.cross_entropy(logits, torch.arange(B, device=q.device))
+    elif method == "torch naive (memory in autograd)":
         def fn():
             cand = torch.cat([pos, hard.reshape(B * n, d), memory])
             qq = q
@@ -141,32 +163,31 @@ def main():
     ap.add_argument("--n", type=int, default=7)
     ap.add_argument("--M", type=int, default=65536)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--similarity", default="dot", choices=["dot", "cosine"])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="B=32 d=64 n=3 M=4096, 2 repeats")
+    ap.add_argument("--quick", action="store_true", help="B=32 d=64 n=3 M=4096, 1 call per run")
     ap.add_argument("--method", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
-        args.B, args.d, args.n, args.M, args.repeat = 32, 64, 3, 4096, 2
+        args.B, args.d, args.n, args.M, args.calls = 32, 64, 3, 4096, 1
     if args.method:
         measure_memory_child(args)
         return
-    torch.set_num_threads(args.threads)
-    hardneg.set_num_threads(args.threads)
+    harness.set_threads(args.threads)
     q, pos, hard, mem = setup(args.B, args.d, args.n, args.M, args.device)
-    steps = {m: make_fn(m, q, pos, hard, mem, args.similarity, args.temperature, args.threads) for m in METHODS}
-    steps = {m: s for m, s in steps.items() if s is not None}
-    times = {m: [] for m in steps}
-    values = {}
-    for m, s in steps.items():  # warm-up
-        values[m] = s()
-    for _ in range(args.repeat):
-        for m, s in steps.items():
-            t0 = time.perf_counter()
-            s()
-            times[m].append(time.perf_counter() - t0)
+    sides, values = {}, {}
+    for m in METHODS:
+        for form in ("one-shot", "warm"):
+            f = make_fn(m, q, pos, hard, mem, args.similarity, args.temperature, args.threads,
+                        oneshot=form == "one-shot")
+            if f is not None:
+                sides[(m, form)] = f
+    res = harness.compare(sides, runs=args.runs, calls=args.calls)
+    steps = {m: None for m, form in sides if form == "warm"}
+    values = {m: res.outputs[(m, "warm")] for m in steps}
     peaks = {}
     for m in steps:
         cmd = [sys.executable, __file__, "--method", m, "--B", str(args.B), "--d", str(args.d), "--n", str(args.n),
@@ -176,21 +197,23 @@ def main():
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
         peaks[m] = json.loads(out)
-    ref = "torch reference"
-    t_ref = statistics.median(times[ref])
+    ref = REF
     gflop = 2.0 * 3 * args.B * (args.B * (1 + args.n) + args.M) * args.d / 1e9
-    print(f"peak extra memory: peak RSS during the 2nd call minus RSS before it, fresh process per method\n")
-    print(f"B={args.B} d={args.d} hard negatives={args.n} memory={args.M} fp32 {args.similarity} "
-          f"threads={args.threads} device={args.device} simd={hardneg.simd_level()} "
-          f"(reference work: {gflop:.1f} GFLOP fwd+bwd)\n")
-    print("| method | loss | time fwd+bwd (s) | speed-up vs reference | peak extra memory (MB) | memory vs reference |")
-    print("|---|---|---|---|---|---|")
+    print(harness.header(f"InfoNCE forward + backward: B={args.B} d={args.d} hard negatives={args.n} "
+                         f"memory={args.M} fp32 {args.similarity}, device={args.device}", args.threads))
+    print(harness.fmt_rules(max(3, args.runs), args.calls, 1))
+    print(f"Reference of the ratios: {REF}; naive work {gflop:.1f} GFLOP fwd+bwd. Peak extra memory: peak RSS "
+          "during the 2nd call minus RSS before it, fresh process per method.\n")
+    print("| method | loss | one-shot fwd+bwd (ms) | warm fwd+bwd (ms) | speed-up vs reference, one-shot "
+          "| speed-up vs reference, warm | peak extra memory (MB) | memory vs reference |")
+    print("|---|---|---|---|---|---|---|---|")
     for m in steps:
-        t = statistics.median(times[m])
         pk = peaks[m]
         pk_s = "n/a" if pk is None else f"{pk / 2**20:.1f}"
         ratio = "n/a" if pk is None or not peaks[ref] else f"{pk / peaks[ref]:.3f}"
-        print(f"| {m} | {values[m]:.5f} | {t:.3f} | {t_ref / t:.2f}x | {pk_s} | {ratio} |")
+        print(f"| {m} | {values[m]:.5f} | {res.ms((m, 'one-shot'))} | {res.ms((m, 'warm'))} "
+              f"| {res.ratio((m, 'one-shot'), (ref, 'one-shot'))} | {res.ratio((m, 'warm'), (ref, 'warm'))} "
+              f"| {pk_s} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
 """hardneg.evaluate vs pytrec_eval (and ranx when installed), side by side in one run.
 
     python benchmarks/compare_metrics.py                       # 10,000 queries x 1,000 docs
-    python benchmarks/compare_metrics.py --queries 500 --depth 100   # quick
+    python benchmarks/compare_metrics.py --quick                # 1,000 queries x 100 docs
 
 Inputs: Q queries, each with `depth` retrieved documents out of a corpus of N ids
 (no repeats), 3 graded relevant documents per query (relevance 1..3; each is
 retrieved with probability 0.7 at a random rank).  Metrics ndcg@10 + recip_rank +
-recall@100 + map.  Prints a markdown table (best of --repeat, seconds) with the
-speed-up over pytrec_eval and the largest difference from its numbers.
+recall@100 + map.  Prints a markdown table (harness.py's rules: interleaved, one-shot and
+warm forms, medians with min-max over runs) with the speed-up over pytrec_eval in the same
+form and the largest difference from its numbers.
 """
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 
 import numpy as np
 
+import harness
 import hardneg as hn
 
 METRICS = ["ndcg@10", "recip_rank", "recall@100", "map"]
@@ -48,85 +50,83 @@ def make_data(Q, depth, N, seed=0):
     return qrels, run, ids, scores, query_ids, corpus_ids
 
 
-def best(fn, repeat):
-    t, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        t.append(time.perf_counter() - t0)
-    return min(t), out
-
-
-def main():
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--depth", type=int, default=1_000)
     ap.add_argument("--corpus", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="1,000 queries x 100 docs, 1 call per run")
     a = ap.parse_args()
-    nt = a.threads or hn.get_num_threads()
+    if a.quick:
+        a.queries, a.depth, a.corpus, a.calls = 1_000, 100, 100_000, 1
+    nt = a.threads
+    harness.set_threads(nt)
 
     qrels, run, ids, scores, query_ids, corpus_ids = make_data(a.queries, a.depth, a.corpus)
-    rows = []
 
     import pytrec_eval
 
-    def pytrec():
-        ev = pytrec_eval.RelevanceEvaluator(qrels, set(TREC.values()))
-        per = ev.evaluate(run)
+    measures = set(TREC.values())
+
+    def pytrec_mean(per):
         return {m: float(np.mean([v[TREC[m]] for v in per.values()])) for m in METRICS}
 
-    t_ref, ref = best(pytrec, a.repeat)
-    rows.append(("pytrec_eval (dicts in, evaluator built and run)", t_ref, 0.0))
-
-    def diff(res):
-        return max(abs(res[m] - ref[m]) for m in METRICS)
-
-    t, res = best(lambda: hn.evaluate(hn.Qrels.from_dict(qrels), run, METRICS, num_threads=nt), a.repeat)
-    rows.append(("hardneg, dicts in (Qrels.from_dict + evaluate)", t, diff(res)))
-
-    def arrays_cold():
-        return hn.evaluate(hn.Qrels.from_dict(qrels), (scores, ids), METRICS, query_ids=query_ids,
-                           corpus_ids=corpus_ids, num_threads=nt)
-
-    t, res = best(arrays_cold, a.repeat)
-    rows.append(("hardneg, arrays in, cold (Qrels.from_dict + id mapping + evaluate)", t, diff(res)))
-
+    ev = pytrec_eval.RelevanceEvaluator(qrels, measures)
     qr = hn.Qrels.from_dict(qrels)
-    hn.evaluate(qr, ids, METRICS, query_ids=query_ids, corpus_ids=corpus_ids, num_threads=nt)
-
-    t, res = best(lambda: hn.evaluate(qr, ids, METRICS, query_ids=query_ids, corpus_ids=corpus_ids,
-                                      num_threads=nt), max(a.repeat, 5))
-    rows.append(("hardneg, arrays in, warm (same Qrels and corpus_ids: mapping cached)", t, diff(res)))
-
-    t, res = best(lambda: hn.evaluate(qr, ids, METRICS, query_ids=query_ids, corpus_ids=corpus_ids,
-                                      num_threads=1), max(a.repeat, 5))
-    rows.append(("hardneg, arrays in, warm, 1 thread", t, diff(res)))
-
+    sides = {
+        # one-shot: everything from the dicts / arrays inside the call
+        "pytrec_eval one-shot": lambda: pytrec_mean(pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)),
+        "hardneg dicts one-shot": lambda: hn.evaluate(hn.Qrels.from_dict(qrels), run, METRICS, num_threads=nt),
+        "hardneg arrays one-shot": lambda: hn.evaluate(hn.Qrels.from_dict(qrels), (scores, ids), METRICS,
+                                                       query_ids=query_ids, corpus_ids=corpus_ids, num_threads=nt),
+        # warm: the evaluator / Qrels built once, outside
+        "pytrec_eval warm": lambda: pytrec_mean(ev.evaluate(run)),
+        "hardneg dicts warm": lambda: hn.evaluate(qr, run, METRICS, num_threads=nt),
+        "hardneg arrays warm": lambda: hn.evaluate(qr, ids, METRICS, query_ids=query_ids, corpus_ids=corpus_ids,
+                                                   num_threads=nt),
+        "hardneg arrays warm, 1 thread": lambda: hn.evaluate(qr, ids, METRICS, query_ids=query_ids,
+                                                             corpus_ids=corpus_ids, num_threads=1),
+    }
     try:
-        import ranx  # noqa: F401
+        from ranx import Qrels as RQ, Run as RR, evaluate as rev
         have_ranx = True
     except ImportError:
         have_ranx = False
     if have_ranx:
-        from ranx import Qrels as RQ, Run as RR, evaluate as rev
+        RMET = ["ndcg@10", "mrr", "recall@100", "map"]
+        rq, rr = RQ(qrels), RR(run)
+        sides["ranx one-shot"] = lambda: rev(RQ(qrels), RR(run), RMET)
+        sides["ranx warm"] = lambda: rev(rq, rr, RMET)
+    res = harness.compare(sides, runs=a.runs, calls=a.calls)
 
-        def ranx_all():
-            return rev(RQ(qrels), RR(run), ["ndcg@10", "mrr", "recall@100", "map"])
+    ref = res.outputs["pytrec_eval one-shot"]
 
-        t, _ = best(ranx_all, 1)
-        rows.append(("ranx (build Qrels/Run + evaluate, first call includes JIT)", t, float("nan")))
+    def diff(side):
+        out = res.outputs[side]
+        if side.startswith("ranx"):
+            names = dict(zip(["ndcg@10", "mrr", "recall@100", "map"], METRICS))
+            out = {names[k]: float(v) for k, v in out.items()}
+        return f"{max(abs(out[m] - ref[m]) for m in METRICS):.1e}"
 
-    print(f"\n{a.queries:,} queries x {a.depth:,} docs, corpus {a.corpus:,} ids, metrics {' + '.join(METRICS)}, "
-          f"{nt} threads, best of {a.repeat}\n")
-    print("| implementation | time | speed-up vs pytrec_eval | max abs diff vs pytrec_eval |")
-    print("| --- | --- | --- | --- |")
-    for name, t, d in rows:
-        print(f"| {name} | {t * 1000:,.1f} ms | {t_ref / t:,.1f}x | {d:.1e} |")
+    print(harness.header(f"Metrics: {a.queries:,} queries x {a.depth:,} docs, corpus {a.corpus:,} ids, "
+                         f"{' + '.join(METRICS)}", nt))
+    print(harness.fmt_rules(max(3, a.runs), a.calls, 1))
+    print("one-shot: qrels and run given as dicts / arrays, every object built inside the call; warm: the "
+          "evaluator (pytrec_eval), Qrels (hardneg) or Qrels/Run (ranx) built once outside. Every side gets the "
+          "same untimed warm-up call (ranx: its numba JIT compiles there); 'first call' is that call.\n")
+    print("| implementation | time (ms) | speed-up vs pytrec_eval (same form) | first call (ms) "
+          "| max abs diff vs pytrec_eval |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for side in sides:
+        base = "pytrec_eval one-shot" if "one-shot" in side else "pytrec_eval warm"
+        print(f"| {side} | {res.ms(side)} | {res.ratio(side, base)} | {res.first[side] * 1e3:,.1f} | {diff(side)} |")
     if not have_ranx:
         print("\n(ranx not installed: not measured)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -233,7 +233,16 @@ def main():
     p.add_argument("--world", type=int, nargs="+", default=[2])
     p.add_argument("--index", nargs="+", default=["IVF4096,Flat:16/32/64/128", "HNSW32:128/256"])
     p.add_argument("--train-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2, help="for every library in the main process")
     a = p.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import harness
+
+    harness.set_threads(a.threads)
+    print(harness.header(f"Scale-out: {a.what}{' (quick sizes)' if a.quick else ''}; hardneg modes against "
+                         "each other (and faiss IVF/HNSW through DenseIndex)", a.threads))
+    print("Single timings or best of --reps as each section says (hardneg-only comparisons, not harness "
+          "ratios against a peer).\n")
     if a.quick:
         a.gib, a.block_mib, a.queries, a.dim = 0.25, 32, 200, 256
         a.rows = a.rows or 50000

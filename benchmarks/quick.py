@@ -1,43 +1,42 @@
 """Quick side-by-side timings against the peers installed here: ``python benchmarks/quick.py [--quick]``.
 
-Every number is the median of a few runs measured in the same process, so the
-ratios are meaningful even on a busy machine; absolute times are not.  The full
+Every number follows benchmarks/harness.py's rules (sides interleaved, same warm-up, medians
+of 3 runs with the min-max), so the ratios are meaningful even on a busy machine; absolute
+times are not.  For the reproducible tables use ``python benchmarks/run_all.py``.  The full
 benchmark scripts live in the repository's ``benchmarks/`` folder.
 """
 from __future__ import annotations
 
 import importlib.util
-import time
-from typing import Callable, List, Optional, Set, Tuple
+from typing import List, Optional, Set, Tuple
 
 import numpy as np
 
 import sys as _sys
 from pathlib import Path as _Path
 
-_sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "tests"))  # st_reference: the test oracle
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))  # harness, _st_peer
+
+import harness  # noqa: E402
 
 SECTIONS = ("topk", "mining", "bm25")
-
-
-def _median_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
 
 
 def _have(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _table(title: str, rows: List[Tuple[str, str, float, float]]) -> str:
+Row = Tuple[str, str, str, str, str]
+
+
+def _row(case: str, peer: str, res: "harness.Result", ours: str, theirs: str) -> Row:
+    return (case, peer, res.ms(ours), res.ms(theirs), res.ratio(ours, theirs))
+
+
+def _table(title: str, rows: List[Row]) -> str:
     out = [f"### {title}", "", "| case | peer | hardneg (ms) | peer (ms) | speed-up |", "| --- | --- | ---: | ---: | ---: |"]
-    for case, peer, a, b in rows:
-        out.append(f"| {case} | {peer} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.1f}x |")
+    for r in rows:
+        out.append("| " + " | ".join(r) + " |")
     return "\n".join(out)
 
 
@@ -47,10 +46,10 @@ def bench_topk(quick: bool, threads: Optional[int]) -> str:
     rng = np.random.default_rng(0)
     n, d = (20_000, 384) if quick else (100_000, 384)
     C = rng.standard_normal((n, d), dtype=np.float32)
+    index = hn.DenseIndex(C, metric="ip")
     rows = []
     for q, k in ((16, 10), (256, 100), (1024, 100)):
         Q = rng.standard_normal((q, d), dtype=np.float32)
-        ours = _median_time(lambda: hn.topk(Q, C, k=k, num_threads=threads), 3)
         case = f"N={n:,} d={d} Q={q} k={k}"
 
         def np_topk():
@@ -58,19 +57,22 @@ def bench_topk(quick: bool, threads: Optional[int]) -> str:
             part = np.argpartition(-s, k, axis=1)[:, :k]
             return np.take_along_axis(s, part, 1)
 
-        rows.append((case, "numpy matmul+argpartition", ours, _median_time(np_topk, 3)))
+        sides = {"hn": lambda: index.search(Q, k=k), "numpy": np_topk}
         if _have("torch"):
             import torch
 
             tq, tc = torch.from_numpy(Q), torch.from_numpy(C)
-            rows.append((case, "torch matmul+topk", ours, _median_time(lambda: torch.topk(tq @ tc.T, k, dim=1), 3)))
+            sides["torch"] = lambda: torch.topk(tq @ tc.T, k, dim=1)
         if _have("faiss"):
             import faiss
 
-            index = faiss.IndexFlatIP(d)
-            index.add(C)
-            rows.append((case, "faiss IndexFlatIP", ours, _median_time(lambda: index.search(Q, k), 3)))
-    return _table("exact top-k (inner product)", rows)
+            findex = faiss.IndexFlatIP(d)
+            findex.add(C)
+            sides["faiss"] = lambda: findex.search(Q, k)
+        res = harness.compare(sides, runs=3, calls=1)
+        names = {"numpy": "numpy matmul+argpartition", "torch": "torch matmul+topk", "faiss": "faiss IndexFlatIP"}
+        rows += [_row(case, names[s], res, "hn", s) for s in sides if s != "hn"]
+    return _table("exact top-k (inner product; indexes built once, outside)", rows)
 
 
 def bench_mining(quick: bool, threads: Optional[int]) -> str:
@@ -85,26 +87,31 @@ def bench_mining(quick: bool, threads: Optional[int]) -> str:
     Q = np.stack([C[p].mean(0) for p in pos]) + 0.05 * rng.standard_normal((q, d)).astype(np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
     Q = Q.astype(np.float32)
-    ds = hd.from_dict({f"d{i}": f"d{i}" for i in range(n)}, {f"q{j}": f"q{j}" for j in range(q)},
-                      {f"q{j}": {f"d{i}": 1 for i in p} for j, p in enumerate(pos)})
+    corpus = {f"d{i}": f"d{i}" for i in range(n)}
+    queries = {f"q{j}": f"q{j}" for j in range(q)}
+    qrels = {f"q{j}": {f"d{i}": 1 for i in p} for j, p in enumerate(pos)}
     kw = dict(num_negatives=8, range_min=10, range_max=100, relative_margin=0.05)
-    ours = _median_time(lambda: mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, progress=False,
-                                                    num_threads=threads, **kw), 3)
-    rows = []
+
+    def ours():  # one-shot: the dataset built inside the call, so none of its caches are warm
+        ds = hd.from_dict(corpus, queries, qrels)
+        return mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, progress=False,
+                                   num_threads=threads, **kw)
+
     if _have("sentence_transformers") and _have("datasets") and _have("torch"):
-        import contextlib
-        import io
         import tempfile
 
-        from st_reference import st_mine  # tests/st_reference.py
+        import _st_peer
 
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
-            peer = _median_time(lambda: st_mine(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q,
-                                                cache_folder=tmp, **kw), 3)
-        rows.append((f"N={n:,} Q={q} 8 negatives from 10..99, relative_margin=0.05",
-                     "sentence-transformers mine_hard_negatives", ours, peer))
+        ds = hd.from_dict(corpus, queries, qrels)
+        with tempfile.TemporaryDirectory() as tmp:
+            # only the peer's own mine_hard_negatives call is timed (its Dataset and cache files are built here)
+            peer, _ = _st_peer.prepare(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q, cache_folder=tmp, **kw)
+            res = harness.compare({"hn": ours, "st": peer}, runs=3, calls=1)
+        rows = [_row(f"N={n:,} Q={q} 8 negatives from 10..99, relative_margin=0.05",
+                     "sentence-transformers mine_hard_negatives", res, "hn", "st")]
         return _table("dense mining, end to end on precomputed embeddings", rows)
-    return f"### dense mining\n\nhardneg: {ours * 1e3:.1f} ms (sentence-transformers/datasets not installed: no peer)"
+    res = harness.compare({"hn": ours}, runs=3, calls=1)
+    return f"### dense mining\n\nhardneg: {res.ms('hn')} ms (sentence-transformers/datasets not installed: no peer)"
 
 
 def bench_bm25(quick: bool, threads: Optional[int]) -> str:
@@ -134,19 +141,26 @@ def bench_bm25(quick: bool, threads: Optional[int]) -> str:
         r.index(bm25s.tokenize(docs, show_progress=False), show_progress=False)
         return r.retrieve(bm25s.tokenize(queries, show_progress=False), k=100, show_progress=False)
 
-    return _table("BM25 index + search", [(f"{n:,} docs, 500 queries, k=100", "bm25s", _median_time(ours, 3),
-                                           _median_time(peer, 3))])
+    res = harness.compare({"hn": ours, "bm25s": peer}, runs=3, calls=1)
+    return _table("BM25 index + search (both from raw strings)",
+                  [_row(f"{n:,} docs, 500 queries, k=100", "bm25s", res, "hn", "bm25s")])
 
 
 def run(quick: bool = False, only: Optional[Set[str]] = None, num_threads: Optional[int] = None) -> str:
     import hardneg as hn
 
     info = hn.info()
+    if num_threads:
+        harness.set_threads(num_threads)
     parts = [f"hardneg {info['version']}, SIMD {info['simd_level']}, {num_threads or info['num_threads']} threads; "
-             "median of 3 runs, peers in the same process"]
+             "benchmarks/harness.py's rules: sides interleaved, medians of 3 runs (min-max), peers in the same "
+             f"process; 1-minute load average {harness.START_LOAD[0]:.2f} on {harness.num_cores()} cores"]
     for name, fn in (("topk", bench_topk), ("mining", bench_mining), ("bm25", bench_bm25)):
         if only is None or name in only:
             parts.append(fn(quick, num_threads))
+    problem = harness.blas_problem("quick.py")
+    if problem:  # quick.py still prints (it is a smoke tool); compare_topk.py refuses
+        parts.append(f"WARNING: a peer's BLAS runs a reduced kernel, its times above are pessimistic: {problem}")
     return "\n\n".join(parts)
 
 

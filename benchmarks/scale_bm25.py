@@ -2,7 +2,8 @@
 
 Indexes the corpus from raw text, searches top-100 / top-1000, saves the index and
 loads it back memory-mapped, printing times, the index size and the process's peak
-resident memory.  Not run in CI (about 3 minutes and ~6 GiB on a 2-core machine).
+resident memory.  Not run in CI (about 3 minutes and ~6 GiB on a 2-core machine).  The table is
+headed by the machine it was measured on (harness.header); ``--quick``: 200,000 documents.
 
     python benchmarks/scale_bm25.py --docs 2000000 --queries 5000 --threads 2
 """
@@ -18,6 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import harness  # noqa: E402
 import hardneg as hn  # noqa: E402
 from compare_bm25 import zipf_corpus  # noqa: E402
 
@@ -39,7 +41,13 @@ def main():
     ap.add_argument("--docs", type=int, default=2_000_000)
     ap.add_argument("--queries", type=int, default=5_000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="200,000 documents, 1,000 queries")
     args = ap.parse_args()
+    if args.quick:
+        args.docs, args.queries = 200_000, 1_000
+    harness.set_threads(args.threads)
+    head = harness.header(f"BM25 at scale (hardneg only): {args.docs:,} generated documents, {args.queries:,} "
+                          "queries", args.threads)  # taken now: the load average before the run
 
     t = time.perf_counter()
     texts, queries = zipf_corpus(args.docs, args.queries)
@@ -73,7 +81,9 @@ def main():
         rows.append(("top-100 queries/s after load", f"{len(queries) / (time.perf_counter() - t):,.0f}"))
         del bm2
     rows.append(("peak RSS of the run", f"{peak_mb():,.0f} MB"))
-    print(f"\nhardneg {hn.__version__}, {args.docs:,} documents, {args.queries:,} queries\n")
+    print()
+    print(head)
+    print("Single timings (each after one untimed warm-up search of 50 queries); no peer.\n")
     print("| measure | value |\n| --- | ---: |")
     for a, b in rows:
         print(f"| {a} | {b} |")
