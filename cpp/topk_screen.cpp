@@ -93,6 +93,9 @@ struct CodedCorpus {
     float rho_max = 0, del_max = 0;
     bool ok = true;
     ScreenType type = ScreenType::Bf16;  // the codes
+    // learnt from the data by the searches that used this copy: auto mode does not screen
+    // for k >= this (a search found the screen rescoring too many rows to pay)
+    mutable std::atomic<size_t> no_prune_k{std::numeric_limits<size_t>::max()};
     std::vector<double> key;            // the layout it was built for (corpus_key)
 
     size_t bytes() const {
@@ -123,6 +126,12 @@ constexpr size_t kMinQueries = 96;
 // 256 took 0.78x the time on 4,096 queries x 40,000 random rows at k = 10 and 0.89x at k = 100;
 // on SciFact (809 or 1,109 queries x 5,183) the same within noise.
 constexpr size_t kMaxPanel = 64;
+// Auto mode stops screening a search whose panel rescored (fp32 dot products, settle()
+// included) more than this fraction of its query x row pairs.
+// Measured (int8, d = 384, k = 100, 2 threads): screened / plain time is about
+// 0.4 + 11 x that fraction (0.48 at 0.0055 on SciFact-like rows, 0.86 at 0.039 on
+// isotropic Gaussian rows), so it breaks even near 0.05.
+constexpr double kMaxRescored = 0.05;
 
 int initial_mode() {
     const char* env = std::getenv("HARDNEG_SCREEN");
@@ -296,7 +305,6 @@ struct Screen {
     const std::vector<int64_t>& ex_sorted;
     const std::vector<SBlock>& blocks;
     const CodedCorpus& C;
-    std::atomic<bool>& failed;
 };
 
 // Per-thread scratch for a panel of queries.  Each query's buffer holds, side by
@@ -320,9 +328,14 @@ struct SPanel {
     std::vector<uint32_t> counts;
     std::vector<uint8_t> codes;
     std::vector<uint32_t> surv, rows;
-    std::vector<Cand> merged;
+    std::vector<Cand> merged, sel;
     std::vector<size_t> n;
     size_t q0 = 0, P = 0;
+    size_t dots = 0;  // the current panel's exact rescores (settle() and finish())
+    // auto mode's budget for settle(): dots <= rate x (rows screened so far) + slack;
+    // `over` once a settle would pass it (the panel is then dropped, unfinished)
+    double rate = HUGE_VAL, slack = 0, seen = 0;
+    bool over = false;
 
     size_t bytes() const {
         return (q.capacity() + tile.capacity() + ubs.capacity() + out.capacity() + 6 * qs.capacity()) * 4 +
@@ -395,7 +408,7 @@ struct SPanel {
 
     // THE SCREENING LOOP: upper bounds of one corpus block against the panel; per
     // query, rows at or above the running threshold enter the buffer.
-    bool process(const Screen& S, const SBlock& bl, bool first) {
+    void process(const Screen& S, const SBlock& bl, bool first) {
         const size_t nbk = bl.g1 - bl.g0;
         const Segment& sg = S.segs[bl.seg];
         float* T = tile.data();
@@ -403,6 +416,7 @@ struct SPanel {
         const ScreenQueries sq{codes.data(), qs.data(), qa.data(), qb.data(), qe.data()};
         S.B.dot_tile(sq, P, S.C.packed(pr), nbk, S.C.dp, S.C.rows(S.metric).at(pr), T, S.nb);
         const int64_t base = sg.id_offset + (int64_t)bl.r0;
+        seen += double(P) * double(nbk);
         for (size_t i = 0; i < P; ++i) {
             const float* s = T + i * S.nb;
             const int64_t* eb = nullptr;
@@ -425,7 +439,15 @@ struct SPanel {
                 if (eb != ee && std::binary_search(eb, ee, base + (int64_t)surv[u])) continue;
                 if (n[i] == S.cap) {
                     n[i] = prune(S, i, n[i]);
-                    if (n[i] > S.k + (S.cap - S.k) / 2) return false;  // near-ties: give up
+                    // still nearly full: the rows lie within the bound of the k-th (near-ties,
+                    // or a bound wide for this data); settle this query's top k exactly
+                    if (n[i] > S.k + (S.cap - S.k) / 2) {
+                        if (double(dots + n[i]) > rate * seen + slack) {
+                            over = true;  // the screen does not prune here: stop
+                            return;
+                        }
+                        n[i] = settle(S, i, n[i]);
+                    }
                     if (key < thr[i]) continue;
                 }
                 ub[n[i]] = key;
@@ -435,7 +457,63 @@ struct SPanel {
             // hundred rows), and every row admitted below the final one costs a copy
             if (n[i] >= 3 * S.k) n[i] = prune(S, i, n[i]);
         }
-        return true;
+    }
+
+    // The id of packed row r, and its segment.
+    size_t segment_of(const Screen& S, size_t r) const {
+        const std::vector<size_t>& ps = S.C.pstart;
+        return size_t(std::upper_bound(ps.begin(), ps.end(), r) - ps.begin()) - 1;
+    }
+    int64_t id_of(const Screen& S, size_t r) const {
+        const size_t sg = segment_of(S, r);
+        return S.segs[sg].id_offset + int64_t(r - S.C.pstart[sg]);
+    }
+
+    // keys[u] = the exact key (the fp32 kernel's arithmetic) of query qi and packed
+    // row rb[u], u < m.  One dot_pairs call per run of rows from one segment.
+    void rescore(const Screen& S, const float* qi, const uint32_t* rb, size_t m, float* keys) {
+        qptrs.assign(m, qi);
+        ptrs.resize(m);
+        out.resize(m);
+        const std::vector<size_t>& ps = S.C.pstart;
+        for (size_t a = 0; a < m;) {
+            const size_t seg = segment_of(S, rb[a]);
+            const Segment& sg = S.segs[seg];
+            const char* base = static_cast<const char*>(sg.data);
+            const size_t bytes = sg.ld * dtype_size(sg.dtype);
+            size_t b = a;
+            for (; b < m && rb[b] >= ps[seg] && rb[b] < ps[seg + 1]; ++b) ptrs[b] = base + (rb[b] - ps[seg]) * bytes;
+            S.K.dot_pairs(qptrs.data() + a, ptrs.data() + a, b - a, S.d, sg.dtype, out.data() + a);
+            a = b;
+        }
+        for (size_t u = 0; u < m; ++u) keys[u] = S.metric == Metric::Cosine ? out[u] * S.C.xn[rb[u]] : out[u];
+        dots += m;
+    }
+
+    // Query i's buffer (m entries) stayed full after a prune: its rows are rescored
+    // exactly, the exact top k kept (their keys replace the upper bounds: still >= the
+    // keys, so prune stays sound), and its threshold raised to the exact k-th key t
+    // (a row with ub < t has key < t and cannot enter; one with key == t and a
+    // smaller id has ub >= t and does).  Returns the new count, k.  Costs m fp32
+    // dot products per (cap - k) / 2 rows admitted: at worst (every row ties) the
+    // plain path's work again, never a restart of the search.
+    size_t settle(const Screen& S, size_t i, size_t m) {
+        float* ub = ubs.data() + i * S.cap;
+        uint32_t* rb = rows.data() + i * S.cap;
+        rescore(S, q.data() + i * S.d, rb, m, ub);
+        merged.resize(m);
+        for (size_t u = 0; u < m; ++u) merged[u] = detail::make_cand(ub[u], id_of(S, rb[u]));
+        sel.assign(merged.begin(), merged.end());
+        std::nth_element(sel.begin(), sel.begin() + (S.k - 1), sel.end(), std::greater<Cand>());
+        const Cand kth = sel[S.k - 1];
+        size_t w = 0;
+        for (size_t u = 0; u < m; ++u) {  // the k best, in buffer (row) order
+            if (merged[u] < kth) continue;
+            ub[w] = ub[u];
+            rb[w++] = rb[u];
+        }
+        thr[i] = std::max(thr[i], detail::cand_key(kth));
+        return w;
     }
 
     // Sorts `pairs` by row: a counting sort over the rows when they are few compared
@@ -467,6 +545,7 @@ struct SPanel {
         }
         sort_pairs(S);
         const size_t np = pairs.size();
+        dots += np;
         qptrs.resize(np);
         ptrs.resize(np);
         out.resize(np);
@@ -553,7 +632,8 @@ namespace detail {
 bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                           const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
-                          ScreenCache* cache) {
+                          ScreenCache* cache, std::vector<size_t>* rest) {
+    rest->clear();
     const int mode = screen_mode();
     size_t total = 0;
     for (const Segment& s : segments) total += s.rows;
@@ -573,6 +653,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     // queries are cheaper screened
     const std::vector<double> key = corpus_key(segments, d, metric, B->type);
     const bool reuse = kept && kept->key == key;
+    // auto: an earlier search of this copy found that the screen does not prune at this k
+    if (mode == 1 && reuse && k >= kept->no_prune_k.load()) return false;
     // the copy this search builds: the cache's next one, or a temporary in this thread's buffers
     std::shared_ptr<CodedCorpus> fresh;
     CodedCorpus temp;
@@ -641,33 +723,50 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const size_t wide = B->type == ScreenType::Int8 ? 2 : 1;
     const size_t cap = std::min(wide * (4 * k + 256), total + 1);
     if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
-    std::atomic<bool> failed{false};
-    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC, failed};
+    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC};
     std::vector<std::unique_ptr<SPanel>>& state = keep.panels;
     if (state.size() < size_t(nt)) state.resize(nt);
     for (int t = 0; t < nt; ++t) {
         if (!state[t]) state[t].reset(new SPanel);
         state[t]->setup(S, panel);
     }
+    // Auto mode stops screening (the panels not started yet run the plain path) once a
+    // panel rescored more than kMaxRescored of its query x row pairs: the screen does not
+    // prune on this data, and the copy remembers it for later searches.
+    std::atomic<bool> stop{false};
+    std::vector<char> done(npanels, 0);
     parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
         SPanel& pn = *state[tid];
-        for (size_t p = p0; p < p1 && !failed.load(std::memory_order_relaxed); ++p) {
-            if (!pn.load(S, p * panel, std::min(panel, nq - p * panel))) {
-                failed.store(true);
-                return;
+        for (size_t p = p0; p < p1; ++p) {
+            const size_t P = std::min(panel, nq - p * panel);
+            if (stop.load(std::memory_order_relaxed)) return;
+            if (!pn.load(S, p * panel, P)) continue;  // a huge query norm: the plain path
+            // auto: the panel is dropped (its queries run the plain path) as soon as its
+            // rescoring passes the budget (pro rata of the rows screened, plus two full
+            // buffers), so a search on data the screen cannot prune loses little
+            pn.dots = 0, pn.seen = 0, pn.over = false;
+            pn.rate = mode == 1 ? kMaxRescored : HUGE_VAL;
+            pn.slack = 2.0 * double(cap);
+            for (size_t b = 0; b < blocks.size() && !pn.over; ++b) pn.process(S, blocks[b], b == 0);
+            if (!pn.over) {
+                pn.finish(S, scores, ids);
+                done[p] = 1;
             }
-            for (size_t b = 0; b < blocks.size(); ++b)
-                if (failed.load(std::memory_order_relaxed) || !pn.process(S, blocks[b], b == 0)) {
-                    failed.store(true);
-                    return;
+            if (pn.over || (mode == 1 && double(pn.dots) > kMaxRescored * double(P) * double(total))) {
+                stop.store(true);
+                size_t seen = CC.no_prune_k.load();
+                while (k < seen && !CC.no_prune_k.compare_exchange_weak(seen, k)) {
                 }
-            pn.finish(S, scores, ids);
+            }
         }
     });
-    if (failed.load()) {
-        g_fallbacks.fetch_add(1);
-        return false;
+    for (size_t p = 0; p < npanels; ++p) {  // the queries left to the plain path, as ranges
+        if (done[p]) continue;
+        const size_t a = p * panel, b = std::min(nq, a + panel);
+        if (!rest->empty() && rest->back() == a) rest->back() = b;
+        else rest->push_back(a), rest->push_back(b);
     }
+    if (!rest->empty()) g_fallbacks.fetch_add(1);
     return true;
 }
 
