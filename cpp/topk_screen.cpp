@@ -17,11 +17,19 @@
 // 3. The survivors are rescored by Kernels::dot_pairs, the fp32 kernel's own
 //    arithmetic (same FMA chain and sums as dot_tile: bit-identical keys), and
 //    the top k taken with the usual rules (ties by ascending id, padding).
-// The search gives up and lets the plain path run (same results, slower) when a
-// query keeps too many survivors (near-ties), or a norm is huge or not finite
-// (the plain path's overflow / NaN handling then applies unchanged), or, for
-// cosine, a row's fp32 squared norm over- or underflowed (its 1/||c|| comes from
-// double then, and the bound's fp32 norms would not hold).
+// 4. A query whose buffer stays full after pruning (near-ties, or a bound wide
+//    for the data) is settled alone (SPanel::settle): its rows are rescored
+//    exactly, its exact top k kept and its threshold raised to the exact k-th key;
+//    the other queries and the rest of the search go on.
+// 5. Auto mode (not mode 2) measures the rescoring: a panel that passes its budget
+//    (kMaxRescored of its query x row pairs, pro rata while screening) is dropped
+//    and the queries not yet screened run the plain path; the coded copy then
+//    remembers that this k does not pay on this data (no_prune_k).
+// The search leaves everything to the plain path (same results) when a corpus
+// norm is huge or not finite (the plain path's overflow / NaN handling then
+// applies unchanged), or, for cosine, a row's fp32 squared norm over- or
+// underflowed (its 1/||c|| comes from double then, and the bound's fp32 norms
+// would not hold); a panel holding a query with a huge norm runs the plain path.
 // The coded copy belongs to the caller's ScreenCache (an index) when one is
 // passed: built by the first screened search, reused while the layout matches.
 //
