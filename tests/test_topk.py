@@ -968,3 +968,29 @@ def test_auto_screen_stops_where_it_does_not_prune(rng):
         np.testing.assert_array_equal(res[0].view(np.uint32), ref[0].view(np.uint32))
     assert mid[0] - before[0] == 1 and mid[1] - before[1] == 1  # started, stopped
     assert after == mid  # the second search did not try
+
+
+@pytest.mark.skipif("int8" not in _core.screen_types(), reason="CPU without AVX-512 VNNI")
+def test_auto_screen_above_32_mib_with_index_codes(rng):
+    # an int8 coded copy past 32 MiB (530,000 rows of d = 8: 64 code bytes a row) is screened in
+    # auto mode when an index keeps it: built by a search of 512+ queries, reused by any later one
+    X = rng.standard_normal((530_000, 8)).astype(np.float32)
+    Q = rng.standard_normal((512, 8)).astype(np.float32)
+    Q[:3] = X[[5, 77_777, 529_999]]
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q[:40], X, k=10, exclude=[[5]] * 40)
+        _core.set_screen_mode(1)
+        index = hn.DenseIndex(X)
+        before = _core.screen_counts()
+        first = index.search(Q, k=10, exclude=[[5]] * 512)
+        again = index.search(Q[:40], k=10, exclude=[[5]] * 40)
+        after = _core.screen_counts()
+    finally:
+        _core.set_screen_mode(start)
+    assert index.codes_nbytes > 32 << 20
+    assert after[0] - before[0] == 2 and after[1] == before[1]
+    for s, i in ((first[0][:40], first[1][:40]), again):
+        np.testing.assert_array_equal(i, ref[1])
+        np.testing.assert_array_equal(s.view(np.uint32), ref[0].view(np.uint32))
