@@ -60,6 +60,7 @@
 // product, sum or rounding overflows.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -169,19 +170,58 @@ std::atomic<int>& type_ref() {
     return t;
 }
 
+// Time of one screening pass of B (best of 5): 32 queries x 2,048 rows, d = 384, codes
+// of fixed pseudo-random data.
+double pass_seconds(const ScreenKernels& B) {
+    const size_t d = 384, dp = (d + B.align - 1) / B.align * B.align, nq = 32, nx = 2048;
+    std::vector<float> xq(nq * d), xc(nx * d), qs(nq), cs(nx), x2(nx), e2(nx), t2(nx), T(nq * nx);
+    uint32_t h = 12345;
+    for (float* v : {xq.data(), xc.data()})
+        for (size_t j = 0; j < (v == xq.data() ? xq.size() : xc.size()); ++j) {
+            h = h * 1664525u + 1013904223u;
+            v[j] = float(int(h >> 9) - (1 << 22)) / float(1 << 22);
+        }
+    std::vector<uint8_t> cq(nq * dp * B.elem_bytes), cc(nx * dp * B.elem_bytes);
+    std::vector<uint32_t> packed(nx * dp * B.elem_bytes / 4);
+    std::vector<int32_t> csum(nx);
+    B.quantize_rows(xq.data(), d, nq, d, dp, true, cq.data(), qs.data(), nullptr, x2.data(), e2.data(), t2.data());
+    B.quantize_rows(xc.data(), d, nx, d, dp, false, cc.data(), cs.data(), csum.data(), x2.data(), e2.data(),
+                    t2.data());
+    B.pack_rows(cc.data(), nx, dp, packed.data());
+    const ScreenQueries Qc{cq.data(), qs.data(), nullptr, nullptr, nullptr};
+    const ScreenRows R{cs.data(), csum.data(), nullptr, nullptr, nullptr};
+    double best = HUGE_VAL;
+    for (int r = 0; r < 5; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        B.dot_tile(Qc, nq, packed.data(), nx, dp, R, T.data(), nx);
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+}
+
+// Whether bf16 codes screen fast enough on this CPU to be worth their tighter bound: their
+// pass has twice int8's instructions (measured 1.6x its time on AMD EPYC), but some CPUs
+// run vdpbf16ps at the fp32 FMA rate or below (an Intel Xeon here: bf16 screened 1.4x the
+// plain time on SciFact at k = 100, int8 0.6x).  Measured once per process.
+bool bf16_pays(const ScreenKernels* i8, const ScreenKernels* b16) {
+    static const bool pays = !i8 || !b16 || pass_seconds(*b16) < 2.5 * pass_seconds(*i8);
+    return pays;
+}
+
 // The kernels a search of dimension d for the top k of n rows uses (null: no screen).
 // Auto: int8 halves the screening pass, but its bound is about 5x bf16's, so about
 // k more rows per query are rescored in fp32; it pays when the pass dominates.
 // Measured (SciFact, 5,183 x 384, 809 queries, 1-2 threads): int8 / bf16 time 0.64 at
 // k = 1, 0.82 at k = 10, 0.86 at k = 20, 0.96 at k = 42, 1.07 at k = 64, 1.25 at k = 105.
-// The pass grows with n and the extra rescoring with k: int8 when 128 k <= n.
+// The pass grows with n and the extra rescoring with k: int8 when 128 k <= n, or
+// whenever bf16's pass is not fast on this CPU (bf16_pays).
 const ScreenKernels* pick_kernels(size_t d, size_t k, size_t n) {
     const int t = type_ref().load();
     const ScreenKernels* i8 = d <= kMaxInt8Dim ? screen_kernels(ScreenType::Int8) : nullptr;
     const ScreenKernels* b16 = screen_kernels(ScreenType::Bf16);
     if (t == int(ScreenType::Int8)) return i8;
     if (t == int(ScreenType::Bf16)) return b16;
-    if (i8 && (!b16 || 128 * k <= n)) return i8;
+    if (i8 && (!b16 || 128 * k <= n || !bf16_pays(i8, b16))) return i8;
     return b16;
 }
 
