@@ -358,6 +358,8 @@ struct Screen {
     const std::vector<int64_t>& ex_sorted;
     const std::vector<SBlock>& blocks;
     const CodedCorpus& C;
+    float* scores;  // the results (nq x k)
+    int64_t* ids;
 };
 
 // Per-thread scratch for a panel of queries.  Each query's buffer holds, side by
@@ -640,6 +642,53 @@ void Scratch::trim() {
     if (bytes > kKeepBytes) *this = Scratch();
 }
 
+// Screens the queries panel by panel (threads take whole panels) and writes their
+// results; the queries it leaves to the plain path go to `rest` as ranges.
+void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int nt, int mode, size_t total,
+                   std::vector<std::unique_ptr<SPanel>>& state, std::vector<size_t>* rest) {
+    if (state.size() < size_t(nt)) state.resize(nt);
+    for (int t = 0; t < nt; ++t) {
+        if (!state[t]) state[t].reset(new SPanel);
+        state[t]->setup(S, panel);
+    }
+    // Auto mode stops screening (the panels not started yet run the plain path) once a
+    // panel rescored more than kMaxRescored of its query x row pairs: the screen does not
+    // prune on this data, and the copy remembers it for later searches.
+    std::atomic<bool> stop{false};
+    std::vector<char> done(npanels, 0);
+    parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
+        SPanel& pn = *state[tid];
+        for (size_t p = p0; p < p1; ++p) {
+            const size_t P = std::min(panel, nq - p * panel);
+            if (stop.load(std::memory_order_relaxed)) return;
+            if (!pn.load(S, p * panel, P)) continue;  // a huge query norm: the plain path
+            // auto: the panel is dropped (its queries run the plain path) as soon as its
+            // rescoring passes the budget (pro rata of the rows screened, plus two full
+            // buffers), so a search on data the screen cannot prune loses little
+            pn.dots = 0, pn.seen = 0, pn.over = false;
+            pn.rate = mode == 1 ? kMaxRescored : HUGE_VAL;
+            pn.slack = 2.0 * double(S.cap);
+            for (size_t b = 0; b < S.blocks.size() && !pn.over; ++b) pn.process(S, S.blocks[b], b == 0);
+            if (!pn.over) {
+                pn.finish(S, S.scores, S.ids);
+                done[p] = 1;
+            }
+            if (pn.over || (mode == 1 && double(pn.dots) > kMaxRescored * double(P) * double(total))) {
+                stop.store(true);
+                size_t seen = S.C.no_prune_k.load();
+                while (S.k < seen && !S.C.no_prune_k.compare_exchange_weak(seen, S.k)) {
+                }
+            }
+        }
+    });
+    for (size_t p = 0; p < npanels; ++p) {  // the queries left to the plain path, as ranges
+        if (done[p]) continue;
+        const size_t a = p * panel, b = std::min(nq, a + panel);
+        if (!rest->empty() && rest->back() == a) rest->back() = b;
+        else rest->push_back(a), rest->push_back(b);
+    }
+}
+
 }  // namespace
 
 ScreenCache::ScreenCache() = default;
@@ -779,49 +828,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const size_t wide = B->type == ScreenType::Int8 ? 2 : 1;
     const size_t cap = std::min(wide * (4 * k + 256), total + 1);
     if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
-    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC};
-    std::vector<std::unique_ptr<SPanel>>& state = keep.panels;
-    if (state.size() < size_t(nt)) state.resize(nt);
-    for (int t = 0; t < nt; ++t) {
-        if (!state[t]) state[t].reset(new SPanel);
-        state[t]->setup(S, panel);
-    }
-    // Auto mode stops screening (the panels not started yet run the plain path) once a
-    // panel rescored more than kMaxRescored of its query x row pairs: the screen does not
-    // prune on this data, and the copy remembers it for later searches.
-    std::atomic<bool> stop{false};
-    std::vector<char> done(npanels, 0);
-    parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
-        SPanel& pn = *state[tid];
-        for (size_t p = p0; p < p1; ++p) {
-            const size_t P = std::min(panel, nq - p * panel);
-            if (stop.load(std::memory_order_relaxed)) return;
-            if (!pn.load(S, p * panel, P)) continue;  // a huge query norm: the plain path
-            // auto: the panel is dropped (its queries run the plain path) as soon as its
-            // rescoring passes the budget (pro rata of the rows screened, plus two full
-            // buffers), so a search on data the screen cannot prune loses little
-            pn.dots = 0, pn.seen = 0, pn.over = false;
-            pn.rate = mode == 1 ? kMaxRescored : HUGE_VAL;
-            pn.slack = 2.0 * double(cap);
-            for (size_t b = 0; b < blocks.size() && !pn.over; ++b) pn.process(S, blocks[b], b == 0);
-            if (!pn.over) {
-                pn.finish(S, scores, ids);
-                done[p] = 1;
-            }
-            if (pn.over || (mode == 1 && double(pn.dots) > kMaxRescored * double(P) * double(total))) {
-                stop.store(true);
-                size_t seen = CC.no_prune_k.load();
-                while (k < seen && !CC.no_prune_k.compare_exchange_weak(seen, k)) {
-                }
-            }
-        }
-    });
-    for (size_t p = 0; p < npanels; ++p) {  // the queries left to the plain path, as ranges
-        if (done[p]) continue;
-        const size_t a = p * panel, b = std::min(nq, a + panel);
-        if (!rest->empty() && rest->back() == a) rest->back() = b;
-        else rest->push_back(a), rest->push_back(b);
-    }
+    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC, scores, ids};
+    screen_panels(S, nq, panel, npanels, nt, mode, total, keep.panels, rest);
     if (!rest->empty()) g_fallbacks.fetch_add(1);
     return true;
 }
