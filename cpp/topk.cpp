@@ -215,6 +215,16 @@ void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t
 
 }  // namespace detail
 
+namespace {
+
+// The plain fp32 search of queries 0 .. nq-1 of Q (ex_sorted: each query's exclusions sorted,
+// indexed through excl.indptr).
+void plain_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d, const std::vector<Segment>& segments,
+                  Metric metric, size_t k, const Exclusions& excl, const std::vector<int64_t>& ex_sorted,
+                  float* scores, int64_t* ids, int num_threads);
+
+}  // namespace
+
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
                  const Exclusions& excl, float* scores, int64_t* ids, int num_threads, ScreenCache* cache) {
@@ -236,11 +246,29 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
         for (size_t i = 0; i < nq; ++i)
             std::sort(ex_sorted.begin() + excl.indptr[i], ex_sorted.begin() + excl.indptr[i + 1]);
     }
-    // bf16 screen + exact fp32 rescoring where it applies (same results, fewer fp32 flops)
-    if (topk_search_screened(Q, qt, nq, ldq, d, segments, metric, k, excl, ex_sorted, scores, ids, num_threads,
-                             cache))
-        return;
+    // low-precision screen + exact fp32 rescoring where it applies (same results, fewer fp32
+    // flops); the queries it leaves (if any) run the plain path
+    std::vector<size_t> rest;
+    if (!topk_search_screened(Q, qt, nq, ldq, d, segments, metric, k, excl, ex_sorted, scores, ids, num_threads,
+                              cache, &rest))
+        rest = {0, nq};
+    const size_t qrow = ldq * dtype_size(qt);  // bytes per query row
+    for (size_t j = 0; j + 1 < rest.size(); j += 2) {
+        const size_t a = rest[j], b = rest[j + 1];
+        const Exclusions sub{excl.indptr ? excl.indptr + a : nullptr, excl.indices};  // ex_sorted: same offsets
+        plain_search(static_cast<const char*>(Q) + a * qrow, qt, b - a, ldq, d, segments, metric, k, sub, ex_sorted,
+                     scores + a * k, ids + a * k, num_threads);
+    }
+}
 
+namespace {
+
+void plain_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d, const std::vector<Segment>& segments,
+                  Metric metric, size_t k, const Exclusions& excl, const std::vector<int64_t>& ex_sorted,
+                  float* scores, int64_t* ids, int num_threads) {
+    using namespace detail;
+    size_t total = 0;
+    for (const Segment& s : segments) total += s.rows;
     // Corpus blocks over all segments.
     std::vector<Block> blocks;
     size_t nb_max = 0;
@@ -311,6 +339,8 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
         });
     }
 }
+
+}  // namespace
 
 void merge_topk(const std::vector<const float*>& part_scores, const std::vector<const int64_t*>& part_ids,
                 const std::vector<size_t>& part_k, size_t nq, bool smallest_first, size_t k,

@@ -64,13 +64,16 @@ void load_query(const Kernels& K, const void* Q, DType qt, size_t ldq, size_t d,
 void write_row(std::vector<Cand>& c, size_t k, Metric metric, float* so, int64_t* io);
 
 // The screened search (topk_screen.cpp).  Returns false, having written
-// nothing, when it does not apply (metric, CPU, sizes) or gave up (too many
-// near-ties, huge or non-finite values); the caller then runs the plain search.
+// nothing, when it does not apply (metric, CPU, sizes, huge or non-finite corpus
+// norms); the caller then runs the plain search.  Returns true having written
+// every query except the ranges [rest[0], rest[1]), [rest[2], rest[3]), ... that
+// it left to the plain search (queries with huge norms; the rest of a search on
+// data where the screen does not prune).
 // ex_sorted: the exclusions with each query's ids sorted (excl.indptr indexes it).
 bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                           const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
-                          ScreenCache* cache);
+                          ScreenCache* cache, std::vector<size_t>* rest);
 
 }  // namespace detail
 }  // namespace hn

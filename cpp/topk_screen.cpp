@@ -17,11 +17,19 @@
 // 3. The survivors are rescored by Kernels::dot_pairs, the fp32 kernel's own
 //    arithmetic (same FMA chain and sums as dot_tile: bit-identical keys), and
 //    the top k taken with the usual rules (ties by ascending id, padding).
-// The search gives up and lets the plain path run (same results, slower) when a
-// query keeps too many survivors (near-ties), or a norm is huge or not finite
-// (the plain path's overflow / NaN handling then applies unchanged), or, for
-// cosine, a row's fp32 squared norm over- or underflowed (its 1/||c|| comes from
-// double then, and the bound's fp32 norms would not hold).
+// 4. A query whose buffer stays full after pruning (near-ties, or a bound wide
+//    for the data) is settled alone (SPanel::settle): its rows are rescored
+//    exactly, its exact top k kept and its threshold raised to the exact k-th key;
+//    the other queries and the rest of the search go on.
+// 5. Auto mode (not mode 2) measures the rescoring: a panel that passes its budget
+//    (kMaxRescored of its query x row pairs, pro rata while screening) is dropped
+//    and the queries not yet screened run the plain path; the coded copy then
+//    remembers that this k does not pay on this data (no_prune_k).
+// The search leaves everything to the plain path (same results) when a corpus
+// norm is huge or not finite (the plain path's overflow / NaN handling then
+// applies unchanged), or, for cosine, a row's fp32 squared norm over- or
+// underflowed (its 1/||c|| comes from double then, and the bound's fp32 norms
+// would not hold); a panel holding a query with a huge norm runs the plain path.
 // The coded copy belongs to the caller's ScreenCache (an index) when one is
 // passed: built by the first screened search, reused while the layout matches.
 //
@@ -52,6 +60,7 @@
 // product, sum or rounding overflows.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -93,6 +102,9 @@ struct CodedCorpus {
     float rho_max = 0, del_max = 0;
     bool ok = true;
     ScreenType type = ScreenType::Bf16;  // the codes
+    // learnt from the data by the searches that used this copy: auto mode does not screen
+    // for k >= this (a search found the screen rescoring too many rows to pay)
+    mutable std::atomic<size_t> no_prune_k{std::numeric_limits<size_t>::max()};
     std::vector<double> key;            // the layout it was built for (corpus_key)
 
     size_t bytes() const {
@@ -119,10 +131,21 @@ constexpr size_t kMaxInt8Dim = 16384;                          // int32 sums of 
 // queries, 1.4x at 256; 100k rows (77 MB copy): 0.3x at 64, 0.8x at 256.
 constexpr size_t kAutoCodeBytes = size_t(32) << 20;
 constexpr size_t kMinQueries = 96;
+// Above kAutoCodeBytes auto mode screens only with int8 codes kept by an index (ScreenCache):
+// reused as soon as it exists, built by a search of at least kMinQueriesLarge queries.
+// Measured (int8, SciFact MiniLM rows tiled to 150,000 x 384, a 58 MB copy, 256 queries, k = 100,
+// 2 threads): 0.62x the plain time once built, 1.25x for the search that builds it (bf16: 1.0x).
+constexpr size_t kMinQueriesLarge = 512;
 // Queries per panel (the unit of work a thread takes).  Measured, 2 threads, d = 384: 64 against
 // 256 took 0.78x the time on 4,096 queries x 40,000 random rows at k = 10 and 0.89x at k = 100;
 // on SciFact (809 or 1,109 queries x 5,183) the same within noise.
 constexpr size_t kMaxPanel = 64;
+// Auto mode stops screening a search whose panel rescored (fp32 dot products, settle()
+// included) more than this fraction of its query x row pairs.
+// Measured (int8, d = 384, k = 100, 2 threads): screened / plain time is about
+// 0.4 + 11 x that fraction (0.48 at 0.0055 on SciFact-like rows, 0.86 at 0.039 on
+// isotropic Gaussian rows), so it breaks even near 0.05.
+constexpr double kMaxRescored = 0.05;
 
 int initial_mode() {
     const char* env = std::getenv("HARDNEG_SCREEN");
@@ -147,19 +170,58 @@ std::atomic<int>& type_ref() {
     return t;
 }
 
+// Time of one screening pass of B (best of 5): 32 queries x 2,048 rows, d = 384, codes
+// of fixed pseudo-random data.
+double pass_seconds(const ScreenKernels& B) {
+    const size_t d = 384, dp = (d + B.align - 1) / B.align * B.align, nq = 32, nx = 2048;
+    std::vector<float> xq(nq * d), xc(nx * d), qs(nq), cs(nx), x2(nx), e2(nx), t2(nx), T(nq * nx);
+    uint32_t h = 12345;
+    for (float* v : {xq.data(), xc.data()})
+        for (size_t j = 0; j < (v == xq.data() ? xq.size() : xc.size()); ++j) {
+            h = h * 1664525u + 1013904223u;
+            v[j] = float(int(h >> 9) - (1 << 22)) / float(1 << 22);
+        }
+    std::vector<uint8_t> cq(nq * dp * B.elem_bytes), cc(nx * dp * B.elem_bytes);
+    std::vector<uint32_t> packed(nx * dp * B.elem_bytes / 4);
+    std::vector<int32_t> csum(nx);
+    B.quantize_rows(xq.data(), d, nq, d, dp, true, cq.data(), qs.data(), nullptr, x2.data(), e2.data(), t2.data());
+    B.quantize_rows(xc.data(), d, nx, d, dp, false, cc.data(), cs.data(), csum.data(), x2.data(), e2.data(),
+                    t2.data());
+    B.pack_rows(cc.data(), nx, dp, packed.data());
+    const ScreenQueries Qc{cq.data(), qs.data(), nullptr, nullptr, nullptr};
+    const ScreenRows R{cs.data(), csum.data(), nullptr, nullptr, nullptr};
+    double best = HUGE_VAL;
+    for (int r = 0; r < 5; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        B.dot_tile(Qc, nq, packed.data(), nx, dp, R, T.data(), nx);
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+}
+
+// Whether bf16 codes screen fast enough on this CPU to be worth their tighter bound: their
+// pass has twice int8's instructions (measured 1.6x its time on AMD EPYC), but some CPUs
+// run vdpbf16ps at the fp32 FMA rate or below (an Intel Xeon here: bf16 screened 1.4x the
+// plain time on SciFact at k = 100, int8 0.6x).  Measured once per process.
+bool bf16_pays(const ScreenKernels* i8, const ScreenKernels* b16) {
+    static const bool pays = !i8 || !b16 || pass_seconds(*b16) < 2.5 * pass_seconds(*i8);
+    return pays;
+}
+
 // The kernels a search of dimension d for the top k of n rows uses (null: no screen).
 // Auto: int8 halves the screening pass, but its bound is about 5x bf16's, so about
 // k more rows per query are rescored in fp32; it pays when the pass dominates.
 // Measured (SciFact, 5,183 x 384, 809 queries, 1-2 threads): int8 / bf16 time 0.64 at
 // k = 1, 0.82 at k = 10, 0.86 at k = 20, 0.96 at k = 42, 1.07 at k = 64, 1.25 at k = 105.
-// The pass grows with n and the extra rescoring with k: int8 when 128 k <= n.
+// The pass grows with n and the extra rescoring with k: int8 when 128 k <= n, or
+// whenever bf16's pass is not fast on this CPU (bf16_pays).
 const ScreenKernels* pick_kernels(size_t d, size_t k, size_t n) {
     const int t = type_ref().load();
     const ScreenKernels* i8 = d <= kMaxInt8Dim ? screen_kernels(ScreenType::Int8) : nullptr;
     const ScreenKernels* b16 = screen_kernels(ScreenType::Bf16);
     if (t == int(ScreenType::Int8)) return i8;
     if (t == int(ScreenType::Bf16)) return b16;
-    if (i8 && (!b16 || 128 * k <= n)) return i8;
+    if (i8 && (!b16 || 128 * k <= n || !bf16_pays(i8, b16))) return i8;
     return b16;
 }
 
@@ -296,7 +358,8 @@ struct Screen {
     const std::vector<int64_t>& ex_sorted;
     const std::vector<SBlock>& blocks;
     const CodedCorpus& C;
-    std::atomic<bool>& failed;
+    float* scores;  // the results (nq x k)
+    int64_t* ids;
 };
 
 // Per-thread scratch for a panel of queries.  Each query's buffer holds, side by
@@ -320,9 +383,14 @@ struct SPanel {
     std::vector<uint32_t> counts;
     std::vector<uint8_t> codes;
     std::vector<uint32_t> surv, rows;
-    std::vector<Cand> merged;
+    std::vector<Cand> merged, sel;
     std::vector<size_t> n;
     size_t q0 = 0, P = 0;
+    size_t dots = 0;  // the current panel's exact rescores (settle() and finish())
+    // auto mode's budget for settle(): dots <= rate x (rows screened so far) + slack;
+    // `over` once a settle would pass it (the panel is then dropped, unfinished)
+    double rate = HUGE_VAL, slack = 0, seen = 0;
+    bool over = false;
 
     size_t bytes() const {
         return (q.capacity() + tile.capacity() + ubs.capacity() + out.capacity() + 6 * qs.capacity()) * 4 +
@@ -395,7 +463,7 @@ struct SPanel {
 
     // THE SCREENING LOOP: upper bounds of one corpus block against the panel; per
     // query, rows at or above the running threshold enter the buffer.
-    bool process(const Screen& S, const SBlock& bl, bool first) {
+    void process(const Screen& S, const SBlock& bl, bool first) {
         const size_t nbk = bl.g1 - bl.g0;
         const Segment& sg = S.segs[bl.seg];
         float* T = tile.data();
@@ -403,6 +471,7 @@ struct SPanel {
         const ScreenQueries sq{codes.data(), qs.data(), qa.data(), qb.data(), qe.data()};
         S.B.dot_tile(sq, P, S.C.packed(pr), nbk, S.C.dp, S.C.rows(S.metric).at(pr), T, S.nb);
         const int64_t base = sg.id_offset + (int64_t)bl.r0;
+        seen += double(P) * double(nbk);
         for (size_t i = 0; i < P; ++i) {
             const float* s = T + i * S.nb;
             const int64_t* eb = nullptr;
@@ -425,7 +494,15 @@ struct SPanel {
                 if (eb != ee && std::binary_search(eb, ee, base + (int64_t)surv[u])) continue;
                 if (n[i] == S.cap) {
                     n[i] = prune(S, i, n[i]);
-                    if (n[i] > S.k + (S.cap - S.k) / 2) return false;  // near-ties: give up
+                    // still nearly full: the rows lie within the bound of the k-th (near-ties,
+                    // or a bound wide for this data); settle this query's top k exactly
+                    if (n[i] > S.k + (S.cap - S.k) / 2) {
+                        if (double(dots + n[i]) > rate * seen + slack) {
+                            over = true;  // the screen does not prune here: stop
+                            return;
+                        }
+                        n[i] = settle(S, i, n[i]);
+                    }
                     if (key < thr[i]) continue;
                 }
                 ub[n[i]] = key;
@@ -435,7 +512,63 @@ struct SPanel {
             // hundred rows), and every row admitted below the final one costs a copy
             if (n[i] >= 3 * S.k) n[i] = prune(S, i, n[i]);
         }
-        return true;
+    }
+
+    // The id of packed row r, and its segment.
+    size_t segment_of(const Screen& S, size_t r) const {
+        const std::vector<size_t>& ps = S.C.pstart;
+        return size_t(std::upper_bound(ps.begin(), ps.end(), r) - ps.begin()) - 1;
+    }
+    int64_t id_of(const Screen& S, size_t r) const {
+        const size_t sg = segment_of(S, r);
+        return S.segs[sg].id_offset + int64_t(r - S.C.pstart[sg]);
+    }
+
+    // keys[u] = the exact key (the fp32 kernel's arithmetic) of query qi and packed
+    // row rb[u], u < m.  One dot_pairs call per run of rows from one segment.
+    void rescore(const Screen& S, const float* qi, const uint32_t* rb, size_t m, float* keys) {
+        qptrs.assign(m, qi);
+        ptrs.resize(m);
+        out.resize(m);
+        const std::vector<size_t>& ps = S.C.pstart;
+        for (size_t a = 0; a < m;) {
+            const size_t seg = segment_of(S, rb[a]);
+            const Segment& sg = S.segs[seg];
+            const char* base = static_cast<const char*>(sg.data);
+            const size_t bytes = sg.ld * dtype_size(sg.dtype);
+            size_t b = a;
+            for (; b < m && rb[b] >= ps[seg] && rb[b] < ps[seg + 1]; ++b) ptrs[b] = base + (rb[b] - ps[seg]) * bytes;
+            S.K.dot_pairs(qptrs.data() + a, ptrs.data() + a, b - a, S.d, sg.dtype, out.data() + a);
+            a = b;
+        }
+        for (size_t u = 0; u < m; ++u) keys[u] = S.metric == Metric::Cosine ? out[u] * S.C.xn[rb[u]] : out[u];
+        dots += m;
+    }
+
+    // Query i's buffer (m entries) stayed full after a prune: its rows are rescored
+    // exactly, the exact top k kept (their keys replace the upper bounds: still >= the
+    // keys, so prune stays sound), and its threshold raised to the exact k-th key t
+    // (a row with ub < t has key < t and cannot enter; one with key == t and a
+    // smaller id has ub >= t and does).  Returns the new count, k.  Costs m fp32
+    // dot products per (cap - k) / 2 rows admitted: at worst (every row ties) the
+    // plain path's work again, never a restart of the search.
+    size_t settle(const Screen& S, size_t i, size_t m) {
+        float* ub = ubs.data() + i * S.cap;
+        uint32_t* rb = rows.data() + i * S.cap;
+        rescore(S, q.data() + i * S.d, rb, m, ub);
+        merged.resize(m);
+        for (size_t u = 0; u < m; ++u) merged[u] = detail::make_cand(ub[u], id_of(S, rb[u]));
+        sel.assign(merged.begin(), merged.end());
+        std::nth_element(sel.begin(), sel.begin() + (S.k - 1), sel.end(), std::greater<Cand>());
+        const Cand kth = sel[S.k - 1];
+        size_t w = 0;
+        for (size_t u = 0; u < m; ++u) {  // the k best, in buffer (row) order
+            if (merged[u] < kth) continue;
+            ub[w] = ub[u];
+            rb[w++] = rb[u];
+        }
+        thr[i] = std::max(thr[i], detail::cand_key(kth));
+        return w;
     }
 
     // Sorts `pairs` by row: a counting sort over the rows when they are few compared
@@ -467,6 +600,7 @@ struct SPanel {
         }
         sort_pairs(S);
         const size_t np = pairs.size();
+        dots += np;
         qptrs.resize(np);
         ptrs.resize(np);
         out.resize(np);
@@ -506,6 +640,53 @@ void Scratch::trim() {
     for (const auto& p : panels)
         if (p) bytes += p->bytes();
     if (bytes > kKeepBytes) *this = Scratch();
+}
+
+// Screens the queries panel by panel (threads take whole panels) and writes their
+// results; the queries it leaves to the plain path go to `rest` as ranges.
+void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int nt, int mode, size_t total,
+                   std::vector<std::unique_ptr<SPanel>>& state, std::vector<size_t>* rest) {
+    if (state.size() < size_t(nt)) state.resize(nt);
+    for (int t = 0; t < nt; ++t) {
+        if (!state[t]) state[t].reset(new SPanel);
+        state[t]->setup(S, panel);
+    }
+    // Auto mode stops screening (the panels not started yet run the plain path) once a
+    // panel rescored more than kMaxRescored of its query x row pairs: the screen does not
+    // prune on this data, and the copy remembers it for later searches.
+    std::atomic<bool> stop{false};
+    std::vector<char> done(npanels, 0);
+    parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
+        SPanel& pn = *state[tid];
+        for (size_t p = p0; p < p1; ++p) {
+            const size_t P = std::min(panel, nq - p * panel);
+            if (stop.load(std::memory_order_relaxed)) return;
+            if (!pn.load(S, p * panel, P)) continue;  // a huge query norm: the plain path
+            // auto: the panel is dropped (its queries run the plain path) as soon as its
+            // rescoring passes the budget (pro rata of the rows screened, plus two full
+            // buffers), so a search on data the screen cannot prune loses little
+            pn.dots = 0, pn.seen = 0, pn.over = false;
+            pn.rate = mode == 1 ? kMaxRescored : HUGE_VAL;
+            pn.slack = 2.0 * double(S.cap);
+            for (size_t b = 0; b < S.blocks.size() && !pn.over; ++b) pn.process(S, S.blocks[b], b == 0);
+            if (!pn.over) {
+                pn.finish(S, S.scores, S.ids);
+                done[p] = 1;
+            }
+            if (pn.over || (mode == 1 && double(pn.dots) > kMaxRescored * double(P) * double(total))) {
+                stop.store(true);
+                size_t seen = S.C.no_prune_k.load();
+                while (S.k < seen && !S.C.no_prune_k.compare_exchange_weak(seen, S.k)) {
+                }
+            }
+        }
+    });
+    for (size_t p = 0; p < npanels; ++p) {  // the queries left to the plain path, as ranges
+        if (done[p]) continue;
+        const size_t a = p * panel, b = std::min(nq, a + panel);
+        if (!rest->empty() && rest->back() == a) rest->back() = b;
+        else rest->push_back(a), rest->push_back(b);
+    }
 }
 
 }  // namespace
@@ -553,7 +734,8 @@ namespace detail {
 bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                           const std::vector<Segment>& segments, Metric metric, size_t k, const Exclusions& excl,
                           const std::vector<int64_t>& ex_sorted, float* scores, int64_t* ids, int num_threads,
-                          ScreenCache* cache) {
+                          ScreenCache* cache, std::vector<size_t>* rest) {
+    rest->clear();
     const int mode = screen_mode();
     size_t total = 0;
     for (const Segment& s : segments) total += s.rows;
@@ -573,6 +755,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     // queries are cheaper screened
     const std::vector<double> key = corpus_key(segments, d, metric, B->type);
     const bool reuse = kept && kept->key == key;
+    // auto: an earlier search of this copy found that the screen does not prune at this k
+    if (mode == 1 && reuse && k >= kept->no_prune_k.load()) return false;
     // the copy this search builds: the cache's next one, or a temporary in this thread's buffers
     std::shared_ptr<CodedCorpus> fresh;
     CodedCorpus temp;
@@ -605,7 +789,10 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
         C->pstart.push_back(C->pstart.back() + (s.rows + 15) / 16 * 16);
     }
     const double copy_bytes = double(C->pstart.back()) * double(C->dp * C->eb);
-    if (total == 0 || copy_bytes > double(mode == 1 ? kAutoCodeBytes : kMaxCodeBytes)) return false;
+    if (total == 0 || copy_bytes > double(kMaxCodeBytes)) return false;
+    if (mode == 1 && copy_bytes > double(kAutoCodeBytes) &&
+        !(B->type == ScreenType::Int8 && (reuse || (cache && nq >= kMinQueriesLarge))))
+        return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
     if (mode == 1 && (total < 4 * k + 256 ||
@@ -641,33 +828,9 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const size_t wide = B->type == ScreenType::Int8 ? 2 : 1;
     const size_t cap = std::min(wide * (4 * k + 256), total + 1);
     if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
-    std::atomic<bool> failed{false};
-    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC, failed};
-    std::vector<std::unique_ptr<SPanel>>& state = keep.panels;
-    if (state.size() < size_t(nt)) state.resize(nt);
-    for (int t = 0; t < nt; ++t) {
-        if (!state[t]) state[t].reset(new SPanel);
-        state[t]->setup(S, panel);
-    }
-    parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
-        SPanel& pn = *state[tid];
-        for (size_t p = p0; p < p1 && !failed.load(std::memory_order_relaxed); ++p) {
-            if (!pn.load(S, p * panel, std::min(panel, nq - p * panel))) {
-                failed.store(true);
-                return;
-            }
-            for (size_t b = 0; b < blocks.size(); ++b)
-                if (failed.load(std::memory_order_relaxed) || !pn.process(S, blocks[b], b == 0)) {
-                    failed.store(true);
-                    return;
-                }
-            pn.finish(S, scores, ids);
-        }
-    });
-    if (failed.load()) {
-        g_fallbacks.fetch_add(1);
-        return false;
-    }
+    Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC, scores, ids};
+    screen_panels(S, nq, panel, npanels, nt, mode, total, keep.panels, rest);
+    if (!rest->empty()) g_fallbacks.fetch_add(1);
     return true;
 }
 
