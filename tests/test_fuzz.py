@@ -317,7 +317,7 @@ _GARBAGE_CHILD = textwrap.dedent(r'''
             e = sys.exc_info()[1]
             if not isinstance(e, (TypeError, ValueError)):
                 bad.append(f"call {which}: {type(e).__name__}: {e}")
-        except ImportError:
+        except (ImportError, FileNotFoundError):  # a path that names no file (a string as an array)
             pass
         except Exception as e:  # anything else (MemoryError included) is a finding
             bad.append(f"call {which}: {type(e).__name__}: {str(e)[:300]}")
