@@ -582,6 +582,7 @@ def _print_summary(args, ds, folder: Path, mined) -> None:
     where = "the sample dataset" if args.dataset is None else str(folder)
     print(f"# {where}, split {args.split}, ranks {args.range[0]}:{args.range[1]}", file=sys.stderr)
     print(mined.report(), file=sys.stderr)
+    _print_examples(ds, mined, sys.stderr)
     if not args.output:
         print("", file=sys.stderr)
         cid = ds.corpus_ids
@@ -590,6 +591,22 @@ def _print_summary(args, ds, folder: Path, mined) -> None:
             pos = [cid[x] for x in mined.positive_ids[j]]
             print(f"{ds.query_ids[j]}: {ds.query_texts[j][:60]!r} positives {pos} negatives {negs}")
         print("(no -o given: nothing written; e.g. -o negatives.jsonl --format flagembedding)", file=sys.stderr)
+
+
+def _print_examples(ds, mined, out, count: int = 3) -> None:
+    """A few queries with their positive's and negatives' titles (or opening words), to read."""
+    def name(row: int) -> str:
+        t = ds.corpus_titles[row] or ds.corpus_bodies[row]
+        return t if len(t) <= 50 else t[:47] + "..."
+
+    shown = [j for j in range(len(ds.query_ids)) if (mined.ids[j] >= 0).any()][:count]
+    if not shown:
+        return
+    print("\nexamples:", file=out)
+    for j in shown:
+        print(f"  {ds.query_texts[j][:70]!r}", file=out)
+        print(f"    positive:  {' | '.join(name(int(r)) for r in mined.positive_ids[j][:2])}", file=out)
+        print(f"    negatives: {' | '.join(name(int(r)) for r in mined.ids[j] if r >= 0)}", file=out)
 
 
 def cmd_report(args) -> int:
