@@ -52,11 +52,7 @@ def table(header: Sequence[str], rows: List[Sequence[object]]) -> str:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
+    """The CPU model (harness.cpu_model)."""
+    from harness import cpu_model
+
+    return cpu_model()

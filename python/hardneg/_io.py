@@ -7,7 +7,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TextIO, Union
+from typing import BinaryIO, Iterator, TextIO, Union
 
 
 def open_text(path: Union[str, os.PathLike]) -> TextIO:
@@ -23,6 +23,24 @@ def _not_regular(path: Path) -> bool:
         return path.exists() and not path.is_file()
     except OSError:
         return False
+
+
+@contextmanager
+def atomic_binary_output(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
+    """A binary file written to a temporary file beside ``path`` and renamed into place when the
+    block ends without an error (a failure half-way leaves the previous file intact)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 @contextmanager

@@ -10,11 +10,12 @@ import hashlib
 import inspect
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from hardneg._io import atomic_binary_output
 
 PROMPT_KEYS = ("query", "corpus")
 
@@ -89,15 +90,6 @@ def encode_cached(encode: Callable[[], np.ndarray], folder: Optional[Union[str, 
     if path.is_file():
         return np.load(path, mmap_mode="r", allow_pickle=False)
     arr = np.ascontiguousarray(encode(), dtype=np.float32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_binary_output(path) as f:
+        np.save(f, arr, allow_pickle=False)
     return np.load(path, mmap_mode="r", allow_pickle=False)
