@@ -273,3 +273,20 @@ def test_adapter_guide_config_and_refusals(models):
         SentenceTransformersLoss(model, guide=guide, margin_strategy="both")
     with pytest.raises(ValueError, match="tokenizer"):
         SentenceTransformersLoss(model, guide=torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_cached_loss_with_a_guide_equals_the_adapter(models, n):
+    from hardneg.losses import CachedInfoNCELoss
+
+    model, guide = models
+    s = sentences(7 * (2 + n), seed=21 + n)
+    feats = features(model, [s[k * 7:(k + 1) * 7] for k in range(2 + n)])
+    opts = dict(scale=20.0, guide=guide, margin=0.01, directions=("query_to_doc", "query_to_query"))
+    ref = _loss_and_grads(SentenceTransformersLoss(model, **opts), model, [dict(f) for f in feats])
+    got = _loss_and_grads(CachedInfoNCELoss(model, mini_batch_size=3, **opts), model, [dict(f) for f in feats])
+    _assert_same(got, ref, 1e-9)
+    plain = _loss_and_grads(CachedInfoNCELoss(model, mini_batch_size=3, scale=20.0,
+                                              directions=("query_to_doc", "query_to_query")),
+                            model, [dict(f) for f in feats])
+    assert abs(plain[0].item() - got[0].item()) > 1e-6

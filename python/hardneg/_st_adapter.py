@@ -310,11 +310,13 @@ class SentenceTransformersLoss(nn.Module):
         if self.guide is None:
             return None
         with torch.no_grad():
-            if self.must_retokenize:
-                feats = [_retokenize(self.model.tokenizer, self.guide, f) for f in sentence_features]
-            else:
-                feats = [dict(f) for f in sentence_features]
-            return [e.detach() for e in embed(self.guide, feats)]
+            return [e.detach() for e in embed(self.guide, self.guide_features(sentence_features))]
+
+    def guide_features(self, sentence_features: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """The feature dicts the guide embeds: shallow copies, or the re-tokenized texts."""
+        if self.must_retokenize:
+            return [_retokenize(self.model.tokenizer, self.guide, f) for f in sentence_features]
+        return [dict(f) for f in sentence_features]
 
     def forward(self, sentence_features: Sequence[Mapping[str, Any]], labels: Optional[Tensor] = None) -> Tensor:
         sentence_features = list(sentence_features)
