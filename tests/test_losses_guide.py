@@ -22,7 +22,7 @@ def _threshold(g_pos, margin, strategy):
     return g_pos - margin if strategy == "absolute" else g_pos - abs(g_pos) * margin
 
 
-def reference(q, pos, hard, guide, scale, directions, partition, margin, strategy, mem=None):
+def reference(q, pos, hard, guide, scale, directions, partition, margin, strategy, mem=None, per_row=False):
     """Per-row loss from explicit candidate lists; the mask follows GISTEmbedLoss's rule, entry by entry.
 
     Returns (loss, masked) where masked is the set of (direction, row, candidate) the guide removed."""
@@ -42,7 +42,7 @@ def reference(q, pos, hard, guide, scale, directions, partition, margin, strateg
         return {"p": lambda: gp[c[1]], "h": lambda: gh[c[1], c[2]], "q": lambda: gq[c[1]]}[c[0]]()
 
     masked = set()
-    per_row = []
+    want_rows, per_row = per_row, []
     for i in range(B):
         thr = _threshold(_cos(gq[i], gp[i]), margin, strategy)
         z_pos = scale * (qn[i] @ pn[i])
@@ -68,7 +68,8 @@ def reference(q, pos, hard, guide, scale, directions, partition, margin, strateg
             per_row.append(torch.logsumexp(torch.cat(list(terms.values())), 0) - z_pos)
         else:
             per_row.append(sum(torch.logsumexp(t, 0) - z_pos for t in terms.values()) / len(terms))
-    return torch.stack(per_row).mean(), masked
+    rows = torch.stack(per_row)
+    return (rows if want_rows else rows.mean()), masked
 
 
 def _leaves(B, n, d, seed, dtype=torch.float64):
@@ -186,6 +187,74 @@ def test_guide_gets_no_gradient_and_bad_guides_are_refused():
         InfoNCELoss(guide_margin_strategy="percent")
     with pytest.raises((TypeError, ValueError), match="guide_margin"):
         InfoNCELoss(guide_margin=float("nan"))
+
+
+# ---------------------------------------------------------------------- gather over gloo
+GLOO_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_doc")
+
+
+def _gloo_data(world, B, n, d):
+    g = torch.Generator().manual_seed(77)
+    allq = torch.randn(world * B, d, generator=g, dtype=torch.float64)
+    allp = allq + torch.randn(world * B, d, generator=g, dtype=torch.float64)
+    allh = torch.randn(world * B, n, d, generator=g, dtype=torch.float64)
+    return (allq, allp, allh), _guide(world * B, n, 3, seed=77)
+
+
+def _gloo_worker(rank, world, init_method, result_dir):
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        B, n, d = 3, 1, 5
+        (allq, allp, allh), guide = _gloo_data(world, B, n, d)
+        sl = slice(rank * B, (rank + 1) * B)
+        q, p, h = (t[sl].clone().requires_grad_(True) for t in (allq, allp, allh))
+        f = InfoNCELoss(scale=6.0, gather_across_devices=True, directions=GLOO_DIRECTIONS, partition_mode="joint")
+        loss = f(q, p, h, guide=tuple(x[sl] for x in guide))
+        loss.backward()
+        torch.save({"loss": loss.detach(), "q": q.grad, "p": p.grad, "h": h.grad},
+                   os.path.join(result_dir, f"{rank}.pt"))
+        dist.barrier()
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    sys.stdout.flush()
+    os._exit(0)  # skip gloo's teardown (see tests/test_losses.py)
+
+
+def test_guide_with_gather_across_devices_gloo():
+    import os
+    import socket
+    import tempfile
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed not available")
+    world, B, n, d = 2, 3, 1, 5
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_gloo_worker, args=(world, f"tcp://127.0.0.1:{port}", tmp), nprocs=world, join=True)
+        res = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(world)]
+    (allq, allp, allh), guide = _gloo_data(world, B, n, d)
+    leaves = [x.clone().requires_grad_(True) for x in (allq, allp, allh)]
+    rows, masked = reference(*leaves, guide, 6.0, GLOO_DIRECTIONS, "joint", 0.0, "absolute", per_row=True)
+    assert masked
+    rank_losses = rows.reshape(world, B).mean(1)
+    rank_losses.sum().backward()
+    for r in range(world):
+        sl = slice(r * B, (r + 1) * B)
+        torch.testing.assert_close(res[r]["loss"], rank_losses[r], rtol=1e-10, atol=1e-12)
+        for key, leaf in zip("qph", leaves):
+            torch.testing.assert_close(res[r][key], leaf.grad[sl], rtol=1e-9, atol=1e-12)
 
 
 # -------------------------------------------------------------------- sentence-transformers
