@@ -803,7 +803,8 @@ class InfoNCELoss(nn.Module):
         if gdocs is None and self._dense_ok(b, mem, gathering):
             return self._dense(b)
         b.check_finite()
-        if (gdocs is None and self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",)
+        if (gdocs is None and self._full_kernel and self.backend in ("auto", "fused")
+                and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
         cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
