@@ -130,6 +130,36 @@ def embed(model: nn.Module, sentence_features: Sequence[Mapping[str, Any]]) -> L
     return embed_columns(model, sentence_features)
 
 
+# ---------------------------------------------------------------------------- guide
+def _must_retokenize(model: nn.Module, guide: nn.Module) -> bool:
+    """GISTEmbedLoss's test: the guide needs its own tokens when the vocabularies differ or its
+    ``max_seq_length`` is shorter than the model's."""
+    mt, gt = getattr(model, "tokenizer", None), getattr(guide, "tokenizer", None)
+    if mt is None or gt is None or not hasattr(mt, "get_vocab") or not hasattr(gt, "get_vocab"):
+        raise ValueError("guide: both the model and the guide must have a transformers tokenizer "
+                         "(a .tokenizer with get_vocab())")
+    retok = mt.get_vocab() != gt.get_vocab() or (getattr(guide, "max_seq_length", None) or 0) < (
+        getattr(model, "max_seq_length", None) or 0)
+    first = model[0] if hasattr(model, "__getitem__") else None
+    if retok and type(first).__name__ == "StaticEmbedding":
+        raise ValueError("guide: a guide with another tokenizer needs the texts back from input_ids, which a "
+                         "StaticEmbedding model's flat batches do not allow")
+    return retok
+
+
+def _retokenize(tokenizer: Any, guide: nn.Module, features: Mapping[str, Any]) -> Dict[str, Any]:
+    """Decode one column's ``input_ids`` with the model's tokenizer and preprocess it for the guide."""
+    from sentence_transformers.util import batch_to_device
+
+    input_ids = features["input_ids"]
+    if "cu_seq_lens_q" in features:  # a flattened batch: one row of concatenated sequences
+        flat = input_ids[0].tolist()
+        cuts = features["cu_seq_lens_q"].tolist()
+        input_ids = [flat[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    texts = tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+    return batch_to_device(guide.preprocess(texts), guide.device)
+
+
 # -------------------------------------------------------------------------- adapter
 class SentenceTransformersLoss(nn.Module):
     """:class:`InfoNCELoss` as a sentence-transformers loss, with MultipleNegativesRankingLoss's arguments.
@@ -154,6 +184,17 @@ class SentenceTransformersLoss(nn.Module):
     enqueue_negatives : bool, default True
         With a ``memory``, also enqueue the hard-negative columns (the positives always are),
         after the loss, while gradients are enabled (training, not evaluation).
+    guide : SentenceTransformer, optional
+        A guide model (GISTEmbedLoss's ``guide``): it embeds the same batch without gradients
+        and every in-batch candidate it scores (cosine) above the anchor's positive, minus
+        ``margin``, is removed from the softmax (see :class:`InfoNCELoss`'s ``guide``).  Its
+        features are the model's when both share a vocabulary and the guide's
+        ``max_seq_length`` is not shorter; otherwise the model's ``input_ids`` are decoded and
+        re-tokenized by the guide, as GISTEmbedLoss does.
+    margin_strategy : {"absolute", "relative"}, default "absolute"
+    margin : float, default 0.0
+        GISTEmbedLoss's rule for the guide: mask when the guide similarity exceeds
+        ``g_pos - margin`` ("absolute") or ``g_pos - |g_pos| * margin`` ("relative").
     mask_duplicates : bool, default True
         Hash each row's tokens (:func:`feature_row_ids`) into ids and pass them to the loss:
         a candidate (another query's positive, a hard negative, a memory entry) that is the
@@ -175,6 +216,7 @@ class SentenceTransformersLoss(nn.Module):
                  gather_across_devices: bool = False, directions: Optional[Sequence[str]] = None,
                  partition_mode: Optional[str] = None, hardness_mode: Optional[str] = None,
                  hardness_strength: float = 0.0, *, enqueue_negatives: bool = True, mask_duplicates: bool = True,
+                 guide: Optional[nn.Module] = None, margin_strategy: str = "absolute", margin: float = 0.0,
                  **loss_options: Any) -> None:
         super().__init__()
         from hardneg.losses import InfoNCELoss
@@ -195,7 +237,12 @@ class SentenceTransformersLoss(nn.Module):
         self.model = model
         self.loss = InfoNCELoss(gather_across_devices=gather_across_devices, directions=directions,
                                 partition_mode=partition_mode, hardness_mode=hardness_mode,
-                                hardness_strength=hardness_strength, **loss_options)
+                                hardness_strength=hardness_strength, guide_margin=margin,
+                                guide_margin_strategy=margin_strategy, **loss_options)
+        self.guide = guide
+        self.must_retokenize = False
+        if guide is not None:
+            self.must_retokenize = _must_retokenize(model, guide)
         self.enqueue_negatives = check_bool(enqueue_negatives, "enqueue_negatives")
         self.mask_duplicates = check_bool(mask_duplicates, "mask_duplicates")
 
@@ -215,17 +262,26 @@ class SentenceTransformersLoss(nn.Module):
         return util.cos_sim if self.loss.similarity == "cosine" else util.dot_score
 
     def compute_loss_from_embeddings(self, embeddings: Sequence[Tensor], labels: Optional[Tensor] = None,
-                                     ids: Optional[Dict[str, Tensor]] = None) -> Tensor:
+                                     ids: Optional[Dict[str, Tensor]] = None,
+                                     guide_embeddings: Optional[Sequence[Tensor]] = None) -> Tensor:
         """The loss of embedded columns (anchor (B, d), positive (B, d), negatives (B, d) ...).
 
         ``ids``: optional ``{"pos_ids": (B,), "neg_ids": (B, n), "query_ids": (B,)}`` int64
-        (what :meth:`forward` derives from the tokens); None: no id masking (MNRL)."""
+        (what :meth:`forward` derives from the tokens); None: no id masking (MNRL).
+        ``guide_embeddings``: optional, the guide's embeddings of the same columns ((B, dg)
+        each, what :meth:`guide_columns` returns); None: no guide filtering."""
         if len(embeddings) < 2:
             raise ValueError(f"expected at least 2 embedding columns (anchor, positive), got {len(embeddings)}")
         q, pos, negs = embeddings[0], embeddings[1], list(embeddings[2:])
         hard = torch.stack(negs, dim=1) if negs else None
         ids = ids or {}
-        loss = self.loss(q, pos, hard_negatives=hard, **ids)
+        guide = None
+        if guide_embeddings is not None:
+            if len(guide_embeddings) != len(embeddings):
+                raise ValueError(f"guide_embeddings has {len(guide_embeddings)} columns, the batch {len(embeddings)}")
+            g = [x.to(q.device) for x in guide_embeddings]
+            guide = (g[0], g[1]) + ((torch.stack(g[2:], dim=1),) if negs else ())
+        loss = self.loss(q, pos, hard_negatives=hard, guide=guide, **ids)
         self._enqueue(pos, negs, ids)
         return loss
 
@@ -246,14 +302,33 @@ class SentenceTransformersLoss(nn.Module):
             return None
         return batch_ids(sentence_features, batch_size, device)
 
+    def guide_columns(self, sentence_features: Sequence[Mapping[str, Any]]) -> Optional[List[Tensor]]:
+        """The guide's embeddings (no gradient) of each column, or None without a guide.
+
+        Runs on shallow copies of the feature dicts (models write their outputs into them), or,
+        when the guide must re-tokenize, on ``guide.preprocess`` of the decoded ``input_ids``."""
+        if self.guide is None:
+            return None
+        with torch.no_grad():
+            return [e.detach() for e in embed(self.guide, self.guide_features(sentence_features))]
+
+    def guide_features(self, sentence_features: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """The feature dicts the guide embeds: shallow copies, or the re-tokenized texts."""
+        if self.must_retokenize:
+            return [_retokenize(self.model.tokenizer, self.guide, f) for f in sentence_features]
+        return [dict(f) for f in sentence_features]
+
     def forward(self, sentence_features: Sequence[Mapping[str, Any]], labels: Optional[Tensor] = None) -> Tensor:
         sentence_features = list(sentence_features)
+        guide_embeddings = self.guide_columns(sentence_features)  # before the model fills the dicts
         embeddings = embed(self.model, sentence_features)
         ids = self.row_ids(sentence_features, embeddings[0].shape[0], embeddings[0].device)
-        return self.compute_loss_from_embeddings(embeddings, labels, ids)
+        return self.compute_loss_from_embeddings(embeddings, labels, ids, guide_embeddings)
 
     def get_config_dict(self) -> Dict[str, Any]:
         cfg = self.loss.get_config_dict()
         cfg["similarity_fct"] = "cos_sim" if self.loss.similarity == "cosine" else "dot_score"
         cfg["mask_duplicates"] = self.mask_duplicates
+        if self.guide is not None:
+            cfg["guide"] = self.guide
         return cfg

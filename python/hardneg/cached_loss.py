@@ -87,8 +87,9 @@ class CachedInfoNCELoss(SentenceTransformersLoss):
         at a time.  It does not change the loss or the gradients.
     gather_across_devices, directions, partition_mode, hardness_mode, hardness_strength
         As in MultipleNegativesRankingLoss.
-    enqueue_negatives, mask_duplicates, **loss_options
-        As in :class:`SentenceTransformersLoss`.
+    enqueue_negatives, mask_duplicates, guide, margin_strategy, margin, **loss_options
+        As in :class:`SentenceTransformersLoss` (a ``guide`` embeds ``mini_batch_size`` rows
+        at a time, without a graph, as in CachedGISTEmbedLoss).
 
     Notes
     -----
@@ -107,6 +108,19 @@ class CachedInfoNCELoss(SentenceTransformersLoss):
         super().__init__(model, scale, similarity_fct, gather_across_devices, directions, partition_mode,
                          hardness_mode, hardness_strength, **options)
         self.mini_batch_size = check_int(mini_batch_size, "mini_batch_size", minimum=1)
+
+    def guide_columns(self, sentence_features: Sequence[Mapping[str, Any]]) -> Optional[List[Tensor]]:
+        """The guide's embeddings of each column (no gradient), mini-batch by mini-batch."""
+        if self.guide is None:
+            return None
+        out = []
+        with torch.no_grad():
+            for f in self.guide_features(sentence_features):
+                rows = _rows(f)
+                out.append(torch.cat([self.guide(_slice(f, b, min(b + self.mini_batch_size, rows), rows))
+                                      ["sentence_embedding"].detach()
+                                      for b in range(0, rows, self.mini_batch_size)]))
+        return out
 
     # step 1: the embeddings of one column without a graph, mini-batch by mini-batch
     def _embed_column(self, features: Mapping[str, Any], rows: int) -> Tuple[Tensor, List[_RandState]]:
@@ -132,12 +146,13 @@ class CachedInfoNCELoss(SentenceTransformersLoss):
             cols.append(e)
             states.append(st)
         ids = self.row_ids(sentence_features, B, cols[0].device)
+        guide = self.guide_columns(sentence_features)
         if not torch.is_grad_enabled():  # evaluation: nothing to cache
-            return self.compute_loss_from_embeddings(cols, labels, ids)
+            return self.compute_loss_from_embeddings(cols, labels, ids, guide)
         # step 2: the loss on the whole batch, back to the embeddings only
         reps = [c.requires_grad_() for c in cols]
         with torch.enable_grad():
-            loss = self.compute_loss_from_embeddings(reps, labels, ids)
+            loss = self.compute_loss_from_embeddings(reps, labels, ids, guide)
             loss.backward()
         cache = [r.grad if r.grad is not None else torch.zeros_like(r) for r in reps]
         out = loss.detach().requires_grad_()

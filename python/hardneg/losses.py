@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from hardneg._arrays import vectors_for_kernel
 from hardneg._threads import resolve_num_threads
+from hardneg._validate import check_choice, check_float
 
 __all__ = ["InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss", "CachedInfoNCELoss"]
 
@@ -476,6 +477,46 @@ class _Batch:
                 _check_finite(x, name)
 
 
+def _guide_batch(guide: Optional[Sequence[Tensor]], b: "_Batch") -> Optional[list]:
+    """The guide embeddings ``(g_q, g_pos[, g_hard])`` checked against the batch, as a list
+    ``[g_q, g_pos, g_hard[:, 0], ..., g_hard[:, n-1]]`` of L2-normalized, detached (B, dg)
+    tensors in float64 (float32 on MPS, which has no float64), or None without a guide."""
+    if guide is None:
+        return None
+    if isinstance(guide, Tensor) or not isinstance(guide, (tuple, list)) or len(guide) not in (2, 3):
+        raise TypeError("guide must be a tuple (g_q, g_pos) or (g_q, g_pos, g_hard) of tensors, "
+                        f"got {type(guide).__name__}")
+    g_hard = guide[2] if len(guide) == 3 else None
+    if (g_hard is None) != (b.n == 0):
+        raise ValueError(f"guide: g_hard must be given exactly when there are hard negatives (n={b.n})")
+    names = ("guide[0] (g_q)", "guide[1] (g_pos)", "guide[2] (g_hard)")
+    gq, gp = (_check_emb(x, nm) for x, nm in zip(guide[:2], names))
+    for x, nm in ((gq, names[0]), (gp, names[1])):
+        if x.dim() != 2 or x.shape[0] != b.B or x.shape[1] == 0:
+            raise ValueError(f"{nm} must have shape (B, dg) with B={b.B}, dg >= 1, got {tuple(x.shape)}")
+    dg = gq.shape[1]
+    if gp.shape[1] != dg:
+        raise ValueError(f"{names[1]} has dim {gp.shape[1]} but {names[0]} has {dg}")
+    cols = [gq, gp]
+    if g_hard is not None:
+        gh = _check_emb(g_hard, names[2])
+        if gh.dim() == 2 and gh.shape[0] == b.B * b.n:
+            gh = gh.reshape(b.B, b.n, -1)
+        if gh.dim() != 3 or tuple(gh.shape) != (b.B, b.n, dg):
+            raise ValueError(f"{names[2]} must have shape (B, n, dg) = ({b.B}, {b.n}, {dg}) or (B*n, dg), "
+                             f"got {tuple(g_hard.shape)}")
+        cols += [gh[:, k] for k in range(b.n)]
+    out = []
+    for x, nm in zip(cols, names[:2] + (names[2],) * b.n):
+        if x.device != b.q.device:
+            raise ValueError(f"{nm} is on {x.device} but q is on {b.q.device}")
+        x = x.detach()
+        _check_finite(x, nm)
+        dt = torch.float32 if x.device.type == "mps" else torch.float64
+        out.append(_l2_normalize(x.to(dt)))
+    return out
+
+
 def _gather(t: Tensor, with_grad: bool) -> Tensor:
     import torch.distributed as dist
 
@@ -554,14 +595,28 @@ class InfoNCELoss(nn.Module):
         Threads of the fused kernel (default: hardneg's default).
     memory_chunk : int, optional
         Memory rows per chunk of the torch path (default: 4 M scores per chunk).
+    guide_margin : float, default 0.0
+    guide_margin_strategy : {"absolute", "relative"}, default "absolute"
+        The rule of a ``guide`` given to :meth:`forward` (GISTEmbedLoss's ``margin`` and
+        ``margin_strategy``): a candidate is masked when its guide similarity exceeds
+        ``g_pos - guide_margin`` ("absolute") or ``g_pos - |g_pos| * guide_margin``
+        ("relative"), with ``g_pos`` the guide's cosine of the query and its positive.
 
-    forward(q, pos, hard_negatives=None, pos_ids=None, neg_ids=None, query_ids=None) -> scalar Tensor
+    forward(q, pos, hard_negatives=None, pos_ids=None, neg_ids=None, query_ids=None, guide=None) -> scalar Tensor
         q, pos: (B, d); hard_negatives: (B, n, d) or (B*n, d) (query i's negatives are
         rows i*n..i*n+n-1); pos_ids: (B,) int; neg_ids: (B, n) or (B*n,) int;
         query_ids: (B,) int in the same id space as the passages (needs pos_ids): a
         candidate carrying query i's id (its own text as a passage) is masked too.
         Logits the compute dtype cannot represent (huge embeddings with
         ``similarity="dot"``) raise ValueError naming the inputs.
+        guide: ``(g_q, g_pos)`` or ``(g_q, g_pos, g_hard)``, a guide model's embeddings of
+        the same rows (``(B, dg)``, ``(B, dg)``, ``(B, n, dg)`` or ``(B*n, dg)``; any float
+        dtype and dimension dg, detached; compared by cosine).  Every in-batch candidate of
+        every direction (other positives, hard negatives, other queries) whose guide
+        similarity to the row's anchor exceeds the threshold above is masked like a false
+        negative (GISTEmbedLoss's rule); the positive is never masked.  Memory entries have
+        no guide embeddings and are not filtered.  A guided batch runs on the torch path (not
+        the C++ kernel of the query->passage term).
     """
 
     def __init__(self, temperature: Optional[float] = None, *, scale: Optional[float] = None,
@@ -571,9 +626,13 @@ class InfoNCELoss(nn.Module):
                  directions: Optional[Sequence[str]] = None, partition_mode: Optional[str] = None,
                  hardness_mode: Optional[str] = None, hardness_strength: float = 0.0,
                  backend: str = "auto", num_threads: Optional[int] = None,
-                 memory_chunk: Optional[int] = None) -> None:
+                 memory_chunk: Optional[int] = None, guide_margin: float = 0.0,
+                 guide_margin_strategy: str = "absolute") -> None:
         super().__init__()
         self.scale = _resolve_scale(temperature, scale)
+        self.guide_margin = check_float(guide_margin, "guide_margin", optional=False)
+        self.guide_margin_strategy = check_choice(guide_margin_strategy, "guide_margin_strategy",
+                                                  ("absolute", "relative"))
         if similarity not in ("cosine", "dot"):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
         self.similarity = similarity
@@ -653,6 +712,7 @@ class InfoNCELoss(nn.Module):
                 "hardness_mode": self.hardness_mode, "hardness_strength": self.hardness_strength,
                 "false_negative_margin": self.false_negative_margin,
                 "gather_across_devices": self.gather_across_devices,
+                "guide_margin": self.guide_margin, "guide_margin_strategy": self.guide_margin_strategy,
                 "memory_size": None if self.memory is None else self.memory.size}
 
     def _alphas(self) -> Tuple[float, float, float]:
@@ -697,12 +757,39 @@ class InfoNCELoss(nn.Module):
                 "margin": self.false_negative_margin, "check_inputs": b.check_finite}
         return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids)
 
+    def _apply_guide(self, masks: Dict[str, Tensor], gdocs: Sequence[Tensor], local: Tensor,
+                     own_pos: Tensor) -> None:
+        """OR the guide's false-negative masks into ``masks`` (GISTEmbedLoss's rule, every direction).
+
+        gdocs: normalized guide embeddings ``[queries (WB, dg), positives (WB, dg), hard negative k
+        (WB, dg) ...]`` of all ranks; ``local``: this rank's rows.  The anchor of query_to_doc /
+        query_to_query is q_i, of doc_to_query / doc_to_doc pos_i; the threshold is always the
+        guide's s(q_i, pos_i) (minus the margin), as in GISTEmbedLoss."""
+        gq, gd = gdocs[0], torch.cat(list(gdocs[1:]), dim=0)
+        lq, ld = gq[local], gdocs[1][local]
+        rows = torch.arange(local.shape[0], device=local.device)
+        g_q2d = lq @ gd.T
+        gpos = g_q2d[rows, local]  # from the same product as the candidates: a copy of the positive ties
+        if self.guide_margin_strategy == "absolute":
+            thr = (gpos - self.guide_margin)[:, None]
+        else:
+            thr = (gpos - gpos.abs() * self.guide_margin)[:, None]
+        guided = {"query_to_doc": (g_q2d > thr) & ~own_pos, "query_to_query": lq @ gq.T > thr,
+                  "doc_to_doc": ld @ gd.T > thr}
+        if "doc_to_query" in self.directions:
+            g = ld @ gq.T > thr
+            g[rows, local] = False  # pos_i -> q_i is the positive pair itself
+            guided["doc_to_query"] = g
+        for key in self.directions:
+            masks[key] = guided[key] if key not in masks else masks[key] | guided[key]
+
     # ------------------------------------------------------------------ forward
     def forward(self, q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] = None,
                 pos_ids: Optional[Any] = None, neg_ids: Optional[Any] = None,
-                query_ids: Optional[Any] = None) -> Tensor:
+                query_ids: Optional[Any] = None, guide: Optional[Sequence[Tensor]] = None) -> Tensor:
         # the dense path detects NaN / Inf on the way (norms, logits) and only then names the input
         b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids, query_ids, check_finite=False)
+        gdocs = _guide_batch(guide, b)  # None, or [g_q, g_pos, g_hard[:, 0], ...] normalized
         mem = self.memory
         if mem is not None:
             if mem.dim != b.d:
@@ -713,10 +800,11 @@ class InfoNCELoss(nn.Module):
                 raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
         rank, world = _dist_info()
         gathering = self.gather_across_devices and world > 1
-        if self._dense_ok(b, mem, gathering):
+        if gdocs is None and self._dense_ok(b, mem, gathering):
             return self._dense(b)
         b.check_finite()
-        if (self._full_kernel and self.backend in ("auto", "fused") and self.directions == ("query_to_doc",)
+        if (gdocs is None and self._full_kernel and self.backend in ("auto", "fused")
+                and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
         cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
@@ -738,6 +826,8 @@ class InfoNCELoss(nn.Module):
                 if qid is not None:
                     qid = _gather(qid, False)
             offset = rank * B
+            if gdocs is not None:
+                gdocs = [_gather(x, False) for x in gdocs]
         WB = queries.shape[0]
         dev = queries.device
         cos = self.similarity == "cosine"
@@ -792,6 +882,8 @@ class InfoNCELoss(nn.Module):
             if lpid is not None:
                 mdd |= _id_match(doc_ids_all, lpid, lqid)
             masks["doc_to_doc"] = mdd
+        if gdocs is not None:
+            self._apply_guide(masks, gdocs, local, own_pos)
 
         alpha = self.hardness_strength if self.hardness_mode is not None else 0.0
         logits: Dict[str, Tensor] = {}
