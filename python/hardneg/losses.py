@@ -33,6 +33,7 @@ Masking (candidates removed from a query's softmax, see docs/losses.md):
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -807,6 +808,20 @@ class InfoNCELoss(nn.Module):
                 and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
+        c = self._columns(b, gdocs, gathering, rank)
+        sims, masks = self._similarities(c)
+        if c.gdocs is not None:
+            self._apply_guide(masks, c.gdocs, c.local, c.own_pos)
+        logits, overflow = self._logits(c, sims, masks)
+        return self._reduce(c, logits, self._memory_lse(c, mem), overflow)
+
+    # The torch path, in stages: the batch's columns (gathered across ranks, normalised), the
+    # similarity blocks of each direction with their masks, the logits (hardness, overflow
+    # check), the memory's log-sum-exp, and the per-row losses.
+
+    def _columns(self, b: "_Batch", gdocs, gathering: bool, rank: int) -> SimpleNamespace:
+        """The candidates of every row: ``[positives | hard negative k of each query]`` (gathered
+        when ``gathering``), their ids, and which of them are this rank's rows."""
         cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
         B, n = b.B, b.n
         queries = b.q.to(cdt)
@@ -834,57 +849,61 @@ class InfoNCELoss(nn.Module):
         if cos:
             queries = _l2_normalize(queries)
             docs = [_l2_normalize(x) for x in docs]
-        docs_all = torch.cat(docs, dim=0)
         local = torch.arange(offset, offset + B, device=dev)
         rows = torch.arange(B, device=dev)
-        local_q = queries[local]
-        local_d = docs[0][local]
-        lpid = pid[local] if pid is not None else None
-        lqid = qid[local] if qid is not None else None
-        doc_ids_all = torch.cat(did) if did is not None else None
         ncol = WB * (1 + n)
         own = torch.eye(WB, device=dev, dtype=torch.bool)[local].repeat(1, 1 + n)  # own positive + own negatives
         own_pos = torch.zeros(B, ncol, device=dev, dtype=torch.bool)
         own_pos[rows, local] = True
+        return SimpleNamespace(
+            cdt=cdt, B=B, n=n, WB=WB, dev=dev, cos=cos, queries=queries, docs=docs, docs_all=torch.cat(docs, dim=0),
+            pid=pid, qid=qid, doc_ids_all=torch.cat(did) if did is not None else None, local=local, rows=rows,
+            local_q=queries[local], local_d=docs[0][local], lpid=pid[local] if pid is not None else None,
+            lqid=qid[local] if qid is not None else None, ncol=ncol, own=own, own_pos=own_pos, gdocs=gdocs)
 
+    def _similarities(self, c: SimpleNamespace) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """Per direction, the (B, candidates) similarities and the mask of the candidates it drops."""
+        B, WB, dev, rows, local = c.B, c.WB, c.dev, c.rows, c.local
         sims: Dict[str, Tensor] = {}
         masks: Dict[str, Tensor] = {}
-        sims["query_to_doc"] = local_q @ docs_all.T
-        raw_pos = sims["query_to_doc"].detach()[rows, local]
-        m = torch.zeros(B, ncol, device=dev, dtype=torch.bool)
+        sims["query_to_doc"] = c.local_q @ c.docs_all.T
+        c.raw_pos = sims["query_to_doc"].detach()[rows, local]
+        m = torch.zeros(B, c.ncol, device=dev, dtype=torch.bool)
         if not self.in_batch_negatives:
-            m |= ~own
-        if lpid is not None:
-            m |= _id_match(doc_ids_all, lpid, lqid) & ~own_pos
+            m |= ~c.own
+        if c.lpid is not None:
+            m |= _id_match(c.doc_ids_all, c.lpid, c.lqid) & ~c.own_pos
         if self.false_negative_margin is not None:
-            m |= (sims["query_to_doc"].detach() > (raw_pos - self.false_negative_margin)[:, None]) & ~own_pos
+            m |= (sims["query_to_doc"].detach() > (c.raw_pos - self.false_negative_margin)[:, None]) & ~c.own_pos
         masks["query_to_doc"] = m
         if "query_to_query" in self.directions:
-            sims["query_to_query"] = local_q @ queries.T
+            sims["query_to_query"] = c.local_q @ c.queries.T
             mq = torch.zeros(B, WB, device=dev, dtype=torch.bool)
             mq[rows, local] = True  # q_i -> q_i
-            if lpid is not None:  # queries of the same passage, and copies of the query
-                mq |= _id_match(pid, lpid, None)
-                if qid is not None:
-                    mq |= _id_match(qid, lpid, lqid)
+            if c.lpid is not None:  # queries of the same passage, and copies of the query
+                mq |= _id_match(c.pid, c.lpid, None)
+                if c.qid is not None:
+                    mq |= _id_match(c.qid, c.lpid, c.lqid)
             masks["query_to_query"] = mq
         if "doc_to_query" in self.directions:
-            sims["doc_to_query"] = (queries @ local_d.T).T
-            if lpid is not None:
-                md = _id_match(pid, lpid, None)
-                if qid is not None:
-                    md |= _id_match(qid, lpid, lqid)
+            sims["doc_to_query"] = (c.queries @ c.local_d.T).T
+            if c.lpid is not None:
+                md = _id_match(c.pid, c.lpid, None)
+                if c.qid is not None:
+                    md |= _id_match(c.qid, c.lpid, c.lqid)
                 md[rows, local] = False
                 masks["doc_to_query"] = md
         if "doc_to_doc" in self.directions:
-            sims["doc_to_doc"] = (docs_all @ local_d.T).T
-            mdd = own.clone()  # documents of the same query
-            if lpid is not None:
-                mdd |= _id_match(doc_ids_all, lpid, lqid)
+            sims["doc_to_doc"] = (c.docs_all @ c.local_d.T).T
+            mdd = c.own.clone()  # documents of the same query
+            if c.lpid is not None:
+                mdd |= _id_match(c.doc_ids_all, c.lpid, c.lqid)
             masks["doc_to_doc"] = mdd
-        if gdocs is not None:
-            self._apply_guide(masks, gdocs, local, own_pos)
+        return sims, masks
 
+    def _logits(self, c: SimpleNamespace, sims: Dict[str, Tensor], masks: Dict[str, Tensor]):
+        """``similarity * scale`` (+ the hardness term), masked with -inf; and, per block, whether
+        float32 could not hold it (raised after the loss, naming the input)."""
         alpha = self.hardness_strength if self.hardness_mode is not None else 0.0
         logits: Dict[str, Tensor] = {}
         overflow = []
@@ -892,40 +911,46 @@ class InfoNCELoss(nn.Module):
             z = s * self.scale
             if key == "query_to_doc" and alpha > 0.0:
                 if self.hardness_mode == "hard_negatives":
-                    excl = ~own
-                    excl[:, :WB] = True
+                    excl = ~c.own
+                    excl[:, :c.WB] = True
                 elif self.hardness_mode == "in_batch_negatives":
-                    excl = own
+                    excl = c.own
                 else:  # all_negatives
-                    excl = own.clone()
-                    excl[:, WB:] = False
+                    excl = c.own.clone()
+                    excl[:, c.WB:] = False
                 z = z + torch.where(excl, torch.zeros_like(s), alpha * s.detach())
             overflow.append((_DIRECTION_WHAT[key], ~torch.isfinite(z.detach()).all()))
             if key in masks:
                 z = z.masked_fill(masks[key], float("-inf"))
             logits[key] = z
-        positive = logits["query_to_doc"][rows, local]
+        return logits, overflow
 
-        lse_mem = None
-        if mem is not None and len(mem) > 0:
-            memory_alpha = alpha if self.hardness_mode in ("in_batch_negatives", "all_negatives") else 0.0
-            mem_emb, mem_ids = mem.get()
-            thr = None
-            if self.false_negative_margin is not None:
-                thr = raw_pos - self.false_negative_margin
-            backend = self.backend
-            if backend == "auto":
-                backend = "fused" if dev.type == "cpu" and cdt == torch.float32 else "torch"
-            lse_mem = _MemoryLSE.apply(local_q, mem_emb, mem_ids if lpid is not None else None, lpid, thr,
-                                       self.scale + memory_alpha, self.scale, cos, backend, self.num_threads,
-                                       self.memory_chunk, lqid)
-            lse_mem = lse_mem.to(cdt)
+    def _memory_lse(self, c: SimpleNamespace, mem) -> Optional[Tensor]:
+        """(B,) log-sum-exp of each row's memory logits (never materialised), or None."""
+        if mem is None or len(mem) == 0:
+            return None
+        alpha = self.hardness_strength if self.hardness_mode is not None else 0.0
+        memory_alpha = alpha if self.hardness_mode in ("in_batch_negatives", "all_negatives") else 0.0
+        mem_emb, mem_ids = mem.get()
+        thr = None
+        if self.false_negative_margin is not None:
+            thr = c.raw_pos - self.false_negative_margin
+        backend = self.backend
+        if backend == "auto":
+            backend = "fused" if c.dev.type == "cpu" and c.cdt == torch.float32 else "torch"
+        lse_mem = _MemoryLSE.apply(c.local_q, mem_emb, mem_ids if c.lpid is not None else None, c.lpid, thr,
+                                   self.scale + memory_alpha, self.scale, c.cos, backend, self.num_threads,
+                                   self.memory_chunk, c.lqid)
+        return lse_mem.to(c.cdt)
 
+    def _reduce(self, c: SimpleNamespace, logits: Dict[str, Tensor], lse_mem: Optional[Tensor], overflow) -> Tensor:
+        """The mean over rows of log Z - z_pos, raising if float32 could not hold a logit."""
         # Per-row loss log Z - z_pos = log(1 + sum_{j != pos} exp(z_j - z_pos)), evaluated with
         # log1p: the same value and gradient as cross_entropy, without the cancellation of two
         # large numbers (large logits) or the rounding of 1 + tiny (a well-separated positive).
+        positive = logits["query_to_doc"][c.rows, c.local]
         shift = positive[:, None]
-        q2d_rest = (logits["query_to_doc"] - shift).masked_fill(own_pos, float("-inf"))
+        q2d_rest = (logits["query_to_doc"] - shift).masked_fill(c.own_pos, float("-inf"))
         if self.partition_mode == "joint":
             parts = [q2d_rest] + [z - shift for k, z in logits.items() if k != "query_to_doc"]
             if lse_mem is not None:
@@ -940,7 +965,7 @@ class InfoNCELoss(nn.Module):
             per_row = per_row / len(logits)
         loss = per_row.mean()
         overflow.append(("the batch (the mean loss)", ~torch.isfinite(loss.detach())))
-        _raise_overflow(overflow, cdt)
+        _raise_overflow(overflow, c.cdt)
         return loss
 
 
