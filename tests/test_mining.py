@@ -1180,3 +1180,16 @@ def test_duplicate_groups_retriever_ignoring_exclude_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="honour"):
         mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, metric="ip", progress=False,
                             num_negatives=5, range_min=0, range_max=20, relative_margin=None)
+
+
+def test_huge_range_max_is_a_deep_window():
+    """range_max at the int64 limit (found by the long fuzz run) is just a window deeper than the corpus."""
+    ds = hd.from_dict({"d0": "a", "d1": "b", "d2": "c"}, {"q": "z"}, {"q": {"d0": 1}})
+    C = np.array([[1, 0], [0.5, 0.5], [0, 1]], np.float32)
+    Q = np.array([[1, 0.2]], np.float32)
+    ref = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, num_negatives=2, range_min=0,
+                              range_max=10, relative_margin=None, progress=False)
+    for rmax in (2**62, 2**63 - 1):
+        got = mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q, num_negatives=2, range_min=0,
+                                  range_max=rmax, relative_margin=None, progress=False)
+        np.testing.assert_array_equal(got.ids, ref.ids)

@@ -213,7 +213,10 @@ def _pool(ret: Any, plan: SearchPlan, rows: Any, sub_glob: np.ndarray, cs: np.nd
             tq = np.concatenate([spq, xq])[order]
             td = np.concatenate([spd, xd])[order]
             ts = np.concatenate([sps, xs])[order]
-    pool = plan.depth - _slots_taken(cs, ci, valid, tq, td, ts, sub_glob.size, plan.depth)
+    # ranks are below the corpus size, so a depth past 2**62 (range_max up to 2**63 - 1 is valid)
+    # decides nothing more and stays in int64
+    depth = min(plan.depth, 1 << 62)
+    pool = depth - _slots_taken(cs, ci, valid, tq, td, ts, sub_glob.size, depth)
     valid &= np.arange(cs.shape[1])[None, :] < pool[:, None]
     return valid
 
