@@ -1,7 +1,6 @@
 """Shared helpers for the compare_* scripts: timing, peak memory, markdown tables."""
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, List, Sequence
 
@@ -18,7 +17,8 @@ def best_time(fn: Callable[[], object], repeat: int = 3, min_time: float = 0.0) 
     return best
 
 
-def _status(field: str) -> int:
+def proc_status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status ("VmRSS", "VmHWM", ...) in bytes (0 where absent)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -39,9 +39,9 @@ def peak_extra_bytes(fn: Callable[[], object]) -> int:
             f.write("5")
     except OSError:
         return -1
-    base = _status("VmRSS")
+    base = proc_status_bytes("VmRSS")
     fn()
-    return max(0, _status("VmHWM") - base)
+    return max(0, proc_status_bytes("VmHWM") - base)
 
 
 def table(header: Sequence[str], rows: List[Sequence[object]]) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from hardneg.losses import CrossBatchMemory, InfoNCELoss
 
 import harness
+from _common import proc_status_bytes
 
 REF = "torch (memory out of autograd)"
 METHODS = [REF, "torch naive (memory in autograd)", "sentence-transformers MNRL", "hardneg fused (C++)",
@@ -117,19 +117,6 @@ def make_fn(method, q, pos, hard, mem, similarity, temperature, threads, oneshot
     return step
 
 
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def vm_hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def measure_memory_child(args):
     """Runs in a subprocess: one call of one method, prints peak extra bytes."""
     torch.set_num_threads(args.threads)
@@ -151,9 +138,9 @@ def measure_memory_child(args):
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:  # resets the peak-RSS mark (VmHWM)
         f.write("5")
-    before = rss_bytes()
+    before = proc_status_bytes("VmRSS")
     step()
-    print(json.dumps(max(0, vm_hwm() - before)))
+    print(json.dumps(max(0, proc_status_bytes("VmHWM") - before)))
 
 
 def main():

@@ -20,16 +20,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+from _common import proc_status_bytes  # noqa: E402
 import hardneg as hn  # noqa: E402
 from compare_bm25 import zipf_corpus  # noqa: E402
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status_bytes("VmRSS") / 2**20
 
 
 def peak_mb() -> float:

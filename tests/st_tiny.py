@@ -53,3 +53,22 @@ def sentences(n, seed, length=5):
     out = sorted(out)
     rnd.shuffle(out)
     return out
+
+
+def loss_and_grads(loss_fn, model, feats):
+    """``loss_fn(feats, None)`` and the gradient of every parameter that has one (detached copies)."""
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(feats, None)
+    loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def assert_same(a, b, tol):
+    """Two ``loss_and_grads`` results agree: the loss and every gradient within ``tol`` (relative)."""
+    (la, ga), (lb, gb) = a, b
+    assert abs(la.item() - lb.item()) <= tol * max(1.0, abs(lb.item())), (la, lb)
+    assert ga.keys() == gb.keys() and ga
+    for k in gb:
+        err = (ga[k] - gb[k]).abs().max().item()
+        assert err <= tol * max(gb[k].abs().max().item(), 1e-6), (k, err)

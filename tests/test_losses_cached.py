@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sentence_transformers")
 from sentence_transformers import util  # noqa: E402
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss  # noqa: E402
-from st_tiny import features, sentences, tiny_model  # noqa: E402
+from st_tiny import assert_same, features, loss_and_grads, sentences, tiny_model  # noqa: E402
 
 from hardneg.losses import CachedInfoNCELoss, CrossBatchMemory, SentenceTransformersLoss  # noqa: E402
 
@@ -17,22 +17,6 @@ from hardneg.losses import CachedInfoNCELoss, CrossBatchMemory, SentenceTransfor
 @pytest.fixture(scope="module")
 def model64(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("tiny"), dtype=torch.float64)
-
-
-def loss_and_grads(loss_fn, model, feats):
-    model.zero_grad(set_to_none=True)
-    loss = loss_fn(feats, None)
-    loss.backward()
-    return loss.detach(), {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
-def assert_same(a, b, tol):
-    (la, ga), (lb, gb) = a, b
-    assert abs(la.item() - lb.item()) <= tol * max(1.0, abs(lb.item())), (la, lb)
-    assert ga.keys() == gb.keys() and ga
-    for k in gb:
-        err = (ga[k] - gb[k]).abs().max().item()
-        assert err <= tol * max(gb[k].abs().max().item(), 1e-6), (k, err)
 
 
 def batch(B, n, seed, dup=False):

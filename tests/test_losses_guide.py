@@ -3,7 +3,6 @@ float64 autograd reference whose mask is built by brute force, and SentenceTrans
 against sentence-transformers' GISTEmbedLoss on a tiny offline model."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 
@@ -259,7 +258,7 @@ def test_guide_with_gather_across_devices_gloo():
 
 # -------------------------------------------------------------------- sentence-transformers
 st = pytest.importorskip("sentence_transformers")
-from st_tiny import features, sentences, tiny_model  # noqa: E402
+from st_tiny import assert_same, features, loss_and_grads, sentences, tiny_model  # noqa: E402
 
 from hardneg.losses import SentenceTransformersLoss  # noqa: E402
 
@@ -269,22 +268,6 @@ def models(tmp_path_factory):
     model = tiny_model(tmp_path_factory.mktemp("tiny_m"), dtype=torch.float64, seed=0)
     guide = tiny_model(tmp_path_factory.mktemp("tiny_g"), dtype=torch.float64, seed=1)
     return model, guide
-
-
-def _loss_and_grads(loss_fn, model, feats):
-    model.zero_grad(set_to_none=True)
-    loss = loss_fn(feats, None)
-    loss.backward()
-    return loss.detach(), {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
-def _assert_same(a, b, tol):
-    (la, ga), (lb, gb) = a, b
-    assert abs(la.item() - lb.item()) <= tol * max(1.0, abs(lb.item())), (la, lb)
-    assert ga.keys() == gb.keys() and ga
-    for k in gb:
-        err = (ga[k] - gb[k]).abs().max().item()
-        assert err <= tol * max(gb[k].abs().max().item(), 1e-6), (k, err)
 
 
 # GISTEmbedLoss's (contrast_anchors, contrast_positives) and the directions that give the same softmax;
@@ -315,9 +298,9 @@ def test_adapter_equals_gist(models, contrast, n, margin, strategy, retokenize):
         ours = SentenceTransformersLoss(model, scale=20.0, guide=guide, margin_strategy=strategy, margin=margin,
                                         directions=GIST_DIRECTIONS[contrast], partition_mode="joint")
         assert gist.must_retokenize == ours.must_retokenize == retokenize
-        ref = _loss_and_grads(gist, model, [dict(f) for f in feats])
-        got = _loss_and_grads(ours, model, [dict(f) for f in feats])
-        _assert_same(got, ref, 1e-9)
+        ref = loss_and_grads(gist, model, [dict(f) for f in feats])
+        got = loss_and_grads(ours, model, [dict(f) for f in feats])
+        assert_same(got, ref, 1e-9)
         # the guide removes candidates here (brute force on the guide's embeddings), so this is no MNRL
         g = ours.guide_columns([dict(f) for f in feats])
         with torch.no_grad():
@@ -326,7 +309,7 @@ def test_adapter_equals_gist(models, contrast, n, margin, strategy, retokenize):
                               (g[0], g[1]) + ((torch.stack(g[2:], 1),) if n else ()), 20.0,
                               GIST_DIRECTIONS[contrast], "joint", margin, strategy)
         assert masked
-        plain = _loss_and_grads(SentenceTransformersLoss(model, scale=20.0, directions=GIST_DIRECTIONS[contrast]),
+        plain = loss_and_grads(SentenceTransformersLoss(model, scale=20.0, directions=GIST_DIRECTIONS[contrast]),
                                 model, [dict(f) for f in feats])
         assert abs(plain[0].item() - got[0].item()) > 1e-6
     finally:
@@ -352,10 +335,10 @@ def test_cached_loss_with_a_guide_equals_the_adapter(models, n):
     s = sentences(7 * (2 + n), seed=21 + n)
     feats = features(model, [s[k * 7:(k + 1) * 7] for k in range(2 + n)])
     opts = dict(scale=20.0, guide=guide, margin=0.01, directions=("query_to_doc", "query_to_query"))
-    ref = _loss_and_grads(SentenceTransformersLoss(model, **opts), model, [dict(f) for f in feats])
-    got = _loss_and_grads(CachedInfoNCELoss(model, mini_batch_size=3, **opts), model, [dict(f) for f in feats])
-    _assert_same(got, ref, 1e-9)
-    plain = _loss_and_grads(CachedInfoNCELoss(model, mini_batch_size=3, scale=20.0,
+    ref = loss_and_grads(SentenceTransformersLoss(model, **opts), model, [dict(f) for f in feats])
+    got = loss_and_grads(CachedInfoNCELoss(model, mini_batch_size=3, **opts), model, [dict(f) for f in feats])
+    assert_same(got, ref, 1e-9)
+    plain = loss_and_grads(CachedInfoNCELoss(model, mini_batch_size=3, scale=20.0,
                                               directions=("query_to_doc", "query_to_query")),
                             model, [dict(f) for f in feats])
     assert abs(plain[0].item() - got[0].item()) > 1e-6

@@ -15,6 +15,7 @@ import hardneg as hn
 from hardneg import datasets as hd
 from hardneg.mining import _fuse_rrf, load_negatives, mine_hard_negatives
 
+from exact_embeddings import integer_embeddings
 from paths import SCIFACT
 
 
@@ -35,11 +36,7 @@ def make_exact(nq=40, n=300, d=8, seed=0, max_pos=3):
     """Integer embeddings whose inner products are exact in float32 and all distinct per query:
     score = n * (q . c) + doc_row, so no order of summation and no tie can change a result."""
     rng = np.random.default_rng(seed)
-    c = rng.integers(-30, 31, size=(n, d))
-    q = rng.integers(-30, 31, size=(nq, d))
-    C = np.concatenate([c, np.arange(n)[:, None]], 1).astype(np.float32)
-    Q = np.concatenate([q * n, np.ones((nq, 1))], 1).astype(np.float32)
-    S = Q.astype(np.float64) @ C.astype(np.float64).T
+    Q, C, S = integer_embeddings(rng, n, nq, d)
     assert np.abs(S).max() < 2 ** 24
     pos = []
     for j in range(nq):

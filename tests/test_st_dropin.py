@@ -13,13 +13,14 @@ import inspect
 import json
 import os
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from hardneg.st import mine_hard_negatives
 
+import st_reference
+from exact_embeddings import integer_embeddings
 from paths import SCIFACT
 
 
@@ -36,25 +37,16 @@ FORMATS = ["triplet", "n-tuple", "labeled-pair", "labeled-list"]
 # ---------------------------------------------------------------------------------------------- stubs
 
 
-class StubModel:
+class StubModel(st_reference.StubModel):
     """Enough of a SentenceTransformer: fixed embeddings per text (query side and document side apart,
     as an asymmetric model has them), the similarity functions, and a record of the encode calls."""
 
     def __init__(self, qtable, dtable, similarity="dot", name="hardneg-stub", fn_name=None, encode=True):
-        import torch
-        from sentence_transformers import util
-
-        self.device = torch.device("cpu")
-        self.model_card_data = SimpleNamespace(base_model=name)
+        super().__init__(similarity, len(next(iter(dtable.values()))) if dtable else 0, name)
         self.qtable, self.dtable, self.encode = qtable, dtable, encode
         self.calls = []
-        sims = {"dot": (util.dot_score, util.pairwise_dot_score), "cosine": (util.cos_sim, util.pairwise_cos_sim),
-                "euclidean": (util.euclidean_sim, util.pairwise_euclidean_sim),
-                "manhattan": (util.manhattan_sim, util.pairwise_manhattan_sim)}
-        self._sim, self._pair = sims[similarity]
         if fn_name is not None:
             self.similarity_fn_name = fn_name
-        self._dim = len(next(iter(dtable.values()))) if dtable else 0
 
     def _encode(self, side, table, texts, **kw):
         if not self.encode:
@@ -67,15 +59,6 @@ class StubModel:
 
     def encode_document(self, texts, **kw):
         return self._encode("document", self.dtable, texts, **kw)
-
-    def similarity(self, a, b):
-        return self._sim(a, b)
-
-    def similarity_pairwise(self, a, b):
-        return self._pair(a, b)
-
-    def get_embedding_dimension(self):
-        return self._dim
 
 
 class StubCrossEncoder:
@@ -100,11 +83,7 @@ def synthetic(seed=0, n=200, nq=30, d=8, max_pos=3, self_text=True, self_positiv
     from datasets import Dataset
 
     rng = np.random.default_rng(seed)
-    c = rng.integers(-30, 31, size=(n, d))
-    q = rng.integers(-30, 31, size=(nq, d))
-    C = np.concatenate([c, np.arange(n)[:, None]], 1).astype(np.float32)
-    Q = np.concatenate([q * n, np.ones((nq, 1))], 1).astype(np.float32)
-    S = Q.astype(np.float64) @ C.astype(np.float64).T
+    Q, C, S = integer_embeddings(rng, n, nq, d)
     docs = [f"doc {i}" for i in range(n)]
     qtexts = [f"query {j}" for j in range(nq)]
     pos, used = [], set()

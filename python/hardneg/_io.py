@@ -26,14 +26,12 @@ def _not_regular(path: Path) -> bool:
 
 
 @contextmanager
-def atomic_binary_output(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
-    """A binary file written to a temporary file beside ``path`` and renamed into place when the
-    block ends without an error (a failure half-way leaves the previous file intact)."""
-    path = Path(path)
+def _replaced_on_success(path: Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path``: renamed onto ``path`` when the block ends without an
+    error, removed when it fails (the previous file stays intact, no temporary file is left)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as f:
-            yield f
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -41,6 +39,14 @@ def atomic_binary_output(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
         except OSError:
             pass
         raise
+
+
+@contextmanager
+def atomic_binary_output(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
+    """A binary file written to a temporary file beside ``path`` and renamed into place when the
+    block ends without an error (a failure half-way leaves the previous file intact)."""
+    with _replaced_on_success(Path(path)) as tmp, open(tmp, "xb") as f:
+        yield f
 
 
 @contextmanager
@@ -55,20 +61,11 @@ def atomic_text_output(path: Union[str, os.PathLike]) -> Iterator[TextIO]:
         with open(path, "w", encoding="utf-8") as f:
             yield f
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-    try:
-        raw = os.fdopen(fd, "wb")
+    with _replaced_on_success(path) as tmp:
+        raw = open(tmp, "xb")  # O_EXCL; the umask applies
         if path.suffix == ".gz":
             f = io.TextIOWrapper(gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, mtime=0), encoding="utf-8")
         else:
             f = io.TextIOWrapper(raw, encoding="utf-8")
         with raw, f:
             yield f
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

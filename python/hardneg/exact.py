@@ -49,10 +49,8 @@ class ExactIndex(SearchIndex):
     Parameters
     ----------
     corpus : array (N, d)
-        numpy array or torch tensor, float32 / float16 / bfloat16 (float64 and
-        integer inputs are converted to float32, a copy).  numpy and CPU torch
-        inputs with contiguous rows are used in place (no copy): do not modify
-        them while the index is alive.  A CUDA tensor makes a CUDA index.
+        Dtypes, devices and copies as for :class:`hardneg.DenseIndex` (rows used in
+        place when contiguous: do not modify them while the index is alive).
     metric : {"ip", "cosine", "l2"}
         Inner product, cosine similarity (rows are normalised on the fly, the
         corpus is not copied; a zero row scores 0), or squared Euclidean distance

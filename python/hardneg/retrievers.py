@@ -336,12 +336,16 @@ def build_bm25(bm25: Any, dataset: RetrievalDataset) -> Any:
 # ---------------------------------------------------------------------------------------------- factory
 
 
-def _encoded(encoder: Any, texts: List[str], kind: str, prompts: Dict[str, str], cache: Tuple[Any, Any],
-             batch: int, progress: bool) -> Any:
-    """``texts`` embedded with the ``kind`` prompt ("corpus" / "queries"), through the cache folder
-    ``cache = (folder or None, model name)``."""
+def _encoded(given: Any, arg: str, retriever: str, encoder: Any, texts: List[str], kind: str,
+             prompts: Dict[str, str], cache: Tuple[Any, Any], batch: int, progress: bool) -> Any:
+    """The embeddings the caller ``given`` (argument ``arg``), or ``texts`` embedded with the ``kind``
+    prompt ("corpus" / "queries"), through the cache folder ``cache = (folder or None, model name)``."""
     from hardneg.embed_cache import encode_cached, with_prompt
 
+    if given is not None:
+        return given
+    if encoder is None:
+        raise ValueError(f"retriever {retriever!r} needs {arg} or an encoder")
     prompt = prompts.get("corpus" if kind == "corpus" else "query")
     enc = with_prompt(encoder, prompt)
     return encode_cached(lambda: encode_texts(enc, texts, batch, f"encode {kind}", progress), cache[0], cache[1],
@@ -354,19 +358,13 @@ def _dense(kind: str, dataset: RetrievalDataset, corpus_embeddings: Any, query_e
     """The dense retriever: embeddings given, loaded or encoded (with ``prompts``, through the
     ``cache`` folder), checked against the dataset."""
     prompts = prompts or {}
-    if corpus_embeddings is None:
-        if encoder is None:
-            raise ValueError(f"retriever {kind!r} needs corpus_embeddings or an encoder")
-        corpus_embeddings = _encoded(encoder, dataset.corpus_texts, "corpus", prompts, cache, encode_batch_size,
-                                     progress)
+    corpus_embeddings = _encoded(corpus_embeddings, "corpus_embeddings", kind, encoder, dataset.corpus_texts,
+                                 "corpus", prompts, cache, encode_batch_size, progress)
     C = as_rows(corpus_embeddings, "corpus_embeddings")
     if C.shape[0] != dataset.num_docs:
         raise ValueError(f"corpus_embeddings has {C.shape[0]} rows but the corpus has {dataset.num_docs} documents")
-    if query_embeddings is None:
-        if encoder is None:
-            raise ValueError(f"retriever {kind!r} needs query_embeddings or an encoder")
-        query_embeddings = _encoded(encoder, dataset.query_texts, "queries", prompts, cache, encode_batch_size,
-                                    progress)
+    query_embeddings = _encoded(query_embeddings, "query_embeddings", kind, encoder, dataset.query_texts,
+                                "queries", prompts, cache, encode_batch_size, progress)
     Q_file = as_rows(query_embeddings, "query_embeddings")
     Qe = dataset.split_query_embeddings(Q_file, "query_embeddings", cache_key=_file_key(query_embeddings))
     if Qe.shape[1] != C.shape[1]:
