@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -429,11 +429,7 @@ def evaluate(
     specs = [parse_metric(n) for n in names]
     kinds = [_KIND_NAMES[s[0]] for s in specs]
     ks = [s[1] for s in specs]
-    if isinstance(relevance_level, (bool, np.bool_)) or not isinstance(relevance_level, (int, np.integer)):
-        raise TypeError(f"relevance_level must be an integer, got {relevance_level!r}")
-    level = int(relevance_level)
-    if not -(2**31) <= level < 2**31:
-        raise ValueError(f"relevance_level out of range: {level}")
+    level = _check_relevance_level(relevance_level)
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if not (isinstance(per_query, str) and per_query == "dict"):
@@ -441,51 +437,81 @@ def evaluate(
     ignore_identical_ids = check_bool(ignore_identical_ids, "ignore_identical_ids")
     nt = resolve_num_threads(num_threads)
 
-    run_qids: Optional[Sequence] = None
     if isinstance(run, (str, os.PathLike)):
         run = read_run(run)
     if isinstance(run, Mapping):
-        if not isinstance(run, dict):
-            run = dict(run)
-        if ignore_identical_ids:
-            run = {q: ({d: v for d, v in inner.items() if d != q} if isinstance(inner, Mapping) and q in inner
-                       else inner) for q, inner in run.items()}
-        run_qids = list(run)
-        out = _core.metrics_eval_dict(run, qrels._index, qrels._indptr, qrels._docs, qrels._rels, level, kinds,
-                                      ks, nt)
-        row_query = None
-        if convention == "ranx":
-            idx = qrels._index
-            row_query = np.fromiter((idx.get(q, -1) for q in run), dtype=np.int64, count=len(run))
+        out, row_query, run_qids = _scores_of_dict_run(run, qrels, level, kinds, ks, nt, ignore_identical_ids,
+                                                       convention)
     else:
-        if not (isinstance(run, (tuple, list, np.ndarray)) or is_torch(run)):
-            raise TypeError(
-                "run must be a dict {qid: {docid: score}}, a TREC run file path, an ids array (Q, k) "
-                f"or a (scores, ids) tuple, got {type(run).__name__}"
-            )
-        if query_ids is None or corpus_ids is None:
-            raise ValueError("the array form of run needs query_ids (Q,) and corpus_ids (N,)")
-        ids = _ids_of(run)
-        row_query = qrels._rows_for(query_ids)
-        if len(row_query) != ids.shape[0]:
-            raise ValueError(f"query_ids has {len(row_query)} entries but ids has {ids.shape[0]} rows")
-        n, codes, rels = qrels._codes(corpus_ids)
-        if ignore_identical_ids:
-            ids = _drop_identical(ids, query_ids, corpus_ids)
-        if per_query == "dict":
-            run_qids = [str(q) for q in _id_array(query_ids, "query_ids")]
-        out = _core.metrics_eval_ids(ids, n, row_query, qrels._indptr, codes, rels, level, kinds, ks, nt)
+        out, row_query, run_qids = _scores_of_ids_run(run, qrels, level, kinds, ks, nt, ignore_identical_ids,
+                                                      query_ids, corpus_ids, per_query == "dict")
+    n_missing = _ranx_counting(out, row_query, qrels, level) if convention == "ranx" else 0
+    return _summary(out, names, per_query, run_qids, n_missing)
 
-    n_missing = 0
+
+def _check_relevance_level(relevance_level: Any) -> int:
+    if isinstance(relevance_level, (bool, np.bool_)) or not isinstance(relevance_level, (int, np.integer)):
+        raise TypeError(f"relevance_level must be an integer, got {relevance_level!r}")
+    level = int(relevance_level)
+    if not -(2**31) <= level < 2**31:
+        raise ValueError(f"relevance_level out of range: {level}")
+    return level
+
+
+def _scores_of_dict_run(run: Mapping, qrels: Qrels, level: int, kinds: List[int], ks: List[int], nt: int,
+                        ignore_identical_ids: bool, convention: str):
+    """``(scores (metrics, queries), qrels row per run query or None, run query ids)`` of a run dict."""
+    if not isinstance(run, dict):
+        run = dict(run)
+    if ignore_identical_ids:
+        run = {q: ({d: v for d, v in inner.items() if d != q} if isinstance(inner, Mapping) and q in inner
+                   else inner) for q, inner in run.items()}
+    out = _core.metrics_eval_dict(run, qrels._index, qrels._indptr, qrels._docs, qrels._rels, level, kinds, ks, nt)
+    row_query = None
     if convention == "ranx":
-        has_rel = qrels.num_relevant(level) > 0
-        counted = row_query >= 0
-        counted[counted] = has_rel[row_query[counted]]
-        out[:, ~counted] = np.nan
-        seen = np.zeros(len(qrels), dtype=bool)
-        seen[row_query[row_query >= 0]] = True
-        n_missing = int(np.count_nonzero(has_rel & ~seen))
+        idx = qrels._index
+        row_query = np.fromiter((idx.get(q, -1) for q in run), dtype=np.int64, count=len(run))
+    return out, row_query, list(run)
 
+
+def _scores_of_ids_run(run: Any, qrels: Qrels, level: int, kinds: List[int], ks: List[int], nt: int,
+                       ignore_identical_ids: bool, query_ids: Optional[Sequence], corpus_ids: Optional[Sequence],
+                       want_qids: bool):
+    """``(scores (metrics, queries), qrels row per run row, run query ids or None)`` of an ids array."""
+    if not (isinstance(run, (tuple, list, np.ndarray)) or is_torch(run)):
+        raise TypeError(
+            "run must be a dict {qid: {docid: score}}, a TREC run file path, an ids array (Q, k) "
+            f"or a (scores, ids) tuple, got {type(run).__name__}"
+        )
+    if query_ids is None or corpus_ids is None:
+        raise ValueError("the array form of run needs query_ids (Q,) and corpus_ids (N,)")
+    ids = _ids_of(run)
+    row_query = qrels._rows_for(query_ids)
+    if len(row_query) != ids.shape[0]:
+        raise ValueError(f"query_ids has {len(row_query)} entries but ids has {ids.shape[0]} rows")
+    n, codes, rels = qrels._codes(corpus_ids)
+    if ignore_identical_ids:
+        ids = _drop_identical(ids, query_ids, corpus_ids)
+    run_qids = [str(q) for q in _id_array(query_ids, "query_ids")] if want_qids else None
+    out = _core.metrics_eval_ids(ids, n, row_query, qrels._indptr, codes, rels, level, kinds, ks, nt)
+    return out, row_query, run_qids
+
+
+def _ranx_counting(out: np.ndarray, row_query: np.ndarray, qrels: Qrels, level: int) -> int:
+    """ranx's convention on ``out`` in place: run queries without a relevant document are not
+    counted (NaN); returns the number of qrels queries with one that the run misses (they score 0)."""
+    has_rel = qrels.num_relevant(level) > 0
+    counted = row_query >= 0
+    counted[counted] = has_rel[row_query[counted]]
+    out[:, ~counted] = np.nan
+    seen = np.zeros(len(qrels), dtype=bool)
+    seen[row_query[row_query >= 0]] = True
+    return int(np.count_nonzero(has_rel & ~seen))
+
+
+def _summary(out: np.ndarray, names: List[str], per_query: Any, run_qids: Optional[Sequence],
+             n_missing: int) -> Dict[str, Any]:
+    """``evaluate``'s result from the per-query scores ``out`` (NaN: not evaluated)."""
     if per_query == "dict":
         evaluated = ~np.isnan(out[0]) if out.shape[1] else np.zeros(0, dtype=bool)
         return {q: {name: float(out[m][i]) for m, name in enumerate(names)}

@@ -41,35 +41,17 @@ OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
 
 
 def mine_hard_negatives(
-    dataset: Dataset,
-    model: SentenceTransformer,
-    anchor_column_name: str | None = None,
-    positive_column_name: str | None = None,
-    corpus: list[str] | None = None,
-    cross_encoder: CrossEncoder | None = None,
-    range_min: int = 0,
-    range_max: int | None = None,
-    max_score: float | None = None,
-    min_score: float | None = None,
-    absolute_margin: float | None = None,
-    relative_margin: float | None = None,
-    num_negatives: int = 3,
-    sampling_strategy: Literal["random", "top"] = "top",
-    query_prompt_name: str | None = None,
-    query_prompt: str | None = None,
-    corpus_prompt_name: str | None = None,
-    corpus_prompt: str | None = None,
+    dataset: Dataset, model: SentenceTransformer, anchor_column_name: str | None = None,
+    positive_column_name: str | None = None, corpus: list[str] | None = None, cross_encoder: CrossEncoder | None = None,
+    range_min: int = 0, range_max: int | None = None, max_score: float | None = None, min_score: float | None = None,
+    absolute_margin: float | None = None, relative_margin: float | None = None, num_negatives: int = 3,
+    sampling_strategy: Literal["random", "top"] = "top", query_prompt_name: str | None = None,
+    query_prompt: str | None = None, corpus_prompt_name: str | None = None, corpus_prompt: str | None = None,
     include_positives: bool = False,
     output_format: Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"] = "triplet",
-    output_scores: bool = False,
-    batch_size: int = 32,
-    faiss_batch_size: int = 16384,
-    use_faiss: bool = False,
-    use_multi_process: list[str] | bool = False,
-    verbose: bool = True,
-    cache_folder: str | None = None,
-    as_triplets: bool | None = None,
-    margin: float | None = None,
+    output_scores: bool = False, batch_size: int = 32, faiss_batch_size: int = 16384, use_faiss: bool = False,
+    use_multi_process: list[str] | bool = False, verbose: bool = True, cache_folder: str | None = None,
+    as_triplets: bool | None = None, margin: float | None = None,
 ) -> Dataset:
     """Add hard negatives to (anchor, positive) pairs exactly as sentence-transformers 6.3 does.
 
@@ -119,13 +101,7 @@ def mine_hard_negatives(
 
         return st_mine_hard_negatives(**args)
 
-    columns = dataset.column_names
-    if not anchor_column_name or anchor_column_name not in columns:
-        anchor_column_name = columns[0]
-    if not positive_column_name or positive_column_name not in columns:
-        if len(columns) < 2:
-            raise ValueError("Dataset must contain at least two columns to select the positive column automatically.")
-        positive_column_name = columns[1]
+    anchor_column_name, positive_column_name = _column_names(dataset, anchor_column_name, positive_column_name)
     output_format, output_scores, absolute_margin = _resolve_format(
         output_format, output_scores, as_triplets, include_positives, margin, absolute_margin,
         dict(range_min=range_min, range_max=range_max, max_score=max_score, min_score=min_score,
@@ -143,14 +119,8 @@ def mine_hard_negatives(
                                    relative_margin, max_score, min_score, cross_encoder, verbose)
     num_negatives = int(num_negatives)
 
-    # the corpus: the given documents and every positive, deduplicated by text; the queries likewise
-    corpus_list = list(dict.fromkeys((positives_all if corpus is None else _to_list(corpus)) + positives_all))
-    corpus_idx = {text: i for i, text in enumerate(corpus_list)}
-    queries = list(dict.fromkeys(queries_all))
-    if len(queries) != len(queries_all) and verbose:
-        print(f"Found {len(queries)} unique queries out of {len(queries_all)} total queries.")
-    if max_positives > 1 and verbose:
-        print(f"Found an average of {np.mean(positives_per_query):.3f} positives per query.")
+    corpus_list, corpus_idx, queries = _corpus_and_queries(queries_all, positives_all, corpus, positives_per_query,
+                                                           verbose)
 
     query_emb, corpus_emb = _embeddings(
         model, queries, corpus_list, cache_folder=cache_folder, query_prompt=query_prompt,
@@ -179,6 +149,32 @@ def mine_hard_negatives(
                       min_score=min_score)
         print_report(cols, len(output_dataset), log_counters(sel.skipped, sel.num_candidates), params, range_min)
     return output_dataset
+
+
+def _column_names(dataset: Any, anchor: str | None, positive: str | None) -> tuple[str, str]:
+    """The anchor and positive columns: the ones named when the dataset has them, else its first two."""
+    columns = dataset.column_names
+    if not anchor or anchor not in columns:
+        anchor = columns[0]
+    if not positive or positive not in columns:
+        if len(columns) < 2:
+            raise ValueError("Dataset must contain at least two columns to select the positive column automatically.")
+        positive = columns[1]
+    return anchor, positive
+
+
+def _corpus_and_queries(queries_all: list, positives_all: list, corpus: Any, positives_per_query: list,
+                        verbose: bool) -> tuple[list, dict, list]:
+    """The corpus (the given documents and every positive, deduplicated by text), each text's row,
+    and the distinct queries; sentence-transformers' counts printed when ``verbose``."""
+    corpus_list = list(dict.fromkeys((positives_all if corpus is None else _to_list(corpus)) + positives_all))
+    corpus_idx = {text: i for i, text in enumerate(corpus_list)}
+    queries = list(dict.fromkeys(queries_all))
+    if len(queries) != len(queries_all) and verbose:
+        print(f"Found {len(queries)} unique queries out of {len(queries_all)} total queries.")
+    if max(positives_per_query) > 1 and verbose:
+        print(f"Found an average of {np.mean(positives_per_query):.3f} positives per query.")
+    return corpus_list, corpus_idx, queries
 
 
 def _select(problem: Problem, use_miner: bool, cross_encoder: Any, use_multi_process: Any, queries: list,

@@ -34,7 +34,7 @@ from hardneg.mining._config import (FORMATS, METRICS, POSITIVE_ANCHORS, SAMPLING
 from hardneg.mining._exclusions import _exclusions, _slots_taken
 from hardneg.mining._pipeline import run_pipeline
 from hardneg.mining._result import MinedNegatives, load_negatives
-from hardneg.mining._sources import mine_sources, parse_negatives_from
+from hardneg.mining._sources import Quotas, mine_sources, parse_negatives_from
 from hardneg.retrievers import RETRIEVERS, HybridRetriever, make_retriever
 from hardneg.retrievers import fuse_rrf as _fuse_rrf
 
@@ -44,61 +44,32 @@ __all__ = ["mine_hard_negatives", "MinedNegatives", "load_negatives", "MiningCon
 
 
 def mine_hard_negatives(
-    ds: RetrievalDataset,
-    retriever: str = "dense",
-    *,
-    corpus_embeddings: Any = None,
-    query_embeddings: Any = None,
-    encoder: Optional[Callable[[List[str]], Any]] = None,
-    num_negatives: int = 8,
-    range_min: int = 10,
-    range_max: int = 100,
-    relative_margin: Optional[float] = 0.05,
-    absolute_margin: Optional[float] = None,
-    max_score: Optional[float] = None,
-    min_score: Optional[float] = None,
-    sampling: str = "top",
-    temperature: float = 0.05,
-    rescorer: Optional[Callable[[List[str], List[str]], Any]] = None,
-    seed: int = 0,
-    num_threads: Optional[int] = None,
-    positive_anchor: str = "min",
-    metric: str = "cosine",
-    bm25: Any = None,
-    rrf_k: int = 60,
-    exclude_self: bool = True,
-    exclude_same_text: bool = True,
-    index: Any = None,
-    batch_size: int = 2048,
-    encode_batch_size: int = 256,
-    progress: bool = True,
-    st_rule: str = "6.3",
-    sampling_strategy: Optional[str] = None,
-    cross_encoder: Any = None,
-    negatives_from: Any = None,
-    require_positive_in_top: Optional[int] = None,
-    positive_not_in_top: str = "drop",
-    prompts: Optional[Dict[str, str]] = None,
-    save_embeddings: Any = None,
-    encoder_name: Optional[str] = None,
+    ds: RetrievalDataset, retriever: str = "dense", *, corpus_embeddings: Any = None, query_embeddings: Any = None,
+    encoder: Optional[Callable[[List[str]], Any]] = None, num_negatives: int = 8, range_min: int = 10,
+    range_max: int = 100, relative_margin: Optional[float] = 0.05, absolute_margin: Optional[float] = None,
+    max_score: Optional[float] = None, min_score: Optional[float] = None, sampling: str = "top",
+    temperature: float = 0.05, rescorer: Optional[Callable[[List[str], List[str]], Any]] = None, seed: int = 0,
+    num_threads: Optional[int] = None, positive_anchor: str = "min", metric: str = "cosine", bm25: Any = None,
+    rrf_k: int = 60, exclude_self: bool = True, exclude_same_text: bool = True, index: Any = None,
+    batch_size: int = 2048, encode_batch_size: int = 256, progress: bool = True, st_rule: str = "6.3",
+    sampling_strategy: Optional[str] = None, cross_encoder: Any = None, negatives_from: Any = None,
+    require_positive_in_top: Optional[int] = None, positive_not_in_top: str = "drop",
+    prompts: Optional[Dict[str, str]] = None, save_embeddings: Any = None, encoder_name: Optional[str] = None,
 ) -> MinedNegatives:
-    """Mine hard negatives for every query of ``ds`` (see the module docstring for the rule).
+    """Mine hard negatives for every query of ``ds`` (the rule and the stages: ``docs/mining.md``).
 
     Parameters
     ----------
     ds : RetrievalDataset
         From :func:`hardneg.datasets.load_beir` / :func:`hardneg.datasets.from_dict`.
     retriever : {"dense", "bm25", "hybrid"} or a retriever
-        "hybrid" ranks by reciprocal rank fusion (``rrf_k``) of the dense and BM25 rankings;
-        its scores (and so its filters) are the fused RRF scores.  A retriever built with
-        :func:`hardneg.retrievers.make_retriever` for ``ds`` is used as it is (then leave
-        ``corpus_embeddings``, ``query_embeddings``, ``encoder``, ``index`` and ``bm25`` out).
+        "hybrid": reciprocal rank fusion (``rrf_k``) of the dense and BM25 rankings (its scores and
+        filters are the RRF scores).  A retriever from :func:`hardneg.retrievers.make_retriever`
+        for ``ds`` is used as it is (then leave the embeddings, ``encoder``, ``index``, ``bm25`` out).
     corpus_embeddings : array (N, d) or path to a ``.npy`` file, optional
-        Row i embeds ``ds.corpus_ids[i]``.  A ``.npy`` path (or an ``np.memmap``) is
-        memory-mapped and read in place, never copied.
+        Row i embeds ``ds.corpus_ids[i]``; a ``.npy`` path or ``np.memmap`` is read in place.
     query_embeddings : array (Q, d) or (all queries, d) or ``.npy`` path, optional
-        Either one row per ``ds.query_ids`` or one per line of ``queries.jsonl``
-        (``ds.all_query_ids``; rows are picked with ``ds.query_rows``).
+        One row per ``ds.query_ids``, or one per line of ``queries.jsonl`` (``ds.all_query_ids``).
     encoder : callable(list[str]) -> array (n, d), optional
         Embeds what was not given (corpus texts ``title + " " + text``, query texts).
     num_negatives : int
@@ -108,9 +79,9 @@ def mine_hard_negatives(
     relative_margin, absolute_margin, max_score, min_score : float or None
         Positive-aware and absolute score filters (None: off).
     sampling : {"top", "random", "softmax"}
-        "top" = the first ``num_negatives`` of the window (equal to sentence-transformers);
-        "random" = uniform without replacement; "softmax" = without replacement with weights
-        ``exp(score / temperature)``.  Sampled negatives are returned by descending score.
+        "top": the first ``num_negatives`` of the window (as sentence-transformers); "random":
+        uniform without replacement; "softmax": without replacement, weights ``exp(score /
+        temperature)``.  Sampled negatives are returned by descending score.
     temperature : float
         For "softmax" (> 0), in score units.
     rescorer : callable(queries: list[str], docs: list[str]) -> scores, optional
@@ -119,11 +90,10 @@ def mine_hard_negatives(
     seed : int
         Sampling seed; results depend only on it, never on ``num_threads`` or ``batch_size``.
     num_threads : int, optional
-        Threads for the search kernels.
+        Threads for the search kernels.  ``batch_size``: queries per kernel call (bounds memory).
     positive_anchor : {"min", "max", "mean"}
-        Which of a query's positive scores the margins are measured against.  "min"
-        (sentence-transformers' choice) is the most conservative: a candidate must score
-        below every positive.
+        The positive score the margins are measured against ("min", sentence-transformers'
+        choice: a candidate must score below every positive).
     metric : {"cosine", "ip"}
         Dense similarity ("cosine", as sentence-transformers, equals "ip" on normalised vectors).
     bm25 : hn.BM25 instance or dict, optional
@@ -132,57 +102,32 @@ def mine_hard_negatives(
         Also exclude the document whose id equals the query id, and documents whose text equals
         the query's text or one of its positives' texts.
     index : optional
-        A prebuilt search index for the dense stage, used instead of the exact in-memory kernel:
-        ``hn.DenseIndex(C, backend="faiss", index="IVF4096,Flat")`` (approximate),
-        ``hn.DenseIndex.from_npy(path)`` (out of core) or
-        ``hn.distributed.DistributedIndex(local_shard)`` (sharded; see
-        :func:`hardneg.distributed.mine_hard_negatives`).  Anything with
-        ``.search(queries, k, exclude=)``, ``.metric`` and ``len()`` works.  Its metric wins over
-        ``metric``; ``corpus_embeddings`` (a memory-mapped ``.npy`` path is enough) still supplies
-        the positives' scores.
-    batch_size : int
-        Queries searched per kernel call (bounds the working memory).
+        A prebuilt dense index (faiss, ``from_npy``, sharded: anything with ``.search(queries, k,
+        exclude=)``, ``.metric``, ``len()``); its metric wins, ``corpus_embeddings`` scores the positives.
     progress : bool
         Show a progress bar (tqdm) with rate and ETA.
     st_rule : {"6.3", "6.2"}
-        Which release of sentence-transformers' candidate rule to follow (``docs/mining.md``).
-        "6.3" (the default, the current release) searches ``range_max + P + 1`` deep and counts
-        the document whose text equals the query as taking a slot; "6.2" searches
-        ``range_max + P`` deep.
-    sampling_strategy : {"top", "random", "softmax"}, optional
-        sentence-transformers' name for ``sampling`` (give one of the two).
-    cross_encoder : optional
-        A sentence-transformers ``CrossEncoder`` (or anything with ``.predict(list of (query,
-        document) pairs)``) used as the ``rescorer`` (give one of the two).
+        Which release of sentence-transformers' candidate rule to follow ("6.3": depth
+        ``range_max + P + 1``, the query-text document takes a slot; "6.2": depth ``range_max + P``).
+    sampling_strategy, cross_encoder : optional
+        sentence-transformers' names for ``sampling`` and ``rescorer`` (a ``CrossEncoder``, or
+        anything with ``.predict(list of (query, document))``); give one name of each pair.
     negatives_from : dict {source: count} or str, optional
-        Negatives from several retrievers with quotas, e.g. ``{"bm25": 4, "dense": 4}`` or
-        ``"bm25:4,dense:4"`` (replaces ``retriever`` and ``num_negatives``).  Each source is mined
-        with the other settings; the union is taken in the order given without duplicates (a
-        document found by two sources counts for the first, and the next negative of the other
-        fills its place).  ``result.sources`` / ``negative_sources()`` tell where each came from.
+        Several retrievers with quotas, e.g. ``{"bm25": 4, "dense": 4}`` or ``"bm25:4,dense:4"``
+        (replaces ``retriever`` and ``num_negatives``); the union in the order given, a document
+        found twice counting for the first source (``result.sources``).
     require_positive_in_top : int, optional
-        Only queries whose best positive is in the retriever's top K (nothing excluded; with
-        ``negatives_from``, the first source's) are kept; the others are dropped
-        (``positive_not_in_top="drop"``: no negatives, left out of every file) or kept and flagged
-        (``"flag"``: ``result.positive_in_top``).  Counted in the report.
+        Keep only queries whose best positive is in the retriever's top K; the others are dropped
+        (``positive_not_in_top="drop"``) or flagged (``"flag"``: ``result.positive_in_top``).
     prompts : dict, optional
-        ``{"query": ..., "corpus": ...}`` given to ``encoder`` (as ``prompt=`` when it takes it,
-        else written in front of each text).
-    save_embeddings : folder, optional
-        Cache what ``encoder`` embeds there (``.npy`` keyed by ``encoder_name``, prompt and a hash
-        of the texts); the next run with the same texts reads them instead of encoding.
-    encoder_name : str, optional
-        The encoder's model name or path (recorded in the manifest; keys the cache).
+        ``{"query": ..., "corpus": ...}`` given to ``encoder`` (``prompt=``, or prefixed to each text).
+    save_embeddings, encoder_name : folder, str, optional
+        Cache what ``encoder`` embeds in that folder, keyed by the encoder's name or path (also
+        recorded in the manifest), the prompt and a hash of the texts.
 
     Returns
     -------
     MinedNegatives
-
-    Notes
-    -----
-    The stages (``docs/mining.md``): settings checked into a :class:`MiningConfig`; the retriever;
-    positives and exclusions; then per batch of queries: search, positive scores, pool, optional
-    rescoring, score filters, window and sampling.
     """
     t_all = time.perf_counter()
     if not isinstance(ds, RetrievalDataset):
@@ -190,13 +135,9 @@ def mine_hard_negatives(
     prebuilt = None if isinstance(retriever, str) else retriever
     if prebuilt is not None:
         retriever = _check_prebuilt(prebuilt, ds, corpus_embeddings, query_embeddings, encoder, index, bm25)
-    quotas = None
-    if negatives_from is not None:
-        if prebuilt is not None:
-            raise TypeError("negatives_from builds its own retrievers: pass retriever= as a name")
-        quotas = parse_negatives_from(negatives_from)
-        retriever = quotas[0][0]
-        num_negatives = sum(q for _, q in quotas)
+    quotas = _quotas(negatives_from, prebuilt)
+    if quotas:
+        retriever, num_negatives = quotas[0][0], sum(q for _, q in quotas)
     cfg = build_config(
         retriever, num_negatives=num_negatives, range_min=range_min, range_max=range_max,
         relative_margin=relative_margin, absolute_margin=absolute_margin, max_score=max_score, min_score=min_score,
@@ -222,6 +163,15 @@ def mine_hard_negatives(
     mined.provenance = run_provenance(cfg, rets, quotas, corpus_embeddings, query_embeddings, encoder_name,
                                       prompts, bm25)
     return mined
+
+
+def _quotas(negatives_from: Any, prebuilt: Any) -> Optional[Quotas]:
+    """``negatives_from`` parsed into ``[(source, count), ...]`` (None when not given)."""
+    if negatives_from is None:
+        return None
+    if prebuilt is not None:
+        raise TypeError("negatives_from builds its own retrievers: pass retriever= as a name")
+    return parse_negatives_from(negatives_from)
 
 
 def make_source_retrievers(kinds: List[str], ds: RetrievalDataset, **kw: Any) -> Dict[str, Any]:
