@@ -36,6 +36,7 @@ SCRIPTS = [
      ["--quick", "--data", "scifact-tiled", "--queries", "1,256", "--ks", "100"]),
     ("compare_mining", "compare_mining.py", [], ["--quick"]),
     ("compare_losses", "compare_losses.py", [], ["--quick"]),
+    ("compare_losses_grid", "compare_losses_grid.py", [], ["--quick"]),
     ("compare_metrics", "compare_metrics.py", [], ["--quick"]),
     ("compare_bm25", "compare_bm25.py", [], ["--quick"]),
     ("compare_scale", "compare_scale.py", ["all"], ["all", "--quick"]),
