@@ -5,37 +5,17 @@ Shared by :mod:`hardneg.training` (re-encoding the corpus while a model trains) 
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, List, Sequence
 
 import numpy as np
 
 from hardneg._arrays import is_torch
+from hardneg._progress import progress_bar
 from hardneg._validate import check_choice, check_int
 
-__all__ = ["encode_texts", "progress_bar", "model_fingerprint"]
+__all__ = ["encode_texts", "model_fingerprint"]
 
 KINDS = ("query", "document", "plain")
-
-
-def progress_bar(total: int, desc: str, enabled: bool, unit: str = "text"):
-    """A tqdm bar when ``enabled`` (and tqdm importable); else an object whose update/close do nothing."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            pass
-
-    class _Null:
-        def update(self, n: int = 1) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    return _Null()
 
 
 def _encode_fn(model: Any, kind: str) -> Callable[[List[str], int], Any]:
@@ -90,7 +70,7 @@ def encode_texts(model: Any, texts: Sequence[str], *, kind: str = "document", ba
     texts = list(texts)
     was_training = bool(getattr(model, "training", False))
     out: List[np.ndarray] = []
-    bar = progress_bar(len(texts), desc, progress)
+    bar = progress_bar(len(texts), desc, progress, unit="text")
     try:
         import torch
 

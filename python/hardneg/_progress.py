@@ -15,13 +15,13 @@ class _Null:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar on stderr (rate and ETA) when tqdm is installed and ``enabled``; else a no-op."""
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "q") -> Any:
+    """A tqdm bar on stderr (rate and ETA, in ``unit``) when tqdm is installed and ``enabled``; else a no-op."""
     if enabled:
         try:
             from tqdm.auto import tqdm
 
-            return tqdm(total=total, desc=desc, unit="q", dynamic_ncols=True, leave=False, file=sys.stderr)
+            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr)
         except ImportError:  # pragma: no cover - tqdm is optional
             pass
     return _Null()
