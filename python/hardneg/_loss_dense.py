@@ -44,25 +44,32 @@ def _normalize(x: Tensor, check_inputs) -> Tuple[Tensor, Tensor]:
 
 def _masks(S: Tensor, B: int, n: int, opts: dict, pos_ids: Optional[Tensor], neg_ids: Optional[Tensor],
            query_ids: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """(removed (B, N) or None, hardness-penalised (B, N) or None); column j belongs to query j % B."""
-    N = S.shape[1]
+    """(removed (B, N) or None, hardness-penalised (B, N) or None), or (None, None) without options.
+
+    Columns are ``[positives (B) | hard negatives (B*n)]`` with query i's negative k at
+    B + i*n + k (the row order of ``hard.reshape(B*n, d)``, no copy)."""
+    alpha, in_batch, margin = opts["alpha"], opts["in_batch"], opts["margin"]
+    if in_batch and alpha <= 0 and pos_ids is None and margin is None:
+        return None, None  # the common case: nothing removed, nothing penalised
     dev = S.device
     rows = torch.arange(B, device=dev)
     own = None
-    if not opts["in_batch"] or opts["alpha"] > 0:
-        own = (torch.arange(N, device=dev) % B)[None, :] == rows[:, None]
+    if not in_batch or alpha > 0:
+        owner = rows if n == 0 else torch.cat([rows, rows.repeat_interleave(n)])
+        own = owner[None, :] == rows[:, None]
     removed = None
-    if not opts["in_batch"]:
+    if not in_batch:
         removed = ~own
     if pos_ids is not None:
-        cid = [pos_ids] + [neg_ids[:, k] if neg_ids is not None else torch.full_like(pos_ids, -1) for k in range(n)]
-        m = _id_match(torch.cat(cid), pos_ids, query_ids)
+        neg = neg_ids.reshape(-1) if neg_ids is not None else torch.full((B * n,), -1, dtype=pos_ids.dtype,
+                                                                            device=dev)
+        m = _id_match(torch.cat([pos_ids, neg]) if n else pos_ids, pos_ids, query_ids)
         removed = m if removed is None else removed | m
-    if opts["margin"] is not None:
-        m = S > (S[rows, rows] - opts["margin"])[:, None]
+    if margin is not None:
+        m = S > (S.diagonal() - margin)[:, None]
         removed = m if removed is None else removed | m
     pen = None
-    if opts["alpha"] > 0:
+    if alpha > 0:
         mode = opts["hardness_mode"]
         if mode == "hard_negatives":
             pen = own.clone()
@@ -71,61 +78,69 @@ def _masks(S: Tensor, B: int, n: int, opts: dict, pos_ids: Optional[Tensor], neg
             pen = ~own
         else:  # all_negatives
             pen = torch.ones_like(own)
-        pen[rows, rows] = False
+        pen.diagonal().fill_(False)
     return removed, pen
 
 
 class DenseInfoNCE(torch.autograd.Function):
-    """Mean over rows of log(1 + sum_{c != pos} exp(z_ic - z_ip)), z = scale*sim (+ alpha*stop_grad(sim))."""
+    """Mean over rows of log(1 + sum_{c != pos} exp(z_ic - z_ip)), z = scale*sim (+ alpha*stop_grad(sim)).
+
+    Passes over the (B, N) logits: the matmul, the scale, one min/max (dot: overflow, NaN),
+    one row max, the shift and exp (in place), the row sum; backward: one scaled copy and
+    the two matmuls.  Fewer than ``cross_entropy`` and its backward need."""
 
     @staticmethod
     def forward(ctx, q, pos, hard, opts, pos_ids, neg_ids, query_ids):
         B, d = q.shape
         n = 0 if hard is None else hard.shape[1]
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        cand = pos if n == 0 else torch.cat([pos, hard.transpose(0, 1).reshape(B * n, d)])
-        x, c = q.detach().to(cdt), cand.detach().to(cdt)
-        if opts["cosine"]:
+        x = q.detach()
+        c = pos.detach() if n == 0 else torch.cat([pos.detach(), hard.detach().reshape(B * n, d)])
+        if x.dtype != cdt:
+            x = x.to(cdt)
+        if c.dtype != cdt:
+            c = c.to(cdt)
+        scale, alpha, cosine = opts["scale"], opts["alpha"], opts["cosine"]
+        if cosine:
             x, xinv = _normalize(x, opts["check_inputs"])
             c, cinv = _normalize(c, opts["check_inputs"])
         else:
             xinv = cinv = None
         S = x @ c.T
-        rows = torch.arange(B, device=q.device)
         removed, pen = _masks(S, B, n, opts, pos_ids, neg_ids, query_ids)
-        Z = S * opts["scale"]
         if pen is not None:
-            Z = torch.where(pen, Z + opts["alpha"] * S, Z)
+            Z = torch.where(pen, S * scale + alpha * S, S * scale)
+        else:
+            Z = S.mul_(scale)  # the masks are built: S is needed no more, scale it in place
         # cosine logits are bounded by (scale + alpha) * |sim| <= ~(scale + alpha): no check needed then
-        bounded = opts["cosine"] and (opts["scale"] + opts["alpha"]) * 4 < torch.finfo(cdt).max
-        if not bounded and not bool(torch.isfinite(Z).all()):
-            opts["check_inputs"]()  # a NaN / Inf input, named
-            raise _overflow_error("q against pos / hard_negatives", cdt)
-        D = Z - Z[rows, rows][:, None]
-        D[rows, rows] = float("-inf")
+        bounded = cosine and (scale + alpha) * 4 < torch.finfo(cdt).max
+        if not bounded:
+            lo, hi = Z.aminmax()  # one pass; NaN propagates, +-inf shows
+            if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+                opts["check_inputs"]()  # a NaN / Inf input, named
+                raise _overflow_error("q against pos / hard_negatives", cdt)
+        zpos = Z.diagonal().clone()
         if removed is not None:
-            D.masked_fill_(removed, float("-inf"))
-        m = D.max(dim=1).values.clamp_min(0.0)
-        E = torch.exp(D - m[:, None])
+            Z.masked_fill_(removed, float("-inf"))
+        # m_i = max(0, max_{c != pos, kept} z_ic - z_ip): the positive's own column gives 0
+        m = (Z.amax(dim=1) - zpos).clamp_min_(0.0)
+        E = Z.sub_((zpos + m)[:, None]).exp_()  # exp(z_ic - z_ip - m_i), in place
+        E.diagonal().zero_()  # the positive is the "1" of log1p
         loss_row = m + torch.log1p(torch.expm1(-m) + E.sum(dim=1))
         loss = loss_row.mean()
-        if not bounded and not bool(torch.isfinite(loss)):
-            raise _overflow_error("the batch (the mean loss)", cdt)
         ctx.save_for_backward(x, c, xinv, cinv, E, m, loss_row)
         ctx.shape = (B, n, d, q.dtype, pos.dtype, None if hard is None else hard.dtype)
-        ctx.scale = opts["scale"]
+        ctx.scale = scale
         return loss.to(torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype)
 
     @staticmethod
     def backward(ctx, g):
         x, c, xinv, cinv, E, m, loss_row = ctx.saved_tensors
         B, n, d, qdt, pdt, hdt = ctx.shape
-        rows = torch.arange(B, device=x.device)
-        w = g.to(x.dtype) / B
+        w = g.to(x.dtype) * (ctx.scale / B)  # the hardness term carries no gradient
         # dloss_i/dz_ic = p_ic = exp(D_ic - loss_i) for c != pos; exp(-loss_i) - 1 for the positive
         W = E * (torch.exp(m - loss_row) * w)[:, None]
-        W[rows, rows] = torch.expm1(-loss_row) * w
-        W = W * ctx.scale  # the hardness term carries no gradient
+        W.diagonal().copy_(torch.expm1(-loss_row) * w)
         gx = W @ c if ctx.needs_input_grad[0] else None
         gc = W.T @ x if any(ctx.needs_input_grad[1:3]) else None
         if xinv is not None:  # through x / |x|
@@ -137,5 +152,5 @@ class DenseInfoNCE(torch.autograd.Function):
         gpos = gc[:B].to(pdt) if gc is not None and ctx.needs_input_grad[1] else None
         ghard = None
         if n and gc is not None and ctx.needs_input_grad[2]:
-            ghard = gc[B:].reshape(n, B, d).transpose(0, 1).to(hdt)
+            ghard = gc[B:].reshape(B, n, d).to(hdt)
         return gq, gpos, ghard, None, None, None, None
