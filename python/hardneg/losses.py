@@ -51,6 +51,9 @@ _DIRECTION_WHAT = {"query_to_doc": "q against pos / hard_negatives", "query_to_q
                    "doc_to_query": "pos against q", "doc_to_doc": "pos against pos / hard_negatives"}
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# memory rows per chunk of backend="auto" on CPU: B x 2048 scores at a time, a few percent of the
+# B x memory_size logits of a plain loss at memory sizes of 32k and more; big enough for BLAS
+AUTO_MEMORY_CHUNK = 2048
 
 
 # ------------------------------------------------------------- numerics helpers
@@ -69,6 +72,16 @@ def _l2_normalize(x: Tensor) -> Tensor:
     y = x / torch.where(nz, m, torch.ones_like(m))
     n = torch.where(nz, y, torch.ones_like(y)).norm(dim=-1, keepdim=True)  # no 0/0 in the backward
     return torch.where(nz, y / n, torch.zeros_like(y))
+
+
+def _l2_normalize_rows(x: Tensor) -> Tensor:
+    """:func:`_l2_normalize` of detached rows, as ``x * rsqrt(|x|^2)`` when every squared norm is
+    in [1e-30, 1e30] (then exact to rounding; one pass instead of six), on CPU (no device sync)."""
+    if x.device.type == "cpu":
+        sq = (x * x).sum(dim=1, keepdim=True)
+        if bool(((sq >= 1e-30) & (sq <= 1e30)).all()):
+            return x * sq.rsqrt()
+    return _l2_normalize(x)
 
 
 def _overflow_error(what: str, dtype: torch.dtype) -> ValueError:
@@ -227,10 +240,11 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     acc = torch.zeros(B, d, dtype=dt, device=q.device) if want_grad else None
     id_rows = pos_ids is not None and mem_ids is not None
     overflow = torch.zeros((), dtype=torch.bool, device=q.device)
+    cpu = q.device.type == "cpu"
     for c0 in range(0, mem.shape[0], chunk):
         x = mem[c0:c0 + chunk].to(dt)
         if cosine:
-            x = _l2_normalize(x)
+            x = _l2_normalize_rows(x)
         sim = q @ x.T
         mask = None
         if thresholds is not None:
@@ -238,14 +252,18 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
         if id_rows:
             m2 = _id_match(mem_ids[c0:c0 + chunk], pos_ids, query_ids)
             mask = m2 if mask is None else mask | m2
-        z = sim * logit_scale
-        overflow |= ~torch.isfinite(z).all()
+        z = sim.mul_(logit_scale)  # the masks are built: scale in place
+        if cpu:  # a sum shows NaN / +-inf at a fraction of isfinite().all()'s cost (no device sync on CPU)
+            if not math.isfinite(float(z.sum())) and not bool(torch.isfinite(z).all()):
+                overflow = torch.ones((), dtype=torch.bool)
+        else:
+            overflow |= ~torch.isfinite(z).all()
         if mask is not None:
-            z = torch.where(mask, neg_inf, z)
-        new_max = torch.maximum(run_max, z.max(dim=1).values)
+            z.masked_fill_(mask, float("-inf"))
+        new_max = torch.maximum(run_max, z.amax(dim=1))
         safe = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
         r = torch.exp(run_max - safe)
-        e = torch.exp(z - safe[:, None])
+        e = z.sub_(safe[:, None]).exp_()
         run_sum = run_sum * r + e.sum(dim=1)
         if want_grad:
             acc = acc * r[:, None] + e @ x
@@ -749,6 +767,17 @@ class InfoNCELoss(nn.Module):
                 and not gathering and b.q.device.type == "cpu" and (mem is None or len(mem) == 0)
                 and b.B * b.B * (1 + b.n) <= DENSE_MAX_LOGITS)
 
+    def _fused_ok(self, b: "_Batch") -> bool:
+        """Whether the C++ kernel may take the query->passage term: always with backend="fused";
+        with "auto" only when the in-batch logits exceed DENSE_MAX_LOGITS.  Below that, BLAS
+        matmuls (the dense path, or the torch path with the memory in chunks of
+        AUTO_MEMORY_CHUNK rows) are faster than the kernel's score tiles at every B, n, d and
+        memory size measured (benchmarks/compare_losses_grid.py), while the memory's scores
+        still take only B x AUTO_MEMORY_CHUNK floats at a time."""
+        from hardneg._loss_dense import DENSE_MAX_LOGITS
+
+        return self.backend == "fused" or (self.backend == "auto" and b.B * b.B * (1 + b.n) > DENSE_MAX_LOGITS)
+
     def _dense(self, b: "_Batch") -> Tensor:
         from hardneg._loss_dense import DenseInfoNCE
 
@@ -804,7 +833,7 @@ class InfoNCELoss(nn.Module):
         if gdocs is None and self._dense_ok(b, mem, gathering):
             return self._dense(b)
         b.check_finite()
-        if (gdocs is None and self._full_kernel and self.backend in ("auto", "fused")
+        if (gdocs is None and self._full_kernel and self._fused_ok(b)
                 and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
@@ -935,12 +964,14 @@ class InfoNCELoss(nn.Module):
         thr = None
         if self.false_negative_margin is not None:
             thr = c.raw_pos - self.false_negative_margin
-        backend = self.backend
-        if backend == "auto":
-            backend = "fused" if c.dev.type == "cpu" and c.cdt == torch.float32 else "torch"
+        backend, chunk = self.backend, self.memory_chunk
+        if backend == "auto":  # BLAS matmuls over chunks of the memory: faster than the kernel on CPU too
+            backend = "torch"
+            if chunk is None and c.dev.type == "cpu":
+                chunk = AUTO_MEMORY_CHUNK
         lse_mem = _MemoryLSE.apply(c.local_q, mem_emb, mem_ids if c.lpid is not None else None, c.lpid, thr,
                                    self.scale + memory_alpha, self.scale, c.cos, backend, self.num_threads,
-                                   self.memory_chunk, c.lqid)
+                                   chunk, c.lqid)
         return lse_mem.to(c.cdt)
 
     def _reduce(self, c: SimpleNamespace, logits: Dict[str, Tensor], lse_mem: Optional[Tensor], overflow) -> Tensor:
