@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import hardneg._loss_dense as dense  # noqa: E402
 from hardneg import _core  # noqa: E402
-from hardneg.losses import AUTO_MEMORY_CHUNK, CrossBatchMemory, InfoNCELoss  # noqa: E402
+from hardneg.losses import AUTO_INBATCH_FRACTION, AUTO_MEMORY_CHUNK, CrossBatchMemory, InfoNCELoss  # noqa: E402
 
 from test_losses_numerics import batch, reference, rel_err, run  # noqa: E402
 
@@ -51,18 +51,26 @@ def test_auto_uses_blas_paths_and_matches_reference(monkeypatch, similarity, n, 
         assert rel_err(a, b) < 1e-4
 
 
-def test_auto_takes_the_kernel_above_the_dense_limit(monkeypatch):
+@pytest.mark.parametrize("limit", ["dense", "memory_fraction"])
+def test_auto_takes_the_kernel_where_the_torch_path_would_hold_too_much(monkeypatch, limit):
     calls = []
     real = _core.infonce_forward
     monkeypatch.setattr(_core, "infonce_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
-    q, pos, hard, _, _, _ = batch(4, 1, 5, seed=2, dup=False)
+    B, n, d = 4, 1, 5
+    q, pos, hard, _, _, _ = batch(B, n, d, seed=2, dup=False)
     ts = _leaves(q, pos, hard)
-    mem = CrossBatchMemory(16, 5)
-    mem.enqueue(torch.randn(16, 5))
+    rows = B * (1 + n) * AUTO_INBATCH_FRACTION  # the most in-batch candidates the torch path takes
+    mem = CrossBatchMemory(rows + 1, d)
+    mem.enqueue(torch.randn(rows, d))
     f = InfoNCELoss(memory=mem)
     a, ga = run(lambda: f(*ts), ts)
     assert not calls
-    monkeypatch.setattr(dense, "DENSE_MAX_LOGITS", 4 * 4 * 2 - 1)  # B * B(1+n) = 32 > limit
+    if limit == "dense":
+        monkeypatch.setattr(dense, "DENSE_MAX_LOGITS", B * B * (1 + n) - 1)
+    else:
+        mem.reset()
+        mem.enqueue(torch.randn(rows - 1, d))
+        a, ga = run(lambda: InfoNCELoss(memory=mem, backend="torch")(*ts), ts)
     b, gb = run(lambda: f(*ts), ts)
     assert calls
     assert rel_err(a, b) < 1e-5 and all(rel_err(x, y) < 1e-4 for x, y in zip(ga, gb))

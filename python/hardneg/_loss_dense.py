@@ -2,11 +2,12 @@
 a memory whose B x B(1+n) logits fit (at most DENSE_MAX_LOGITS entries, 128 MB in float32).
 
 There BLAS matmuls beat the fused C++ kernel's score tiles (which pay off by never building
-the logits, i.e. with a memory), and the
-generic torch path (one autograd node per mask and direction) is slower still; this path
-does what a plain ``cross_entropy(q @ cand.T * scale)`` does (one matmul forward, two
-backward) with the masks, hardness and the log1p-exact loss of :class:`InfoNCELoss`, and a
-hand-written backward.  Same value and gradients as the other paths (tests/test_losses*.py).
+the logits), and the generic torch path (one autograd node per mask and direction) is slower
+still.  This path does the matmuls of a plain ``cross_entropy(q @ cand.T * scale)`` (one
+forward, two backward) with the masks, hardness and the log1p-exact loss of
+:class:`InfoNCELoss`, a hand-written backward, and fewer elementwise passes over the logits
+than cross_entropy and its backward (in-place scale, shift and exp; no mask tensor without
+options).  Same value and gradients as the other paths (tests/test_losses*.py).
 """
 from __future__ import annotations
 

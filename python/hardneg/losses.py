@@ -7,16 +7,17 @@ positives, every hard negative in the batch (as sentence-transformers'
 ``MultipleNegativesRankingLoss`` does), every entry of a :class:`CrossBatchMemory`
 and, with ``gather_across_devices=True``, the passages of the other ranks.
 
-Without a memory, small CPU batches (at most 2**25 logits) run as a few dense torch
-operations with a hand-written backward (``hardneg._loss_dense``), at least as fast as a
-plain ``cross_entropy(q @ cand.T * scale)``.  The memory term is the expensive one
-(B x memory_size scores).  On CPU tensors
-it runs in a fused C++ kernel (``hardneg._core.memory_lse``): score tiles, a
-streaming log-sum-exp and the gradient w.r.t. the queries in the same pass, so
-neither the B x memory logits nor a concatenated copy of the memory are ever
-built.  On CUDA (or with ``backend="torch"``) the same algorithm runs in torch,
-chunked over the memory.  The small in-batch part (B x B(1+n)) is ordinary
-torch autograd code that follows sentence-transformers line by line.
+``backend="auto"`` picks the form by shape (docs/losses.md, "How it is computed").  Without a
+memory, CPU batches with at most 2**25 in-batch logits run as a few dense torch operations with
+a hand-written backward (``hardneg._loss_dense``): the matmuls of a plain
+``cross_entropy(q @ cand.T * scale)`` and fewer elementwise passes.  The memory term is the
+expensive one (B x memory_size scores): a streaming log-sum-exp over chunks of the memory
+(BLAS matmuls for the scores and for the gradient w.r.t. the queries, in torch, on any
+device), so neither the B x memory logits nor a concatenated copy of the memory are ever
+built.  Above 2**25 in-batch logits (or with ``backend="fused"``) the whole query->passage
+term runs in a fused C++ kernel on CPU (``hardneg._core.infonce_forward``; the memory alone:
+``memory_lse``) that builds no logits at all.  The in-batch part of the torch path (B x B(1+n))
+is ordinary torch autograd code that follows sentence-transformers line by line.
 
 Masking (candidates removed from a query's softmax, see docs/losses.md):
 
@@ -54,6 +55,9 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # memory rows per chunk of backend="auto" on CPU: B x 2048 scores at a time, a few percent of the
 # B x memory_size logits of a plain loss at memory sizes of 32k and more; big enough for BLAS
 AUTO_MEMORY_CHUNK = 2048
+# backend="auto" with a memory: the torch path while the in-batch candidates B(1+n) are at most
+# 1/32 of the memory's rows (its in-batch logits then stay a few percent of a plain loss's)
+AUTO_INBATCH_FRACTION = 32
 
 
 # ------------------------------------------------------------- numerics helpers
@@ -612,10 +616,12 @@ class InfoNCELoss(nn.Module):
         as in-batch negatives of the query_to_doc direction (they get the hardness penalty
         for "in_batch_negatives" and "all_negatives").
     backend : {"auto", "fused", "torch"}
-        "auto": on CPU without a memory and with at most 2**25 query->passage logits, a few
-        dense torch operations (faster than the kernel there); otherwise the fused C++ kernel
-        for CPU float32/16/bf16 and torch for the rest.  "fused": always the C++ kernel on
-        CPU; "torch": the chunked torch algorithm.
+        "auto": by shape.  With at most 2**25 in-batch query->passage logits (B * B(1+n)),
+        BLAS matmuls: without a memory a few dense torch operations; with one, while B(1+n)
+        is at most 1/32 of the memory's rows, the torch path with the memory in chunks of
+        2,048 rows (both faster than the kernel).  Otherwise the fused C++ kernel for CPU
+        float32/16/bf16 (no logits built: the least memory) and torch for the rest.
+        "fused": always the C++ kernel on CPU; "torch": the chunked torch algorithm.
     num_threads : int, optional
         Threads of the fused kernel (default: hardneg's default).
     memory_chunk : int, optional
@@ -766,23 +772,32 @@ class InfoNCELoss(nn.Module):
         return loss.to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
 
     def _dense_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory], gathering: bool) -> bool:
-        """Small query->passage problems on CPU without a memory: dense torch ops beat the kernel."""
+        """Query->passage problems on CPU without a memory whose in-batch logits fit
+        DENSE_MAX_LOGITS: dense torch ops (BLAS matmuls) beat the kernel there."""
         from hardneg._loss_dense import DENSE_MAX_LOGITS
 
         return (self.backend == "auto" and self._full_kernel and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and (mem is None or len(mem) == 0)
                 and b.B * b.B * (1 + b.n) <= DENSE_MAX_LOGITS)
 
-    def _fused_ok(self, b: "_Batch") -> bool:
-        """Whether the C++ kernel may take the query->passage term: always with backend="fused";
-        with "auto" only when the in-batch logits exceed DENSE_MAX_LOGITS.  Below that, BLAS
-        matmuls (the dense path, or the torch path with the memory in chunks of
-        AUTO_MEMORY_CHUNK rows) are faster than the kernel's score tiles at every B, n, d and
-        memory size measured (benchmarks/compare_losses_grid.py), while the memory's scores
-        still take only B x AUTO_MEMORY_CHUNK floats at a time."""
+    def _fused_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> bool:
+        """Whether the C++ kernel takes the query->passage term: always with backend="fused";
+        with "auto" when the torch path would hold too much.  The torch path (BLAS matmuls: the
+        in-batch logits whole, the memory in chunks of AUTO_MEMORY_CHUNK rows) is faster than
+        the kernel's score tiles at every shape measured (benchmarks/compare_losses_grid.py),
+        but its peak memory is that of the B x B(1+n) in-batch logits; the kernel builds no
+        logits.  So "auto" takes the kernel when those logits exceed DENSE_MAX_LOGITS, or, with
+        a memory, when the in-batch candidates B(1+n) exceed 1/AUTO_INBATCH_FRACTION of the
+        memory's rows (then the torch path's peak would no longer be a few percent of a plain
+        loss's B x (B(1+n) + memory) logits)."""
         from hardneg._loss_dense import DENSE_MAX_LOGITS
 
-        return self.backend == "fused" or (self.backend == "auto" and b.B * b.B * (1 + b.n) > DENSE_MAX_LOGITS)
+        if self.backend != "auto":
+            return self.backend == "fused"
+        cols = b.B * (1 + b.n)
+        if b.B * cols > DENSE_MAX_LOGITS:
+            return True
+        return mem is not None and len(mem) > 0 and cols * AUTO_INBATCH_FRACTION > len(mem)
 
     def _dense(self, b: "_Batch") -> Tensor:
         from hardneg._loss_dense import DenseInfoNCE
@@ -839,7 +854,7 @@ class InfoNCELoss(nn.Module):
         if gdocs is None and self._dense_ok(b, mem, gathering):
             return self._dense(b)
         b.check_finite()
-        if (gdocs is None and self._full_kernel and self._fused_ok(b)
+        if (gdocs is None and self._full_kernel and self._fused_ok(b, mem)
                 and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
