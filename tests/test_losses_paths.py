@@ -12,7 +12,9 @@ import hardneg._loss_dense as dense  # noqa: E402
 from hardneg import _core  # noqa: E402
 from hardneg.losses import AUTO_INBATCH_FRACTION, AUTO_MEMORY_CHUNK, CrossBatchMemory, InfoNCELoss  # noqa: E402
 
-from test_losses_numerics import batch, reference, rel_err, run  # noqa: E402
+import hardneg.losses as losses  # noqa: E402
+import test_losses_numerics as numerics  # noqa: E402
+from test_losses_numerics import batch, cases, reference, rel_err, run  # noqa: E402
 
 
 def _no_kernel(monkeypatch):
@@ -147,3 +149,16 @@ def test_dense_backward_twice_with_retain_graph():
     for a, b in zip(first, [t.grad for t in ts]):
         assert torch.equal(a, b)
     assert ts[2].grad.is_contiguous()
+
+
+@pytest.mark.parametrize("case", [c for c in cases() if c[0][3]], ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_path_with_memory_on_every_option(monkeypatch, case, dtype):
+    # the numerics suite's memory cases (masks, ids, margins, hardness, all masked, tiny shapes)
+    # with auto sending every memory to the dense path, against the float64 reference
+    monkeypatch.setattr(losses, "AUTO_INBATCH_FRACTION", 0)
+    calls = []
+    real = losses.InfoNCELoss._dense
+    monkeypatch.setattr(losses.InfoNCELoss, "_dense", lambda self, b, mem: calls.append(mem) or real(self, b, mem))
+    numerics.test_paths_agree_with_float64_reference(case, dtype)
+    assert any(m is not None and len(m) for m in calls)

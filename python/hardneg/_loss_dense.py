@@ -92,7 +92,7 @@ class DenseInfoNCE(torch.autograd.Function):
     the two matmuls.  Fewer than ``cross_entropy`` and its backward need."""
 
     @staticmethod
-    def forward(ctx, q, pos, hard, opts, pos_ids, neg_ids, query_ids):
+    def forward(ctx, q, pos, hard, opts, pos_ids, neg_ids, query_ids, lse_mem=None):
         B, d = q.shape
         n = 0 if hard is None else hard.shape[1]
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -126,11 +126,20 @@ class DenseInfoNCE(torch.autograd.Function):
             zpos = zpos.clone()
             Z.masked_fill_(removed, float("-inf"))
         # m_i = max(0, max_{c != pos, kept} z_ic - z_ip): the positive's own column gives 0
-        m = Z.amax(dim=1).sub_(zpos).clamp_min_(0.0)
+        m = Z.amax(dim=1).sub_(zpos)
+        t = None
+        if lse_mem is not None:  # the memory is one more term exp(lse_mem_i - z_ip) of the sum
+            t = lse_mem.detach().to(cdt) - zpos
+            m = torch.maximum(m, t)
+        m = m.clamp_min_(0.0)
         E = Z.sub_((zpos + m).unsqueeze(1)).exp_()  # exp(z_ic - z_ip - m_i), in place
         E.diagonal().zero_()  # the positive is the "1" of log1p
-        loss_row = torch.log1p(E.sum(dim=1).add_(torch.expm1(m.neg()))).add_(m)
+        rest = E.sum(dim=1)
+        if t is not None:
+            rest = rest.add_(torch.exp(t - m))
+        loss_row = torch.log1p(rest.add_(torch.expm1(m.neg()))).add_(m)
         loss = loss_row.mean()
+        ctx.memory_term = t
         ctx.save_for_backward(x, c, xinv, cinv, E, m, loss_row)
         ctx.shape = (B, n, d, q.dtype, pos.dtype, None if hard is None else hard.dtype)
         ctx.scale = scale
@@ -156,4 +165,7 @@ class DenseInfoNCE(torch.autograd.Function):
         ghard = None
         if n and gc is not None and ctx.needs_input_grad[2]:
             ghard = gc[B:].reshape(B, n, d).to(hdt)
-        return gq, gpos, ghard, None, None, None, None
+        glse = None
+        if ctx.memory_term is not None and ctx.needs_input_grad[7]:  # dloss_i/dlse_i = p_memory,i
+            glse = torch.exp(ctx.memory_term - loss_row) * (w / ctx.scale)
+        return gq, gpos, ghard, None, None, None, None, glse

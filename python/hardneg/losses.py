@@ -772,23 +772,20 @@ class InfoNCELoss(nn.Module):
         return loss.to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
 
     def _dense_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory], gathering: bool) -> bool:
-        """Query->passage problems on CPU without a memory whose in-batch logits fit
-        DENSE_MAX_LOGITS: dense torch ops (BLAS matmuls) beat the kernel there."""
-        from hardneg._loss_dense import DENSE_MAX_LOGITS
-
+        """Query->passage problems on CPU that ``backend="auto"`` does not give the kernel
+        (:meth:`_fused_ok`): dense torch ops (BLAS matmuls) beat the kernel there."""
         return (self.backend == "auto" and self._full_kernel and self.directions == ("query_to_doc",)
-                and not gathering and b.q.device.type == "cpu" and (mem is None or len(mem) == 0)
-                and b.B * b.B * (1 + b.n) <= DENSE_MAX_LOGITS)
+                and not gathering and b.q.device.type == "cpu" and not self._fused_ok(b, mem))
 
     def _fused_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> bool:
         """Whether the C++ kernel takes the query->passage term: always with backend="fused";
-        with "auto" when the torch path would hold too much.  The torch path (BLAS matmuls: the
+        with "auto" when the dense path would hold too much.  The dense path (BLAS matmuls: the
         in-batch logits whole, the memory in chunks of AUTO_MEMORY_CHUNK rows) is faster than
         the kernel's score tiles at every shape measured (benchmarks/compare_losses_grid.py),
         but its peak memory is that of the B x B(1+n) in-batch logits; the kernel builds no
         logits.  So "auto" takes the kernel when those logits exceed DENSE_MAX_LOGITS, or, with
         a memory, when the in-batch candidates B(1+n) exceed 1/AUTO_INBATCH_FRACTION of the
-        memory's rows (then the torch path's peak would no longer be a few percent of a plain
+        memory's rows (then the dense path's peak would no longer be a few percent of a plain
         loss's B x (B(1+n) + memory) logits)."""
         from hardneg._loss_dense import DENSE_MAX_LOGITS
 
@@ -799,14 +796,38 @@ class InfoNCELoss(nn.Module):
             return True
         return mem is not None and len(mem) > 0 and cols * AUTO_INBATCH_FRACTION > len(mem)
 
-    def _dense(self, b: "_Batch") -> Tensor:
+    def _dense(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> Tensor:
         from hardneg._loss_dense import DenseInfoNCE
 
         a = self.hardness_strength if self.hardness_mode is not None else 0.0
         opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
                 "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
                 "margin": self.false_negative_margin, "check_inputs": b.check_finite}
-        return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids)
+        lse = None
+        if mem is not None and len(mem) > 0:
+            b.check_finite()  # the memory pass would call a NaN input an overflow
+            lse = self._dense_memory_lse(b, mem, opts["cosine"])
+        return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids, lse)
+
+    def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
+        """(B,) log-sum-exp of each query's memory logits (chunks of AUTO_MEMORY_CHUNK rows, never
+        all materialised), differentiable w.r.t. ``b.q``, in the dense path's compute dtype."""
+        cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
+        qn = b.q.to(cdt)
+        if cosine:
+            qn = _l2_normalize(qn)
+        thr = None
+        if self.false_negative_margin is not None:
+            with torch.no_grad():
+                pn = b.pos.detach().to(cdt)
+                raw_pos = (qn.detach() * (_l2_normalize(pn) if cosine else pn)).sum(dim=1)
+            thr = raw_pos - self.false_negative_margin
+        memory_alpha = self._alphas()[2]
+        mem_emb, mem_ids = mem.get()
+        chunk = self.memory_chunk if self.memory_chunk is not None else AUTO_MEMORY_CHUNK
+        return _MemoryLSE.apply(qn, mem_emb, mem_ids if b.pos_ids is not None else None, b.pos_ids, thr,
+                                self.scale + memory_alpha, self.scale, cosine, "torch", self.num_threads,
+                                chunk, b.query_ids)
 
     def _apply_guide(self, masks: Dict[str, Tensor], gdocs: Sequence[Tensor], local: Tensor,
                      own_pos: Tensor) -> None:
@@ -852,7 +873,7 @@ class InfoNCELoss(nn.Module):
         rank, world = _dist_info()
         gathering = self.gather_across_devices and world > 1
         if gdocs is None and self._dense_ok(b, mem, gathering):
-            return self._dense(b)
+            return self._dense(b, mem)
         b.check_finite()
         if (gdocs is None and self._full_kernel and self._fused_ok(b, mem)
                 and self.directions == ("query_to_doc",)
