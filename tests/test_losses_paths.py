@@ -162,3 +162,18 @@ def test_dense_path_with_memory_on_every_option(monkeypatch, case, dtype):
     monkeypatch.setattr(losses.InfoNCELoss, "_dense", lambda self, b, mem: calls.append(mem) or real(self, b, mem))
     numerics.test_paths_agree_with_float64_reference(case, dtype)
     assert any(m is not None and len(m) for m in calls)
+
+
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_dot_logit_difference_overflow_is_an_error(with_memory):
+    # every logit is representable but z_neg - z_pos is not: an error, never a NaN loss
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[-3e38, 0.0], [0.0, 1.0]])
+    hard = torch.tensor([[[3e38, 0.0]], [[0.0, -1.0]]])
+    mem = None
+    if with_memory:
+        mem = CrossBatchMemory(200, 2)  # B(1+n) * 32 = 128 rows or more: the dense path
+        mem.enqueue(torch.randn(200, 2))
+    f = InfoNCELoss(scale=1.0, similarity="dot", memory=mem)
+    with pytest.raises(ValueError, match="overflow"):
+        f(q, pos, hard)

@@ -87,9 +87,11 @@ def _masks(S: Tensor, B: int, n: int, opts: dict, pos_ids: Optional[Tensor], neg
 class DenseInfoNCE(torch.autograd.Function):
     """Mean over rows of log(1 + sum_{c != pos} exp(z_ic - z_ip)), z = scale*sim (+ alpha*stop_grad(sim)).
 
-    Passes over the (B, N) logits: the matmul, the scale, one min/max (dot: overflow, NaN),
-    one row max, the shift and exp (in place), the row sum; backward: one scaled copy and
-    the two matmuls.  Fewer than ``cross_entropy`` and its backward need."""
+    Passes over the (B, N) logits: the matmul, the scale, one sum (dot: overflow, NaN), one
+    row max, the shift and exp (in place), the row sum; backward: one scaled copy and the two
+    matmuls.  Fewer than ``cross_entropy`` and its backward need.  ``lse_mem`` (B,), the
+    log-sum-exp of each query's memory logits (differentiable), joins the sum as one more
+    term ``exp(lse_mem_i - z_ip)``."""
 
     @staticmethod
     def forward(ctx, q, pos, hard, opts, pos_ids, neg_ids, query_ids, lse_mem=None):
@@ -139,6 +141,8 @@ class DenseInfoNCE(torch.autograd.Function):
             rest = rest.add_(torch.exp(t - m))
         loss_row = torch.log1p(rest.add_(torch.expm1(m.neg()))).add_(m)
         loss = loss_row.mean()
+        if not bounded and not math.isfinite(float(loss)):  # z_ic - z_ip or the mean overflowed
+            raise _overflow_error("the batch (the mean loss)", cdt)
         ctx.memory_term = t
         ctx.save_for_backward(x, c, xinv, cinv, E, m, loss_row)
         ctx.shape = (B, n, d, q.dtype, pos.dtype, None if hard is None else hard.dtype)
