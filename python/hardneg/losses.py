@@ -55,9 +55,12 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # memory rows per chunk of backend="auto" on CPU: B x 2048 scores at a time, a few percent of the
 # B x memory_size logits of a plain loss at memory sizes of 32k and more; big enough for BLAS
 AUTO_MEMORY_CHUNK = 2048
-# backend="auto" with a memory: the torch path while the in-batch candidates B(1+n) are at most
-# 1/32 of the memory's rows (its in-batch logits then stay a few percent of a plain loss's)
-AUTO_INBATCH_FRACTION = 32
+# backend="auto" with a memory of M rows: the dense path while the in-batch candidates
+# N = B(1+n) are at most M/16.  Its peak extra memory is about 2 B (N + AUTO_MEMORY_CHUNK) floats
+# (the in-batch logits and their gradient, a chunk's scores and exps) against a plain loss's
+# 3-4 B (N + M) (logits, scaled, softmax, gradient): about 7% at N = M/16 and M = 32k, less for
+# smaller N or larger M.  Beyond it the fused kernel (no logits at all) keeps memory low.
+AUTO_INBATCH_FRACTION = 16
 
 
 # ------------------------------------------------------------- numerics helpers
@@ -617,9 +620,9 @@ class InfoNCELoss(nn.Module):
         for "in_batch_negatives" and "all_negatives").
     backend : {"auto", "fused", "torch"}
         "auto": by shape.  With at most 2**25 in-batch query->passage logits (B * B(1+n)),
-        BLAS matmuls: without a memory a few dense torch operations; with one, while B(1+n)
-        is at most 1/32 of the memory's rows, the torch path with the memory in chunks of
-        2,048 rows (both faster than the kernel).  Otherwise the fused C++ kernel for CPU
+        BLAS matmuls: a few dense torch operations, with a memory only while B(1+n) is at
+        most 1/16 of its rows, the memory then in chunks of 2,048 rows (faster than the
+        kernel).  Otherwise the fused C++ kernel for CPU
         float32/16/bf16 (no logits built: the least memory) and torch for the rest.
         "fused": always the C++ kernel on CPU; "torch": the chunked torch algorithm.
     num_threads : int, optional
