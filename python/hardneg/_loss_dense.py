@@ -1,5 +1,6 @@
-"""The query->passage InfoNCE term as a few dense torch operations, for CPU batches without
-a memory whose B x B(1+n) logits fit (at most DENSE_MAX_LOGITS entries, 128 MB in float32).
+"""The query->passage InfoNCE term as a few dense torch operations, for CPU batches whose
+B x B(1+n) logits fit (at most DENSE_MAX_LOGITS entries, 128 MB in float32), without a memory
+or with one at least 16 times the in-batch candidates (its log-sum-exp per query comes in).
 
 There BLAS matmuls beat the fused C++ kernel's score tiles (which pay off by never building
 the logits), and the generic torch path (one autograd node per mask and direction) is slower
@@ -118,7 +119,7 @@ class DenseInfoNCE(torch.autograd.Function):
             Z = S.mul_(scale)  # the masks are built: S is needed no more, scale it in place
         # cosine logits are bounded by (scale + alpha) * |sim| <= ~(scale + alpha): no check needed then
         bounded = cosine and (scale + alpha) * 4 < torch.finfo(cdt).max
-        # the sum is the cheapest pass that shows a NaN or +-inf (isfinite().all() costs ~20 of it);
+        # the sum is the cheapest pass that shows a NaN or +-inf (isfinite().all() costs far more);
         # a finite sum that overflows (logits ~1e34) falls back to the exact test
         if not bounded and not math.isfinite(float(Z.sum())) and not bool(torch.isfinite(Z).all()):
             opts["check_inputs"]()  # a NaN / Inf input, named

@@ -14,8 +14,8 @@ a hand-written backward (``hardneg._loss_dense``): the matmuls of a plain
 expensive one (B x memory_size scores): a streaming log-sum-exp over chunks of the memory
 (BLAS matmuls for the scores and for the gradient w.r.t. the queries, in torch, on any
 device), so neither the B x memory logits nor a concatenated copy of the memory are ever
-built.  Above 2**25 in-batch logits (or with ``backend="fused"``) the whole query->passage
-term runs in a fused C++ kernel on CPU (``hardneg._core.infonce_forward``; the memory alone:
+built.  Above 2**25 in-batch logits, with a memory of fewer than 16 B(1+n) rows (or with
+``backend="fused"``) the whole query->passage term runs in a fused C++ kernel on CPU (``hardneg._core.infonce_forward``; the memory alone:
 ``memory_lse``) that builds no logits at all.  The in-batch part of the torch path (B x B(1+n))
 is ordinary torch autograd code that follows sentence-transformers line by line.
 
@@ -99,7 +99,7 @@ def _overflow_error(what: str, dtype: torch.dtype) -> ValueError:
 
 def _nonfinite(x: Tensor) -> Tensor:
     """0-dim bool tensor: does ``x`` hold a NaN or +-inf.  On CPU the sum shows them at a
-    twentieth of ``isfinite().all()``'s cost (a finite sum that overflows falls back to it);
+    fraction of ``isfinite().all()``'s cost (a finite sum that overflows falls back to it);
     elsewhere ``isfinite`` (no device sync)."""
     if x.device.type == "cpu":
         bad = not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all())
@@ -412,7 +412,7 @@ def _check_emb(x: Any, name: str) -> Tensor:
 
 
 def _check_finite(x: Tensor, name: str) -> None:
-    # a finite sum means no NaN / Inf (the sum is ~20x cheaper than isfinite().all() on CPU)
+    # a finite sum means no NaN / Inf (the sum is far cheaper than isfinite().all() on CPU)
     if x.numel() and not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x.detach()).all()):
         raise ValueError(f"{name} contains NaN or Inf")
 
