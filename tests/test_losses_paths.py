@@ -177,3 +177,25 @@ def test_dot_logit_difference_overflow_is_an_error(with_memory):
     f = InfoNCELoss(scale=1.0, similarity="dot", memory=mem)
     with pytest.raises(ValueError, match="overflow"):
         f(q, pos, hard)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1e-20, 1e20])
+def test_cosine_memory_rows_of_any_scale(factor):
+    # memory norms outside [1e-15, 1e15] take the scale-invariant normalisation, inside the
+    # scores are scaled by 1/|x_j|; both equal the float64 reference
+    B, n, d, msize = 3, 1, 4, 200
+    q, pos, hard, _, _, _ = batch(B, n, d, seed=11, dup=False)
+    g = torch.Generator().manual_seed(2)
+    rows = torch.randn(msize, d, generator=g, dtype=torch.float64)
+    rows[::7] *= factor
+    mem = CrossBatchMemory(msize, d)
+    mem.enqueue(rows.float())
+    ts = _leaves(q, pos, hard)
+    f = InfoNCELoss(temperature=0.05, similarity="cosine", memory=mem, memory_chunk=64)
+    loss, grads = run(lambda: f(*ts), ts)
+    r = _leaves(q, pos, hard, torch.float64)
+    ref, gref = run(lambda: reference(*r, mem.get()[0].double(), None, None, None, None, 20.0, "cosine", None,
+                                      True, None, 0.0), r)
+    assert rel_err(loss, ref) < 1e-4
+    for a, b in zip(grads, gref):
+        assert rel_err(a, b) < 1e-4

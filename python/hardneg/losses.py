@@ -81,14 +81,15 @@ def _l2_normalize(x: Tensor) -> Tensor:
     return torch.where(nz, y / n, torch.zeros_like(y))
 
 
-def _l2_normalize_rows(x: Tensor) -> Tensor:
-    """:func:`_l2_normalize` of detached rows, as ``x * rsqrt(|x|^2)`` when every squared norm is
-    in [1e-30, 1e30] (then exact to rounding; one pass instead of six), on CPU (no device sync)."""
-    if x.device.type == "cpu":
-        sq = (x * x).sum(dim=1, keepdim=True)
-        if bool(((sq >= 1e-30) & (sq <= 1e30)).all()):
-            return x * sq.rsqrt()
-    return _l2_normalize(x)
+def _inverse_norms(x: Tensor) -> Optional[Tensor]:
+    """1 / |x_j| per row of detached ``x`` when every norm is in [1e-15, 1e15] (then the plain
+    norm is exact to rounding), on CPU (the range test would sync a device); else None."""
+    if x.device.type != "cpu":
+        return None
+    nrm = torch.linalg.vector_norm(x, dim=1)
+    if not bool(((nrm >= 1e-15) & (nrm <= 1e15)).all()):
+        return None
+    return nrm.reciprocal_()
 
 
 def _overflow_error(what: str, dtype: torch.dtype) -> ValueError:
@@ -259,9 +260,16 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     overflow = torch.zeros((), dtype=torch.bool, device=q.device)
     for c0 in range(0, mem.shape[0], chunk):
         x = mem[c0:c0 + chunk].to(dt)
+        inv = None
         if cosine:
-            x = _l2_normalize_rows(x)
+            # q . (x_j / |x_j|) as (q . x_j) / |x_j|: the B x chunk scores are scaled, not the
+            # chunk x d rows (one read of the chunk for its norms instead of a normalised copy)
+            inv = _inverse_norms(x)
+            if inv is None:
+                x = _l2_normalize(x)
         sim = q @ x.T
+        if inv is not None:
+            sim.mul_(inv)
         mask = None
         if thresholds is not None:
             mask = sim > thresholds.to(dt)[:, None]
@@ -277,8 +285,8 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
         r = torch.exp(run_max - safe)
         e = z.sub_(safe[:, None]).exp_()
         run_sum = run_sum * r + e.sum(dim=1)
-        if want_grad:
-            acc = acc * r[:, None] + e @ x
+        if want_grad:  # sum_j e_ij x_j / |x_j|
+            acc = acc * r[:, None] + (e.mul_(inv) if inv is not None else e) @ x
         run_max = new_max
     live = run_sum > 0
     lse = torch.where(live, run_max + torch.log(torch.where(live, run_sum, torch.ones_like(run_sum))), neg_inf)
