@@ -1,15 +1,18 @@
-"""The query->passage InfoNCE term as a few dense torch operations, for CPU batches without
-a memory whose B x B(1+n) logits fit (at most DENSE_MAX_LOGITS entries, 128 MB in float32).
+"""The query->passage InfoNCE term as a few dense torch operations, for CPU batches whose
+B x B(1+n) logits fit (at most DENSE_MAX_LOGITS entries, 128 MB in float32), without a memory
+or with one at least 16 times the in-batch candidates (its log-sum-exp per query comes in).
 
 There BLAS matmuls beat the fused C++ kernel's score tiles (which pay off by never building
-the logits, i.e. with a memory), and the
-generic torch path (one autograd node per mask and direction) is slower still; this path
-does what a plain ``cross_entropy(q @ cand.T * scale)`` does (one matmul forward, two
-backward) with the masks, hardness and the log1p-exact loss of :class:`InfoNCELoss`, and a
-hand-written backward.  Same value and gradients as the other paths (tests/test_losses*.py).
+the logits), and the generic torch path (one autograd node per mask and direction) is slower
+still.  This path does the matmuls of a plain ``cross_entropy(q @ cand.T * scale)`` (one
+forward, two backward) with the masks, hardness and the log1p-exact loss of
+:class:`InfoNCELoss`, a hand-written backward, and fewer elementwise passes over the logits
+than cross_entropy and its backward (in-place scale, shift and exp; no mask tensor without
+options).  Same value and gradients as the other paths (tests/test_losses*.py).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -44,25 +47,32 @@ def _normalize(x: Tensor, check_inputs) -> Tuple[Tensor, Tensor]:
 
 def _masks(S: Tensor, B: int, n: int, opts: dict, pos_ids: Optional[Tensor], neg_ids: Optional[Tensor],
            query_ids: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """(removed (B, N) or None, hardness-penalised (B, N) or None); column j belongs to query j % B."""
-    N = S.shape[1]
+    """(removed (B, N) or None, hardness-penalised (B, N) or None), or (None, None) without options.
+
+    Columns are ``[positives (B) | hard negatives (B*n)]`` with query i's negative k at
+    B + i*n + k (the row order of ``hard.reshape(B*n, d)``, no copy)."""
+    alpha, in_batch, margin = opts["alpha"], opts["in_batch"], opts["margin"]
+    if in_batch and alpha <= 0 and pos_ids is None and margin is None:
+        return None, None  # the common case: nothing removed, nothing penalised
     dev = S.device
     rows = torch.arange(B, device=dev)
     own = None
-    if not opts["in_batch"] or opts["alpha"] > 0:
-        own = (torch.arange(N, device=dev) % B)[None, :] == rows[:, None]
+    if not in_batch or alpha > 0:
+        owner = rows if n == 0 else torch.cat([rows, rows.repeat_interleave(n)])
+        own = owner[None, :] == rows[:, None]
     removed = None
-    if not opts["in_batch"]:
+    if not in_batch:
         removed = ~own
     if pos_ids is not None:
-        cid = [pos_ids] + [neg_ids[:, k] if neg_ids is not None else torch.full_like(pos_ids, -1) for k in range(n)]
-        m = _id_match(torch.cat(cid), pos_ids, query_ids)
+        neg = neg_ids.reshape(-1) if neg_ids is not None else torch.full((B * n,), -1, dtype=pos_ids.dtype,
+                                                                            device=dev)
+        m = _id_match(torch.cat([pos_ids, neg]) if n else pos_ids, pos_ids, query_ids)
         removed = m if removed is None else removed | m
-    if opts["margin"] is not None:
-        m = S > (S[rows, rows] - opts["margin"])[:, None]
+    if margin is not None:
+        m = S > (S.diagonal() - margin)[:, None]
         removed = m if removed is None else removed | m
     pen = None
-    if opts["alpha"] > 0:
+    if alpha > 0:
         mode = opts["hardness_mode"]
         if mode == "hard_negatives":
             pen = own.clone()
@@ -71,61 +81,83 @@ def _masks(S: Tensor, B: int, n: int, opts: dict, pos_ids: Optional[Tensor], neg
             pen = ~own
         else:  # all_negatives
             pen = torch.ones_like(own)
-        pen[rows, rows] = False
+        pen.diagonal().fill_(False)
     return removed, pen
 
 
 class DenseInfoNCE(torch.autograd.Function):
-    """Mean over rows of log(1 + sum_{c != pos} exp(z_ic - z_ip)), z = scale*sim (+ alpha*stop_grad(sim))."""
+    """Mean over rows of log(1 + sum_{c != pos} exp(z_ic - z_ip)), z = scale*sim (+ alpha*stop_grad(sim)).
+
+    Passes over the (B, N) logits: the matmul, the scale, one sum (dot: overflow, NaN), one
+    row max, the shift and exp (in place), the row sum; backward: one scaled copy and the two
+    matmuls.  Fewer than ``cross_entropy`` and its backward need.  ``lse_mem`` (B,), the
+    log-sum-exp of each query's memory logits (differentiable), joins the sum as one more
+    term ``exp(lse_mem_i - z_ip)``."""
 
     @staticmethod
-    def forward(ctx, q, pos, hard, opts, pos_ids, neg_ids, query_ids):
+    def forward(ctx, q, pos, hard, opts, pos_ids, neg_ids, query_ids, lse_mem=None):
         B, d = q.shape
         n = 0 if hard is None else hard.shape[1]
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        cand = pos if n == 0 else torch.cat([pos, hard.transpose(0, 1).reshape(B * n, d)])
-        x, c = q.detach().to(cdt), cand.detach().to(cdt)
-        if opts["cosine"]:
+        x = q.detach()
+        c = pos.detach() if n == 0 else torch.cat([pos.detach(), hard.detach().reshape(B * n, d)])
+        if x.dtype != cdt:
+            x = x.to(cdt)
+        if c.dtype != cdt:
+            c = c.to(cdt)
+        scale, alpha, cosine = opts["scale"], opts["alpha"], opts["cosine"]
+        if cosine:
             x, xinv = _normalize(x, opts["check_inputs"])
             c, cinv = _normalize(c, opts["check_inputs"])
         else:
             xinv = cinv = None
         S = x @ c.T
-        rows = torch.arange(B, device=q.device)
         removed, pen = _masks(S, B, n, opts, pos_ids, neg_ids, query_ids)
-        Z = S * opts["scale"]
         if pen is not None:
-            Z = torch.where(pen, Z + opts["alpha"] * S, Z)
+            Z = torch.where(pen, S * scale + alpha * S, S * scale)
+        else:
+            Z = S.mul_(scale)  # the masks are built: S is needed no more, scale it in place
         # cosine logits are bounded by (scale + alpha) * |sim| <= ~(scale + alpha): no check needed then
-        bounded = opts["cosine"] and (opts["scale"] + opts["alpha"]) * 4 < torch.finfo(cdt).max
-        if not bounded and not bool(torch.isfinite(Z).all()):
+        bounded = cosine and (scale + alpha) * 4 < torch.finfo(cdt).max
+        # the sum is the cheapest pass that shows a NaN or +-inf (isfinite().all() costs far more);
+        # a finite sum that overflows (logits ~1e34) falls back to the exact test
+        if not bounded and not math.isfinite(float(Z.sum())) and not bool(torch.isfinite(Z).all()):
             opts["check_inputs"]()  # a NaN / Inf input, named
             raise _overflow_error("q against pos / hard_negatives", cdt)
-        D = Z - Z[rows, rows][:, None]
-        D[rows, rows] = float("-inf")
-        if removed is not None:
-            D.masked_fill_(removed, float("-inf"))
-        m = D.max(dim=1).values.clamp_min(0.0)
-        E = torch.exp(D - m[:, None])
-        loss_row = m + torch.log1p(torch.expm1(-m) + E.sum(dim=1))
+        zpos = Z.diagonal()  # a view: read before Z is shifted in place below
+        if removed is not None:  # (which may remove the positive's column too: an id match)
+            zpos = zpos.clone()
+            Z.masked_fill_(removed, float("-inf"))
+        # m_i = max(0, max_{c != pos, kept} z_ic - z_ip): the positive's own column gives 0
+        m = Z.amax(dim=1).sub_(zpos)
+        t = None
+        if lse_mem is not None:  # the memory is one more term exp(lse_mem_i - z_ip) of the sum
+            t = lse_mem.detach().to(cdt) - zpos
+            m = torch.maximum(m, t)
+        m = m.clamp_min_(0.0)
+        E = Z.sub_((zpos + m).unsqueeze(1)).exp_()  # exp(z_ic - z_ip - m_i), in place
+        E.diagonal().zero_()  # the positive is the "1" of log1p
+        rest = E.sum(dim=1)
+        if t is not None:
+            rest = rest.add_(torch.exp(t - m))
+        loss_row = torch.log1p(rest.add_(torch.expm1(m.neg()))).add_(m)
         loss = loss_row.mean()
-        if not bounded and not bool(torch.isfinite(loss)):
+        if not bounded and not math.isfinite(float(loss)):  # z_ic - z_ip or the mean overflowed
             raise _overflow_error("the batch (the mean loss)", cdt)
+        ctx.memory_term = t
         ctx.save_for_backward(x, c, xinv, cinv, E, m, loss_row)
         ctx.shape = (B, n, d, q.dtype, pos.dtype, None if hard is None else hard.dtype)
-        ctx.scale = opts["scale"]
-        return loss.to(torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype)
+        ctx.scale = scale
+        return loss  # in cdt: float32 for float32 / float16 / bfloat16 inputs, float64 for float64
 
     @staticmethod
     def backward(ctx, g):
         x, c, xinv, cinv, E, m, loss_row = ctx.saved_tensors
         B, n, d, qdt, pdt, hdt = ctx.shape
-        rows = torch.arange(B, device=x.device)
-        w = g.to(x.dtype) / B
+        w = (g if g.dtype == x.dtype else g.to(x.dtype)) * (ctx.scale / B)  # the hardness term has no gradient
         # dloss_i/dz_ic = p_ic = exp(D_ic - loss_i) for c != pos; exp(-loss_i) - 1 for the positive
-        W = E * (torch.exp(m - loss_row) * w)[:, None]
-        W[rows, rows] = torch.expm1(-loss_row) * w
-        W = W * ctx.scale  # the hardness term carries no gradient
+        W = E * torch.exp(m - loss_row).mul_(w).unsqueeze(1)
+        W.diagonal().copy_(torch.expm1(loss_row.neg()).mul_(w))
         gx = W @ c if ctx.needs_input_grad[0] else None
         gc = W.T @ x if any(ctx.needs_input_grad[1:3]) else None
         if xinv is not None:  # through x / |x|
@@ -137,5 +169,8 @@ class DenseInfoNCE(torch.autograd.Function):
         gpos = gc[:B].to(pdt) if gc is not None and ctx.needs_input_grad[1] else None
         ghard = None
         if n and gc is not None and ctx.needs_input_grad[2]:
-            ghard = gc[B:].reshape(n, B, d).transpose(0, 1).to(hdt)
-        return gq, gpos, ghard, None, None, None, None
+            ghard = gc[B:].reshape(B, n, d).to(hdt)
+        glse = None
+        if ctx.memory_term is not None and ctx.needs_input_grad[7]:  # dloss_i/dlse_i = p_memory,i
+            glse = torch.exp(ctx.memory_term - loss_row) * (w / ctx.scale)
+        return gq, gpos, ghard, None, None, None, None, glse

@@ -7,16 +7,17 @@ positives, every hard negative in the batch (as sentence-transformers'
 ``MultipleNegativesRankingLoss`` does), every entry of a :class:`CrossBatchMemory`
 and, with ``gather_across_devices=True``, the passages of the other ranks.
 
-Without a memory, small CPU batches (at most 2**25 logits) run as a few dense torch
-operations with a hand-written backward (``hardneg._loss_dense``), at least as fast as a
-plain ``cross_entropy(q @ cand.T * scale)``.  The memory term is the expensive one
-(B x memory_size scores).  On CPU tensors
-it runs in a fused C++ kernel (``hardneg._core.memory_lse``): score tiles, a
-streaming log-sum-exp and the gradient w.r.t. the queries in the same pass, so
-neither the B x memory logits nor a concatenated copy of the memory are ever
-built.  On CUDA (or with ``backend="torch"``) the same algorithm runs in torch,
-chunked over the memory.  The small in-batch part (B x B(1+n)) is ordinary
-torch autograd code that follows sentence-transformers line by line.
+``backend="auto"`` picks the form by shape (docs/losses.md, "How it is computed").  Without a
+memory, CPU batches with at most 2**25 in-batch logits run as a few dense torch operations with
+a hand-written backward (``hardneg._loss_dense``): the matmuls of a plain
+``cross_entropy(q @ cand.T * scale)`` and fewer elementwise passes.  The memory term is the
+expensive one (B x memory_size scores): a streaming log-sum-exp over chunks of the memory
+(BLAS matmuls for the scores and for the gradient w.r.t. the queries, in torch, on any
+device), so neither the B x memory logits nor a concatenated copy of the memory are ever
+built.  Above 2**25 in-batch logits, with a memory of fewer than 16 B(1+n) rows (or with
+``backend="fused"``) the whole query->passage term runs in a fused C++ kernel on CPU (``hardneg._core.infonce_forward``; the memory alone:
+``memory_lse``) that builds no logits at all.  The in-batch part of the torch path (B x B(1+n))
+is ordinary torch autograd code that follows sentence-transformers line by line.
 
 Masking (candidates removed from a query's softmax, see docs/losses.md):
 
@@ -51,6 +52,15 @@ _DIRECTION_WHAT = {"query_to_doc": "q against pos / hard_negatives", "query_to_q
                    "doc_to_query": "pos against q", "doc_to_doc": "pos against pos / hard_negatives"}
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# memory rows per chunk of backend="auto" on CPU: B x 2048 scores at a time, a few percent of the
+# B x memory_size logits of a plain loss at memory sizes of 32k and more; big enough for BLAS
+AUTO_MEMORY_CHUNK = 2048
+# backend="auto" with a memory of M rows: the dense path while the in-batch candidates
+# N = B(1+n) are at most M/16.  Its peak extra memory is about 2 B (N + AUTO_MEMORY_CHUNK) floats
+# (the in-batch logits and their gradient, a chunk's scores and exps) against a plain loss's
+# 3-4 B (N + M) (logits, scaled, softmax, gradient): about 7% at N = M/16 and M = 32k, less for
+# smaller N or larger M.  Beyond it the fused kernel (no logits at all) keeps memory low.
+AUTO_INBATCH_FRACTION = 16
 
 
 # ------------------------------------------------------------- numerics helpers
@@ -71,10 +81,31 @@ def _l2_normalize(x: Tensor) -> Tensor:
     return torch.where(nz, y / n, torch.zeros_like(y))
 
 
+def _inverse_norms(x: Tensor) -> Optional[Tensor]:
+    """1 / |x_j| per row of detached ``x`` when every norm is in [1e-15, 1e15] (then the plain
+    norm is exact to rounding), on CPU (the range test would sync a device); else None."""
+    if x.device.type != "cpu":
+        return None
+    nrm = torch.linalg.vector_norm(x, dim=1)
+    if not bool(((nrm >= 1e-15) & (nrm <= 1e15)).all()):
+        return None
+    return nrm.reciprocal_()
+
+
 def _overflow_error(what: str, dtype: torch.dtype) -> ValueError:
     return ValueError(f"the logits of {what} overflow {str(dtype).replace('torch.', '')} "
                       f"(|similarity * scale| > {torch.finfo(dtype).max:.3g}): scale the embeddings "
                       "down or use similarity='cosine'")
+
+
+def _nonfinite(x: Tensor) -> Tensor:
+    """0-dim bool tensor: does ``x`` hold a NaN or +-inf.  On CPU the sum shows them at a
+    fraction of ``isfinite().all()``'s cost (a finite sum that overflows falls back to it);
+    elsewhere ``isfinite`` (no device sync)."""
+    if x.device.type == "cpu":
+        bad = not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all())
+        return torch.tensor(bad)
+    return ~torch.isfinite(x).all()
 
 
 def _raise_overflow(flags: Sequence[Tuple[str, Tensor]], dtype: torch.dtype) -> None:
@@ -229,26 +260,33 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     overflow = torch.zeros((), dtype=torch.bool, device=q.device)
     for c0 in range(0, mem.shape[0], chunk):
         x = mem[c0:c0 + chunk].to(dt)
+        inv = None
         if cosine:
-            x = _l2_normalize(x)
+            # q . (x_j / |x_j|) as (q . x_j) / |x_j|: the B x chunk scores are scaled, not the
+            # chunk x d rows (one read of the chunk for its norms instead of a normalised copy)
+            inv = _inverse_norms(x)
+            if inv is None:
+                x = _l2_normalize(x)
         sim = q @ x.T
+        if inv is not None:
+            sim.mul_(inv)
         mask = None
         if thresholds is not None:
             mask = sim > thresholds.to(dt)[:, None]
         if id_rows:
             m2 = _id_match(mem_ids[c0:c0 + chunk], pos_ids, query_ids)
             mask = m2 if mask is None else mask | m2
-        z = sim * logit_scale
-        overflow |= ~torch.isfinite(z).all()
+        z = sim.mul_(logit_scale)  # the masks are built: scale in place
+        overflow |= _nonfinite(z)
         if mask is not None:
-            z = torch.where(mask, neg_inf, z)
-        new_max = torch.maximum(run_max, z.max(dim=1).values)
+            z.masked_fill_(mask, float("-inf"))
+        new_max = torch.maximum(run_max, z.amax(dim=1))
         safe = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
         r = torch.exp(run_max - safe)
-        e = torch.exp(z - safe[:, None])
+        e = z.sub_(safe[:, None]).exp_()
         run_sum = run_sum * r + e.sum(dim=1)
-        if want_grad:
-            acc = acc * r[:, None] + e @ x
+        if want_grad:  # sum_j e_ij x_j / |x_j|
+            acc = acc * r[:, None] + (e.mul_(inv) if inv is not None else e) @ x
         run_max = new_max
     live = run_sum > 0
     lse = torch.where(live, run_max + torch.log(torch.where(live, run_sum, torch.ones_like(run_sum))), neg_inf)
@@ -382,7 +420,8 @@ def _check_emb(x: Any, name: str) -> Tensor:
 
 
 def _check_finite(x: Tensor, name: str) -> None:
-    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
+    # a finite sum means no NaN / Inf (the sum is far cheaper than isfinite().all() on CPU)
+    if x.numel() and not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x.detach()).all()):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
@@ -588,10 +627,12 @@ class InfoNCELoss(nn.Module):
         as in-batch negatives of the query_to_doc direction (they get the hardness penalty
         for "in_batch_negatives" and "all_negatives").
     backend : {"auto", "fused", "torch"}
-        "auto": on CPU without a memory and with at most 2**25 query->passage logits, a few
-        dense torch operations (faster than the kernel there); otherwise the fused C++ kernel
-        for CPU float32/16/bf16 and torch for the rest.  "fused": always the C++ kernel on
-        CPU; "torch": the chunked torch algorithm.
+        "auto": by shape.  With at most 2**25 in-batch query->passage logits (B * B(1+n)),
+        BLAS matmuls: a few dense torch operations, with a memory only while B(1+n) is at
+        most 1/16 of its rows, the memory then in chunks of 2,048 rows (faster than the
+        kernel).  Otherwise the fused C++ kernel for CPU
+        float32/16/bf16 (no logits built: the least memory) and torch for the rest.
+        "fused": always the C++ kernel on CPU; "torch": the chunked torch algorithm.
     num_threads : int, optional
         Threads of the fused kernel (default: hardneg's default).
     memory_chunk : int, optional
@@ -742,21 +783,62 @@ class InfoNCELoss(nn.Module):
         return loss.to(torch.float32 if b.q.dtype in (torch.float16, torch.bfloat16) else b.q.dtype)
 
     def _dense_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory], gathering: bool) -> bool:
-        """Small query->passage problems on CPU without a memory: dense torch ops beat the kernel."""
+        """Query->passage problems on CPU that ``backend="auto"`` does not give the kernel
+        (:meth:`_fused_ok`): dense torch ops (BLAS matmuls) beat the kernel there."""
+        return (self.backend == "auto" and self._full_kernel and self.directions == ("query_to_doc",)
+                and not gathering and b.q.device.type == "cpu" and not self._fused_ok(b, mem))
+
+    def _fused_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> bool:
+        """Whether the C++ kernel takes the query->passage term: always with backend="fused";
+        with "auto" when the dense path would hold too much.  The dense path (BLAS matmuls: the
+        in-batch logits whole, the memory in chunks of AUTO_MEMORY_CHUNK rows) is faster than
+        the kernel's score tiles at every shape measured (benchmarks/compare_losses_grid.py),
+        but its peak memory is that of the B x B(1+n) in-batch logits; the kernel builds no
+        logits.  So "auto" takes the kernel when those logits exceed DENSE_MAX_LOGITS, or, with
+        a memory, when the in-batch candidates B(1+n) exceed 1/AUTO_INBATCH_FRACTION of the
+        memory's rows (then the dense path's peak would no longer be a few percent of a plain
+        loss's B x (B(1+n) + memory) logits)."""
         from hardneg._loss_dense import DENSE_MAX_LOGITS
 
-        return (self.backend == "auto" and self._full_kernel and self.directions == ("query_to_doc",)
-                and not gathering and b.q.device.type == "cpu" and (mem is None or len(mem) == 0)
-                and b.B * b.B * (1 + b.n) <= DENSE_MAX_LOGITS)
+        if self.backend != "auto":
+            return self.backend == "fused"
+        cols = b.B * (1 + b.n)
+        if b.B * cols > DENSE_MAX_LOGITS:
+            return True
+        return mem is not None and len(mem) > 0 and cols * AUTO_INBATCH_FRACTION > len(mem)
 
-    def _dense(self, b: "_Batch") -> Tensor:
+    def _dense(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> Tensor:
         from hardneg._loss_dense import DenseInfoNCE
 
         a = self.hardness_strength if self.hardness_mode is not None else 0.0
         opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
                 "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
                 "margin": self.false_negative_margin, "check_inputs": b.check_finite}
-        return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids)
+        lse = None
+        if mem is not None and len(mem) > 0:
+            b.check_finite()  # the memory pass would call a NaN input an overflow
+            lse = self._dense_memory_lse(b, mem, opts["cosine"])
+        return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids, lse)
+
+    def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
+        """(B,) log-sum-exp of each query's memory logits (chunks of AUTO_MEMORY_CHUNK rows, never
+        all materialised), differentiable w.r.t. ``b.q``, in the dense path's compute dtype."""
+        cdt = torch.float64 if b.q.dtype == torch.float64 else torch.float32
+        qn = b.q.to(cdt)
+        if cosine:
+            qn = _l2_normalize(qn)
+        thr = None
+        if self.false_negative_margin is not None:
+            with torch.no_grad():
+                pn = b.pos.detach().to(cdt)
+                raw_pos = (qn.detach() * (_l2_normalize(pn) if cosine else pn)).sum(dim=1)
+            thr = raw_pos - self.false_negative_margin
+        memory_alpha = self._alphas()[2]
+        mem_emb, mem_ids = mem.get()
+        chunk = self.memory_chunk if self.memory_chunk is not None else AUTO_MEMORY_CHUNK
+        return _MemoryLSE.apply(qn, mem_emb, mem_ids if b.pos_ids is not None else None, b.pos_ids, thr,
+                                self.scale + memory_alpha, self.scale, cosine, "torch", self.num_threads,
+                                chunk, b.query_ids)
 
     def _apply_guide(self, masks: Dict[str, Tensor], gdocs: Sequence[Tensor], local: Tensor,
                      own_pos: Tensor) -> None:
@@ -802,9 +884,9 @@ class InfoNCELoss(nn.Module):
         rank, world = _dist_info()
         gathering = self.gather_across_devices and world > 1
         if gdocs is None and self._dense_ok(b, mem, gathering):
-            return self._dense(b)
+            return self._dense(b, mem)
         b.check_finite()
-        if (gdocs is None and self._full_kernel and self.backend in ("auto", "fused")
+        if (gdocs is None and self._full_kernel and self._fused_ok(b, mem)
                 and self.directions == ("query_to_doc",)
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
@@ -919,7 +1001,7 @@ class InfoNCELoss(nn.Module):
                     excl = c.own.clone()
                     excl[:, c.WB:] = False
                 z = z + torch.where(excl, torch.zeros_like(s), alpha * s.detach())
-            overflow.append((_DIRECTION_WHAT[key], ~torch.isfinite(z.detach()).all()))
+            overflow.append((_DIRECTION_WHAT[key], _nonfinite(z.detach())))
             if key in masks:
                 z = z.masked_fill(masks[key], float("-inf"))
             logits[key] = z
@@ -935,12 +1017,14 @@ class InfoNCELoss(nn.Module):
         thr = None
         if self.false_negative_margin is not None:
             thr = c.raw_pos - self.false_negative_margin
-        backend = self.backend
-        if backend == "auto":
-            backend = "fused" if c.dev.type == "cpu" and c.cdt == torch.float32 else "torch"
+        backend, chunk = self.backend, self.memory_chunk
+        if backend == "auto":  # BLAS matmuls over chunks of the memory: faster than the kernel on CPU too
+            backend = "torch"
+            if chunk is None and c.dev.type == "cpu":
+                chunk = AUTO_MEMORY_CHUNK
         lse_mem = _MemoryLSE.apply(c.local_q, mem_emb, mem_ids if c.lpid is not None else None, c.lpid, thr,
                                    self.scale + memory_alpha, self.scale, c.cos, backend, self.num_threads,
-                                   self.memory_chunk, c.lqid)
+                                   chunk, c.lqid)
         return lse_mem.to(c.cdt)
 
     def _reduce(self, c: SimpleNamespace, logits: Dict[str, Tensor], lse_mem: Optional[Tensor], overflow) -> Tensor:
