@@ -2,8 +2,8 @@
 a 65,536-row cross-batch memory, d = 384, float32 on the CPU.
 
 The step CachedInfoNCELoss runs between its two embedding passes (loss + gradient w.r.t. the
-batch's embeddings) is InfoNCELoss on detached embeddings: the fused kernel streams the
-B x (B + memory) scores through tiles.  The torch reference (normalize, cat, matmul,
+batch's embeddings) is InfoNCELoss on detached embeddings: it reads the memory in chunks (or
+streams the B x (B + memory) scores through the fused kernel's tiles), never all of them at once.  The torch reference (normalize, cat, matmul,
 cross_entropy, backward) materialises them.  Each method runs in a fresh process; the
 figure is peak RSS minus RSS before the call.
 
