@@ -10,7 +10,8 @@ Forward + backward of one loss evaluation, side by side in the same run, under h
 * sentence-transformers MultipleNegativesRankingLoss.compute_loss_from_embeddings with the
   memory passed as extra negative columns (MNRL has no memory: this is what its users do; it
   concatenates them, so it also pays for the memory rows' gradient)
-* hardneg InfoNCELoss, fused C++ kernel (CPU) and the chunked torch path
+* hardneg InfoNCELoss as users get it (backend="auto": chosen by shape), and forced onto the fused
+  C++ kernel (CPU) and onto the chunked torch path
 
 Each method is timed one-shot (its loss object built inside the timed call) and warm (built once).
 Peak extra memory: each method runs once in a fresh subprocess; peak RSS during the call minus
@@ -37,8 +38,8 @@ import harness
 from _common import proc_status_bytes
 
 REF = "torch (memory out of autograd)"
-METHODS = [REF, "torch naive (memory in autograd)", "sentence-transformers MNRL", "hardneg fused (C++)",
-           "hardneg torch path"]
+METHODS = [REF, "torch naive (memory in autograd)", "sentence-transformers MNRL",
+           "hardneg InfoNCELoss (default: backend auto)", "hardneg fused (C++)", "hardneg torch path"]
 
 
 def setup(B, d, n, M, device, seed=0):
@@ -96,7 +97,7 @@ def make_fn(method, q, pos, hard, mem, similarity, temperature, threads, oneshot
         def fn():
             return mnrl.compute_loss_from_embeddings([q, pos] + list(hard.unbind(1)) + mem_cols, None)
     else:
-        backend = "fused" if "fused" in method else "torch"
+        backend = "auto" if "auto" in method else "fused" if "fused" in method else "torch"
         if backend == "fused" and q.device.type != "cpu":
             return None
         loss = InfoNCELoss(temperature=temperature, memory=mem, similarity=similarity, backend=backend,
