@@ -18,7 +18,7 @@ from hardneg import _core
 from hardneg._arrays import id_rows, is_torch
 from hardneg._io import open_text
 from hardneg._threads import resolve_num_threads
-from hardneg._validate import check_bool
+from hardneg._validate import check_bool, check_int
 
 # metric kinds, as in cpp/metrics.h; they cross into C++ by their trec_eval names
 _NDCG, _RR, _RECALL, _P, _AP, _RPREC, _SUCCESS, _HITS = range(8)
@@ -429,7 +429,7 @@ def evaluate(
     specs = [parse_metric(n) for n in names]
     kinds = [_KIND_NAMES[s[0]] for s in specs]
     ks = [s[1] for s in specs]
-    level = _check_relevance_level(relevance_level)
+    level = check_int(relevance_level, "relevance_level", -(2**31), 2**31 - 1)
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if not (isinstance(per_query, str) and per_query == "dict"):
@@ -447,15 +447,6 @@ def evaluate(
                                                       query_ids, corpus_ids, per_query == "dict")
     n_missing = _ranx_counting(out, row_query, qrels, level) if convention == "ranx" else 0
     return _summary(out, names, per_query, run_qids, n_missing)
-
-
-def _check_relevance_level(relevance_level: Any) -> int:
-    if isinstance(relevance_level, (bool, np.bool_)) or not isinstance(relevance_level, (int, np.integer)):
-        raise TypeError(f"relevance_level must be an integer, got {relevance_level!r}")
-    level = int(relevance_level)
-    if not -(2**31) <= level < 2**31:
-        raise ValueError(f"relevance_level out of range: {level}")
-    return level
 
 
 def _scores_of_dict_run(run: Mapping, qrels: Qrels, level: int, kinds: List[int], ks: List[int], nt: int,
