@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from hardneg.losses import _id_match, _overflow_error
+from hardneg.losses import _has_nonfinite, _id_match, _overflow_error
 
 # logits entries (B * B(1+n)) up to which InfoNCELoss(backend="auto") takes this path on CPU;
 # above it (a plain torch loss would need GBs too) the fused kernel's constant memory wins
@@ -121,7 +121,7 @@ class DenseInfoNCE(torch.autograd.Function):
         bounded = cosine and (scale + alpha) * 4 < torch.finfo(cdt).max
         # the sum is the cheapest pass that shows a NaN or +-inf (isfinite().all() costs far more);
         # a finite sum that overflows (logits ~1e34) falls back to the exact test
-        if not bounded and not math.isfinite(float(Z.sum())) and not bool(torch.isfinite(Z).all()):
+        if not bounded and _has_nonfinite(Z):
             opts["check_inputs"]()  # a NaN / Inf input, named
             raise _overflow_error("q against pos / hard_negatives", cdt)
         zpos = Z.diagonal()  # a view: read before Z is shifted in place below

@@ -15,8 +15,8 @@ expensive one (B x memory_size scores): a streaming log-sum-exp over chunks of t
 (BLAS matmuls for the scores and for the gradient w.r.t. the queries, in torch, on any
 device), so neither the B x memory logits nor a concatenated copy of the memory are ever
 built.  Above 2**25 in-batch logits, with a memory of fewer than 16 B(1+n) rows (or with
-``backend="fused"``) the whole query->passage term runs in a fused C++ kernel on CPU (``hardneg._core.infonce_forward``; the memory alone:
-``memory_lse``) that builds no logits at all.  The in-batch part of the torch path (B x B(1+n))
+``backend="fused"``) the whole query->passage term runs in a fused C++ kernel on CPU
+(``hardneg._core.infonce_forward``; the memory alone: ``memory_lse``) that builds no logits at all.  The in-batch part of the torch path (B x B(1+n))
 is ordinary torch autograd code that follows sentence-transformers line by line.
 
 Masking (candidates removed from a query's softmax, see docs/losses.md):
@@ -98,13 +98,18 @@ def _overflow_error(what: str, dtype: torch.dtype) -> ValueError:
                       "down or use similarity='cosine'")
 
 
+def _has_nonfinite(x: Tensor) -> bool:
+    """Does ``x`` hold a NaN or +-inf (a host sync).  A finite sum proves it does not, at a
+    fraction of ``isfinite().all()``'s cost on CPU; only a non-finite sum (which may be an
+    overflow of finite values) falls back to the exact test."""
+    return not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all())
+
+
 def _nonfinite(x: Tensor) -> Tensor:
-    """0-dim bool tensor: does ``x`` hold a NaN or +-inf.  On CPU the sum shows them at a
-    fraction of ``isfinite().all()``'s cost (a finite sum that overflows falls back to it);
+    """0-dim bool tensor: does ``x`` hold a NaN or +-inf.  On CPU :func:`_has_nonfinite`;
     elsewhere ``isfinite`` (no device sync)."""
     if x.device.type == "cpu":
-        bad = not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all())
-        return torch.tensor(bad)
+        return torch.tensor(_has_nonfinite(x))
     return ~torch.isfinite(x).all()
 
 
@@ -420,8 +425,7 @@ def _check_emb(x: Any, name: str) -> Tensor:
 
 
 def _check_finite(x: Tensor, name: str) -> None:
-    # a finite sum means no NaN / Inf (the sum is far cheaper than isfinite().all() on CPU)
-    if x.numel() and not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x.detach()).all()):
+    if x.numel() and _has_nonfinite(x.detach()):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
