@@ -12,13 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["tests/cpp/kernel_check.cpp", "cpp/dispatch.cpp", "cpp/simd/dot_scalar.cpp",
            "cpp/simd/dot_avx2.cpp", "cpp/simd/dot_avx512.cpp", "cpp/simd/screen_avx512bf16.cpp",
-           "cpp/simd/screen_avx512vnni.cpp", "cpp/simd/dot_neon.cpp"]
+           "cpp/simd/screen_avx512vnni.cpp", "cpp/simd/screen_amx.cpp", "cpp/simd/dot_neon.cpp"]
 X86_FLAGS = {"dot_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
              "dot_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
              "screen_avx512bf16.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
                                        "-mavx2", "-mfma"],
              "screen_avx512vnni.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-                                       "-mavx2", "-mfma"]}
+                                       "-mavx2", "-mfma"],
+             "screen_amx.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
+                                "-mamx-tile", "-mamx-int8", "-mavx2", "-mfma"]}
 
 
 def build(cxx, out, tmp, x86, extra=()):
@@ -43,6 +45,10 @@ def test_native_tables(tmp_path):
     build(cxx, exe, tmp_path, x86, ["-pthread"])
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+    from hardneg import _core
+
+    if _core.amx_available():  # the AMX int8 screen was compared with the VNNI loop
+        assert "amx int8 screen checked" in r.stdout, r.stdout
 
 
 def test_neon_table_under_qemu(tmp_path):

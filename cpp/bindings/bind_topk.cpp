@@ -170,6 +170,11 @@ void bind_topk(py::module_& m) {
             if (const hn::ScreenKernels* B = hn::screen_kernels(t)) out.append(B->name);
         return out;
     });
+    // the int8 screen on AMX tiles (same codes and results as the VNNI loop): available on this
+    // CPU and OS, switched on (HARDNEG_AMX=0 or set_amx(False) keep the VNNI loop)
+    m.def("amx_available", [] { return hn::amx_available(); });
+    m.def("amx_enabled", [] { return hn::amx_enabled(); });
+    m.def("set_amx", [](bool on) { hn::set_amx(on); }, py::arg("on"));
     m.def("screen_choice", [](size_t d, size_t k, size_t n) -> py::object {  // the codes a search would use
         const char* name = hn::screen_choice(d, k, n);
         return name ? py::object(py::str(name)) : py::object(py::none());

@@ -130,12 +130,23 @@ struct ScreenKernels {
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx512bf16 { extern const ScreenKernels table; }
 namespace avx512vnni { extern const ScreenKernels table; }
+// The int8 dot_tile on AMX tiles (screen_amx.cpp): same codes, same values.
+namespace amx {
+void dot_tile_int8(const ScreenQueries& Q, size_t nq, const uint32_t* X, size_t nx, size_t dp, const ScreenRows& R,
+                   float* S, size_t lds);
+}
 #endif
 
 // The screening kernels of `type` when this build has them, the CPU runs them and
 // the fp32 table in use is AVX-512 (the survivors are rescored by that table);
 // null otherwise.
+// int8 runs on AMX tiles where the CPU has AMX-INT8 and the OS grants this process the
+// tile state (Linux), unless HARDNEG_AMX=0 or set_amx(false).
 const ScreenKernels* screen_kernels(ScreenType type);
+// Whether the int8 screen may run on AMX / runs on it now.
+bool amx_available();
+bool amx_enabled();
+void set_amx(bool on);
 
 // The table chosen for this process (HARDNEG_SIMD or the best the CPU runs).
 const Kernels& kernels();

@@ -28,6 +28,8 @@ def info() -> Dict[str, object]:
         # codes of the exact search's low-precision screen this CPU runs ("int8": AVX-512 VNNI,
         # "bf16": AVX-512 BF16; docs/topk.md), best first
         "screen_codes": list(_core.screen_types()),
+        # int8 codes scored on AMX tiles (Intel Sapphire Rapids and later; same results as VNNI)
+        "screen_amx": bool(_core.amx_enabled()),
         "num_threads": get_num_threads(),
         "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL},
     }
