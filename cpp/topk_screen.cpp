@@ -122,7 +122,7 @@ using detail::CodedCorpus;
 
 constexpr double kU = 1.0 / 16777216.0;                      // 2^-24
 constexpr double kMaxSqnorm = 1.2676506002282294e30;          // 2^100
-constexpr size_t kMaxCodeBytes = size_t(256) << 20;           // coded copy of the corpus, at most
+constexpr size_t kMaxCodeBytes = size_t(1) << 30;             // coded copy of the corpus, at most
 constexpr size_t kMaxInt8Dim = 16384;                          // int32 sums of int8 products stay exact
 // Auto mode.  A coded copy not kept from an earlier call (ScreenCache) is made by the call (a pass
 // over the corpus); it pays for itself
@@ -131,11 +131,15 @@ constexpr size_t kMaxInt8Dim = 16384;                          // int32 sums of 
 // queries, 1.4x at 256; 100k rows (77 MB copy): 0.3x at 64, 0.8x at 256.
 constexpr size_t kAutoCodeBytes = size_t(32) << 20;
 constexpr size_t kMinQueries = 96;
-// Above kAutoCodeBytes auto mode screens only with int8 codes kept by an index (ScreenCache):
-// reused as soon as it exists, built by a search of at least kMinQueriesLarge queries.
-// Measured (int8, SciFact MiniLM rows tiled to 150,000 x 384, a 58 MB copy, 256 queries, k = 100,
-// 2 threads): 0.62x the plain time once built, 1.25x for the search that builds it (bf16: 1.0x).
-constexpr size_t kMinQueriesLarge = 512;
+// Above kAutoCodeBytes (up to kMaxCodeBytes) auto mode screens only with int8 codes: a copy
+// kept by an index (ScreenCache) is reused as soon as it exists; a new one (kept by the index,
+// or a one-shot search's temporary) is built by a search of at least kMinQueriesLarge queries.
+// Measured (int8, clustered unit rows 200,000 x 384, a 77 MB copy, k = 100, 2 threads, one-shot
+// hn.topk with its temporary copy / plain): AMX tiles 0.66x at 256 queries, 0.40x at 512,
+// 0.24x at 2,000; the VNNI loop 0.84x, 0.48x, 0.37x.  Earlier, before AMX (SciFact MiniLM rows
+// tiled to 150,000 x 384, 256 queries, VNNI): 1.25x for the search that builds an index's copy,
+// 0.62x for every later one.
+constexpr size_t kMinQueriesLarge = 256;
 // Queries per panel (the unit of work a thread takes).  Measured, 2 threads, d = 384: 64 against
 // 256 took 0.78x the time on 4,096 queries x 40,000 random rows at k = 10 and 0.89x at k = 100;
 // on SciFact (809 or 1,109 queries x 5,183) the same within noise.
@@ -791,7 +795,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const double copy_bytes = double(C->pstart.back()) * double(C->dp * C->eb);
     if (total == 0 || copy_bytes > double(kMaxCodeBytes)) return false;
     if (mode == 1 && copy_bytes > double(kAutoCodeBytes) &&
-        !(B->type == ScreenType::Int8 && (reuse || (cache && nq >= kMinQueriesLarge))))
+        !(B->type == ScreenType::Int8 && (reuse || nq >= kMinQueriesLarge)))
         return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;

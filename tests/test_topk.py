@@ -437,17 +437,23 @@ def test_l2_zero_distance_is_positive_zero():
 # The exact search may first screen with bf16 or int8 scores and rescore the survivors in fp32
 # (cpp/topk_screen.cpp).  It must return exactly what the plain fp32 path returns: same ids,
 # bit-identical scores.  Mode 2 forces the screen wherever the CPU allows it, mode 0 turns it off;
-# every screen test runs once per kind of codes the CPU has (int8: AVX-512 VNNI, bf16: AVX-512 BF16).
+# every screen test runs once per kind of codes the CPU has (int8: AVX-512 VNNI, bf16: AVX-512 BF16),
+# and int8 once more on the VNNI loop where it would run on AMX tiles.
 
 
-@pytest.fixture(params=["bf16", "int8"])
+@pytest.fixture(params=["bf16", "int8", "int8-vnni"])
 def screen_kind(request):
-    if request.param not in _core.screen_types():
-        pytest.skip(f"CPU without the {request.param} screen")
-    start = _core.screen_type()
-    _core.set_screen_type(request.param)
-    yield request.param
+    kind = request.param.split("-")[0]
+    if kind not in _core.screen_types():
+        pytest.skip(f"CPU without the {kind} screen")
+    if request.param == "int8-vnni" and not _core.amx_enabled():
+        pytest.skip("int8 already runs on the VNNI loop here (no AMX)")
+    start, amx = _core.screen_type(), _core.amx_enabled()
+    _core.set_screen_type(kind)
+    _core.set_amx(request.param != "int8-vnni")
+    yield kind
     _core.set_screen_type(start)
+    _core.set_amx(amx)
 
 
 def needs_screen(f):
@@ -996,3 +1002,35 @@ def test_auto_screen_above_32_mib_with_index_codes(rng):
     for s, i in ((first[0][:40], first[1][:40]), again):
         np.testing.assert_array_equal(i, ref[1])
         np.testing.assert_array_equal(s.view(np.uint32), ref[0].view(np.uint32))
+
+
+@pytest.mark.skipif("int8" not in _core.screen_types(), reason="CPU without AVX-512 VNNI")
+@pytest.mark.parametrize("data", ["random", "ties", "scaled"])
+def test_one_shot_screen_above_32_mib_equals_plain(rng, data):
+    # a one-shot hn.topk of 256+ queries screens a corpus whose int8 copy is past 32 MiB with a
+    # temporary copy (530,000 rows of d = 8: 64 code bytes a row); on AMX tiles and on the VNNI
+    # loop the results are the plain path's, ids and score bits, on random rows, rows repeated
+    # 40 times (ties everywhere: ascending ids decide) and rows scaled by 1e-6 .. 1e6
+    n, d = 530_000, 8
+    base = rng.standard_normal((n if data != "ties" else n // 40 + 1, d)).astype(np.float32)
+    X = np.ascontiguousarray(np.tile(base, (40, 1))[:n]) if data == "ties" else base
+    if data == "scaled":
+        X *= (10.0 ** rng.integers(-6, 7, n)).astype(np.float32)[:, None]
+    Q = rng.standard_normal((300, d)).astype(np.float32)
+    Q[:3] = X[[5, 77_777, n - 1]]
+    excl = [[5, 6]] * 300
+    start, amx = _core.screen_mode(), _core.amx_enabled()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q, X, k=10, exclude=excl, metric="cosine")
+        _core.set_screen_mode(1)
+        for on in ([True, False] if amx else [False]):
+            _core.set_amx(on)
+            before = _core.screen_counts()
+            got = hn.topk(Q, X, k=10, exclude=excl, metric="cosine")
+            assert _core.screen_counts()[0] - before[0] == 1  # screened
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    finally:
+        _core.set_screen_mode(start)
+        _core.set_amx(amx)
