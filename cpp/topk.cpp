@@ -131,7 +131,7 @@ struct Panel {
                 for (size_t j = 0; j < nb; ++j) s[j] *= xn[j];
             } else if (S.metric == Metric::L2) {
                 const float a = qnorms[i];
-                for (size_t j = 0; j < nb; ++j) s[j] = -std::max(0.0f, a + xn[j] - 2.0f * s[j]);
+                for (size_t j = 0; j < nb; ++j) s[j] = detail::l2_key(a, xn[j], s[j]);
             }
             TopkBuf& tb = bufs[i];
             const size_t c = S.K.filter_ge(s, nb, tb.tau, surv.data());

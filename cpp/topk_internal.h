@@ -1,6 +1,7 @@
 // Pieces shared by the plain top-k (topk.cpp) and the bf16-screened one
 // (topk_screen.cpp).  Baseline code only: never include from an ISA file.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -53,6 +54,12 @@ inline float inv_norm(const Kernels& K, float sq, const void* x, DType t, size_t
     if (safe_sqnorm(sq)) return 1.0f / std::sqrt(sq);
     return inv_norm_slow(K, x, t, d);
 }
+
+// The L2 ranking key (larger is better: minus the squared distance, clamped at 0) from the
+// query's and the row's fp32 squared norms and their fp32 dot product.  One function for
+// the plain path and the screen's rescoring, so both compute it with the same operations.
+// Nondecreasing in dot: the screen's upper bound of a dot gives an upper bound of the key.
+inline float l2_key(float qsq, float xsq, float dot) { return -std::max(0.0f, qsq + xsq - 2.0f * dot); }
 
 // Query `row` of Q as fp32 into dst[0..d), normalised for cosine; *qn gets its
 // squared norm (before normalising) for L2 / cosine.

@@ -1,4 +1,4 @@
-// Exact top-k for IP / cosine with a low-precision screen: the same results as
+// Exact top-k for IP / cosine / L2 with a low-precision screen: the same results as
 // the plain search (topk.cpp), bit for bit, for a half (bf16) or a quarter
 // (int8) of the fp32 kernel's instructions.
 //
@@ -50,6 +50,12 @@
 //   underflow (flushed products / partial sums, DAZ): at most (2 dp + 8) 2^-126
 //     per key before scaling; covered by 2^-90 (1 + ||q||)(1 + max xn||c|| + max xn).
 //     (int8: scales are >= 2^-60, so no product of them underflows.)
+// L2: the screen bounds the dot product s exactly as for IP (xn = 1); the key is
+//   l2_key(||q||^2, ||c||^2, s) = -max(0, fl(fl(qsq + csq) - 2 s)) with the plain path's fp32
+//   squared norms, nondecreasing in s, so the same expression of ub_s is an upper bound ub of
+//   the key.  With y = fl(qsq + csq) - 2 ub_s and s >= ub_s - 2 Emax, one rounding of
+//   y + 4 Emax gives key >= ub (1 + u) / (1 - u) - 4 Emax (1 + u) >= ub (1 + 4u) - 4 Emax (1 + 2u)
+//   (ub <= 0): the threshold T below uses that in place of t - 2 Emax.
 // With R_c = max xn||c||, R_d = max xn||dc||, R_t = max xn||c~|| over the corpus
 // (xn = 1 for IP; a row's own xn||c||, xn||dc|| in place of R_c, R_d give its E):
 //   Emax = ||dq|| R_c + ||q~|| R_d + gA ||q~|| R_t + gB ||q|| R_c
@@ -88,6 +94,7 @@ struct CodedCorpus {
     std::vector<float> xs;       // code scale
     std::vector<int32_t> xsum;   // sum of the codes (int8)
     std::vector<float> xn;       // cosine: the plain path's 1/||c|| (0 for a zero row)
+    std::vector<float> xsq;      // L2: the plain path's fp32 squared norm
     std::vector<float> rho, del;  // bound coefficients: xn ||c||, xn ||c - c~|| (rounded up)
     std::vector<size_t> pstart;  // first packed row of each segment (multiples of 16), then the total
     std::vector<size_t> start;   // first row of each segment in the plain numbering, then the total
@@ -108,7 +115,8 @@ struct CodedCorpus {
     std::vector<double> key;            // the layout it was built for (corpus_key)
 
     size_t bytes() const {
-        return (x.capacity() + xs.capacity() + xsum.capacity() + xn.capacity() + rho.capacity() + del.capacity()) * 4 +
+        return (x.capacity() + xs.capacity() + xsum.capacity() + xn.capacity() + xsq.capacity() + rho.capacity() +
+                del.capacity()) * 4 +
                (pstart.capacity() + start.capacity() + key.capacity()) * 8;
     }
 };
@@ -148,8 +156,12 @@ constexpr size_t kMaxPanel = 64;
 // included) more than this fraction of its query x row pairs.
 // Measured (int8, d = 384, k = 100, 2 threads): screened / plain time is about
 // 0.4 + 11 x that fraction (0.48 at 0.0055 on SciFact-like rows, 0.86 at 0.039 on
-// isotropic Gaussian rows), so it breaks even near 0.05.
+// isotropic Gaussian rows), so it breaks even near 0.05.  On AMX tiles the screening pass
+// costs about a third of the VNNI loop's, and the break-even moves up: measured (isotropic
+// Gaussian rows, 20,000-50,000 x 384-768, 512-2,048 queries, ip and l2, noisy 2-core machine)
+// auto at 0.94-1.56x the better of screen on / off with 0.05, 0.97-1.28x with 0.12.
 constexpr double kMaxRescored = 0.05;
+constexpr double kMaxRescoredAmx = 0.1;
 
 int initial_mode() {
     const char* env = std::getenv("HARDNEG_SCREEN");
@@ -257,6 +269,7 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
     C.rho.assign(np, 0.0f);
     C.del.assign(np, 0.0f);
     if (metric == Metric::Cosine) C.xn.assign(np, 0.0f);
+    if (metric == Metric::L2) C.xsq.assign(np, 0.0f);
     const double infl = 1.0 + std::ldexp(1.0, -7) + double(d + 64) * std::ldexp(1.0, -22);
     struct Acc {
         double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
@@ -288,9 +301,16 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
                 }
             }
             B.pack_rows(rm.data(), n, C.dp, C.x.data() + pr * C.lanes());
-            if (metric == Metric::Cosine) {  // exactly the plain path's scale factors
+            if (metric != Metric::IP) {  // exactly the plain path's squared norms and scale factors
                 if (sg.sqnorms) std::copy(sg.sqnorms + bl.r0, sg.sqnorms + bl.r0 + n, sq.begin());
                 else K.sqnorm_rows(X, sg.ld, n, d, sg.dtype, sq.data());
+            }
+            if (metric == Metric::L2)
+                for (size_t j = 0; j < n; ++j) {
+                    C.xsq[pr + j] = sq[j];
+                    if (!(sq[j] <= float(kMaxSqnorm))) a.ok = false;  // huge or not finite: the plain path
+                }
+            if (metric == Metric::Cosine) {
                 for (size_t j = 0; j < n; ++j) {
                     const char* xj = X + j * sg.ld * es;
                     C.xn[pr + j] = detail::inv_norm(K, sq[j], xj, sg.dtype, d);
@@ -332,7 +352,7 @@ struct SPanel;
 constexpr size_t kKeepBytes = size_t(64) << 20;
 struct Scratch {
     std::vector<uint32_t> x;
-    std::vector<float> xs, xn, rho, del;
+    std::vector<float> xs, xn, xsq, rho, del;
     std::vector<int32_t> xsum;
     std::vector<std::unique_ptr<SPanel>> panels;
     void trim();
@@ -380,6 +400,7 @@ struct Screen {
 struct SPanel {
     std::vector<float> q, tile, thr, ubs, out;
     std::vector<float> qs, qa, qb, qe;  // per query: code scale, bound coefficients
+    std::vector<float> qsq;             // per query, L2: the plain path's fp32 squared norm
     std::vector<double> emax;           // per query: Emax
     std::vector<const float*> qptrs;
     std::vector<const void*> ptrs;
@@ -406,7 +427,7 @@ struct SPanel {
     // pages to fault in on every call).
     void setup(const Screen& S, size_t panel) {
         q.resize(panel * S.d), tile.resize(panel * S.nb), thr.resize(panel);
-        qs.resize(panel), qa.resize(panel), qb.resize(panel), qe.resize(panel), emax.resize(panel);
+        qs.resize(panel), qa.resize(panel), qb.resize(panel), qe.resize(panel), emax.resize(panel), qsq.resize(panel);
         ubs.resize(panel * S.cap), rows.resize(panel * S.cap);
         codes.resize(panel * S.C.dp * S.C.eb), surv.resize(S.nb);
         n.resize(panel);
@@ -426,6 +447,8 @@ struct SPanel {
             float* qi = q.data() + i * S.d;
             float qn = 0, x2, e2, t2;
             detail::load_query(S.K, S.Q, S.qt, S.ldq, S.d, S.metric, q0 + i, qi, &qn);
+            qsq[i] = qn;
+            if (S.metric == Metric::L2 && !(qn <= float(kMaxSqnorm))) return false;
             S.B.quantize_rows(qi, S.d, 1, S.d, C.dp, true, codes.data() + i * C.dp * C.eb, &qs[i], nullptr, &x2, &e2,
                               &t2);
             if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm)) return false;
@@ -447,12 +470,20 @@ struct SPanel {
         return true;
     }
 
+    // T for query i from t, a value that at least k of its rows' ub reach (see above):
+    // at least k rows have a key >= T.
+    float floor_of(const Screen& S, size_t i, float t) const {
+        if (S.metric != Metric::L2) return round_down((double)t - 2.0 * emax[i]);
+        const double u = kU;
+        return round_down((double)t * (1 + 4 * u) - 4.0 * emax[i] * (1 + 2 * u) - std::ldexp(1.0, -100));
+    }
+
     // Raises query i's threshold to T from the k-th largest ub in its buffer and
     // keeps only the entries with ub >= T.  Returns the new count.
     size_t prune(const Screen& S, size_t i, size_t m) {
         float* ub = ubs.data() + i * S.cap;
         uint32_t* rb = rows.data() + i * S.cap;
-        thr[i] = std::max(thr[i], round_down((double)S.K.lower_kth(ub, m, S.k) - 2.0 * emax[i]));
+        thr[i] = std::max(thr[i], floor_of(S, i, S.K.lower_kth(ub, m, S.k)));
         size_t w = 0;
         const float t = thr[i];
         for (size_t u = 0; u < m; ++u) {  // branch-free: most entries go
@@ -477,7 +508,11 @@ struct SPanel {
         const int64_t base = sg.id_offset + (int64_t)bl.r0;
         seen += double(P) * double(nbk);
         for (size_t i = 0; i < P; ++i) {
-            const float* s = T + i * S.nb;
+            float* s = T + i * S.nb;
+            if (S.metric == Metric::L2) {  // the dot's upper bound -> the key's (l2_key is monotone)
+                const float a = qsq[i], *xsq = S.C.xsq.data() + pr;
+                for (size_t j = 0; j < nbk; ++j) s[j] = detail::l2_key(a, xsq[j], s[j]);
+            }
             const int64_t* eb = nullptr;
             const int64_t* ee = nullptr;
             if (S.excl.indptr) {
@@ -487,7 +522,7 @@ struct SPanel {
             if (first && nbk >= S.k + size_t(ee - eb)) {
                 // A starting threshold from the first block: at least k + m of its rows
                 // have ub >= t0 (m = the query's exclusions), so at least k non-excluded ones do.
-                thr[i] = round_down((double)S.K.lower_kth(s, nbk, S.k + size_t(ee - eb)) - 2.0 * emax[i]);
+                thr[i] = floor_of(S, i, S.K.lower_kth(s, nbk, S.k + size_t(ee - eb)));
             }
             const size_t c = S.K.filter_ge(s, nbk, thr[i], surv.data());
             float* ub = ubs.data() + i * S.cap;
@@ -528,6 +563,13 @@ struct SPanel {
         return S.segs[sg].id_offset + int64_t(r - S.C.pstart[sg]);
     }
 
+    // The exact key of query i and packed row r from their fp32 dot product (the plain path's rule).
+    float key_of(const Screen& S, size_t i, size_t r, float dot) const {
+        if (S.metric == Metric::Cosine) return dot * S.C.xn[r];
+        if (S.metric == Metric::L2) return detail::l2_key(qsq[i], S.C.xsq[r], dot);
+        return dot;
+    }
+
     // keys[u] = the exact key (the fp32 kernel's arithmetic) of query qi and packed
     // row rb[u], u < m.  One dot_pairs call per run of rows from one segment.
     void rescore(const Screen& S, const float* qi, const uint32_t* rb, size_t m, float* keys) {
@@ -545,7 +587,8 @@ struct SPanel {
             S.K.dot_pairs(qptrs.data() + a, ptrs.data() + a, b - a, S.d, sg.dtype, out.data() + a);
             a = b;
         }
-        for (size_t u = 0; u < m; ++u) keys[u] = S.metric == Metric::Cosine ? out[u] * S.C.xn[rb[u]] : out[u];
+        const size_t i = size_t(qi - q.data()) / S.d;
+        for (size_t u = 0; u < m; ++u) keys[u] = key_of(S, i, rb[u], out[u]);
         dots += m;
     }
 
@@ -623,7 +666,7 @@ struct SPanel {
         }
         for (size_t t = 0; t < np; ++t) {  // the exact key replaces the upper bound
             const size_t r = size_t(pairs[t] >> 32);
-            ubs[uint32_t(pairs[t])] = S.metric == Metric::Cosine ? out[t] * S.C.xn[r] : out[t];
+            ubs[uint32_t(pairs[t])] = key_of(S, uint32_t(pairs[t]) / S.cap, r, out[t]);
         }
         for (size_t i = 0; i < P; ++i) {
             const float* kb = ubs.data() + i * S.cap;
@@ -640,7 +683,8 @@ struct SPanel {
 };
 
 void Scratch::trim() {
-    size_t bytes = (x.capacity() + xs.capacity() + xn.capacity() + xsum.capacity() + rho.capacity() + del.capacity()) * 4;
+    size_t bytes = (x.capacity() + xs.capacity() + xn.capacity() + xsq.capacity() + xsum.capacity() + rho.capacity() +
+                    del.capacity()) * 4;
     for (const auto& p : panels)
         if (p) bytes += p->bytes();
     if (bytes > kKeepBytes) *this = Scratch();
@@ -670,14 +714,14 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             // rescoring passes the budget (pro rata of the rows screened, plus two full
             // buffers), so a search on data the screen cannot prune loses little
             pn.dots = 0, pn.seen = 0, pn.over = false;
-            pn.rate = mode == 1 ? kMaxRescored : HUGE_VAL;
+            pn.rate = mode != 1 ? HUGE_VAL : S.B.type == ScreenType::Int8 && amx_enabled() ? kMaxRescoredAmx : kMaxRescored;
             pn.slack = 2.0 * double(S.cap);
             for (size_t b = 0; b < S.blocks.size() && !pn.over; ++b) pn.process(S, S.blocks[b], b == 0);
             if (!pn.over) {
                 pn.finish(S, S.scores, S.ids);
                 done[p] = 1;
             }
-            if (pn.over || (mode == 1 && double(pn.dots) > kMaxRescored * double(P) * double(total))) {
+            if (pn.over || (mode == 1 && double(pn.dots) > pn.rate * double(P) * double(total))) {
                 stop.store(true);
                 size_t seen = S.C.no_prune_k.load();
                 while (S.k < seen && !S.C.no_prune_k.compare_exchange_weak(seen, S.k)) {
@@ -754,7 +798,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
         if (const ScreenKernels* K2 = screen_kernels(kept->type))
             if (K2->type != ScreenType::Int8 || d <= kMaxInt8Dim) B = K2;
     }
-    if (mode == 0 || metric == Metric::L2 || !B || !kernels().dot_pairs) return false;
+    if (mode == 0 || !B || !kernels().dot_pairs) return false;
     // a kept copy of exactly this layout, metric and codes costs nothing: then even a few
     // queries are cheaper screened
     const std::vector<double> key = corpus_key(segments, d, metric, B->type);
@@ -769,7 +813,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
         CodedCorpus& c;
         bool lent = false;
         void swap() {
-            c.x.swap(r.x), c.xs.swap(r.xs), c.xsum.swap(r.xsum), c.xn.swap(r.xn), c.rho.swap(r.rho), c.del.swap(r.del);
+            c.x.swap(r.x), c.xs.swap(r.xs), c.xsum.swap(r.xsum), c.xn.swap(r.xn), c.xsq.swap(r.xsq);
+            c.rho.swap(r.rho), c.del.swap(r.del);
             lent = !lent;
         }
         ~GiveBack() {

@@ -488,7 +488,7 @@ def unit_rows(a):
 
 
 @needs_screen
-@pytest.mark.parametrize("metric", ["ip", "cosine"])
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
 @pytest.mark.parametrize("nq,n,d,k", [(1, 1, 1, 1), (3, 50, 1, 7), (7, 300, 31, 10), (20, 1000, 384, 36),
                                       (50, 2000, 100, 105), (9, 40, 64, 100), (13, 777, 65, 1)])
 @pytest.mark.parametrize("threads", [1, 2])
@@ -499,7 +499,7 @@ def test_screen_equals_plain_random(rng, metric, nq, n, d, k, threads):
 
 
 @needs_screen
-@pytest.mark.parametrize("metric", ["ip", "cosine"])
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
 def test_screen_embedding_like_with_exclusions(rng, metric):
     # clustered unit vectors (many close scores), per-query exclusions of the nearest rows
     centers = rng.standard_normal((20, 96))
@@ -516,13 +516,15 @@ def test_screen_ties_and_duplicates(rng):
     base = rng.standard_normal((30, 48)).astype(np.float32)
     X = np.repeat(base, 20, axis=0)[rng.permutation(600)]
     Q = rng.standard_normal((10, 48)).astype(np.float32)
-    for metric in ("ip", "cosine"):
+    for metric in ("ip", "cosine", "l2"):
         screened_vs_plain(Q, X, 25, metric, expect="any")
         screened_vs_plain(Q, X, 1, metric, expect="any")
     near = np.repeat(base[:1], 500, axis=0)
     near[:, 0] += np.arange(500, dtype=np.float32) * 1e-6  # differences far below the bf16 resolution
     screened_vs_plain(Q, near, 10, "ip", expect="any")
     screened_vs_plain(Q, np.ones((1200, 48), np.float32), 5, "ip")  # every row ties: settled per query
+    screened_vs_plain(Q, np.ones((1200, 48), np.float32), 5, "l2")
+    screened_vs_plain(X[:7], X, 3, "l2", expect="any")  # distance 0 to 20 copies: clamped keys tie
 
 
 @needs_screen
@@ -543,18 +545,22 @@ def test_screen_tiny_and_huge_values(rng):
     for scale in (1e-30, 1e-19, 1e-3, 1e3, 1e12):  # denormal products, flushed bf16 inputs, large norms
         screened_vs_plain(Q * np.float32(scale), X, 20, "ip", expect="any")
         screened_vs_plain(Q, X * np.float32(scale), 20, "cosine", expect="any")
+    for scale in (1e-19, 1e-3, 1e3, 1e12):  # l2: squared norms and distances at every scale
+        screened_vs_plain(Q * np.float32(scale), X * np.float32(scale), 20, "l2", expect="any")
+        screened_vs_plain(Q, X * np.float32(scale), 20, "l2", expect="any")
     screened_vs_plain(Q, X * np.float32(1e12), 20, "ip", expect="screen")
     mixed = X.copy()
     mixed[5, 3] = 1e-40  # a denormal element
     screened_vs_plain(Q, mixed, 20, "ip", expect="screen")
     # norms past 2^50: the plain path (and its overflow handling) runs
     screened_vs_plain(Q * np.float32(1e15), X * np.float32(1e15), 20, "ip", expect="fallback")
+    screened_vs_plain(Q * np.float32(1e15), X * np.float32(1e15), 20, "l2", expect="fallback")
     big = np.full((3, 4), 3e38, np.float32)
     screened_vs_plain(big, big, 2, "ip", expect="fallback")
 
 
 @needs_screen
-@pytest.mark.parametrize("metric", ["ip", "cosine"])
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
 def test_screen_outlier_rows_and_scales(rng, metric):
     # rows dominated by one element (int8 codes of the rest round to 0: a large, row-specific
     # error bound), rows at very different scales, heavy tails; d not a multiple of 32 or 64
@@ -594,7 +600,7 @@ def test_screen_half_corpora_and_segments(rng):
     X = rng.standard_normal((900, 70)).astype(np.float32)
     for dtype in (np.float16,) + ((torch.bfloat16,) if torch is not None else ()):
         Xh = X.astype(dtype) if dtype is np.float16 else torch.from_numpy(X).to(dtype)
-        for metric in ("ip", "cosine"):
+        for metric in ("ip", "cosine", "l2"):
             screened_vs_plain(Q, Xh, 30, metric)
     for metric in ("ip", "cosine"):
         start = _core.screen_mode()
