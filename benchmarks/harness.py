@@ -262,7 +262,7 @@ def header(title: str, threads: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fmt_rules(runs: int, calls: int, warmup: int) -> str:
-    return (f"Times: ms, median over {runs} runs of each side's median call (min-max over runs in brackets); "
+def fmt_rules(runs: int, calls: int, warmup: int, unit: str = "ms") -> str:
+    return (f"Times: {unit}, median over {runs} runs of each side's median call (min-max over runs in brackets); "
             f"a run = {calls} interleaved timed calls per side after {warmup} warm-up call(s) each. "
             "Ratios: the same per run, median (min-max).")
