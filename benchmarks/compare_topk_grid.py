@@ -28,7 +28,7 @@ import sys
 import numpy as np
 
 import harness
-from compare_topk import make_data
+from compare_topk import faiss_blas_search, make_data
 
 
 def grid_data(kind: str, n: int, d: int, nq: int, rng):
@@ -54,8 +54,10 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    if args.quick:
-        args.ns, args.ds, args.queries = "20000", "384", "128,1024"
+    if args.quick:  # small sizes; values given explicitly are kept
+        for name, small in (("ns", "20000"), ("ds", "384"), ("queries", "128,1024")):
+            if getattr(args, name) == ap.get_default(name):
+                setattr(args, name, small)
     harness.set_threads(args.threads)
     import faiss
     import torch
@@ -82,14 +84,6 @@ def main() -> int:
             finally:
                 _core.set_screen_mode(start)
         return call
-
-    def faiss_blas(index, q):
-        old = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = 20
-        try:
-            return index.search(q, k)
-        finally:
-            faiss.cvar.distance_compute_blas_threshold = old
 
     for kind in args.data.split(","):
         for n in (int(x) for x in args.ns.split(",")):
@@ -122,7 +116,7 @@ def main() -> int:
                         hn_call = (lambda q=q, metric=metric: hn.topk(q, X, k=k, metric=metric))
                         sides = {"hn": hn_call, "hn off": mode(0, hn_call), "hn on": mode(2, hn_call),
                                  "faiss": lambda q=q, f=findex: f.search(q, k),
-                                 "faiss blas": lambda q=q, f=findex: faiss_blas(f, q),
+                                 "faiss blas": lambda q=q, f=findex: faiss_blas_search(f, q, k),
                                  "torch": lambda q=q: torch_topk(q)}
                         r = harness.compare(sides, runs=args.runs, calls=args.calls)
                         ids = np.asarray(r.outputs["hn"][1])
