@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -56,10 +57,13 @@ class ScreenCache {
     // The kept copy (or null) and a new one to keep (topk_screen.cpp).
     std::shared_ptr<const detail::CodedCorpus> get() const;
     void put(std::shared_ptr<const detail::CodedCorpus> codes);
+    // Counts a search that could screen through this cache; returns how many there were.
+    size_t note_search() { return searches_.fetch_add(1) + 1; }
 
   private:
     mutable std::mutex mu_;
     std::shared_ptr<const detail::CodedCorpus> codes_;
+    std::atomic<size_t> searches_{0};
 };
 
 // Writes the k best (score, id) of each query to scores[i*k ..] / ids[i*k ..],

@@ -1040,3 +1040,27 @@ def test_one_shot_screen_above_32_mib_equals_plain(rng, data):
     finally:
         _core.set_screen_mode(start)
         _core.set_amx(amx)
+
+
+@needs_screen
+def test_index_keeps_codes_from_its_third_search(rng, screen_kind):
+    # an index searched again and again builds its coded copy at the third search, whatever the
+    # batch size; from then on few-query searches screen with it, with the plain path's results
+    X = rng.standard_normal((3000, 64)).astype(np.float32)
+    Q = rng.standard_normal((2, 64)).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q, X, k=10, metric="cosine")
+        _core.set_screen_mode(1)
+        index = hn.DenseIndex(X, metric="cosine")
+        counts = [_core.screen_counts()[0]]
+        for _ in range(4):
+            got = index.search(Q, k=10)
+            counts.append(_core.screen_counts()[0])
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    finally:
+        _core.set_screen_mode(start)
+    assert np.diff(counts).tolist() == [0, 0, 1, 1]  # searches 3 and 4 screened
+    assert index.codes_nbytes > 0
