@@ -124,6 +124,7 @@ const ScreenKernels* screen_kernels(ScreenType type) {
     static const ScreenKernels amx_int8 = [] {
         ScreenKernels t = avx512vnni::table;
         t.dot_tile = dot_tile_amx_or_vnni;
+        t.amx = true;
         return t;
     }();
     if (type == ScreenType::Int8 && vnni && amx_enabled()) return &amx_int8;

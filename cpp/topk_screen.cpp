@@ -575,10 +575,10 @@ struct SPanel {
         return dot;
     }
 
-    // keys[u] = the exact key (the fp32 kernel's arithmetic) of query qi and packed
+    // keys[u] = the exact key (the fp32 kernel's arithmetic) of the panel's query i and packed
     // row rb[u], u < m.  One dot_pairs call per run of rows from one segment.
-    void rescore(const Screen& S, const float* qi, const uint32_t* rb, size_t m, float* keys) {
-        qptrs.assign(m, qi);
+    void rescore(const Screen& S, size_t i, const uint32_t* rb, size_t m, float* keys) {
+        qptrs.assign(m, q.data() + i * S.d);
         ptrs.resize(m);
         out.resize(m);
         const std::vector<size_t>& ps = S.C.pstart;
@@ -592,7 +592,6 @@ struct SPanel {
             S.K.dot_pairs(qptrs.data() + a, ptrs.data() + a, b - a, S.d, sg.dtype, out.data() + a);
             a = b;
         }
-        const size_t i = size_t(qi - q.data()) / S.d;
         for (size_t u = 0; u < m; ++u) keys[u] = key_of(S, i, rb[u], out[u]);
         dots += m;
     }
@@ -607,7 +606,7 @@ struct SPanel {
     size_t settle(const Screen& S, size_t i, size_t m) {
         float* ub = ubs.data() + i * S.cap;
         uint32_t* rb = rows.data() + i * S.cap;
-        rescore(S, q.data() + i * S.d, rb, m, ub);
+        rescore(S, i, rb, m, ub);
         merged.resize(m);
         for (size_t u = 0; u < m; ++u) merged[u] = detail::make_cand(ub[u], id_of(S, rb[u]));
         sel.assign(merged.begin(), merged.end());
@@ -719,7 +718,7 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             // rescoring passes the budget (pro rata of the rows screened, plus two full
             // buffers), so a search on data the screen cannot prune loses little
             pn.dots = 0, pn.seen = 0, pn.over = false;
-            pn.rate = mode != 1 ? HUGE_VAL : S.B.type == ScreenType::Int8 && amx_enabled() ? kMaxRescoredAmx : kMaxRescored;
+            pn.rate = mode != 1 ? HUGE_VAL : S.B.amx ? kMaxRescoredAmx : kMaxRescored;
             pn.slack = 2.0 * double(S.cap);
             for (size_t b = 0; b < S.blocks.size() && !pn.over; ++b) pn.process(S, S.blocks[b], b == 0);
             if (!pn.over) {

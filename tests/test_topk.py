@@ -4,6 +4,8 @@ Most tests use small-integer vectors: every dot product, norm and squared
 distance is then exact in float32, so scores must match exactly and ids must
 follow the documented order (score, then ascending id) with real ties.
 """
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -461,20 +463,37 @@ def needs_screen(f):
     return skip(pytest.mark.usefixtures("screen_kind")(f))
 
 
+@contextlib.contextmanager
+def screen_mode(mode):
+    """The screen in `mode` (0 off, 1 auto, 2 forced) inside the block, restored after."""
+    start = _core.screen_mode()
+    _core.set_screen_mode(mode)
+    try:
+        yield
+    finally:
+        _core.set_screen_mode(start)
+
+
+def plain_topk(Q, X, k, **kw):
+    """hn.topk on the plain fp32 path (the screen off): the reference every screened search equals."""
+    with screen_mode(0):
+        return hn.topk(Q, X, k=k, **kw)
+
+
+def assert_bit_equal(got, ref):
+    """Same ids and the same score bits."""
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(np.asarray(got[0]).view(np.uint32), np.asarray(ref[0]).view(np.uint32))
+
+
 def screened_vs_plain(Q, X, k, metric, exclude=None, expect="screen", **kw):
     """Runs hn.topk with the screen off and forced; asserts equal results; checks which path ran."""
-    start = _core.screen_mode()
-    try:
-        _core.set_screen_mode(0)
-        ref = hn.topk(Q, X, k=k, metric=metric, exclude=exclude, **kw)
-        _core.set_screen_mode(2)
+    ref = plain_topk(Q, X, k, metric=metric, exclude=exclude, **kw)
+    with screen_mode(2):
         before = _core.screen_counts()
         got = hn.topk(Q, X, k=k, metric=metric, exclude=exclude, **kw)
         after = _core.screen_counts()
-    finally:
-        _core.set_screen_mode(start)
-    np.testing.assert_array_equal(got[1], ref[1])
-    np.testing.assert_array_equal(np.asarray(got[0]).view(np.uint32), np.asarray(ref[0]).view(np.uint32))
+    assert_bit_equal(got, ref)
     started, fell_back = after[0] - before[0], after[1] - before[1]
     if expect == "screen":
         assert started == 1 and fell_back == 0
@@ -1025,20 +1044,17 @@ def test_one_shot_screen_above_32_mib_equals_plain(rng, data):
     Q = rng.standard_normal((300, d)).astype(np.float32)
     Q[:3] = X[[5, 77_777, n - 1]]
     excl = [[5, 6]] * 300
-    start, amx = _core.screen_mode(), _core.amx_enabled()
+    ref = plain_topk(Q, X, 10, exclude=excl, metric="cosine")
+    amx = _core.amx_enabled()
     try:
-        _core.set_screen_mode(0)
-        ref = hn.topk(Q, X, k=10, exclude=excl, metric="cosine")
-        _core.set_screen_mode(1)
-        for on in ([True, False] if amx else [False]):
-            _core.set_amx(on)
-            before = _core.screen_counts()
-            got = hn.topk(Q, X, k=10, exclude=excl, metric="cosine")
-            assert _core.screen_counts()[0] - before[0] == 1  # screened
-            np.testing.assert_array_equal(got[1], ref[1])
-            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+        with screen_mode(1):
+            for on in ([True, False] if amx else [False]):
+                _core.set_amx(on)
+                before = _core.screen_counts()
+                got = hn.topk(Q, X, k=10, exclude=excl, metric="cosine")
+                assert _core.screen_counts()[0] - before[0] == 1  # screened
+                assert_bit_equal(got, ref)
     finally:
-        _core.set_screen_mode(start)
         _core.set_amx(amx)
 
 
@@ -1048,19 +1064,13 @@ def test_index_keeps_codes_from_its_third_search(rng, screen_kind):
     # batch size; from then on few-query searches screen with it, with the plain path's results
     X = rng.standard_normal((3000, 64)).astype(np.float32)
     Q = rng.standard_normal((2, 64)).astype(np.float32)
-    start = _core.screen_mode()
-    try:
-        _core.set_screen_mode(0)
-        ref = hn.topk(Q, X, k=10, metric="cosine")
-        _core.set_screen_mode(1)
+    ref = plain_topk(Q, X, 10, metric="cosine")
+    with screen_mode(1):
         index = hn.DenseIndex(X, metric="cosine")
         counts = [_core.screen_counts()[0]]
         for _ in range(4):
             got = index.search(Q, k=10)
             counts.append(_core.screen_counts()[0])
-            np.testing.assert_array_equal(got[1], ref[1])
-            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
-    finally:
-        _core.set_screen_mode(start)
+            assert_bit_equal(got, ref)
     assert np.diff(counts).tolist() == [0, 0, 1, 1]  # searches 3 and 4 screened
     assert index.codes_nbytes > 0

@@ -126,6 +126,8 @@ struct ScreenKernels {
     // corpus, R its rows' data (ceil(nx / 16) * 16 entries each, zero for padding).
     void (*dot_tile)(const ScreenQueries& Q, size_t nq, const uint32_t* X, size_t nx, size_t dp,
                      const ScreenRows& R, float* S, size_t lds);
+    // dot_tile runs on AMX tiles (a cheaper pass: auto mode allows more rescoring)
+    bool amx = false;
 };
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx512bf16 { extern const ScreenKernels table; }
