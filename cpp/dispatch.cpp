@@ -104,6 +104,15 @@ std::atomic<const Kernels*>& current() {
 
 const Kernels& kernels() { return *current().load(std::memory_order_relaxed); }
 
+const RowOps<float>& row_ops_f32() {
+#if defined(__x86_64__) || defined(_M_X64)
+    const Kernels* k = &kernels();
+    if (k == &avx512::table) return avx512::rows_f32;
+    if (k == &avx2::table) return avx2::rows_f32;
+#endif
+    return scalar::rows_f32;
+}
+
 const ScreenKernels* screen_kernels(ScreenType type) {
 #if defined(__x86_64__) || defined(_M_X64)
     if (&kernels() != &avx512::table) return nullptr;

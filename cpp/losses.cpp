@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "fast_exp.h"
 #include "simd/kernels.h"
 #include "threads.h"
 
@@ -39,27 +40,6 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr size_t kQueryPanel = 256;
-
-// exp(x) for x <= 0 (Cephes polynomial, ~1 ulp), exactly 0 below -87.
-// Branch-free so that the loops calling it vectorise.
-inline float exp_nonpos(float x) {
-    const float xc = x < -87.0f ? -87.0f : x;
-    const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-    float r = xc - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    const float z = r * r;
-    float y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * z + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float p2;
-    std::memcpy(&p2, &bits, 4);
-    return x < -87.0f ? 0.0f : y * p2;
-}
 
 size_t block_rows(size_t d) {
     size_t rows = (size_t(768) << 10) / std::max<size_t>(1, d * 4);

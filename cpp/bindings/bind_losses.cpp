@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bindings/array_utils.h"
+#include "loss_dense.h"
 #include "losses.h"
 
 namespace py = pybind11;
@@ -239,6 +240,141 @@ py::tuple infonce_backward_impl(const py::array& q, bool q_bf16, const py::list&
     return py::make_tuple(gq, outs);
 }
 
+// ---- row passes of the dense path (loss_dense.h): S is the caller's score block, written in place
+
+// A writable 2-D block of T with contiguous rows; returns its row stride.
+template <class T>
+size_t block_of(const py::array& S, const char* name) {
+    if (!py::isinstance<py::array_t<T>>(S)) throw std::invalid_argument(std::string(name) + " has the wrong dtype");
+    if (!S.writeable()) throw std::invalid_argument(std::string(name) + " must be writable");
+    return row_stride(S, name);
+}
+
+// A C-contiguous 1-D array of n T (writable when `out`), or null for None.
+template <class T>
+T* vec_of(const py::object& o, size_t n, const char* name, bool out, std::vector<py::object>& keep) {
+    if (o.is_none()) {
+        if (out) throw std::invalid_argument(std::string(name) + " is required");
+        return nullptr;
+    }
+    auto a = checked<T>(o, name, 1);
+    if ((size_t)a.shape(0) != n)
+        throw std::invalid_argument(std::string(name) + " must have " + std::to_string(n) + " entries, got " +
+                                    std::to_string(a.shape(0)));
+    if (out && !a.writeable()) throw std::invalid_argument(std::string(name) + " must be writable");
+    keep.push_back(a);
+    return const_cast<T*>(a.data());
+}
+
+// A C-contiguous (B, N) bool mask, or null for None.
+const uint8_t* mask_of(const py::object& o, size_t B, size_t N, const char* name, std::vector<py::object>& keep) {
+    if (o.is_none()) return nullptr;
+    auto a = py::reinterpret_borrow<py::array>(o);
+    if (!py::isinstance<py::array>(o) || a.dtype().kind() != 'b' || a.ndim() != 2 ||
+        !(a.flags() & py::array::c_style))
+        throw std::invalid_argument(std::string(name) + " must be a C-contiguous 2-D bool array");
+    if ((size_t)a.shape(0) != B || (size_t)a.shape(1) != N)
+        throw std::invalid_argument(std::string(name) + " has shape " + shape_str(a) + ", the scores (" +
+                                    std::to_string(B) + ", " + std::to_string(N) + ")");
+    keep.push_back(a);
+    return static_cast<const uint8_t*>(a.data());
+}
+
+template <class T>
+py::tuple dense_rows_t(py::array S, double scale, double alpha, double grad_scale, const py::object& pen,
+                       const py::object& removed, const py::object& lse_mem, int num_threads) {
+    hn::DenseRows<T> p;
+    p.lds = block_of<T>(S, "scores");
+    p.B = (size_t)S.shape(0);
+    p.N = (size_t)S.shape(1);
+    if (p.B > p.N) throw std::invalid_argument("scores: row i's positive is column i, so rows <= columns");
+    p.S = static_cast<T*>(S.mutable_data());
+    p.scale = (T)scale;
+    p.alpha = (T)alpha;
+    p.grad_scale = (T)grad_scale;
+    std::vector<py::object> keep;
+    p.pen = mask_of(pen, p.B, p.N, "pen", keep);
+    p.removed = mask_of(removed, p.B, p.N, "removed", keep);
+    p.ldm = p.N;
+    p.lse_mem = vec_of<T>(lse_mem, p.B, "lse_mem", false, keep);
+    py::array_t<T> loss((py::ssize_t)p.B);
+    py::object pmem_obj = py::none();
+    T* pmem = nullptr;
+    if (p.lse_mem) {
+        py::array_t<T> pm((py::ssize_t)p.B);
+        pmem = pm.mutable_data();
+        pmem_obj = pm;
+    }
+    T* l = loss.mutable_data();
+    py::array_t<T> mean_arr(std::vector<py::ssize_t>{});  // 0-d: becomes the loss tensor without a copy
+    T* mean = mean_arr.mutable_data();
+    long bad;
+    {
+        py::gil_scoped_release nogil;
+        bad = hn::dense_rows(p, l, pmem, num_threads);
+        double sum = 0;
+        for (size_t i = 0; i < p.B; ++i) sum += (double)l[i];
+        *mean = (T)(sum / (double)p.B);
+    }
+    return py::make_tuple(mean_arr, loss, pmem_obj, bad);
+}
+
+// scores (B, N) float32 / float64, written in place with grad_scale * dloss_i/dz_ic; pen,
+// removed: (B, N) bool or None; lse_mem (B,) of the scores' dtype or None.  Returns (the mean
+// loss (0-d array, summed in double), loss (B,), pmem (B,) or None, the first row with a
+// non-finite logit or -1).
+py::tuple dense_rows_impl(const py::array& S, double scale, double alpha, double grad_scale, const py::object& pen,
+                          const py::object& removed, const py::object& lse_mem, int num_threads) {
+    if (py::isinstance<py::array_t<float>>(S))
+        return dense_rows_t<float>(S, scale, alpha, grad_scale, pen, removed, lse_mem, num_threads);
+    if (py::isinstance<py::array_t<double>>(S))
+        return dense_rows_t<double>(S, scale, alpha, grad_scale, pen, removed, lse_mem, num_threads);
+    throw std::invalid_argument("scores must be float32 or float64");
+}
+
+template <class T>
+bool lse_chunk_t(py::array S, const py::object& inv, const py::object& thresholds,
+                 const py::object& col_ids, const py::object& pos_ids, const py::object& query_ids,
+                 double logit_scale, const py::object& run_max, const py::object& run_sum, const py::object& r,
+                 int num_threads) {
+    hn::LseChunk<T> p;
+    p.lds = block_of<T>(S, "scores");
+    p.B = (size_t)S.shape(0);
+    p.C = (size_t)S.shape(1);
+    p.S = static_cast<T*>(S.mutable_data());
+    std::vector<py::object> keep;
+    p.inv = vec_of<T>(inv, p.C, "inv", false, keep);
+    p.thresholds = vec_of<T>(thresholds, p.B, "thresholds", false, keep);
+    if (!col_ids.is_none()) {
+        if (pos_ids.is_none()) throw std::invalid_argument("col_ids needs pos_ids");
+        p.col_ids = vec_of<int64_t>(col_ids, p.C, "col_ids", false, keep);
+        p.pos_ids = vec_of<int64_t>(pos_ids, p.B, "pos_ids", false, keep);
+        p.query_ids = vec_of<int64_t>(query_ids, p.B, "query_ids", false, keep);
+    }
+    p.logit_scale = (T)logit_scale;
+    T* mx = vec_of<T>(run_max, p.B, "run_max", true, keep);
+    T* sm = vec_of<T>(run_sum, p.B, "run_sum", true, keep);
+    T* rr = vec_of<T>(r, p.B, "r", true, keep);
+    py::gil_scoped_release nogil;
+    return hn::lse_chunk(p, mx, sm, rr, num_threads);
+}
+
+// One memory chunk of the streaming log-sum-exp (loss_dense.h); scores (B, C) float32 /
+// float64 written in place with the weights; run_max, run_sum, r (B,) of that dtype, updated.
+// Returns True when a logit is not finite.
+bool lse_chunk_impl(const py::array& S, const py::object& inv, const py::object& thresholds,
+                    const py::object& col_ids, const py::object& pos_ids, const py::object& query_ids,
+                    double logit_scale, const py::object& run_max, const py::object& run_sum, const py::object& r,
+                    int num_threads) {
+    if (py::isinstance<py::array_t<float>>(S))
+        return lse_chunk_t<float>(S, inv, thresholds, col_ids, pos_ids, query_ids, logit_scale, run_max, run_sum, r,
+                                  num_threads);
+    if (py::isinstance<py::array_t<double>>(S))
+        return lse_chunk_t<double>(S, inv, thresholds, col_ids, pos_ids, query_ids, logit_scale, run_max, run_sum, r,
+                                   num_threads);
+    throw std::invalid_argument("scores must be float32 or float64");
+}
+
 }  // namespace
 
 void bind_losses(py::module_& m) {
@@ -258,4 +394,12 @@ void bind_losses(py::module_& m) {
           py::arg("grad_output"), py::arg("want_batch_grad"), py::arg("num_threads"),
           py::arg("query_ids") = py::none(),
           "Gradients of the fused InfoNCE w.r.t. q and the in-batch passages (private)");
+    m.def("dense_rows", &dense_rows_impl, py::arg("scores"), py::arg("scale"), py::arg("alpha"),
+          py::arg("grad_scale"), py::arg("pen"),
+          py::arg("removed"), py::arg("lse_mem"), py::arg("num_threads"),
+          "Row passes of the dense InfoNCE path, in place (private)");
+    m.def("lse_chunk", &lse_chunk_impl, py::arg("scores"), py::arg("inv"), py::arg("thresholds"),
+          py::arg("col_ids"), py::arg("pos_ids"), py::arg("query_ids"), py::arg("logit_scale"), py::arg("run_max"),
+          py::arg("run_sum"), py::arg("r"), py::arg("num_threads"),
+          "One memory chunk of the streaming log-sum-exp, in place (private)");
 }

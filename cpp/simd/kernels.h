@@ -56,16 +56,40 @@ struct Kernels {
     float (*lower_kth)(const float* v, size_t n, size_t r) = nullptr;
 };
 
+// Row passes of the dense loss path (cpp/loss_dense.cpp, one row of a score block
+// at a time; simd/rows.inl, compiled per ISA in rows_<isa>.cpp).
+template <class T>
+struct RowOps {
+    // s[c] = s[c] > thr ? -inf : scale * s[c]; returns 0 when every scale * s[c] is
+    // finite, NaN otherwise.
+    T (*logits)(T* s, size_t n, T scale, T thr);
+    // max of s[0 .. n) (no NaN in s; -inf for n = 0).
+    T (*max)(const T* s, size_t n);
+    // s[c] = exp(s[c] - shift) for arguments <= 0 or -inf; returns the sum.
+    T (*exp_sum)(T* s, size_t n, T shift);
+    // s[c] *= v[c] (v not null) or f.
+    void (*mul)(T* s, const T* v, size_t n, T f);
+    const char* name;
+};
+
 namespace scalar {
 extern const Kernels table;
+extern const RowOps<float> rows_f32;
+extern const RowOps<double> rows_f64;
 // The plain loops, also used by tables without a faster version (baseline flags).
 void axpy(float* y, const float* x, size_t n, float w);
 void block_max(const float* x, size_t nb, size_t bl, uint32_t* out);
 float lower_kth(const float* v, size_t n, size_t r);
 }  // namespace scalar
 #if defined(__x86_64__) || defined(_M_X64)
-namespace avx2 { extern const Kernels table; }
-namespace avx512 { extern const Kernels table; }
+namespace avx2 {
+extern const Kernels table;
+extern const RowOps<float> rows_f32;
+}  // namespace avx2
+namespace avx512 {
+extern const Kernels table;
+extern const RowOps<float> rows_f32;
+}  // namespace avx512
 #endif
 #if defined(__aarch64__)
 namespace neon { extern const Kernels table; }
@@ -152,6 +176,9 @@ void set_amx(bool on);
 
 // The table chosen for this process (HARDNEG_SIMD or the best the CPU runs).
 const Kernels& kernels();
+// The loss row passes of the same level (x86-64: avx512 / avx2 / scalar; arm64: the
+// baseline build, which is NEON); double: always the baseline loops.
+const RowOps<float>& row_ops_f32();
 // Forces a level ("scalar", "avx2", "avx512", "neon"); throws std::invalid_argument
 // when the name is unknown or the CPU cannot run it.
 void set_simd_level(const char* name);

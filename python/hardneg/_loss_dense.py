@@ -1,14 +1,16 @@
-"""The query->passage InfoNCE term as a few dense torch operations, for CPU batches whose
-B x B(1+n) logits fit (at most DENSE_MAX_LOGITS entries, 128 MB in float32), without a memory
-or with one at least 16 times the in-batch candidates (its log-sum-exp per query comes in).
+"""The query->passage InfoNCE term as BLAS matmuls and one C++ pass per row of logits, for CPU
+batches whose B x B(1+n) logits fit (at most DENSE_MAX_LOGITS entries, 128 MB in float32),
+without a memory or with one at least 4 times the in-batch candidates (its log-sum-exp per query
+comes in).
 
 There BLAS matmuls beat the fused C++ kernel's score tiles (which pay off by never building
 the logits), and the generic torch path (one autograd node per mask and direction) is slower
 still.  This path does the matmuls of a plain ``cross_entropy(q @ cand.T * scale)`` (one
 forward, two backward) with the masks, hardness and the log1p-exact loss of
-:class:`InfoNCELoss`, a hand-written backward, and fewer elementwise passes over the logits
-than cross_entropy and its backward (in-place scale, shift and exp; no mask tensor without
-options).  Same value and gradients as the other paths (tests/test_losses*.py).
+:class:`InfoNCELoss`; between them ``_core.dense_rows`` (cpp/loss_dense.cpp) finishes each row
+of logits while it is in cache (scale, finite check, max, exp, sum, loss, gradient weights, in
+place), where cross_entropy and its backward make a pass and a dispatch per operation.  Same
+value and gradients as the other paths (tests/test_losses*.py, tests/test_loss_rows.py).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from hardneg.losses import _has_nonfinite, _id_match, _overflow_error
+from hardneg.losses import ROW_THREADS, _id_match, _overflow_error
 
 # logits entries (B * B(1+n)) up to which InfoNCELoss(backend="auto") takes this path on CPU;
 # above it (a plain torch loss would need GBs too) the fused kernel's constant memory wins
@@ -88,14 +90,20 @@ def _masks(S: Tensor, B: int, n: int, opts: dict, pos_ids: Optional[Tensor], neg
 class DenseInfoNCE(torch.autograd.Function):
     """Mean over rows of log(1 + sum_{c != pos} exp(z_ic - z_ip)), z = scale*sim (+ alpha*stop_grad(sim)).
 
-    Passes over the (B, N) logits: the matmul, the scale, one sum (dot: overflow, NaN), one
-    row max, the shift and exp (in place), the row sum; backward: one scaled copy and the two
-    matmuls.  Fewer than ``cross_entropy`` and its backward need.  ``lse_mem`` (B,), the
+    Forward: one BLAS matmul for the (B, N) similarities, the masks (only with options), then
+    one C++ call (``_core.dense_rows``, cpp/loss_dense.cpp) that turns each row, in place and
+    while it is in cache, into its loss and the weights dloss_i/dz_ic; backward: the two
+    matmuls against those weights.  A plain ``cross_entropy(q @ cand.T * scale)`` runs the
+    same matmuls with a chain of elementwise torch operations (scale, log_softmax, nll and
+    their backward: a pass and a dispatch each) between them.  ``lse_mem`` (B,), the
     log-sum-exp of each query's memory logits (differentiable), joins the sum as one more
     term ``exp(lse_mem_i - z_ip)``."""
 
     @staticmethod
-    def forward(ctx, q, pos, hard, opts, pos_ids, neg_ids, query_ids, lse_mem=None):
+    def forward(ctx, q, pos, hard, lse_mem, extra):
+        from hardneg import _core
+
+        opts, pos_ids, neg_ids, query_ids = extra  # (one argument: apply's cost grows with their number)
         B, d = q.shape
         n = 0 if hard is None else hard.shape[1]
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -111,66 +119,49 @@ class DenseInfoNCE(torch.autograd.Function):
             c, cinv = _normalize(c, opts["check_inputs"])
         else:
             xinv = cinv = None
-        S = x @ c.T
-        removed, pen = _masks(S, B, n, opts, pos_ids, neg_ids, query_ids)
-        if pen is not None:
-            Z = torch.where(pen, S * scale + alpha * S, S * scale)
-        else:
-            Z = S.mul_(scale)  # the masks are built: S is needed no more, scale it in place
-        # cosine logits are bounded by (scale + alpha) * |sim| <= ~(scale + alpha): no check needed then
-        bounded = cosine and (scale + alpha) * 4 < torch.finfo(cdt).max
-        # the sum is the cheapest pass that shows a NaN or +-inf (isfinite().all() costs far more);
-        # a finite sum that overflows (logits ~1e34) falls back to the exact test
-        if not bounded and _has_nonfinite(Z):
-            opts["check_inputs"]()  # a NaN / Inf input, named
+        S = x @ c.T  # (B, B(1+n)), fresh and contiguous: the row passes overwrite it
+        removed, pen = _masks(S, B, n, opts, pos_ids, neg_ids, query_ids)  # (the margin reads S first)
+        lse = None if lse_mem is None else lse_mem.detach().to(cdt).contiguous().numpy()
+        # S becomes P = (scale / B) dloss_i/dz_ic: the backward of the mean is then two matmuls
+        mean, _, pmem, bad = _core.dense_rows(S.numpy(), scale, alpha, scale / B,
+                                              None if pen is None else pen.contiguous().numpy(),
+                                              None if removed is None else removed.contiguous().numpy(),
+                                              lse, ROW_THREADS)
+        if bad >= 0:  # a logit the compute dtype cannot hold, or a NaN / Inf input (named first)
+            opts["check_inputs"]()
             raise _overflow_error("q against pos / hard_negatives", cdt)
-        zpos = Z.diagonal()  # a view: read before Z is shifted in place below
-        if removed is not None:  # (which may remove the positive's column too: an id match)
-            zpos = zpos.clone()
-            Z.masked_fill_(removed, float("-inf"))
-        # m_i = max(0, max_{c != pos, kept} z_ic - z_ip): the positive's own column gives 0
-        m = Z.amax(dim=1).sub_(zpos)
-        t = None
-        if lse_mem is not None:  # the memory is one more term exp(lse_mem_i - z_ip) of the sum
-            t = lse_mem.detach().to(cdt) - zpos
-            m = torch.maximum(m, t)
-        m = m.clamp_min_(0.0)
-        E = Z.sub_((zpos + m).unsqueeze(1)).exp_()  # exp(z_ic - z_ip - m_i), in place
-        E.diagonal().zero_()  # the positive is the "1" of log1p
-        rest = E.sum(dim=1)
-        if t is not None:
-            rest = rest.add_(torch.exp(t - m))
-        loss_row = torch.log1p(rest.add_(torch.expm1(m.neg()))).add_(m)
-        loss = loss_row.mean()
-        if not bounded and not math.isfinite(float(loss)):  # z_ic - z_ip or the mean overflowed
+        loss = torch.from_numpy(mean)
+        if not math.isfinite(float(loss)):  # z_ic - z_ip or the mean overflowed
             raise _overflow_error("the batch (the mean loss)", cdt)
-        ctx.memory_term = t
-        ctx.save_for_backward(x, c, xinv, cinv, E, m, loss_row)
+        ctx.pmem = None if pmem is None else torch.from_numpy(pmem)
+        ctx.save_for_backward(x, c, xinv, cinv, S)
         ctx.shape = (B, n, d, q.dtype, pos.dtype, None if hard is None else hard.dtype)
         ctx.scale = scale
         return loss  # in cdt: float32 for float32 / float16 / bfloat16 inputs, float64 for float64
 
     @staticmethod
     def backward(ctx, g):
-        x, c, xinv, cinv, E, m, loss_row = ctx.saved_tensors
+        x, c, xinv, cinv, P = ctx.saved_tensors  # P_ic = (scale / B) dloss_i / dz_ic
         B, n, d, qdt, pdt, hdt = ctx.shape
-        w = (g if g.dtype == x.dtype else g.to(x.dtype)) * (ctx.scale / B)  # the hardness term has no gradient
-        # dloss_i/dz_ic = p_ic = exp(D_ic - loss_i) for c != pos; exp(-loss_i) - 1 for the positive
-        W = E * torch.exp(m - loss_row).mul_(w).unsqueeze(1)
-        W.diagonal().copy_(torch.expm1(loss_row.neg()).mul_(w))
-        gx = W @ c if ctx.needs_input_grad[0] else None
-        gc = W.T @ x if any(ctx.needs_input_grad[1:3]) else None
+        gs = float(g)  # dL/dloss (1 for loss.backward()); the hardness term has no gradient
+        gx = P @ c if ctx.needs_input_grad[0] else None
+        gc = P.T @ x if any(ctx.needs_input_grad[1:3]) else None
+        if gs != 1.0:
+            gx = gx.mul_(gs) if gx is not None else None
+            gc = gc.mul_(gs) if gc is not None else None
         if xinv is not None:  # through x / |x|
             if gx is not None:
                 gx = (gx - x * (x * gx).sum(dim=1, keepdim=True)) * xinv
             if gc is not None:
                 gc = (gc - c * (c * gc).sum(dim=1, keepdim=True)) * cinv
-        gq = gx.to(qdt) if gx is not None else None
-        gpos = gc[:B].to(pdt) if gc is not None and ctx.needs_input_grad[1] else None
+        gq = gx if gx is None or gx.dtype == qdt else gx.to(qdt)
+        gpos = None
+        if gc is not None and ctx.needs_input_grad[1]:
+            gpos = gc[:B] if gc.dtype == pdt else gc[:B].to(pdt)
         ghard = None
         if n and gc is not None and ctx.needs_input_grad[2]:
             ghard = gc[B:].reshape(B, n, d).to(hdt)
         glse = None
-        if ctx.memory_term is not None and ctx.needs_input_grad[7]:  # dloss_i/dlse_i = p_memory,i
-            glse = torch.exp(ctx.memory_term - loss_row) * (w / ctx.scale)
-        return gq, gpos, ghard, None, None, None, None, glse
+        if ctx.pmem is not None and ctx.needs_input_grad[3]:  # dloss/dlse_i = p_memory,i / B
+            glse = ctx.pmem * (gs / ctx.scale)
+        return gq, gpos, ghard, glse, None

@@ -7,15 +7,16 @@ positives, every hard negative in the batch (as sentence-transformers'
 ``MultipleNegativesRankingLoss`` does), every entry of a :class:`CrossBatchMemory`
 and, with ``gather_across_devices=True``, the passages of the other ranks.
 
-``backend="auto"`` picks the form by shape (docs/losses.md, "How it is computed").  Without a
-memory, CPU batches with at most 2**25 in-batch logits run as a few dense torch operations with
-a hand-written backward (``hardneg._loss_dense``): the matmuls of a plain
-``cross_entropy(q @ cand.T * scale)`` and fewer elementwise passes.  The memory term is the
+``backend="auto"`` picks the form by shape (docs/losses.md, "How it is computed").  On CPU,
+batches with at most 2**25 in-batch logits run as the matmuls of a plain
+``cross_entropy(q @ cand.T * scale)`` (torch's BLAS) with one C++ pass per row of logits between
+them instead of a chain of elementwise torch operations (``hardneg._loss_dense``,
+``_core.dense_rows``).  The memory term is the
 expensive one (B x memory_size scores): a streaming log-sum-exp over chunks of the memory
-(BLAS matmuls for the scores and for the gradient w.r.t. the queries, in torch, on any
-device), so neither the B x memory logits nor a concatenated copy of the memory are ever
-built.  Above 2**25 in-batch logits, with a memory of fewer than 16 B(1+n) rows (or with
-``backend="fused"``) the whole query->passage term runs in a fused C++ kernel on CPU
+(BLAS matmuls for the scores and for the gradient w.r.t. the queries; on CPU one C++ call per
+chunk between them, ``_core.lse_chunk``), so neither the B x memory logits nor a concatenated
+copy of the memory are ever built.  Above 2**25 in-batch logits, with a memory of fewer than
+4 B(1+n) rows (or with ``backend="fused"``) the whole query->passage term runs in a fused C++ kernel on CPU
 (``hardneg._core.infonce_forward``; the memory alone: ``memory_lse``) that builds no logits at all.  The in-batch part of the torch path (B x B(1+n))
 is ordinary torch autograd code that follows sentence-transformers line by line.
 
@@ -56,11 +57,17 @@ _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # B x memory_size logits of a plain loss at memory sizes of 32k and more; big enough for BLAS
 AUTO_MEMORY_CHUNK = 2048
 # backend="auto" with a memory of M rows: the dense path while the in-batch candidates
-# N = B(1+n) are at most M/16.  Its peak extra memory is about 2 B (N + AUTO_MEMORY_CHUNK) floats
-# (the in-batch logits and their gradient, a chunk's scores and exps) against a plain loss's
-# 3-4 B (N + M) (logits, scaled, softmax, gradient): about 7% at N = M/16 and M = 32k, less for
-# smaller N or larger M.  Beyond it the fused kernel (no logits at all) keeps memory low.
-AUTO_INBATCH_FRACTION = 16
+# N = B(1+n) are at most M/4.  Its peak extra memory is about B (N + AUTO_MEMORY_CHUNK) floats
+# (the in-batch logits, overwritten by their gradient weights, and a chunk's scores) against a
+# plain loss's 3-4 B (N + M) (logits, scaled, softmax, gradient): about 7% at N = M/4 and M = 32k,
+# less for smaller N or larger M.  Beyond it the fused kernel (no logits at all) keeps memory low.
+AUTO_INBATCH_FRACTION = 4
+# Threads of the C++ row passes between the torch matmuls of the dense path (_core.dense_rows,
+# _core.lse_chunk): one.  torch's OpenMP workers keep spinning for a while after each matmul, so
+# threads started next to them share the cores with spinning threads and run slower than the
+# calling thread alone (measured: 2.7 ms per step at B=512, d=384 with one, 3.7 ms with two);
+# the passes are a few percent of the matmuls' time.
+ROW_THREADS = 1
 
 
 # ------------------------------------------------------------- numerics helpers
@@ -251,7 +258,10 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
                       thresholds: Optional[Tensor], logit_scale: float, grad_scale: float, cosine: bool,
                       want_grad: bool, chunk: Optional[int],
                       query_ids: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """Same algorithm as the C++ kernel in torch (any device), chunked over the memory."""
+    """Same algorithm as the C++ kernel, chunked over the memory: per chunk a BLAS matmul for the
+    scores and one for the gradient accumulator; between them, on CPU, one C++ call per chunk
+    (``_core.lse_chunk``: masks, logits, running max and sum, weights, in place), on other
+    devices the same steps as torch operations."""
     q = qn.detach()
     B, d = q.shape
     dt = q.dtype
@@ -263,6 +273,17 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     acc = torch.zeros(B, d, dtype=dt, device=q.device) if want_grad else None
     id_rows = pos_ids is not None and mem_ids is not None
     overflow = torch.zeros((), dtype=torch.bool, device=q.device)
+    cpu = q.device.type == "cpu" and dt in (torch.float32, torch.float64)
+    if cpu:
+        from hardneg import _core
+
+        nt = ROW_THREADS
+        thr_np = None if thresholds is None else thresholds.detach().to(dt).contiguous().numpy()
+        ids_np = [None if t is None else t.to(torch.int64).contiguous().numpy()
+                  for t in ((pos_ids, query_ids) if id_rows else (None, None))]
+        r_cpu = torch.empty(B, dtype=dt)
+        max_np, sum_np, r_np = run_max.numpy(), run_sum.numpy(), r_cpu.numpy()
+        bad_cpu = False
     for c0 in range(0, mem.shape[0], chunk):
         x = mem[c0:c0 + chunk].to(dt)
         inv = None
@@ -273,6 +294,13 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
             if inv is None:
                 x = _l2_normalize(x)
         sim = q @ x.T
+        if cpu:  # sim becomes the weights exp(z - max) (/ |x_j|); run_max, run_sum, r updated in place
+            col_ids = mem_ids[c0:c0 + chunk].to(torch.int64).contiguous().numpy() if id_rows else None
+            bad_cpu |= _core.lse_chunk(sim.numpy(), None if inv is None else inv.numpy(), thr_np, col_ids,
+                                       ids_np[0], ids_np[1], logit_scale, max_np, sum_np, r_np, nt)
+            if want_grad:
+                acc.mul_(r_cpu[:, None]).addmm_(sim, x)
+            continue
         if inv is not None:
             sim.mul_(inv)
         mask = None
@@ -299,6 +327,8 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
     if want_grad:
         denom = torch.where(live, run_sum, torch.ones_like(run_sum))
         grad = torch.where(live[:, None], acc * (grad_scale / denom)[:, None], torch.zeros_like(acc))
+    if cpu:
+        overflow = torch.tensor(bad_cpu)
     _raise_overflow([("q against the memory", overflow)], dt)
     return lse, grad
 
@@ -580,8 +610,7 @@ def _gather(t: Tensor, with_grad: bool) -> Tensor:
 
 
 def _dist_info() -> Tuple[int, int]:
-    import torch.distributed as dist
-
+    dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -632,8 +661,8 @@ class InfoNCELoss(nn.Module):
         for "in_batch_negatives" and "all_negatives").
     backend : {"auto", "fused", "torch"}
         "auto": by shape.  With at most 2**25 in-batch query->passage logits (B * B(1+n)),
-        BLAS matmuls: a few dense torch operations, with a memory only while B(1+n) is at
-        most 1/16 of its rows, the memory then in chunks of 2,048 rows (faster than the
+        BLAS matmuls with one C++ pass per row between them, with a memory only while B(1+n)
+        is at most 1/4 of its rows, the memory then in chunks of 2,048 rows (faster than the
         kernel).  Otherwise the fused C++ kernel for CPU
         float32/16/bf16 (no logits built: the least memory) and torch for the rest.
         "fused": always the C++ kernel on CPU; "torch": the chunked torch algorithm.
@@ -822,7 +851,7 @@ class InfoNCELoss(nn.Module):
         if mem is not None and len(mem) > 0:
             b.check_finite()  # the memory pass would call a NaN input an overflow
             lse = self._dense_memory_lse(b, mem, opts["cosine"])
-        return DenseInfoNCE.apply(b.q, b.pos, b.hard, opts, b.pos_ids, b.neg_ids, b.query_ids, lse)
+        return DenseInfoNCE.apply(b.q, b.pos, b.hard, lse, (opts, b.pos_ids, b.neg_ids, b.query_ids))
 
     def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
         """(B,) log-sum-exp of each query's memory logits (chunks of AUTO_MEMORY_CHUNK rows, never

@@ -1,0 +1,129 @@
+// Row passes of the dense InfoNCE path (see loss_dense.h).  Each row of the score
+// block is finished by one thread while it sits in L1/L2: logits (+ the finite
+// check), the largest exponent, shifted exponentials and their sum, gradient
+// weights.  The vector loops are hn::RowOps (simd/rows.inl, per ISA); what stays
+// here is the per-row scalar arithmetic and the rare masks.
+#include "loss_dense.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include "simd/kernels.h"
+#include "threads.h"
+
+namespace hn {
+namespace {
+
+// entries of the block per thread below which one thread does it all (a thread costs
+// about as much to start as a pass over this many entries; and next to torch, whose
+// OpenMP threads still spin after its matmul, small blocks are better done alone)
+constexpr size_t kMinEntriesPerThread = size_t(1) << 17;
+
+template <class T>
+const RowOps<T>& row_ops();
+template <>
+const RowOps<float>& row_ops<float>() { return row_ops_f32(); }
+template <>
+const RowOps<double>& row_ops<double>() { return scalar::rows_f64; }
+
+int threads_for(size_t rows, size_t cols, int num_threads) {
+    const size_t most = std::max<size_t>(1, rows * cols / kMinEntriesPerThread);
+    return (int)std::min<size_t>((size_t)std::max(1, num_threads), most);
+}
+
+size_t rows_per_grain(size_t cols) { return std::max<size_t>(1, (size_t(1) << 13) / std::max<size_t>(1, cols)); }
+
+}  // namespace
+
+template <class T>
+long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
+    constexpr T kInf = std::numeric_limits<T>::infinity();
+    const RowOps<T>& ops = row_ops<T>();
+    std::atomic<long> bad{-1};
+    const size_t N = p.N;
+    parallel_for(p.B, threads_for(p.B, N, num_threads), rows_per_grain(N), [&](size_t i0, size_t i1, int) {
+        for (size_t i = i0; i < i1; ++i) {
+            T* s = p.S + i * p.lds;
+            // 1. logits z = scale * s (+ alpha * s where penalised), and whether all are finite
+            T probe;
+            if (p.pen) {
+                const uint8_t* pen = p.pen + i * p.ldm;
+                for (size_t c = 0; c < N; ++c) s[c] = pen[c] ? p.scale * s[c] + p.alpha * s[c] : p.scale * s[c];
+                probe = ops.logits(s, N, T(1), kInf);  // (times 1: only the check)
+            } else {
+                probe = ops.logits(s, N, p.scale, kInf);
+            }
+            if (probe != T(0)) {
+                long none = -1;
+                bad.compare_exchange_strong(none, (long)i);
+                continue;
+            }
+            const T zp = s[i];  // the positive's logit, kept even when an id match removes its column
+            if (p.removed) {
+                const uint8_t* rm = p.removed + i * p.ldm;
+                for (size_t c = 0; c < N; ++c)
+                    if (rm[c]) s[c] = -kInf;
+            }
+            // 2. m = max(0, max_{c kept} z_c - z_p, lse_mem - z_p): the largest exponent, factored out
+            const T t = p.lse_mem ? p.lse_mem[i] - zp : -kInf;
+            const T m = std::max(std::max(T(0), ops.max(s, N) - zp), t);
+            s[i] = -kInf;  // the positive is the "1" of log1p, not a term of the sum
+            T rest = ops.exp_sum(s, N, zp + m);  // sum_{c != p} exp(z_c - z_p - m)
+            if (p.lse_mem) rest += std::exp(t - m);
+            const T li = std::log1p(rest + std::expm1(-m)) + m;
+            loss[i] = li;
+            // 3. dloss_i/dz_ic = exp(z_ic - z_ip - loss_i) = e_c * exp(m - loss_i); the positive: expm1(-loss_i)
+            ops.mul(s, nullptr, N, p.grad_scale * std::exp(m - li));
+            s[i] = p.grad_scale * std::expm1(-li);
+            if (pmem) pmem[i] = p.lse_mem ? p.grad_scale * std::exp(t - li) : T(0);
+        }
+    });
+    return bad.load();
+}
+
+template <class T>
+bool lse_chunk(const LseChunk<T>& p, T* run_max, T* run_sum, T* r, int num_threads) {
+    constexpr T kInf = std::numeric_limits<T>::infinity();
+    const RowOps<T>& ops = row_ops<T>();
+    std::atomic<bool> bad{false};
+    const size_t C = p.C;
+    parallel_for(p.B, threads_for(p.B, C, num_threads), rows_per_grain(C), [&](size_t i0, size_t i1, int) {
+        for (size_t i = i0; i < i1; ++i) {
+            T* s = p.S + i * p.lds;
+            // 1. similarities (cosine: times 1/|x_j|), logits with the threshold mask (sim > +inf never
+            //    holds), checked before masking
+            if (p.inv) ops.mul(s, p.inv, C, T(1));
+            if (ops.logits(s, C, p.logit_scale, p.thresholds ? p.thresholds[i] : kInf) != T(0)) {
+                bad.store(true);
+                continue;
+            }
+            if (p.col_ids) {
+                const int64_t pid = p.pos_ids[i], qid = p.query_ids ? p.query_ids[i] : -1;
+                for (size_t j = 0; j < C; ++j) {
+                    const int64_t c = p.col_ids[j];
+                    if ((pid >= 0 && c == pid) || (qid >= 0 && c == qid)) s[j] = -kInf;
+                }
+            }
+            // 2. the running max, and the factor that rescales what was summed so far
+            const T new_max = std::max(run_max[i], ops.max(s, C));
+            const T safe = std::isinf(new_max) ? T(0) : new_max;
+            const T ri = std::exp(run_max[i] - safe);
+            // 3. weights exp(z - max) and their sum; times 1/|x_j| for the caller's W @ x (raw rows)
+            const T sum = ops.exp_sum(s, C, safe);
+            if (p.inv) ops.mul(s, p.inv, C, T(1));
+            run_sum[i] = run_sum[i] * ri + sum;
+            run_max[i] = new_max;
+            r[i] = ri;
+        }
+    });
+    return bad.load();
+}
+
+template long dense_rows<float>(const DenseRows<float>&, float*, float*, int);
+template long dense_rows<double>(const DenseRows<double>&, double*, double*, int);
+template bool lse_chunk<float>(const LseChunk<float>&, float*, float*, float*, int);
+template bool lse_chunk<double>(const LseChunk<double>&, double*, double*, double*, int);
+
+}  // namespace hn

@@ -1,0 +1,69 @@
+// Row passes of the dense InfoNCE path (python/hardneg/_loss_dense.py and the memory
+// chunks of python/hardneg/losses.py): everything between the BLAS matmuls, in one
+// call per score block, each row finished while it is in cache.
+//
+// The matmuls stay in the caller's BLAS (torch.mm): at these shapes they are the
+// arithmetic; what a chain of torch operations adds around them is a pass over the
+// B x N block per operation and a dispatch per operation, which is what these
+// kernels remove.  float (fp32, fp16 and bf16 inputs widened) and double.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace hn {
+
+// In-batch block: S (B x N, row stride lds) holds the similarities s_ic of query i
+// and candidate c; the positive of row i is column i (B <= N).
+//   z_ic   = scale * s_ic (+ alpha * s_ic where pen[i, c]: the hardness penalty, no gradient)
+//   loss_i = log(1 + sum_{c != i, not removed[i, c]} exp(z_ic - z_ii) + exp(lse_mem_i - z_ii))
+// evaluated as log1p(...) with the largest exponent factored out (exact for a
+// well-separated positive: no 1 + tiny rounding, no cancellation of large logits).
+// On return S holds P_ic = grad_scale * dloss_i / dz_ic (the positive's column:
+// grad_scale * expm1(-loss_i)), and pmem[i] = grad_scale * dloss_i / dlse_mem_i when
+// lse_mem is given: with grad_scale = scale / B, the backward of the mean loss is
+// the two matmuls P @ candidates and P^T @ queries, nothing else.
+template <class T>
+struct DenseRows {
+    T* S = nullptr;
+    size_t B = 0, N = 0, lds = 0;
+    T scale = 1, alpha = 0;
+    T grad_scale = 1;
+    const uint8_t* pen = nullptr;      // B x N (row stride ldm), or null
+    const uint8_t* removed = nullptr;  // B x N (row stride ldm), or null; may cover column i
+    size_t ldm = 0;
+    const T* lse_mem = nullptr;        // B, or null: the memory's log-sum-exp per query
+};
+
+// Returns -1, or the first row (in the order rows were finished) holding a logit
+// that is not finite before removal (an overflow, or NaN / Inf in the inputs): then
+// S and loss are unspecified and the caller raises.
+template <class T>
+long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads);
+
+// One chunk of a streaming log-sum-exp over the memory: S (B x C, row stride lds)
+// holds q_i . x_j for the chunk's rows j.
+//   sim_ij = S_ij * inv[j]  (inv: 1 / |x_j| for cosine, or null)
+//   masked = (thresholds and sim_ij > thresholds[i]) or (col_ids[j] is a known (>= 0)
+//            pos_ids[i] or query_ids[i])
+//   z_ij   = masked ? -inf : logit_scale * sim_ij
+// run_max[i] / run_sum[i] (max and sum of exp(z - max) so far) are updated; r[i] =
+// exp(old max - new max) is the factor the caller applies to its gradient
+// accumulator before adding W @ x, and S becomes W_ij = exp(z_ij - new max) (times
+// inv[j] when inv is given: the weights of the normalised rows).  Returns true when
+// a logit is not finite before masking (the caller raises).
+template <class T>
+struct LseChunk {
+    T* S = nullptr;
+    size_t B = 0, C = 0, lds = 0;
+    const T* inv = nullptr;
+    const T* thresholds = nullptr;
+    const int64_t* col_ids = nullptr;    // C, or null
+    const int64_t* pos_ids = nullptr;    // B (with col_ids)
+    const int64_t* query_ids = nullptr;  // B, or null
+    T logit_scale = 1;
+};
+
+template <class T>
+bool lse_chunk(const LseChunk<T>& p, T* run_max, T* run_sum, T* r, int num_threads);
+
+}  // namespace hn
