@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["tests/cpp/kernel_check.cpp", "cpp/dispatch.cpp", "cpp/simd/dot_scalar.cpp",
            "cpp/simd/dot_avx2.cpp", "cpp/simd/dot_avx512.cpp", "cpp/simd/screen_avx512bf16.cpp",
-           "cpp/simd/screen_avx512vnni.cpp", "cpp/simd/screen_amx.cpp", "cpp/simd/dot_neon.cpp"]
+           "cpp/simd/screen_avx512vnni.cpp", "cpp/simd/screen_amx.cpp", "cpp/simd/dot_neon.cpp",
+           # the loss row passes (dispatch.cpp's row_ops_f32 names them; tests/test_loss_rows.py checks them)
+           "cpp/simd/rows_scalar.cpp", "cpp/simd/rows_avx2.cpp", "cpp/simd/rows_avx512.cpp"]
 X86_FLAGS = {"dot_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
              "dot_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
              "screen_avx512bf16.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
@@ -20,7 +22,9 @@ X86_FLAGS = {"dot_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
              "screen_avx512vnni.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
                                        "-mavx2", "-mfma"],
              "screen_amx.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni",
-                                "-mamx-tile", "-mamx-int8", "-mavx2", "-mfma"]}
+                                "-mamx-tile", "-mamx-int8", "-mavx2", "-mfma"],
+             "rows_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
+             "rows_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]}
 
 
 def build(cxx, out, tmp, x86, extra=()):

@@ -104,6 +104,8 @@ def test_dense_rows_refuses_bad_blocks():
     S = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match="scores must be float32 or float64"):
         _core.dense_rows(S.astype(np.float16), 1.0, 0.0, 1.0, None, None, None, 1)
+    with pytest.raises(ValueError, match="at least one row"):
+        _core.dense_rows(np.zeros((0, 3), np.float32), 1.0, 0.0, 1.0, None, None, None, 1)
     with pytest.raises(ValueError, match="rows <= columns"):
         _core.dense_rows(np.zeros((4, 3), np.float32), 1.0, 0.0, 1.0, None, None, None, 1)
     ro = S.copy()

@@ -287,6 +287,7 @@ py::tuple dense_rows_t(py::array S, double scale, double alpha, double grad_scal
     p.lds = block_of<T>(S, "scores");
     p.B = (size_t)S.shape(0);
     p.N = (size_t)S.shape(1);
+    if (p.B == 0) throw std::invalid_argument("scores must have at least one row");
     if (p.B > p.N) throw std::invalid_argument("scores: row i's positive is column i, so rows <= columns");
     p.S = static_cast<T*>(S.mutable_data());
     p.scale = (T)scale;
