@@ -42,13 +42,13 @@ def make_data(kind: str, n: int, nq: int, d: int, seed: int = 0):
         from compare_scale import _gen_clustered
 
         X = _gen_clustered(n, d, seed=seed + 2)
-    else:
-        fc = harness.SCIFACT / "embeddings" / "minilm-corpus.npy"
-        if not fc.exists():
+    else:  # compare_topk's SciFact-tiled rows (MiniLM embeddings tiled with small noise), normalised
+        from compare_topk import make_data as tiled
+
+        data = tiled("scifact-tiled", n, 384, 1, rng)
+        if data is None:
             return None
-        base = np.load(fc).astype(np.float32)
-        X = np.tile(base, (-(-n // base.shape[0]), 1))[:n]
-        X += 0.01 * rng.standard_normal(X.shape, dtype=np.float32)
+        X = data[0]
         X /= np.linalg.norm(X, axis=1, keepdims=True)
     d = X.shape[1]
     pos = rng.choice(n, nq, replace=False)

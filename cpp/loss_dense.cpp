@@ -49,7 +49,7 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
             // 1. logits z = scale * s (+ alpha * s where penalised), and whether all are finite
             T probe;
             if (p.pen) {
-                const uint8_t* pen = p.pen + i * p.ldm;
+                const uint8_t* pen = p.pen + i * N;
                 for (size_t c = 0; c < N; ++c) s[c] = pen[c] ? p.scale * s[c] + p.alpha * s[c] : p.scale * s[c];
                 probe = ops.logits(s, N, T(1), kInf);  // (times 1: only the check)
             } else {
@@ -62,7 +62,7 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
             }
             const T zp = s[i];  // the positive's logit, kept even when an id match removes its column
             if (p.removed) {
-                const uint8_t* rm = p.removed + i * p.ldm;
+                const uint8_t* rm = p.removed + i * N;
                 for (size_t c = 0; c < N; ++c)
                     if (rm[c]) s[c] = -kInf;
             }

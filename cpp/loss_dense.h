@@ -28,9 +28,8 @@ struct DenseRows {
     size_t B = 0, N = 0, lds = 0;
     T scale = 1, alpha = 0;
     T grad_scale = 1;
-    const uint8_t* pen = nullptr;      // B x N (row stride ldm), or null
-    const uint8_t* removed = nullptr;  // B x N (row stride ldm), or null; may cover column i
-    size_t ldm = 0;
+    const uint8_t* pen = nullptr;      // B x N (contiguous), or null
+    const uint8_t* removed = nullptr;  // B x N (contiguous), or null; may cover column i
     const T* lse_mem = nullptr;        // B, or null: the memory's log-sum-exp per query
 };
 

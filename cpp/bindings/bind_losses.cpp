@@ -296,7 +296,6 @@ py::tuple dense_rows_t(py::array S, double scale, double alpha, double grad_scal
     std::vector<py::object> keep;
     p.pen = mask_of(pen, p.B, p.N, "pen", keep);
     p.removed = mask_of(removed, p.B, p.N, "removed", keep);
-    p.ldm = p.N;
     p.lse_mem = vec_of<T>(lse_mem, p.B, "lse_mem", false, keep);
     py::array_t<T> loss((py::ssize_t)p.B);
     py::object pmem_obj = py::none();

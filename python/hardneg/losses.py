@@ -279,8 +279,7 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
 
         nt = ROW_THREADS
         thr_np = None if thresholds is None else thresholds.detach().to(dt).contiguous().numpy()
-        ids_np = [None if t is None else t.to(torch.int64).contiguous().numpy()
-                  for t in ((pos_ids, query_ids) if id_rows else (None, None))]
+        ids_np = (_np_ids(pos_ids), _np_ids(query_ids)) if id_rows else (None, None)
         r_cpu = torch.empty(B, dtype=dt)
         max_np, sum_np, r_np = run_max.numpy(), run_sum.numpy(), r_cpu.numpy()
         bad_cpu = False
@@ -295,7 +294,7 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
                 x = _l2_normalize(x)
         sim = q @ x.T
         if cpu:  # sim becomes the weights exp(z - max) (/ |x_j|); run_max, run_sum, r updated in place
-            col_ids = mem_ids[c0:c0 + chunk].to(torch.int64).contiguous().numpy() if id_rows else None
+            col_ids = _np_ids(mem_ids[c0:c0 + chunk]) if id_rows else None
             bad_cpu |= _core.lse_chunk(sim.numpy(), None if inv is None else inv.numpy(), thr_np, col_ids,
                                        ids_np[0], ids_np[1], logit_scale, max_np, sum_np, r_np, nt)
             if want_grad:
