@@ -45,6 +45,7 @@ struct TopkBuf {
 
 constexpr size_t kBufferBudget = size_t(32) << 20;  // bytes of candidate buffers, all threads
 constexpr size_t kMaxPanel = 256;                     // queries per panel (keeps the score tile in L2)
+constexpr size_t kAlignCopyPanel = 16;                // from this many queries a misaligned block is copied (measured: a gain from 16 on, a loss at Q = 1 on a corpus streamed from memory)
 
 size_t block_rows(size_t d, DType t) {
     // about 384 KiB of corpus per block: stays in L2 while every query group of the panel passes over it
@@ -77,18 +78,21 @@ struct Search {
     const std::vector<int64_t>& ex_sorted;
     const std::vector<Block>& blocks;
     size_t nb_max;
+    size_t ldp;  // floats per row of a panel's query copy: d rounded up to a cache line
 };
 
 // Per-thread scratch for a panel of up to `panel` queries.
 struct Panel {
-    std::vector<float> q, qn, tile, xn;
+    AlignedVec<float> q;   // the panel's queries, each row starting on a cache line (d * 4 is a multiple of 64, or padded)
+    std::vector<float> qn, tile, xn;
+    AlignedVec<char> xa;   // an aligned copy of a misaligned corpus block (see process)
     std::vector<uint32_t> surv;
     std::unique_ptr<Cand[]> cands;
     std::vector<TopkBuf> bufs;
     size_t q0 = 0, P = 0;
 
     Panel(const Search& S, size_t panel)
-        : q(panel * S.d), qn(panel), tile(panel * S.nb_max), xn(S.nb_max), surv(S.nb_max),
+        : q(panel * S.ldp), qn(panel), tile(panel * S.nb_max), xn(S.nb_max), surv(S.nb_max),
           cands(new Cand[panel * S.cap]), bufs(panel) {}
 
     // Queries q0 .. q0+P-1 as contiguous fp32 (normalised for cosine); empty buffers.
@@ -96,7 +100,7 @@ struct Panel {
         q0 = q0_;
         P = P_;
         for (size_t i = 0; i < P; ++i)
-            load_query(S.K, S.Q, S.qt, S.ldq, S.d, S.metric, q0 + i, q.data() + i * S.d, &qn[i]);
+            load_query(S.K, S.Q, S.qt, S.ldq, S.d, S.metric, q0 + i, q.data() + i * S.ldp, &qn[i]);
         reset(S);
     }
     void reset(const Search& S) {
@@ -109,9 +113,23 @@ struct Panel {
     void process(const Search& S, const float* qpanel, const float* qnorms, const Block& blk) {
         const Segment& sg = *blk.seg;
         const size_t nb = blk.r1 - blk.r0, d = S.d;
-        const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * dtype_size(sg.dtype);
+        const size_t es = dtype_size(sg.dtype);
+        const char* X = static_cast<const char*>(sg.data) + blk.r0 * sg.ld * es;
         float* T = tile.data();
-        S.K.dot_tile(qpanel, d, P, X, sg.ld, nb, d, sg.dtype, T, nb);
+        // The dot kernel loads 64 bytes at a time along each row.  numpy puts a
+        // large array's data 16 bytes past a cache line, so every load of its rows
+        // would straddle two lines; when the panel is large enough for the kernel
+        // to be compute-bound, copy the block into aligned rows first (one pass
+        // over data the kernel reads P times; the values and their positions in
+        // the row, hence every score's bits, are unchanged).
+        const size_t rowb = (d * es + 63) / 64 * 64;
+        if (P >= kAlignCopyPanel && (reinterpret_cast<uintptr_t>(X) % 64 != 0 || (sg.ld * es) % 64 != 0)) {
+            if (xa.size() < nb * rowb) xa.resize(S.nb_max * rowb);
+            for (size_t j = 0; j < nb; ++j) std::memcpy(xa.data() + j * rowb, X + j * sg.ld * es, d * es);
+            S.K.dot_tile(qpanel, S.ldp, P, xa.data(), rowb / es, nb, d, sg.dtype, T, nb);
+        } else {
+            S.K.dot_tile(qpanel, S.ldp, P, X, sg.ld, nb, d, sg.dtype, T, nb);
+        }
         // A NaN/Inf anywhere in a corpus row makes its score with every query
         // non-finite, so checking the first query's row finds bad input for
         // free; huge finite values that overflow are allowed.
@@ -285,7 +303,7 @@ void plain_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d, cons
     const size_t cap = std::min(2 * k + 32, std::max<size_t>(total, 1) + 1);
     size_t panel = kBufferBudget / (size_t(nt) * cap * sizeof(Cand));
     panel = std::max<size_t>(1, std::min({panel, kMaxPanel, nq}));
-    Search S{kernels(), Q, qt, ldq, d, k, cap, metric, excl, ex_sorted, blocks, nb_max};
+    Search S{kernels(), Q, qt, ldq, d, k, cap, metric, excl, ex_sorted, blocks, nb_max, (d + 15) / 16 * 16};
 
     size_t npanels = (nq + panel - 1) / panel;
     if (npanels >= size_t(2 * nt) && npanels % size_t(nt) != 0) {

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "simd/kernels.h"
@@ -12,6 +14,32 @@
 
 namespace hn {
 namespace detail {
+
+// Allocator for 64-byte-aligned scratch (one cache line, one zmm register): the
+// dot kernel's 16-lane loads from such rows never straddle two cache lines.  A
+// misaligned load costs two L1 accesses, which at d = 768 made the fp32 kernel
+// about 1.3x slower (measured on numpy arrays, whose data sits 16 bytes past a
+// line).
+template <class T>
+struct AlignedAlloc {
+    using value_type = T;
+    AlignedAlloc() = default;
+    template <class U>
+    AlignedAlloc(const AlignedAlloc<U>&) {}
+    T* allocate(size_t n) {
+        const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+        void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+        if (!p) throw std::bad_alloc();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, size_t) { std::free(p); }
+    template <class U>
+    bool operator==(const AlignedAlloc<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const AlignedAlloc<U>&) const { return false; }
+};
+template <class T>
+using AlignedVec = std::vector<T, AlignedAlloc<T>>;
 
 // A candidate is one 64-bit word: the ranking key mapped to an unsigned
 // integer that sorts like the float (high 32 bits) and the bitwise NOT of the id
