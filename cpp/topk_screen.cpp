@@ -90,7 +90,7 @@ namespace detail {
 // hold zeros).
 struct CodedCorpus {
     size_t dp = 0, eb = 0;       // codes per row, bytes per code
-    std::vector<uint32_t> x;     // packed by ScreenKernels::pack_rows
+    AlignedVec<uint32_t> x;      // packed by ScreenKernels::pack_rows (64-byte aligned: the kernels load whole lines)
     std::vector<float> xs;       // code scale
     std::vector<int32_t> xsum;   // sum of the codes (int8)
     std::vector<float> xn;       // cosine: the plain path's 1/||c|| (0 for a zero row)
@@ -159,14 +159,23 @@ constexpr size_t kRepeatSearches = 3;
 constexpr size_t kMaxPanel = 64;
 // Auto mode stops screening a search whose panel rescored (fp32 dot products, settle()
 // included) more than this fraction of its query x row pairs.
-// Measured (int8, d = 384, k = 100, 2 threads): screened / plain time is about
-// 0.4 + 11 x that fraction (0.48 at 0.0055 on SciFact-like rows, 0.86 at 0.039 on
-// isotropic Gaussian rows), so it breaks even near 0.05.  On AMX tiles the screening pass
-// costs about a third of the VNNI loop's, and the break-even moves up: measured (isotropic
-// Gaussian rows, 20,000-50,000 x 384-768, 512-2,048 queries, ip and l2, noisy 2-core machine)
-// auto at 0.94-1.56x the better of screen on / off with 0.05, 0.97-1.28x with 0.12.
+// Measured since the plain path copies misaligned blocks (int8 with the copy kept by an index,
+// 20,000 rows, d = 384 and 768, 512 queries, k = 100, ip and l2, 2 threads; the fraction
+// ranged from 0.013 on SciFact-tiled rows to 0.081 on isotropic Gaussian rows at d = 768):
+// screened / plain time is about 0.27 + 12 x that fraction on AMX tiles (0.42 at 0.013,
+// 0.97 at 0.060, 1.22 at 0.081) and 0.3 + 14 x on the VNNI loop (0.46, 0.98, 1.55): both
+// break even between 0.05 and 0.06.  (Before the aligned copy the plain path at d = 768 was
+// about 1.3x slower and AMX's break-even sat near 0.1.)
 constexpr double kMaxRescored = 0.05;
-constexpr double kMaxRescoredAmx = 0.1;
+constexpr double kMaxRescoredAmx = 0.05;
+// The same measurement as a model for the estimate (estimate_rescored) of a search that has no
+// copy yet: screened / plain time = base + slope x fraction, and building the copy costs about
+// what the plain path takes for kBuildQueries queries (measured 33 at d = 384, 43 at d = 768,
+// 20,000 rows, int8 on AMX).  A search with a temporary copy screens only when it wins the
+// build back.
+constexpr double kScreenedBase = 0.3, kScreenedSlope = 14;
+constexpr double kScreenedBaseAmx = 0.27, kScreenedSlopeAmx = 12;
+constexpr size_t kBuildQueries = 32;
 
 int initial_mode() {
     const char* env = std::getenv("HARDNEG_SCREEN");
@@ -348,6 +357,121 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
     C.rho_max = round_up(C.r_c), C.del_max = round_up(C.r_d);  // the maxima of rho and del
 }
 
+// The bound's coefficients for one query (the formula above): E = a rho + b del + e0 for a
+// row with rho = xn ||c||, del = xn ||c - c~||, from the query's fp32-accumulated squared
+// norms x2 = ||q||^2, e2 = ||q - q~||^2, t2 = ||q~||^2 and the corpus maxima R_c, R_d, R_t and
+// max xn.  Not yet rounded up (the caller adds its slack).
+struct QueryBound {
+    double a, b, e0;
+};
+QueryBound query_bound(const ScreenKernels& B, size_t d_, size_t dp, float x2, float e2, float t2, double r_c,
+                       double r_d, double r_t, double r_xn) {
+    const double u = kU, d = double(d_);
+    const double hA = B.type == ScreenType::Int8 ? 3.0 : double(dp) + 5, hB = std::ceil(d / 16) + 5;
+    const double gA = hA * u / (1 - hA * u), gB = hB * u / (1 - hB * u);
+    const double infl = 1.0 + std::ldexp(1.0, -7) + (d + 64) * std::ldexp(1.0, -22);
+    const double nq = std::sqrt((double)x2) * infl, dq = std::sqrt((double)e2) * infl, tq = std::sqrt((double)t2) * infl;
+    // E = a rho + b del + e0: rho, del the row's; the small terms with corpus maxima
+    const double a = dq + gB * nq + 2 * u * nq * (1 + gA + gB);
+    const double b = tq;
+    const double mag = 2 * (tq * r_t + nq * r_c + tq * r_d);  // >= |k~|, |ub| (ub's rounding: 4 u mag)
+    const double e0 = gA * tq * r_t + 2 * u * tq * r_t * (1 + gA + gB) +
+                      std::ldexp(1.0, -90) * (1 + nq) * (1 + r_c + r_xn) + 4 * u * mag;
+    return {a, b, e0};
+}
+
+// Auto mode's guess, before a coded copy is built, of the fraction of query x row pairs the
+// screen would rescore (the quantity kMaxRescored caps), from a sample: up to 8 queries spread
+// over the batch and m rows spread over the corpus, with m large enough that the k-th best
+// key of the corpus is about the (k m / N)-th of the sample.  Each sampled row is coded as the
+// copy would code it (its rho, del and the sample's maxima stand in for the corpus's); a row is
+// counted when its key reaches t - 2 Emax (L2: t - 4 Emax, as floor_of), t the query's
+// estimated k-th key.  Measured against the screen's own count (int8, 20,000-50,000 rows,
+// d = 384 and 768, ip / l2 / cosine, isotropic and SciFact-tiled rows): within 0.7-1.25x of
+// it.  Negative when the sample cannot tell (a top k too rare for it, a huge norm): the search
+// then screens and measures.  Costs m row codings and an 8 x m tile of the fp32 kernel, split
+// over the threads: about 2-5% of the plain search it gates at 128 queries.
+double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q, DType qt, size_t ldq, size_t nq,
+                         size_t d, const std::vector<Segment>& segs, size_t total, Metric metric, size_t k, int nt) {
+    const size_t m = std::min(total, std::min<size_t>(8192, std::max<size_t>(1024, (6 * total + k - 1) / k)));
+    const double rank = double(k) * double(m) / double(total);  // the k-th best of the corpus, in the sample
+    if (rank < 4 || k == 0) return -1;
+    const size_t dp = (d + B.align - 1) / B.align * B.align, ldg = (d + 15) / 16 * 16;
+    // the sampled rows as fp32, gathered (ldg: aligned rows for the tile), and what the bound needs of them
+    thread_local detail::AlignedVec<float> keep;  // kept: fresh pages on every search would cost more than the rest
+    if (keep.size() < m * ldg) keep.resize(m * ldg);
+    float* const G = keep.data();  // (the workers below see their own thread_local, not this one)
+    std::vector<float> rowsq(m), rowxn(m, 1.0f);
+    std::vector<double> rmax(4 * size_t(std::max(1, nt)), 0.0);  // per thread: R_c, R_d, R_t, max xn
+    std::atomic<bool> bad{false};
+    const double infl = 1.0 + std::ldexp(1.0, -7) + double(d + 64) * std::ldexp(1.0, -22);
+    auto sample_row = [&](size_t j) {  // the j-th sampled row: its segment and pointer
+        size_t r = size_t(double(j) * double(total) / double(m)), seg = 0;
+        while (r >= segs[seg].rows) r -= segs[seg++].rows;
+        const Segment& sg = segs[seg];
+        return std::make_pair(&sg, static_cast<const char*>(sg.data) + r * sg.ld * dtype_size(sg.dtype));
+    };
+    parallel_for(m, nt, 64, [&](size_t j0, size_t j1, int tid) {
+        std::vector<uint8_t> code(dp * B.elem_bytes);
+        double* R = rmax.data() + 4 * size_t(tid);
+        for (size_t j = j0; j < j1; ++j) {
+            const auto row = sample_row(j);
+            float* g = G + j * ldg;
+            K.to_f32(row.second, row.first->dtype, d, g);
+            float scale, x2, e2, t2;
+            B.quantize_rows(g, d, 1, d, dp, false, code.data(), &scale, nullptr, &x2, &e2, &t2);
+            if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm)) bad = true;
+            rowsq[j] = x2;
+            const double xn = metric == Metric::Cosine ? (x2 > 0 ? 1.0 / std::sqrt((double)x2) : 0.0) : 1.0;
+            rowxn[j] = float(xn);
+            R[0] = std::max(R[0], xn * std::sqrt((double)x2) * infl);
+            R[1] = std::max(R[1], xn * std::sqrt((double)e2) * infl);
+            R[2] = std::max(R[2], xn * std::sqrt((double)t2) * infl);
+            R[3] = std::max(R[3], xn);
+        }
+    });
+    if (bad) return -1;
+    double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
+    for (size_t t = 0; t < rmax.size(); t += 4)
+        r_c = std::max(r_c, rmax[t]), r_d = std::max(r_d, rmax[t + 1]), r_t = std::max(r_t, rmax[t + 2]),
+        r_xn = std::max(r_xn, rmax[t + 3]);
+    // the probe queries and their Emax with the sample's maxima
+    const size_t np = std::min<size_t>(nq, 8);
+    detail::AlignedVec<float> q(np * ldg, 0.0f);
+    std::vector<float> qn(np);
+    std::vector<double> emax(np);
+    std::vector<uint8_t> qcode(dp * B.elem_bytes);
+    for (size_t i = 0; i < np; ++i) {
+        float scale, x2, e2, t2;
+        detail::load_query(K, Q, qt, ldq, d, metric, i * nq / np, q.data() + i * ldg, &qn[i]);
+        B.quantize_rows(q.data() + i * ldg, d, 1, d, dp, true, qcode.data(), &scale, nullptr, &x2, &e2, &t2);
+        if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm && qn[i] <= float(kMaxSqnorm))) return -1;
+        const QueryBound qb = query_bound(B, d, dp, x2, e2, t2, r_c, r_d, r_t, r_xn);
+        emax[i] = qb.a * r_c + qb.b * r_d + qb.e0;
+    }
+    // their exact dot products with the sample (the plain path's kernel), rows split over the threads
+    std::vector<float> T(np * m);
+    parallel_for(m, nt, 256, [&](size_t j0, size_t j1, int) {
+        K.dot_tile(q.data(), ldg, np, G + j0 * ldg, ldg, j1 - j0, d, DType::F32, T.data() + j0, m);
+    });
+    size_t counted = 0;
+    std::vector<double> keys(m), sorted(m);
+    for (size_t i = 0; i < np; ++i) {
+        for (size_t j = 0; j < m; ++j) {
+            const double s = T[i * m + j];
+            keys[j] = metric == Metric::IP       ? s
+                      : metric == Metric::Cosine ? s * rowxn[j]
+                                                 : -std::max(0.0, (double)qn[i] + rowsq[j] - 2.0 * s);
+        }
+        sorted = keys;
+        const size_t kth = std::min(m - 1, size_t(rank) - 1);
+        std::nth_element(sorted.begin(), sorted.begin() + kth, sorted.end(), std::greater<double>());
+        const double cut = sorted[kth] - (metric == Metric::L2 ? 4.0 : 2.0) * emax[i];
+        for (double v : keys) counted += v >= cut;
+    }
+    return double(counted) / (double(np) * double(m));
+}
+
 struct SPanel;
 
 // Scratch a calling thread keeps between searches: large buffers allocated per
@@ -356,7 +480,7 @@ struct SPanel;
 // contents a later search reads: a coded copy is reused only through a ScreenCache.
 constexpr size_t kKeepBytes = size_t(64) << 20;
 struct Scratch {
-    std::vector<uint32_t> x;
+    detail::AlignedVec<uint32_t> x;
     std::vector<float> xs, xn, xsq, rho, del;
     std::vector<int32_t> xsum;
     std::vector<std::unique_ptr<SPanel>> panels;
@@ -411,7 +535,7 @@ struct SPanel {
     std::vector<const void*> ptrs;
     std::vector<uint64_t> pairs, sorted;  // (packed row << 32) | (query * cap + slot) of every survivor
     std::vector<uint32_t> counts;
-    std::vector<uint8_t> codes;
+    detail::AlignedVec<uint8_t> codes;  // the panel's query codes (64-byte aligned)
     std::vector<uint32_t> surv, rows;
     std::vector<Cand> merged, sel;
     std::vector<size_t> n;
@@ -442,10 +566,6 @@ struct SPanel {
     // coefficients.  False when a norm is too large or not finite.
     bool load(const Screen& S, size_t q0_, size_t P_) {
         q0 = q0_, P = P_;
-        const double u = kU, d = double(S.d);
-        const double hA = S.B.type == ScreenType::Int8 ? 3.0 : double(S.C.dp) + 5, hB = std::ceil(d / 16) + 5;
-        const double gA = hA * u / (1 - hA * u), gB = hB * u / (1 - hB * u);
-        const double infl = 1.0 + std::ldexp(1.0, -7) + (d + 64) * std::ldexp(1.0, -22);
         const double slack = 1 + std::ldexp(1.0, -10);  // the total, and the float arithmetic of E and ub
         const CodedCorpus& C = S.C;
         for (size_t i = 0; i < P; ++i) {
@@ -457,14 +577,8 @@ struct SPanel {
             S.B.quantize_rows(qi, S.d, 1, S.d, C.dp, true, codes.data() + i * C.dp * C.eb, &qs[i], nullptr, &x2, &e2,
                               &t2);
             if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm)) return false;
-            const double nq = std::sqrt((double)x2) * infl, dq = std::sqrt((double)e2) * infl,
-                         tq = std::sqrt((double)t2) * infl;
-            // E = a rho + b del + e0: rho, del the row's; the small terms with corpus maxima
-            const double a = dq + gB * nq + 2 * u * nq * (1 + gA + gB);
-            const double b = tq;
-            const double mag = 2 * (tq * C.r_t + nq * C.r_c + tq * C.r_d);  // >= |k~|, |ub| (ub's rounding: 4 u mag)
-            const double e0 = gA * tq * C.r_t + 2 * u * tq * C.r_t * (1 + gA + gB) +
-                              std::ldexp(1.0, -90) * (1 + nq) * (1 + C.r_c + C.r_xn) + 4 * u * mag;
+            const QueryBound qb_ = query_bound(S.B, S.d, C.dp, x2, e2, t2, C.r_c, C.r_d, C.r_t, C.r_xn);
+            const double a = qb_.a, b = qb_.b, e0 = qb_.e0;
             qa[i] = round_up(a * slack), qb[i] = round_up(b * slack), qe[i] = round_up(e0 * slack);
             if (!std::isfinite(qa[i]) || !std::isfinite(qb[i]) || !std::isfinite(qe[i])) return false;
             // >= every row's E as the kernel computes it (float roundings: within the slack)
@@ -866,8 +980,16 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
         for (size_t r = 0; r < segments[s].rows; r += nb)
             blocks.push_back(SBlock{s, C->start[s] + r, C->start[s] + std::min(segments[s].rows, r + nb), r});
 
-    g_screened.fetch_add(1);
     const Kernels& K = kernels();
+    // auto, about to build a copy: skip the screen when a sample says it would not prune, or,
+    // for a copy thrown away after this search, would not win back the pass that builds it
+    if (mode == 1 && !reuse) {
+        const double f = estimate_rescored(K, *B, Q, qt, ldq, nq, d, segments, total, metric, k, nt);
+        if (f > (B->amx ? kMaxRescoredAmx : kMaxRescored)) return false;
+        const double rel = B->amx ? kScreenedBaseAmx + kScreenedSlopeAmx * f : kScreenedBase + kScreenedSlope * f;
+        if (f >= 0 && !cache && rel * double(nq) + double(kBuildQueries) > double(nq)) return false;
+    }
+    g_screened.fetch_add(1);
     if (!reuse) {
         build_corpus(K, *B, segments, d, metric, blocks, nt, *C);
         if (!C->ok) {
@@ -892,3 +1014,4 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
 
 }  // namespace detail
 }  // namespace hn
+

@@ -977,10 +977,58 @@ def test_screen_settles_ties_and_adversarial(rng):
 
 
 @pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
+def test_auto_screen_estimate_skips_data_it_cannot_prune(rng):
+    # auto mode estimates, from a sample, the fraction of pairs the screen would rescore before it
+    # builds a coded copy: on near-ties it does not start (no copy, no screened search), same results
+    d, n, nq, k = 64, 4000, 128, 10
+    X = near_ties(rng, n, d)
+    Q = rng.standard_normal((nq, d)).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q, X, k=k)
+        _core.set_screen_mode(1)
+        index = hn.DenseIndex(X)
+        before = _core.screen_counts()
+        got = index.search(Q, k=k)
+        one_shot = hn.topk(Q, X, k=k)
+        after = _core.screen_counts()
+    finally:
+        _core.set_screen_mode(start)
+    for res in (got, one_shot):
+        np.testing.assert_array_equal(res[1], ref[1])
+        np.testing.assert_array_equal(res[0].view(np.uint32), ref[0].view(np.uint32))
+    assert after == before and index.codes_nbytes == 0
+
+
+def test_auto_screen_estimate_lets_prunable_data_screen(rng):
+    # the same estimate on well-separated rows (clusters; queries near their centres) lets the
+    # screen run, and its results are the plain path's
+    d, n, nq, k = 64, 6000, 256, 10
+    centres = rng.standard_normal((60, d)).astype(np.float32) * 4
+    X = (centres[rng.integers(0, 60, n)] + rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)
+    Q = (X[rng.integers(0, n, nq)] + 0.1 * rng.standard_normal((nq, d))).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q, X, k=k)
+        _core.set_screen_mode(1)
+        before = _core.screen_counts()
+        got = hn.topk(Q, X, k=k)
+        after = _core.screen_counts()
+    finally:
+        _core.set_screen_mode(start)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    if _core.screen_choice(d, k, n) is not None:
+        assert after[0] - before[0] == 1 and after[1] == before[1]  # screened, nothing left over
+
+
 def test_auto_screen_stops_where_it_does_not_prune(rng):
     # auto mode: a search whose rescoring passes the budget hands its remaining queries to the
-    # plain path (same results), and the index's coded copy remembers it for later searches
-    d, n, nq, k = 64, 4000, 128, 10
+    # plain path (same results), and the index's coded copy remembers it for later searches.
+    # k = 2 of 4,000 rows is too rare for the estimate's sample, so the search starts and measures
+    d, n, nq, k = 64, 4000, 128, 2
     X = near_ties(rng, n, d)
     Q = rng.standard_normal((nq, d)).astype(np.float32)
     start = _core.screen_mode()
