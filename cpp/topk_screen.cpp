@@ -391,14 +391,18 @@ QueryBound query_bound(const ScreenKernels& B, size_t d_, size_t dp, float x2, f
 // it.  Negative when the sample cannot tell (a top k too rare for it, a huge norm): the search
 // then screens and measures.  Costs m row codings and an 8 x m tile of the fp32 kernel, split
 // over the threads: about 2-5% of the plain search it gates at 128 queries.
+constexpr size_t kEstimateBytes = size_t(16) << 20;
 double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q, DType qt, size_t ldq, size_t nq,
                          size_t d, const std::vector<Segment>& segs, size_t total, Metric metric, size_t k, int nt) {
-    const size_t m = std::min(total, std::min<size_t>(8192, std::max<size_t>(1024, (6 * total + k - 1) / k)));
+    const size_t ldg = (d + 15) / 16 * 16;
+    const size_t m_max = std::min<size_t>(8192, kEstimateBytes / (ldg * 4));  // the gathered rows stay under 16 MiB
+    const size_t m = std::min(total, std::min<size_t>(m_max, std::max<size_t>(1024, (6 * total + k - 1) / k)));
     const double rank = double(k) * double(m) / double(total);  // the k-th best of the corpus, in the sample
     if (rank < 4 || k == 0) return -1;
-    const size_t dp = (d + B.align - 1) / B.align * B.align, ldg = (d + 15) / 16 * 16;
+    const size_t dp = (d + B.align - 1) / B.align * B.align;
     // the sampled rows as fp32, gathered (ldg: aligned rows for the tile), and what the bound needs of them
-    thread_local detail::AlignedVec<float> keep;  // kept: fresh pages on every search would cost more than the rest
+    // kept by the calling thread (at most kEstimateBytes): fresh pages on every search cost more than the rest
+    thread_local detail::AlignedVec<float> keep;
     if (keep.size() < m * ldg) keep.resize(m * ldg);
     float* const G = keep.data();  // (the workers below see their own thread_local, not this one)
     std::vector<float> rowsq(m), rowxn(m, 1.0f);

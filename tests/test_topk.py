@@ -1122,3 +1122,28 @@ def test_index_keeps_codes_from_its_third_search(rng, screen_kind):
             assert_bit_equal(got, ref)
     assert np.diff(counts).tolist() == [0, 0, 1, 1]  # searches 3 and 4 screened
     assert index.codes_nbytes > 0
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_auto_screen_estimate_over_segments_and_types(rng, metric):
+    # the estimate samples rows across an index's segments (fp32 and fp16 ones, one of them tiny,
+    # a zero row among them) before it decides; whatever it decides, the results are the plain path's
+    d, nq, k = 48, 160, 10
+    centres = rng.standard_normal((40, d)).astype(np.float32) * 3
+    parts = [(centres[rng.integers(0, 40, n)] + rng.standard_normal((n, d))).astype(np.float32)
+             for n in (3000, 5, 2500)]
+    parts[1][2] = 0.0
+    Q = (parts[0][rng.integers(0, 3000, nq)] + 0.1 * rng.standard_normal((nq, d))).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        plain = hn.DenseIndex(parts[0], metric=metric).add(parts[1].astype(np.float16)).add(parts[2])
+        ref = plain.search(Q, k=k)
+        _core.set_screen_mode(1)
+        index = hn.DenseIndex(parts[0], metric=metric).add(parts[1].astype(np.float16)).add(parts[2])
+        for _ in range(3):  # the third search of an index may build its copy whatever the batch
+            got = index.search(Q, k=k)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    finally:
+        _core.set_screen_mode(start)
