@@ -1047,6 +1047,8 @@ def test_auto_screen_stops_where_it_does_not_prune(rng):
     for res in (got, again):
         np.testing.assert_array_equal(res[1], ref[1])
         np.testing.assert_array_equal(res[0].view(np.uint32), ref[0].view(np.uint32))
+    if _core.screen_choice(d, k, n) is None:  # no screen on this CPU (or HARDNEG_SIMD): nothing to count
+        return
     assert mid[0] - before[0] == 1 and mid[1] - before[1] == 1  # started, stopped
     assert after == mid  # the second search did not try
 
