@@ -990,13 +990,17 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
             blocks.push_back(SBlock{s, C->start[s] + r, C->start[s] + std::min(segments[s].rows, r + nb), r});
 
     const Kernels& K = kernels();
-    // auto, about to build a copy: skip the screen when a sample says it would not prune, or,
-    // for a copy thrown away after this search, would not win back the pass that builds it
-    if (mode == 1 && !reuse) {
+    // auto, about to build a temporary copy (a one-shot search: no index keeps it): skip the screen
+    // when a sample says it would not prune, or would not win back the pass that builds the copy.
+    // An index's copy is built once for all its later searches: there the search screens, measures
+    // and the copy remembers a k that does not pay (no_prune_k), which the estimate cannot beat
+    // (measured: at k = 1,000 on 200,000 clustered rows it skipped a screen that ran in 0.55x
+    // the plain time).
+    if (mode == 1 && !cache) {
         const double f = estimate_rescored(K, *B, Q, qt, ldq, nq, d, segments, total, metric, k, nt);
         if (f > (B->amx ? kMaxRescoredAmx : kMaxRescored)) return false;
         const double rel = B->amx ? kScreenedBaseAmx + kScreenedSlopeAmx * f : kScreenedBase + kScreenedSlope * f;
-        if (f >= 0 && !cache && rel * double(nq) + double(kBuildQueries) > double(nq)) return false;
+        if (f >= 0 && rel * double(nq) + double(kBuildQueries) > double(nq)) return false;
     }
     g_screened.fetch_add(1);
     if (!reuse) {
