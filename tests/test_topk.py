@@ -983,16 +983,12 @@ def test_auto_screen_estimate_skips_data_it_cannot_prune(rng):
     d, n, nq, k = 64, 4000, 128, 10
     X = near_ties(rng, n, d)
     Q = rng.standard_normal((nq, d)).astype(np.float32)
-    start = _core.screen_mode()
-    try:
-        _core.set_screen_mode(0)
+    with screen_mode(0):
         ref = hn.topk(Q, X, k=k)
-        _core.set_screen_mode(1)
+    with screen_mode(1):
         before = _core.screen_counts()
         one_shot = hn.topk(Q, X, k=k)
         after = _core.screen_counts()
-    finally:
-        _core.set_screen_mode(start)
     np.testing.assert_array_equal(one_shot[1], ref[1])
     np.testing.assert_array_equal(one_shot[0].view(np.uint32), ref[0].view(np.uint32))
     assert after == before
@@ -1005,16 +1001,12 @@ def test_auto_screen_estimate_lets_prunable_data_screen(rng):
     centres = rng.standard_normal((60, d)).astype(np.float32) * 4
     X = (centres[rng.integers(0, 60, n)] + rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)
     Q = (X[rng.integers(0, n, nq)] + 0.1 * rng.standard_normal((nq, d))).astype(np.float32)
-    start = _core.screen_mode()
-    try:
-        _core.set_screen_mode(0)
+    with screen_mode(0):
         ref = hn.topk(Q, X, k=k)
-        _core.set_screen_mode(1)
+    with screen_mode(1):
         before = _core.screen_counts()
         got = hn.topk(Q, X, k=k)
         after = _core.screen_counts()
-    finally:
-        _core.set_screen_mode(start)
     np.testing.assert_array_equal(got[1], ref[1])
     np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
     if _core.screen_choice(d, k, n) is not None:
@@ -1125,24 +1117,23 @@ def test_index_keeps_codes_from_its_third_search(rng, screen_kind):
 
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
 def test_auto_screen_estimate_over_segments_and_types(rng, metric):
-    # the estimate samples rows across an index's segments (fp32 and fp16 ones, one of them tiny,
-    # a zero row among them) before it decides; whatever it decides, the results are the plain path's
+    # auto over an index's segments (fp32 and fp16 ones, one of them tiny, a zero row among them:
+    # the index builds, measures, remembers) and a one-shot search of the same rows (which estimates
+    # from a sample first): whatever each decides, the results are the plain path's
     d, nq, k = 48, 160, 10
     centres = rng.standard_normal((40, d)).astype(np.float32) * 3
     parts = [(centres[rng.integers(0, 40, n)] + rng.standard_normal((n, d))).astype(np.float32)
              for n in (3000, 5, 2500)]
     parts[1][2] = 0.0
     Q = (parts[0][rng.integers(0, 3000, nq)] + 0.1 * rng.standard_normal((nq, d))).astype(np.float32)
-    start = _core.screen_mode()
-    try:
-        _core.set_screen_mode(0)
-        plain = hn.DenseIndex(parts[0], metric=metric).add(parts[1].astype(np.float16)).add(parts[2])
-        ref = plain.search(Q, k=k)
-        _core.set_screen_mode(1)
+    with screen_mode(0):
+        ref = hn.DenseIndex(parts[0], metric=metric).add(parts[1].astype(np.float16)).add(parts[2]).search(Q, k=k)
+    with screen_mode(1):
+        one_shot = hn.topk(Q, np.concatenate([parts[0], parts[1].astype(np.float16).astype(np.float32), parts[2]]),
+                           k=k, metric=metric)
+        np.testing.assert_array_equal(one_shot[1], ref[1])
         index = hn.DenseIndex(parts[0], metric=metric).add(parts[1].astype(np.float16)).add(parts[2])
         for _ in range(3):  # the third search of an index may build its copy whatever the batch
             got = index.search(Q, k=k)
             np.testing.assert_array_equal(got[1], ref[1])
             np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
-    finally:
-        _core.set_screen_mode(start)
