@@ -977,20 +977,26 @@ def test_screen_settles_ties_and_adversarial(rng):
 
 
 @pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
+def one_shot_auto_vs_plain(Q, X, k):
+    """hn.topk in auto mode against the plain path, bit for bit; the screen counters before and after."""
+    with screen_mode(0):
+        ref = hn.topk(Q, X, k=k)
+    with screen_mode(1):
+        before = _core.screen_counts()
+        got = hn.topk(Q, X, k=k)
+        after = _core.screen_counts()
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    return before, after
+
+
 def test_auto_screen_estimate_skips_data_it_cannot_prune(rng):
     # a one-shot search in auto mode estimates, from a sample, the fraction of pairs the screen
     # would rescore before it builds its temporary copy: on near-ties it does not start, same results
     d, n, nq, k = 64, 4000, 128, 10
     X = near_ties(rng, n, d)
     Q = rng.standard_normal((nq, d)).astype(np.float32)
-    with screen_mode(0):
-        ref = hn.topk(Q, X, k=k)
-    with screen_mode(1):
-        before = _core.screen_counts()
-        one_shot = hn.topk(Q, X, k=k)
-        after = _core.screen_counts()
-    np.testing.assert_array_equal(one_shot[1], ref[1])
-    np.testing.assert_array_equal(one_shot[0].view(np.uint32), ref[0].view(np.uint32))
+    before, after = one_shot_auto_vs_plain(Q, X, k)
     assert after == before
 
 
@@ -1001,14 +1007,7 @@ def test_auto_screen_estimate_lets_prunable_data_screen(rng):
     centres = rng.standard_normal((60, d)).astype(np.float32) * 4
     X = (centres[rng.integers(0, 60, n)] + rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)
     Q = (X[rng.integers(0, n, nq)] + 0.1 * rng.standard_normal((nq, d))).astype(np.float32)
-    with screen_mode(0):
-        ref = hn.topk(Q, X, k=k)
-    with screen_mode(1):
-        before = _core.screen_counts()
-        got = hn.topk(Q, X, k=k)
-        after = _core.screen_counts()
-    np.testing.assert_array_equal(got[1], ref[1])
-    np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+    before, after = one_shot_auto_vs_plain(Q, X, k)
     if _core.screen_choice(d, k, n) is not None:
         assert after[0] - before[0] == 1 and after[1] == before[1]  # screened, nothing left over
 
