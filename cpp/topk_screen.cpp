@@ -22,9 +22,10 @@
 //    exactly, its exact top k kept and its threshold raised to the exact k-th key;
 //    the other queries and the rest of the search go on.
 // 5. Auto mode (not mode 2) measures the rescoring: a panel that passes its budget
-//    (kMaxRescored of its query x row pairs, pro rata while screening) is dropped
-//    and the queries not yet screened run the plain path; the coded copy then
-//    remembers that this k does not pay on this data (no_prune_k).
+//    (rescore_budget: kMaxRescored of its query x row pairs, more for panels of a
+//    few queries, pro rata while screening) is dropped and the queries not yet
+//    screened run the plain path; the coded copy then remembers that this k does
+//    not pay on this data for panels of that size or larger (no_prune_k).
 // The search leaves everything to the plain path (same results) when a corpus
 // norm is huge or not finite (the plain path's overflow / NaN handling then
 // applies unchanged), or, for cosine, a row's fp32 squared norm over- or
@@ -109,9 +110,12 @@ struct CodedCorpus {
     float rho_max = 0, del_max = 0;
     bool ok = true;
     ScreenType type = ScreenType::Bf16;  // the codes
-    // learnt from the data by the searches that used this copy: auto mode does not screen
-    // for k >= this (a search found the screen rescoring too many rows to pay)
-    mutable std::atomic<size_t> no_prune_k{std::numeric_limits<size_t>::max()};
+    // learnt from the data by the searches that used this copy, per panel class (rescore_budget):
+    // auto mode does not screen panels of that class for k >= this (a search found the screen
+    // rescoring more rows than that class's budget)
+    mutable std::atomic<size_t> no_prune_k[3] = {{std::numeric_limits<size_t>::max()},
+                                                 {std::numeric_limits<size_t>::max()},
+                                                 {std::numeric_limits<size_t>::max()}};
     std::vector<double> key;            // the layout it was built for (corpus_key)
 
     size_t bytes() const {
@@ -168,6 +172,19 @@ constexpr size_t kMaxPanel = 64;
 // about 1.3x slower and AMX's break-even sat near 0.1.)
 constexpr double kMaxRescored = 0.05;
 constexpr double kMaxRescoredAmx = 0.05;
+// Panels of a few queries are bound by memory, not arithmetic: the plain path streams 4d bytes
+// per row for them and the screen d (int8), so the screen pays with more rescoring there.
+// Measured (index copy kept, 200,000 x 768 rows, k = 1,000, 2 threads, AMX): screened / plain
+// time 0.65 / 0.85 at fractions 0.057 / 0.10 for panels of 1 query, 0.60 / 0.82 for 2 (break-even
+// near 0.13); 1.00 / 1.45 for 8 (break-even near 0.06), 1.11 / 1.83 for 32.  The budget per
+// panel class (the class also indexes CodedCorpus::no_prune_k): up to 2 queries 0.12, up to 4
+// 0.08, the rest kMaxRescored.
+int panel_class(size_t P) { return P <= 2 ? 0 : P <= 4 ? 1 : 2; }
+double rescore_budget(size_t P, bool amx) {
+    static const double small[2] = {0.12, 0.08};
+    const int c = panel_class(P);
+    return c < 2 ? small[c] : amx ? kMaxRescoredAmx : kMaxRescored;
+}
 // The same measurement as a model for the estimate (estimate_rescored) of a search that has no
 // copy yet: screened / plain time = base + slope x fraction, and building the copy costs about
 // what the plain path takes for kBuildQueries queries (measured 33 at d = 384, 43 at d = 768,
@@ -822,8 +839,8 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
         state[t]->setup(S, panel);
     }
     // Auto mode stops screening (the panels not started yet run the plain path) once a
-    // panel rescored more than kMaxRescored of its query x row pairs: the screen does not
-    // prune on this data, and the copy remembers it for later searches.
+    // panel rescored more than its budget (rescore_budget) of its query x row pairs: the
+    // screen does not prune on this data, and the copy remembers it for later searches.
     std::atomic<bool> stop{false};
     std::vector<char> done(npanels, 0);
     parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
@@ -841,7 +858,7 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             // their first 5,000 rows: 200,000 x 768 isotropic rows, 16 queries, k = 100, where
             // the whole search rescores 2% and runs in 0.55x the plain path's time.)
             pn.dots = 0, pn.seen = 0, pn.over = false;
-            pn.rate = mode != 1 ? HUGE_VAL : S.B.amx ? kMaxRescoredAmx : kMaxRescored;
+            pn.rate = mode != 1 ? HUGE_VAL : rescore_budget(P, S.B.amx);
             pn.slack = double(S.cap) * double(P + 1);
             for (size_t b = 0; b < S.blocks.size() && !pn.over; ++b) pn.process(S, S.blocks[b], b == 0);
             if (!pn.over) {
@@ -850,8 +867,11 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             }
             if (pn.over || (mode == 1 && double(pn.dots) > pn.rate * double(P) * double(total))) {
                 stop.store(true);
-                size_t seen = S.C.no_prune_k.load();
-                while (S.k < seen && !S.C.no_prune_k.compare_exchange_weak(seen, S.k)) {
+                // this class's budget and every larger panel's (a smaller budget) do not pay at k
+                for (int c = panel_class(P); c < 3; ++c) {
+                    size_t seen = S.C.no_prune_k[c].load();
+                    while (S.k < seen && !S.C.no_prune_k[c].compare_exchange_weak(seen, S.k)) {
+                    }
                 }
             }
         }
@@ -933,8 +953,6 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     // queries are cheaper screened
     const std::vector<double> key = corpus_key(segments, d, metric, B->type);
     const bool reuse = kept && kept->key == key;
-    // auto: an earlier search of this copy found that the screen does not prune at this k
-    if (mode == 1 && reuse && k >= kept->no_prune_k.load()) return false;
     // the copy this search builds: the cache's next one, or a temporary in this thread's buffers
     std::shared_ptr<CodedCorpus> fresh;
     CodedCorpus temp;
@@ -983,6 +1001,9 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     npanels = std::min(nq, (npanels + nt - 1) / nt * nt);
     const size_t panel = (nq + npanels - 1) / npanels;
     npanels = (nq + panel - 1) / panel;
+    // auto: an earlier search of this copy found that the screen does not pay at this k for
+    // panels of this size
+    if (mode == 1 && reuse && k >= kept->no_prune_k[panel_class(panel)].load()) return false;
     const size_t nb = std::max<size_t>(64, std::min<size_t>(1024, (size_t(64) << 10) / panel)) / 64 * 64;
     std::vector<SBlock> blocks;
     for (size_t s = 0; s < segments.size(); ++s)
@@ -998,7 +1019,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     // the plain time).
     if (mode == 1 && !cache) {
         const double f = estimate_rescored(K, *B, Q, qt, ldq, nq, d, segments, total, metric, k, nt);
-        if (f > (B->amx ? kMaxRescoredAmx : kMaxRescored)) return false;
+        if (f > rescore_budget(panel, B->amx)) return false;
         const double rel = B->amx ? kScreenedBaseAmx + kScreenedSlopeAmx * f : kScreenedBase + kScreenedSlope * f;
         if (f >= 0 && rel * double(nq) + double(kBuildQueries) > double(nq)) return false;
     }

@@ -1041,6 +1041,42 @@ def test_auto_screen_stops_where_it_does_not_prune(rng):
     assert after == mid  # the second search did not try
 
 
+def test_auto_screen_remembers_per_panel_size(rng):
+    # a panel of a few queries is bound by memory and pays with more rescoring than a full one
+    # (its own budget): a stop found by large panels leaves small ones free to try, a stop found
+    # by a small panel holds for every larger one too.  Results equal the plain path's throughout.
+    d, n, k = 64, 4000, 10
+    X = near_ties(rng, n, d)  # the screen prunes nothing here: every try stops
+    Q = rng.standard_normal((128, d)).astype(np.float32)
+    start = _core.screen_mode()
+    try:
+        _core.set_screen_mode(0)
+        ref = hn.topk(Q, X, k=k)
+        _core.set_screen_mode(1)
+        counts, results = [], []
+        big = hn.DenseIndex(X)
+        for q in (Q, Q[:1], Q[:1], Q):  # large panels stop; one query still tries, stops, then not again
+            counts.append(_core.screen_counts())
+            results.append(big.search(q, k=k))
+        counts.append(_core.screen_counts())
+        small = hn.DenseIndex(X)  # searched one query at a time: it builds its copy at the 3rd search
+        small_counts = [_core.screen_counts()]
+        for q in (Q[:1], Q[:1], Q[:1], Q):
+            small.search(q, k=k)
+            small_counts.append(_core.screen_counts())
+    finally:
+        _core.set_screen_mode(start)
+    for q, res in zip((Q, Q[:1], Q[:1], Q), results):
+        m = len(q)
+        np.testing.assert_array_equal(res[1], ref[1][:m])
+        np.testing.assert_array_equal(res[0].view(np.uint32), ref[0][:m].view(np.uint32))
+    if _core.screen_choice(d, k, n) is None:
+        return
+    tried = [b[0] - a[0] for a, b in zip(counts, counts[1:])]
+    assert tried == [1, 1, 0, 0]
+    assert [b[0] - a[0] for a, b in zip(small_counts, small_counts[1:])] == [0, 0, 1, 0]
+
+
 @pytest.mark.skipif("int8" not in _core.screen_types(), reason="CPU without AVX-512 VNNI")
 def test_auto_screen_above_32_mib_with_index_codes(rng):
     # an int8 coded copy past 32 MiB (530,000 rows of d = 8: 64 code bytes a row) is screened in
