@@ -184,3 +184,29 @@ def test_lse_chunk_reports_overflow_and_refuses_bad_arrays():
                         np.zeros(2, np.float64), st[1], st[2], 1)
     with pytest.raises(ValueError, match="col_ids needs pos_ids"):
         _core.lse_chunk(np.zeros((2, 5), np.float32), None, None, np.zeros(5, np.int64), None, None, 1.0, *st, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_are_never_subnormal(level, dtype):
+    # the weights feed BLAS matmuls, where a subnormal operand is ~100x slower: a weight that
+    # would be subnormal is written as 0 (what flush-to-zero hardware does); normal ones keep their bits
+    tiny = np.finfo(dtype).tiny
+    lo = np.log(tiny)  # exp(lo) = the smallest normal value
+    B, N = 4, 300
+    # logits from 0 down past the subnormal range, so that some weights land in it
+    S = np.zeros((B, N), dtype)
+    S[:, B:] = np.linspace(-1.0, (lo - 30) / 20.0, N - B)
+    S[np.arange(B), np.arange(B)] = 0.0
+    P = S.copy()
+    _core.dense_rows(P, 20.0, 0.0, 1e-3, None, None, None, 1)
+    assert not np.any((P != 0) & (np.abs(P) < tiny))
+    loss, ref_p, _ = ref_dense(S, 20.0, 0.0, 1e-3)
+    big = np.abs(ref_p) >= 4 * tiny
+    np.testing.assert_allclose(P[big], ref_p[big], rtol=1e-5 if dtype == np.float32 else 1e-12)
+    # lse_chunk: the weights exp(z - max) / |x_j|
+    W = S.copy()
+    inv = np.full(N, 1e-3, dtype)
+    st = (np.full(B, -np.inf, dtype), np.zeros(B, dtype), np.empty(B, dtype))
+    assert not _core.lse_chunk(W, inv, None, None, None, None, 20.0, *st, 1)
+    assert not np.any((W != 0) & (np.abs(W) < tiny))
+    assert np.count_nonzero(W) > B  # not everything flushed
