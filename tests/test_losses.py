@@ -334,6 +334,53 @@ def test_memory_fifo_and_state_dict(tmp_path):
     assert "memory.embeddings" in f.state_dict()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_memory_row_norms_kept_equal_a_fresh_pass(dtype):
+    # the norms kept by enqueue equal, bit for bit, one pass over the valid rows, through wraps,
+    # oversized enqueues, reset, load_state_dict and an in-place edit (both recompute)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(3)
+    mem = CrossBatchMemory(300, 384, dtype=dtype)
+    assert mem.row_norms(cdt).shape == (0,)
+
+    def check():
+        fresh = torch.linalg.vector_norm(mem.get()[0].to(cdt), dim=1)
+        kept = mem.row_norms(cdt)
+        assert kept.dtype == cdt and torch.equal(kept, fresh)
+
+    for n in (1, 7, 32, 1, 128, 200, 31, 500, 64):
+        mem.enqueue((3 * torch.randn(n, 384, generator=g)).to(dtype))
+        check()
+    mem.reset()
+    mem.enqueue(torch.randn(5, 384, generator=g).to(dtype))
+    check()
+    m2 = CrossBatchMemory(300, 384, dtype=dtype)
+    m2.row_norms(cdt)
+    m2.load_state_dict(mem.state_dict())
+    assert torch.equal(m2.row_norms(cdt), mem.row_norms(cdt))
+    with torch.no_grad():
+        mem.embeddings[:5].mul_(2)
+    check()
+    mem.enqueue(torch.randn(3, 384, generator=g).to(dtype))
+    check()
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_cosine_memory_with_kept_norms_equals_a_pass_per_step(backend, monkeypatch):
+    # a cosine loss with a memory reads the kept norms instead of a pass over the memory:
+    # the same loss and gradients, bit for bit, as with a pass per chunk
+    q, pos, hard, pos_ids, neg_ids = make_batch(8, 2, 32, torch.float32, seed=4)
+    mem = fill_memory(600, 32, 600, torch.float32, seed=4, pos_ids=pos_ids)
+    f = InfoNCELoss(memory=mem, similarity="cosine", backend=backend, memory_chunk=128,
+                    false_negative_margin=0.1)
+    got, g_got = grads_of(lambda: f(q, pos, hard, pos_ids, neg_ids), [q, pos, hard])
+    monkeypatch.setattr(CrossBatchMemory, "row_norms", lambda self, dtype=torch.float32: None)
+    ref, g_ref = grads_of(lambda: f(q, pos, hard, pos_ids, neg_ids), [q, pos, hard])
+    assert torch.equal(got, ref)
+    for a, b in zip(g_got, g_ref):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("backend", ["fused", "hybrid", "torch"])
 def test_enqueue_between_forward_and_backward(backend):
     # the sentence-transformers adapter enqueues before the trainer calls backward()

@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from hardneg import _core
 from hardneg.losses import ROW_THREADS, _id_match, _overflow_error
 
 # logits entries (B * B(1+n)) up to which InfoNCELoss(backend="auto") takes this path on CPU;
@@ -101,8 +102,6 @@ class DenseInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, pos, hard, lse_mem, extra):
-        from hardneg import _core
-
         opts, pos_ids, neg_ids, query_ids = extra  # (one argument: apply's cost grows with their number)
         B, d = q.shape
         n = 0 if hard is None else hard.shape[1]

@@ -88,12 +88,14 @@ def _l2_normalize(x: Tensor) -> Tensor:
     return torch.where(nz, y / n, torch.zeros_like(y))
 
 
-def _inverse_norms(x: Tensor) -> Optional[Tensor]:
+def _inverse_norms(x: Tensor, norms: Optional[Tensor] = None) -> Optional[Tensor]:
     """1 / |x_j| per row of detached ``x`` when every norm is in [1e-15, 1e15] (then the plain
-    norm is exact to rounding), on CPU (the range test would sync a device); else None."""
+    norm is exact to rounding), on CPU (the range test would sync a device); else None.
+    ``norms``: those rows' norms, already known (:meth:`CrossBatchMemory.row_norms`), in place
+    of a pass over ``x``."""
     if x.device.type != "cpu":
         return None
-    nrm = torch.linalg.vector_norm(x, dim=1)
+    nrm = torch.linalg.vector_norm(x, dim=1) if norms is None else norms.clone()
     if not bool(((nrm >= 1e-15) & (nrm <= 1e15)).all()):
         return None
     return nrm.reciprocal_()
@@ -151,7 +153,10 @@ class CrossBatchMemory(nn.Module):
     State lives in buffers (``embeddings`` (size, dim), ``ids`` (size,) int64, ``ptr``,
     ``count``), so ``state_dict()`` / ``load_state_dict()`` save and restore it.  The
     valid rows are always ``embeddings[:len(self)]`` (filled from row 0, then wrapped),
-    which is what the loss reads, without a copy.
+    which is what the loss reads, without a copy.  On CPU the rows' L2 norms are kept too
+    (:meth:`row_norms`, computed as rows are enqueued), so a cosine loss does not re-read
+    the whole memory for them at every step; they are not part of the state (recomputed
+    when the embeddings change any other way, e.g. ``load_state_dict``).
     """
 
     def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32,
@@ -167,6 +172,8 @@ class CrossBatchMemory(nn.Module):
         self.register_buffer("ids", torch.full((int(size),), -1, dtype=torch.int64, device=device))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.int64, device=device))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
+        self._norms: Optional[Tensor] = None  # (size,) row norms, valid while _norms_key matches
+        self._norms_key: Optional[tuple] = None
 
     @property
     def size(self) -> int:
@@ -214,7 +221,12 @@ class CrossBatchMemory(nn.Module):
         if n >= self.size:  # only the newest `size` rows survive
             emb, ids_t, n = emb[-self.size:], ids_t[-self.size:], self.size
         pos = (int(self.ptr) + torch.arange(n, device=self.embeddings.device)) % self.size
+        dt = self._norms_key[-1] if self._norms_key is not None else None
+        kept = dt is not None and self._norms_key == self._key(dt)
         self.embeddings[pos] = emb
+        if kept:  # the kept norms stay valid: add the new rows' (computed as a full pass would)
+            self._norms[pos] = torch.linalg.vector_norm(self.embeddings[pos].to(dt), dim=1)
+            self._norms_key = self._key(dt)
         self.ids[pos] = ids_t
         self.ptr.fill_((int(self.ptr) + n) % self.size)
         self.count.fill_(min(int(self.count) + n, self.size))
@@ -223,6 +235,29 @@ class CrossBatchMemory(nn.Module):
         """Views ``(embeddings (len, dim), ids (len,))`` of the valid rows (no copy)."""
         c = int(self.count)
         return self.embeddings[:c], self.ids[:c]
+
+    def _key(self, dt: torch.dtype) -> tuple:
+        e = self.embeddings
+        return (e.data_ptr(), e.device, e.dtype, e._version, dt)
+
+    @torch.no_grad()
+    def row_norms(self, dtype: torch.dtype = torch.float32) -> Optional[Tensor]:
+        """L2 norms ``(len,)`` of the valid rows, computed in ``dtype`` (float32 or float64), or
+        None off the CPU.  Kept between calls: :meth:`enqueue` adds the new rows' norms, so a
+        cosine loss reads the memory once per step (for its scores) instead of twice; any
+        other change to ``embeddings`` (``load_state_dict``, an in-place edit, ``.to()``)
+        makes the next call recompute them all.  Equal, bit for bit, to
+        ``torch.linalg.vector_norm(self.get()[0].to(dtype), dim=1)``."""
+        if self.embeddings.device.type != "cpu":
+            return None
+        key = self._key(dtype)
+        if self._norms_key != key:
+            e = self.embeddings
+            self._norms = torch.empty(e.shape[0], dtype=dtype)
+            for c0 in range(0, e.shape[0], 65536):  # bounded temporaries for a float16 memory
+                self._norms[c0:c0 + 65536] = torch.linalg.vector_norm(e[c0:c0 + 65536].to(dtype), dim=1)
+            self._norms_key = key
+        return self._norms[:len(self)]
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -257,11 +292,13 @@ def _fused_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
 def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_ids: Optional[Tensor],
                       thresholds: Optional[Tensor], logit_scale: float, grad_scale: float, cosine: bool,
                       want_grad: bool, chunk: Optional[int],
-                      query_ids: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+                      query_ids: Optional[Tensor] = None,
+                      norms: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """Same algorithm as the C++ kernel, chunked over the memory: per chunk a BLAS matmul for the
     scores and one for the gradient accumulator; between them, on CPU, one C++ call per chunk
     (``_core.lse_chunk``: masks, logits, running max and sum, weights, in place), on other
-    devices the same steps as torch operations."""
+    devices the same steps as torch operations.  ``norms``: the memory rows' norms in q's dtype
+    (cosine; :meth:`CrossBatchMemory.row_norms`), else computed per chunk."""
     q = qn.detach()
     B, d = q.shape
     dt = q.dtype
@@ -283,13 +320,19 @@ def _torch_memory_lse(qn: Tensor, mem: Tensor, mem_ids: Optional[Tensor], pos_id
         r_cpu = torch.empty(B, dtype=dt)
         max_np, sum_np, r_np = run_max.numpy(), run_sum.numpy(), r_cpu.numpy()
         bad_cpu = False
+    # the kept norms: one range check and reciprocal for the whole memory (a few small torch ops
+    # per chunk cost ~0.1 ms each at 2,048 rows); a memory with a norm out of range goes by chunk
+    inv_all = _inverse_norms(mem, norms) if cosine and norms is not None else None
     for c0 in range(0, mem.shape[0], chunk):
         x = mem[c0:c0 + chunk].to(dt)
         inv = None
         if cosine:
             # q . (x_j / |x_j|) as (q . x_j) / |x_j|: the B x chunk scores are scaled, not the
             # chunk x d rows (one read of the chunk for its norms instead of a normalised copy)
-            inv = _inverse_norms(x)
+            if inv_all is not None:
+                inv = inv_all[c0:c0 + chunk]
+            else:
+                inv = _inverse_norms(x, None if norms is None else norms[c0:c0 + chunk])
             if inv is None:
                 x = _l2_normalize(x)
         sim = q @ x.T
@@ -338,7 +381,7 @@ class _MemoryLSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale, cosine, backend,
-                num_threads, chunk, query_ids=None):
+                num_threads, chunk, query_ids=None, norms=None):
         want = bool(ctx.needs_input_grad[0])
         if backend == "fused":
             lse, grad = _fused_memory_lse(qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale,
@@ -347,7 +390,7 @@ class _MemoryLSE(torch.autograd.Function):
             grad = grad.to(qn.dtype) if grad is not None else None
         else:
             lse, grad = _torch_memory_lse(qn, mem, mem_ids, pos_ids, thresholds, logit_scale, grad_scale,
-                                          cosine, want, chunk, query_ids)
+                                          cosine, want, chunk, query_ids, norms)
         if want:
             ctx.save_for_backward(grad)
         return lse
@@ -355,7 +398,7 @@ class _MemoryLSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
-        return (g[:, None] * grad,) + (None,) * 11
+        return (g[:, None] * grad,) + (None,) * 12
 
 
 def _np_ids(t: Optional[Tensor]):
@@ -830,10 +873,10 @@ class InfoNCELoss(nn.Module):
         a memory, when the in-batch candidates B(1+n) exceed 1/AUTO_INBATCH_FRACTION of the
         memory's rows (then the dense path's peak would no longer be a few percent of a plain
         loss's B x (B(1+n) + memory) logits)."""
-        from hardneg._loss_dense import DENSE_MAX_LOGITS
-
         if self.backend != "auto":
             return self.backend == "fused"
+        from hardneg._loss_dense import DENSE_MAX_LOGITS
+
         cols = b.B * (1 + b.n)
         if b.B * cols > DENSE_MAX_LOGITS:
             return True
@@ -870,7 +913,7 @@ class InfoNCELoss(nn.Module):
         chunk = self.memory_chunk if self.memory_chunk is not None else AUTO_MEMORY_CHUNK
         return _MemoryLSE.apply(qn, mem_emb, mem_ids if b.pos_ids is not None else None, b.pos_ids, thr,
                                 self.scale + memory_alpha, self.scale, cosine, "torch", self.num_threads,
-                                chunk, b.query_ids)
+                                chunk, b.query_ids, mem.row_norms(cdt) if cosine else None)
 
     def _apply_guide(self, masks: Dict[str, Tensor], gdocs: Sequence[Tensor], local: Tensor,
                      own_pos: Tensor) -> None:
@@ -1054,9 +1097,10 @@ class InfoNCELoss(nn.Module):
             backend = "torch"
             if chunk is None and c.dev.type == "cpu":
                 chunk = AUTO_MEMORY_CHUNK
+        norms = mem.row_norms(c.local_q.dtype) if c.cos and backend == "torch" else None
         lse_mem = _MemoryLSE.apply(c.local_q, mem_emb, mem_ids if c.lpid is not None else None, c.lpid, thr,
                                    self.scale + memory_alpha, self.scale, c.cos, backend, self.num_threads,
-                                   chunk, c.lqid)
+                                   chunk, c.lqid, norms)
         return lse_mem.to(c.cdt)
 
     def _reduce(self, c: SimpleNamespace, logits: Dict[str, Tensor], lse_mem: Optional[Tensor], overflow) -> Tensor:
