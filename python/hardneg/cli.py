@@ -254,8 +254,6 @@ def _dense_index(args, C, retriever):
     contiguous shard of the memory-mapped corpus embeddings and the results are merged
     over torch.distributed (gloo on CPU); every rank mines the same negatives.
     """
-    import os
-
     import hardneg as hn
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -555,7 +553,6 @@ def _check_embeddings(path: str, manifest: dict, prov: dict) -> None:
 def _write_mined(args, mined) -> None:
     """The training file: to stdout for '-', else written beside -o and renamed into place."""
     if args.output == "-":
-        import os
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:

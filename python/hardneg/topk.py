@@ -19,7 +19,7 @@ from hardneg import _core
 from hardneg._arrays import check_uint_ids, is_torch
 from hardneg._faiss import FaissIndex
 from hardneg._threads import resolve_num_threads
-from hardneg.backends import INDEX_BACKENDS, index_kind, topk_route
+from hardneg.backends import index_kind, topk_route
 from hardneg.exact import ExactIndex, search_once
 from hardneg.index_base import (DEFAULT_MEMORY_BUDGET, METRICS, SEARCH_BACKENDS, SearchIndex, check_k,
                                 check_metric, check_search_backend)
