@@ -83,6 +83,10 @@
 #include "topk_internal.h"
 
 namespace hn {
+
+// Panel sizes with their own rescoring budget (panel_class, rescore_budget below).
+constexpr int kPanelClasses = 3;
+
 namespace detail {
 
 // The corpus as codes (built by a search, kept by a ScreenCache or thrown away), with what the
@@ -113,9 +117,11 @@ struct CodedCorpus {
     // learnt from the data by the searches that used this copy, per panel class (rescore_budget):
     // auto mode does not screen panels of that class for k >= this (a search found the screen
     // rescoring more rows than that class's budget)
-    mutable std::atomic<size_t> no_prune_k[3] = {{std::numeric_limits<size_t>::max()},
-                                                 {std::numeric_limits<size_t>::max()},
-                                                 {std::numeric_limits<size_t>::max()}};
+    mutable std::atomic<size_t> no_prune_k[kPanelClasses];
+
+    CodedCorpus() {
+        for (auto& k : no_prune_k) k.store(std::numeric_limits<size_t>::max());
+    }
     std::vector<double> key;            // the layout it was built for (corpus_key)
 
     size_t bytes() const {
@@ -179,7 +185,7 @@ constexpr double kMaxRescoredAmx = 0.05;
 // near 0.13); 1.00 / 1.45 for 8 (break-even near 0.06), 1.11 / 1.83 for 32.  The budget per
 // panel class (the class also indexes CodedCorpus::no_prune_k): up to 2 queries 0.12, up to 4
 // 0.08, the rest kMaxRescored.
-int panel_class(size_t P) { return P <= 2 ? 0 : P <= 4 ? 1 : 2; }
+int panel_class(size_t P) { return P <= 2 ? 0 : P <= 4 ? 1 : 2; }  // < kPanelClasses
 double rescore_budget(size_t P, bool amx) {
     static const double small[2] = {0.12, 0.08};
     const int c = panel_class(P);
@@ -868,7 +874,7 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             if (pn.over || (mode == 1 && double(pn.dots) > pn.rate * double(P) * double(total))) {
                 stop.store(true);
                 // this class's budget and every larger panel's (a smaller budget) do not pay at k
-                for (int c = panel_class(P); c < 3; ++c) {
+                for (int c = panel_class(P); c < kPanelClasses; ++c) {
                     size_t seen = S.C.no_prune_k[c].load();
                     while (S.k < seen && !S.C.no_prune_k[c].compare_exchange_weak(seen, S.k)) {
                     }

@@ -976,7 +976,6 @@ def test_screen_settles_ties_and_adversarial(rng):
     screened_vs_plain(Q[:, :1], np.ones((3000, 1), np.float32), 20, "ip", expect="any")  # d = 1, all ties
 
 
-@pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
 def one_shot_auto_vs_plain(Q, X, k):
     """hn.topk in auto mode against the plain path, bit for bit; the screen counters before and after."""
     with screen_mode(0):
@@ -990,6 +989,7 @@ def one_shot_auto_vs_plain(Q, X, k):
     return before, after
 
 
+@pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
 def test_auto_screen_estimate_skips_data_it_cannot_prune(rng):
     # a one-shot search in auto mode estimates, from a sample, the fraction of pairs the screen
     # would rescore before it builds its temporary copy: on near-ties it does not start, same results
@@ -1048,11 +1048,9 @@ def test_auto_screen_remembers_per_panel_size(rng):
     d, n, k = 64, 4000, 10
     X = near_ties(rng, n, d)  # the screen prunes nothing here: every try stops
     Q = rng.standard_normal((128, d)).astype(np.float32)
-    start = _core.screen_mode()
-    try:
-        _core.set_screen_mode(0)
+    with screen_mode(0):
         ref = hn.topk(Q, X, k=k)
-        _core.set_screen_mode(1)
+    with screen_mode(1):
         counts, results = [], []
         big = hn.DenseIndex(X)
         for q in (Q, Q[:1], Q[:1], Q):  # large panels stop; one query still tries, stops, then not again
@@ -1064,8 +1062,6 @@ def test_auto_screen_remembers_per_panel_size(rng):
         for q in (Q[:1], Q[:1], Q[:1], Q):
             small.search(q, k=k)
             small_counts.append(_core.screen_counts())
-    finally:
-        _core.set_screen_mode(start)
     for q, res in zip((Q, Q[:1], Q[:1], Q), results):
         m = len(q)
         np.testing.assert_array_equal(res[1], ref[1][:m])

@@ -86,18 +86,17 @@ inline float row_tiny() { return __FLT_MIN__; }
 template <>
 inline double row_tiny() { return __DBL_MIN__; }
 
+// x, or 0 when x is subnormal
+template <class T>
+inline T row_flush(T x) {
+    return __builtin_fabs(x) < row_tiny<T>() ? T(0) : x;
+}
+
 // s[c] *= v[c] (v given) or f, subnormal products written as 0
 template <class T>
 void mul_row(T* s, const T* v, size_t n, T f) {
-    const T tiny = row_tiny<T>();
     if (v)
-        for (size_t c = 0; c < n; ++c) {
-            const T x = s[c] * v[c];
-            s[c] = __builtin_fabs(x) < tiny ? T(0) : x;
-        }
+        for (size_t c = 0; c < n; ++c) s[c] = row_flush(s[c] * v[c]);
     else
-        for (size_t c = 0; c < n; ++c) {
-            const T x = s[c] * f;
-            s[c] = __builtin_fabs(x) < tiny ? T(0) : x;
-        }
+        for (size_t c = 0; c < n; ++c) s[c] = row_flush(s[c] * f);
 }

@@ -95,10 +95,10 @@ def _inverse_norms(x: Tensor, norms: Optional[Tensor] = None) -> Optional[Tensor
     of a pass over ``x``."""
     if x.device.type != "cpu":
         return None
-    nrm = torch.linalg.vector_norm(x, dim=1) if norms is None else norms.clone()
+    nrm = torch.linalg.vector_norm(x, dim=1) if norms is None else norms
     if not bool(((nrm >= 1e-15) & (nrm <= 1e15)).all()):
         return None
-    return nrm.reciprocal_()
+    return nrm.reciprocal()  # (not in place: norms may be the memory's kept ones)
 
 
 def _overflow_error(what: str, dtype: torch.dtype) -> ValueError:
