@@ -51,9 +51,9 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
             if (p.pen) {
                 const uint8_t* pen = p.pen + i * N;
                 for (size_t c = 0; c < N; ++c) s[c] = pen[c] ? p.scale * s[c] + p.alpha * s[c] : p.scale * s[c];
-                probe = ops.logits(s, N, T(1), kInf);  // (times 1: only the check)
+                probe = ops.logits(s, nullptr, N, T(1), kInf);  // (times 1: only the check)
             } else {
-                probe = ops.logits(s, N, p.scale, kInf);
+                probe = ops.logits(s, nullptr, N, p.scale, kInf);
             }
             if (probe != T(0)) {
                 long none = -1;
@@ -70,14 +70,23 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
             const T t = p.lse_mem ? p.lse_mem[i] - zp : -kInf;
             const T m = std::max(std::max(T(0), ops.max(s, N) - zp), t);
             s[i] = -kInf;  // the positive is the "1" of log1p, not a term of the sum
-            T rest = ops.exp_sum(s, N, zp + m);  // sum_{c != p} exp(z_c - z_p - m)
-            if (p.lse_mem) rest += std::exp(t - m);
-            const T li = std::log1p(rest + std::expm1(-m)) + m;
+            T rest = ops.exp_sum(s, nullptr, N, zp + m);  // sum_{c != p} exp(z_c - z_p - m)
+            const T et = p.lse_mem ? std::exp(t - m) : T(0);
+            rest += et;
+            // 3. With em = exp(-m) and D = rest + em = exp(-m) (1 + sum_{c != p} exp(z_c - z_p)):
+            //    loss_i = m + log D = m + log1p((rest - 1) + em); the weights
+            //    dloss_i/dz_ic = exp(z_ic - z_ip - loss_i) = e_c / D, the positive's
+            //    expm1(-loss_i) = em / D - 1 = -rest / D, the memory's exp(t - m) / D.
+            //    One log1p and a division per row (expm1 / exp were most of a short row's time);
+            //    m = 0, the usual row (no logit above the positive's), needs no exp at all.
+            const T em = m == T(0) ? T(1) : std::exp(-m);
+            const T D = rest + em;
+            const T li = (m == T(0) ? std::log1p(rest) : std::log1p((rest - T(1)) + em)) + m;
             loss[i] = li;
-            // 3. dloss_i/dz_ic = exp(z_ic - z_ip - loss_i) = e_c * exp(m - loss_i); the positive: expm1(-loss_i)
-            ops.mul(s, nullptr, N, p.grad_scale * std::exp(m - li));
-            s[i] = p.grad_scale * std::expm1(-li);
-            if (pmem) pmem[i] = p.lse_mem ? p.grad_scale * std::exp(t - li) : T(0);
+            const T inv = T(1) / D;
+            ops.mul(s, nullptr, N, p.grad_scale * inv);
+            s[i] = p.grad_scale * (-rest * inv);
+            if (pmem) pmem[i] = p.grad_scale * et * inv;
         }
     });
     return bad.load();
@@ -93,9 +102,8 @@ bool lse_chunk(const LseChunk<T>& p, T* run_max, T* run_sum, T* r, int num_threa
         for (size_t i = i0; i < i1; ++i) {
             T* s = p.S + i * p.lds;
             // 1. similarities (cosine: times 1/|x_j|), logits with the threshold mask (sim > +inf never
-            //    holds), checked before masking
-            if (p.inv) ops.mul(s, p.inv, C, T(1));
-            if (ops.logits(s, C, p.logit_scale, p.thresholds ? p.thresholds[i] : kInf) != T(0)) {
+            //    holds), checked before masking: one pass
+            if (ops.logits(s, p.inv, C, p.logit_scale, p.thresholds ? p.thresholds[i] : kInf) != T(0)) {
                 bad.store(true);
                 continue;
             }
@@ -110,9 +118,9 @@ bool lse_chunk(const LseChunk<T>& p, T* run_max, T* run_sum, T* r, int num_threa
             const T new_max = std::max(run_max[i], ops.max(s, C));
             const T safe = std::isinf(new_max) ? T(0) : new_max;
             const T ri = std::exp(run_max[i] - safe);
-            // 3. weights exp(z - max) and their sum; times 1/|x_j| for the caller's W @ x (raw rows)
-            const T sum = ops.exp_sum(s, C, safe);
-            if (p.inv) ops.mul(s, p.inv, C, T(1));
+            // 3. weights exp(z - max) and their sum, times 1/|x_j| for the caller's W @ x (raw rows):
+            //    one pass
+            const T sum = ops.exp_sum(s, p.inv, C, safe);
             run_sum[i] = run_sum[i] * ri + sum;
             run_max[i] = new_max;
             r[i] = ri;

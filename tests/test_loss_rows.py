@@ -47,7 +47,7 @@ def ref_dense(S, scale, alpha, gscale, pen=None, removed=None, lse_mem=None):
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
-@pytest.mark.parametrize("B,N", [(1, 1), (3, 3), (5, 17), (16, 16), (7, 100), (33, 257)])
+@pytest.mark.parametrize("B,N", [(1, 1), (3, 3), (5, 17), (16, 16), (7, 100), (33, 257), (3, 512), (4, 1030)])
 @pytest.mark.parametrize("options", ["plain", "masks", "memory"])
 def test_dense_rows_matches_the_definition(level, dtype, tol, B, N, options):
     rng = np.random.default_rng(B * 1000 + N)
@@ -100,6 +100,15 @@ def test_dense_rows_reports_logits_it_cannot_hold(level, bad_value):
     assert _core.dense_rows(S, 20.0, 0.0, 1.0, None, None, None, 1)[3] == 2
 
 
+def test_dense_rows_reports_a_mean_it_cannot_hold(level):
+    # every logit finite, but z_ic - z_ip is not: -2 (the caller names the mean loss)
+    S = np.zeros((2, 3), np.float32)
+    S[0, 0], S[0, 1] = -3e38, 3e38
+    assert _core.dense_rows(S, 1.0, 0.0, 1.0, None, None, None, 1)[3] == -2
+    S = np.zeros((2, 3), np.float32)
+    assert _core.dense_rows(S, 1.0, 0.0, 1.0, None, None, None, 1)[3] == -1
+
+
 def test_dense_rows_refuses_bad_blocks():
     S = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match="scores must be float32 or float64"):
@@ -144,7 +153,7 @@ def ref_chunks(chunks, inv, thr, col_ids, pos_ids, query_ids, ls):
 @pytest.mark.parametrize("options", ["plain", "cosine", "masks"])
 def test_lse_chunk_streams_to_the_log_sum_exp(level, dtype, tol, options):
     rng = np.random.default_rng(7)
-    B, sizes = 5, (16, 1, 33, 100)
+    B, sizes = 5, (16, 1, 33, 100, 700)  # 700: a long row (the 64-lane loops) with a 60-column tail
     chunks = [rng.normal(size=(B, c)).astype(dtype) for c in sizes]
     inv = [rng.uniform(0.5, 2.0, size=c).astype(dtype) for c in sizes] if options == "cosine" else None
     thr = col_ids = pos_ids = query_ids = None

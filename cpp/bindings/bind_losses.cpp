@@ -315,6 +315,7 @@ py::tuple dense_rows_t(py::array S, double scale, double alpha, double grad_scal
         double sum = 0;
         for (size_t i = 0; i < p.B; ++i) sum += (double)l[i];
         *mean = (T)(sum / (double)p.B);
+        if (bad < 0 && !std::isfinite(*mean)) bad = -2;  // z_ic - z_ip (or the mean) overflowed
     }
     return py::make_tuple(mean_arr, loss, pmem_obj, bad);
 }
@@ -322,7 +323,7 @@ py::tuple dense_rows_t(py::array S, double scale, double alpha, double grad_scal
 // scores (B, N) float32 / float64, written in place with grad_scale * dloss_i/dz_ic; pen,
 // removed: (B, N) bool or None; lse_mem (B,) of the scores' dtype or None.  Returns (the mean
 // loss (0-d array, summed in double), loss (B,), pmem (B,) or None, the first row with a
-// non-finite logit or -1).
+// non-finite logit, or -2 when the logits are finite but the mean loss is not, or -1).
 py::tuple dense_rows_impl(const py::array& S, double scale, double alpha, double grad_scale, const py::object& pen,
                           const py::object& removed, const py::object& lse_mem, int num_threads) {
     if (py::isinstance<py::array_t<float>>(S))

@@ -60,13 +60,14 @@ struct Kernels {
 // at a time; simd/rows.inl, compiled per ISA in rows_<isa>.cpp).
 template <class T>
 struct RowOps {
-    // s[c] = s[c] > thr ? -inf : scale * s[c]; returns 0 when every scale * s[c] is
-    // finite, NaN otherwise.
-    T (*logits)(T* s, size_t n, T scale, T thr);
+    // s[c] = sim > thr ? -inf : scale * sim, sim = s[c] or s[c] * v[c] (v not null);
+    // returns 0 when every scale * sim is finite, NaN otherwise.
+    T (*logits)(T* s, const T* v, size_t n, T scale, T thr);
     // max of s[0 .. n) (no NaN in s; -inf for n = 0).
     T (*max)(const T* s, size_t n);
-    // s[c] = exp(s[c] - shift) for arguments <= 0 or -inf; returns the sum.
-    T (*exp_sum)(T* s, size_t n, T shift);
+    // e_c = exp(s[c] - shift) for arguments <= 0 or -inf; s[c] = e_c, or e_c * v[c]
+    // (v not null); returns the sum of the e_c.
+    T (*exp_sum)(T* s, const T* v, size_t n, T shift);
     // s[c] *= v[c] (v not null) or f.
     void (*mul)(T* s, const T* v, size_t n, T f);
     const char* name;

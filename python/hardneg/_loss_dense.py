@@ -14,7 +14,6 @@ value and gradients as the other paths (tests/test_losses*.py, tests/test_loss_r
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -126,12 +125,12 @@ class DenseInfoNCE(torch.autograd.Function):
                                               None if pen is None else pen.contiguous().numpy(),
                                               None if removed is None else removed.contiguous().numpy(),
                                               lse, ROW_THREADS)
-        if bad >= 0:  # a logit the compute dtype cannot hold, or a NaN / Inf input (named first)
-            opts["check_inputs"]()
+        if bad != -1:
+            if bad == -2:  # the logits are finite, z_ic - z_ip or the mean overflowed
+                raise _overflow_error("the batch (the mean loss)", cdt)
+            opts["check_inputs"]()  # a logit the compute dtype cannot hold, or a NaN / Inf input (named first)
             raise _overflow_error("q against pos / hard_negatives", cdt)
         loss = torch.from_numpy(mean)
-        if not math.isfinite(float(loss)):  # z_ic - z_ip or the mean overflowed
-            raise _overflow_error("the batch (the mean loss)", cdt)
         ctx.pmem = None if pmem is None else torch.from_numpy(pmem)
         ctx.save_for_backward(x, c, xinv, cinv, S)
         ctx.shape = (B, n, d, q.dtype, pos.dtype, None if hard is None else hard.dtype)

@@ -651,6 +651,20 @@ def _gather(t: Tensor, with_grad: bool) -> Tensor:
     return torch.cat(out, dim=0)
 
 
+_DENSE_MODULE = None
+
+
+def _dense_module():
+    """hardneg._loss_dense (it imports this module: loaded on first use, then kept; its
+    attributes are read at each call, so a test's monkeypatch of them holds)."""
+    global _DENSE_MODULE
+    if _DENSE_MODULE is None:
+        import hardneg._loss_dense as module
+
+        _DENSE_MODULE = module
+    return _DENSE_MODULE
+
+
 def _dist_info() -> Tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -875,16 +889,12 @@ class InfoNCELoss(nn.Module):
         loss's B x (B(1+n) + memory) logits)."""
         if self.backend != "auto":
             return self.backend == "fused"
-        from hardneg._loss_dense import DENSE_MAX_LOGITS
-
         cols = b.B * (1 + b.n)
-        if b.B * cols > DENSE_MAX_LOGITS:
+        if b.B * cols > _dense_module().DENSE_MAX_LOGITS:
             return True
         return mem is not None and len(mem) > 0 and cols * AUTO_INBATCH_FRACTION > len(mem)
 
     def _dense(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> Tensor:
-        from hardneg._loss_dense import DenseInfoNCE
-
         a = self.hardness_strength if self.hardness_mode is not None else 0.0
         opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
                 "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
@@ -893,7 +903,7 @@ class InfoNCELoss(nn.Module):
         if mem is not None and len(mem) > 0:
             b.check_finite()  # the memory pass would call a NaN input an overflow
             lse = self._dense_memory_lse(b, mem, opts["cosine"])
-        return DenseInfoNCE.apply(b.q, b.pos, b.hard, lse, (opts, b.pos_ids, b.neg_ids, b.query_ids))
+        return _dense_module().DenseInfoNCE.apply(b.q, b.pos, b.hard, lse, (opts, b.pos_ids, b.neg_ids, b.query_ids))
 
     def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
         """(B,) log-sum-exp of each query's memory logits (chunks of AUTO_MEMORY_CHUNK rows, never
@@ -956,8 +966,8 @@ class InfoNCELoss(nn.Module):
                 raise TypeError(f"memory dtype {mem.dtype} does not match the embeddings' dtype {b.q.dtype}")
             if mem.embeddings.device != b.q.device:
                 raise ValueError(f"memory is on {mem.embeddings.device} but q is on {b.q.device}")
-        rank, world = _dist_info()
-        gathering = self.gather_across_devices and world > 1
+        rank, world = _dist_info() if self.gather_across_devices else (0, 1)
+        gathering = world > 1
         if gdocs is None and self._dense_ok(b, mem, gathering):
             return self._dense(b, mem)
         b.check_finite()
