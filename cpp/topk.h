@@ -96,8 +96,9 @@ int screen_type();
 // ("int8", "bf16"), or null when this CPU has neither.
 const char* screen_choice(size_t d, size_t k, size_t n);
 // Searches that took the screened path / that started it and fell back to the
-// plain one, since the process started.
-void screen_counts(uint64_t* screened, uint64_t* fallbacks);
+// plain one / that extended a kept coded copy (an index after add()), since the
+// process started.
+void screen_counts(uint64_t* screened, uint64_t* fallbacks, uint64_t* extended = nullptr);
 
 // Merges per-part results: part p gives (nq x kp) scores/ids, best first.  Writes
 // the k best over all parts with the same ordering rules (ids < 0 are padding).

@@ -8,6 +8,9 @@
 #include <cstring>
 #include <new>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>  // madvise (AlignedAlloc)
+#endif
 
 #include "simd/kernels.h"
 #include "topk.h"
@@ -28,6 +31,19 @@ struct AlignedAlloc {
     AlignedAlloc(const AlignedAlloc<U>&) {}
     T* allocate(size_t n) {
         const size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        // A large buffer (a coded copy of the corpus: hundreds of MB) in 2 MiB pages where the
+        // kernel offers them on request: its first touch then faults once per 2 MiB instead of
+        // once per 4 KiB (measured: a fresh 116 MiB copy spent ~25 ms in page faults).
+        constexpr size_t kHuge = size_t(2) << 20;
+        if (bytes >= 4 * kHuge) {
+            const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+            void* p = std::aligned_alloc(kHuge, rounded);
+            if (!p) throw std::bad_alloc();
+            madvise(p, rounded, MADV_HUGEPAGE);  // advice only: ignored where unsupported
+            return static_cast<T*>(p);
+        }
+#endif
         void* p = std::aligned_alloc(64, bytes ? bytes : 64);
         if (!p) throw std::bad_alloc();
         return static_cast<T*>(p);

@@ -209,7 +209,7 @@ std::atomic<int>& mode_ref() {
     static std::atomic<int> m{initial_mode()};
     return m;
 }
-std::atomic<uint64_t> g_screened{0}, g_fallbacks{0};
+std::atomic<uint64_t> g_screened{0}, g_fallbacks{0}, g_extended{0};
 
 // Which codes: 0 = auto (pick_kernels), else a ScreenType.
 int initial_type() {
@@ -297,28 +297,53 @@ float round_up(double v) {
     return f;
 }
 
+// Codes the corpus into C (its dp, eb, start and pstart set).  With a base (a copy of the
+// same corpus before index.add appended segments: its segments are C's first ones, unmoved),
+// the base's rows are copied and only the segments after them are coded: every per-row value
+// depends on its row alone and the corpus maxima are maxima, so the result equals coding the
+// whole corpus.
 void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Segment>& segs, size_t d,
-                  Metric metric, const std::vector<SBlock>& blocks, int nt, CodedCorpus& C) {
+                  Metric metric, const std::vector<SBlock>& blocks, int nt, CodedCorpus& C,
+                  const CodedCorpus* base = nullptr) {
     const size_t np = C.pstart.back();
+    const size_t first = base ? base->start.size() - 1 : 0;  // the first segment to code
+    const size_t kept = base ? base->pstart.back() : 0;      // packed rows copied from the base
+    auto fill = [&](auto& v, const auto& from, size_t per_row) {
+        v.assign(np * per_row, 0);
+        if (base) std::copy(from.begin(), from.begin() + kept * per_row, v.begin());
+    };
+    if (base) {  // one pass over the kept codes (no zeroing first)
+        C.x.clear();
+        C.x.reserve(np * C.lanes());
+        C.x.insert(C.x.end(), base->x.begin(), base->x.begin() + kept * C.lanes());
+    }
     C.x.resize(np * C.lanes());
-    C.xs.assign(np, 0.0f);
-    C.xsum.assign(np, 0);
-    C.rho.assign(np, 0.0f);
-    C.del.assign(np, 0.0f);
-    if (metric == Metric::Cosine) C.xn.assign(np, 0.0f);
-    if (metric == Metric::L2) C.xsq.assign(np, 0.0f);
+    fill(C.xs, base ? base->xs : C.xs, 1);
+    fill(C.xsum, base ? base->xsum : C.xsum, 1);
+    fill(C.rho, base ? base->rho : C.rho, 1);
+    fill(C.del, base ? base->del : C.del, 1);
+    if (metric == Metric::Cosine) fill(C.xn, base ? base->xn : C.xn, 1);
+    if (metric == Metric::L2) fill(C.xsq, base ? base->xsq : C.xsq, 1);
+    if (base) {
+        C.r_c = base->r_c, C.r_d = base->r_d, C.r_t = base->r_t, C.r_xn = base->r_xn;
+        C.ok = base->ok;
+        for (size_t c = 0; c < kPanelClasses; ++c) C.no_prune_k[c].store(base->no_prune_k[c].load());
+    }
+    std::vector<size_t> todo;  // the blocks to code
+    for (size_t b = 0; b < blocks.size(); ++b)
+        if (blocks[b].seg >= first) todo.push_back(b);
     const double infl = 1.0 + std::ldexp(1.0, -7) + double(d + 64) * std::ldexp(1.0, -22);
     struct Acc {
         double r_c = 0, r_d = 0, r_t = 0, r_xn = 0;
         bool ok = true;
     };
     std::vector<Acc> acc(nt);
-    parallel_for(blocks.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
+    parallel_for(todo.size(), nt, 1, [&](size_t b0, size_t b1, int tid) {
         std::vector<float> x2, e2, t2, sq, tmp(d);
         std::vector<uint8_t> rm;
         Acc& a = acc[tid];
         for (size_t b = b0; b < b1; ++b) {
-            const SBlock& bl = blocks[b];
+            const SBlock& bl = blocks[todo[b]];
             const Segment& sg = segs[bl.seg];
             const size_t n = bl.g1 - bl.g0, es = dtype_size(sg.dtype);
             const char* X = static_cast<const char*>(sg.data) + bl.r0 * sg.ld * es;
@@ -523,6 +548,12 @@ std::vector<double> corpus_key(const std::vector<Segment>& segs, size_t d, Metri
                          double(s.ld), double(reinterpret_cast<uintptr_t>(s.sqnorms)), double(s.id_offset)})
             k.push_back(v);
     return k;
+}
+
+// Whether `kept` is the key of a copy of this corpus before index.add appended segments:
+// the same dimension, metric and codes, and its segments are this corpus's first ones.
+bool key_extends(const std::vector<double>& kept, const std::vector<double>& key) {
+    return kept.size() >= 3 && kept.size() < key.size() && std::equal(kept.begin(), kept.end(), key.begin());
 }
 
 // Everything one screened search shares read-only.
@@ -925,9 +956,10 @@ const char* screen_choice(size_t d, size_t k, size_t n) {
     const ScreenKernels* B = pick_kernels(d, k, n);
     return B ? B->name : nullptr;
 }
-void screen_counts(uint64_t* screened, uint64_t* fallbacks) {
+void screen_counts(uint64_t* screened, uint64_t* fallbacks, uint64_t* extended) {
     *screened = g_screened.load();
     *fallbacks = g_fallbacks.load();
+    if (extended) *extended = g_extended.load();
 }
 
 namespace detail {
@@ -959,6 +991,9 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     // queries are cheaper screened
     const std::vector<double> key = corpus_key(segments, d, metric, B->type);
     const bool reuse = kept && kept->key == key;
+    // an index that grew by add(): its kept copy covers the first segments, and only the new
+    // rows need codes; like a kept copy, that costs little (a copy of the codes, no coding)
+    const bool extend = !reuse && cache && kept && kept->ok && key_extends(kept->key, key);
     // the copy this search builds: the cache's next one, or a temporary in this thread's buffers
     std::shared_ptr<CodedCorpus> fresh;
     CodedCorpus temp;
@@ -994,12 +1029,13 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const double copy_bytes = double(C->pstart.back()) * double(C->dp * C->eb);
     if (total == 0 || copy_bytes > double(kMaxCodeBytes)) return false;
     if (mode == 1 && copy_bytes > double(kAutoCodeBytes) &&
-        !(B->type == ScreenType::Int8 && (reuse || repeated || nq >= kMinQueriesLarge)))
+        !(B->type == ScreenType::Int8 && (reuse || extend || repeated || nq >= kMinQueriesLarge)))
         return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
     if (mode == 1 && (total < 4 * k + 256 ||
-                      (!reuse && !repeated && (nq < kMinQueries || double(nq) * double(total) * double(d) < 2e7))))
+                      (!reuse && !extend && !repeated &&
+                       (nq < kMinQueries || double(nq) * double(total) * double(d) < 2e7))))
         return false;
 
     // panels: equal sizes, a multiple of the thread count; blocks: the score tile stays near 256 KiB
@@ -1009,7 +1045,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     npanels = (nq + panel - 1) / panel;
     // auto: an earlier search of this copy found that the screen does not pay at this k for
     // panels of this size
-    if (mode == 1 && reuse && k >= kept->no_prune_k[panel_class(panel)].load()) return false;
+    if (mode == 1 && (reuse || extend) && k >= kept->no_prune_k[panel_class(panel)].load()) return false;
     const size_t nb = std::max<size_t>(64, std::min<size_t>(1024, (size_t(64) << 10) / panel)) / 64 * 64;
     std::vector<SBlock> blocks;
     for (size_t s = 0; s < segments.size(); ++s)
@@ -1031,7 +1067,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     }
     g_screened.fetch_add(1);
     if (!reuse) {
-        build_corpus(K, *B, segments, d, metric, blocks, nt, *C);
+        build_corpus(K, *B, segments, d, metric, blocks, nt, *C, extend ? kept.get() : nullptr);
+        if (extend) g_extended.fetch_add(1);
         if (!C->ok) {
             g_fallbacks.fetch_add(1);
             return false;

@@ -704,8 +704,9 @@ def test_screen_type_setting():
 
 @needs_screen
 def test_index_codes_follow_the_corpus(rng, screen_kind):
-    # the index's coded copy is rebuilt whenever it no longer matches: other codes, and after add()
-    # (dropped, then rebuilt on the next screened search); results always equal the plain search
+    # the index's coded copy is rebuilt whenever it no longer matches (other codes) and extended
+    # after add() (kept, and the next screened search codes only the new rows); results always
+    # equal the plain search
     X = rng.standard_normal((700, 40)).astype(np.float32)
     Q = rng.standard_normal((120, 40)).astype(np.float32)
     start = _core.screen_mode()
@@ -721,13 +722,17 @@ def test_index_codes_follow_the_corpus(rng, screen_kind):
             for what, kind in steps:
                 _core.set_screen_type(kind)
                 if what == "add":
+                    kept_bytes = index.codes_nbytes
                     index.add(X[500:])
                     corpus = X
-                    assert index.codes_nbytes == 0
+                    assert index.codes_nbytes == kept_bytes > 0
+                    extended = _core.screen_extended()
                     continue
                 before = _core.screen_counts()
                 got = index.search(Q, k=30)
                 assert _core.screen_counts()[0] == before[0] + 1 and index.codes_nbytes > 0
+                if corpus is X:  # the first search after add() extended the copy, the next reused it
+                    assert _core.screen_extended() == extended + 1 and index.codes_nbytes > kept_bytes
                 _core.set_screen_mode(0)
                 ref = hn.topk(Q, corpus, k=30, metric=metric)
                 _core.set_screen_mode(2)
@@ -735,6 +740,38 @@ def test_index_codes_follow_the_corpus(rng, screen_kind):
                 np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
     finally:
         _core.set_screen_mode(start)
+
+
+@needs_screen
+def test_extended_codes_equal_a_fresh_copy(rng, screen_kind):
+    # an index grown by several add()s (a one-row segment, a float16 one, ties across segments)
+    # extends its coded copy at each screened search: the copy has the size of a fresh index's,
+    # and every search equals the plain one, bit for bit, for each metric
+    X = rng.standard_normal((1300, 40)).astype(np.float32)
+    X[1290:] = X[:10]  # exact duplicates of rows in the first segment: ties across segments
+    Q = rng.standard_normal((100, 40)).astype(np.float32)
+    parts = [X[:600], X[600:601], X[601:1000].astype(np.float16), X[1000:]]
+    with screen_mode(2):
+        for metric in ("ip", "cosine", "l2"):
+            index = hn.DenseIndex(parts[0], metric=metric)
+            index.search(Q, k=25)
+            corpus = parts[0]
+            for part in parts[1:]:
+                index.add(part)
+                corpus = np.concatenate([corpus, part.astype(np.float32)])
+                extended = _core.screen_extended()
+                got = index.search(Q, k=25)
+                assert _core.screen_extended() == extended + 1
+                with screen_mode(0):
+                    ref = hn.topk(Q, corpus, k=25, metric=metric)
+                np.testing.assert_array_equal(got[1], ref[1])
+                np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+            grown = index.codes_nbytes
+            fresh = hn.DenseIndex(parts[0], metric=metric)
+            for part in parts[1:]:
+                fresh.add(part)
+            fresh.search(Q, k=25)  # codes the whole corpus at once
+            assert fresh.codes_nbytes == grown
 
 
 @needs_screen

@@ -184,4 +184,9 @@ void bind_topk(py::module_& m) {
         hn::screen_counts(&s, &f);
         return py::make_tuple(s, f);
     }, "(screened searches, of which fell back to the plain path) since the process started");
+    m.def("screen_extended", [] {
+        uint64_t s = 0, f = 0, e = 0;
+        hn::screen_counts(&s, &f, &e);
+        return e;
+    }, "coded copies extended (an index's copy after add(): only the new rows coded) since the process started");
 }

@@ -106,13 +106,10 @@ class ExactIndex(SearchIndex):
     def add(self, vectors: Any) -> "ExactIndex":
         """Append rows (M, d); they get ids ``len(self) .. len(self) + M - 1``. Returns self.
 
-        The screen's coded copy no longer matches the corpus: it is dropped and rebuilt
-        by the next search that screens.
+        The screen's coded copy, when a search built one, is kept: the next search that
+        screens codes only the new rows and extends it (the old rows are not coded again).
         """
-        before = self._size
         self._append(vectors, "vectors")
-        if self._size != before:
-            self._codes.clear()
         return self
 
     def _append(self, x: Any, name: str) -> None:
