@@ -292,6 +292,32 @@ def test_dense_index_add_equals_fresh(rng):
         assert not (i == 100).any()
 
 
+@pytest.mark.parametrize("case", ["ties", "all_equal", "huge", "sorted"])
+def test_buffer_compaction_keeps_the_exact_top_k(rng, case):
+    # the plain path's running buffers (2k + 32 keys) compact many times over 6,000 rows at
+    # k = 10: by a bound below the k-th best key (then a few more keys stay), or exactly when
+    # the keys' range is not finite or too many keys tie at the cut; ids always equal the
+    # float64 brute force with ties by ascending id
+    N, d, k = 6000, 16, 10
+    X = int_vectors(rng, N, d)
+    Q = int_vectors(rng, 37, d)
+    if case == "all_equal":  # every key equal: the cut keeps them all, the exact selection runs
+        X[:] = 1.0
+    elif case == "huge":  # keys of +-1.9e38 (exact: 2^120 times integers; finite, their range
+        # is not): the exact selection
+        X[::7] = 3.0 * 2.0 ** 120
+        X[1::14] = -3.0 * 2.0 ** 120
+        Q[::3] = 3.0
+    elif case == "sorted":  # keys rising with the id: every row enters, a compaction per 42 rows
+        X = np.repeat(np.arange(N, dtype=np.float32)[:, None], d, axis=1) / N
+        Q = np.abs(Q) + 1
+    with screen_mode(0):
+        s, i = hn.topk(Q, X, k=k)
+    rs, ri = ref_topk(Q, X, k)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, rtol=1e-6)
+
+
 def test_cosine_zero_rows():
     X = np.array([[0, 0], [1, 0], [0, 1]], np.float32)
     s, i = hn.topk(np.array([[1, 1], [0, 0]], np.float32), X, k=3, metric="cosine")
