@@ -308,9 +308,9 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
     const size_t np = C.pstart.back();
     const size_t first = base ? base->start.size() - 1 : 0;  // the first segment to code
     const size_t kept = base ? base->pstart.back() : 0;      // packed rows copied from the base
-    auto fill = [&](auto& v, const auto& from, size_t per_row) {
-        v.assign(np * per_row, 0);
-        if (base) std::copy(from.begin(), from.begin() + kept * per_row, v.begin());
+    auto fill = [&](auto& v, const auto& from) {  // np per-row values: the base's, then zeros
+        v.assign(np, 0);
+        if (base) std::copy(from.begin(), from.begin() + kept, v.begin());
     };
     if (base) {  // one pass over the kept codes (no zeroing first)
         C.x.clear();
@@ -318,12 +318,12 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
         C.x.insert(C.x.end(), base->x.begin(), base->x.begin() + kept * C.lanes());
     }
     C.x.resize(np * C.lanes());
-    fill(C.xs, base ? base->xs : C.xs, 1);
-    fill(C.xsum, base ? base->xsum : C.xsum, 1);
-    fill(C.rho, base ? base->rho : C.rho, 1);
-    fill(C.del, base ? base->del : C.del, 1);
-    if (metric == Metric::Cosine) fill(C.xn, base ? base->xn : C.xn, 1);
-    if (metric == Metric::L2) fill(C.xsq, base ? base->xsq : C.xsq, 1);
+    fill(C.xs, base ? base->xs : C.xs);
+    fill(C.xsum, base ? base->xsum : C.xsum);
+    fill(C.rho, base ? base->rho : C.rho);
+    fill(C.del, base ? base->del : C.del);
+    if (metric == Metric::Cosine) fill(C.xn, base ? base->xn : C.xn);
+    if (metric == Metric::L2) fill(C.xsq, base ? base->xsq : C.xsq);
     if (base) {
         C.r_c = base->r_c, C.r_d = base->r_d, C.r_t = base->r_t, C.r_xn = base->r_xn;
         C.ok = base->ok;

@@ -1,7 +1,8 @@
 // Row passes of the dense loss path (cpp/loss_dense.cpp): plain loops over one row of
 // a score block, included by rows_<isa>.cpp inside an anonymous namespace and
 // vectorised by the compiler with that file's flags (-fno-trapping-math lets it
-// turn the selects into blends).  The reductions keep kShortLanes or kLongLanes partial results.
+// turn the selects into blends).  The reductions keep kShortLanes or kLongLanes partial
+// results (below).
 // Only builtins here: nothing inline may be shared with baseline code.
 
 // Partial results per reduction: kShortLanes (one AVX-512 register of floats), or for rows of
