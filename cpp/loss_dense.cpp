@@ -84,7 +84,7 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
             const T li = (m == T(0) ? std::log1p(rest) : std::log1p((rest - T(1)) + em)) + m;
             loss[i] = li;
             const T inv = T(1) / D;
-            ops.mul(s, nullptr, N, p.grad_scale * inv);
+            ops.mul(s, N, p.grad_scale * inv);
             s[i] = p.grad_scale * (-rest * inv);
             if (pmem) pmem[i] = p.grad_scale * et * inv;
         }

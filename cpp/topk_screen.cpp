@@ -325,8 +325,7 @@ void build_corpus(const Kernels& K, const ScreenKernels& B, const std::vector<Se
     if (metric == Metric::Cosine) fill(C.xn, base ? base->xn : C.xn);
     if (metric == Metric::L2) fill(C.xsq, base ? base->xsq : C.xsq);
     if (base) {
-        C.r_c = base->r_c, C.r_d = base->r_d, C.r_t = base->r_t, C.r_xn = base->r_xn;
-        C.ok = base->ok;
+        C.r_c = base->r_c, C.r_d = base->r_d, C.r_t = base->r_t, C.r_xn = base->r_xn;  // (base is ok: kept)
         for (size_t c = 0; c < kPanelClasses; ++c) C.no_prune_k[c].store(base->no_prune_k[c].load());
     }
     std::vector<size_t> todo;  // the blocks to code
@@ -993,7 +992,9 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const bool reuse = kept && kept->key == key;
     // an index that grew by add(): its kept copy covers the first segments, and only the new
     // rows need codes; like a kept copy, that costs little (a copy of the codes, no coding)
-    const bool extend = !reuse && cache && kept && kept->ok && key_extends(kept->key, key);
+    // (a cache keeps only copies that were built whole: ok)
+    const bool extend = !reuse && cache && kept && key_extends(kept->key, key);
+    const bool has_copy = reuse || extend;  // the copy costs (almost) nothing
     // the copy this search builds: the cache's next one, or a temporary in this thread's buffers
     std::shared_ptr<CodedCorpus> fresh;
     CodedCorpus temp;
@@ -1029,12 +1030,12 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const double copy_bytes = double(C->pstart.back()) * double(C->dp * C->eb);
     if (total == 0 || copy_bytes > double(kMaxCodeBytes)) return false;
     if (mode == 1 && copy_bytes > double(kAutoCodeBytes) &&
-        !(B->type == ScreenType::Int8 && (reuse || extend || repeated || nq >= kMinQueriesLarge)))
+        !(B->type == ScreenType::Int8 && (has_copy || repeated || nq >= kMinQueriesLarge)))
         return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
     if (mode == 1 && (total < 4 * k + 256 ||
-                      (!reuse && !extend && !repeated &&
+                      (!has_copy && !repeated &&
                        (nq < kMinQueries || double(nq) * double(total) * double(d) < 2e7))))
         return false;
 
@@ -1045,7 +1046,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     npanels = (nq + panel - 1) / panel;
     // auto: an earlier search of this copy found that the screen does not pay at this k for
     // panels of this size
-    if (mode == 1 && (reuse || extend) && k >= kept->no_prune_k[panel_class(panel)].load()) return false;
+    if (mode == 1 && has_copy && k >= kept->no_prune_k[panel_class(panel)].load()) return false;
     const size_t nb = std::max<size_t>(64, std::min<size_t>(1024, (size_t(64) << 10) / panel)) / 64 * 64;
     std::vector<SBlock> blocks;
     for (size_t s = 0; s < segments.size(); ++s)

@@ -68,8 +68,8 @@ struct RowOps {
     // e_c = exp(s[c] - shift) for arguments <= 0 or -inf; s[c] = e_c, or e_c * v[c]
     // (v not null); returns the sum of the e_c.
     T (*exp_sum)(T* s, const T* v, size_t n, T shift);
-    // s[c] *= v[c] (v not null) or f.
-    void (*mul)(T* s, const T* v, size_t n, T f);
+    // s[c] *= f (a subnormal product written as 0).
+    void (*mul)(T* s, size_t n, T f);
     const char* name;
 };
 

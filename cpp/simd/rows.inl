@@ -136,11 +136,8 @@ T exp_sum_row(T* s, const T* v, size_t n, T shift) {
     return v ? exp_sum_loop<T, true, kShortLanes>(s, v, n, shift) : exp_sum_loop<T, false, kShortLanes>(s, v, n, shift);
 }
 
-// s[c] *= v[c] (v given) or f, subnormal products written as 0
+// s[c] *= f, subnormal products written as 0
 template <class T>
-void mul_row(T* s, const T* v, size_t n, T f) {
-    if (v)
-        for (size_t c = 0; c < n; ++c) s[c] = row_flush(s[c] * v[c]);
-    else
-        for (size_t c = 0; c < n; ++c) s[c] = row_flush(s[c] * f);
+void mul_row(T* s, size_t n, T f) {
+    for (size_t c = 0; c < n; ++c) s[c] = row_flush(s[c] * f);
 }
