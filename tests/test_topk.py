@@ -1039,6 +1039,26 @@ def test_screen_settles_ties_and_adversarial(rng):
     screened_vs_plain(Q[:, :1], np.ones((3000, 1), np.float32), 20, "ip", expect="any")  # d = 1, all ties
 
 
+@needs_screen
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_screen_partial_settles_equal_plain(rng, metric):
+    # rows around one direction (spread 0.03 / 0.1 of it): each query's buffer fills again
+    # and again, and settle() rescores the largest bounds part by part (dozens of settles per
+    # query at spread 0.03, k = 60, with int8 codes), keeping the exact top k in front of the
+    # buffer.  A tenth of the rows are exact duplicates of others (ties by id across the exact
+    # entries and the bounds), and exclusions remove rows from the buffers
+    d, n = 64, 8000
+    for spread in (0.03, 0.1):
+        X = near_ties(rng, n, d, spread)
+        X[n // 2:n // 2 + n // 10] = X[:n // 10]
+        Q = np.concatenate([rng.standard_normal((6, d)), X[:2] + 0.01 * rng.standard_normal((2, d))])
+        Q = Q.astype(np.float32)
+        ex = [list(rng.integers(0, n, 30)) + [i, n // 2 + i] for i in range(len(Q))]
+        for k in (60, 400):
+            screened_vs_plain(Q, X, k, metric)
+            screened_vs_plain(Q, X, k, metric, exclude=ex, num_threads=1)
+
+
 def one_shot_auto_vs_plain(Q, X, k):
     """hn.topk in auto mode against the plain path, bit for bit; the screen counters before and after."""
     with screen_mode(0):
