@@ -597,6 +597,7 @@ struct SPanel {
     std::vector<Cand> merged, sel;
     std::vector<size_t> n;   // per query: entries in its buffer
     std::vector<size_t> ex;  // per query: the first ex[i] of them hold exact keys (settle())
+    std::vector<size_t> kept;  // per query: entries left by its last prune
     size_t q0 = 0, P = 0;
     size_t dots = 0;  // the current panel's exact rescores (settle() and finish())
     // auto mode's budget for settle(): dots <= rate x (rows screened so far) + slack;
@@ -617,7 +618,7 @@ struct SPanel {
         qs.resize(panel), qa.resize(panel), qb.resize(panel), qe.resize(panel), emax.resize(panel), qsq.resize(panel);
         ubs.resize(panel * S.cap), rows.resize(panel * S.cap);
         codes.resize(panel * S.C.dp * S.C.eb), surv.resize(S.nb);
-        n.resize(panel), ex.resize(panel);
+        n.resize(panel), ex.resize(panel), kept.resize(panel);
     }
 
     // Queries q0 .. q0+P-1: fp32 as the plain path loads them, codes, bound
@@ -642,7 +643,7 @@ struct SPanel {
             // >= every row's E as the kernel computes it (float roundings: within the slack)
             emax[i] = (double(qa[i]) * C.rho_max + double(qb[i]) * C.del_max + double(qe[i])) * slack;
             thr[i] = -std::numeric_limits<float>::infinity();
-            n[i] = ex[i] = 0;
+            n[i] = ex[i] = kept[i] = 0;
         }
         return true;
     }
@@ -665,7 +666,7 @@ struct SPanel {
         if (ex[i] < S.k) thr[i] = std::max(thr[i], floor_of(S, i, S.K.lower_kth(ub, m, S.k)));
         const size_t e = std::min(ex[i], m);
         ex[i] = keep_ge(ub, rb, 0, 0, e, thr[i]);  // the exact entries kept stay in front
-        return keep_ge(ub, rb, ex[i], e, m, thr[i]);
+        return kept[i] = keep_ge(ub, rb, ex[i], e, m, thr[i]);
     }
 
     // Moves the entries u0 <= u < u1 of a buffer with ub[u] >= t to w, w + 1, ... (w <= u0);
@@ -733,8 +734,10 @@ struct SPanel {
                 rb[n[i]++] = uint32_t(pr + surv[u]);
             }
             // raise the threshold early: the first block's is low (its k-th of a few
-            // hundred rows), and every row admitted below the final one costs a copy
-            if (n[i] >= 3 * S.k && ex[i] < S.k) n[i] = prune(S, i, n[i]);
+            // hundred rows), and every row admitted below the final one costs a copy.
+            // Again once the buffer has doubled since: where many rows lie within the
+            // bound of the k-th, a prune leaves most of them and would repeat every block.
+            if (n[i] >= std::max(3 * S.k, 2 * kept[i]) && ex[i] < S.k) n[i] = prune(S, i, n[i]);
         }
     }
 
