@@ -432,12 +432,17 @@ QueryBound query_bound(const ScreenKernels& B, size_t d_, size_t dp, float x2, f
 // over the batch and m rows spread over the corpus, with m large enough that the k-th best
 // key of the corpus is about the (k m / N)-th of the sample.  Each sampled row is coded as the
 // copy would code it (its rho, del and the sample's maxima stand in for the corpus's); a row is
-// counted when its key reaches t - 2 Emax (L2: t - 4 Emax, as floor_of), t the query's
-// estimated k-th key.  Measured against the screen's own count (int8, 20,000-50,000 rows,
-// d = 384 and 768, ip / l2 / cosine, isotropic and SciFact-tiled rows): within 0.7-1.25x of
-// it.  Negative when the sample cannot tell (a top k too rare for it, a huge norm): the search
-// then screens and measures.  Costs m row codings and an 8 x m tile of the fp32 kernel, split
-// over the threads: about 2-5% of the plain search it gates at 128 queries.
+// counted when its key reaches t - 1.5 Emax (L2: t - 3 Emax), t the query's estimated k-th key.
+// The screen admits rows down to t - 2 Emax (floor_of), but settle() soon raises a query's
+// threshold to an exact key, and then only rows whose bound reaches it are rescored.  Measured
+// against the screen's own count (int8 on AMX, 20,000-50,000 rows, d = 384 and 768, ip and l2,
+// isotropic and SciFact-tiled rows, 128 and 512 queries, k = 100): 0.68-1.34x of it.  (Counted
+// at 2 Emax, as before settle() rescored part by part, it read 1.0-2.2x the count, isotropic
+// rows at d = 768 the most, and auto skipped searches the screen won: 20,000 x 768 isotropic,
+// 512 queries, screen forced at 0.74x the plain time.)  Negative when the sample cannot tell
+// (a top k too rare for it, a huge norm): the search then screens and measures.  Costs m row
+// codings and an 8 x m tile of the fp32 kernel, split over the threads: about 2-5% of the
+// plain search it gates at 128 queries.
 constexpr size_t kEstimateBytes = size_t(16) << 20;
 double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q, DType qt, size_t ldq, size_t nq,
                          size_t d, const std::vector<Segment>& segs, size_t total, Metric metric, size_t k, int nt) {
@@ -517,7 +522,7 @@ double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q
         sorted = keys;
         const size_t kth = std::min(m - 1, size_t(rank) - 1);
         std::nth_element(sorted.begin(), sorted.begin() + kth, sorted.end(), std::greater<double>());
-        const double cut = sorted[kth] - (metric == Metric::L2 ? 4.0 : 2.0) * emax[i];
+        const double cut = sorted[kth] - (metric == Metric::L2 ? 3.0 : 1.5) * emax[i];
         for (double v : keys) counted += v >= cut;
     }
     return double(counted) / (double(np) * double(m));
