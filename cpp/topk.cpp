@@ -52,7 +52,7 @@ struct TopkBuf {
             lo = x < lo ? x : lo;
             hi = x > hi ? x : hi;
         }
-        if (lower_kth && std::isfinite(hi - lo)) {
+        if (std::isfinite(hi - lo)) {  // (every Kernels table has a lower_kth)
             const float t = lower_kth(keys, n, k);
             // keep the words >= t's (key bits first: the same order as the keys), without a
             // branch (about half the keys go, unpredictably)

@@ -663,15 +663,15 @@ struct SPanel {
 
     // Raises query i's threshold to T from the k-th largest ub in its buffer and
     // keeps only the entries with ub >= T.  Returns the new count.  Once settle() has
-    // set the threshold from exact keys (k exact entries in front), T is rarely above
-    // it: the entries below the threshold go without a new T.
+    // set the threshold from exact keys (k exact entries in front) there is nothing to
+    // do: T would rarely be above it, and every entry already reaches it (settle() kept
+    // only those, and later rows entered only at or above it).
     size_t prune(const Screen& S, size_t i, size_t m) {
+        if (ex[i] >= S.k) return m;
         float* ub = ubs.data() + i * S.cap;
         uint32_t* rb = rows.data() + i * S.cap;
-        if (ex[i] < S.k) thr[i] = std::max(thr[i], floor_of(S, i, S.K.lower_kth(ub, m, S.k)));
-        const size_t e = std::min(ex[i], m);
-        ex[i] = keep_ge(ub, rb, 0, 0, e, thr[i]);  // the exact entries kept stay in front
-        return kept[i] = keep_ge(ub, rb, ex[i], e, m, thr[i]);
+        thr[i] = std::max(thr[i], floor_of(S, i, S.K.lower_kth(ub, m, S.k)));
+        return kept[i] = keep_ge(ub, rb, 0, 0, m, thr[i]);  // (no exact entries yet: ex[i] is 0)
     }
 
     // Moves the entries u0 <= u < u1 of a buffer with ub[u] >= t to w, w + 1, ... (w <= u0);
@@ -742,7 +742,7 @@ struct SPanel {
             // hundred rows), and every row admitted below the final one costs a copy.
             // Again once the buffer has doubled since: where many rows lie within the
             // bound of the k-th, a prune leaves most of them and would repeat every block.
-            if (n[i] >= std::max(3 * S.k, 2 * kept[i]) && ex[i] < S.k) n[i] = prune(S, i, n[i]);
+            if (n[i] >= std::max(3 * S.k, 2 * kept[i])) n[i] = prune(S, i, n[i]);
         }
     }
 
