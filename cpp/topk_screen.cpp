@@ -210,6 +210,9 @@ std::atomic<int>& mode_ref() {
     return m;
 }
 std::atomic<uint64_t> g_screened{0}, g_fallbacks{0}, g_extended{0};
+// screen_last(): written by each search that reaches the decision (relaxed: a diagnostic)
+std::atomic<int> g_last_screened{0};
+std::atomic<double> g_last_estimate{-1.0}, g_last_rescored{-1.0}, g_last_estimate_s{0.0};
 
 // Which codes: 0 = auto (pick_kernels), else a ScreenType.
 int initial_type() {
@@ -435,55 +438,73 @@ QueryBound query_bound(const ScreenKernels& B, size_t d_, size_t dp, float x2, f
 // counted when its key reaches t - 1.5 Emax (L2: t - 3 Emax), t the query's estimated k-th key.
 // The screen admits rows down to t - 2 Emax (floor_of), but settle() soon raises a query's
 // threshold to an exact key, and then only rows whose bound reaches it are rescored.  Measured
-// against the screen's own count (int8 on AMX, 20,000-50,000 rows, d = 384 and 768, ip and l2,
-// isotropic and SciFact-tiled rows, 128 and 512 queries, k = 100): 0.68-1.34x of it.  (Counted
+// against the screen's own count (screen_last(): settles and the final rescoring; int8 on AMX,
+// 20,000-50,000 rows, d = 384 and 768, ip and l2, isotropic and SciFact-tiled rows, 128 and 512
+// queries, k = 100): 0.56-1.82x of it, median 0.78.  (Counted
 // at 2 Emax, as before settle() rescored part by part, it read 1.0-2.2x the count, isotropic
 // rows at d = 768 the most, and auto skipped searches the screen won: 20,000 x 768 isotropic,
 // 512 queries, screen forced at 0.74x the plain time.)  Negative when the sample cannot tell
-// (a top k too rare for it, a huge norm): the search then screens and measures.  Costs m row
-// codings and an 8 x m tile of the fp32 kernel, split over the threads: about 2-5% of the
-// plain search it gates at 128 queries.
-constexpr size_t kEstimateBytes = size_t(16) << 20;
+// (a top k too rare for it, a huge norm): the search then screens and measures.  Costs a read of
+// m rows, their codings and an 8 x m tile of the fp32 kernel, split over the threads, in one pass.
+constexpr size_t kEstimateRows = 8192;
 double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q, DType qt, size_t ldq, size_t nq,
                          size_t d, const std::vector<Segment>& segs, size_t total, Metric metric, size_t k, int nt) {
     const size_t ldg = (d + 15) / 16 * 16;
-    const size_t m_max = std::min<size_t>(8192, kEstimateBytes / (ldg * 4));  // the gathered rows stay under 16 MiB
-    const size_t m = std::min(total, std::min<size_t>(m_max, std::max<size_t>(1024, (6 * total + k - 1) / k)));
+    const size_t m = std::min(total, std::min<size_t>(kEstimateRows, std::max<size_t>(1024, (6 * total + k - 1) / k)));
     const double rank = double(k) * double(m) / double(total);  // the k-th best of the corpus, in the sample
     if (rank < 4 || k == 0) return -1;
     const size_t dp = (d + B.align - 1) / B.align * B.align;
-    // the sampled rows as fp32, gathered (ldg: aligned rows for the tile), and what the bound needs of them
-    // kept by the calling thread (at most kEstimateBytes): fresh pages on every search cost more than the rest
-    thread_local detail::AlignedVec<float> keep;
-    if (keep.size() < m * ldg) keep.resize(m * ldg);
-    float* const G = keep.data();  // (the workers below see their own thread_local, not this one)
-    std::vector<float> rowsq(m), rowxn(m, 1.0f);
+    // the probe queries (their codes' sums give their Emax below, once the sample's maxima are known)
+    const size_t np = std::min<size_t>(nq, 8);
+    detail::AlignedVec<float> q(np * ldg, 0.0f);
+    std::vector<float> qn(np), qx2(np), qe2(np), qt2(np);
+    std::vector<uint8_t> qcode(dp * B.elem_bytes);
+    for (size_t i = 0; i < np; ++i) {
+        float scale;
+        detail::load_query(K, Q, qt, ldq, d, metric, i * nq / np, q.data() + i * ldg, &qn[i]);
+        B.quantize_rows(q.data() + i * ldg, d, 1, d, dp, true, qcode.data(), &scale, nullptr, &qx2[i], &qe2[i],
+                        &qt2[i]);
+        if (!(qx2[i] <= kMaxSqnorm && qe2[i] <= kMaxSqnorm && qt2[i] <= 4 * kMaxSqnorm && qn[i] <= float(kMaxSqnorm)))
+            return -1;
+    }
+    // One pass over the sample, chunk by chunk: each sampled row (every (total / m)-th) is
+    // converted to fp32 into a small buffer of the thread's, coded as the copy would code it
+    // (what the bound needs of it), and its exact dot products with the probes come from the
+    // plain path's kernel while it is in cache.  The rows come from memory once: the sample's
+    // cost is mostly that read (measured: 0.9 ms in all for 3,000 rows of 384 floats, 0.5 of it
+    // the read, 2 threads; gathered first and tiled after, 1.5-1.8 ms).
+    constexpr size_t kChunk = 64;
+    std::vector<float> T(np * m), rowsq(m), rowxn(m, 1.0f);
     std::vector<double> rmax(4 * size_t(std::max(1, nt)), 0.0);  // per thread: R_c, R_d, R_t, max xn
     std::atomic<bool> bad{false};
     const double infl = 1.0 + std::ldexp(1.0, -7) + double(d + 64) * std::ldexp(1.0, -22);
-    auto sample_row = [&](size_t j) {  // the j-th sampled row: its segment and pointer
-        size_t r = size_t(double(j) * double(total) / double(m)), seg = 0;
-        while (r >= segs[seg].rows) r -= segs[seg++].rows;
-        const Segment& sg = segs[seg];
-        return std::make_pair(&sg, static_cast<const char*>(sg.data) + r * sg.ld * dtype_size(sg.dtype));
-    };
-    parallel_for(m, nt, 64, [&](size_t j0, size_t j1, int tid) {
-        std::vector<uint8_t> code(dp * B.elem_bytes);
+    std::vector<detail::AlignedVec<float>> gbuf(size_t(std::max(1, nt)));  // per thread: kChunk rows
+    std::vector<std::vector<uint8_t>> cbuf(gbuf.size());                     // per thread: one row's codes
+    parallel_for(m, nt, kChunk, [&](size_t j0, size_t j1, int tid) {
+        detail::AlignedVec<float>& g = gbuf[size_t(tid)];
+        std::vector<uint8_t>& code = cbuf[size_t(tid)];
+        if (g.size() == 0) g.resize(kChunk * ldg), code.resize(dp * B.elem_bytes);
         double* R = rmax.data() + 4 * size_t(tid);
-        for (size_t j = j0; j < j1; ++j) {
-            const auto row = sample_row(j);
-            float* g = G + j * ldg;
-            K.to_f32(row.second, row.first->dtype, d, g);
-            float scale, x2, e2, t2;
-            B.quantize_rows(g, d, 1, d, dp, false, code.data(), &scale, nullptr, &x2, &e2, &t2);
-            if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm)) bad = true;
-            rowsq[j] = x2;
-            const double xn = metric == Metric::Cosine ? (x2 > 0 ? 1.0 / std::sqrt((double)x2) : 0.0) : 1.0;
-            rowxn[j] = float(xn);
-            R[0] = std::max(R[0], xn * std::sqrt((double)x2) * infl);
-            R[1] = std::max(R[1], xn * std::sqrt((double)e2) * infl);
-            R[2] = std::max(R[2], xn * std::sqrt((double)t2) * infl);
-            R[3] = std::max(R[3], xn);
+        for (size_t c0 = j0; c0 < j1; c0 += kChunk) {
+            const size_t c1 = std::min(j1, c0 + kChunk);
+            for (size_t j = c0; j < c1; ++j) {
+                size_t r = size_t(double(j) * double(total) / double(m)), seg = 0;
+                while (r >= segs[seg].rows) r -= segs[seg++].rows;
+                const Segment& sg = segs[seg];
+                float* gj = g.data() + (j - c0) * ldg;
+                K.to_f32(static_cast<const char*>(sg.data) + r * sg.ld * dtype_size(sg.dtype), sg.dtype, d, gj);
+                float scale, x2, e2, t2;
+                B.quantize_rows(gj, d, 1, d, dp, false, code.data(), &scale, nullptr, &x2, &e2, &t2);
+                if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm)) bad = true;
+                rowsq[j] = x2;
+                const double xn = metric == Metric::Cosine ? (x2 > 0 ? 1.0 / std::sqrt((double)x2) : 0.0) : 1.0;
+                rowxn[j] = float(xn);
+                R[0] = std::max(R[0], xn * std::sqrt((double)x2) * infl);
+                R[1] = std::max(R[1], xn * std::sqrt((double)e2) * infl);
+                R[2] = std::max(R[2], xn * std::sqrt((double)t2) * infl);
+                R[3] = std::max(R[3], xn);
+            }
+            K.dot_tile(q.data(), ldg, np, g.data(), ldg, c1 - c0, d, DType::F32, T.data() + c0, m);
         }
     });
     if (bad) return -1;
@@ -491,38 +512,37 @@ double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q
     for (size_t t = 0; t < rmax.size(); t += 4)
         r_c = std::max(r_c, rmax[t]), r_d = std::max(r_d, rmax[t + 1]), r_t = std::max(r_t, rmax[t + 2]),
         r_xn = std::max(r_xn, rmax[t + 3]);
-    // the probe queries and their Emax with the sample's maxima
-    const size_t np = std::min<size_t>(nq, 8);
-    detail::AlignedVec<float> q(np * ldg, 0.0f);
-    std::vector<float> qn(np);
-    std::vector<double> emax(np);
-    std::vector<uint8_t> qcode(dp * B.elem_bytes);
-    for (size_t i = 0; i < np; ++i) {
-        float scale, x2, e2, t2;
-        detail::load_query(K, Q, qt, ldq, d, metric, i * nq / np, q.data() + i * ldg, &qn[i]);
-        B.quantize_rows(q.data() + i * ldg, d, 1, d, dp, true, qcode.data(), &scale, nullptr, &x2, &e2, &t2);
-        if (!(x2 <= kMaxSqnorm && e2 <= kMaxSqnorm && t2 <= 4 * kMaxSqnorm && qn[i] <= float(kMaxSqnorm))) return -1;
-        const QueryBound qb = query_bound(B, d, dp, x2, e2, t2, r_c, r_d, r_t, r_xn);
-        emax[i] = qb.a * r_c + qb.b * r_d + qb.e0;
-    }
-    // their exact dot products with the sample (the plain path's kernel), rows split over the threads
-    std::vector<float> T(np * m);
-    parallel_for(m, nt, 256, [&](size_t j0, size_t j1, int) {
-        K.dot_tile(q.data(), ldg, np, G + j0 * ldg, ldg, j1 - j0, d, DType::F32, T.data() + j0, m);
-    });
+    // per probe: its Emax with the sample's maxima, its estimated k-th key t, and the rows that reach
+    // t - 1.5 Emax (L2: t - 3 Emax)
     size_t counted = 0;
-    std::vector<double> keys(m), sorted(m);
+    std::vector<double> keys(m), sorted;
+    const size_t kth = std::min(m - 1, size_t(rank) - 1);
     for (size_t i = 0; i < np; ++i) {
+        const QueryBound qb = query_bound(B, d, dp, qx2[i], qe2[i], qt2[i], r_c, r_d, r_t, r_xn);
+        const double emax = qb.a * r_c + qb.b * r_d + qb.e0;
         for (size_t j = 0; j < m; ++j) {
             const double s = T[i * m + j];
             keys[j] = metric == Metric::IP       ? s
                       : metric == Metric::Cosine ? s * rowxn[j]
                                                  : -std::max(0.0, (double)qn[i] + rowsq[j] - 2.0 * s);
         }
-        sorted = keys;
-        const size_t kth = std::min(m - 1, size_t(rank) - 1);
-        std::nth_element(sorted.begin(), sorted.begin() + kth, sorted.end(), std::greater<double>());
-        const double cut = sorted[kth] - (metric == Metric::L2 ? 3.0 : 1.5) * emax[i];
+        double t;
+        if (kth < 64) {  // the (kth + 1) largest in a min-heap: one compare per key for most
+            sorted.assign(keys.begin(), keys.begin() + kth + 1);
+            std::make_heap(sorted.begin(), sorted.end(), std::greater<double>());
+            for (size_t j = kth + 1; j < m; ++j)
+                if (keys[j] > sorted.front()) {
+                    std::pop_heap(sorted.begin(), sorted.end(), std::greater<double>());
+                    sorted.back() = keys[j];
+                    std::push_heap(sorted.begin(), sorted.end(), std::greater<double>());
+                }
+            t = sorted.front();
+        } else {
+            sorted = keys;
+            std::nth_element(sorted.begin(), sorted.begin() + kth, sorted.end(), std::greater<double>());
+            t = sorted[kth];
+        }
+        const double cut = t - (metric == Metric::L2 ? 3.0 : 1.5) * emax;
         for (double v : keys) counted += v >= cut;
     }
     return double(counted) / (double(np) * double(m));
@@ -926,6 +946,7 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
     // panel rescored more than its budget (rescore_budget) of its query x row pairs: the
     // screen does not prune on this data, and the copy remembers it for later searches.
     std::atomic<bool> stop{false};
+    std::atomic<uint64_t> dots{0}, pairs{0};  // for screen_last()
     std::vector<char> done(npanels, 0);
     parallel_for(npanels, nt, 1, [&](size_t p0, size_t p1, int tid) {
         SPanel& pn = *state[tid];
@@ -944,11 +965,14 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             pn.dots = 0, pn.seen = 0, pn.over = false;
             pn.rate = mode != 1 ? HUGE_VAL : rescore_budget(P, S.B.amx);
             pn.slack = double(S.cap) * double(P + 1);
-            for (size_t b = 0; b < S.blocks.size() && !pn.over; ++b) pn.process(S, S.blocks[b], b == 0);
+            size_t b = 0;
+            for (; b < S.blocks.size() && !pn.over; ++b) pn.process(S, S.blocks[b], b == 0);
             if (!pn.over) {
                 pn.finish(S, S.scores, S.ids);
                 done[p] = 1;
             }
+            dots.fetch_add(pn.dots, std::memory_order_relaxed);
+            pairs.fetch_add(uint64_t(P) * (b ? S.blocks[b - 1].g1 : 0), std::memory_order_relaxed);
             if (pn.over || (mode == 1 && double(pn.dots) > pn.rate * double(P) * double(total))) {
                 stop.store(true);
                 // this class's budget and every larger panel's (a smaller budget) do not pay at k
@@ -960,6 +984,7 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             }
         }
     });
+    g_last_rescored.store(pairs.load() ? double(dots.load()) / double(pairs.load()) : -1.0, std::memory_order_relaxed);
     for (size_t p = 0; p < npanels; ++p) {  // the queries left to the plain path, as ranges
         if (done[p]) continue;
         const size_t a = p * panel, b = std::min(nq, a + panel);
@@ -1003,6 +1028,14 @@ const char* screen_choice(size_t d, size_t k, size_t n) {
     const ScreenKernels* B = pick_kernels(d, k, n);
     return B ? B->name : nullptr;
 }
+ScreenReport screen_last() {
+    ScreenReport r;
+    r.screened = g_last_screened.load(std::memory_order_relaxed);
+    r.estimate = g_last_estimate.load(std::memory_order_relaxed);
+    r.rescored = g_last_rescored.load(std::memory_order_relaxed);
+    r.estimate_seconds = g_last_estimate_s.load(std::memory_order_relaxed);
+    return r;
+}
 void screen_counts(uint64_t* screened, uint64_t* fallbacks, uint64_t* extended) {
     *screened = g_screened.load();
     *fallbacks = g_fallbacks.load();
@@ -1031,6 +1064,10 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
             if (K2->type != ScreenType::Int8 || d <= kMaxInt8Dim) B = K2;
     }
     if (mode == 0 || !B || !kernels().dot_pairs) return false;
+    g_last_screened.store(0, std::memory_order_relaxed);
+    g_last_estimate.store(-1.0, std::memory_order_relaxed);
+    g_last_rescored.store(-1.0, std::memory_order_relaxed);
+    g_last_estimate_s.store(0.0, std::memory_order_relaxed);
     // an index searched again and again (serving, the miner's batches, training refreshes) keeps a
     // copy whatever the batch size: from its kRepeatSearches-th search on
     const bool repeated = cache && cache->note_search() >= kRepeatSearches;
@@ -1109,17 +1146,23 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     // (measured: at k = 1,000 on 200,000 clustered rows it skipped a screen that ran in 0.55x
     // the plain time).
     if (mode == 1 && !cache) {
+        const auto t0 = std::chrono::steady_clock::now();
         const double f = estimate_rescored(K, *B, Q, qt, ldq, nq, d, segments, total, metric, k, nt);
+        g_last_estimate.store(f, std::memory_order_relaxed);
+        g_last_estimate_s.store(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                                std::memory_order_relaxed);
         if (f > rescore_budget(panel, B->amx)) return false;
         const double rel = B->amx ? kScreenedBaseAmx + kScreenedSlopeAmx * f : kScreenedBase + kScreenedSlope * f;
         if (f >= 0 && rel * double(nq) + double(kBuildQueries) > double(nq)) return false;
     }
     g_screened.fetch_add(1);
+    g_last_screened.store(1, std::memory_order_relaxed);
     if (!reuse) {
         build_corpus(K, *B, segments, d, metric, blocks, nt, *C, extend ? kept.get() : nullptr);
         if (extend) g_extended.fetch_add(1);
         if (!C->ok) {
             g_fallbacks.fetch_add(1);
+            g_last_screened.store(0, std::memory_order_relaxed);
             return false;
         }
         C->type = B->type;

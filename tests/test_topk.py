@@ -1251,3 +1251,21 @@ def test_auto_screen_estimate_over_segments_and_types(rng, metric):
             got = index.search(Q, k=k)
             np.testing.assert_array_equal(got[1], ref[1])
             np.testing.assert_array_equal(got[0].view(np.uint32), ref[0].view(np.uint32))
+
+
+@needs_screen
+def test_screen_last_reports_the_decision(rng):
+    """_core.screen_last(): what the last search that reached the screen's decision did."""
+    X = rng.standard_normal((20000, 64)).astype(np.float32)
+    Q = rng.standard_normal((128, 64)).astype(np.float32)
+    with screen_mode(2):  # forced: no estimate; every query screened
+        hn.topk(Q, X, k=10)
+        r = _core.screen_last()
+    assert r["screened"] is True and r["estimate"] is None and r["estimate_seconds"] == 0.0
+    assert 10 / 20000 <= r["rescored"] <= 1.0  # at least the k rows of each query are rescored
+    with screen_mode(1):  # auto, one-shot: the estimate decides, and says so
+        got = hn.topk(Q, X, k=10)
+        r = _core.screen_last()
+    assert 0.0 <= r["estimate"] <= 1.0 and r["estimate_seconds"] > 0.0
+    assert (r["rescored"] is not None) == r["screened"]
+    assert_bit_equal(got, plain_topk(Q, X, 10))

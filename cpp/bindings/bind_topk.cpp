@@ -184,6 +184,17 @@ void bind_topk(py::module_& m) {
         hn::screen_counts(&s, &f);
         return py::make_tuple(s, f);
     }, "(screened searches, of which fell back to the plain path) since the process started");
+    m.def("screen_last", [] {
+        const hn::ScreenReport r = hn::screen_last();
+        py::dict out;
+        out["screened"] = bool(r.screened);
+        out["estimate"] = r.estimate < 0 ? py::object(py::none()) : py::object(py::float_(r.estimate));
+        out["rescored"] = r.rescored < 0 ? py::object(py::none()) : py::object(py::float_(r.rescored));
+        out["estimate_seconds"] = r.estimate_seconds;
+        return out;
+    }, "what the last search that reached the screen's decision did: screened, auto's estimate of the "
+       "fraction of query x row pairs it would rescore, and the fraction its screened panels rescored "
+       "(None: not made / nothing screened) and the estimate's seconds; a diagnostic for benchmarks");
     m.def("screen_extended", [] {
         uint64_t s = 0, f = 0, e = 0;
         hn::screen_counts(&s, &f, &e);
