@@ -150,8 +150,12 @@ constexpr size_t kMaxInt8Dim = 16384;                          // int32 sums of 
 constexpr size_t kAutoCodeBytes = size_t(32) << 20;
 constexpr size_t kMinQueries = 96;
 // Above kAutoCodeBytes (up to kMaxCodeBytes) auto mode screens only with int8 codes: a copy
-// kept by an index (ScreenCache) is reused as soon as it exists; a new one (kept by the index,
-// or a one-shot search's temporary) is built by a search of at least kMinQueriesLarge queries.
+// kept by an index (ScreenCache) is reused as soon as it exists; a new one kept by the index is
+// built by a search of at least kMinQueriesLarge queries; a one-shot search's temporary is
+// decided by the estimate, as below the line (estimate_rescored: measured, 128 queries, k = 100,
+// forced screen against the plain path, the temporary's build included: 50,000 x 768 rows
+// 0.68-0.99x, 200,000 x 384 and x 768 rows 0.59-0.89x, isotropic and SciFact-tiled; at 64
+// queries 1.10-1.25x, where kMinQueries keeps the plain path).
 // Measured (int8, clustered unit rows 200,000 x 384, a 77 MB copy, k = 100, 2 threads, one-shot
 // hn.topk with its temporary copy / plain): AMX tiles 0.66x at 256 queries, 0.40x at 512,
 // 0.24x at 2,000; the VNNI loop 0.84x, 0.48x, 0.37x.  Earlier, before AMX (SciFact MiniLM rows
@@ -1115,7 +1119,7 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const double copy_bytes = double(C->pstart.back()) * double(C->dp * C->eb);
     if (total == 0 || copy_bytes > double(kMaxCodeBytes)) return false;
     if (mode == 1 && copy_bytes > double(kAutoCodeBytes) &&
-        !(B->type == ScreenType::Int8 && (has_copy || repeated || nq >= kMinQueriesLarge)))
+        !(B->type == ScreenType::Int8 && (has_copy || repeated || nq >= kMinQueriesLarge || !cache)))
         return false;
     int nt = std::max(1, num_threads);
     if (double(nq) * double(total) * double(d) < 4e6) nt = 1;
