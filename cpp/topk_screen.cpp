@@ -167,10 +167,14 @@ constexpr size_t kMinQueriesLarge = 256;
 // queries reads a quarter of the fp32 bytes (measured, 200,000 x 384 clustered rows, 2 threads,
 // AMX: 1 query 3.5 ms against 12.6 on the plain path, 16 queries 7.5 against 37.5).
 constexpr size_t kRepeatSearches = 3;
-// Queries per panel (the unit of work a thread takes).  Measured, 2 threads, d = 384: 64 against
-// 256 took 0.78x the time on 4,096 queries x 40,000 random rows at k = 10 and 0.89x at k = 100;
-// on SciFact (809 or 1,109 queries x 5,183) the same within noise.
-constexpr size_t kMaxPanel = 64;
+// Queries per panel (the unit of work a thread takes).  Each panel streams the whole coded
+// copy once, so on a corpus beyond the caches the panel size sets the memory traffic.
+// Measured (a copy kept by an index, int8 on AMX, 2 threads, interleaved calls), 128 against 64
+// queries: 1,000,000 x 384 clustered rows, 2,000 queries, k = 110: 0.81x the time (256: 0.82x);
+// 50,000 x 384 isotropic, k = 100: 0.95x at 512 queries, 0.87x at 4,096; 200,000 x 768
+// SciFact-tiled, 2,000 queries: 0.93x; 200,000 x 384 at 512 and 20,000 x 768 at 1,024 queries:
+// 1.01-1.02x.  (Before AMX, on 40,000 random rows in cache, 64 was better than 256.)
+constexpr size_t kMaxPanel = 128;
 // Auto mode stops screening a search whose panel rescored (fp32 dot products, settle()
 // included) more than this fraction of its query x row pairs.
 // Measured since the plain path copies misaligned blocks (int8 with the copy kept by an index,
