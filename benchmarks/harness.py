@@ -75,6 +75,15 @@ class Result:
         return f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
 
 
+def time_once(fn: Callable[[], object]) -> float:
+    """Seconds of one call of ``fn`` after the same pause as a timed call (a probe that sizes a
+    run's number of calls; not a result)."""
+    _busy_pause()
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def compare(sides: Dict[str, Callable[[], object]], runs: int = 3, calls: int = 3, warmup: int = 1) -> Result:
     """Time every side the same way: ``warmup`` untimed calls each (interleaved), then ``runs``
     round sets of ``calls`` interleaved timed calls (A B C A B C ...).
