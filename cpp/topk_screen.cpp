@@ -491,7 +491,10 @@ double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q
     parallel_for(m, nt, kChunk, [&](size_t j0, size_t j1, int tid) {
         detail::AlignedVec<float>& g = gbuf[size_t(tid)];
         std::vector<uint8_t>& code = cbuf[size_t(tid)];
-        if (g.size() == 0) g.resize(kChunk * ldg), code.resize(dp * B.elem_bytes);
+        if (g.empty()) {  // first chunk of this thread
+            g.resize(kChunk * ldg);
+            code.resize(dp * B.elem_bytes);
+        }
         double* R = rmax.data() + 4 * size_t(tid);
         for (size_t c0 = j0; c0 < j1; c0 += kChunk) {
             const size_t c1 = std::min(j1, c0 + kChunk);
