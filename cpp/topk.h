@@ -99,10 +99,11 @@ const char* screen_choice(size_t d, size_t k, size_t n);
 // plain one / that extended a kept coded copy (an index after add()), since the
 // process started.
 void screen_counts(uint64_t* screened, uint64_t* fallbacks, uint64_t* extended = nullptr);
-// What the last search that reached the screen's decision did (any thread; for benchmarks
-// and diagnostics): screened (0 no, 1 yes), auto's estimate of the fraction of query x row
-// pairs it would rescore (negative: none made), and the fraction the screened panels rescored
-// (negative: nothing screened), and the seconds the estimate took.
+// What the last search that reached the screen's decision did (any thread; one search's
+// values, published whole when it returns; for benchmarks and diagnostics): screened (0 no,
+// 1 yes), auto's estimate of the fraction of query x row pairs it would rescore (negative:
+// none made), the fraction the screened panels rescored (negative: nothing screened), and
+// the seconds the estimate took.
 struct ScreenReport {
     int screened = 0;
     double estimate = -1, rescored = -1, estimate_seconds = 0;

@@ -218,9 +218,9 @@ std::atomic<int>& mode_ref() {
     return m;
 }
 std::atomic<uint64_t> g_screened{0}, g_fallbacks{0}, g_extended{0};
-// screen_last(): written by each search that reaches the decision (relaxed: a diagnostic)
-std::atomic<int> g_last_screened{0};
-std::atomic<double> g_last_estimate{-1.0}, g_last_rescored{-1.0}, g_last_estimate_s{0.0};
+// screen_last(): one search's report, published whole when it returns
+std::mutex g_last_mu;
+ScreenReport g_last;
 
 // Which codes: 0 = auto (pick_kernels), else a ScreenType.
 int initial_type() {
@@ -498,9 +498,11 @@ double estimate_rescored(const Kernels& K, const ScreenKernels& B, const void* Q
         double* R = rmax.data() + 4 * size_t(tid);
         for (size_t c0 = j0; c0 < j1; c0 += kChunk) {
             const size_t c1 = std::min(j1, c0 + kChunk);
+            size_t seg = 0, before = 0;  // the sampled row's segment, the rows before it (rows grow with j)
             for (size_t j = c0; j < c1; ++j) {
-                size_t r = size_t(double(j) * double(total) / double(m)), seg = 0;
-                while (r >= segs[seg].rows) r -= segs[seg++].rows;
+                const size_t row = size_t(double(j) * double(total) / double(m));  // in the whole corpus
+                while (row >= before + segs[seg].rows) before += segs[seg++].rows;
+                const size_t r = row - before;
                 const Segment& sg = segs[seg];
                 float* gj = g.data() + (j - c0) * ldg;
                 K.to_f32(static_cast<const char*>(sg.data) + r * sg.ld * dtype_size(sg.dtype), sg.dtype, d, gj);
@@ -945,8 +947,9 @@ void Scratch::trim() {
 }
 
 // Screens the queries panel by panel (threads take whole panels) and writes their
-// results; the queries it leaves to the plain path go to `rest` as ranges.
-void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int nt, int mode, size_t total,
+// results; the queries it leaves to the plain path go to `rest` as ranges.  Returns the
+// fraction of the screened query x row pairs that were rescored (screen_last()).
+double screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int nt, int mode, size_t total,
                    std::vector<std::unique_ptr<SPanel>>& state, std::vector<size_t>* rest) {
     if (state.size() < size_t(nt)) state.resize(nt);
     for (int t = 0; t < nt; ++t) {
@@ -995,13 +998,13 @@ void screen_panels(const Screen& S, size_t nq, size_t panel, size_t npanels, int
             }
         }
     });
-    g_last_rescored.store(pairs.load() ? double(dots.load()) / double(pairs.load()) : -1.0, std::memory_order_relaxed);
     for (size_t p = 0; p < npanels; ++p) {  // the queries left to the plain path, as ranges
         if (done[p]) continue;
         const size_t a = p * panel, b = std::min(nq, a + panel);
         if (!rest->empty() && rest->back() == a) rest->back() = b;
         else rest->push_back(a), rest->push_back(b);
     }
+    return pairs.load() ? double(dots.load()) / double(pairs.load()) : -1.0;
 }
 
 }  // namespace
@@ -1040,12 +1043,8 @@ const char* screen_choice(size_t d, size_t k, size_t n) {
     return B ? B->name : nullptr;
 }
 ScreenReport screen_last() {
-    ScreenReport r;
-    r.screened = g_last_screened.load(std::memory_order_relaxed);
-    r.estimate = g_last_estimate.load(std::memory_order_relaxed);
-    r.rescored = g_last_rescored.load(std::memory_order_relaxed);
-    r.estimate_seconds = g_last_estimate_s.load(std::memory_order_relaxed);
-    return r;
+    std::lock_guard<std::mutex> lock(g_last_mu);
+    return g_last;
 }
 void screen_counts(uint64_t* screened, uint64_t* fallbacks, uint64_t* extended) {
     *screened = g_screened.load();
@@ -1075,10 +1074,14 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
             if (K2->type != ScreenType::Int8 || d <= kMaxInt8Dim) B = K2;
     }
     if (mode == 0 || !B || !kernels().dot_pairs) return false;
-    g_last_screened.store(0, std::memory_order_relaxed);
-    g_last_estimate.store(-1.0, std::memory_order_relaxed);
-    g_last_rescored.store(-1.0, std::memory_order_relaxed);
-    g_last_estimate_s.store(0.0, std::memory_order_relaxed);
+    // what this search did, published for screen_last() on every way out
+    struct Publish {
+        ScreenReport r;
+        ~Publish() {
+            std::lock_guard<std::mutex> lock(g_last_mu);
+            g_last = r;
+        }
+    } report;
     // an index searched again and again (serving, the miner's batches, training refreshes) keeps a
     // copy whatever the batch size: from its kRepeatSearches-th search on
     const bool repeated = cache && cache->note_search() >= kRepeatSearches;
@@ -1159,21 +1162,18 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     if (mode == 1 && !cache) {
         const auto t0 = std::chrono::steady_clock::now();
         const double f = estimate_rescored(K, *B, Q, qt, ldq, nq, d, segments, total, metric, k, nt);
-        g_last_estimate.store(f, std::memory_order_relaxed);
-        g_last_estimate_s.store(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                                std::memory_order_relaxed);
+        report.r.estimate = f;
+        report.r.estimate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (f > rescore_budget(panel, B->amx)) return false;
         const double rel = B->amx ? kScreenedBaseAmx + kScreenedSlopeAmx * f : kScreenedBase + kScreenedSlope * f;
         if (f >= 0 && rel * double(nq) + double(kBuildQueries) > double(nq)) return false;
     }
     g_screened.fetch_add(1);
-    g_last_screened.store(1, std::memory_order_relaxed);
     if (!reuse) {
         build_corpus(K, *B, segments, d, metric, blocks, nt, *C, extend ? kept.get() : nullptr);
         if (extend) g_extended.fetch_add(1);
         if (!C->ok) {
             g_fallbacks.fetch_add(1);
-            g_last_screened.store(0, std::memory_order_relaxed);
             return false;
         }
         C->type = B->type;
@@ -1187,7 +1187,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
     const size_t cap = std::min(wide * (4 * k + 256), total + 1);
     if (double(panel) * double(cap) >= 4294967296.0) return false;  // slots must fit 32 bits
     Screen S{K, *B, Q, qt, ldq, d, k, cap, nb, metric, segments, excl, ex_sorted, blocks, CC, scores, ids};
-    screen_panels(S, nq, panel, npanels, nt, mode, total, keep.panels, rest);
+    report.r.rescored = screen_panels(S, nq, panel, npanels, nt, mode, total, keep.panels, rest);
+    report.r.screened = 1;
     if (!rest->empty()) g_fallbacks.fetch_add(1);
     return true;
 }
