@@ -280,7 +280,8 @@ void plain_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d, cons
 
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
-                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads, ScreenCache* cache) {
+                 const Exclusions& excl, float* scores, int64_t* ids, int num_threads, ScreenCache* cache,
+                 std::vector<size_t>* left) {
     using namespace detail;
     if (k == 0) throw std::invalid_argument("k must be positive");
     if (d == 0) throw std::invalid_argument("d must be positive");
@@ -290,6 +291,7 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
         if (s.id_offset < 0 || s.id_offset + (int64_t)s.rows > kMaxRows)
             throw std::invalid_argument("corpus ids must lie in [0, 2^32 - 1)");
     }
+    if (left) left->clear();
     if (nq == 0) return;
 
     // Sorted copy of each query's exclusions (checked only for threshold survivors).
@@ -305,6 +307,10 @@ void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
     if (!topk_search_screened(Q, qt, nq, ldq, d, segments, metric, k, excl, ex_sorted, scores, ids, num_threads,
                               cache, &rest))
         rest = {0, nq};
+    if (left) {  // screen only: the caller runs the plain path on what is left
+        *left = std::move(rest);
+        return;
+    }
     const size_t qrow = ldq * dtype_size(qt);  // bytes per query row
     for (size_t j = 0; j + 1 < rest.size(); j += 2) {
         const size_t a = rest[j], b = rest[j + 1];

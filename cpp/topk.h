@@ -75,10 +75,14 @@ class ScreenCache {
 // segments between calls (see ScreenCache); null: a temporary copy per call.
 // Cosine norms are exact for any finite row: squared norms that overflow or
 // underflow in fp32 are recomputed in double.
+// left (optional): screen only.  The plain path is not run; the query ranges it would have
+// taken are written as pairs [a0, b0, a1, b1, ...] (empty: every query is answered; {0, nq}:
+// the screen did not run).  For callers that search the plain way themselves: the streamed
+// search of a corpus on disk, whose coded copy lives in memory (hardneg/ooc.py).
 void topk_search(const void* Q, DType qt, size_t nq, size_t ldq, size_t d,
                  const std::vector<Segment>& segments, Metric metric, size_t k,
                  const Exclusions& excl, float* scores, int64_t* ids, int num_threads,
-                 ScreenCache* cache = nullptr);
+                 ScreenCache* cache = nullptr, std::vector<size_t>* left = nullptr);
 
 // The low-precision screen of topk_search for IP / cosine (topk_screen.cpp):
 // 0 = off, 1 = auto (large enough searches on CPUs with AVX-512 VNNI or BF16,

@@ -29,7 +29,7 @@ hn::Metric parse_metric(const std::string& m) {
 // cache: a ScreenCache owned by the caller's index for these segments, or None
 py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list& segments,
                     const std::string& metric, py::ssize_t k, const py::object& indptr,
-                    const py::object& indices, int num_threads, hn::ScreenCache* cache) {
+                    const py::object& indices, int num_threads, hn::ScreenCache* cache, bool screen_only) {
     if (k <= 0) throw std::invalid_argument("k must be a positive integer, got " + std::to_string(k));
     const hn::Metric mt = parse_metric(metric);
     const size_t ldq = row_stride(queries, "queries");
@@ -79,11 +79,16 @@ py::tuple topk_impl(const py::array& queries, bool queries_bf16, const py::list&
     py::array_t<int64_t> ids({(py::ssize_t)nq, k});
     float* so = scores.mutable_data();
     int64_t* io = ids.mutable_data();
+    std::vector<size_t> left;
     {
         py::gil_scoped_release nogil;
-        hn::topk_search(queries.data(), qt, nq, ldq, d, segs, mt, (size_t)k, ex, so, io, num_threads, cache);
+        hn::topk_search(queries.data(), qt, nq, ldq, d, segs, mt, (size_t)k, ex, so, io, num_threads, cache,
+                        screen_only ? &left : nullptr);
     }
-    return py::make_tuple(scores, ids);
+    if (!screen_only) return py::make_tuple(scores, ids);
+    py::list rest;  // the query ranges [a, b) the screen left to the caller (their rows hold nothing)
+    for (size_t j = 0; j + 1 < left.size(); j += 2) rest.append(py::make_tuple(left[j], left[j + 1]));
+    return py::make_tuple(scores, ids, rest);
 }
 
 py::tuple merge_impl(const py::list& parts_scores, const py::list& parts_ids, bool smallest_first,
@@ -145,7 +150,7 @@ void bind_topk(py::module_& m) {
         .def("clear", &hn::ScreenCache::clear, "drop the kept coded copy");
     m.def("topk", &topk_impl, py::arg("queries"), py::arg("queries_bf16"), py::arg("segments"),
           py::arg("metric"), py::arg("k"), py::arg("indptr"), py::arg("indices"), py::arg("num_threads"),
-          py::arg("cache") = py::none());
+          py::arg("cache") = py::none(), py::arg("screen_only") = false);
     m.def("merge_topk", &merge_impl, py::arg("scores"), py::arg("ids"), py::arg("smallest_first"), py::arg("k"),
           py::arg("num_threads"));
     m.def("sqnorms", &sqnorms_impl, py::arg("vectors"), py::arg("bf16"));
