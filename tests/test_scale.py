@@ -4,6 +4,7 @@ Streaming must equal the in-memory exact search bit for bit (scores and ids, tie
 boundaries, exclusions, padding); resident memory must stay about one block (slow test, subprocess).
 The faiss backend must follow the exact path's conventions (padding, exclusions, ordering) and give the
 exact answer with a brute-force ("Flat") index."""
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import hardneg as hn
+from hardneg import _core
 from hardneg.ooc import OutOfCoreIndex, block_rows, topk_memmap
 
 METRICS = ["ip", "cosine", "l2"]
@@ -134,6 +136,153 @@ def test_as_index_for_mining(tmp_path):
         np.testing.assert_array_equal(got[1], ref[1])
         np.testing.assert_array_equal(got[0], ref[0])
         assert as_index(idx) is idx
+
+
+# --------------------------------------------------------------------------- the screen on a file
+needs_screen = pytest.mark.skipif(not _core.screen_available(), reason="CPU without AVX-512 VNNI or BF16")
+
+
+@contextlib.contextmanager
+def _screen(mode, kind="auto"):
+    """The screen in `mode` (0 off, 1 auto, 2 forced) and codes `kind` inside the block, restored after."""
+    start, start_kind = _core.screen_mode(), _core.screen_type()
+    _core.set_screen_mode(mode)
+    _core.set_screen_type(kind)
+    try:
+        yield
+    finally:
+        _core.set_screen_mode(start)
+        _core.set_screen_type(start_kind)
+
+
+def _plain(Q, X, k, **kw):
+    with _screen(0):
+        return hn.topk(Q, X, k=k, **kw)
+
+
+@needs_screen
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_ooc_screen_keeps_codes_and_equals_plain(tmp_path, metric, dtype, kind):
+    if kind not in _core.screen_types():
+        pytest.skip(f"CPU without the {kind} screen")
+    X, Q = _data(n=6000, d=40, nq=33, dtype=dtype)  # coarse values: many exact ties; duplicates, a zero row
+    p = tmp_path / "c.npy"
+    np.save(p, X)
+    ex = _ex(len(Q), len(X))
+    ex[0] = [3]
+    with _screen(2, kind):  # forced: every search screens (auto decides by size, tested below)
+        for src in (p, np.load(p, mmap_mode="r")):
+            idx = OutOfCoreIndex(src, metric=metric, block_bytes=1)
+            assert idx.codes_nbytes == 0
+            for k in (1, 10, 60, 7000):  # k > N pads with id -1
+                ref = _plain(Q, X, k, metric=metric, exclude=ex)
+                got = idx.search(Q, k=k, exclude=ex)
+                assert _core.screen_last()["screened"]
+                np.testing.assert_array_equal(got[1], ref[1])
+                np.testing.assert_array_equal(got[0], ref[0])
+            assert 0 < idx.codes_nbytes and idx.nbytes >= idx.codes_nbytes  # the copy is kept, in memory
+            # rows added in memory extend the kept copy; ids continue after the file's rows
+            extra = np.ascontiguousarray(X[:300] * 2)
+            idx.add(extra)
+            ref = _plain(Q, np.vstack([X, extra]), 25, metric=metric, exclude=ex)
+            got = idx.search(Q, k=25, exclude=ex)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0], ref[0])
+
+
+@needs_screen
+@pytest.mark.parametrize("metric", METRICS)
+def test_ooc_screen_hands_left_queries_to_the_stream(tmp_path, monkeypatch, metric):
+    """A query whose norm the screen's bounds cannot hold sends its panel to the plain path:
+    the screen leaves those queries (a range in the middle), which are streamed from the file
+    with their own exclusions; everything equals the plain path."""
+    import hardneg.ooc as ooc
+
+    X, Q = _data(n=4000, d=16, nq=300)
+    Q[200] *= 1e18  # squared norm ~1e37, above the screen's 2^100: its panel runs the plain way
+    p = tmp_path / "c.npy"
+    np.save(p, X)
+    streamed = []
+    stream = ooc._stream
+    monkeypatch.setattr(ooc, "_stream", lambda q, *a: streamed.append(len(q)) or stream(q, *a))
+    ex = _ex(len(Q), len(X))
+    ref = _plain(Q, X, 20, metric=metric, exclude=ex)
+    with _screen(2):
+        got = OutOfCoreIndex(p, metric=metric).search(Q, k=20, exclude=ex)
+        assert _core.screen_last()["screened"]
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0], ref[0])
+    if metric != "cosine":  # (cosine screens the unit query: nothing is left)
+        assert len(streamed) == 1 and 0 < streamed[0] < len(Q)  # one panel's queries, and only those
+
+
+@needs_screen
+def test_ooc_screen_ties(tmp_path):
+    """Constant rows for half the queries: every such row scores the same, the screen settles
+    those queries exactly, and the result equals the plain path (ties by ascending id)."""
+    rng = np.random.default_rng(3)
+    X = np.zeros((5000, 16), np.float32)
+    X[:, 0] = 1.0
+    X[::7] = rng.standard_normal((len(X[::7]), 16)).astype(np.float32)
+    Q = rng.standard_normal((40, 16)).astype(np.float32)
+    Q[::2, 1:] = 0  # these score every constant row the same
+    p = tmp_path / "t.npy"
+    np.save(p, X)
+    with _screen(2):
+        for metric in METRICS:
+            ref = _plain(Q, X, 50, metric=metric)
+            got = OutOfCoreIndex(p, metric=metric).search(Q, k=50)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0], ref[0])
+
+
+@needs_screen
+def test_ooc_screen_auto_above_the_old_line(tmp_path):
+    """The default (auto) screen on a file whose int8 copy is above 32 MiB: a search of 256
+    queries builds the copy and keeps it; results equal the plain path."""
+    rng = np.random.default_rng(5)
+    n, d = 90_000, 384  # 33 M int8 codes, a 132 MB file
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    p = tmp_path / "big.npy"
+    np.save(p, X)
+    Q = rng.standard_normal((256, d), dtype=np.float32)
+    try:
+        with _screen(1):
+            idx = hn.DenseIndex.from_npy(p, metric="cosine")
+            got = idx.search(Q, k=100, exclude=[[0, 1, 2]] * len(Q))
+            assert _core.screen_last()["screened"] and idx.codes_nbytes > 32 << 20
+            again = idx.search(Q[:8], k=100)  # a few queries reuse the kept copy
+            assert _core.screen_last()["screened"]
+        ref = _plain(Q, X, 100, metric="cosine", exclude=[[0, 1, 2]] * len(Q))
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(again[1], _plain(Q[:8], X, 100, metric="cosine")[1])
+        off = hn.DenseIndex.from_npy(p, metric="cosine", screen=False)
+        np.testing.assert_array_equal(off.search(Q, k=100, exclude=[[0, 1, 2]] * len(Q))[1], ref[1])
+        assert off.codes_nbytes == 0
+    finally:
+        p.unlink()  # pytest keeps old tmp dirs: do not leave 132 MB behind
+
+
+def test_ooc_screen_option_and_pickle(tmp_path):
+    import pickle
+
+    X, Q = _data(n=3000)
+    p = tmp_path / "c.npy"
+    np.save(p, X)
+    with pytest.raises(TypeError, match="screen"):
+        OutOfCoreIndex(p, screen="yes")
+    idx = hn.DenseIndex.from_npy(p, metric="l2")
+    assert "screen=True" in repr(idx)
+    with _screen(2):
+        ref = idx.search(Q, k=9)
+        back = pickle.loads(pickle.dumps(idx))
+        assert back.codes_nbytes == 0
+        got = back.search(Q, k=9)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0], ref[0])
 
 
 def test_ooc_bad_input(tmp_path):

@@ -11,6 +11,12 @@ page cache, which the kernel may reclaim), and the next block is announced with
 memory is therefore about one block plus the outputs (Q x k x 12 bytes), not
 the corpus.
 
+An :class:`OutOfCoreIndex` also lets the low-precision screen run (``screen=True``,
+the default): when its auto rule takes a search, the index keeps the screen's coded
+copy of the file's rows in memory (about N x d bytes) and reads only the surviving
+rows' float32 values from the file, through one mapping kept for the index's life;
+the queries the screen leaves are streamed as above (:func:`_screened`).
+
 Entry points
 ------------
 * :meth:`hardneg.DenseIndex.from_npy` ``(path, metric, mmap=True)`` returns an
@@ -26,12 +32,12 @@ from __future__ import annotations
 
 import mmap as _mmap
 import os
-from typing import Any, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from hardneg import _core
-from hardneg._arrays import check_finite, is_cuda, to_caller, vectors_for_kernel
+from hardneg._arrays import _rows_ok, check_finite, is_cuda, to_caller, vectors_for_kernel
 from hardneg._threads import resolve_num_threads
 from hardneg.backends import index_kind
 from hardneg.exact import ExactIndex, kernel_segment
@@ -316,6 +322,15 @@ def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int
     # the running top-k needs no more than the corpus rows; padded to k at the end
     kk = max(1, min(k, int(num_rows)))
     nt = resolve_num_threads(num_threads)
+    run = _stream(q, qbf16, blocks, kk, metric, ex, nt, extra_segments)
+    return _finish(run, k, kk, metric, nt, queries)
+
+
+def _stream(q: np.ndarray, qbf16: bool, blocks: Iterable[Tuple[Any, int]], kk: int, metric: str,
+            ex: Optional[Tuple[np.ndarray, np.ndarray]], nt: int,
+            extra_segments: Optional[list]) -> Tuple[np.ndarray, np.ndarray]:
+    """The running top-``kk`` of checked kernel queries over the blocks, then ``extra_segments``
+    (numpy (Q, kk) scores and ids); ``ex``: the exclusions as a CSR pair, or None."""
     ip, ix = (None, None) if ex is None else ex
     run: Optional[Tuple[np.ndarray, np.ndarray]] = None
     d = q.shape[1]
@@ -336,9 +351,32 @@ def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int
         step(list(extra_segments))
     if run is None:
         raise ValueError("corpus is empty: need at least one row")
+    return run
+
+
+def _finish(run: Tuple[np.ndarray, np.ndarray], k: int, kk: int, metric: str, nt: int, queries: Any):
+    """``run`` padded from ``kk`` to ``k`` results (id -1), in the caller's type."""
     if kk < k:
         run = _core.merge_topk([run[0]], [run[1]], metric == "l2", k, nt)  # pads with id -1
     return to_caller(run[0], queries), to_caller(run[1], queries)
+
+
+def _screened(q: np.ndarray, qbf16: bool, whole: Tuple[Any, bool, None, int], blocks: Callable[[], Iterable],
+              kk: int, metric: str, ex: Optional[Tuple[np.ndarray, np.ndarray]], nt: int,
+              extra_segments: list, cache: Any, release: Callable[[], None]) -> Tuple[np.ndarray, np.ndarray]:
+    """The top-``kk`` through the low-precision screen, its coded copy in ``cache`` (memory), the
+    fp32 rows read in place from ``whole`` (the mapped file) for the survivors' exact scores;
+    the queries the screen leaves (all of them when it does not run: the auto rule of
+    cpp/topk_screen.cpp decides) are streamed from ``blocks()``.  Same results as streaming."""
+    ip, ix = (None, None) if ex is None else ex
+    try:
+        s, i, left = _core.topk(q, qbf16, [whole] + list(extra_segments), metric, kk, ip, ix, nt, cache, True)
+    finally:
+        release()  # the file's pages the copy's build and the rescoring mapped in
+    for a, b in left:
+        sub = None if ex is None else (ip[a:b + 1] - ip[a], ix[ip[a]:ip[b]])
+        s[a:b], i[a:b] = _stream(q[a:b], qbf16, blocks(), kk, metric, sub, nt, extra_segments)
+    return s, i
 
 
 def topk_memmap(queries: Any, corpus: np.memmap, k: int, metric: str = "ip", exclude: Any = None,
@@ -371,17 +409,34 @@ class OutOfCoreIndex(SearchIndex):
     block_bytes : int
         Bytes of corpus searched per step (default 256 MiB); resident memory is
         about one block plus the results.
+    screen : bool
+        Let the low-precision screen run (default True): the index then keeps an
+        int8 (or bf16) coded copy of the file's rows in memory (``codes_nbytes``:
+        about N x d bytes, built by the first search the screen's auto rule takes:
+        256 queries or more, or the index's third search), screens against it and
+        reads only the surviving rows' float32 values from the file for their
+        exact scores.  Results are the same either way; False streams every search.
 
     Notes
     -----
     :meth:`add` keeps the appended rows in memory (ids continue after the file's rows).
-    ``backend="torch"`` is not available for a streamed index.
+    ``backend="torch"`` is not available for a streamed index.  A screened search
+    reads the file through one mapping kept for the index's life (the copy is tied
+    to its address); the pages it maps in (the whole file while the copy is built,
+    then the rescored rows) are released when the search returns.  Float64 files,
+    and corpora whose copy would exceed 1 GiB, are always streamed.
     """
 
     def __init__(self, path: Any, metric: str = "ip", num_threads: Optional[int] = None,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES):
+                 block_bytes: int = DEFAULT_BLOCK_BYTES, screen: bool = True):
         super().__init__(metric, num_threads)
         self.block_bytes = _check_block_bytes(block_bytes)
+        if not isinstance(screen, (bool, np.bool_)):
+            raise TypeError(f"screen must be True or False, got {screen!r}")
+        self.screen = bool(screen)
+        self._codes = _core.ScreenCache()  # the screen's coded copy (memory), built by a screened search
+        self._map: Optional[_Mapping] = None  # the whole file, mapped once for the screen
+        self._whole_seg: Optional[Tuple[Any, bool, None, int]] = None
         self._memmap = None
         if isinstance(path, np.memmap):
             if path.ndim != 2:
@@ -403,12 +458,72 @@ class OutOfCoreIndex(SearchIndex):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held in memory: the rows added with :meth:`add` and their norms (the file is streamed)."""
-        return sum(a.nbytes + (0 if nr is None else nr.nbytes) for a, _, nr, _ in self._segments)
+        """Bytes held in memory: the rows added with :meth:`add`, their norms and the screen's
+        coded copy (the file's float32 rows stay on disk)."""
+        return sum(a.nbytes + (0 if nr is None else nr.nbytes) for a, _, nr, _ in self._segments) + self.codes_nbytes
+
+    @property
+    def codes_nbytes(self) -> int:
+        """Bytes of the screen's coded copy of the corpus in memory (0 until a search screens)."""
+        return int(self._codes.nbytes)
 
     def __repr__(self) -> str:
         return (f"OutOfCoreIndex(path={self.path!r}, n={self._size}, dim={self._dim}, metric={self.metric!r}, "
-                f"block_bytes={self.block_bytes})")
+                f"block_bytes={self.block_bytes}, screen={self.screen})")
+
+    def __getstate__(self) -> dict:
+        # pickled without the mapping and the coded copy (both rebuilt by the next screened search)
+        state = self.__dict__.copy()
+        for key in ("_codes", "_map", "_whole_seg"):
+            del state[key]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._codes = _core.ScreenCache()
+        self._map = None
+        self._whole_seg = None
+
+    def _whole(self) -> Optional[Tuple[Any, bool, None, int]]:
+        """The file's rows as one kernel segment read in place (mapped once and kept: the coded
+        copy is keyed by the rows' address), or None when the screen cannot run here."""
+        if self._whole_seg is not None:
+            return self._whole_seg
+        if not self.screen or _core.screen_mode() == 0 or not _core.screen_available():
+            return None
+        if self._memmap is not None:
+            rows = np.asarray(self._memmap)
+        elif self._file.dtype in (np.float32, np.float16):
+            if self._map is None:
+                self._map = self._file.open()
+            rows = self._map.rows(0, self._file_rows)
+        else:
+            return None  # float64: converted block by block, streamed
+        if rows.dtype not in (np.float32, np.float16) or _rows_ok(rows) is not rows:
+            return None  # reading it in place would need a copy of the whole file
+        self._whole_seg = (rows, False, None, 0)
+        return self._whole_seg
+
+    def _release(self) -> None:
+        """Gives the file's pages a search mapped in back to the OS (page cache)."""
+        if self._memmap is not None:
+            advise = _memmap_releaser(self._memmap)
+            if advise is not None and self._file_rows:
+                advise(0, self._file_rows, "dontneed")
+        elif self._map is not None:
+            self._map.advise(0, self._file_rows, "dontneed")
+
+    def _blocks(self) -> Iterator[Tuple[np.ndarray, int]]:
+        if self._memmap is not None:
+            yield from memmap_blocks(self._memmap, self.block_bytes)
+        elif self._map is not None:
+            yield from file_blocks(self._map, self.block_bytes)
+        else:
+            m = self._file.open()
+            try:
+                yield from file_blocks(m, self.block_bytes)
+            finally:
+                m.close()
 
     def add(self, vectors: Any) -> "OutOfCoreIndex":
         """Append rows (M, d), kept in memory; ids continue after the current size. Returns self."""
@@ -429,16 +544,20 @@ class OutOfCoreIndex(SearchIndex):
             raise ValueError("backend: an out-of-core index searches on the CPU (backend='auto' or 'cpp', "
                              "CPU queries)")
         self._check_query_dim(queries)
-        nt = num_threads if num_threads is not None else self.num_threads
-        if self._memmap is not None:
-            return search_blocks(queries, memmap_blocks(self._memmap, self.block_bytes), self._size, k,
-                                 self.metric, exclude, nt, extra_segments=self._segments)
-        m = self._file.open()
-        try:
-            return search_blocks(queries, file_blocks(m, self.block_bytes), self._size, k, self.metric, exclude, nt,
-                                 extra_segments=self._segments)
-        finally:
-            m.close()
+        k = check_k(k)
+        q, qbf16 = vectors_for_kernel(queries, "queries")
+        check_finite(q, qbf16, "queries")
+        check_output(q.shape[0], k)
+        ex = to_csr(exclude, q.shape[0], self._size)
+        kk = max(1, min(k, self._size))  # the running top-k needs no more than the rows; padded at the end
+        nt = resolve_num_threads(num_threads if num_threads is not None else self.num_threads)
+        whole = self._whole()
+        if whole is None:
+            run = _stream(q, qbf16, self._blocks(), kk, self.metric, ex, nt, self._segments)
+        else:
+            run = _screened(q, qbf16, whole, self._blocks, kk, self.metric, ex, nt, self._segments, self._codes,
+                            self._release)
+        return _finish(run, k, kk, self.metric, nt, queries)
 
 
 class _MemmapInfo:

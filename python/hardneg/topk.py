@@ -101,17 +101,22 @@ class DenseIndex(metaclass=_BuildOnCall):
 
     @staticmethod
     def from_npy(path: Any, metric: str = "ip", mmap: bool = True, num_threads: Optional[int] = None,
-                 block_bytes: Optional[int] = None) -> SearchIndex:
+                 block_bytes: Optional[int] = None, screen: bool = True) -> SearchIndex:
         """An index over a 2-D ``.npy`` file.
 
         With ``mmap=True`` the corpus stays on disk and every search streams it in
         blocks of ``block_bytes`` (default 256 MiB) with a merged running top-k, so
         resident memory stays about one block (see :mod:`hardneg.ooc`); results
-        equal the in-memory search.  ``mmap=False`` loads the file (``np.load``).
+        equal the in-memory search.  Unless ``screen=False``, searches the
+        low-precision screen takes (256 queries or more, or from the index's third
+        search) keep its coded copy in memory (about N x d bytes, ``codes_nbytes``)
+        and read only the surviving rows from the file.  ``mmap=False`` loads the
+        file (``np.load``).
         """
         if not mmap:
             return ExactIndex(np.load(path), metric, num_threads)
-        return OutOfCoreIndex(path, metric, num_threads, DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes)
+        return OutOfCoreIndex(path, metric, num_threads, DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes,
+                              screen=screen)
 
 
 DenseIndex.__signature__ = inspect.signature(build_index)
