@@ -6,10 +6,13 @@
     python benchmarks/compare_scale.py all --quick      # small sizes, a few seconds each
 
 ooc:   a generated float32 .npy corpus of --gib GiB searched (a) in memory (np.load, hn.topk),
-       (b) streamed with DenseIndex.from_npy (warm page cache), (c) streamed after evicting the
-       file from the page cache (posix_fadvise DONTNEED: cold disk reads).  Peak extra resident
-       memory of each run is measured in a fresh subprocess (VmHWM).  --gib 16 is the target's
-       target (needs 16 GiB of disk; the in-memory baseline is skipped when it does not fit RAM).
+       (b) streamed with DenseIndex.from_npy(screen=False) (warm page cache), (c) the same after
+       evicting the file from the page cache (posix_fadvise DONTNEED: cold disk reads), (d, e)
+       DenseIndex.from_npy with its default screen=True, warm and evicted: the first search builds
+       the int8 coded copy in memory; then a second search of the same index with other queries.
+       Peak extra resident memory of each run is measured in a fresh subprocess (VmHWM).
+       --gib 16 is the target's target (needs 16 GiB of disk; the in-memory baseline is skipped
+       when it does not fit RAM).
 dist:  --world gloo processes on this machine, each holding an uneven row shard; time of the
        local search, the all_gather and the merge (share of the total) vs one process.
 faiss: clustered synthetic vectors (low-rank mixture + noise, unit norm); exact hn.topk vs
@@ -63,18 +66,27 @@ def st(key):
 path, mode, nq, k, bb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 hdr = np.load(path, mmap_mode='r'); n, d = hdr.shape; del hdr
 Q = np.random.default_rng(7).standard_normal((nq, d)).astype(np.float32)
-if mode == 'cold':
+Q2 = np.random.default_rng(8).standard_normal((nq, d)).astype(np.float32)
+if mode.endswith('cold'):
     fd = os.open(path, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
 base = st('VmRSS:'); open('/proc/self/clear_refs', 'w').write('5')
 t0 = time.perf_counter()
+search2 = codes = None
 if mode == 'memory':
     X = np.load(path); t1 = time.perf_counter()
     s, i = hn.topk(Q, X, k=k)
 else:
     t1 = t0
-    s, i = hn.DenseIndex.from_npy(path, block_bytes=bb).search(Q, k=k)
+    index = hn.DenseIndex.from_npy(path, block_bytes=bb, screen=mode.startswith('screen'))
+    s, i = index.search(Q, k=k)
 t2 = time.perf_counter()
-print(json.dumps(dict(load=t1 - t0, search=t2 - t1, total=t2 - t0, peak_extra=(st('VmHWM:') - base) / 2**20,
+peak = (st('VmHWM:') - base) / 2**20
+if mode != 'memory':
+    codes = index.codes_nbytes / 2**20
+    t3 = time.perf_counter()
+    index.search(Q2, k=k)
+    search2 = time.perf_counter() - t3
+print(json.dumps(dict(load=t1 - t0, search=t2 - t1, total=t2 - t0, peak_extra=peak, search2=search2, codes=codes,
                       n=n, d=d, checksum=int(i[:, 0].sum()))))
 """
 
@@ -97,11 +109,13 @@ def bench_ooc(a):
         os.replace(path + ".part", path)
         print(f"generated {path} ({n} x {d}, {os.path.getsize(path) / 2**30:.2f} GiB) in {time.perf_counter() - t:.0f} s\n")
     avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    modes = ["memory", "warm", "cold"] if n * d * 4 < 0.6 * avail else ["cold", "warm"]
+    modes = ["stream-warm", "stream-cold", "screen-warm", "screen-cold"]
+    if n * d * 4 < 0.6 * avail:
+        modes.insert(0, "memory")
     res = {}
     for rep in range(a.reps):  # interleaved repetitions, best search time of each mode
         for mode in modes:
-            out = subprocess.run([sys.executable, "-c", _OOC_CHILD, path, "warm" if mode == "warm" else mode,
+            out = subprocess.run([sys.executable, "-c", _OOC_CHILD, path, mode,
                                   str(a.queries), str(a.k), str(a.block_mib << 20)],
                                  capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,13 +128,21 @@ def bench_ooc(a):
           f"(results identical: {len(sums) == 1})\n")
     base = res.get("memory", {}).get("search")
     rows = []
-    for mode, r in res.items():
-        name = {"memory": "in memory (np.load + hn.topk)", "warm": "streamed, page cache warm",
-                "cold": "streamed, file evicted first"}[mode]
+    for mode in modes:
+        r = res[mode]
+        name = {"memory": "in memory (np.load + hn.topk)",
+                "stream-warm": "from_npy(screen=False): streamed, page cache warm",
+                "stream-cold": "from_npy(screen=False): streamed, file evicted first",
+                "screen-warm": "from_npy (screen, default): page cache warm",
+                "screen-cold": "from_npy (screen, default): file evicted first"}[mode]
+        again = "-" if r["search2"] is None else f"{r['search2']:.2f}"
+        codes = "-" if r["codes"] is None else f"{r['codes']:.0f}"
         rows.append([name, f"{r['load']:.2f}", f"{r['search']:.2f}", f"{r['total']:.2f}",
                      f"{flops / r['search'] / 1e9:.0f}", f"{r['peak_extra']:.0f}",
-                     f"{r['search'] / base:.2f}x" if base else "-"])
-    _table(rows, ["run", "load s", "search s", "total s", "GFLOP/s", "peak extra RSS MiB", "search time vs in-memory"])
+                     f"{r['search'] / base:.2f}x" if base else "-", again,
+                     f"{r['search2'] / base:.2f}x" if base and r["search2"] is not None else "-", codes])
+    _table(rows, ["run", "load s", "search s", "total s", "GFLOP/s", "peak extra RSS MiB", "search time vs in-memory",
+                  "2nd search s (other queries)", "2nd vs in-memory", "index memory after (codes) MiB"])
 
 
 # --------------------------------------------------------------------------- distributed
