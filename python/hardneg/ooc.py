@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import mmap as _mmap
 import os
+import threading
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -314,6 +315,14 @@ def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int
     (scores float32 (Q, k), ids int64 (Q, k)) in the caller's type.
     """
     check_metric(metric)
+    q, qbf16, k, kk, ex, nt = _checked(queries, k, num_rows, exclude, num_threads)
+    run = _stream(q, qbf16, blocks, kk, metric, ex, nt, extra_segments)
+    return _finish(run, k, kk, metric, nt, queries)
+
+
+def _checked(queries: Any, k: Any, num_rows: int, exclude: Any, num_threads: Optional[int]):
+    """(queries as the kernel reads them, is bf16, k, the running k, exclusions as CSR or None,
+    threads), with the ValueError / TypeError of :func:`hardneg.topk` for bad input."""
     k = check_k(k)
     q, qbf16 = vectors_for_kernel(queries, "queries")
     check_finite(q, qbf16, "queries")
@@ -321,9 +330,7 @@ def search_blocks(queries: Any, blocks: Iterable[Tuple[Any, int]], num_rows: int
     ex = to_csr(exclude, q.shape[0], num_rows)
     # the running top-k needs no more than the corpus rows; padded to k at the end
     kk = max(1, min(k, int(num_rows)))
-    nt = resolve_num_threads(num_threads)
-    run = _stream(q, qbf16, blocks, kk, metric, ex, nt, extra_segments)
-    return _finish(run, k, kk, metric, nt, queries)
+    return q, qbf16, k, kk, ex, resolve_num_threads(num_threads)
 
 
 def _stream(q: np.ndarray, qbf16: bool, blocks: Iterable[Tuple[Any, int]], kk: int, metric: str,
@@ -437,6 +444,7 @@ class OutOfCoreIndex(SearchIndex):
         self._codes = _core.ScreenCache()  # the screen's coded copy (memory), built by a screened search
         self._map: Optional[_Mapping] = None  # the whole file, mapped once for the screen
         self._whole_seg: Optional[Tuple[Any, bool, None, int]] = None
+        self._lock = threading.Lock()  # searches from several threads map the file once
         self._memmap = None
         if isinstance(path, np.memmap):
             if path.ndim != 2:
@@ -474,7 +482,7 @@ class OutOfCoreIndex(SearchIndex):
     def __getstate__(self) -> dict:
         # pickled without the mapping and the coded copy (both rebuilt by the next screened search)
         state = self.__dict__.copy()
-        for key in ("_codes", "_map", "_whole_seg"):
+        for key in ("_codes", "_map", "_whole_seg", "_lock"):
             del state[key]
         return state
 
@@ -483,6 +491,7 @@ class OutOfCoreIndex(SearchIndex):
         self._codes = _core.ScreenCache()
         self._map = None
         self._whole_seg = None
+        self._lock = threading.Lock()
 
     def _whole(self) -> Optional[Tuple[Any, bool, None, int]]:
         """The file's rows as one kernel segment read in place (mapped once and kept: the coded
@@ -491,6 +500,12 @@ class OutOfCoreIndex(SearchIndex):
             return self._whole_seg
         if not self.screen or _core.screen_mode() == 0 or not _core.screen_available():
             return None
+        with self._lock:
+            if self._whole_seg is None:
+                self._whole_seg = self._map_whole()
+            return self._whole_seg
+
+    def _map_whole(self) -> Optional[Tuple[Any, bool, None, int]]:
         if self._memmap is not None:
             rows = np.asarray(self._memmap)
         elif self._file.dtype in (np.float32, np.float16):
@@ -501,8 +516,7 @@ class OutOfCoreIndex(SearchIndex):
             return None  # float64: converted block by block, streamed
         if rows.dtype not in (np.float32, np.float16) or _rows_ok(rows) is not rows:
             return None  # reading it in place would need a copy of the whole file
-        self._whole_seg = (rows, False, None, 0)
-        return self._whole_seg
+        return (rows, False, None, 0)
 
     def _release(self) -> None:
         """Gives the file's pages a search mapped in back to the OS (page cache)."""
@@ -544,13 +558,8 @@ class OutOfCoreIndex(SearchIndex):
             raise ValueError("backend: an out-of-core index searches on the CPU (backend='auto' or 'cpp', "
                              "CPU queries)")
         self._check_query_dim(queries)
-        k = check_k(k)
-        q, qbf16 = vectors_for_kernel(queries, "queries")
-        check_finite(q, qbf16, "queries")
-        check_output(q.shape[0], k)
-        ex = to_csr(exclude, q.shape[0], self._size)
-        kk = max(1, min(k, self._size))  # the running top-k needs no more than the rows; padded at the end
-        nt = resolve_num_threads(num_threads if num_threads is not None else self.num_threads)
+        q, qbf16, k, kk, ex, nt = _checked(queries, k, self._size, exclude,
+                                           num_threads if num_threads is not None else self.num_threads)
         whole = self._whole()
         if whole is None:
             run = _stream(q, qbf16, self._blocks(), kk, self.metric, ex, nt, self._segments)
