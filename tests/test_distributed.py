@@ -70,6 +70,16 @@ def _worker(rank, world, store, out_dir):
     res["torch"] = (type(s).__name__, s.numpy(), i.numpy())
     # DistributedIndex is the same collective
     res["index"] = hn.distributed.DistributedIndex(X[lo:hi], metric="cosine").search(Q, k=6)
+    # a CPU shard's index keeps the screen's coded copy between its searches (forced here)
+    start = hn._core.screen_mode()
+    hn._core.set_screen_mode(2)
+    try:
+        di = hn.distributed.DistributedIndex(X[lo:hi], metric="ip")
+        ex = [[0, 5, 100], [256]] + [[]] * (len(Q) - 2)
+        res["index-screen"] = [di.search(Q, k=9, exclude=ex) for _ in range(2)]
+        res["index-codes"] = di.nbytes > X[lo:hi].nbytes or not hn._core.screen_available()
+    finally:
+        hn._core.set_screen_mode(start)
     # queries broadcast from the last rank; the others pass None
     res["src"] = hn.distributed.topk(Q if rank == world - 1 else None, X[lo:hi], k=8, metric="l2", src=world - 1)
     tm = {}
@@ -129,6 +139,11 @@ def test_distributed_equals_single_process(world, tmp_path):
         assert kind == "Tensor"
         np.testing.assert_array_equal(i, ref[1])
         np.testing.assert_array_equal(out[r]["index"][1], ref_c[1])
+        ref_ex = hn.topk(Q, X, k=9, exclude=[[0, 5, 100], [256]] + [[]] * (len(Q) - 2))
+        for s, i in out[r]["index-screen"]:
+            np.testing.assert_array_equal(i, ref_ex[1])
+            np.testing.assert_array_equal(s, ref_ex[0])
+        assert out[r]["index-codes"]
         assert set(out[r]["timings"]) >= {"local", "comm", "merge", "check"}
         errs = out[r]["errors"]
         assert all(errs[key] is not None for key in errs), errs

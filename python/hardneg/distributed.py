@@ -176,6 +176,15 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
         Padded with id -1 and score -inf (+inf for "l2") when fewer than k rows
         are eligible.
     """
+    return _collective_topk(queries, local_shard, k, offset, metric, exclude, group, num_threads, backend, timings,
+                            src, None)
+
+
+def _collective_topk(queries, local_shard, k, offset, metric, exclude, group, num_threads, backend, timings, src,
+                     local_index):
+    """:func:`topk`; ``local_index``: an index over ``local_shard`` (its rows in the same order)
+    whose ``search`` does the local search, keeping state between calls (the screen's coded
+    copy of :class:`DistributedIndex`'s shard), or None for the one-shot :func:`hardneg.topk`."""
     torch, dist = _dist()
     t0 = time.perf_counter()
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -187,7 +196,7 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
 
     t1 = time.perf_counter()
     s_t, i_t, dev = _search_shard(torch, dist, group, rank, world, queries, local_shard, exclude, metric,
-                                  num_threads, backend, lay)
+                                  num_threads, backend, lay, local_index)
     _add_time(timings, "local", t1)
 
     t2 = time.perf_counter()
@@ -294,7 +303,7 @@ def _offsets(sizes: List[int], given: List[Optional[int]]) -> List[int]:
 
 
 def _search_shard(torch, dist, group, rank: int, world: int, queries, local_shard, exclude, metric: str,
-                  num_threads, backend, lay: _Layout):
+                  num_threads, backend, lay: _Layout, local_index=None):
     """This shard's top ``lay.kk`` in global ids, as torch tensors on the communication device.
 
     Errors are shared, so that the other ranks raise too instead of hanging in the gather.
@@ -305,8 +314,12 @@ def _search_shard(torch, dist, group, rank: int, world: int, queries, local_shar
         ex = to_csr(exclude, lay.nq, lay.num_ids)
         if lay.my_n:
             lex = _local_exclude(ex, lay.my_off, lay.my_n, lay.nq)
-            s_loc, i_loc = _local_topk(queries, local_shard, k=lay.kk, metric=metric, exclude=lex,
-                                       num_threads=num_threads, backend=backend)
+            if local_index is not None:
+                s_loc, i_loc = local_index.search(queries, k=lay.kk, exclude=lex, num_threads=num_threads,
+                                                  backend=backend)
+            else:
+                s_loc, i_loc = _local_topk(queries, local_shard, k=lay.kk, metric=metric, exclude=lex,
+                                           num_threads=num_threads, backend=backend)
     except Exception as e:  # shared below
         err = f"rank {rank}: {type(e).__name__}: {e}"
     dev = _comm_device(torch, dist, group)
@@ -427,19 +440,28 @@ class DistributedIndex(SearchIndex):
         self._size = max(o + s for o, s in zip(offs, sizes)) if offs and not any(o is None for o in offs) \
             else sum(sizes)
         self._dim = shape[1]
+        # a CPU shard is searched through an in-memory index of its own, which keeps the screen's
+        # coded copy between searches (the miner's batches, refreshes) as a DenseIndex does
+        self._local = None
+        if shape[0] and not is_cuda(local_shard):
+            from hardneg.exact import ExactIndex
+
+            self._local = ExactIndex(local_shard, metric, num_threads)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of this rank's shard."""
+        """Bytes of this rank's shard and of the screen's coded copy of it (0 until a search screens)."""
         x = self.local_shard
-        return int(x.numel()) * int(x.element_size()) if is_torch(x) else int(np.asarray(x).nbytes)
+        n = int(x.numel()) * int(x.element_size()) if is_torch(x) else int(np.asarray(x).nbytes)
+        return n + (self._local.codes_nbytes if self._local is not None else 0)
 
     def add(self, vectors: Any) -> "DistributedIndex":
         raise NotImplementedError("a DistributedIndex cannot grow: build a new one over the enlarged shards")
 
     def search(self, queries: Any, k: int = 10, exclude: Any = None, num_threads: Optional[int] = None, **_: Any):
-        return topk(queries, self.local_shard, k=k, offset=self.offset, metric=self.metric, exclude=exclude,
-                    group=self.group, num_threads=num_threads if num_threads is not None else self.num_threads)
+        return _collective_topk(queries, self.local_shard, k, self.offset, self.metric, exclude, self.group,
+                                num_threads if num_threads is not None else self.num_threads, "auto", None, None,
+                                self._local)
 
 
 def mine_hard_negatives(*args: Any, local_shard: Any, offset: Optional[int] = None, group: Any = None,
