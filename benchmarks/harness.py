@@ -38,7 +38,10 @@ FORCED_ENV = "HARDNEG_BENCH_FORCED"
 START_LOAD = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
 
-def _busy_pause(seconds: float = PAUSE) -> None:
+def _busy_pause(seconds: Optional[float] = None) -> None:
+    """Busy-wait ``seconds`` (default: the module's PAUSE as it is when called, so a script
+    that sets ``harness.PAUSE`` changes every side's pause alike)."""
+    seconds = PAUSE if seconds is None else seconds
     t = time.perf_counter()
     while time.perf_counter() - t < seconds:
         pass
