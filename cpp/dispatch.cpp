@@ -150,6 +150,21 @@ bool amx_available() {
     static const bool ok = detect_amx();
     return ok;
 }
+bool cpu_is_amd() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
+    static const bool amd = [] {
+        unsigned a, b, c, d;
+        if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+        char v[13];
+        std::memcpy(v, &b, 4), std::memcpy(v + 4, &d, 4), std::memcpy(v + 8, &c, 4);
+        v[12] = 0;
+        return std::strcmp(v, "AuthenticAMD") == 0;
+    }();
+    return amd;
+#else
+    return false;
+#endif
+}
 bool amx_enabled() { return amx_on().load(std::memory_order_relaxed) && amx_available(); }
 void set_amx(bool on) { amx_on().store(on); }
 
