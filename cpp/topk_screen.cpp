@@ -207,10 +207,11 @@ double rescore_budget(size_t P, bool amx) {
 constexpr double kScreenedBase = 0.3, kScreenedSlope = 14;
 constexpr double kScreenedBaseAmx = 0.27, kScreenedSlopeAmx = 12;
 constexpr size_t kBuildQueries = 32;
-// The VNNI loop on AMD Zen 4, whose AVX-512 runs 512-bit operations in two halves (the int8
-// screen and the plain path's fp32 alike): the rescoring costs less against the plain path
-// there.  Fitted (least squares, one-shot hn.topk with its temporary copy against the plain
-// path, 2 threads, k = 100, the estimate as the fraction): screened / plain = 0.31 + 9.5 x
+// The screen without AMX on AMD Zen 4, whose AVX-512 runs 512-bit operations in two halves
+// (the screen and the plain path's fp32 alike): the rescoring costs less against the plain
+// path there.  Fitted with int8 codes on the VNNI loop (least squares, one-shot hn.topk with
+// its temporary copy against the plain path, 2 threads, k = 100, the estimate as the
+// fraction; bf16 codes, for large k, use the same model, as on Intel): screened / plain = 0.31 + 9.5 x
 // fraction + 24 / queries over 32 shapes (isotropic and SciFact-tiled, N 20,000 / 50,000,
 // d 384 / 768, 96 to 512 queries; largest error 0.14).  With the Intel constants auto kept the
 // plain path at 20,000 x 768 isotropic rows and 128 queries (estimate 0.043), where the

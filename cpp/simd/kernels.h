@@ -172,11 +172,11 @@ void dot_tile_int8(const ScreenQueries& Q, size_t nq, const uint32_t* X, size_t 
 const ScreenKernels* screen_kernels(ScreenType type);
 // Whether the int8 screen may run on AMX / runs on it now.
 bool amx_available();
+bool amx_enabled();
+void set_amx(bool on);
 // Whether the CPU is an AMD one (CPUID vendor "AuthenticAMD"): its AVX-512 (Zen 4) runs
 // 512-bit operations in two halves, and the screen's cost model has its own fit there.
 bool cpu_is_amd();
-bool amx_enabled();
-void set_amx(bool on);
 
 // The table chosen for this process (HARDNEG_SIMD or the best the CPU runs).
 const Kernels& kernels();
