@@ -201,12 +201,14 @@ double rescore_budget(size_t P, bool amx) {
 }
 // The same measurement as a model for the estimate (estimate_rescored) of a search that has no
 // copy yet: screened / plain time = base + slope x fraction, and building the copy costs about
-// what the plain path takes for kBuildQueries queries (measured 33 at d = 384, 43 at d = 768,
+// what the plain path takes for `build` queries (measured 33 at d = 384, 43 at d = 768,
 // 20,000 rows, int8 on AMX).  A search with a temporary copy screens only when it wins the
 // build back.
-constexpr double kScreenedBase = 0.3, kScreenedSlope = 14;
-constexpr double kScreenedBaseAmx = 0.27, kScreenedSlopeAmx = 12;
-constexpr size_t kBuildQueries = 32;
+struct ScreenCost {
+    double base, slope;  // screened / plain time = base + slope x fraction
+    double build;        // building the copy: the plain time of this many queries
+};
+constexpr ScreenCost kCostVnni{0.3, 14, 32}, kCostAmx{0.27, 12, 32};
 // The screen without AMX on AMD Zen 4, whose AVX-512 runs 512-bit operations in two halves
 // (the screen and the plain path's fp32 alike): the rescoring costs less against the plain
 // path there.  Fitted with int8 codes on the VNNI loop (least squares, one-shot hn.topk with
@@ -216,8 +218,8 @@ constexpr size_t kBuildQueries = 32;
 // d 384 / 768, 96 to 512 queries; largest error 0.14).  With the Intel constants auto kept the
 // plain path at 20,000 x 768 isotropic rows and 128 queries (estimate 0.043), where the
 // screen ran in 0.80x its time.
-constexpr double kScreenedBaseAmd = 0.31, kScreenedSlopeAmd = 9.5;
-constexpr size_t kBuildQueriesAmd = 24;
+constexpr ScreenCost kCostAmd{0.31, 9.5, 24};
+const ScreenCost& screen_cost(bool amx) { return amx ? kCostAmx : cpu_is_amd() ? kCostAmd : kCostVnni; }
 
 int initial_mode() {
     const char* env = std::getenv("HARDNEG_SCREEN");
@@ -1176,12 +1178,8 @@ bool topk_search_screened(const void* Q, DType qt, size_t nq, size_t ldq, size_t
         report.r.estimate = f;
         report.r.estimate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (f > rescore_budget(panel, B->amx)) return false;
-        const bool amd = !B->amx && cpu_is_amd();
-        const double rel = B->amx ? kScreenedBaseAmx + kScreenedSlopeAmx * f
-                           : amd  ? kScreenedBaseAmd + kScreenedSlopeAmd * f
-                                  : kScreenedBase + kScreenedSlope * f;
-        const double build = double(amd ? kBuildQueriesAmd : kBuildQueries);
-        if (f >= 0 && rel * double(nq) + build > double(nq)) return false;
+        const ScreenCost& c = screen_cost(B->amx);
+        if (f >= 0 && (c.base + c.slope * f) * double(nq) + c.build > double(nq)) return false;
     }
     g_screened.fetch_add(1);
     if (!reuse) {

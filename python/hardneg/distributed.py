@@ -33,6 +33,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from hardneg._arrays import is_cuda, is_torch, torch_module
+from hardneg.exact import ExactIndex
 from hardneg.exclude import to_csr
 from hardneg.index_base import SearchIndex, check_k, check_metric, check_output
 from hardneg.topk import merge_topk as _merge_topk
@@ -176,12 +177,12 @@ def topk(queries: Any, local_shard: Any, k: int = 10, offset: Optional[int] = No
         Padded with id -1 and score -inf (+inf for "l2") when fewer than k rows
         are eligible.
     """
-    return _collective_topk(queries, local_shard, k, offset, metric, exclude, group, num_threads, backend, timings,
-                            src, None)
+    return _collective_topk(queries, local_shard, k=k, offset=offset, metric=metric, exclude=exclude, group=group,
+                            num_threads=num_threads, backend=backend, timings=timings, src=src)
 
 
-def _collective_topk(queries, local_shard, k, offset, metric, exclude, group, num_threads, backend, timings, src,
-                     local_index):
+def _collective_topk(queries, local_shard, *, k, offset, metric, exclude, group, num_threads, backend="auto",
+                     timings=None, src=None, local_index=None):
     """:func:`topk`; ``local_index``: an index over ``local_shard`` (its rows in the same order)
     whose ``search`` does the local search, keeping state between calls (the screen's coded
     copy of :class:`DistributedIndex`'s shard), or None for the one-shot :func:`hardneg.topk`."""
@@ -444,8 +445,6 @@ class DistributedIndex(SearchIndex):
         # coded copy between searches (the miner's batches, refreshes) as a DenseIndex does
         self._local = None
         if shape[0] and not is_cuda(local_shard):
-            from hardneg.exact import ExactIndex
-
             self._local = ExactIndex(local_shard, metric, num_threads)
 
     @property
@@ -459,9 +458,10 @@ class DistributedIndex(SearchIndex):
         raise NotImplementedError("a DistributedIndex cannot grow: build a new one over the enlarged shards")
 
     def search(self, queries: Any, k: int = 10, exclude: Any = None, num_threads: Optional[int] = None, **_: Any):
-        return _collective_topk(queries, self.local_shard, k, self.offset, self.metric, exclude, self.group,
-                                num_threads if num_threads is not None else self.num_threads, "auto", None, None,
-                                self._local)
+        return _collective_topk(queries, self.local_shard, k=k, offset=self.offset, metric=self.metric,
+                                exclude=exclude, group=self.group,
+                                num_threads=num_threads if num_threads is not None else self.num_threads,
+                                local_index=self._local)
 
 
 def mine_hard_negatives(*args: Any, local_shard: Any, offset: Optional[int] = None, group: Any = None,
