@@ -65,10 +65,14 @@ def loss_and_grads(loss_fn, model, feats):
 
 
 def assert_same(a, b, tol):
-    """Two ``loss_and_grads`` results agree: the loss and every gradient within ``tol`` (relative)."""
+    """Two ``loss_and_grads`` results agree: the loss and every gradient within ``tol`` (relative
+    to the gradient's largest entry, or to 1e-4 of the largest entry of any gradient for a
+    parameter whose gradient is zero in exact arithmetic, e.g. an attention key's bias: there
+    both sides hold float32 rounding noise that any change of summation order redraws)."""
     (la, ga), (lb, gb) = a, b
     assert abs(la.item() - lb.item()) <= tol * max(1.0, abs(lb.item())), (la, lb)
     assert ga.keys() == gb.keys() and ga
+    floor = 1e-4 * max(g.abs().max().item() for g in gb.values())
     for k in gb:
         err = (ga[k] - gb[k]).abs().max().item()
-        assert err <= tol * max(gb[k].abs().max().item(), 1e-6), (k, err)
+        assert err <= tol * max(gb[k].abs().max().item(), floor), (k, err)

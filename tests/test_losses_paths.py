@@ -199,3 +199,54 @@ def test_cosine_memory_rows_of_any_scale(factor):
     assert rel_err(loss, ref) < 1e-4
     for a, b in zip(grads, gref):
         assert rel_err(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+@pytest.mark.parametrize("B,n,d", [(1, 0, 1), (32, 0, 384), (5, 3, 7), (40, 2, 300), (130, 0, 64)])
+@pytest.mark.parametrize("options", [{}, {"hardness_mode": "all_negatives", "hardness_strength": 2.0},
+                                     {"false_negative_margin": 0.05}, {"in_batch_negatives": False}])
+def test_plain_batches_take_the_short_route_with_the_same_values(monkeypatch, similarity, B, n, d, options):
+    # float32 CPU batches without ids, guide or memory go straight to the dense path
+    # (_plain_dense; scores from _core.dense_scores up to SMALL_SCORES multiply-adds, else BLAS):
+    # the same loss and gradients as the general route through _Batch
+    g = torch.Generator().manual_seed(B + n + d)
+    s = d ** -0.5
+    q = s * torch.randn(B, d, generator=g)
+    pos = q + s * torch.randn(B, d, generator=g)
+    hard = s * torch.randn(B, n, d, generator=g) if n else None
+    if B > 2:
+        pos[2] = pos[0]  # a tie among the candidates
+    f = InfoNCELoss(temperature=0.05, similarity=similarity, **options)
+    routes, small = [], []
+    real_plain, real_scores = f._plain_dense, _core.dense_scores
+    monkeypatch.setattr(f, "_plain_dense", lambda *a: routes.append(1) or real_plain(*a))
+    monkeypatch.setattr(_core, "dense_scores", lambda *a: small.append(1) or real_scores(*a))
+    ts = _leaves(q, pos, hard)
+    loss, grads = run(lambda: f(*ts), ts)
+    assert routes and (bool(small) == (B * B * (1 + n) * d <= dense.SMALL_SCORES))
+    monkeypatch.setattr(f, "_plain_dense", lambda *a: None)  # the general route
+    ts = _leaves(q, pos, hard)
+    ref, gref = run(lambda: f(*ts), ts)
+    assert rel_err(loss, ref) < 1e-5
+    for a, b in zip(grads, gref):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_the_short_route_leaves_other_batches_to_the_general_one(monkeypatch):
+    # float64, a flat (B*n, d) hard_negatives, ids, a memory: the general route (which also
+    # names a bad input), never _plain_dense's
+    f = InfoNCELoss(temperature=0.05)
+    taken = []
+    real = f._plain_dense
+    monkeypatch.setattr(f, "_plain_dense", lambda *a: taken.append(real(*a)) or taken[-1])
+    q, pos = torch.randn(4, 8), torch.randn(4, 8)
+    f(q.double(), pos.double())
+    f(q, pos, torch.randn(8, 8))
+    assert taken == [None, None]
+    taken.clear()
+    f(q, pos, pos_ids=torch.arange(4))
+    assert taken == []
+    with pytest.raises(ValueError, match="q contains NaN"):
+        f(torch.full((4, 8), float("nan")), pos)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        f(q.numpy(), pos)

@@ -48,6 +48,7 @@ from hardneg._validate import check_choice, check_float
 
 __all__ = ["InfoNCELoss", "CrossBatchMemory", "contrastive_scores", "SentenceTransformersLoss", "CachedInfoNCELoss"]
 
+_Q2D = ("query_to_doc",)
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 _DIRECTION_WHAT = {"query_to_doc": "q against pos / hard_negatives", "query_to_query": "q against q",
                    "doc_to_query": "pos against q", "doc_to_doc": "pos against pos / hard_negatives"}
@@ -905,6 +906,46 @@ class InfoNCELoss(nn.Module):
             lse = self._dense_memory_lse(b, mem, opts["cosine"])
         return _dense_module().DenseInfoNCE.apply(b.q, b.pos, b.hard, lse, (opts, b.pos_ids, b.neg_ids, b.query_ids))
 
+    @property
+    def _plain_ok(self) -> bool:
+        """Whether a batch without ids, guide or memory may take :meth:`_plain_dense`."""
+        return (self.backend == "auto" and self._full_kernel and self.directions == _Q2D
+                and not self.gather_across_devices)
+
+    def _plain_dense(self, q: Any, pos: Any, hard: Any) -> Optional[Tensor]:
+        """The batch most training steps give (float32 CPU tensors, (B, d) and (B, n, d), no
+        ids, guide or memory, logits within DENSE_MAX_LOGITS) straight to the dense path, or
+        None for anything else (the general path then validates it and raises what it must).
+
+        The same computation as through :class:`_Batch` and :meth:`_dense`, with the checks
+        that such a batch passes done in a few attribute reads: at small B the loss is a few
+        hundred microseconds and the general path's bookkeeping (an object, a dozen calls) was
+        5-10% of it, the margin by which a plain torch loss was faster there."""
+        f32 = torch.float32
+        if (type(q) is not Tensor or type(pos) is not Tensor or q.dtype is not f32 or pos.dtype is not f32
+                or not q.is_cpu or not pos.is_cpu):
+            return None
+        shape = q.shape
+        if len(shape) != 2 or pos.shape != shape or not shape[0] or not shape[1]:
+            return None
+        B, n = shape[0], 0
+        if hard is not None:
+            hs = hard.shape if type(hard) is Tensor else ()
+            if (len(hs) != 3 or hs[0] != B or hs[2] != shape[1] or not hs[1] or hard.dtype is not f32
+                    or not hard.is_cpu):
+                return None
+            n = hs[1]
+        dense = _dense_module()
+        if B * B * (1 + n) > dense.DENSE_MAX_LOGITS:
+            return None
+        a = self.hardness_strength if self.hardness_mode is not None else 0.0
+        opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
+                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
+                "margin": self.false_negative_margin,
+                # called on a non-finite norm or logit: raises the ValueError naming the input
+                "check_inputs": lambda: _Batch(q, pos, hard, None, None)}
+        return dense.DenseInfoNCE.apply(q, pos, hard, None, (opts, None, None, None))
+
     def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
         """(B,) log-sum-exp of each query's memory logits (chunks of AUTO_MEMORY_CHUNK rows, never
         all materialised), differentiable w.r.t. ``b.q``, in the dense path's compute dtype."""
@@ -955,6 +996,11 @@ class InfoNCELoss(nn.Module):
     def forward(self, q: Tensor, pos: Tensor, hard_negatives: Optional[Tensor] = None,
                 pos_ids: Optional[Any] = None, neg_ids: Optional[Any] = None,
                 query_ids: Optional[Any] = None, guide: Optional[Sequence[Tensor]] = None) -> Tensor:
+        if (guide is None and pos_ids is None and neg_ids is None and query_ids is None and self.memory is None
+                and self._plain_ok):
+            loss = self._plain_dense(q, pos, hard_negatives)
+            if loss is not None:
+                return loss
         # the dense path detects NaN / Inf on the way (norms, logits) and only then names the input
         b = _Batch(q, pos, hard_negatives, pos_ids, neg_ids, query_ids, check_finite=False)
         gdocs = _guide_batch(guide, b)  # None, or [g_q, g_pos, g_hard[:, 0], ...] normalized
