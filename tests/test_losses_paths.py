@@ -250,3 +250,21 @@ def test_the_short_route_leaves_other_batches_to_the_general_one(monkeypatch):
         f(torch.full((4, 8), float("nan")), pos)
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         f(q.numpy(), pos)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_small_batches_of_any_layout(layout):
+    # the small-batch scores take rows with a unit column stride: views of other layouts are
+    # made contiguous first, with the values of contiguous inputs
+    g = torch.Generator().manual_seed(7)
+    base_q, base_p = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
+    if layout == "transposed":
+        q, pos = base_q.T.contiguous().T, base_p.T.contiguous().T
+    else:
+        q, pos = torch.randn(16, 24, generator=g)[:, ::2], torch.randn(16, 24, generator=g)[:, ::2]
+        base_q, base_p = q.contiguous(), pos.contiguous()
+    assert not q.is_contiguous()
+    for sim in ("dot", "cosine"):
+        f = InfoNCELoss(temperature=0.05, similarity=sim)
+        a, b = f(q, pos), f(base_q, base_p)
+        assert torch.equal(a, b)

@@ -124,7 +124,7 @@ class DenseInfoNCE(torch.autograd.Function):
         else:
             xinv = cinv = None
         if cdt is torch.float32 and B * c.shape[0] * d <= SMALL_SCORES:
-            S = torch.from_numpy(_core.dense_scores(x.numpy(), c.numpy()))
+            S = torch.from_numpy(_core.dense_scores(x.contiguous().numpy(), c.contiguous().numpy()))
         else:
             S = x @ c.T  # (B, B(1+n)), fresh and contiguous: the row passes overwrite it
         removed, pen = _masks(S, B, n, opts, pos_ids, neg_ids, query_ids)  # (the margin reads S first)
