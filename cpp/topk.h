@@ -111,6 +111,7 @@ void screen_counts(uint64_t* screened, uint64_t* fallbacks, uint64_t* extended =
 struct ScreenReport {
     int screened = 0;
     double estimate = -1, rescored = -1, estimate_seconds = 0;
+    bool estimate_reused = false;  // the estimate came from an earlier one-shot search of this corpus and k
 };
 ScreenReport screen_last();
 

@@ -1254,6 +1254,34 @@ def test_auto_screen_estimate_over_segments_and_types(rng, metric):
 
 
 @needs_screen
+def test_auto_estimate_is_made_once_per_corpus_and_k(rng):
+    """One-shot searches in a loop over query batches against one corpus sample it once: a later
+    call with the same corpus and k reuses the estimate (and still decides from its own batch
+    size); another k, or rows rewritten in place, estimate again.  Results are the plain path's."""
+    X = rng.standard_normal((20000, 64)).astype(np.float32)
+    batches = [rng.standard_normal((128, 64)).astype(np.float32) for _ in range(3)]
+    with screen_mode(1):
+        reports = []
+        for Q in batches:
+            got = hn.topk(Q, X, k=10)
+            reports.append(_core.screen_last())
+            assert_bit_equal(got, plain_topk(Q, X, 10))
+        assert [r["estimate_reused"] for r in reports] == [False, True, True]
+        assert reports[0]["estimate_seconds"] > 0.0 and reports[1]["estimate_seconds"] == 0.0
+        assert reports[1]["estimate"] == reports[0]["estimate"]
+        hn.topk(batches[0], X, k=20)  # another k: its own estimate
+        assert _core.screen_last()["estimate_reused"] is False
+        X[0] += 1.0  # the same array, a sampled row rewritten: estimated again
+        got = hn.topk(batches[0], X, k=10)
+        assert _core.screen_last()["estimate_reused"] is False
+        assert_bit_equal(got, plain_topk(batches[0], X, 10))
+        for i in range(8):  # eight other corpora push it out of the memo (8 entries)
+            hn.topk(batches[0], X[i * 2000:(i + 1) * 2000 + 5000], k=10)
+        hn.topk(batches[0], X, k=10)
+        assert _core.screen_last()["estimate_reused"] is False
+
+
+@needs_screen
 def test_screen_last_reports_the_decision(rng):
     """_core.screen_last(): what the last search that reached the screen's decision did."""
     X = rng.standard_normal((20000, 64)).astype(np.float32)

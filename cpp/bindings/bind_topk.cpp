@@ -196,10 +196,12 @@ void bind_topk(py::module_& m) {
         out["estimate"] = r.estimate < 0 ? py::object(py::none()) : py::object(py::float_(r.estimate));
         out["rescored"] = r.rescored < 0 ? py::object(py::none()) : py::object(py::float_(r.rescored));
         out["estimate_seconds"] = r.estimate_seconds;
+        out["estimate_reused"] = r.estimate_reused;
         return out;
     }, "what the last search that reached the screen's decision did: screened, auto's estimate of the "
        "fraction of query x row pairs it would rescore, and the fraction its screened panels rescored "
-       "(None: not made / nothing screened) and the estimate's seconds; a diagnostic for benchmarks");
+       "(None: not made / nothing screened), the estimate's seconds and whether it was reused from an "
+       "earlier one-shot search of the same corpus and k; a diagnostic for benchmarks");
     m.def("screen_extended", [] {
         uint64_t s = 0, f = 0, e = 0;
         hn::screen_counts(&s, &f, &e);
