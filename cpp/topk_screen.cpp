@@ -643,6 +643,10 @@ bool memo_find(const std::vector<double>& key, uint64_t print, size_t k, double*
 
 void memo_put(std::vector<double> key, uint64_t print, size_t k, double f) {
     std::lock_guard<std::mutex> lock(g_memo_mu);
+    // one entry per corpus and k (two threads may estimate the same one at once)
+    g_memo.erase(std::remove_if(g_memo.begin(), g_memo.end(),
+                                [&](const EstimateMemo& e) { return e.k == k && e.print == print && e.key == key; }),
+                 g_memo.end());
     if (g_memo.size() >= kMemoEntries) g_memo.erase(g_memo.begin());
     g_memo.push_back(EstimateMemo{std::move(key), print, k, f});
 }

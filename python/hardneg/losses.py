@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -875,8 +875,12 @@ class InfoNCELoss(nn.Module):
     def _dense_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory], gathering: bool) -> bool:
         """Query->passage problems on CPU that ``backend="auto"`` does not give the kernel
         (:meth:`_fused_ok`): dense torch ops (BLAS matmuls) beat the kernel there."""
-        return (self.backend == "auto" and self._full_kernel and self.directions == ("query_to_doc",)
-                and not gathering and b.q.device.type == "cpu" and not self._fused_ok(b, mem))
+        return self._auto_q2d and not gathering and b.q.device.type == "cpu" and not self._fused_ok(b, mem)
+
+    @property
+    def _auto_q2d(self) -> bool:
+        """``backend="auto"`` with the query->passage term alone (the C++ and dense paths' case)."""
+        return self.backend == "auto" and self._full_kernel and self.directions == _Q2D
 
     def _fused_ok(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> bool:
         """Whether the C++ kernel takes the query->passage term: always with backend="fused";
@@ -896,10 +900,7 @@ class InfoNCELoss(nn.Module):
         return mem is not None and len(mem) > 0 and cols * AUTO_INBATCH_FRACTION > len(mem)
 
     def _dense(self, b: "_Batch", mem: Optional[CrossBatchMemory]) -> Tensor:
-        a = self.hardness_strength if self.hardness_mode is not None else 0.0
-        opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
-                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
-                "margin": self.false_negative_margin, "check_inputs": b.check_finite}
+        opts = self._dense_opts(b.check_finite)
         lse = None
         if mem is not None and len(mem) > 0:
             b.check_finite()  # the memory pass would call a NaN input an overflow
@@ -909,8 +910,15 @@ class InfoNCELoss(nn.Module):
     @property
     def _plain_ok(self) -> bool:
         """Whether a batch without ids, guide or memory may take :meth:`_plain_dense`."""
-        return (self.backend == "auto" and self._full_kernel and self.directions == _Q2D
-                and not self.gather_across_devices)
+        return self._auto_q2d and not self.gather_across_devices
+
+    def _dense_opts(self, check_inputs: Callable[[], None]) -> Dict[str, Any]:
+        """The options of :class:`hardneg._loss_dense.DenseInfoNCE`; ``check_inputs`` raises the
+        ValueError naming a non-finite input (called on a non-finite norm or logit)."""
+        a = self.hardness_strength if self.hardness_mode is not None else 0.0
+        return {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
+                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
+                "margin": self.false_negative_margin, "check_inputs": check_inputs}
 
     def _plain_dense(self, q: Any, pos: Any, hard: Any) -> Optional[Tensor]:
         """The batch most training steps give (float32 CPU tensors, (B, d) and (B, n, d), no
@@ -938,12 +946,7 @@ class InfoNCELoss(nn.Module):
         dense = _dense_module()
         if B * B * (1 + n) > dense.DENSE_MAX_LOGITS:
             return None
-        a = self.hardness_strength if self.hardness_mode is not None else 0.0
-        opts = {"scale": self.scale, "alpha": a, "hardness_mode": self.hardness_mode,
-                "cosine": self.similarity == "cosine", "in_batch": self.in_batch_negatives,
-                "margin": self.false_negative_margin,
-                # called on a non-finite norm or logit: raises the ValueError naming the input
-                "check_inputs": lambda: _Batch(q, pos, hard, None, None)}
+        opts = self._dense_opts(lambda: _Batch(q, pos, hard, None, None))  # validates, names a NaN / Inf input
         return dense.DenseInfoNCE.apply(q, pos, hard, None, (opts, None, None, None))
 
     def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
@@ -1018,7 +1021,7 @@ class InfoNCELoss(nn.Module):
             return self._dense(b, mem)
         b.check_finite()
         if (gdocs is None and self._full_kernel and self._fused_ok(b, mem)
-                and self.directions == ("query_to_doc",)
+                and self.directions == _Q2D
                 and not gathering and b.q.device.type == "cpu" and b.q.dtype != torch.float64):
             return self._fused(b, mem)
         c = self._columns(b, gdocs, gathering, rank)
