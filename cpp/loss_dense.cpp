@@ -37,14 +37,6 @@ size_t rows_per_grain(size_t cols) { return std::max<size_t>(1, (size_t(1) << 13
 
 }  // namespace
 
-void dense_scores(const float* x, size_t ldx, size_t B, const float* c, size_t ldc, size_t N, size_t d, float* S) {
-    const Kernels& K = kernels();
-    // panels of candidate rows that stay in L2 while the query rows sweep them
-    const size_t nb = std::max<size_t>(16, (size_t(128) << 10) / (d * sizeof(float)));
-    for (size_t j = 0; j < N; j += nb)
-        K.dot_tile(x, ldx, B, c + j * ldc, ldc, std::min(nb, N - j), d, DType::F32, S + j, N);
-}
-
 template <class T>
 long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
     constexpr T kInf = std::numeric_limits<T>::infinity();

@@ -33,11 +33,6 @@ struct DenseRows {
     const T* lse_mem = nullptr;        // B, or null: the memory's log-sum-exp per query
 };
 
-// S (B x N, contiguous) = x c^T for float32 x (B x d, row stride ldx) and c (N x d,
-// row stride ldc), on the calling thread with the dot-tile kernel of the top-k search.
-// For the small batches of the dense path: there one BLAS call costs more in dispatch
-// and thread wake-up than its arithmetic (measured by benchmarks/compare_losses_grid.py).
-void dense_scores(const float* x, size_t ldx, size_t B, const float* c, size_t ldc, size_t N, size_t d, float* S);
 
 // Returns -1, or the first row (in the order rows were finished) holding a logit
 // that is not finite before removal (an overflow, or NaN / Inf in the inputs): then

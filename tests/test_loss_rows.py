@@ -219,36 +219,3 @@ def test_weights_are_never_subnormal(level, dtype):
     assert not _core.lse_chunk(W, inv, None, None, None, None, 20.0, *st, 1)
     assert not np.any((W != 0) & (np.abs(W) < tiny))
     assert np.count_nonzero(W) > B  # not everything flushed
-
-
-@pytest.mark.parametrize("B,N,d", [(1, 1, 1), (3, 5, 1), (32, 32, 384), (7, 100, 17), (33, 257, 768), (5, 600, 33)])
-def test_dense_scores_is_x_times_c_transposed(level, B, N, d):
-    # the small-batch forward's scores (float32, one thread) against float64 numpy, with
-    # duplicated candidate rows (their scores tie exactly) and strided rows
-    rng = np.random.default_rng(B + N + d)
-    x = rng.normal(size=(B, d)).astype(np.float32)
-    wide = rng.normal(size=(N, d + 3)).astype(np.float32)
-    c = wide[:, :d]  # rows with a stride of d + 3
-    if N > 2:
-        c[N - 1] = c[0]
-    S = _core.dense_scores(x, c)
-    assert S.shape == (B, N) and S.dtype == np.float32 and S.flags.c_contiguous
-    ref = x.astype(np.float64) @ c.astype(np.float64).T
-    scale = np.abs(x).sum(axis=1)[:, None] * np.abs(c).max()
-    assert np.all(np.abs(S - ref) <= 1e-5 * scale)
-    if N > 2:
-        assert np.array_equal(S[:, N - 1], S[:, 0])
-
-
-def test_dense_scores_refuses_bad_arrays():
-    x = np.ones((2, 3), np.float32)
-    with pytest.raises(ValueError, match="float32"):
-        _core.dense_scores(x.astype(np.float64), x)
-    with pytest.raises(ValueError, match="dimension"):
-        _core.dense_scores(x, np.ones((2, 4), np.float32))
-    with pytest.raises(ValueError, match="2-D"):
-        _core.dense_scores(x[0], x)
-    with pytest.raises(ValueError, match="contiguous"):
-        _core.dense_scores(np.ones((2, 6), np.float32)[:, ::2], x)
-    with pytest.raises(ValueError, match="empty"):
-        _core.dense_scores(x[:0], x)

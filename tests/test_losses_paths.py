@@ -207,8 +207,7 @@ def test_cosine_memory_rows_of_any_scale(factor):
                                      {"false_negative_margin": 0.05}, {"in_batch_negatives": False}])
 def test_plain_batches_take_the_short_route_with_the_same_values(monkeypatch, similarity, B, n, d, options):
     # float32 CPU batches without ids, guide or memory go straight to the dense path
-    # (_plain_dense; scores from _core.dense_scores up to SMALL_SCORES multiply-adds, else BLAS):
-    # the same loss and gradients as the general route through _Batch
+    # (_plain_dense): the same loss and gradients as the general route through _Batch
     g = torch.Generator().manual_seed(B + n + d)
     s = d ** -0.5
     q = s * torch.randn(B, d, generator=g)
@@ -217,13 +216,12 @@ def test_plain_batches_take_the_short_route_with_the_same_values(monkeypatch, si
     if B > 2:
         pos[2] = pos[0]  # a tie among the candidates
     f = InfoNCELoss(temperature=0.05, similarity=similarity, **options)
-    routes, small = [], []
-    real_plain, real_scores = f._plain_dense, _core.dense_scores
+    routes = []
+    real_plain = f._plain_dense
     monkeypatch.setattr(f, "_plain_dense", lambda *a: routes.append(1) or real_plain(*a))
-    monkeypatch.setattr(_core, "dense_scores", lambda *a: small.append(1) or real_scores(*a))
     ts = _leaves(q, pos, hard)
     loss, grads = run(lambda: f(*ts), ts)
-    assert routes and (bool(small) == (B * B * (1 + n) * d <= dense.SMALL_SCORES))
+    assert routes
     monkeypatch.setattr(f, "_plain_dense", lambda *a: None)  # the general route
     ts = _leaves(q, pos, hard)
     ref, gref = run(lambda: f(*ts), ts)
@@ -254,8 +252,7 @@ def test_the_short_route_leaves_other_batches_to_the_general_one(monkeypatch):
 
 @pytest.mark.parametrize("layout", ["transposed", "strided"])
 def test_small_batches_of_any_layout(layout):
-    # the small-batch scores take rows with a unit column stride: views of other layouts are
-    # made contiguous first, with the values of contiguous inputs
+    # transposed and strided views take the short route with the values of contiguous inputs
     g = torch.Generator().manual_seed(7)
     base_q, base_p = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
     if layout == "transposed":

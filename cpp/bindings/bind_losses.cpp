@@ -333,25 +333,6 @@ py::tuple dense_rows_impl(const py::array& S, double scale, double alpha, double
     throw std::invalid_argument("scores must be float32 or float64");
 }
 
-// x (B, d) and c (N, d) float32 with unit column stride.  Returns S = x c^T, (B, N) float32.
-py::array_t<float> dense_scores_impl(const py::array& x, const py::array& c) {
-    for (const auto* a : {&x, &c})
-        if (a->dtype().kind() != 'f' || a->itemsize() != 4) throw std::invalid_argument("dense_scores: float32 only");
-    const size_t ldx = row_stride(x, "x"), ldc = row_stride(c, "c");
-    const size_t B = (size_t)x.shape(0), N = (size_t)c.shape(0), d = (size_t)x.shape(1);
-    if ((size_t)c.shape(1) != d)
-        throw std::invalid_argument("c has dimension " + std::to_string(c.shape(1)) + " but x has " + std::to_string(d));
-    if (B == 0 || N == 0 || d == 0) throw std::invalid_argument("dense_scores: empty x or c");
-    py::array_t<float> S({(py::ssize_t)B, (py::ssize_t)N});
-    const float* xp = static_cast<const float*>(x.data());
-    const float* cp = static_cast<const float*>(c.data());
-    float* sp = S.mutable_data();
-    {
-        py::gil_scoped_release nogil;
-        hn::dense_scores(xp, ldx, B, cp, ldc, N, d, sp);
-    }
-    return S;
-}
 
 template <class T>
 bool lse_chunk_t(py::array S, const py::object& inv, const py::object& thresholds,
@@ -419,8 +400,6 @@ void bind_losses(py::module_& m) {
           py::arg("grad_scale"), py::arg("pen"),
           py::arg("removed"), py::arg("lse_mem"), py::arg("num_threads"),
           "Row passes of the dense InfoNCE path, in place (private)");
-    m.def("dense_scores", &dense_scores_impl, py::arg("x"), py::arg("c"),
-          "x @ c.T on the calling thread, for the dense path's small batches (private)");
     m.def("lse_chunk", &lse_chunk_impl, py::arg("scores"), py::arg("inv"), py::arg("thresholds"),
           py::arg("col_ids"), py::arg("pos_ids"), py::arg("query_ids"), py::arg("logit_scale"), py::arg("run_max"),
           py::arg("run_sum"), py::arg("r"), py::arg("num_threads"),

@@ -25,12 +25,6 @@ from hardneg.losses import ROW_THREADS, _id_match, _overflow_error
 # logits entries (B * B(1+n)) up to which InfoNCELoss(backend="auto") takes this path on CPU;
 # above it (a plain torch loss would need GBs too) the fused kernel's constant memory wins
 DENSE_MAX_LOGITS = 1 << 25
-# multiply-adds of the scores (B * B(1+n) * d) up to which the forward computes them on the
-# calling thread (_core.dense_scores) instead of a BLAS call: below it a torch matmul costs
-# more in dispatch and thread wake-up than its arithmetic.  Measured (AMD EPYC, 2 threads,
-# harness.py's rules): 1.07x / 1.02x the BLAS forward's step at B=32, n=0, d=384 / 768
-# (0.4M / 0.8M), equal at 1.6-3.1M, slower from 3.1M on (0.96x, 0.90x at 6.3M).
-SMALL_SCORES = 1 << 20
 
 
 def _normalize(x: Tensor, check_inputs) -> Tuple[Tensor, Tensor]:
@@ -111,8 +105,8 @@ class DenseInfoNCE(torch.autograd.Function):
         B, d = q.shape
         n = 0 if hard is None else hard.shape[1]
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        x = q.detach()
-        c = pos.detach() if n == 0 else torch.cat([pos.detach(), hard.detach().reshape(B * n, d)])
+        x = q  # (forward runs without autograd: no detach needed)
+        c = pos if n == 0 else torch.cat([pos, hard.reshape(B * n, d)])
         if x.dtype != cdt:
             x = x.to(cdt)
         if c.dtype != cdt:
@@ -123,10 +117,7 @@ class DenseInfoNCE(torch.autograd.Function):
             c, cinv = _normalize(c, opts["check_inputs"])
         else:
             xinv = cinv = None
-        if cdt is torch.float32 and B * c.shape[0] * d <= SMALL_SCORES:
-            S = torch.from_numpy(_core.dense_scores(x.contiguous().numpy(), c.contiguous().numpy()))
-        else:
-            S = x @ c.T  # (B, B(1+n)), fresh and contiguous: the row passes overwrite it
+        S = x @ c.T  # (B, B(1+n)), fresh and contiguous: the row passes overwrite it
         removed, pen = _masks(S, B, n, opts, pos_ids, neg_ids, query_ids)  # (the margin reads S first)
         lse = None if lse_mem is None else lse_mem.detach().to(cdt).contiguous().numpy()
         # S becomes P = (scale / B) dloss_i/dz_ic: the backward of the mean is then two matmuls
