@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--calls", type=int, default=1,
                     help="timed calls per side in a run, at least (small cells get more: see --run-seconds)")
-    ap.add_argument("--run-seconds", type=float, default=0.25,
+    ap.add_argument("--run-seconds", type=float, default=0.75,
                     help="a cell's calls per run are raised until a plain-path side takes about this long "
                          "per run (from a probe call), at most 7; the same for every side")
     ap.add_argument("--quick", action="store_true")

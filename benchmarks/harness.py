@@ -1,8 +1,9 @@
 """The one timing harness every compare_* script uses (the rules are in benchmarks/README.md).
 
 * ``compare(sides, runs, calls, warmup)``: every side gets the same warm-up and the same number
-  of timed calls, interleaved (A B C A B C ...), each after the same short busy pause; a *run*
-  is one interleaved round set, and each side's time in a run is the median of its calls.
+  of timed calls, interleaved in rotating order (A B C, B C A, C A B, ...), each after the same
+  short busy pause; a *run* is one interleaved round set, and each side's time in a run is the
+  median of its calls.
 * ``Result.ratio(a, b)``: time(b) / time(a) per run, reported as the median with the min-max
   over the runs (at least 3 runs).
 * ``set_threads(n)``: the same thread count for every library in the process (threadpoolctl for
@@ -89,7 +90,14 @@ def time_once(fn: Callable[[], object]) -> float:
 
 def compare(sides: Dict[str, Callable[[], object]], runs: int = 3, calls: int = 3, warmup: int = 1) -> Result:
     """Time every side the same way: ``warmup`` untimed calls each (interleaved), then ``runs``
-    round sets of ``calls`` interleaved timed calls (A B C A B C ...).
+    round sets of ``calls`` interleaved timed calls, each round starting one side later than the
+    one before (A B C, B C A, C A B, ...).
+
+    The rotation is there because a call's time depends on its predecessor even after the pause
+    (caches, branch predictors, allocator state): in a fixed order B would always follow A.
+    Measured on a sub-millisecond loss with three sides, the same function was 2-9% slower in the
+    slot after another library than in the slot after itself; rotating, each side follows every
+    side, itself included, equally often over ``len(sides)`` rounds.
 
     A side's time in one run is the median of its calls in that run; report with ``Result``.
     ``runs`` below 3 is raised to 3 (the ratios carry a min-max over the runs).
@@ -106,10 +114,13 @@ def compare(sides: Dict[str, Callable[[], object]], runs: int = 3, calls: int = 
             if w == 0:
                 first[n] = time.perf_counter() - t
     times: Dict[str, List[List[float]]] = {n: [] for n in names}
+    rounds = 0
     for _ in range(runs):
         cur: Dict[str, List[float]] = {n: [] for n in names}
         for _ in range(calls):
-            for n in names:
+            start = rounds % len(names)
+            rounds += 1
+            for n in names[start:] + names[:start]:
                 _busy_pause()
                 t = time.perf_counter()
                 outputs[n] = sides[n]()
@@ -276,5 +287,5 @@ def header(title: str, threads: int) -> str:
 
 def fmt_rules(runs: int, calls: int, warmup: int, unit: str = "ms") -> str:
     return (f"Times: {unit}, median over {runs} runs of each side's median call (min-max over runs in brackets); "
-            f"a run = {calls} interleaved timed calls per side after {warmup} warm-up call(s) each. "
+            f"a run = {calls} interleaved timed calls per side (rotating order) after {warmup} warm-up call(s) each. "
             "Ratios: the same per run, median (min-max).")
