@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--calls", type=int, default=1,
+    ap.add_argument("--calls", type=int, default=2,
                     help="timed calls per side in a run, at least (small cells get more: see --run-seconds)")
     ap.add_argument("--run-seconds", type=float, default=0.75,
                     help="a cell's calls per run are raised until a plain-path side takes about this long "
@@ -126,7 +126,9 @@ def main() -> int:
                             return out
 
                         # small cells get more calls per run (the same for every side): one call of
-                        # 10-60 ms is at the mercy of this machine's noise
+                        # 10-60 ms is at the mercy of this machine's noise; every cell gets at least
+                        # two (--calls), since with one a run's time is a single call of a side
+                        # (auto and the forced screen, the same path, differed by up to 10%)
                         probe = harness.time_once(mode(0, hn_call))
                         calls = max(args.calls, min(7, int(args.run_seconds / max(probe, 1e-3))))
                         sides = {"hn": hn_auto, "hn off": mode(0, hn_call), "hn on": mode(2, hn_call),
