@@ -1,10 +1,11 @@
 """Mining at scale: hardneg.mine_hard_negatives vs sentence-transformers' miner on large corpora.
 
-Not in CI, not in ``run_all.py --quick``: the default size takes minutes per side.
+Not in CI (the default size takes minutes per side); ``run_all.py --quick`` runs it at small sizes.
 
     python benchmarks/compare_mining_scale.py                          # 1,000,000 x 384, 20,000 queries
     python benchmarks/compare_mining_scale.py --docs 200000 --queries 2000
     python benchmarks/compare_mining_scale.py --data scifact-tiled --docs 200000 --queries 2000
+    python benchmarks/compare_mining_scale.py --docs 2000000 --dim 768 --queries 2000 --ooc --no-faiss
 
 * Data: ``clustered``: unit vectors from a Gaussian mixture (about 1,000 rows per centre) in a
   random 64-d latent subspace plus isotropic noise (anisotropic, clustered: benchmarks/compare_scale.py);
@@ -16,7 +17,10 @@ Not in CI, not in ``run_all.py --quick``: the default size takes minutes per sid
   ordinary form ``use_faiss=True`` (faiss ``IndexFlatIP``, also exact).  Only its call is timed.
 * hardneg: ``mine_hard_negatives`` with the dataset and embeddings in memory, as the peer has them
   (the peer reads its cache files inside the call; hardneg's one-shot form with ``.npy`` paths reads
-  them in place).
+  them in place).  ``--ooc`` (out of core): the corpus is generated straight into a ``.npy`` file
+  and hardneg gets its path (``corpus_embeddings=path``: read in place, never loaded whole); the
+  benchmark process holds no copy or mapping of it while timing.  The page cache is not dropped
+  (that needs root): the file was just written, so hardneg reads whatever of it the kernel kept.
 * Rules: benchmarks/harness.py (same warm-up and interleaved calls for every side, 2 threads).
   Peak extra memory: resident memory above the level before the call (VmHWM), one call per side.
 * "equal output": queries whose negatives (documents and order) equal the peer's; "same negatives":
@@ -35,13 +39,15 @@ import harness
 from _common import peak_extra_bytes
 
 
-def make_data(kind: str, n: int, nq: int, d: int, seed: int = 0):
-    """(corpus (n, d), queries (nq, d), positive row of each query), float32 unit rows; None when absent."""
+def make_data(kind: str, n: int, nq: int, d: int, seed: int = 0, out=None):
+    """(corpus (n, d), queries (nq, d), positive row of each query), float32 unit rows; None when absent.
+
+    ``out``: an (n, d) float32 array (an ``np.memmap``) that receives the clustered corpus (returned)."""
     rng = np.random.default_rng(seed)
     if kind == "clustered":
         from compare_scale import _gen_clustered
 
-        X = _gen_clustered(n, d, seed=seed + 2)
+        X = _gen_clustered(n, d, seed=seed + 2, out=out)
     else:  # compare_topk's SciFact-tiled rows (MiniLM embeddings tiled with small noise), normalised
         from compare_topk import make_data as tiled
 
@@ -54,7 +60,7 @@ def make_data(kind: str, n: int, nq: int, d: int, seed: int = 0):
     pos = rng.choice(n, nq, replace=False)
     Q = X[pos] + 0.05 * rng.standard_normal((nq, d), dtype=np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
-    return np.ascontiguousarray(X), np.ascontiguousarray(Q, dtype=np.float32), pos
+    return (X if out is not None else np.ascontiguousarray(X)), np.ascontiguousarray(Q, dtype=np.float32), pos
 
 
 def main() -> int:
@@ -66,8 +72,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-faiss", action="store_true", help="leave out sentence-transformers' use_faiss=True")
+    ap.add_argument("--ooc", action="store_true",
+                    help="out of core (clustered only): the corpus lives in a .npy file that hardneg reads in place")
     args = ap.parse_args()
+    if args.ooc and args.data != "clustered":
+        ap.error("--ooc generates a clustered corpus into its file: use --data clustered")
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(args, tmp)
 
+
+def run(args: argparse.Namespace, tmp: str) -> int:
+    """The benchmark, with ``tmp`` holding the peer's embedding cache (and, out of core, the corpus file)."""
     harness.set_threads(args.threads)
     import hardneg as hn
     from hardneg import datasets as hd
@@ -75,12 +90,19 @@ def main() -> int:
     import _st_peer
 
     t = time.perf_counter()
-    data = make_data(args.data, args.docs, args.queries, args.dim)
+    corpus_path = None
+    out = None
+    if args.ooc:
+        corpus_path = f"{tmp}/corpus.npy"
+        out = np.lib.format.open_memmap(corpus_path, mode="w+", dtype=np.float32, shape=(args.docs, args.dim))
+    data = make_data(args.data, args.docs, args.queries, args.dim, out=out)
     if data is None:
         print("compare_mining_scale: skipped: SciFact embeddings not found")
         return 0
     C, Q, pos = data
     n, d = C.shape
+    if out is not None:
+        out.flush()
     ds = hd.from_dict({f"d{i}": f"document {i}" for i in range(n)}, {f"q{i}": f"query {i}" for i in range(len(Q))},
                       {f"q{i}": {f"d{p}": 1} for i, p in enumerate(pos)})
     gen_s = time.perf_counter() - t
@@ -95,31 +117,37 @@ def main() -> int:
     # its query chunk (faiss_batch_size, default 16,384) bounds its similarity matrix to chunk x N
     # floats: 16,384 x 1,000,000 would be 65 GB, so it gets the chunk a user would pick, 4 GiB at most
     st_kw = dict(kw, faiss_batch_size=max(1, min(16384, 2**30 // n)))
-    with tempfile.TemporaryDirectory() as tmp:
-        st_call, st_convert = _st_peer.prepare(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q, tmp, **st_kw)
-        sides = {"hardneg": lambda: hn.mine_hard_negatives(ds, corpus_embeddings=C, query_embeddings=Q,
-                                                           progress=False, **kw),
-                 "st": st_call}
-        if use_faiss:
-            sides["st faiss"] = _st_peer.prepare(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q, tmp,
-                                                 use_faiss=True, **st_kw)[0]
-        res = harness.compare(sides, runs=args.runs, calls=1, warmup=1)
-        peaks = {name: peak_extra_bytes(fn) / 2**20 for name, fn in sides.items()}
-        got = [[int(x) for x in r if x >= 0] for r in res.outputs["hardneg"].ids]
-        equal, same_set = {}, {}
-        for name in sides:
-            if name != "hardneg":
-                ref = st_convert(res.outputs[name])
-                equal[name] = sum(g == ref[q] for g, q in zip(got, ds.query_ids))
-                same_set[name] = sum(sorted(g) == sorted(ref[q]) for g, q in zip(got, ds.query_ids))
+    st_call, st_convert = _st_peer.prepare(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q, tmp, **st_kw)
+    st_faiss = (_st_peer.prepare(ds.query_ids, ds.corpus_ids, ds.positives(), C, Q, tmp, use_faiss=True, **st_kw)[0]
+                if use_faiss else None)
+    hn_corpus = C
+    if corpus_path is not None:  # no copy or mapping of the corpus left in this process
+        del C, data, out
+        hn_corpus = corpus_path
+    sides = {"hardneg": lambda: hn.mine_hard_negatives(ds, corpus_embeddings=hn_corpus, query_embeddings=Q,
+                                                       progress=False, **kw),
+             "st": st_call}
+    if st_faiss is not None:
+        sides["st faiss"] = st_faiss
+    res = harness.compare(sides, runs=args.runs, calls=1, warmup=1)
+    peaks = {name: peak_extra_bytes(fn) / 2**20 for name, fn in sides.items()}
+    got = [[int(x) for x in r if x >= 0] for r in res.outputs["hardneg"].ids]
+    equal, same_set = {}, {}
+    for name in sides:
+        if name != "hardneg":
+            ref = st_convert(res.outputs[name])
+            equal[name] = sum(g == ref[q] for g, q in zip(got, ds.query_ids))
+            same_set[name] = sum(sorted(g) == sorted(ref[q]) for g, q in zip(got, ds.query_ids))
 
-    print(harness.header(f"Mining at scale: {args.data} corpus {n:,} x {d}, {len(Q):,} queries, one positive each; "
-                         "8 negatives from ranks 10..100, relative_margin 0.05, cosine", args.threads))
+    where = " (out of core: a .npy file hardneg reads in place)" if args.ooc else ""
+    print(harness.header(f"Mining at scale: {args.data} corpus {n:,} x {d}{where}, {len(Q):,} queries, one positive "
+                         "each; 8 negatives from ranks 10..100, relative_margin 0.05, cosine", args.threads))
     print(harness.fmt_rules(max(3, args.runs), 1, 1, unit="s") + f" Data generated in {gen_s:.0f} s (not timed).\n")
     print("| side | time (s) | speed-up of hardneg | peak extra memory (MiB) | equal output (queries) "
           "| same negatives, any order (queries) |")
     print("| --- | ---: | ---: | ---: | --- | --- |")
-    print(f"| hardneg `mine_hard_negatives` | {res.median('hardneg'):.2f} | | {peaks['hardneg']:.0f} | | |")
+    label = "hardneg `mine_hard_negatives`" + (" (`corpus_embeddings=` the .npy path)" if args.ooc else "")
+    print(f"| {label} | {res.median('hardneg'):.2f} | | {peaks['hardneg']:.0f} | | |")
     names = {"st": f"sentence-transformers exact (`model.similarity` + `torch.topk`, faiss_batch_size="
                    f"{st_kw['faiss_batch_size']:,})",
              "st faiss": f"sentence-transformers `use_faiss=True` (faiss `IndexFlatIP`, exact, faiss_batch_size="
@@ -136,6 +164,9 @@ def main() -> int:
           "order differs, two negatives' float32 scores tie or differ by a rounding (hardneg orders ties by "
           "ascending id, torch.topk leaves them in any order); where the documents differ, a candidate's score "
           "lies within a rounding of a filter's edge (the relative margin or the window's last rank).")
+    if args.ooc:
+        print("\nOut of core: hardneg's peak extra memory counts the file's pages mapped while it reads them (clean "
+              "page cache, given back under memory pressure) besides its int8 copy of the corpus (N x d bytes).")
     return 0
 
 
