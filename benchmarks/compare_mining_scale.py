@@ -165,8 +165,9 @@ def run(args: argparse.Namespace, tmp: str) -> int:
           "ascending id, torch.topk leaves them in any order); where the documents differ, a candidate's score "
           "lies within a rounding of a filter's edge (the relative margin or the window's last rank).")
     if args.ooc:
-        print("\nOut of core: hardneg's peak extra memory counts the file's pages mapped while it reads them (clean "
-              "page cache, given back under memory pressure) besides its int8 copy of the corpus (N x d bytes).")
+        print("\nOut of core: hardneg streams the file in blocks of 256 MiB (hardneg.ooc), each searched by the exact "
+              "kernel (screened through a temporary int8 copy of the block where that pays); its peak extra memory "
+              "counts the block's mapped file pages (clean page cache) besides that copy.")
     return 0
 
 
