@@ -33,7 +33,6 @@ struct DenseRows {
     const T* lse_mem = nullptr;        // B, or null: the memory's log-sum-exp per query
 };
 
-
 // Returns -1, or the first row (in the order rows were finished) holding a logit
 // that is not finite before removal (an overflow, or NaN / Inf in the inputs): then
 // S and loss are unspecified and the caller raises.

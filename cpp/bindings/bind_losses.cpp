@@ -333,7 +333,6 @@ py::tuple dense_rows_impl(const py::array& S, double scale, double alpha, double
     throw std::invalid_argument("scores must be float32 or float64");
 }
 
-
 template <class T>
 bool lse_chunk_t(py::array S, const py::object& inv, const py::object& thresholds,
                  const py::object& col_ids, const py::object& pos_ids, const py::object& query_ids,
