@@ -613,6 +613,9 @@ struct EstimateMemo {
     uint64_t print;
     size_t k;
     double f;
+    bool is(const std::vector<double>& key_, uint64_t print_, size_t k_) const {
+        return k == k_ && print == print_ && key == key_;
+    }
 };
 constexpr size_t kMemoEntries = 8;
 std::mutex g_memo_mu;
@@ -634,7 +637,7 @@ uint64_t corpus_print(const std::vector<Segment>& segs, size_t d) {
 bool memo_find(const std::vector<double>& key, uint64_t print, size_t k, double* f) {
     std::lock_guard<std::mutex> lock(g_memo_mu);
     for (const EstimateMemo& e : g_memo)
-        if (e.k == k && e.print == print && e.key == key) {
+        if (e.is(key, print, k)) {
             *f = e.f;
             return true;
         }
@@ -645,7 +648,7 @@ void memo_put(std::vector<double> key, uint64_t print, size_t k, double f) {
     std::lock_guard<std::mutex> lock(g_memo_mu);
     // one entry per corpus and k (two threads may estimate the same one at once)
     g_memo.erase(std::remove_if(g_memo.begin(), g_memo.end(),
-                                [&](const EstimateMemo& e) { return e.k == k && e.print == print && e.key == key; }),
+                                [&](const EstimateMemo& e) { return e.is(key, print, k); }),
                  g_memo.end());
     if (g_memo.size() >= kMemoEntries) g_memo.erase(g_memo.begin());
     g_memo.push_back(EstimateMemo{std::move(key), print, k, f});
