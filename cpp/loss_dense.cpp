@@ -60,7 +60,8 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
                 bad.compare_exchange_strong(none, (long)i);
                 continue;
             }
-            const T zp = s[i];  // the positive's logit, kept even when an id match removes its column
+            const size_t ip = p.first + i;  // the positive's column
+            const T zp = s[ip];  // the positive's logit, kept even when an id match removes its column
             if (p.removed) {
                 const uint8_t* rm = p.removed + i * N;
                 for (size_t c = 0; c < N; ++c)
@@ -69,7 +70,7 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
             // 2. m = max(0, max_{c kept} z_c - z_p, lse_mem - z_p): the largest exponent, factored out
             const T t = p.lse_mem ? p.lse_mem[i] - zp : -kInf;
             const T m = std::max(std::max(T(0), ops.max(s, N) - zp), t);
-            s[i] = -kInf;  // the positive is the "1" of log1p, not a term of the sum
+            s[ip] = -kInf;  // the positive is the "1" of log1p, not a term of the sum
             T rest = ops.exp_sum(s, nullptr, N, zp + m);  // sum_{c != p} exp(z_c - z_p - m)
             const T et = p.lse_mem ? std::exp(t - m) : T(0);
             rest += et;
@@ -85,11 +86,67 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
             loss[i] = li;
             const T inv = T(1) / D;
             ops.mul(s, N, p.grad_scale * inv);
-            s[i] = p.grad_scale * (-rest * inv);
+            s[ip] = p.grad_scale * (-rest * inv);
             if (pmem) pmem[i] = p.grad_scale * et * inv;
         }
     });
     return bad.load();
+}
+
+// bytes of candidate rows per block of the step's score pass (a part of L2)
+constexpr size_t kStepBlockBytes = size_t(256) << 10;
+
+long dense_step(const DenseStep& p, float* loss, int num_threads) {
+    const Kernels& k = kernels();
+    const size_t B = p.B, d = p.d, Nh = p.B * p.n, N = B + Nh;
+    // threads only where each has at least kMinStepMacs multiply-adds per phase (a thread is
+    // started per call)
+    constexpr size_t kMinStepMacs = size_t(1) << 22;
+    const int nt = (int)std::min<size_t>((size_t)std::max(1, num_threads), std::max<size_t>(1, B * N * d / kMinStepMacs));
+    std::atomic<long> bad{-1};
+    // 1. per block of rows: scores against the positives and the hard negatives, the row
+    //    passes (P in place), and those rows of gq = P c
+    parallel_ranges(B, nt, [&](size_t i0, size_t i1, int) {
+        if (i0 == i1) return;
+        float* S = p.S + i0 * N;
+        const float* q = p.q + i0 * d;
+        // the candidates in blocks of about kStepBlockBytes, each swept by all the rows while in L2
+        const size_t rows = std::max<size_t>(1, kStepBlockBytes / (d * sizeof(float)));
+        for (size_t c0 = 0; c0 < N; c0 += rows) {
+            const size_t c1 = std::min(N, c0 + rows);
+            if (c0 < B)
+                k.dot_tile(q, d, i1 - i0, p.pos + c0 * d, d, std::min(c1, B) - c0, d, DType::F32, S + c0, N);
+            if (c1 > B) {
+                const size_t h0 = std::max(c0, B) - B;
+                k.dot_tile(q, d, i1 - i0, p.hard + h0 * d, d, c1 - B - h0, d, DType::F32, S + B + h0, N);
+            }
+        }
+        DenseRows<float> r;
+        r.S = S;
+        r.B = i1 - i0;
+        r.N = r.lds = N;
+        r.first = i0;
+        r.scale = p.scale;
+        r.grad_scale = p.grad_scale;
+        const long b = dense_rows<float>(r, loss + i0, nullptr, 1);
+        if (b >= 0) {
+            long none = -1;
+            bad.compare_exchange_strong(none, b + (long)i0);
+            return;
+        }
+        k.wsum(S, N, 1, i1 - i0, B, p.pos, d, d, p.gq + i0 * d, d, false);
+        if (Nh) k.wsum(S + B, N, 1, i1 - i0, Nh, p.hard, d, d, p.gq + i0 * d, d, true);
+    });
+    if (bad.load() >= 0) return bad.load();
+    // 2. the candidates' gradients, P^T q, by blocks of candidate rows (every row of P is done)
+    parallel_ranges(N, nt, [&](size_t j0, size_t j1, int) {
+        if (j0 < B) k.wsum(p.S + j0, 1, N, std::min(j1, B) - j0, B, p.q, d, d, p.gpos + j0 * d, d, false);
+        if (j1 > B) {
+            const size_t h0 = std::max(j0, B) - B, h1 = j1 - B;
+            k.wsum(p.S + B + h0, 1, N, h1 - h0, B, p.q, d, d, p.ghard + h0 * d, d, false);
+        }
+    });
+    return -1;
 }
 
 template <class T>

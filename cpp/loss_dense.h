@@ -26,6 +26,7 @@ template <class T>
 struct DenseRows {
     T* S = nullptr;
     size_t B = 0, N = 0, lds = 0;
+    size_t first = 0;  // the block's rows are queries first .. first + B - 1: row i's positive is column first + i
     T scale = 1, alpha = 0;
     T grad_scale = 1;
     const uint8_t* pen = nullptr;      // B x N (contiguous), or null
@@ -38,6 +39,30 @@ struct DenseRows {
 // S and loss are unspecified and the caller raises.
 template <class T>
 long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads);
+
+// The whole step (forward and gradients) of the plain in-batch loss, for batches small enough
+// that a chain of BLAS calls costs more in dispatch and thread wake-ups than in arithmetic
+// (python/hardneg/_loss_dense.py picks it by size): every matmul in this library's kernels,
+// in one call.  No masks, hardness or memory; fp32.
+//   candidates  c = [pos (B rows) | hard (B*n rows, query i's negative k at row i*n + k)]
+//   S = q c^T (B x N, N = B(1+n)), dense_rows (P = grad_scale * dloss_i/dz_ic, in place),
+//   gq = P c (B x d), gpos = P[:, :B]^T q (B x d), ghard = P[:, B:]^T q (B*n x d).
+// The gradients are those of the mean loss when grad_scale = scale / B.  Rows of q, pos and
+// hard are contiguous (d floats each).  num_threads: the rows of S and gq, then the rows of
+// gpos / ghard, are split between at most that many threads.  Returns what dense_rows returns
+// (on a non-finite logit the gradients are left unwritten).
+struct DenseStep {
+    const float* q = nullptr;
+    const float* pos = nullptr;
+    const float* hard = nullptr;  // null when n = 0
+    size_t B = 0, n = 0, d = 0;
+    float scale = 1, grad_scale = 1;
+    float* S = nullptr;  // B x N workspace: P on return
+    float* gq = nullptr;
+    float* gpos = nullptr;
+    float* ghard = nullptr;  // null when n = 0
+};
+long dense_step(const DenseStep& p, float* loss, int num_threads);
 
 // One chunk of a streaming log-sum-exp over the memory: S (B x C, row stride lds)
 // holds q_i . x_j for the chunk's rows j.

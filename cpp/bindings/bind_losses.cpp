@@ -333,6 +333,60 @@ py::tuple dense_rows_impl(const py::array& S, double scale, double alpha, double
     throw std::invalid_argument("scores must be float32 or float64");
 }
 
+// q, pos: (B, d) float32, C-contiguous; hard: (B, n, d) float32 C-contiguous or None.  The
+// whole plain in-batch step (loss_dense.h DenseStep).  Returns (the mean loss (0-d float32
+// array, summed in double), gq (B, d), gpos (B, d), ghard (B, n, d) or None, bad) with bad as
+// dense_rows_impl's (on bad != -1 the gradients are unspecified).
+py::tuple dense_step_impl(const py::object& q, const py::object& pos, const py::object& hard, double scale,
+                          double grad_scale, int num_threads) {
+    auto qa = checked<float>(q, "q", 2);
+    auto pa = checked<float>(pos, "pos", 2);
+    hn::DenseStep p;
+    p.B = (size_t)qa.shape(0);
+    p.d = (size_t)qa.shape(1);
+    if (p.B == 0 || p.d == 0) throw std::invalid_argument("q must have at least one row and one column");
+    if (pa.shape(0) != qa.shape(0) || pa.shape(1) != qa.shape(1))
+        throw std::invalid_argument("pos has shape " + shape_str(pa) + " but q has " + shape_str(qa));
+    py::array_t<float> ha;
+    if (!hard.is_none()) {
+        ha = checked<float>(hard, "hard", 3);
+        if (ha.shape(0) != qa.shape(0) || ha.shape(2) != qa.shape(1))
+            throw std::invalid_argument("hard has shape " + shape_str(ha) + " but q has " + shape_str(qa));
+        p.n = (size_t)ha.shape(1);
+    }
+    const size_t N = p.B * (1 + p.n);
+    check_out_size((py::ssize_t)p.B, (py::ssize_t)N, "the scores");
+    p.q = qa.data();
+    p.pos = pa.data();
+    p.hard = p.n ? ha.data() : nullptr;
+    p.scale = (float)scale;
+    p.grad_scale = (float)grad_scale;
+    std::vector<float> S(p.B * N);
+    p.S = S.data();
+    py::array_t<float> gq({(py::ssize_t)p.B, (py::ssize_t)p.d}), gpos({(py::ssize_t)p.B, (py::ssize_t)p.d});
+    p.gq = gq.mutable_data();
+    p.gpos = gpos.mutable_data();
+    py::object ghard_obj = py::none();
+    if (p.n) {
+        py::array_t<float> gh({(py::ssize_t)p.B, (py::ssize_t)p.n, (py::ssize_t)p.d});
+        p.ghard = gh.mutable_data();
+        ghard_obj = gh;
+    }
+    py::array_t<float> mean_arr(std::vector<py::ssize_t>{});
+    float* mean = mean_arr.mutable_data();
+    std::vector<float> loss(p.B);
+    long bad;
+    {
+        py::gil_scoped_release nogil;
+        bad = hn::dense_step(p, loss.data(), num_threads);
+        double sum = 0;
+        for (size_t i = 0; i < p.B; ++i) sum += (double)loss[i];
+        *mean = (float)(sum / (double)p.B);
+        if (bad < 0 && !std::isfinite(*mean)) bad = -2;
+    }
+    return py::make_tuple(mean_arr, gq, gpos, ghard_obj, bad);
+}
+
 template <class T>
 bool lse_chunk_t(py::array S, const py::object& inv, const py::object& thresholds,
                  const py::object& col_ids, const py::object& pos_ids, const py::object& query_ids,
@@ -399,6 +453,9 @@ void bind_losses(py::module_& m) {
           py::arg("grad_scale"), py::arg("pen"),
           py::arg("removed"), py::arg("lse_mem"), py::arg("num_threads"),
           "Row passes of the dense InfoNCE path, in place (private)");
+    m.def("dense_step", &dense_step_impl, py::arg("q"), py::arg("pos"), py::arg("hard"), py::arg("scale"),
+          py::arg("grad_scale"), py::arg("num_threads"),
+          "The whole plain in-batch InfoNCE step, loss and gradients, in one call (private)");
     m.def("lse_chunk", &lse_chunk_impl, py::arg("scores"), py::arg("inv"), py::arg("thresholds"),
           py::arg("col_ids"), py::arg("pos_ids"), py::arg("query_ids"), py::arg("logit_scale"), py::arg("run_max"),
           py::arg("run_sum"), py::arg("r"), py::arg("num_threads"),

@@ -10,6 +10,8 @@ namespace hn {
 namespace avx2 {
 namespace {
 
+#include "simd/wsum.inl"
+
 template <DType T>
 inline __m256 load8(const void* X, size_t off) {
     if constexpr (T == DType::F32) {
@@ -162,7 +164,7 @@ void axpy(float* y, const float* x, size_t n, float w) {
 }  // namespace
 
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, scalar::block_max, "avx2", nullptr, nullptr, nullptr,
-                       scalar::lower_kth};
+                       scalar::lower_kth, wsum_loop};
 
 }  // namespace avx2
 }  // namespace hn

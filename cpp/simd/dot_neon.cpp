@@ -9,6 +9,8 @@ namespace hn {
 namespace neon {
 namespace {
 
+#include "simd/wsum.inl"
+
 inline float h2f(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
     if (exp == 0) {
@@ -148,7 +150,7 @@ void to_f32(const void* src, DType t, size_t n, float* dst) {
 }  // namespace
 
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, scalar::axpy, scalar::block_max, "neon", nullptr, nullptr,
-                       nullptr, scalar::lower_kth};
+                       nullptr, scalar::lower_kth, wsum_loop};
 
 }  // namespace neon
 }  // namespace hn

@@ -7,6 +7,8 @@ namespace hn {
 namespace scalar {
 namespace {
 
+#include "simd/wsum.inl"
+
 #include "simd/bisect_kth.inl"
 
 inline float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -127,7 +129,7 @@ float lower_kth(const float* v, size_t n, size_t r) {
 }
 
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "scalar", nullptr, nullptr, nullptr,
-                       lower_kth};
+                       lower_kth, wsum_loop};
 
 }  // namespace scalar
 }  // namespace hn

@@ -54,6 +54,14 @@ struct Kernels {
     // with a counting pass per step.  Thresholds that must not exceed a k-th
     // largest (the screen's, BM25's floor) without selecting it exactly.
     float (*lower_kth)(const float* v, size_t n, size_t r) = nullptr;
+    // Weighted sums of rows (the dense loss step's gradient matmuls, loss_dense.h):
+    //   Out[i * ldo + p] (+)= sum_{t < k} A[i * ar + t * ac] * Y[t * ldy + p]   for i < m, p < d,
+    // overwriting Out, or adding to it when `add`.  A with strides (ar, ac) = (lda, 1) is a
+    // row-major matrix, (1, lda) its transpose.  fp32, each Out element one chain of
+    // multiply-adds over t in order.  Every table has one (the plain loop of simd/wsum.inl where there is
+    // nothing faster).
+    void (*wsum)(const float* A, size_t ar, size_t ac, size_t m, size_t k, const float* Y, size_t ldy, size_t d,
+                 float* Out, size_t ldo, bool add) = nullptr;
 };
 
 // Row passes of the dense loss path (cpp/loss_dense.cpp, one row of a score block

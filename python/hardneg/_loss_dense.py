@@ -26,6 +26,16 @@ from hardneg.losses import ROW_THREADS, _id_match, _overflow_error
 # above it (a plain torch loss would need GBs too) the fused kernel's constant memory wins
 DENSE_MAX_LOGITS = 1 << 25
 
+# The plain step (dot product, no options, a gradient wanted) takes DenseStep, the whole step in
+# one C++ call, while the logits B x B(1+n) are at most STEP_MAX_LOGITS entries (4 MB) and the
+# candidates B(1+n) x d at most STEP_MAX_CANDIDATES floats (8 MB).  There every matmul is small
+# enough that torch's (BLAS with its thread pool woken per call, a dispatch per operation, an
+# autograd node per step) costs more than the arithmetic; measured in
+# benchmarks/compare_losses_grid.py.  Beyond it BLAS's blocking wins (at B = 1,024, n = 3, d = 384
+# the step was 0.8x the matmul path).
+STEP_MAX_LOGITS = 1 << 20
+STEP_MAX_CANDIDATES = 1 << 21
+
 
 def _normalize(x: Tensor, check_inputs) -> Tuple[Tensor, Tensor]:
     """(x / |x|, 1 / |x|) per row without over/underflow; a zero row gives (0, 0).
@@ -163,3 +173,58 @@ class DenseInfoNCE(torch.autograd.Function):
         if ctx.pmem is not None and ctx.needs_input_grad[3]:  # dloss/dlse_i = p_memory,i / B
             glse = ctx.pmem * (gs / ctx.scale)
         return gq, gpos, ghard, glse, None
+
+
+class DenseStep(torch.autograd.Function):
+    """The plain dot-product InfoNCE step (no masks, hardness or memory) of float32 C-contiguous
+    CPU tensors, loss and gradients in one C++ call (``_core.dense_step``, cpp/loss_dense.cpp):
+    the scores, the row passes of :class:`DenseInfoNCE` and the two gradient matmuls in this
+    library's kernels, on its own threads.
+
+    The gradients are computed in the forward (the step is only taken when one is wanted) and
+    handed to autograd in the backward, times dL/dloss.  The backward gives them up (the
+    tensors are not kept), so that autograd stores them as ``.grad`` without a copy; a second
+    backward through the same graph (``retain_graph=True``) recomputes them.  Values as
+    :class:`DenseInfoNCE` (tests/test_loss_step.py)."""
+
+    @staticmethod
+    def forward(ctx, q, pos, hard, extra):
+        scale, check_inputs, num_threads = extra
+        grads = _step(q, pos, hard, scale, check_inputs, num_threads, ctx)
+        ctx.extra = extra
+        ctx.save_for_backward(q, pos, hard)
+        return grads[0]
+
+    @staticmethod
+    def backward(ctx, g):
+        grads = ctx.grads
+        if grads is None:  # a second backward (retain_graph=True): the first one took them
+            q, pos, hard = ctx.saved_tensors
+            scale, check_inputs, num_threads = ctx.extra
+            grads = _step(q, pos, hard, scale, check_inputs, num_threads, None)
+        ctx.grads = None
+        _, gq, gpos, ghard = grads
+        gs = float(g)  # dL/dloss: 1 for loss.backward()
+        if gs != 1.0:
+            gq, gpos = gq.mul_(gs), gpos.mul_(gs)
+            ghard = None if ghard is None else ghard.mul_(gs)
+        return gq, gpos, ghard, None
+
+
+def _step(q: Tensor, pos: Tensor, hard: Optional[Tensor], scale: float, check_inputs, num_threads: int, ctx):
+    """(loss, gq, gpos, ghard or None) of the mean loss; sets ``ctx.grads`` to the gradients
+    when ``ctx`` is given.  Raises what :class:`DenseInfoNCE` raises on a non-finite logit."""
+    B = q.shape[0]
+    mean, gq, gpos, ghard, bad = _core.dense_step(q.detach().numpy(), pos.detach().numpy(),
+                                                  None if hard is None else hard.detach().numpy(),
+                                                  scale, scale / B, num_threads)
+    if bad != -1:
+        if bad == -2:
+            raise _overflow_error("the batch (the mean loss)", torch.float32)
+        check_inputs()
+        raise _overflow_error("q against pos / hard_negatives", torch.float32)
+    grads = (torch.from_numpy(mean), torch.from_numpy(gq), torch.from_numpy(gpos),
+             None if ghard is None else torch.from_numpy(ghard))
+    if ctx is not None:
+        ctx.grads = grads
+    return grads

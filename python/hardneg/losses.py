@@ -912,6 +912,13 @@ class InfoNCELoss(nn.Module):
         """Whether a batch without ids, guide or memory may take :meth:`_plain_dense`."""
         return self._auto_q2d and not self.gather_across_devices
 
+    @property
+    def _plain_step(self) -> bool:
+        """Whether the plain batch's loss is the dot-product InfoNCE without options (no
+        hardness, margin or in-batch removal): :class:`hardneg._loss_dense.DenseStep`'s case."""
+        return (self.similarity == "dot" and self.in_batch_negatives and self.false_negative_margin is None
+                and (self.hardness_mode is None or self.hardness_strength <= 0))
+
     def _dense_opts(self, check_inputs: Callable[[], None]) -> Dict[str, Any]:
         """The options of :class:`hardneg._loss_dense.DenseInfoNCE`; ``check_inputs`` raises the
         ValueError naming a non-finite input (called on a non-finite norm or logit)."""
@@ -944,10 +951,16 @@ class InfoNCELoss(nn.Module):
                 return None
             n = hs[1]
         dense = _dense_module()
-        if B * B * (1 + n) > dense.DENSE_MAX_LOGITS:
+        N = B * (1 + n)
+        if B * N > dense.DENSE_MAX_LOGITS:
             return None
-        opts = self._dense_opts(lambda: _Batch(q, pos, hard, None, None))  # validates, names a NaN / Inf input
-        return dense.DenseInfoNCE.apply(q, pos, hard, None, (opts, None, None, None))
+        check = lambda: _Batch(q, pos, hard, None, None)  # validates, names a NaN / Inf input  # noqa: E731
+        if (self._plain_step and B * N <= dense.STEP_MAX_LOGITS and N * shape[1] <= dense.STEP_MAX_CANDIDATES
+                and torch.is_grad_enabled()
+                and (q.requires_grad or pos.requires_grad or (hard is not None and hard.requires_grad))
+                and q.is_contiguous() and pos.is_contiguous() and (hard is None or hard.is_contiguous())):
+            return dense.DenseStep.apply(q, pos, hard, (self.scale, check, resolve_num_threads(self.num_threads)))
+        return dense.DenseInfoNCE.apply(q, pos, hard, None, (self._dense_opts(check), None, None, None))
 
     def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
         """(B,) log-sum-exp of each query's memory logits (chunks of AUTO_MEMORY_CHUNK rows, never
