@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "simd/kernels.h"
 #include "threads.h"
@@ -96,7 +97,62 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads) {
 // bytes of candidate rows per block of the step's score pass (a part of L2)
 constexpr size_t kStepBlockBytes = size_t(256) << 10;
 
+namespace {
+
+// Rows x (n x d) to out = x / |x| (0 for a zero row) and inv = 1 / |x| (0 for a zero row,
+// at most FLT_MAX); false when a norm is not finite (NaN / Inf in x).
+bool normalize_rows(const float* x, size_t n, size_t d, float* out, float* inv) {
+    for (size_t r = 0; r < n; ++r) {
+        const float* a = x + r * d;
+        double ss = 0;
+        for (size_t j = 0; j < d; ++j) ss += (double)a[j] * (double)a[j];
+        if (!std::isfinite(ss)) return false;
+        const double f = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
+        for (size_t j = 0; j < d; ++j) out[r * d + j] = (float)(a[j] * f);
+        inv[r] = (float)std::min(f, (double)std::numeric_limits<float>::max());
+    }
+    return true;
+}
+
+// g = (g - xh (xh . g)) * inv per row: the gradient through x -> x / |x|
+void project_rows(const float* xh, const float* inv, size_t n, size_t d, float* g) {
+    for (size_t r = 0; r < n; ++r) {
+        const float* a = xh + r * d;
+        float* b = g + r * d;
+        float dot = 0;
+        for (size_t j = 0; j < d; ++j) dot += a[j] * b[j];
+        for (size_t j = 0; j < d; ++j) b[j] = (b[j] - a[j] * dot) * inv[r];
+    }
+}
+
+long step_dot(const DenseStep& p, float* loss, int num_threads);
+
+}  // namespace
+
 long dense_step(const DenseStep& p, float* loss, int num_threads) {
+    if (!p.cosine) return step_dot(p, loss, num_threads);
+    const size_t B = p.B, d = p.d, Nh = p.B * p.n;
+    std::vector<float> xh((2 * B + Nh) * d), inv(2 * B + Nh);
+    DenseStep u = p;
+    u.cosine = false;
+    u.q = xh.data();
+    u.pos = xh.data() + B * d;
+    u.hard = Nh ? xh.data() + 2 * B * d : nullptr;
+    if (!normalize_rows(p.q, B, d, xh.data(), inv.data()) ||
+        !normalize_rows(p.pos, B, d, xh.data() + B * d, inv.data() + B) ||
+        (Nh && !normalize_rows(p.hard, Nh, d, xh.data() + 2 * B * d, inv.data() + 2 * B)))
+        return 0;
+    const long bad = step_dot(u, loss, num_threads);
+    if (bad != -1) return bad;
+    project_rows(u.q, inv.data(), B, d, p.gq);
+    project_rows(u.pos, inv.data() + B, B, d, p.gpos);
+    if (Nh) project_rows(u.hard, inv.data() + 2 * B, Nh, d, p.ghard);
+    return -1;
+}
+
+namespace {
+
+long step_dot(const DenseStep& p, float* loss, int num_threads) {
     const Kernels& k = kernels();
     const size_t B = p.B, d = p.d, Nh = p.B * p.n, N = B + Nh;
     // threads only where each has at least kMinStepMacs multiply-adds per phase (a thread is
@@ -148,6 +204,8 @@ long dense_step(const DenseStep& p, float* loss, int num_threads) {
     });
     return -1;
 }
+
+}  // namespace
 
 template <class T>
 bool lse_chunk(const LseChunk<T>& p, T* run_max, T* run_sum, T* r, int num_threads) {

@@ -51,12 +51,17 @@ long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads);
 // hard are contiguous (d floats each).  num_threads: the rows of S and gq, then the rows of
 // gpos / ghard, are split between at most that many threads.  Returns what dense_rows returns
 // (on a non-finite logit the gradients are left unwritten).
+// cosine: the similarities are those of the rows divided by their norms (summed in double: no
+// overflow or underflow for any float row; a zero row stays zero and gets a zero gradient);
+// the step runs on normalised copies and each row's gradient g becomes (g - x^ (x^ . g)) / |x|.
+// A NaN / Inf input (a norm that is not finite) returns 0 like a bad logit.
 struct DenseStep {
     const float* q = nullptr;
     const float* pos = nullptr;
     const float* hard = nullptr;  // null when n = 0
     size_t B = 0, n = 0, d = 0;
     float scale = 1, grad_scale = 1;
+    bool cosine = false;
     float* S = nullptr;  // B x N workspace: P on return
     float* gq = nullptr;
     float* gpos = nullptr;

@@ -1,4 +1,4 @@
-"""The plain dot-product step in one C++ call (``_core.dense_step``, cpp/loss_dense.cpp, and
+"""The plain step (dot product or cosine) in one C++ call (``_core.dense_step``, cpp/loss_dense.cpp, and
 ``hardneg._loss_dense.DenseStep``): loss and gradients against the definition in float64 (torch
 autograd), at every SIMD level and thread count, on random and adversarial shapes (B = 1, d = 1,
 d not a multiple of 16, ties, large logits); InfoNCELoss through it against the matmul path;
@@ -38,14 +38,17 @@ def batch(B, n, d, seed=0, spread=1.0):
     return q, pos, hard
 
 
-def reference(q, pos, hard, scale):
+def reference(q, pos, hard, scale, cosine=False):
     """(loss, gq, gpos, ghard) of the mean InfoNCE loss, float64 autograd."""
     qt = torch.tensor(q, dtype=torch.float64, requires_grad=True)
     pt = torch.tensor(pos, dtype=torch.float64, requires_grad=True)
     ht = None if hard is None else torch.tensor(hard, dtype=torch.float64, requires_grad=True)
     B, d = q.shape
     cand = pt if ht is None else torch.cat([pt, ht.reshape(-1, d)])
-    loss = F.cross_entropy(qt @ cand.T * scale, torch.arange(B))
+    qq = qt
+    if cosine:
+        qq, cand = F.normalize(qt, dim=1, eps=1e-300), F.normalize(cand, dim=1, eps=1e-300)
+    loss = F.cross_entropy(qq @ cand.T * scale, torch.arange(B))
     loss.backward()
     return (loss.item(), qt.grad.numpy(), pt.grad.numpy(), None if ht is None else ht.grad.numpy())
 
@@ -62,12 +65,13 @@ SHAPES = [(1, 0, 1), (1, 3, 5), (2, 1, 1), (3, 0, 17), (5, 2, 15), (7, 1, 64), (
 
 @pytest.mark.parametrize("B,n,d", SHAPES)
 @pytest.mark.parametrize("threads", [1, 3])
-def test_step_matches_the_definition(level, B, n, d, threads):
-    q, pos, hard = batch(B, n, d, seed=B * 100 + n * 10 + d)
+@pytest.mark.parametrize("cosine", [False, True])
+def test_step_matches_the_definition(level, B, n, d, threads, cosine):
+    q, pos, hard = batch(B, n, d, seed=B * 100 + n * 10 + d, spread=7.0 if cosine else 1.0)
     scale = 20.0
-    mean, gq, gpos, ghard, bad = _core.dense_step(q, pos, hard, scale, scale / B, threads)
+    mean, gq, gpos, ghard, bad = _core.dense_step(q, pos, hard, scale, scale / B, cosine, threads)
     assert bad == -1
-    loss, rq, rp, rh = reference(q, pos, hard, scale)
+    loss, rq, rp, rh = reference(q, pos, hard, scale, cosine)
     assert abs(float(mean) - loss) <= 1e-5 * max(1.0, abs(loss))
     assert gq.shape == (B, d) and gpos.shape == (B, d) and gq.dtype == np.float32
     assert_close(gq, rq, "gq")
@@ -79,9 +83,10 @@ def test_step_matches_the_definition(level, B, n, d, threads):
         assert ghard is None
 
 
-def test_step_threads_give_the_same_bits(level):
+@pytest.mark.parametrize("cosine", [False, True])
+def test_step_threads_give_the_same_bits(level, cosine):
     q, pos, hard = batch(96, 3, 200, seed=3)  # 96 * 384 * 200 multiply-adds: several threads
-    outs = [_core.dense_step(q, pos, hard, 20.0, 20.0 / 96, t) for t in (1, 2, 5)]
+    outs = [_core.dense_step(q, pos, hard, 20.0, 20.0 / 96, cosine, t) for t in (1, 2, 5)]
     for o in outs[1:]:
         assert float(o[0]) == float(outs[0][0])
         for a, b in zip(o[1:4], outs[0][1:4]):
@@ -94,7 +99,7 @@ def test_step_ties_and_a_saturated_positive(level):
     q = np.ones((B, d), np.float32) / d
     pos = np.ones((B, d), np.float32)
     hard = np.ones((B, n, d), np.float32)
-    mean, gq, gpos, ghard, bad = _core.dense_step(q, pos, hard, 5.0, 5.0 / B, 1)
+    mean, gq, gpos, ghard, bad = _core.dense_step(q, pos, hard, 5.0, 5.0 / B, False, 1)
     assert bad == -1
     assert abs(float(mean) - np.log(B * (1 + n))) < 1e-6
     loss, rq, rp, rh = reference(q, pos, hard, 5.0)
@@ -105,7 +110,7 @@ def test_step_ties_and_a_saturated_positive(level):
     # (log1p of the sum, no 1 + tiny rounding; cross_entropy gives 0 even in float64)
     q, pos, hard = batch(4, 2, 16, seed=1)
     pos = q * 3.0
-    mean = float(_core.dense_step(q, pos, hard, 20.0, 5.0, 1)[0])
+    mean = float(_core.dense_step(q, pos, hard, 20.0, 5.0, False, 1)[0])
     c = np.concatenate([pos, hard.reshape(-1, 16)]).astype(np.float64)
     z = 20.0 * q.astype(np.float64) @ c.T
     rows = [np.log1p(np.exp(np.delete(z[i], i) - z[i, i]).sum()) for i in range(4)]
@@ -121,23 +126,44 @@ def test_step_reports_logits_it_cannot_hold(level, bad_value):
     if np.isfinite(bad_value):
         q[2] = bad_value
         pos[2] = bad_value
-    assert _core.dense_step(q, pos, hard, 20.0, 5.0, 1)[4] >= 0
+    assert _core.dense_step(q, pos, hard, 20.0, 5.0, False, 1)[4] >= 0
+    if not np.isfinite(bad_value):  # cosine: the norm tells
+        assert _core.dense_step(q, pos, hard, 20.0, 5.0, True, 1)[4] >= 0
+    else:  # cosines of huge rows are fine (the norms are summed in double)
+        mean, gq, gpos, ghard, bad = _core.dense_step(q, pos, hard, 20.0, 5.0, True, 1)
+        assert bad == -1 and np.isfinite(float(mean))
+        want = reference(q, pos, hard, 20.0, True)
+        assert abs(float(mean) - want[0]) <= 1e-5 * max(1.0, want[0])
+        assert_close(gq, want[1], "gq")
+
+
+def test_step_cosine_zero_and_tiny_rows(level):
+    q, pos, hard = batch(6, 2, 20, seed=5)
+    pos[1] = 0.0  # a zero candidate: cosine 0 with everything, no gradient
+    hard[3, 1] = 1e-41  # subnormal entries: the norm summed in double still normalises them
+    q[4] *= 1e-30
+    mean, gq, gpos, ghard, bad = _core.dense_step(q, pos, hard, 20.0, 20.0 / 6, True, 1)
+    assert bad == -1
+    assert not gpos[1].any()
+    assert np.isfinite(gq).all() and np.isfinite(ghard).all()
+    want = reference(q, pos, hard, 20.0, True)
+    assert abs(float(mean) - want[0]) <= 1e-5 * max(1.0, want[0])
 
 
 def test_step_refuses_bad_arrays():
     q, pos, hard = batch(4, 2, 8)
     with pytest.raises(ValueError, match="q"):
-        _core.dense_step(q.astype(np.float64), pos, hard, 1.0, 1.0, 1)
+        _core.dense_step(q.astype(np.float64), pos, hard, 1.0, 1.0, False, 1)
     with pytest.raises(ValueError, match="pos"):
-        _core.dense_step(q, pos[:3], hard, 1.0, 1.0, 1)
+        _core.dense_step(q, pos[:3], hard, 1.0, 1.0, False, 1)
     with pytest.raises(ValueError, match="hard"):
-        _core.dense_step(q, pos, hard[:, :, :4], 1.0, 1.0, 1)
+        _core.dense_step(q, pos, hard[:, :, :4], 1.0, 1.0, False, 1)
     with pytest.raises(ValueError, match="contiguous"):
-        _core.dense_step(np.asfortranarray(q), pos, hard, 1.0, 1.0, 1)
+        _core.dense_step(np.asfortranarray(q), pos, hard, 1.0, 1.0, False, 1)
     with pytest.raises(ValueError, match="dimensions"):
-        _core.dense_step(q.ravel(), pos, hard, 1.0, 1.0, 1)
+        _core.dense_step(q.ravel(), pos, hard, 1.0, 1.0, False, 1)
     with pytest.raises(ValueError, match="at least one"):
-        _core.dense_step(q[:0], pos[:0], None, 1.0, 1.0, 1)
+        _core.dense_step(q[:0], pos[:0], None, 1.0, 1.0, False, 1)
 
 
 # ------------------------------------------------------------------ through InfoNCELoss
@@ -159,11 +185,12 @@ def run(loss_fn, q, pos, hard, factor=1.0):
 
 @pytest.mark.parametrize("B,n,d", [(1, 0, 1), (6, 0, 10), (16, 3, 48), (32, 7, 96)])
 @pytest.mark.parametrize("factor", [1.0, -2.5])
-def test_infonce_takes_the_step_with_the_matmul_paths_values(monkeypatch, B, n, d, factor):
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_infonce_takes_the_step_with_the_matmul_paths_values(monkeypatch, B, n, d, factor, similarity):
     calls = []
     real = dense._step
     monkeypatch.setattr(dense, "_step", lambda *a: calls.append(1) or real(*a))
-    loss_fn = InfoNCELoss(temperature=0.05, similarity="dot")
+    loss_fn = InfoNCELoss(temperature=0.05, similarity=similarity)
     q, pos, hard = leaves(B, n, d)
     got = run(loss_fn, q, pos, hard, factor)
     assert calls, "the plain dot-product step did not take DenseStep"
@@ -202,7 +229,6 @@ def test_the_step_is_taken_only_where_it_applies(monkeypatch):
         dot(q, pos, hard)
     dot(q.detach(), pos.detach(), hard.detach())
     dot(q[:, ::2], pos[:, ::2], hard[:, :, ::2])  # not contiguous
-    InfoNCELoss(temperature=0.05)(q, pos, hard)  # cosine
     InfoNCELoss(temperature=0.05, similarity="dot", false_negative_margin=0.1)(q, pos, hard)
     InfoNCELoss(temperature=0.05, similarity="dot", hardness_mode="hard_negatives", hardness_strength=1.0)(q, pos, hard)
     InfoNCELoss(temperature=0.05, similarity="dot", in_batch_negatives=False)(q, pos, hard)
@@ -215,15 +241,17 @@ def test_the_step_is_taken_only_where_it_applies(monkeypatch):
     assert calls == [1]
 
 
-def test_the_step_names_a_nan_input():
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_the_step_names_a_nan_input(similarity):
     q, pos, hard = leaves(4, 1, 8)
     with torch.no_grad():
         hard[1, 0, 2] = float("nan")
     with pytest.raises(ValueError, match="hard_negatives"):
-        InfoNCELoss(temperature=0.05, similarity="dot")(q, pos, hard)
+        InfoNCELoss(temperature=0.05, similarity=similarity)(q, pos, hard)
     q, pos, hard = leaves(4, 1, 8)
     with torch.no_grad():
         q.mul_(1e19)
         pos.mul_(1e19)
-    with pytest.raises(ValueError, match="overflow"):
-        InfoNCELoss(temperature=0.05, similarity="dot")(q, pos, hard)
+    if similarity == "dot":
+        with pytest.raises(ValueError, match="overflow"):
+            InfoNCELoss(temperature=0.05, similarity="dot")(q, pos, hard)

@@ -334,11 +334,11 @@ py::tuple dense_rows_impl(const py::array& S, double scale, double alpha, double
 }
 
 // q, pos: (B, d) float32, C-contiguous; hard: (B, n, d) float32 C-contiguous or None.  The
-// whole plain in-batch step (loss_dense.h DenseStep).  Returns (the mean loss (0-d float32
+// whole plain in-batch step (loss_dense.h DenseStep), of dot products or cosines.  Returns (the mean loss (0-d float32
 // array, summed in double), gq (B, d), gpos (B, d), ghard (B, n, d) or None, bad) with bad as
 // dense_rows_impl's (on bad != -1 the gradients are unspecified).
 py::tuple dense_step_impl(const py::object& q, const py::object& pos, const py::object& hard, double scale,
-                          double grad_scale, int num_threads) {
+                          double grad_scale, bool cosine, int num_threads) {
     auto qa = checked<float>(q, "q", 2);
     auto pa = checked<float>(pos, "pos", 2);
     hn::DenseStep p;
@@ -361,6 +361,7 @@ py::tuple dense_step_impl(const py::object& q, const py::object& pos, const py::
     p.hard = p.n ? ha.data() : nullptr;
     p.scale = (float)scale;
     p.grad_scale = (float)grad_scale;
+    p.cosine = cosine;
     std::vector<float> S(p.B * N);
     p.S = S.data();
     py::array_t<float> gq({(py::ssize_t)p.B, (py::ssize_t)p.d}), gpos({(py::ssize_t)p.B, (py::ssize_t)p.d});
@@ -454,7 +455,7 @@ void bind_losses(py::module_& m) {
           py::arg("removed"), py::arg("lse_mem"), py::arg("num_threads"),
           "Row passes of the dense InfoNCE path, in place (private)");
     m.def("dense_step", &dense_step_impl, py::arg("q"), py::arg("pos"), py::arg("hard"), py::arg("scale"),
-          py::arg("grad_scale"), py::arg("num_threads"),
+          py::arg("grad_scale"), py::arg("cosine"), py::arg("num_threads"),
           "The whole plain in-batch InfoNCE step, loss and gradients, in one call (private)");
     m.def("lse_chunk", &lse_chunk_impl, py::arg("scores"), py::arg("inv"), py::arg("thresholds"),
           py::arg("col_ids"), py::arg("pos_ids"), py::arg("query_ids"), py::arg("logit_scale"), py::arg("run_max"),

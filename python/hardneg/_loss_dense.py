@@ -26,7 +26,7 @@ from hardneg.losses import ROW_THREADS, _id_match, _overflow_error
 # above it (a plain torch loss would need GBs too) the fused kernel's constant memory wins
 DENSE_MAX_LOGITS = 1 << 25
 
-# The plain step (dot product, no options, a gradient wanted) takes DenseStep, the whole step in
+# The plain step (no options, a gradient wanted) takes DenseStep, the whole step in
 # one C++ call, while the logits B x B(1+n) are at most STEP_MAX_LOGITS entries (4 MB) and the
 # candidates B(1+n) x d at most STEP_MAX_CANDIDATES floats (8 MB).  There every matmul is small
 # enough that torch's (BLAS with its thread pool woken per call, a dispatch per operation, an
@@ -176,7 +176,7 @@ class DenseInfoNCE(torch.autograd.Function):
 
 
 class DenseStep(torch.autograd.Function):
-    """The plain dot-product InfoNCE step (no masks, hardness or memory) of float32 C-contiguous
+    """The plain InfoNCE step (dot or cosine; no masks, hardness or memory) of float32 C-contiguous
     CPU tensors, loss and gradients in one C++ call (``_core.dense_step``, cpp/loss_dense.cpp):
     the scores, the row passes of :class:`DenseInfoNCE` and the two gradient matmuls in this
     library's kernels, on its own threads.
@@ -189,8 +189,7 @@ class DenseStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, pos, hard, extra):
-        scale, check_inputs, num_threads = extra
-        grads = _step(q, pos, hard, scale, check_inputs, num_threads, ctx)
+        grads = _step(q, pos, hard, extra, ctx)
         ctx.extra = extra
         ctx.save_for_backward(q, pos, hard)
         return grads[0]
@@ -200,8 +199,7 @@ class DenseStep(torch.autograd.Function):
         grads = ctx.grads
         if grads is None:  # a second backward (retain_graph=True): the first one took them
             q, pos, hard = ctx.saved_tensors
-            scale, check_inputs, num_threads = ctx.extra
-            grads = _step(q, pos, hard, scale, check_inputs, num_threads, None)
+            grads = _step(q, pos, hard, ctx.extra, None)
         ctx.grads = None
         _, gq, gpos, ghard = grads
         gs = float(g)  # dL/dloss: 1 for loss.backward()
@@ -211,13 +209,15 @@ class DenseStep(torch.autograd.Function):
         return gq, gpos, ghard, None
 
 
-def _step(q: Tensor, pos: Tensor, hard: Optional[Tensor], scale: float, check_inputs, num_threads: int, ctx):
+def _step(q: Tensor, pos: Tensor, hard: Optional[Tensor], extra, ctx):
     """(loss, gq, gpos, ghard or None) of the mean loss; sets ``ctx.grads`` to the gradients
-    when ``ctx`` is given.  Raises what :class:`DenseInfoNCE` raises on a non-finite logit."""
+    when ``ctx`` is given.  ``extra``: (scale, cosine, check_inputs, num_threads).  Raises what
+    :class:`DenseInfoNCE` raises on a non-finite logit or input."""
+    scale, cosine, check_inputs, num_threads = extra
     B = q.shape[0]
     mean, gq, gpos, ghard, bad = _core.dense_step(q.detach().numpy(), pos.detach().numpy(),
                                                   None if hard is None else hard.detach().numpy(),
-                                                  scale, scale / B, num_threads)
+                                                  scale, scale / B, cosine, num_threads)
     if bad != -1:
         if bad == -2:
             raise _overflow_error("the batch (the mean loss)", torch.float32)

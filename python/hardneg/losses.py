@@ -914,9 +914,9 @@ class InfoNCELoss(nn.Module):
 
     @property
     def _plain_step(self) -> bool:
-        """Whether the plain batch's loss is the dot-product InfoNCE without options (no
-        hardness, margin or in-batch removal): :class:`hardneg._loss_dense.DenseStep`'s case."""
-        return (self.similarity == "dot" and self.in_batch_negatives and self.false_negative_margin is None
+        """Whether the plain batch's loss is the InfoNCE without options (no hardness, margin
+        or in-batch removal): :class:`hardneg._loss_dense.DenseStep`'s case."""
+        return (self.in_batch_negatives and self.false_negative_margin is None
                 and (self.hardness_mode is None or self.hardness_strength <= 0))
 
     def _dense_opts(self, check_inputs: Callable[[], None]) -> Dict[str, Any]:
@@ -959,7 +959,8 @@ class InfoNCELoss(nn.Module):
                 and torch.is_grad_enabled()
                 and (q.requires_grad or pos.requires_grad or (hard is not None and hard.requires_grad))
                 and q.is_contiguous() and pos.is_contiguous() and (hard is None or hard.is_contiguous())):
-            return dense.DenseStep.apply(q, pos, hard, (self.scale, check, resolve_num_threads(self.num_threads)))
+            return dense.DenseStep.apply(q, pos, hard, (self.scale, self.similarity == "cosine", check,
+                                                        resolve_num_threads(self.num_threads)))
         return dense.DenseInfoNCE.apply(q, pos, hard, None, (self._dense_opts(check), None, None, None))
 
     def _dense_memory_lse(self, b: "_Batch", mem: CrossBatchMemory, cosine: bool) -> Tensor:
