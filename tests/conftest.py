@@ -6,6 +6,8 @@ import pytest
 
 from paths import SCIFACT, SHARED  # noqa: F401  (re-exported for the test modules)
 
+from hardneg import _core
+
 # Names in a test's source that mean it compares against a peer -> the peer's distribution.
 # Such tests get the `peer` mark (the forward check reruns them against the newest releases) and
 # a failure names the peer versions it ran against.
@@ -64,6 +66,15 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=list(_core.available_simd_levels()))
+def level(request):
+    """Each SIMD level this CPU runs, set for the test and restored after it."""
+    start = _core.simd_level()
+    _core.set_simd_level(request.param)
+    yield request.param
+    _core.set_simd_level(start)
 
 
 @pytest.fixture

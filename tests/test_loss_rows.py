@@ -13,17 +13,6 @@ import pytest
 
 from hardneg import _core
 
-LEVELS = list(_core.available_simd_levels())
-
-
-@pytest.fixture(params=LEVELS)
-def level(request):
-    start = _core.simd_level()
-    _core.set_simd_level(request.param)
-    yield request.param
-    _core.set_simd_level(start)
-
-
 def ref_dense(S, scale, alpha, gscale, pen=None, removed=None, lse_mem=None):
     """loss (B,), P (B, N), pmem (B,) by the definition, in float64 / longdouble."""
     S = S.astype(np.float64)

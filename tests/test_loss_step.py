@@ -18,17 +18,6 @@ import hardneg._loss_dense as dense  # noqa: E402
 from hardneg import _core  # noqa: E402
 from hardneg.losses import InfoNCELoss  # noqa: E402
 
-LEVELS = list(_core.available_simd_levels())
-
-
-@pytest.fixture(params=LEVELS)
-def level(request):
-    start = _core.simd_level()
-    _core.set_simd_level(request.param)
-    yield request.param
-    _core.set_simd_level(start)
-
-
 def batch(B, n, d, seed=0, spread=1.0):
     g = np.random.default_rng(seed)
     s = spread * d ** -0.5
