@@ -162,7 +162,7 @@ long step_dot(const DenseStep& p, float* loss, int num_threads) {
     std::atomic<long> bad{-1};
     // 1. per block of rows: scores against the positives and the hard negatives, the row
     //    passes (P in place), and those rows of gq = P c
-    parallel_ranges(B, nt, [&](size_t i0, size_t i1, int) {
+    auto rows_phase = [&](size_t i0, size_t i1) {
         if (i0 == i1) return;
         float* S = p.S + i0 * N;
         const float* q = p.q + i0 * d;
@@ -192,16 +192,35 @@ long step_dot(const DenseStep& p, float* loss, int num_threads) {
         }
         k.wsum(S, N, 1, i1 - i0, B, p.pos, d, d, p.gq + i0 * d, d, false);
         if (Nh) k.wsum(S + B, N, 1, i1 - i0, Nh, p.hard, d, d, p.gq + i0 * d, d, true);
-    });
-    if (bad.load() >= 0) return bad.load();
-    // 2. the candidates' gradients, P^T q, by blocks of candidate rows (every row of P is done)
-    parallel_ranges(N, nt, [&](size_t j0, size_t j1, int) {
+    };
+    // 2. the candidates' gradients, P^T q, by blocks of candidate rows (every row of P done)
+    auto cands_phase = [&](size_t j0, size_t j1) {
         if (j0 < B) k.wsum(p.S + j0, 1, N, std::min(j1, B) - j0, B, p.q, d, d, p.gpos + j0 * d, d, false);
         if (j1 > B) {
             const size_t h0 = std::max(j0, B) - B, h1 = j1 - B;
             k.wsum(p.S + B + h0, 1, N, h1 - h0, B, p.q, d, d, p.ghard + h0 * d, d, false);
         }
+    };
+    if (nt == 1) {
+        rows_phase(0, B);
+        if (bad.load() >= 0) return bad.load();
+        cands_phase(0, N);
+        return -1;
+    }
+    // Both phases in one set of threads (they are started per call: one start instead of two).
+    // The blocks of each phase are claimed from a shared counter, and a thread waits for the
+    // first phase only once no block of it is left to claim, so a thread that failed to start
+    // (parallel_for then runs its share on the others) cannot leave anyone waiting forever.
+    const size_t parts = (size_t)nt;
+    std::atomic<size_t> next_rows{0}, done_rows{0}, next_cands{0};
+    parallel_for(parts, nt, 1, [&](size_t, size_t, int) {
+        for (size_t c; (c = next_rows.fetch_add(1)) < parts; done_rows.fetch_add(1))
+            rows_phase(B * c / parts, B * (c + 1) / parts);
+        while (done_rows.load() < parts) std::this_thread::yield();
+        if (bad.load() >= 0) return;
+        for (size_t c; (c = next_cands.fetch_add(1)) < parts;) cands_phase(N * c / parts, N * (c + 1) / parts);
     });
+    if (bad.load() >= 0) return bad.load();
     return -1;
 }
 

@@ -40,16 +40,16 @@ struct DenseRows {
 template <class T>
 long dense_rows(const DenseRows<T>& p, T* loss, T* pmem, int num_threads);
 
-// The whole step (forward and gradients) of the plain in-batch loss, for batches small enough
-// that a chain of BLAS calls costs more in dispatch and thread wake-ups than in arithmetic
-// (python/hardneg/_loss_dense.py picks it by size): every matmul in this library's kernels,
-// in one call.  No masks, hardness or memory; fp32.
+// The whole step (forward and gradients) of the plain in-batch loss, every matmul in this
+// library's kernels, in one call (python/hardneg/_loss_dense.py DenseStep): no chain of BLAS
+// calls (at small batches their dispatch and thread wake-ups cost more than the arithmetic) and
+// no elementwise passes between them.  No masks, hardness or memory; fp32.
 //   candidates  c = [pos (B rows) | hard (B*n rows, query i's negative k at row i*n + k)]
 //   S = q c^T (B x N, N = B(1+n)), dense_rows (P = grad_scale * dloss_i/dz_ic, in place),
 //   gq = P c (B x d), gpos = P[:, :B]^T q (B x d), ghard = P[:, B:]^T q (B*n x d).
 // The gradients are those of the mean loss when grad_scale = scale / B.  Rows of q, pos and
-// hard are contiguous (d floats each).  num_threads: the rows of S and gq, then the rows of
-// gpos / ghard, are split between at most that many threads.  Returns what dense_rows returns
+// hard are contiguous (d floats each).  num_threads: the rows of S and gq, then (once all are
+// done) the rows of gpos / ghard, are split between at most that many threads, started once.  Returns what dense_rows returns
 // (on a non-finite logit the gradients are left unwritten).
 // cosine: the similarities are those of the rows divided by their norms (summed in double: no
 // overflow or underflow for any float row; a zero row stays zero and gets a zero gradient);

@@ -49,7 +49,7 @@ def assert_close(got, want, what):
 
 
 SHAPES = [(1, 0, 1), (1, 3, 5), (2, 1, 1), (3, 0, 17), (5, 2, 15), (7, 1, 64), (9, 0, 100), (32, 0, 384),
-          (32, 3, 384), (13, 7, 130), (64, 1, 768), (33, 2, 65)]
+          (32, 3, 384), (13, 7, 130), (64, 1, 768), (33, 2, 65), (70, 3, 40)]  # the last: wsum's panels split
 
 
 @pytest.mark.parametrize("B,n,d", SHAPES)
@@ -222,10 +222,10 @@ def test_the_step_is_taken_only_where_it_applies(monkeypatch):
     InfoNCELoss(temperature=0.05, similarity="dot", hardness_mode="hard_negatives", hardness_strength=1.0)(q, pos, hard)
     InfoNCELoss(temperature=0.05, similarity="dot", in_batch_negatives=False)(q, pos, hard)
     assert not calls
-    monkeypatch.setattr(dense, "STEP_MAX_CANDIDATES", 8 * 3 * 24 - 1)
+    monkeypatch.setattr(dense, "STEP_MAX_LOGITS", 8 * 8 * 3 - 1)
     dot(q, pos, hard)
     assert not calls
-    monkeypatch.setattr(dense, "STEP_MAX_CANDIDATES", 8 * 3 * 24)
+    monkeypatch.setattr(dense, "STEP_MAX_LOGITS", 8 * 8 * 3)
     dot(q, pos, hard)
     assert calls == [1]
 

@@ -400,11 +400,11 @@ inline void wsum_strip(const float* A, size_t ar, size_t ac, size_t m, size_t k,
     for (; i < m; ++i) wsum_block<1, RV, kAdd, kTail>(A + i * ar, ar, ac, k, Y, ldy, Out + i * ldo, ldo, tail);
 }
 
-// Strips of 64 columns (their k x 64 slice of Y stays in L2 while every block of rows walks
-// it), then 16 at a time, then the masked tail.
+// One panel (m rows, k terms) in strips of 64 columns (each strip's k x 64 slice of Y stays in
+// L1 / L2 while every block of rows walks it), then 16 at a time, then the masked tail.
 template <bool kAdd>
-void wsum_t(const float* A, size_t ar, size_t ac, size_t m, size_t k, const float* Y, size_t ldy, size_t d,
-            float* Out, size_t ldo) {
+void wsum_panel(const float* A, size_t ar, size_t ac, size_t m, size_t k, const float* Y, size_t ldy, size_t d,
+                float* Out, size_t ldo) {
     size_t p = 0;
     for (; p + 64 <= d; p += 64) wsum_strip<4, kAdd, false>(A, ar, ac, m, k, Y + p, ldy, Out + p, ldo, 0);
     for (; p + 16 <= d; p += 16) wsum_strip<1, kAdd, false>(A, ar, ac, m, k, Y + p, ldy, Out + p, ldo, 0);
@@ -412,14 +412,31 @@ void wsum_t(const float* A, size_t ar, size_t ac, size_t m, size_t k, const floa
         wsum_strip<1, kAdd, true>(A, ar, ac, m, k, Y + p, ldy, Out + p, ldo, (__mmask16)((1u << (d - p)) - 1u));
 }
 
+// Panels of kWsumRows rows x kWsumTerms terms: the panel's weights (64 KB) stay in L2 while its
+// strips sweep the matching kWsumTerms rows of Y (a 64 KB slice per strip, reused by all the
+// panel's row blocks), and the panels after a row group's first add to Out.  Without the split
+// (every row block walking all k rows of a strip), a strip of 4,096 x 64 floats came from L3
+// for every block of 4 rows.
+constexpr size_t kWsumRows = 64;
+constexpr size_t kWsumTerms = 256;
+
 }  // namespace
 
 void wsum(const float* A, size_t ar, size_t ac, size_t m, size_t k, const float* Y, size_t ldy, size_t d,
           float* Out, size_t ldo, bool add) {
-    if (add)
-        wsum_t<true>(A, ar, ac, m, k, Y, ldy, d, Out, ldo);
-    else
-        wsum_t<false>(A, ar, ac, m, k, Y, ldy, d, Out, ldo);
+    for (size_t i0 = 0; i0 < m; i0 += kWsumRows) {
+        const size_t mi = m - i0 < kWsumRows ? m - i0 : kWsumRows;
+        // (k = 0 still writes the zeros of a sum without terms)
+        for (size_t t0 = 0; t0 < k || t0 == 0; t0 += kWsumTerms) {
+            const size_t kt = k - t0 < kWsumTerms ? k - t0 : kWsumTerms;
+            const float* Ap = A + i0 * ar + t0 * ac;
+            float* Op = Out + i0 * ldo;
+            if (add || t0 > 0)
+                wsum_panel<true>(Ap, ar, ac, mi, kt, Y + t0 * ldy, ldy, d, Op, ldo);
+            else
+                wsum_panel<false>(Ap, ar, ac, mi, kt, Y + t0 * ldy, ldy, d, Op, ldo);
+        }
+    }
 }
 
 const Kernels table = {dot_tile, sqnorm_rows, filter_ge, to_f32, axpy, block_max, "avx512", dot_pairs, sort_desc_small,

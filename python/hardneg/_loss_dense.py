@@ -26,15 +26,13 @@ from hardneg.losses import ROW_THREADS, _id_match, _overflow_error
 # above it (a plain torch loss would need GBs too) the fused kernel's constant memory wins
 DENSE_MAX_LOGITS = 1 << 25
 
-# The plain step (no options, a gradient wanted) takes DenseStep, the whole step in
-# one C++ call, while the logits B x B(1+n) are at most STEP_MAX_LOGITS entries (4 MB) and the
-# candidates B(1+n) x d at most STEP_MAX_CANDIDATES floats (8 MB).  There every matmul is small
-# enough that torch's (BLAS with its thread pool woken per call, a dispatch per operation, an
-# autograd node per step) costs more than the arithmetic; measured in
-# benchmarks/compare_losses_grid.py.  Beyond it BLAS's blocking wins (at B = 1,024, n = 3, d = 384
-# the step was 0.8x the matmul path).
-STEP_MAX_LOGITS = 1 << 20
-STEP_MAX_CANDIDATES = 1 << 21
+# The plain step (no options, a gradient wanted) takes DenseStep, the whole step in one C++ call,
+# while the logits B x B(1+n) are at most STEP_MAX_LOGITS entries (the dense path's limit).  In
+# scratch runs over the no-memory shapes of benchmarks/compare_losses_grid.py (B 32-1,024) it was
+# faster than these BLAS matmuls in every shape tried: at small batches because torch's chain of small BLAS calls (its thread pool woken per call, a dispatch
+# per operation, an autograd node per step) costs more than the arithmetic, at large ones
+# because its kernels run at BLAS speed and it makes no elementwise passes.
+STEP_MAX_LOGITS = DENSE_MAX_LOGITS
 
 
 def _normalize(x: Tensor, check_inputs) -> Tuple[Tensor, Tensor]:
