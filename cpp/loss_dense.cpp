@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -128,6 +129,8 @@ void project_rows(const float* xh, const float* inv, size_t n, size_t d, float* 
 long step_dot(const DenseStep& p, float* loss, int num_threads);
 
 }  // namespace
+
+bool dense_step_fast() { return std::strcmp(kernels().name, "avx512") == 0; }
 
 long dense_step(const DenseStep& p, float* loss, int num_threads) {
     if (!p.cosine) return step_dot(p, loss, num_threads);

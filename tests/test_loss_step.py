@@ -156,6 +156,16 @@ def test_step_refuses_bad_arrays():
 
 
 # ------------------------------------------------------------------ through InfoNCELoss
+@pytest.fixture(autouse=True)
+def step_at_any_level(monkeypatch):
+    """InfoNCELoss takes the step only where it runs at speed (AVX-512, dense.step_fast): these
+    tests force that gate, so they check the path on any CPU."""
+    monkeypatch.setattr(dense, "step_fast", lambda: True)
+
+
+def test_the_step_runs_at_speed_only_with_avx512(level):
+    assert _core.dense_step_fast() == (level == "avx512")
+
 def leaves(B, n, d, seed=0):
     q, pos, hard = batch(B, n, d, seed)
     out = [torch.tensor(x, requires_grad=True) for x in (q, pos)]
@@ -214,6 +224,9 @@ def test_the_step_is_taken_only_where_it_applies(monkeypatch):
     monkeypatch.setattr(dense, "_step", lambda *a: calls.append(1) or real(*a))
     q, pos, hard = leaves(8, 2, 24)
     dot = InfoNCELoss(temperature=0.05, similarity="dot")
+    monkeypatch.setattr(dense, "step_fast", lambda: False)  # a SIMD level without the fast kernel
+    dot(q, pos, hard)
+    monkeypatch.setattr(dense, "step_fast", lambda: True)
     with torch.no_grad():  # no gradient wanted: the forward alone
         dot(q, pos, hard)
     dot(q.detach(), pos.detach(), hard.detach())

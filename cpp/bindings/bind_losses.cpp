@@ -457,6 +457,8 @@ void bind_losses(py::module_& m) {
     m.def("dense_step", &dense_step_impl, py::arg("q"), py::arg("pos"), py::arg("hard"), py::arg("scale"),
           py::arg("grad_scale"), py::arg("cosine"), py::arg("num_threads"),
           "The whole plain in-batch InfoNCE step, loss and gradients, in one call (private)");
+    m.def("dense_step_fast", &hn::dense_step_fast,
+          "Whether dense_step runs at speed with the SIMD level in use (private)");
     m.def("lse_chunk", &lse_chunk_impl, py::arg("scores"), py::arg("inv"), py::arg("thresholds"),
           py::arg("col_ids"), py::arg("pos_ids"), py::arg("query_ids"), py::arg("logit_scale"), py::arg("run_max"),
           py::arg("run_sum"), py::arg("r"), py::arg("num_threads"),

@@ -35,6 +35,13 @@ DENSE_MAX_LOGITS = 1 << 25
 STEP_MAX_LOGITS = DENSE_MAX_LOGITS
 
 
+def step_fast() -> bool:
+    """Whether the SIMD level in use runs DenseStep at speed (AVX-512: its gradient matmuls are a
+    register-blocked kernel; the plain loops of the other levels measured 0.4-0.7x the matmul
+    path at the AVX2 level, cpp/loss_dense.h)."""
+    return _core.dense_step_fast()
+
+
 def _normalize(x: Tensor, check_inputs) -> Tuple[Tensor, Tensor]:
     """(x / |x|, 1 / |x|) per row without over/underflow; a zero row gives (0, 0).
 

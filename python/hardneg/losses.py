@@ -955,7 +955,7 @@ class InfoNCELoss(nn.Module):
         if B * N > dense.DENSE_MAX_LOGITS:
             return None
         check = lambda: _Batch(q, pos, hard, None, None)  # validates, names a NaN / Inf input  # noqa: E731
-        if (self._plain_step and B * N <= dense.STEP_MAX_LOGITS and torch.is_grad_enabled()
+        if (self._plain_step and B * N <= dense.STEP_MAX_LOGITS and torch.is_grad_enabled() and dense.step_fast()
                 and (q.requires_grad or pos.requires_grad or (hard is not None and hard.requires_grad))
                 and q.is_contiguous() and pos.is_contiguous() and (hard is None or hard.is_contiguous())):
             return dense.DenseStep.apply(q, pos, hard, (self.scale, self.similarity == "cosine", check,
