@@ -935,7 +935,10 @@ class InfoNCELoss(nn.Module):
         The same computation as through :class:`_Batch` and :meth:`_dense`, with the checks
         that such a batch passes done in a few attribute reads: at small B the loss is a few
         hundred microseconds and the general path's bookkeeping (an object, a dozen calls) was
-        5-10% of it, the margin by which a plain torch loss was faster there."""
+        5-10% of it, the margin by which a plain torch loss was faster there.  Without options,
+        with a gradient wanted and on AVX-512, the whole step is then one C++ call
+        (:class:`hardneg._loss_dense.DenseStep`); otherwise the matmul path
+        (:class:`hardneg._loss_dense.DenseInfoNCE`)."""
         f32 = torch.float32
         if (type(q) is not Tensor or type(pos) is not Tensor or q.dtype is not f32 or pos.dtype is not f32
                 or not q.is_cpu or not pos.is_cpu):
