@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <vector>
+#include <memory>
 
 #include "simd/kernels.h"
 #include "threads.h"
@@ -135,21 +135,22 @@ bool dense_step_fast() { return std::strcmp(kernels().name, "avx512") == 0; }
 long dense_step(const DenseStep& p, float* loss, int num_threads) {
     if (!p.cosine) return step_dot(p, loss, num_threads);
     const size_t B = p.B, d = p.d, Nh = p.B * p.n;
-    std::vector<float> xh((2 * B + Nh) * d), inv(2 * B + Nh);
+    // (uninitialised: every entry is written before it is read)
+    std::unique_ptr<float[]> xh(new float[(2 * B + Nh) * d]), inv(new float[2 * B + Nh]);
     DenseStep u = p;
     u.cosine = false;
-    u.q = xh.data();
-    u.pos = xh.data() + B * d;
-    u.hard = Nh ? xh.data() + 2 * B * d : nullptr;
-    if (!normalize_rows(p.q, B, d, xh.data(), inv.data()) ||
-        !normalize_rows(p.pos, B, d, xh.data() + B * d, inv.data() + B) ||
-        (Nh && !normalize_rows(p.hard, Nh, d, xh.data() + 2 * B * d, inv.data() + 2 * B)))
+    u.q = xh.get();
+    u.pos = xh.get() + B * d;
+    u.hard = Nh ? xh.get() + 2 * B * d : nullptr;
+    if (!normalize_rows(p.q, B, d, xh.get(), inv.get()) ||
+        !normalize_rows(p.pos, B, d, xh.get() + B * d, inv.get() + B) ||
+        (Nh && !normalize_rows(p.hard, Nh, d, xh.get() + 2 * B * d, inv.get() + 2 * B)))
         return 0;
     const long bad = step_dot(u, loss, num_threads);
     if (bad != -1) return bad;
-    project_rows(u.q, inv.data(), B, d, p.gq);
-    project_rows(u.pos, inv.data() + B, B, d, p.gpos);
-    if (Nh) project_rows(u.hard, inv.data() + 2 * B, Nh, d, p.ghard);
+    project_rows(u.q, inv.get(), B, d, p.gq);
+    project_rows(u.pos, inv.get() + B, B, d, p.gpos);
+    if (Nh) project_rows(u.hard, inv.get() + 2 * B, Nh, d, p.ghard);
     return -1;
 }
 
@@ -204,13 +205,8 @@ long step_dot(const DenseStep& p, float* loss, int num_threads) {
             k.wsum(p.S + B + h0, 1, N, h1 - h0, B, p.q, d, d, p.ghard + h0 * d, d, false);
         }
     };
-    if (nt == 1) {
-        rows_phase(0, B);
-        if (bad.load() >= 0) return bad.load();
-        cands_phase(0, N);
-        return -1;
-    }
-    // Both phases in one set of threads (they are started per call: one start instead of two).
+    // Both phases in one set of threads (they are started per call: one start instead of two;
+    // with one thread, parallel_for runs the lambda inline).
     // The blocks of each phase are claimed from a shared counter, and a thread waits for the
     // first phase only once no block of it is left to claim, so a thread that failed to start
     // (parallel_for then runs its share on the others) cannot leave anyone waiting forever.

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -280,6 +281,17 @@ const uint8_t* mask_of(const py::object& o, size_t B, size_t N, const char* name
     return static_cast<const uint8_t*>(a.data());
 }
 
+// The mean of the B per-row losses, summed in double; bad becomes -2 when the rows were all
+// finite but the mean is not (z_ic - z_ip, or the sum, overflowed).
+template <class T>
+T mean_loss(const T* loss, size_t B, long* bad) {
+    double sum = 0;
+    for (size_t i = 0; i < B; ++i) sum += (double)loss[i];
+    const T mean = (T)(sum / (double)B);
+    if (*bad < 0 && !std::isfinite(mean)) *bad = -2;
+    return mean;
+}
+
 template <class T>
 py::tuple dense_rows_t(py::array S, double scale, double alpha, double grad_scale, const py::object& pen,
                        const py::object& removed, const py::object& lse_mem, int num_threads) {
@@ -312,10 +324,7 @@ py::tuple dense_rows_t(py::array S, double scale, double alpha, double grad_scal
     {
         py::gil_scoped_release nogil;
         bad = hn::dense_rows(p, l, pmem, num_threads);
-        double sum = 0;
-        for (size_t i = 0; i < p.B; ++i) sum += (double)l[i];
-        *mean = (T)(sum / (double)p.B);
-        if (bad < 0 && !std::isfinite(*mean)) bad = -2;  // z_ic - z_ip (or the mean) overflowed
+        *mean = mean_loss(l, p.B, &bad);
     }
     return py::make_tuple(mean_arr, loss, pmem_obj, bad);
 }
@@ -362,8 +371,8 @@ py::tuple dense_step_impl(const py::object& q, const py::object& pos, const py::
     p.scale = (float)scale;
     p.grad_scale = (float)grad_scale;
     p.cosine = cosine;
-    std::vector<float> S(p.B * N);
-    p.S = S.data();
+    std::unique_ptr<float[]> S(new float[p.B * N]);  // uninitialised: the step writes it whole
+    p.S = S.get();
     py::array_t<float> gq({(py::ssize_t)p.B, (py::ssize_t)p.d}), gpos({(py::ssize_t)p.B, (py::ssize_t)p.d});
     p.gq = gq.mutable_data();
     p.gpos = gpos.mutable_data();
@@ -375,15 +384,12 @@ py::tuple dense_step_impl(const py::object& q, const py::object& pos, const py::
     }
     py::array_t<float> mean_arr(std::vector<py::ssize_t>{});
     float* mean = mean_arr.mutable_data();
-    std::vector<float> loss(p.B);
+    std::unique_ptr<float[]> loss(new float[p.B]);
     long bad;
     {
         py::gil_scoped_release nogil;
-        bad = hn::dense_step(p, loss.data(), num_threads);
-        double sum = 0;
-        for (size_t i = 0; i < p.B; ++i) sum += (double)loss[i];
-        *mean = (float)(sum / (double)p.B);
-        if (bad < 0 && !std::isfinite(*mean)) bad = -2;
+        bad = hn::dense_step(p, loss.get(), num_threads);
+        *mean = mean_loss(loss.get(), p.B, &bad);
     }
     return py::make_tuple(mean_arr, gq, gpos, ghard_obj, bad);
 }

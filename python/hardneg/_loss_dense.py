@@ -194,19 +194,18 @@ class DenseStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, pos, hard, extra):
-        grads = _step(q, pos, hard, extra, ctx)
+        loss, *ctx.grads = _step(q, pos, hard, extra)
         ctx.extra = extra
         ctx.save_for_backward(q, pos, hard)
-        return grads[0]
+        return loss
 
     @staticmethod
     def backward(ctx, g):
         grads = ctx.grads
         if grads is None:  # a second backward (retain_graph=True): the first one took them
-            q, pos, hard = ctx.saved_tensors
-            grads = _step(q, pos, hard, ctx.extra, None)
+            grads = _step(*ctx.saved_tensors, ctx.extra)[1:]
         ctx.grads = None
-        _, gq, gpos, ghard = grads
+        gq, gpos, ghard = grads
         gs = float(g)  # dL/dloss: 1 for loss.backward()
         if gs != 1.0:
             gq, gpos = gq.mul_(gs), gpos.mul_(gs)
@@ -214,9 +213,9 @@ class DenseStep(torch.autograd.Function):
         return gq, gpos, ghard, None
 
 
-def _step(q: Tensor, pos: Tensor, hard: Optional[Tensor], extra, ctx):
-    """(loss, gq, gpos, ghard or None) of the mean loss; sets ``ctx.grads`` to the gradients
-    when ``ctx`` is given.  ``extra``: (scale, cosine, check_inputs, num_threads).  Raises what
+def _step(q: Tensor, pos: Tensor, hard: Optional[Tensor], extra):
+    """(loss, gq, gpos, ghard or None) of the mean loss.  ``extra``: (scale, cosine,
+    check_inputs, num_threads).  Raises what
     :class:`DenseInfoNCE` raises on a non-finite logit or input."""
     scale, cosine, check_inputs, num_threads = extra
     B = q.shape[0]
@@ -228,8 +227,5 @@ def _step(q: Tensor, pos: Tensor, hard: Optional[Tensor], extra, ctx):
             raise _overflow_error("the batch (the mean loss)", torch.float32)
         check_inputs()
         raise _overflow_error("q against pos / hard_negatives", torch.float32)
-    grads = (torch.from_numpy(mean), torch.from_numpy(gq), torch.from_numpy(gpos),
-             None if ghard is None else torch.from_numpy(ghard))
-    if ctx is not None:
-        ctx.grads = grads
-    return grads
+    return (torch.from_numpy(mean), torch.from_numpy(gq), torch.from_numpy(gpos),
+            None if ghard is None else torch.from_numpy(ghard))
